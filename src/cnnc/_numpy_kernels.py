@@ -1,0 +1,114 @@
+"""NumPy implementations of the cnnc kernels.
+
+The compiled extension `_kernels` has the same functions with the same signatures;
+`kernels` picks one of the two. Shapes are NHWC for images and (kh, kw, c_in, c_out)
+for filters. `stride` is (sh, sw); `padding` is (top, bottom, left, right) zero padding.
+"""
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def _output_size(size, pad_before, pad_after, window, stride):
+    return (size + pad_before + pad_after - window) // stride + 1
+
+
+def _pad(x, padding):
+    top, bottom, left, right = padding
+    if top == bottom == left == right == 0:
+        return x
+    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+
+
+def _windows(x, window, stride, out_hw):
+    """View of x as (N, OH, OW, kh, kw, C): the input patch under every output pixel."""
+    (kh, kw), (sh, sw), (oh, ow) = window, stride, out_hw
+    view = sliding_window_view(x, (kh, kw), axis=(1, 2))
+    return view[:, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw].transpose(0, 1, 2, 4, 5, 3)
+
+
+def _im2col(x, kernel_size, stride, padding):
+    """Patches of the padded input as a (N*OH*OW, kh*kw*C) matrix, plus (OH, OW)."""
+    n, h, w, c = x.shape
+    kh, kw = kernel_size
+    top, bottom, left, right = padding
+    oh = _output_size(h, top, bottom, kh, stride[0])
+    ow = _output_size(w, left, right, kw, stride[1])
+    patches = _windows(_pad(x, padding), (kh, kw), stride, (oh, ow))
+    return patches.reshape(n * oh * ow, kh * kw * c), (oh, ow)
+
+
+def conv2d_forward(x, w, b, stride, padding):
+    """Cross-correlation of x (N, H, W, C) with w (kh, kw, C, F), plus bias b (F,)."""
+    kh, kw, c, f = w.shape
+    cols, (oh, ow) = _im2col(x, (kh, kw), stride, padding)
+    y = cols @ w.reshape(kh * kw * c, f)
+    y += b
+    return y.reshape(x.shape[0], oh, ow, f)
+
+
+def conv2d_grad_input(dy, w, input_shape, stride, padding):
+    """Gradient of the loss w.r.t. the convolution input, given dy (N, OH, OW, F)."""
+    n, h, wd, c = input_shape
+    kh, kw, _, f = w.shape
+    _, oh, ow, _ = dy.shape
+    sh, sw = stride
+    top, bottom, left, right = padding
+    patches = (dy.reshape(-1, f) @ w.reshape(kh * kw * c, f).T).reshape(n, oh, ow, kh, kw, c)
+    dx = np.zeros((n, h + top + bottom, wd + left + right, c), dtype=dy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw] += patches[:, :, :, i, j]
+    return np.ascontiguousarray(dx[:, top : top + h, left : left + wd])
+
+
+def conv2d_grad_params(x, dy, kernel_size, stride, padding):
+    """Gradients of the loss w.r.t. the filter (kh, kw, C, F) and the bias (F,)."""
+    kh, kw = kernel_size
+    c, f = x.shape[3], dy.shape[3]
+    cols, _ = _im2col(x, kernel_size, stride, padding)
+    dy2 = dy.reshape(-1, f)
+    return (cols.T @ dy2).reshape(kh, kw, c, f), dy2.sum(axis=0)
+
+
+def maxpool2d_forward(x, pool_size, stride):
+    """Max over each window, and where it was: argmax holds h * W + w in the input plane.
+
+    The first maximum in row-major window order wins ties, as in PyTorch; a NaN wins over
+    any number.
+    """
+    n, h, w, c = x.shape
+    (ph, pw), (sh, sw) = pool_size, stride
+    oh, ow = (h - ph) // sh + 1, (w - pw) // sw + 1
+    windows = _windows(x, (ph, pw), (sh, sw), (oh, ow)).transpose(0, 1, 2, 5, 3, 4)
+    windows = windows.reshape(n, oh, ow, c, ph * pw)
+    local = windows.argmax(axis=-1)
+    y = np.take_along_axis(windows, local[..., None], axis=-1)[..., 0]
+    rows = np.arange(oh).reshape(1, oh, 1, 1) * sh + local // pw
+    cols = np.arange(ow).reshape(1, 1, ow, 1) * sw + local % pw
+    return np.ascontiguousarray(y), rows * w + cols
+
+
+def maxpool2d_backward(dy, argmax, input_shape):
+    """Scatter dy (N, OH, OW, C) back to the input positions recorded in argmax."""
+    n, h, w, c = input_shape
+    batch = np.arange(n).reshape(n, 1, 1, 1)
+    channel = np.arange(c).reshape(1, 1, 1, c)
+    flat = ((batch * (h * w) + argmax) * c + channel).ravel()
+    dx = np.bincount(flat, weights=dy.ravel(), minlength=n * h * w * c)
+    return dx.astype(dy.dtype, copy=False).reshape(input_shape)
+
+
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
+    """One Adam step with bias correction, in place on param, m and v.
+
+    The arithmetic follows torch.optim.Adam (single-tensor CPU path) operation for
+    operation, with the scalars rounded to the parameter dtype as PyTorch does.
+    `step` counts from 1.
+    """
+    scalar = param.dtype.type
+    m += scalar(1.0 - beta1) * (grad - m)
+    v *= scalar(beta2)
+    v += scalar(1.0 - beta2) * grad * grad
+    step_size = lr / (1.0 - beta1**step)
+    denom = np.sqrt(v) / scalar((1.0 - beta2**step) ** 0.5) + scalar(eps)
+    param -= scalar(step_size) * (m / denom)

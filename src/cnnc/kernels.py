@@ -1,0 +1,36 @@
+"""The kernel functions of the running backend: compiled `_kernels` or `_numpy_kernels`.
+
+The environment variable CNNC_BACKEND chooses: `auto` (the default) takes the compiled
+extension when it is built and NumPy otherwise, `numpy` always takes NumPy, `compiled`
+insists on the extension.
+"""
+import os as _os
+
+_choice = _os.environ.get("CNNC_BACKEND", "auto").strip().lower() or "auto"
+if _choice not in ("auto", "compiled", "numpy"):
+    raise ImportError(f"CNNC_BACKEND must be 'auto', 'compiled' or 'numpy', got {_choice!r}")
+
+if _choice == "numpy":
+    from . import _numpy_kernels as _impl
+else:
+    try:
+        from . import _kernels as _impl
+    except ImportError as _error:
+        if _choice == "compiled":
+            raise ImportError(
+                "CNNC_BACKEND=compiled but the compiled extension cnnc._kernels is not built "
+                f"({_error}). Build it with a C compiler present: pip install --force-reinstall "
+                "--no-cache-dir . (or unset CNNC_BACKEND to run on NumPy)"
+            ) from _error
+        from . import _numpy_kernels as _impl
+
+BACKEND = "compiled" if _impl.__name__.endswith("._kernels") else "numpy"
+
+conv2d_forward = _impl.conv2d_forward
+conv2d_grad_input = _impl.conv2d_grad_input
+conv2d_grad_params = _impl.conv2d_grad_params
+maxpool2d_forward = _impl.maxpool2d_forward
+maxpool2d_backward = _impl.maxpool2d_backward
+adam_update = _impl.adam_update
+
+del _os, _choice, _impl

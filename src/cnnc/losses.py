@@ -1,0 +1,97 @@
+"""Losses on the network output: `compute(outputs, labels)` is the mean over the batch,
+`deriv(outputs, labels)` its gradient w.r.t. the outputs.
+
+Labels are integer class ids of shape (N,) or targets of shape (N, classes), one-hot
+or any distribution over the classes.
+"""
+import numpy as np
+
+
+def targets(labels, outputs):
+    """Labels as an (N, classes) array in the outputs' dtype, after checking them."""
+    labels = np.asarray(labels)
+    n, classes = outputs.shape
+    if labels.shape[:1] != (n,):
+        raise ValueError(f"expected labels for {n} samples, got labels of shape {labels.shape}")
+    if labels.ndim == 2:
+        if labels.shape[1] != classes:
+            raise ValueError(
+                f"one-hot labels must have {classes} columns (the network has {classes} outputs), "
+                f"got shape {labels.shape}"
+            )
+        if not np.issubdtype(labels.dtype, np.number) and labels.dtype != np.bool_:
+            raise ValueError(f"labels must be numbers, got dtype {labels.dtype}")
+        return labels.astype(outputs.dtype, copy=False)
+    ids = class_ids(labels, classes)
+    onehot = np.zeros((n, classes), dtype=outputs.dtype)
+    onehot[np.arange(n), ids] = 1
+    return onehot
+
+
+def class_ids(labels, classes):
+    """Labels as integer class ids (N,), checked to lie in [0, classes)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        if labels.shape[1] != classes:
+            raise ValueError(f"one-hot labels must have {classes} columns, got shape {labels.shape}")
+        return labels.argmax(axis=1)
+    if labels.ndim != 1:
+        raise ValueError(
+            f"labels must be class ids of shape (N,) or one-hot of shape (N, {classes}), "
+            f"got shape {labels.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"class-id labels must be integers, got dtype {labels.dtype} "
+            "(use labels.astype(int) or one-hot labels)"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(
+            f"class ids must lie in [0, {classes}), got values from {labels.min()} to {labels.max()}"
+        )
+    return labels
+
+
+def _check_outputs(outputs):
+    if outputs.ndim != 2:
+        raise ValueError(f"the loss expects network outputs of shape (N, classes), got {outputs.shape}")
+
+
+class SoftmaxCrossEntropy:
+    """Softmax followed by cross-entropy, fused: takes logits, cannot overflow."""
+
+    def compute(self, outputs, labels):
+        _check_outputs(outputs)
+        t = targets(labels, outputs)
+        shifted = outputs - outputs.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return float(-(t * log_probs).sum() / outputs.shape[0])
+
+    def deriv(self, outputs, labels):
+        _check_outputs(outputs)
+        t = targets(labels, outputs)
+        shifted = outputs - outputs.max(axis=1, keepdims=True)
+        probs = np.exp(shifted)
+        probs /= probs.sum(axis=1, keepdims=True)
+        probs *= t.sum(axis=1, keepdims=True)
+        return (probs - t) / outputs.dtype.type(outputs.shape[0])
+
+    def __repr__(self):
+        return "SoftmaxCrossEntropy()"
+
+
+class MeanSquaredError:
+    """Mean of (output - target)^2 over all elements, as torch.nn.MSELoss."""
+
+    def compute(self, outputs, labels):
+        _check_outputs(outputs)
+        diff = outputs - targets(labels, outputs)
+        return float(np.mean(diff * diff))
+
+    def deriv(self, outputs, labels):
+        _check_outputs(outputs)
+        diff = outputs - targets(labels, outputs)
+        return diff * outputs.dtype.type(2.0 / diff.size)
+
+    def __repr__(self):
+        return "MeanSquaredError()"
