@@ -1,0 +1,219 @@
+"""Activations: derivatives, no mutation of inputs, dtypes, kinks, saturation, subclasses."""
+import warnings
+
+import numpy as np
+import pytest
+
+import cnnc
+from cnnc import leaky_relu, linear, relu, sigmoid, tanh
+from cnnc.activations import AbstractActivation, LeakyReLU, Linear, ReLU, Sigmoid, Tanh
+
+from .gradcheck import assert_grad_close, numerical_grad
+
+INSTANCES = {
+    "relu": relu,
+    "leaky_relu": leaky_relu,
+    "sigmoid": sigmoid,
+    "tanh": tanh,
+    "linear": linear,
+    "ReLU()": ReLU(),
+    "LeakyReLU()": LeakyReLU(),
+    "LeakyReLU(0.2)": LeakyReLU(slope=0.2),
+    "Sigmoid()": Sigmoid(),
+    "Tanh()": Tanh(),
+    "Linear()": Linear(),
+}
+ALL = pytest.mark.parametrize("act", list(INSTANCES.values()), ids=list(INSTANCES))
+
+
+def away_from_kinks(shape, seed=0):
+    """float64 values in [-3, 3] with |x| >= 0.1, so a 1e-6 step never crosses 0."""
+    rng = np.random.default_rng(seed)
+    magnitude = rng.uniform(0.1, 3.0, size=shape)
+    sign = np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+    return magnitude * sign
+
+
+def mixed_input(dtype):
+    """Negatives, zero and positives (a ReLU that writes into its input changes this)."""
+    x = np.array([[-2.5, -1.0, -1e-3, 0.0], [1e-3, 0.5, 3.0, -7.0]], dtype=dtype)
+    return x
+
+
+def test_public_instances_are_the_documented_classes():
+    assert isinstance(relu, ReLU)
+    assert isinstance(leaky_relu, LeakyReLU)
+    assert isinstance(sigmoid, Sigmoid)
+    assert isinstance(tanh, Tanh)
+    assert isinstance(linear, Linear)
+    for act in (relu, leaky_relu, sigmoid, tanh, linear):
+        assert isinstance(act, AbstractActivation)
+    assert cnnc.AbstractActivation is AbstractActivation
+
+
+@ALL
+def test_deriv_matches_central_difference(act):
+    x = away_from_kinks((4, 5))
+    numeric = numerical_grad(lambda: float(np.sum(act.compute(x))), x)
+    analytic = act.deriv(x)
+    assert analytic.shape == x.shape
+    assert_grad_close(analytic, numeric)
+
+
+@ALL
+def test_backward_matches_central_difference(act):
+    x = away_from_kinks((3, 2, 4), seed=1)
+    upstream = np.random.default_rng(2).normal(size=x.shape)
+    numeric = numerical_grad(lambda: float(np.sum(upstream * act.compute(x))), x)
+    analytic = act.backward(x, upstream)
+    assert analytic.shape == x.shape
+    assert_grad_close(analytic, numeric)
+
+
+@ALL
+def test_backward_is_upstream_times_deriv(act):
+    x = mixed_input(np.float64)
+    upstream = np.random.default_rng(3).normal(size=x.shape)
+    np.testing.assert_allclose(act.backward(x, upstream), upstream * act.deriv(x), rtol=1e-15, atol=0)
+
+
+@ALL
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compute_deriv_backward_never_modify_input(act, dtype):
+    x = mixed_input(dtype)
+    upstream = np.linspace(-1, 1, x.size, dtype=dtype).reshape(x.shape)
+    x_copy, upstream_copy = x.copy(), upstream.copy()
+
+    act.compute(x)
+    np.testing.assert_array_equal(x, x_copy)
+    act.deriv(x)
+    np.testing.assert_array_equal(x, x_copy)
+    act.backward(x, upstream)
+    np.testing.assert_array_equal(x, x_copy)
+    np.testing.assert_array_equal(upstream, upstream_copy)
+
+
+def test_relu_compute_keeps_stored_z_for_backward():
+    # The seed's ReLU zeroed the negatives of z in place, so the backward pass saw max(z, 0).
+    z = np.array([-2.0, -0.5, 1.5])
+    a = relu.compute(z)
+    np.testing.assert_array_equal(a, [0.0, 0.0, 1.5])
+    np.testing.assert_array_equal(z, [-2.0, -0.5, 1.5])
+    np.testing.assert_allclose(leaky_relu.compute(z), [-0.02, -0.005, 1.5], rtol=1e-15)
+    np.testing.assert_array_equal(z, [-2.0, -0.5, 1.5])
+
+
+@ALL
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_output_dtype_equals_input_dtype(act, dtype):
+    x = mixed_input(dtype)
+    upstream = np.ones_like(x)
+    assert act.compute(x).dtype == dtype
+    assert act.deriv(x).dtype == dtype
+    assert act.backward(x, upstream).dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_at_zero(dtype):
+    x = np.zeros(3, dtype=dtype)
+    np.testing.assert_array_equal(relu.compute(x), 0)
+    np.testing.assert_array_equal(relu.deriv(x), 0)  # PyTorch convention
+    np.testing.assert_array_equal(relu.backward(x, np.full(3, 5.0, dtype=dtype)), 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_leaky_relu_at_zero(dtype):
+    x = np.zeros(3, dtype=dtype)
+    np.testing.assert_array_equal(leaky_relu.compute(x), 0)
+    np.testing.assert_array_equal(leaky_relu.deriv(x), dtype(0.01))
+    np.testing.assert_array_equal(leaky_relu.backward(x, np.full(3, 2.0, dtype=dtype)), dtype(0.01) * dtype(2.0))
+
+
+def test_relu_values_and_slopes():
+    x = np.array([-3.0, -1e-9, 1e-9, 4.0])
+    np.testing.assert_array_equal(relu.compute(x), [0.0, 0.0, 1e-9, 4.0])
+    np.testing.assert_array_equal(relu.deriv(x), [0.0, 0.0, 1.0, 1.0])
+
+
+def test_leaky_relu_slope_is_exactly_0_01():
+    assert leaky_relu.slope == 0.01
+    x = np.array([-100.0, -3.0, -1e-9, 1e-9, 4.0])
+    np.testing.assert_array_equal(leaky_relu.deriv(x), [0.01, 0.01, 0.01, 1.0, 1.0])
+    np.testing.assert_allclose(leaky_relu.compute(x), [-1.0, -0.03, -1e-11, 1e-9, 4.0], rtol=1e-15)
+    assert LeakyReLU().slope == 0.01
+
+
+def test_leaky_relu_custom_slope():
+    act = LeakyReLU(slope=0.2)
+    assert act.slope == 0.2
+    x = np.array([-5.0, -1.0, 0.0, 2.0])
+    np.testing.assert_allclose(act.compute(x), [-1.0, -0.2, 0.0, 2.0], rtol=1e-15)
+    np.testing.assert_array_equal(act.deriv(x), [0.2, 0.2, 0.2, 1.0])
+    np.testing.assert_allclose(act.backward(x, np.full(4, 3.0)), [0.6, 0.6, 0.6, 3.0], rtol=1e-15)
+    # the module instance is unaffected
+    assert leaky_relu.slope == 0.01
+    assert "0.2" in repr(act)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_extreme_inputs_are_finite_without_warnings(dtype):
+    x = np.array([-1e30, -1000.0, 1000.0, 1e30], dtype=dtype)
+    upstream = np.ones_like(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = sigmoid.compute(x)
+        d = sigmoid.deriv(x)
+        b = sigmoid.backward(x, upstream)
+    for arr in (s, d, b):
+        assert np.all(np.isfinite(arr))
+        assert arr.dtype == dtype
+    np.testing.assert_array_equal(s, [0.0, 0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(d, 0.0)
+    np.testing.assert_array_equal(b, 0.0)
+
+
+def test_sigmoid_values():
+    x = np.array([-2.0, 0.0, 0.5, 30.0, -30.0])
+    np.testing.assert_allclose(sigmoid.compute(x), 1 / (1 + np.exp(-x)), rtol=1e-14)
+    assert sigmoid.compute(np.array([0.0]))[0] == 0.5
+    assert sigmoid.deriv(np.array([0.0]))[0] == 0.25
+
+
+def test_tanh_and_linear_values():
+    x = np.array([-2.0, 0.0, 0.5, 1000.0])
+    np.testing.assert_allclose(tanh.compute(x), np.tanh(x), rtol=1e-15)
+    np.testing.assert_allclose(tanh.deriv(x), 1 - np.tanh(x) ** 2, rtol=1e-14, atol=1e-300)
+    np.testing.assert_array_equal(linear.compute(x), x)
+    np.testing.assert_array_equal(linear.deriv(x), np.ones_like(x))
+
+
+class Square(AbstractActivation):
+    """A user-defined activation with only compute and deriv."""
+
+    def compute(self, x):
+        return x * x
+
+    def deriv(self, x):
+        return 2 * x
+
+
+def test_user_subclass_with_only_compute_and_deriv_works_through_backward():
+    act = Square()
+    x = away_from_kinks((3, 4), seed=5)
+    upstream = np.random.default_rng(6).normal(size=x.shape)
+    x_copy = x.copy()
+    out = act.backward(x, upstream)
+    np.testing.assert_allclose(out, upstream * 2 * x_copy, rtol=1e-15)
+    numeric = numerical_grad(lambda: float(np.sum(upstream * act.compute(x))), x)
+    assert_grad_close(out, numeric)
+    np.testing.assert_array_equal(x, x_copy)
+    assert repr(act) == "Square()"
+
+
+def test_abstract_activation_methods_are_not_implemented():
+    act = AbstractActivation()
+    x = np.zeros(2)
+    with pytest.raises(NotImplementedError):
+        act.compute(x)
+    with pytest.raises(NotImplementedError):
+        act.deriv(x)

@@ -1,0 +1,64 @@
+"""The backend choice in cnnc.kernels (made at import, so each case runs in a fresh process)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import cnnc
+from cnnc import _numpy_kernels, kernels
+
+KERNEL_NAMES = {"conv2d_forward", "conv2d_grad_input", "conv2d_grad_params", "maxpool2d_forward",
+                "maxpool2d_backward", "adam_update"}
+
+
+def run_with_backend(value, code="import cnnc; print(cnnc.backend())"):
+    env = dict(os.environ, CNNC_BACKEND=value)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def compiled_is_built():
+    try:
+        from cnnc import _kernels  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_kernels_module_exposes_exactly_the_kernel_functions():
+    public = {name for name in dir(kernels) if not name.startswith("_") and callable(getattr(kernels, name))}
+    assert public == KERNEL_NAMES
+    assert KERNEL_NAMES <= set(dir(_numpy_kernels))
+
+
+def test_backend_reports_the_module_in_use():
+    expected = "compiled" if compiled_is_built() and os.environ.get("CNNC_BACKEND") != "numpy" else "numpy"
+    assert cnnc.backend() == expected
+
+
+def test_numpy_backend_can_be_forced():
+    result = run_with_backend("numpy")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "numpy"
+
+
+def test_auto_takes_the_compiled_kernels_when_built():
+    result = run_with_backend("auto")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("compiled" if compiled_is_built() else "numpy")
+
+
+def test_compiled_without_the_extension_is_an_import_error_saying_how_to_build():
+    result = run_with_backend("compiled")
+    if compiled_is_built():
+        assert result.stdout.strip() == "compiled"
+    else:
+        assert result.returncode != 0
+        assert "ImportError" in result.stderr and "pip install" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["fast", "gpu"])
+def test_unknown_backend_is_refused(value):
+    result = run_with_backend(value)
+    assert result.returncode != 0
+    assert "CNNC_BACKEND must be" in result.stderr and value in result.stderr

@@ -1,0 +1,300 @@
+import copy
+
+import numpy as np
+import pytest
+
+import cnnc
+from cnnc import (POOL, AdamOptimizer, Conv, Flatten, FullyConnected, MaxPool, MeanSquaredError,
+                  Network, SGDoptimizer, SGDOptimizer, SoftmaxCrossEntropy, init, leaky_relu, linear,
+                  relu, sigmoid, tanh)
+
+from .gradcheck import assert_grad_close, numerical_grad
+
+
+def bars(n, size=12, seed=0):
+    """Noisy images of a bar in one of four orientations; the orientation is the label."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    images = rng.normal(0, 0.3, (n, size, size, 1))
+    for image, label in zip(images, labels):
+        offset = rng.integers(2, size - 2)
+        line = np.arange(size)
+        rows, cols = [(np.full(size, offset), line), (line, np.full(size, offset)),
+                      (line, line), (line, size - 1 - line)][label]
+        image[rows, cols, 0] += 1.0
+    return images, labels
+
+
+def small_cnn(dtype=None, optimizer=AdamOptimizer):
+    return Network([
+        Conv((3, 3, 1, 8), padding=1, activation=relu, optimizer=optimizer(), dtype=dtype),
+        MaxPool(2),
+        Flatten((6, 6, 8)),
+        FullyConnected((288, 4), optimizer=optimizer(), weight_init=init.xavier_normal, dtype=dtype),
+    ], loss=SoftmaxCrossEntropy())
+
+
+def state_of(net):
+    """Every weight and optimizer state array of a network, copied."""
+    return copy.deepcopy([(layer.params, getattr(layer, "optimizer", None) and layer.optimizer.state)
+                          for layer in net.layers])
+
+
+def assert_same_state(a, b):
+    for (params_a, opt_a), (params_b, opt_b) in zip(a, b):
+        for name in params_a:
+            np.testing.assert_array_equal(params_a[name], params_b[name])
+        assert (opt_a is None) == (opt_b is None)
+        if opt_a is not None:
+            assert opt_a.keys() == opt_b.keys()
+            for key in opt_a:
+                for slot in opt_a[key]:
+                    np.testing.assert_array_equal(opt_a[key][slot], opt_b[key][slot])
+
+
+def test_cnn_learns_oriented_bars():
+    np.random.seed(0)
+    x, y = bars(1200)
+    x_test, y_test = bars(400, seed=1)
+    net = small_cnn()
+    for step in range(150):
+        batch = slice((step * 32) % 1184, (step * 32) % 1184 + 32)
+        net.train_step(x[batch], y[batch], lr=3e-3)
+    assert net.evaluate(x_test, y_test) > 0.95
+
+
+def test_mlp_with_sgd_momentum_learns_xor():
+    np.random.seed(1)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (512, 2))
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(int)
+    net = Network([
+        FullyConnected((2, 32), activation=tanh, optimizer=SGDOptimizer(momentum=0.9)),
+        FullyConnected((32, 2), optimizer=SGDOptimizer(momentum=0.9), weight_init=init.xavier_normal),
+    ], loss=SoftmaxCrossEntropy())
+    for _ in range(400):
+        net.train_step(x, y, lr=0.1)
+    assert net.evaluate(x, y) > 0.95
+
+
+def test_mean_squared_error_regression_converges():
+    np.random.seed(2)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(256, 3))
+    target = x @ np.array([[1.0], [-2.0], [0.5]]) + 0.3
+    net = Network([FullyConnected((3, 1), dtype=np.float64)], loss=MeanSquaredError())
+    for _ in range(500):
+        loss = net.train_step(x, target, lr=0.05)
+    assert loss < 1e-6
+    np.testing.assert_allclose(net.layers[0].params["w"].ravel(), [1.0, -2.0, 0.5], atol=1e-3)
+
+
+def test_whole_network_gradients_match_finite_differences():
+    np.random.seed(3)
+    rng = np.random.default_rng(3)
+    net = Network([
+        Conv((3, 3, 2, 3), strides=2, padding=1, activation=leaky_relu, dtype=np.float64),
+        Conv((2, 2, 3, 4), activation=tanh, dtype=np.float64),
+        MaxPool(2, strides=1),
+        Flatten((2, 2, 4)),
+        FullyConnected((16, 5), activation=sigmoid, dtype=np.float64),
+        FullyConnected((5, 3), dtype=np.float64),
+    ], loss=SoftmaxCrossEntropy())
+    x = rng.normal(size=(3, 7, 7, 2))
+    y = np.array([0, 2, 1])
+    _, grads = net.loss_and_grads(x, y)
+    assert [sorted(g) for g in grads] == [["b", "w"], ["b", "w"], [], [], ["b", "w"], ["b", "w"]]
+    for layer, layer_grads in zip(net.layers, grads):
+        for name, grad in layer_grads.items():
+            numeric = numerical_grad(lambda: net.loss_and_grads(x, y)[0], layer.params[name])
+            assert_grad_close(grad, numeric)
+
+
+def test_train_step_returns_the_loss_before_its_update():
+    np.random.seed(4)
+    x, y = bars(16)
+    net = small_cnn()
+    before, _ = net.loss_and_grads(x, y)
+    assert net.train_step(x, y, lr=1e-2) == before
+    assert net.loss_and_grads(x, y)[0] < before
+
+
+def test_float32_and_float64_agree():
+    np.random.seed(5)
+    x, y = bars(32)
+    net32, net64 = small_cnn(np.float32), small_cnn(np.float64)
+    for layer32, layer64 in zip(net32.layers, net64.layers):
+        for name in layer32.params:
+            layer64.params[name][...] = layer32.params[name]
+    for _ in range(5):
+        loss32, loss64 = net32.train_step(x, y, 1e-3), net64.train_step(x, y, 1e-3)
+        assert loss32 == pytest.approx(loss64, rel=1e-5)
+    assert net32.predict(x).dtype == np.float32
+    np.testing.assert_allclose(net32.predict(x), net64.predict(x), rtol=1e-4, atol=1e-5)
+
+
+def test_predict_in_batches_equals_one_batch():
+    np.random.seed(6)
+    x, y = bars(23)
+    net = small_cnn(np.float64)
+    whole = net.predict(x, batch_size=1000)
+    assert whole.shape == (23, 4)
+    np.testing.assert_allclose(net.predict(x, batch_size=5), whole, rtol=1e-12)
+    ids = whole.argmax(axis=1)
+    assert net.evaluate(x, y, batch_size=4) == pytest.approx(np.mean(ids == y))
+    assert net.evaluate(x, np.eye(4)[y], batch_size=7) == net.evaluate(x, y)
+
+
+def test_integer_and_one_hot_labels_train_identically():
+    np.random.seed(7)
+    x, y = bars(16)
+    a = small_cnn(np.float64)
+    b = copy.deepcopy(a)
+    for _ in range(3):
+        assert a.train_step(x, y) == pytest.approx(b.train_step(x, np.eye(4)[y]), rel=1e-12)
+
+
+def test_inputs_are_cast_to_the_network_dtype():
+    np.random.seed(8)
+    x, y = bars(8)
+    net = small_cnn(np.float32)
+    images = np.clip(x * 100 + 100, 0, 255).astype(np.uint8)
+    assert net.predict(images).dtype == np.float32
+    assert np.isfinite(net.train_step(images / 255.0, y))
+    assert net.predict(x.astype(np.float64)).dtype == np.float32
+
+
+def test_seed_report_code_runs():
+    """The seed report's own code blocks, as a user types them."""
+    np.random.seed(9)
+    x = np.random.rand(50, 28, 28, 1)
+    y = np.random.randint(0, 10, 50)
+    mlp = [
+        Flatten((28, 28, 1)),
+        FullyConnected((28 * 28, 100), activation=sigmoid, optimizer=SGDoptimizer(),
+                       weight_init=lambda shp: np.random.normal(size=shp) * np.sqrt(1.0 / (28 * 28))),
+        FullyConnected((100, 50), activation=sigmoid, optimizer=SGDoptimizer(),
+                       weight_init=lambda shp: np.random.normal(size=shp) * np.sqrt(1.0 / (100.))),
+        FullyConnected((50, 10), activation=linear, optimizer=SGDoptimizer(),
+                       weight_init=lambda shp: np.random.normal(size=shp) * np.sqrt(1.0 / (50.))),
+    ]
+    cnn = [
+        Conv((3, 3, 1, 16), strides=1, activation=leaky_relu, optimizer=AdamOptimizer(),
+             filter_init=lambda shp: np.random.normal(size=shp) * np.sqrt(2.0 / (28 * 28))),
+        Conv((4, 4, 16, 32), strides=2, activation=leaky_relu, optimizer=AdamOptimizer(),
+             filter_init=lambda shp: np.random.normal(size=shp) * np.sqrt(2.0 / (16 * 26 * 26))),
+        POOL(pshape=2),
+        Flatten((6, 6, 32)),
+        FullyConnected((6 * 6 * 32, 256), activation=relu, optimizer=AdamOptimizer(),
+                       weight_init=lambda shp: np.random.normal(size=shp) * np.sqrt(2.0 / (6 * 6 * 32))),
+        FullyConnected((256, 10), activation=linear, optimizer=AdamOptimizer(),
+                       weight_init=lambda shp: np.random.normal(size=shp) * np.sqrt(2.0 / (256.))),
+    ]
+    for layers in (mlp, cnn):
+        net = Network(layers, loss=SoftmaxCrossEntropy())
+        losses = [net.train_step(x, y, lr=0.01) for _ in range(3)]
+        assert all(np.isfinite(losses))
+        assert net.predict(x).shape == (50, 10)
+
+
+class TestBadInput:
+    def setup_method(self):
+        np.random.seed(10)
+        self.net = Network([
+            Conv((3, 3, 1, 16), activation=relu),
+            POOL(2),
+            Flatten((13, 13, 16)),
+            FullyConnected((13 * 13 * 16, 10)),
+        ], loss=SoftmaxCrossEntropy())
+        self.x = np.random.rand(4, 28, 28, 1)
+        self.y = np.array([1, 2, 3, 4])
+
+    def test_images_without_channel_axis_are_refused(self):
+        with pytest.raises(ValueError, match=r"layer 0 \(Conv\).*\(N, H, W, C\).*3-D"):
+            self.net.train_step(self.x[..., 0], self.y)
+
+    def test_wrong_channel_count_names_expected_and_received(self):
+        with pytest.raises(ValueError, match=r"layer 0 \(Conv\).*expects 1 input channels, got 3"):
+            self.net.predict(np.zeros((2, 28, 28, 3)))
+
+    def test_wrong_image_size_is_caught_at_flatten(self):
+        with pytest.raises(ValueError, match=r"layer 2 \(Flatten\).*\(N, 13, 13, 16\).*\(N, 14, 14, 16\)"):
+            self.net.evaluate(np.zeros((2, 30, 30, 1)), [0, 1])
+
+    def test_image_too_small_for_the_filter(self):
+        with pytest.raises(ValueError, match="does not fit"):
+            self.net.predict(np.zeros((1, 2, 2, 1)))
+
+    def test_labels_out_of_range(self):
+        with pytest.raises(ValueError, match=r"\[0, 10\).*10"):
+            self.net.train_step(self.x, np.array([0, 1, 2, 10]))
+        with pytest.raises(ValueError, match=r"\[0, 10\)"):
+            self.net.evaluate(self.x, np.array([-1, 1, 2, 3]))
+
+    def test_wrong_label_count(self):
+        with pytest.raises(ValueError, match="4 samples.*labels of shape \\(3,\\)"):
+            self.net.train_step(self.x, self.y[:3])
+        with pytest.raises(ValueError, match="4 samples"):
+            self.net.evaluate(self.x, self.y[:3])
+
+    def test_one_hot_labels_with_wrong_width(self):
+        with pytest.raises(ValueError, match="10 columns"):
+            self.net.train_step(self.x, np.eye(5)[self.y])
+
+    def test_empty_batch(self):
+        with pytest.raises(ValueError, match="empty"):
+            self.net.train_step(self.x[:0], self.y[:0])
+
+    def test_non_numeric_input(self):
+        with pytest.raises(ValueError, match="numbers"):
+            self.net.predict(np.array([["a"]]))
+
+    def test_bad_learning_rate_and_batch_size(self):
+        with pytest.raises(ValueError, match="lr"):
+            self.net.train_step(self.x, self.y, lr=float("nan"))
+        with pytest.raises(ValueError, match="batch_size"):
+            self.net.predict(self.x, batch_size=0)
+
+    def test_non_finite_loss_changes_nothing(self):
+        self.net.train_step(self.x, self.y)
+        before = state_of(self.net)
+        x = self.x.copy()
+        x[0, 5, 5, 0] = np.nan
+        with pytest.raises(FloatingPointError, match="loss"):
+            self.net.train_step(x, self.y)
+        assert_same_state(state_of(self.net), before)
+
+    def test_non_finite_gradient_changes_nothing(self, monkeypatch):
+        self.net.train_step(self.x, self.y)
+        before = state_of(self.net)
+        layer = self.net.layers[3]
+        real_get_grad = layer.get_grad
+
+        def poisoned(inputs, layer_err):
+            grads = real_get_grad(inputs, layer_err)
+            grads["b"][0] = np.inf
+            return grads
+
+        monkeypatch.setattr(layer, "get_grad", poisoned)
+        with pytest.raises(FloatingPointError, match=r"'b' of layer 3 \(FullyConnected\)"):
+            self.net.train_step(self.x, self.y)
+        assert_same_state(state_of(self.net), before)
+
+
+def test_layers_of_different_dtypes_are_refused():
+    with pytest.raises(ValueError, match="one dtype.*float32.*float64"):
+        Network([Flatten((4,)), FullyConnected((4, 3)), FullyConnected((3, 2), dtype=np.float64)],
+                loss=SoftmaxCrossEntropy())
+
+
+def test_one_optimizer_shared_by_two_layers_is_refused():
+    shared = AdamOptimizer()
+    with pytest.raises(ValueError, match="layers 0 and 1 share one optimizer"):
+        Network([FullyConnected((4, 3), optimizer=shared), FullyConnected((3, 2), optimizer=shared)],
+                loss=SoftmaxCrossEntropy())
+
+
+def test_network_without_parameters_uses_the_default_dtype():
+    net = Network([Flatten((2, 2, 1))], loss=SoftmaxCrossEntropy())
+    assert net.dtype == cnnc.get_default_dtype()
+    assert net.predict(np.ones((3, 2, 2, 1))).shape == (3, 4)
