@@ -16,12 +16,19 @@ from .activations import linear
 from .optimizers import AdamOptimizer
 
 
-def _pair(value, name):
-    """An int or a pair of ints as a pair of positive ints."""
-    pair = (value, value) if np.ndim(value) == 0 else tuple(value)
-    if len(pair) != 2 or any(int(v) != v or v < 1 for v in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
-    return int(pair[0]), int(pair[1])
+def _ints(value, count, name, minimum=1, repeat=False):
+    """value as a tuple of `count` ints >= minimum; with repeat, one int stands for all."""
+    items = (value,) * count if repeat and np.ndim(value) == 0 else value
+    try:
+        items = tuple(items)
+        valid = len(items) == count and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum for v in items)
+    except TypeError:
+        valid = False
+    if not valid:
+        kind = "an int or " if repeat else ""
+        raise ValueError(f"{name} must be {kind}{count} ints >= {minimum}, got {value!r}")
+    return tuple(int(v) for v in items)
 
 
 class Layer:
@@ -71,19 +78,14 @@ class Conv(ParametricLayer):
 
     def __init__(self, fshape, strides=1, padding=0, activation=linear, optimizer=None,
                  filter_init=None, bias_init=None, dtype=None):
-        if len(fshape) != 4 or any(int(d) != d or d < 1 for d in fshape):
-            raise ValueError(f"Conv fshape must be (kh, kw, c_in, c_out) of positive ints, got {fshape!r}")
-        self.fshape = tuple(int(d) for d in fshape)
-        self.strides = _pair(strides, "strides")
+        self.fshape = _ints(fshape, 4, "Conv fshape (kh, kw, c_in, c_out)")
+        self.strides = _ints(strides, 2, "strides", repeat=True)
         if isinstance(padding, str):
             if padding not in ("valid", "same"):
                 raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
             self.padding = padding
         else:
-            pair = (padding, padding) if np.ndim(padding) == 0 else tuple(padding)
-            if len(pair) != 2 or any(int(p) != p or p < 0 for p in pair):
-                raise ValueError(f"padding must be a non-negative int or a pair of them, got {padding!r}")
-            self.padding = (int(pair[0]), int(pair[1]))
+            self.padding = _ints(padding, 2, "padding", minimum=0, repeat=True)
         super().__init__(self.fshape, (self.fshape[3],), activation, optimizer, filter_init,
                          bias_init, dtype)
         self._input_shape = None
@@ -146,8 +148,8 @@ class MaxPool(Layer):
 
     def __init__(self, pshape=2, strides=None):
         super().__init__()
-        self.pshape = _pair(pshape, "pshape")
-        self.strides = self.pshape if strides is None else _pair(strides, "strides")
+        self.pshape = _ints(pshape, 2, "pshape", repeat=True)
+        self.strides = self.pshape if strides is None else _ints(strides, 2, "strides", repeat=True)
         self._argmax = None
         self._input_shape = None
 
@@ -180,7 +182,8 @@ class Flatten(Layer):
 
     def __init__(self, input_shape):
         super().__init__()
-        self.input_shape = tuple(int(d) for d in input_shape)
+        shape = (input_shape,) if np.ndim(input_shape) == 0 else tuple(input_shape)
+        self.input_shape = _ints(shape, len(shape), "Flatten input_shape")
         self.size = int(np.prod(self.input_shape))
 
     def output_shape(self, input_shape):
@@ -205,9 +208,7 @@ class FullyConnected(ParametricLayer):
 
     def __init__(self, shape, activation=linear, optimizer=None, weight_init=None, bias_init=None,
                  dtype=None):
-        if len(shape) != 2 or any(int(d) != d or d < 1 for d in shape):
-            raise ValueError(f"FullyConnected shape must be (n_in, n_out) of positive ints, got {shape!r}")
-        self.shape = (int(shape[0]), int(shape[1]))
+        self.shape = _ints(shape, 2, "FullyConnected shape (n_in, n_out)")
         super().__init__(self.shape, (self.shape[1],), activation, optimizer, weight_init, bias_init,
                          dtype)
 

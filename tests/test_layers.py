@@ -1,0 +1,640 @@
+"""Conv, MaxPool (POOL), Flatten and FullyConnected: gradients, shapes, arguments, params."""
+import itertools
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cnnc
+from cnnc import (POOL, Conv, Flatten, FullyConnected, MaxPool, leaky_relu, linear, relu,
+                  sigmoid, tanh)
+
+from .gradcheck import assert_grad_close, numerical_grad
+
+F64 = np.float64
+
+
+@pytest.fixture(autouse=True)
+def _restore_default_dtype():
+    saved = cnnc.get_default_dtype()
+    yield
+    cnnc.set_default_dtype(saved)
+
+
+def _normal(seed):
+    rng = np.random.default_rng(seed)
+    return lambda shape: rng.standard_normal(shape)
+
+
+def _conv64(fshape, strides=1, padding=0, activation=linear, seed=0):
+    layer = Conv(fshape, strides=strides, padding=padding, activation=activation,
+                 filter_init=_normal(seed), dtype=F64)
+    layer.params["b"][...] = np.random.default_rng(seed + 100).standard_normal(fshape[3])
+    return layer
+
+
+def _fc64(shape, activation=linear, seed=0):
+    layer = FullyConnected(shape, activation=activation, weight_init=_normal(seed), dtype=F64)
+    layer.params["b"][...] = np.random.default_rng(seed + 100).standard_normal(shape[1])
+    return layer
+
+
+def _check_layer_grads(layer, x, seed=0):
+    """Gradient check of loss = sum(a * r): input gradient and every parameter gradient."""
+    z, a = layer.forward(x)
+    r = np.random.default_rng(seed + 1).standard_normal(a.shape)
+
+    def loss():
+        return float(np.sum(layer.forward(x)[1] * r))
+
+    num_x = numerical_grad(loss, x)
+    num_params = {name: numerical_grad(loss, p) for name, p in layer.params.items()}
+
+    z, a = layer.forward(x)
+    layer_err = r * layer.activation.deriv(z)
+    dx = layer.backward(layer_err)
+    assert dx.shape == x.shape
+    assert_grad_close(dx, num_x)
+    grads = layer.get_grad(x, layer_err)
+    assert set(grads) == set(layer.params)
+    for name, num in num_params.items():
+        assert grads[name].shape == layer.params[name].shape
+        assert_grad_close(grads[name], num)
+    return dx, grads
+
+
+# --------------------------------------------------------------------------- Conv gradients
+
+# (n, h, w, c_in, c_out, kh, kw, strides, padding)
+CONV_GRAD_CASES = [
+    (1, 7, 5, 1, 2, 3, 3, 1, 0),
+    (2, 9, 9, 2, 3, 3, 3, 2, 1),
+    (3, 6, 11, 2, 2, 4, 4, 3, (1, 2)),
+    (2, 7, 5, 3, 2, 1, 1, 1, 0),
+    (1, 7, 5, 3, 2, 1, 1, 2, 0),
+    (2, 6, 11, 2, 3, 5, 5, (1, 2), 2),
+    (1, 9, 9, 2, 2, 3, 3, (2, 1), (1, 2)),
+    (1, 6, 11, 2, 2, 3, 3, 3, (2, 0)),
+    (1, 7, 5, 2, 2, 3, 3, 1, "valid"),
+    (2, 9, 9, 1, 2, 4, 4, 2, "valid"),     # (9 - 4) // 2 + 1 = 3: the last row is unused
+    (2, 7, 5, 2, 2, 3, 3, 1, "same"),
+    (2, 6, 7, 2, 2, 4, 4, 1, "same"),      # even kernel: the odd pixel goes bottom/right
+    (1, 9, 9, 2, 2, 4, 4, 2, "same"),
+    (2, 7, 6, 2, 2, 3, 3, 2, "same"),
+    (1, 9, 9, 2, 2, 5, 5, 3, "same"),
+    (2, 8, 7, 1, 3, 2, 3, (2, 1), "same"),
+    (2, 5, 5, 2, 3, 5, 5, 1, 0),           # 1x1 output
+    (1, 3, 3, 1, 1, 5, 5, 1, 1),           # the filter just fits the padded input
+    (1, 4, 4, 1, 2, 1, 1, 3, 2),           # padding wider than the filter
+]
+
+
+@pytest.mark.parametrize("case", CONV_GRAD_CASES, ids=str)
+def test_conv_gradients_match_central_differences(case):
+    n, h, w, cin, cout, kh, kw, strides, padding = case
+    layer = _conv64((kh, kw, cin, cout), strides, padding, seed=n + h)
+    x = np.random.default_rng(h * w).standard_normal((n, h, w, cin))
+    dx, _ = _check_layer_grads(layer, x, seed=h)
+    assert dx.dtype == F64
+
+
+@pytest.mark.parametrize("activation", [relu, leaky_relu, sigmoid, tanh, linear], ids=repr)
+def test_conv_gradients_with_activation(activation):
+    layer = _conv64((3, 3, 2, 3), strides=(1, 2), padding="same", activation=activation, seed=4)
+    x = np.random.default_rng(5).standard_normal((2, 5, 6, 2))
+    _check_layer_grads(layer, x, seed=6)
+
+
+@pytest.mark.parametrize("activation", [relu, leaky_relu, sigmoid, tanh], ids=repr)
+def test_conv_forward_returns_z_and_activation_of_z(activation):
+    layer = _conv64((3, 3, 2, 3), strides=2, padding=1, activation=activation, seed=1)
+    plain = _conv64((3, 3, 2, 3), strides=2, padding=1, seed=1)
+    x = np.random.default_rng(2).standard_normal((2, 7, 7, 2))
+    z, a = layer.forward(x)
+    z_ref, a_ref = plain.forward(x)
+    np.testing.assert_array_equal(z_ref, a_ref)        # linear: a is z
+    np.testing.assert_allclose(z, z_ref, rtol=1e-15)   # the activation did not alter z
+    np.testing.assert_allclose(a, activation.compute(z_ref), rtol=1e-15)
+    assert not np.allclose(a, z)
+
+
+# --------------------------------------------------------------------------- FC gradients
+
+
+@pytest.mark.parametrize("n, n_in, n_out", [(1, 1, 1), (3, 7, 5), (2, 13, 4), (2, 4, 9)])
+def test_fully_connected_gradients_match_central_differences(n, n_in, n_out):
+    layer = _fc64((n_in, n_out), seed=n_in)
+    x = np.random.default_rng(n_out).standard_normal((n, n_in))
+    _check_layer_grads(layer, x, seed=n)
+
+
+@pytest.mark.parametrize("activation", [relu, leaky_relu, sigmoid, tanh], ids=repr)
+def test_fully_connected_gradients_with_activation(activation):
+    layer = _fc64((6, 5), activation=activation, seed=2)
+    x = np.random.default_rng(3).standard_normal((3, 6))
+    z, a = layer.forward(x)
+    np.testing.assert_allclose(z, x @ layer.params["w"] + layer.params["b"], rtol=1e-13)
+    np.testing.assert_allclose(a, activation.compute(z), rtol=1e-15)
+    _check_layer_grads(layer, x, seed=4)
+
+
+# --------------------------------------------------------------------------- MaxPool
+
+
+def _distinct(shape, seed):
+    """Distinct values (a shuffled 0..size-1, scaled): no ties, so max is differentiable."""
+    size = int(np.prod(shape))
+    return np.random.default_rng(seed).permutation(size).reshape(shape).astype(F64) * 0.5 - 3.0
+
+
+# (n, h, w, c, pshape, strides)
+POOL_GRAD_CASES = [
+    (2, 6, 6, 2, 2, None),
+    (1, 7, 7, 2, 2, None),          # does not tile: last row and column dropped
+    (2, 7, 5, 1, 3, 2),             # overlapping windows
+    (1, 9, 9, 2, 3, 2),
+    (2, 6, 11, 2, (2, 3), None),
+    (1, 7, 8, 2, (3, 2), (2, 1)),
+    (1, 5, 5, 3, 1, None),
+    (1, 9, 7, 1, 4, 3),
+]
+
+
+@pytest.mark.parametrize("case", POOL_GRAD_CASES, ids=str)
+def test_maxpool_gradient_matches_central_differences(case):
+    n, h, w, c, pshape, strides = case
+    layer = MaxPool(pshape, strides)
+    x = _distinct((n, h, w, c), seed=h + w)
+    z, a = layer.forward(x)
+    assert z is a or np.array_equal(z, a)
+    assert z.shape == (n,) + layer.output_shape((h, w, c))
+    dx, grads = _check_layer_grads(layer, x, seed=c)
+    assert grads == {} and layer.params == {}
+    assert dx.dtype == F64
+
+
+def test_maxpool_forward_values():
+    x = _distinct((2, 7, 5, 3), seed=9)
+    z, _ = MaxPool(3, 2).forward(x)
+    for i, j in itertools.product(range(3), range(2)):
+        np.testing.assert_array_equal(z[:, i, j], x[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max(axis=(1, 2)))
+
+
+def test_maxpool_non_tiling_drops_last_row_and_column():
+    """7x7 input with pool 2: output 3x3; row 6 and column 6 get exactly zero gradient."""
+    layer = MaxPool(2)
+    x = _distinct((2, 7, 7, 2), seed=3)
+    x[:, 6, :, :] += 1000.0  # the largest values sit in the dropped row / column
+    x[:, :, 6, :] += 1000.0
+    z, _ = layer.forward(x)
+    assert z.shape == (2, 3, 3, 2)
+    assert z.max() < 1000.0
+    dx = layer.backward(np.random.default_rng(0).standard_normal(z.shape))
+    assert np.all(dx[:, 6, :, :] == 0.0)
+    assert np.all(dx[:, :, 6, :] == 0.0)
+    # Each kept window sends its gradient to exactly one of its four inputs.
+    assert np.count_nonzero(dx) == z.size
+
+
+def test_maxpool_overlapping_windows_accumulate():
+    """pshape 3, strides 2 on 5x5: the centre belongs to all four windows."""
+    layer = MaxPool(pshape=3, strides=2)
+    x = _distinct((1, 5, 5, 1), seed=4)
+    x[0, 2, 2, 0] = 100.0
+    z, _ = layer.forward(x)
+    assert z.shape == (1, 2, 2, 1)
+    np.testing.assert_array_equal(z, np.full((1, 2, 2, 1), 100.0))
+    dy = np.array([1.0, 2.0, 4.0, 8.0]).reshape(1, 2, 2, 1)
+    dx = layer.backward(dy)
+    expected = np.zeros((1, 5, 5, 1))
+    expected[0, 2, 2, 0] = 15.0
+    np.testing.assert_array_equal(dx, expected)
+
+
+def test_maxpool_ties_first_element_of_window_gets_gradient():
+    """All-equal windows: the first element in row-major window order takes it all (PyTorch)."""
+    layer = MaxPool(2)
+    x = np.zeros((1, 4, 4, 2))
+    z, _ = layer.forward(x)
+    dy = np.arange(1.0, 9.0).reshape(1, 2, 2, 2)
+    dx = layer.backward(dy)
+    expected = np.zeros_like(x)
+    expected[0, 0::2, 0::2, :] = dy[0]
+    np.testing.assert_array_equal(dx, expected)
+
+
+def test_maxpool_ties_overlapping_windows():
+    layer = MaxPool(3, strides=2)
+    x = np.full((1, 5, 5, 1), 7.0)
+    z, _ = layer.forward(x)
+    dx = layer.backward(np.array([1.0, 2.0, 4.0, 8.0]).reshape(1, 2, 2, 1))
+    expected = np.zeros((5, 5))
+    expected[0, 0], expected[0, 2], expected[2, 0], expected[2, 2] = 1.0, 2.0, 4.0, 8.0
+    np.testing.assert_array_equal(dx[0, :, :, 0], expected)
+
+
+def test_maxpool_partial_tie_prefers_row_major_first():
+    """Window [[1, 3], [3, 2]]: (0, 1) precedes (1, 0) in row-major order."""
+    layer = MaxPool(2)
+    x = np.array([[1.0, 3.0], [3.0, 2.0]]).reshape(1, 2, 2, 1)
+    z, _ = layer.forward(x)
+    assert z.item() == 3.0
+    dx = layer.backward(np.array([5.0]).reshape(1, 1, 1, 1))
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[0.0, 5.0], [0.0, 0.0]])
+
+
+def test_pool_is_maxpool():
+    assert POOL is MaxPool
+    layer = POOL(pshape=2)
+    assert layer.pshape == (2, 2) and layer.strides == (2, 2)
+
+
+def test_maxpool_keeps_float32():
+    x = _distinct((1, 6, 6, 2), seed=0).astype(np.float32)
+    layer = MaxPool(2)
+    z, _ = layer.forward(x)
+    assert z.dtype == np.float32
+    assert layer.backward(np.ones_like(z)).dtype == np.float32
+
+
+# --------------------------------------------------------------------------- Flatten
+
+
+def test_flatten_is_c_order_and_gradient_checks():
+    layer = Flatten((3, 4, 2))
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 2))
+    z, a = layer.forward(x)
+    assert z.shape == (2, 24)
+    np.testing.assert_array_equal(z, x.reshape(2, 24))
+    assert z[1, (2 * 4 + 3) * 2 + 1] == x[1, 2, 3, 1]
+    dx, grads = _check_layer_grads(layer, x)
+    assert grads == {}
+    np.testing.assert_array_equal(layer.backward(z), x)
+
+
+# --------------------------------------------------------------------------- output shapes
+
+
+def _expected_conv_size(size, k, s, p):
+    if p == "same":
+        return -(-size // s)
+    if p == "valid":
+        p = 0
+    return (size + 2 * p - k) // s + 1
+
+
+def test_conv_output_shape_matches_forward_and_floor_rule():
+    rng = np.random.default_rng(0)
+    checked = 0
+    for (h, w), (kh, kw), strides, padding in itertools.product(
+        [(5, 6), (7, 9), (8, 8)],
+        [(1, 1), (2, 3), (3, 3), (4, 4), (5, 5)],
+        [1, 2, 3, (1, 2), (3, 1)],
+        [0, 1, (1, 2), "valid", "same"],
+    ):
+        layer = Conv((kh, kw, 2, 3), strides=strides, padding=padding)
+        shape = layer.output_shape((h, w, 2))
+        sh, sw = (strides, strides) if isinstance(strides, int) else strides
+        if isinstance(padding, str):
+            ph = pw = padding
+        else:
+            ph, pw = (padding, padding) if isinstance(padding, int) else padding
+        assert shape == (_expected_conv_size(h, kh, sh, ph), _expected_conv_size(w, kw, sw, pw), 3)
+        z, a = layer.forward(rng.standard_normal((2, h, w, 2)).astype(np.float32))
+        assert z.shape == a.shape == (2,) + shape
+        checked += 1
+    assert checked == 3 * 5 * 5 * 5
+
+
+@pytest.mark.parametrize(
+    "fshape, strides, padding, in_shape, expected",
+    [
+        ((3, 3, 1, 4), 2, 0, (8, 8, 1), (3, 3, 4)),      # (8 - 3) // 2 + 1 = 3, not 4
+        ((2, 2, 1, 1), 2, 0, (7, 7, 1), (3, 3, 1)),
+        ((3, 3, 1, 1), 3, 1, (10, 10, 1), (4, 4, 1)),    # (10 + 2 - 3) // 3 + 1
+        ((4, 4, 2, 5), (1, 2), (1, 2), (6, 11, 2), (5, 6, 5)),
+        ((3, 3, 1, 1), 2, "same", (7, 8, 1), (4, 4, 1)),
+        ((4, 4, 1, 1), 3, "same", (7, 9, 1), (3, 3, 1)),
+        ((5, 5, 1, 1), 1, "valid", (5, 7, 1), (1, 3, 1)),
+    ],
+)
+def test_conv_output_shape_examples(fshape, strides, padding, in_shape, expected):
+    layer = Conv(fshape, strides=strides, padding=padding)
+    assert layer.output_shape(in_shape) == expected
+
+
+@pytest.mark.parametrize(
+    "k, s, size, pads",
+    [(2, 1, 5, (0, 1)), (3, 1, 5, (1, 1)), (4, 1, 6, (1, 2)), (3, 2, 8, (0, 1)),
+     (3, 2, 7, (1, 1)), (1, 2, 7, (0, 0)), (1, 3, 8, (0, 0)), (5, 3, 9, (1, 1))],
+)
+def test_conv_same_padding_extra_pixel_goes_bottom_right(k, s, size, pads):
+    layer = Conv((k, k, 1, 1), strides=s, padding="same")
+    assert layer.pads(size, size) == pads + pads
+
+
+def test_conv_same_even_kernel_values():
+    """Ones filter 2x2, 'same': the zero pixel of padding is below and to the right."""
+    layer = Conv((2, 2, 1, 1), padding="same", filter_init=np.ones, dtype=F64)
+    z, _ = layer.forward(np.ones((1, 4, 4, 1)))
+    expected = np.full((4, 4), 4.0)
+    expected[3, :] = 2.0
+    expected[:, 3] = 2.0
+    expected[3, 3] = 1.0
+    np.testing.assert_array_equal(z[0, :, :, 0], expected)
+
+
+def test_maxpool_output_shape_matches_forward_and_floor_rule():
+    rng = np.random.default_rng(1)
+    for (h, w), pshape, strides in itertools.product(
+        [(5, 6), (7, 9), (8, 8)], [1, 2, 3, (2, 3)], [None, 1, 2, 3, (1, 2)]
+    ):
+        layer = MaxPool(pshape, strides)
+        ph, pw = (pshape, pshape) if isinstance(pshape, int) else pshape
+        if strides is None:
+            sh, sw = ph, pw
+        else:
+            sh, sw = (strides, strides) if isinstance(strides, int) else strides
+        shape = layer.output_shape((h, w, 3))
+        assert shape == ((h - ph) // sh + 1, (w - pw) // sw + 1, 3)
+        z, _ = layer.forward(rng.standard_normal((2, h, w, 3)))
+        assert z.shape == (2,) + shape
+    assert MaxPool(2).output_shape((7, 7, 4)) == (3, 3, 4)
+    assert MaxPool(3, 2).output_shape((8, 8, 1)) == (3, 3, 1)
+
+
+def test_flatten_and_fc_output_shapes():
+    assert Flatten((3, 4, 5)).output_shape((3, 4, 5)) == (60,)
+    assert FullyConnected((60, 7)).output_shape((60,)) == (7,)
+    z, _ = FullyConnected((60, 7)).forward(np.ones((3, 60), np.float32))
+    assert z.shape == (3, 7)
+
+
+# --------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(fshape=(3, 3, 1)),
+        dict(fshape=(3, 3, 1, 2, 2)),
+        dict(fshape=(3, 3, 1, 2.5)),
+        dict(fshape=(3, 0, 1, 2)),
+        dict(fshape=(3, 3, -1, 2)),
+        dict(fshape=(3, 3, 1, 2), padding=-1),
+        dict(fshape=(3, 3, 1, 2), padding=(1, -2)),
+        dict(fshape=(3, 3, 1, 2), padding=(1, 2, 3)),
+        dict(fshape=(3, 3, 1, 2), padding=1.5),
+        dict(fshape=(3, 3, 1, 2), padding="full"),
+        dict(fshape=(3, 3, 1, 2), padding="SAME"),
+        dict(fshape=(3, 3, 1, 2), strides=0),
+        dict(fshape=(3, 3, 1, 2), strides=(1, 0)),
+        dict(fshape=(3, 3, 1, 2), strides=-2),
+        dict(fshape=(3, 3, 1, 2), strides=(1, 2, 3)),
+        dict(fshape=(3, 3, 1, 2), strides=1.5),
+        dict(fshape=3),
+        dict(fshape=None),
+        dict(fshape=(3, 3, 1, 2), padding=None),
+        dict(fshape=(3, 3, 1, 2), strides=None),
+        dict(fshape=(3, 3, 1, 2), strides="2"),
+    ],
+    ids=str,
+)
+def test_conv_bad_arguments_raise_value_error(kwargs):
+    with pytest.raises(ValueError):
+        Conv(**kwargs)
+
+
+@pytest.mark.parametrize("shape", [(10,), (10, 5, 2), (10, 0), (0, 3), (10.5, 3), (-1, 3), 5, None], ids=str)
+def test_fully_connected_bad_shape_raises_value_error(shape):
+    with pytest.raises(ValueError):
+        FullyConnected(shape)
+
+
+@pytest.mark.parametrize("kwargs", [dict(pshape=0), dict(pshape=(2, 0)), dict(pshape=2, strides=0),
+                                    dict(pshape=(1, 2, 3)), dict(pshape=2, strides=-1)], ids=str)
+def test_maxpool_bad_arguments_raise_value_error(kwargs):
+    with pytest.raises(ValueError):
+        MaxPool(**kwargs)
+
+
+@pytest.mark.parametrize("shape", [(6, 0, 2), (6, -1), None, "abc"], ids=str)
+def test_flatten_bad_input_shape_raises_value_error(shape):
+    with pytest.raises(ValueError, match="Flatten input_shape"):
+        Flatten(shape)
+
+
+def test_flatten_takes_an_int_shape():
+    assert Flatten(784).output_shape((784,)) == (784,)
+
+
+def _message(excinfo):
+    return str(excinfo.value)
+
+
+def _has_number(message, number):
+    return re.search(rf"(?<![\d.]){number}(?![\d.])", message) is not None
+
+
+def test_conv_wrong_channels_message_names_expected_and_received():
+    layer = Conv((3, 3, 7, 4))
+    with pytest.raises(ValueError) as excinfo:
+        layer.output_shape((12, 12, 5))
+    msg = _message(excinfo)
+    assert "channel" in msg
+    assert _has_number(msg, 7) and _has_number(msg, 5)
+
+
+@pytest.mark.parametrize("layer", [Conv((3, 3, 2, 4)), MaxPool(2)], ids=repr)
+@pytest.mark.parametrize("in_shape", [(8, 8), (1, 8, 8, 2), (64,)], ids=str)
+def test_output_shape_wrong_rank_raises(layer, in_shape):
+    with pytest.raises(ValueError) as excinfo:
+        layer.output_shape(in_shape)
+    msg = _message(excinfo)
+    assert "(N, H, W, C)" in msg
+    assert _has_number(msg, len(in_shape) + 1)
+
+
+@pytest.mark.parametrize(
+    "layer, in_shape",
+    [
+        (Conv((5, 5, 1, 2)), (4, 9, 1)),
+        (Conv((5, 5, 1, 2)), (9, 4, 1)),
+        (Conv((3, 4, 1, 2), padding=(0, 0)), (3, 3, 1)),
+        (Conv((5, 5, 1, 2), padding="valid"), (4, 4, 1)),
+        (MaxPool(3), (2, 5, 1)),
+        (MaxPool((2, 4)), (5, 3, 1)),
+    ],
+    ids=str,
+)
+def test_output_shape_too_small_input_raises(layer, in_shape):
+    with pytest.raises(ValueError) as excinfo:
+        layer.output_shape(in_shape)
+    assert "fit" in _message(excinfo)
+
+
+def test_padding_makes_small_input_fit():
+    assert Conv((5, 5, 1, 2), padding=1).output_shape((3, 3, 1)) == (1, 1, 2)
+    assert Conv((5, 5, 1, 2), padding="same").output_shape((2, 3, 1)) == (2, 3, 2)
+
+
+def test_flatten_mismatch_message_names_both_shapes():
+    with pytest.raises(ValueError) as excinfo:
+        Flatten((4, 4, 2)).output_shape((4, 4, 3))
+    msg = _message(excinfo)
+    assert "(N, 4, 4, 2)" in msg and "(N, 4, 4, 3)" in msg
+
+
+@pytest.mark.parametrize("in_shape", [(7,), (4, 5), (1, 20)], ids=str)
+def test_fully_connected_mismatch_message_names_expected_and_received(in_shape):
+    with pytest.raises(ValueError) as excinfo:
+        FullyConnected((20, 3)).output_shape(in_shape)
+    msg = _message(excinfo)
+    assert "(N, 20)" in msg
+    assert f"(N, {', '.join(map(str, in_shape))})" in msg
+
+
+@pytest.mark.parametrize("layer", [Conv((3, 3, 2, 2)), MaxPool(2)], ids=repr)
+def test_forward_rejects_three_dimensional_images(layer):
+    with pytest.raises(ValueError):
+        layer.forward(np.zeros((1, 6, 6), np.float32))
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def test_default_dtype_is_float32_in_a_fresh_interpreter():
+    code = (
+        "import numpy as np, cnnc\n"
+        "c = cnnc.Conv((3, 3, 2, 4)); f = cnnc.FullyConnected((5, 3))\n"
+        "assert all(p.dtype == np.float32 for l in (c, f) for p in l.params.values())\n"
+        "x = np.ones((1, 5, 5, 2), np.float32)\n"
+        "assert c.forward(x)[0].dtype == np.float32\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_params_are_w_and_b_in_layer_dtype_bias_zero(dtype):
+    conv = Conv((3, 2, 4, 5), dtype=dtype)
+    fc = FullyConnected((6, 7), dtype=dtype)
+    for layer, w_shape, b_shape in ((conv, (3, 2, 4, 5), (5,)), (fc, (6, 7), (7,))):
+        assert set(layer.params) == {"w", "b"}
+        assert layer.params["w"].shape == w_shape and layer.params["b"].shape == b_shape
+        assert layer.params["w"].dtype == dtype and layer.params["b"].dtype == dtype
+        np.testing.assert_array_equal(layer.params["b"], 0.0)
+        assert np.std(layer.params["w"]) > 0
+
+
+def test_set_default_dtype_applies_to_new_layers():
+    cnnc.set_default_dtype(np.float64)
+    assert Conv((3, 3, 1, 2)).params["w"].dtype == F64
+    assert FullyConnected((3, 2)).params["b"].dtype == F64
+    assert Conv((3, 3, 1, 2), dtype=np.float32).params["w"].dtype == np.float32
+
+
+def test_default_filters_are_he_normal_scaled_by_fan_in():
+    np.random.seed(0)
+    w = Conv((3, 3, 16, 64), dtype=F64).params["w"]
+    np.testing.assert_allclose(w.std(), np.sqrt(2.0 / (3 * 3 * 16)), rtol=0.05)
+    w = FullyConnected((400, 300), dtype=F64).params["w"]
+    np.testing.assert_allclose(w.std(), np.sqrt(2.0 / 400), rtol=0.05)
+
+
+def test_filter_and_weight_init_are_called_with_shape_and_cast():
+    seen = []
+
+    def init(shape):
+        seen.append(shape)
+        return np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+
+    conv = Conv((2, 3, 4, 5), filter_init=init)
+    fc = FullyConnected((6, 7), weight_init=init, dtype=F64)
+    assert seen == [(2, 3, 4, 5), (6, 7)]
+    assert conv.params["w"].dtype == np.float32 and fc.params["w"].dtype == F64
+    np.testing.assert_array_equal(conv.params["w"], np.arange(120).reshape(2, 3, 4, 5))
+    np.testing.assert_array_equal(fc.params["w"], np.arange(42).reshape(6, 7))
+    np.testing.assert_array_equal(conv.params["b"], 0.0)
+    lam = FullyConnected((2, 3), weight_init=lambda shp: np.full(shp, 0.25))
+    np.testing.assert_array_equal(lam.params["w"], np.float32(0.25))
+    assert lam.params["w"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Conv((3, 3, 2, 4), filter_init=lambda s: np.zeros((3, 3, 4, 2))),
+        lambda: Conv((3, 3, 2, 4), filter_init=lambda s: np.zeros(3 * 3 * 2 * 4)),
+        lambda: FullyConnected((5, 3), weight_init=lambda s: np.zeros((3, 5))),
+        lambda: FullyConnected((5, 3), weight_init=lambda s: np.zeros((5, 3, 1))),
+    ],
+)
+def test_initializer_with_wrong_shape_raises(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_params_are_live_arrays():
+    conv = Conv((3, 3, 2, 4), padding=1, dtype=F64)
+    conv.params["w"][...] = 0.0
+    conv.params["b"][...] = [1.0, 2.0, 3.0, 4.0]
+    z, _ = conv.forward(np.random.default_rng(0).standard_normal((2, 5, 5, 2)))
+    np.testing.assert_array_equal(z, np.broadcast_to([1.0, 2.0, 3.0, 4.0], (2, 5, 5, 4)))
+
+    fc = FullyConnected((3, 2), dtype=F64)
+    fc.params["w"][...] = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
+    fc.params["b"][...] = [0.5, -0.5]
+    z, _ = fc.forward(np.array([[1.0, 2.0, 3.0]]))
+    np.testing.assert_array_equal(z, [[4.5, 4.5]])
+
+
+@pytest.mark.parametrize("make", [lambda: Conv((3, 3, 2, 2), dtype=F64, optimizer=cnnc.SGDOptimizer()),
+                                  lambda: FullyConnected((4, 3), dtype=F64, optimizer=cnnc.SGDOptimizer())])
+def test_update_changes_params_in_place(make):
+    layer = make()
+    before = {k: v.copy() for k, v in layer.params.items()}
+    arrays = dict(layer.params)
+    grads = {k: np.ones_like(v) for k, v in layer.params.items()}
+    layer.update(grads, 0.5)
+    for name in ("w", "b"):
+        assert layer.params[name] is arrays[name]
+        np.testing.assert_allclose(layer.params[name], before[name] - 0.5, rtol=1e-15)
+
+
+# --------------------------------------------------------------------------- no input mutation
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (Conv((3, 3, 2, 3), padding=1, activation=relu, dtype=F64), (2, 6, 5, 2)),
+        (Conv((1, 1, 2, 3), activation=leaky_relu, dtype=F64), (2, 6, 5, 2)),
+        (Conv((2, 2, 2, 3), strides=2, padding="same", activation=relu), (1, 7, 7, 2)),
+        (MaxPool(2), (2, 6, 6, 2)),
+        (MaxPool(3, 2), (1, 7, 7, 3)),
+        (Flatten((4, 3, 2)), (2, 4, 3, 2)),
+        (FullyConnected((6, 4), activation=relu, dtype=F64), (3, 6)),
+        (FullyConnected((6, 4), activation=relu), (3, 6)),
+    ],
+    ids=repr,
+)
+def test_forward_and_backward_do_not_modify_their_arguments(layer, shape):
+    x = np.random.default_rng(0).standard_normal(shape)
+    if getattr(layer, "dtype", None) == np.float32:
+        x = x.astype(np.float32)
+    x0 = x.copy()
+    z, a = layer.forward(x)
+    np.testing.assert_array_equal(x, x0)
+    z0 = z.copy()
+    a0 = a.copy()
+    err = np.random.default_rng(1).standard_normal(z.shape).astype(z.dtype)
+    err0 = err.copy()
+    layer.backward(err)
+    layer.get_grad(x, err)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(err, err0)
+    np.testing.assert_array_equal(z, z0)
+    np.testing.assert_array_equal(a, a0)

@@ -1,0 +1,298 @@
+"""Optimizers: Adam and SGD against hand references, per-parameter state, validation, dtypes."""
+import numpy as np
+import pytest
+
+import cnnc
+from cnnc import AdamOptimizer, SGDoptimizer, SGDOptimizer
+
+
+def grads(n_steps, shape, seed=0):
+    rng = np.random.default_rng(seed)
+    # mixed scales, so eps and the bias corrections both matter somewhere
+    return [rng.normal(size=shape) * rng.choice([1e-3, 1.0, 10.0], size=shape) for _ in range(n_steps)]
+
+
+class ReferenceAdam:
+    """Textbook Adam with bias correction, float64."""
+
+    def __init__(self, shape, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.b1, self.b2, self.eps = beta1, beta2, eps
+        self.m = np.zeros(shape)
+        self.v = np.zeros(shape)
+        self.t = 0
+
+    def step(self, g, lr):
+        self.t += 1
+        self.m = self.b1 * self.m + (1 - self.b1) * g
+        self.v = self.b2 * self.v + (1 - self.b2) * g * g
+        mhat = self.m / (1 - self.b1**self.t)
+        vhat = self.v / (1 - self.b2**self.t)
+        return lr * mhat / (np.sqrt(vhat) + self.eps)
+
+
+def reference_sgd(gs, lr, momentum, nesterov=False):
+    """torch.optim.SGD's convention: the first velocity is g; v = mu*v + g."""
+    steps, v = [], None
+    for g in gs:
+        v = g.copy() if v is None else momentum * v + g
+        steps.append(lr * (g + momentum * v) if nesterov else lr * v)
+    return steps
+
+
+# ---------------------------------------------------------------- Adam
+
+
+@pytest.mark.parametrize(
+    "hyper", [{}, {"beta1": 0.8, "beta2": 0.99, "eps": 1e-6}, {"beta1": 0.0, "beta2": 0.5, "eps": 0.0}],
+    ids=["default", "custom", "no_momentum"],
+)
+def test_adam_update_matches_textbook_reference(hyper):
+    shape = (4, 3)
+    gs = grads(10, shape, seed=1)
+    lrs = [1e-3] * 5 + [3e-2, 1e-1, 1e-3, 5e-4, 2.0]  # lr may change between steps
+    opt, ref = AdamOptimizer(**hyper), ReferenceAdam(shape, **hyper)
+    for g, lr in zip(gs, lrs):
+        step = opt.update(g, lr)
+        assert step.shape == shape
+        # atol: Adam steps are ~lr per element; m += (1-b1)*(g-m) (torch's lerp form) and
+        # m = b1*m + (1-b1)*g round differently where m nearly cancels
+        np.testing.assert_allclose(step, ref.step(g, lr), rtol=1e-12, atol=1e-12 * lr)
+
+
+def test_adam_apply_updates_param_in_place_like_reference():
+    shape = (3, 5)
+    gs = grads(10, shape, seed=2)
+    param = np.random.default_rng(3).normal(size=shape)
+    expected = param.copy()
+    same_object = param
+    opt, ref = AdamOptimizer(), ReferenceAdam(shape)
+    for g in gs:
+        result = opt.apply(param, g, 1e-2, key="w")
+        expected = expected - ref.step(g, 1e-2)
+        assert result is None or result is param
+        assert param is same_object
+        np.testing.assert_allclose(param, expected, rtol=1e-12, atol=0)
+
+
+def test_adam_update_and_apply_agree():
+    shape = (6,)
+    gs = grads(10, shape, seed=4)
+    a, b = AdamOptimizer(), AdamOptimizer()
+    param = np.zeros(shape)
+    total = np.zeros(shape)
+    for g in gs:
+        total += a.update(g, 1e-3)
+        b.apply(param, g, 1e-3)
+    np.testing.assert_allclose(param, -total, rtol=1e-12, atol=0)
+
+
+def test_adam_is_not_the_seed_adam():
+    # The seed did m = beta1*m + lr*dx; its first step is ~10*lr**2, real Adam's is ~lr.
+    lr = 1e-3
+    g = np.array([[0.5, -2.0, 3.0], [-0.1, 1e-2, 7.0]])
+    step = AdamOptimizer().update(g, lr)
+    np.testing.assert_allclose(np.abs(step), lr, rtol=1e-5)
+    np.testing.assert_array_equal(np.sign(step), np.sign(g))
+
+    beta1, beta2, eps, t = 0.9, 0.999, 1e-8, 1
+    m = beta1 * 0 + lr * g
+    v = beta2 * 0 + (1 - beta2) * g * g
+    seed_step = lr * (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps)
+    assert not np.allclose(step, seed_step, rtol=0.5)
+    assert np.all(np.abs(step) > 50 * np.abs(seed_step))
+
+
+def test_adam_per_parameter_state_interleaved_equals_separate_optimizers():
+    gw = grads(7, (3, 4), seed=5)
+    gb = grads(4, (4,), seed=6)
+    shared, opt_w, opt_b = AdamOptimizer(), AdamOptimizer(), AdamOptimizer()
+    # uneven interleaving: the step counts of w and b differ
+    order = ["w", "w", "b", "w", "b", "w", "w", "b", "w", "b", "w"]
+    iw = ib = 0
+    for key in order:
+        if key == "w":
+            got = shared.update(gw[iw], 1e-3, key="w")
+            np.testing.assert_array_equal(got, opt_w.update(gw[iw], 1e-3, key="w"))
+            iw += 1
+        else:
+            got = shared.update(gb[ib], 1e-3, key="b")
+            np.testing.assert_array_equal(got, opt_b.update(gb[ib], 1e-3, key="b"))
+            ib += 1
+    assert (iw, ib) == (7, 4)
+
+
+def test_adam_apply_per_parameter_state_interleaved():
+    rng = np.random.default_rng(7)
+    w, b = rng.normal(size=(2, 3)), rng.normal(size=(3,))
+    w2, b2 = w.copy(), b.copy()
+    ref_w, ref_b = ReferenceAdam(w.shape), ReferenceAdam(b.shape)
+    shared = AdamOptimizer()
+    for i in range(5):
+        gw, gb = rng.normal(size=w.shape), rng.normal(size=b.shape)
+        shared.apply(w, gw, 1e-2, key="w")
+        w2 -= ref_w.step(gw, 1e-2)
+        if i % 2 == 0:
+            shared.apply(b, gb, 1e-2, key="b")
+            b2 -= ref_b.step(gb, 1e-2)
+    np.testing.assert_allclose(w, w2, rtol=1e-12)
+    np.testing.assert_allclose(b, b2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("make", [AdamOptimizer, lambda: SGDOptimizer(momentum=0.9)], ids=["adam", "sgd_momentum"])
+def test_shape_mismatch_on_existing_key_raises(make):
+    opt = make()
+    opt.update(np.ones((3, 4)), 1e-3, key="w")
+    opt.update(np.ones((4,)), 1e-3, key="b")  # another key may have another shape
+    with pytest.raises(ValueError, match="shape"):
+        opt.update(np.ones((4, 3)), 1e-3, key="w")
+    with pytest.raises(ValueError, match="'b'"):
+        opt.update(np.ones((5,)), 1e-3, key="b")
+    with pytest.raises(ValueError, match="shape"):
+        opt.apply(np.zeros((2, 2)), np.ones((2, 2)), 1e-3, key="w")
+
+
+@pytest.mark.parametrize(
+    "make", [AdamOptimizer, SGDOptimizer, lambda: SGDOptimizer(momentum=0.9),
+             lambda: SGDOptimizer(momentum=0.9, nesterov=True)],
+    ids=["adam", "sgd", "sgd_momentum", "sgd_nesterov"],
+)
+def test_update_and_apply_do_not_modify_gradient(make):
+    opt = make()
+    g = np.random.default_rng(8).normal(size=(3, 3))
+    g_copy = g.copy()
+    for _ in range(3):
+        step = opt.update(g, 0.1, key="w")
+        np.testing.assert_array_equal(g, g_copy)
+        assert not np.shares_memory(step, g)
+    param = np.zeros((3, 3))
+    for _ in range(3):
+        opt.apply(param, g, 0.1, key="p")
+        np.testing.assert_array_equal(g, g_copy)
+
+
+def test_adam_update_returns_fresh_arrays_not_state():
+    opt = AdamOptimizer()
+    g = np.ones(3)
+    first = opt.update(g, 1e-3)
+    first_copy = first.copy()
+    opt.update(g, 1e-3)
+    np.testing.assert_array_equal(first, first_copy)
+
+
+@pytest.mark.parametrize("make", [AdamOptimizer, lambda: SGDOptimizer(momentum=0.9, nesterov=True), SGDOptimizer],
+                         ids=["adam", "sgd_nesterov", "sgd"])
+def test_float32_params_stay_float32(make):
+    opt = make()
+    param = np.random.default_rng(9).normal(size=(4, 4)).astype(np.float32)
+    same_object = param
+    for _ in range(3):
+        g = np.random.default_rng(10).normal(size=(4, 4)).astype(np.float32)
+        opt.apply(param, g, 1e-2, key="w")
+        assert param.dtype == np.float32
+        assert param is same_object
+        assert opt.update(g, 1e-2, key="other").dtype == np.float32
+
+
+def test_adam_float32_close_to_float64_reference():
+    shape = (5, 5)
+    gs = grads(10, shape, seed=11)
+    param = np.random.default_rng(12).normal(size=shape).astype(np.float32)
+    expected = param.astype(np.float64)
+    opt, ref = AdamOptimizer(), ReferenceAdam(shape)
+    for g in gs:
+        g32 = g.astype(np.float32)
+        opt.apply(param, g32, 1e-2)
+        expected -= ref.step(g32.astype(np.float64), 1e-2)
+    np.testing.assert_allclose(param, expected, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"beta1": 1.0}, {"beta2": 1.0}, {"beta1": -0.1}, {"beta2": 1.5}, {"eps": -1e-8}],
+    ids=["beta1_one", "beta2_one", "beta1_negative", "beta2_above_one", "eps_negative"],
+)
+def test_adam_invalid_hyperparameters_raise(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
+        AdamOptimizer(**kwargs)
+
+
+def test_adam_defaults():
+    opt = AdamOptimizer()
+    assert (opt.beta1, opt.beta2, opt.eps) == (0.9, 0.999, 1e-8)
+
+
+# ---------------------------------------------------------------- SGD
+
+
+def test_sgd_alias():
+    assert SGDoptimizer is SGDOptimizer
+    assert cnnc.SGDoptimizer is cnnc.SGDOptimizer
+
+
+def test_sgd_without_momentum_returns_lr_times_grad():
+    opt = SGDOptimizer()
+    assert opt.momentum == 0.0
+    rng = np.random.default_rng(13)
+    for lr in (0.1, 1e-3, 2.5):
+        g = rng.normal(size=(3, 2))
+        np.testing.assert_array_equal(opt.update(g, lr), lr * g)
+        np.testing.assert_array_equal(opt.update(g, lr, key="w"), lr * g)  # no hidden state
+
+
+def test_sgd_apply_in_place():
+    opt = SGDOptimizer()
+    param = np.arange(6.0).reshape(2, 3)
+    same_object = param
+    g = np.full((2, 3), 2.0)
+    opt.apply(param, g, 0.5, key="w")
+    assert param is same_object
+    np.testing.assert_array_equal(param, np.arange(6.0).reshape(2, 3) - 1.0)
+
+
+@pytest.mark.parametrize("nesterov", [False, True], ids=["momentum", "nesterov"])
+def test_sgd_momentum_matches_torch_convention(nesterov):
+    gs = grads(8, (3, 2), seed=14)
+    opt = SGDOptimizer(momentum=0.9, nesterov=nesterov)
+    for got_g, want in zip(gs, reference_sgd(gs, 0.05, 0.9, nesterov)):
+        np.testing.assert_allclose(opt.update(got_g, 0.05), want, rtol=1e-12, atol=0)
+
+
+def test_sgd_momentum_first_steps_by_hand():
+    g1, g2 = np.array([1.0, -2.0]), np.array([0.5, 0.5])
+    opt = SGDOptimizer(momentum=0.9)
+    np.testing.assert_allclose(opt.update(g1, 0.1), 0.1 * g1, rtol=1e-15)  # first velocity = g
+    np.testing.assert_allclose(opt.update(g2, 0.1), 0.1 * (0.9 * g1 + g2), rtol=1e-15)
+    nes = SGDOptimizer(momentum=0.9, nesterov=True)
+    np.testing.assert_allclose(nes.update(g1, 0.1), 0.1 * (g1 + 0.9 * g1), rtol=1e-15)
+    v2 = 0.9 * g1 + g2
+    np.testing.assert_allclose(nes.update(g2, 0.1), 0.1 * (g2 + 0.9 * v2), rtol=1e-15)
+
+
+def test_sgd_momentum_per_parameter_state():
+    gw = grads(5, (2, 2), seed=15)
+    gb = grads(3, (2,), seed=16)
+    shared = SGDOptimizer(momentum=0.9)
+    ref_w = reference_sgd(gw, 0.1, 0.9)
+    ref_b = reference_sgd(gb, 0.1, 0.9)
+    order = ["w", "b", "w", "w", "b", "w", "b", "w"]
+    iw = ib = 0
+    for key in order:
+        if key == "w":
+            np.testing.assert_allclose(shared.update(gw[iw], 0.1, key="w"), ref_w[iw], rtol=1e-12)
+            iw += 1
+        else:
+            np.testing.assert_allclose(shared.update(gb[ib], 0.1, key="b"), ref_b[ib], rtol=1e-12)
+            ib += 1
+    assert (iw, ib) == (5, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [({"momentum": -0.1}, "momentum"), ({"nesterov": True}, "[Nn]esterov"),
+     ({"momentum": 0.0, "nesterov": True}, "[Nn]esterov")],
+    ids=["negative_momentum", "nesterov_default_momentum", "nesterov_zero_momentum"],
+)
+def test_sgd_invalid_hyperparameters_raise(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        SGDOptimizer(**kwargs)
