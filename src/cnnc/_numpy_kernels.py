@@ -101,9 +101,9 @@ def maxpool2d_backward(dy, argmax, input_shape):
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
     """One Adam step with bias correction, in place on param, m and v.
 
-    The arithmetic follows torch.optim.Adam (single-tensor CPU path) operation for
-    operation, with the scalars rounded to the parameter dtype as PyTorch does.
-    `step` counts from 1.
+    The operations and their order are those of torch.optim.Adam's single-tensor CPU
+    path, with the scalars rounded to the parameter dtype as PyTorch rounds them; PyTorch's
+    vectorized fused multiply-adds can still differ in the last bits. `step` counts from 1.
     """
     scalar = param.dtype.type
     m += scalar(1.0 - beta1) * (grad - m)
@@ -111,4 +111,4 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
     v += scalar(1.0 - beta2) * grad * grad
     step_size = lr / (1.0 - beta1**step)
     denom = np.sqrt(v) / scalar((1.0 - beta2**step) ** 0.5) + scalar(eps)
-    param -= scalar(step_size) * (m / denom)
+    param -= scalar(step_size) * m / denom
