@@ -7,9 +7,7 @@ for filters. `stride` is (sh, sw); `padding` is (top, bottom, left, right) zero 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-
-def _output_size(size, pad_before, pad_after, window, stride):
-    return (size + pad_before + pad_after - window) // stride + 1
+from . import _checks
 
 
 def _pad(x, padding):
@@ -26,21 +24,19 @@ def _windows(x, window, stride, out_hw):
     return view[:, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw].transpose(0, 1, 2, 4, 5, 3)
 
 
-def _im2col(x, kernel_size, stride, padding):
-    """Patches of the padded input as a (N*OH*OW, kh*kw*C) matrix, plus (OH, OW)."""
-    n, h, w, c = x.shape
-    kh, kw = kernel_size
-    top, bottom, left, right = padding
-    oh = _output_size(h, top, bottom, kh, stride[0])
-    ow = _output_size(w, left, right, kw, stride[1])
-    patches = _windows(_pad(x, padding), (kh, kw), stride, (oh, ow))
-    return patches.reshape(n * oh * ow, kh * kw * c), (oh, ow)
+def _im2col(x, kernel_size, stride, padding, out_hw):
+    """Patches of the padded input as a (N*OH*OW, kh*kw*C) matrix."""
+    n, _, _, c = x.shape
+    (kh, kw), (oh, ow) = kernel_size, out_hw
+    patches = _windows(_pad(x, padding), kernel_size, stride, out_hw)
+    return patches.reshape(n * oh * ow, kh * kw * c)
 
 
 def conv2d_forward(x, w, b, stride, padding):
     """Cross-correlation of x (N, H, W, C) with w (kh, kw, C, F), plus bias b (F,)."""
+    x, w, b, stride, padding, (oh, ow) = _checks.conv2d_forward(x, w, b, stride, padding)
     kh, kw, c, f = w.shape
-    cols, (oh, ow) = _im2col(x, (kh, kw), stride, padding)
+    cols = _im2col(x, (kh, kw), stride, padding, (oh, ow))
     y = cols @ w.reshape(kh * kw * c, f)
     y += b
     return y.reshape(x.shape[0], oh, ow, f)
@@ -48,9 +44,10 @@ def conv2d_forward(x, w, b, stride, padding):
 
 def conv2d_grad_input(dy, w, input_shape, stride, padding):
     """Gradient of the loss w.r.t. the convolution input, given dy (N, OH, OW, F)."""
+    dy, w, input_shape, stride, padding, (oh, ow) = _checks.conv2d_grad_input(
+        dy, w, input_shape, stride, padding)
     n, h, wd, c = input_shape
     kh, kw, _, f = w.shape
-    _, oh, ow, _ = dy.shape
     sh, sw = stride
     top, bottom, left, right = padding
     patches = (dy.reshape(-1, f) @ w.reshape(kh * kw * c, f).T).reshape(n, oh, ow, kh, kw, c)
@@ -63,9 +60,11 @@ def conv2d_grad_input(dy, w, input_shape, stride, padding):
 
 def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     """Gradients of the loss w.r.t. the filter (kh, kw, C, F) and the bias (F,)."""
+    x, dy, kernel_size, stride, padding, out_hw = _checks.conv2d_grad_params(
+        x, dy, kernel_size, stride, padding)
     kh, kw = kernel_size
     c, f = x.shape[3], dy.shape[3]
-    cols, _ = _im2col(x, kernel_size, stride, padding)
+    cols = _im2col(x, kernel_size, stride, padding, out_hw)
     dy2 = dy.reshape(-1, f)
     return (cols.T @ dy2).reshape(kh, kw, c, f), dy2.sum(axis=0)
 
@@ -76,9 +75,8 @@ def maxpool2d_forward(x, pool_size, stride):
     The first maximum in row-major window order wins ties, as in PyTorch; a NaN wins over
     any number.
     """
+    x, (ph, pw), (sh, sw), (oh, ow) = _checks.maxpool2d_forward(x, pool_size, stride)
     n, h, w, c = x.shape
-    (ph, pw), (sh, sw) = pool_size, stride
-    oh, ow = (h - ph) // sh + 1, (w - pw) // sw + 1
     windows = _windows(x, (ph, pw), (sh, sw), (oh, ow)).transpose(0, 1, 2, 5, 3, 4)
     windows = windows.reshape(n, oh, ow, c, ph * pw)
     local = windows.argmax(axis=-1)
@@ -90,6 +88,7 @@ def maxpool2d_forward(x, pool_size, stride):
 
 def maxpool2d_backward(dy, argmax, input_shape):
     """Scatter dy (N, OH, OW, C) back to the input positions recorded in argmax."""
+    dy, argmax, input_shape = _checks.maxpool2d_backward(dy, argmax, input_shape)
     n, h, w, c = input_shape
     batch = np.arange(n).reshape(n, 1, 1, 1)
     channel = np.arange(c).reshape(1, 1, 1, c)
@@ -105,6 +104,8 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
     path, with the scalars rounded to the parameter dtype as PyTorch rounds them; PyTorch's
     vectorized fused multiply-adds can still differ in the last bits. `step` counts from 1.
     """
+    param, grad, m, v, lr, beta1, beta2, eps, step = _checks.adam_update(
+        param, grad, m, v, lr, beta1, beta2, eps, step)
     scalar = param.dtype.type
     m += scalar(1.0 - beta1) * (grad - m)
     v *= scalar(beta2)

@@ -1,0 +1,224 @@
+"""Side-by-side timings: compiled kernels vs NumPy kernels vs PyTorch (when installed).
+
+    python benchmarks/bench.py [--repeats 21] [--markdown]
+
+Every contender runs once per round, rounds interleave, and each row reports the median
+over the rounds, so a noisy machine slows all contenders alike. Ratios are contender
+time / compiled time (< 1 means the contender is faster).
+"""
+import argparse
+import contextlib
+import os
+import platform
+import time
+
+import numpy as np
+
+import cnnc
+from cnnc import (POOL, AdamOptimizer, Conv, Flatten, FullyConnected, Network, SoftmaxCrossEntropy,
+                  _numpy_kernels, kernels, leaky_relu, relu)
+
+try:
+    from cnnc import _kernels as compiled_kernels
+except ImportError:
+    compiled_kernels = None
+
+try:
+    import torch
+except ImportError:
+    torch = None
+
+KERNEL_NAMES = ["conv2d_forward", "conv2d_grad_input", "conv2d_grad_params", "maxpool2d_forward",
+                "maxpool2d_backward", "adam_update"]
+
+
+@contextlib.contextmanager
+def backend(module):
+    """Run cnnc's layers on the kernels of `module` for the duration of the block."""
+    saved = {name: getattr(kernels, name) for name in KERNEL_NAMES}
+    for name in KERNEL_NAMES:
+        setattr(kernels, name, getattr(module, name))
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(kernels, name, function)
+
+
+def medians(contenders, repeats, warmup=2):
+    """Median seconds of each zero-argument callable, measured in interleaved rounds."""
+    times = {name: [] for name in contenders}
+    for round_ in range(warmup + repeats):
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run()
+            elapsed = time.perf_counter() - start
+            if round_ >= warmup:
+                times[name].append(elapsed)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def seed_cnn():
+    return Network([
+        Conv((3, 3, 1, 16), strides=1, activation=leaky_relu, optimizer=AdamOptimizer()),
+        Conv((4, 4, 16, 32), strides=2, activation=leaky_relu, optimizer=AdamOptimizer()),
+        POOL(pshape=2),
+        Flatten((6, 6, 32)),
+        FullyConnected((6 * 6 * 32, 256), activation=relu, optimizer=AdamOptimizer()),
+        FullyConnected((256, 10), optimizer=AdamOptimizer()),
+    ], loss=SoftmaxCrossEntropy())
+
+
+def torch_seed_cnn(net):
+    """The same network in PyTorch (NCHW), with the same weights."""
+    nn = torch.nn
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3), nn.LeakyReLU(0.01), nn.Conv2d(16, 32, 4, stride=2), nn.LeakyReLU(0.01),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1152, 256), nn.ReLU(), nn.Linear(256, 10))
+    convs, linears = [model[0], model[2]], [model[6], model[8]]
+    with torch.no_grad():
+        for layer, conv in zip(net.layers[:2], convs):
+            conv.weight.copy_(torch.from_numpy(layer.params["w"].transpose(3, 2, 0, 1).copy()))
+            conv.bias.copy_(torch.from_numpy(layer.params["b"]))
+        # cnnc flattens NHWC, torch NCHW: permute the first FC's rows to match
+        w = net.layers[4].params["w"].reshape(6, 6, 32, 256).transpose(2, 0, 1, 3).reshape(1152, 256)
+        linears[0].weight.copy_(torch.from_numpy(w.T.copy()))
+        linears[0].bias.copy_(torch.from_numpy(net.layers[4].params["b"]))
+        linears[1].weight.copy_(torch.from_numpy(net.layers[5].params["w"].T.copy()))
+        linears[1].bias.copy_(torch.from_numpy(net.layers[5].params["b"]))
+    return model
+
+
+def kernel_cases(rng):
+    """Each kernel on the seed CNN's shapes at batch 50, float32."""
+    f32 = np.float32
+    x1 = rng.random((50, 28, 28, 1), dtype=f32)
+    w1 = rng.standard_normal((3, 3, 1, 16), dtype=f32)
+    x2 = rng.random((50, 26, 26, 16), dtype=f32)
+    w2 = rng.standard_normal((4, 4, 16, 32), dtype=f32)
+    dy2 = rng.standard_normal((50, 12, 12, 32), dtype=f32)
+    pool_dy = rng.standard_normal((50, 6, 6, 32), dtype=f32)
+    _, argmax = _numpy_kernels.maxpool2d_forward(dy2, (2, 2), (2, 2))
+    b16, b32 = np.zeros(16, f32), np.zeros(32, f32)
+    shape = (1152, 256)
+    adam_state = [rng.standard_normal(shape, dtype=f32), rng.standard_normal(shape, dtype=f32),
+                  np.zeros(shape, f32), np.zeros(shape, f32)]
+    none = (0, 0, 0, 0)
+    return {
+        "conv 3x3 1->16 forward": lambda k: k.conv2d_forward(x1, w1, b16, (1, 1), none),
+        "conv 3x3 1->16 grad params": lambda k: k.conv2d_grad_params(x1, x2, (3, 3), (1, 1), none),
+        "conv 4x4 16->32 s2 forward": lambda k: k.conv2d_forward(x2, w2, b32, (2, 2), none),
+        "conv 4x4 16->32 s2 grad input": lambda k: k.conv2d_grad_input(dy2, w2, x2.shape, (2, 2), none),
+        "conv 4x4 16->32 s2 grad params": lambda k: k.conv2d_grad_params(x2, dy2, (4, 4), (2, 2), none),
+        "max pool 2 forward": lambda k: k.maxpool2d_forward(dy2, (2, 2), (2, 2)),
+        "max pool 2 backward": lambda k: k.maxpool2d_backward(pool_dy, argmax, dy2.shape),
+        "Adam 1152x256": lambda k: k.adam_update(*adam_state, 1e-3, 0.9, 0.999, 1e-8, 10),
+    }
+
+
+def network_cases(rng):
+    """Training steps at batch 50 and 256, and inference over 10,000 images."""
+    cases = {}
+    for batch in (50, 256):
+        x = rng.random((batch, 28, 28, 1), dtype=np.float32)
+        y = rng.integers(0, 10, batch)
+        net = seed_cnn()
+        contenders = {
+            "compiled": lambda net=net, x=x, y=y: net.train_step(x, y, lr=1e-3),
+            "numpy": lambda net=net, x=x, y=y: net.train_step(x, y, lr=1e-3),
+        }
+        if torch is not None:
+            model = torch_seed_cnn(net)
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            tx, ty = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y)
+
+            def torch_step(model=model, optimizer=optimizer, tx=tx, ty=ty):
+                optimizer.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(tx), ty)
+                loss.backward()
+                optimizer.step()
+                return loss.item()
+
+            contenders["torch"] = torch_step
+        cases[f"train step, batch {batch}"] = contenders
+
+    x = rng.random((10000, 28, 28, 1), dtype=np.float32)
+    net = seed_cnn()
+    contenders = {"compiled": lambda: net.predict(x, batch_size=1000),
+                  "numpy": lambda: net.predict(x, batch_size=1000)}
+    if torch is not None:
+        model = torch_seed_cnn(net)
+        tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+        def torch_predict():
+            with torch.no_grad():
+                return torch.cat([model(batch) for batch in tx.split(1000)]).numpy()
+
+        contenders["torch"] = torch_predict
+    cases["inference, 10,000 images"] = contenders
+    return cases
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    versions = f"NumPy {np.__version__}" + (f", PyTorch {torch.__version__}" if torch else "")
+    threads = f", torch threads {torch.get_num_threads()}" if torch else ""
+    return f"{cpu}, {os.cpu_count()} cores{threads}; Python {platform.python_version()}, {versions}"
+
+
+def table(rows, columns, markdown):
+    header = ["case"] + [f"{c} ms" for c in columns] + [f"{c} / compiled" for c in columns[1:]]
+    lines = [header]
+    for name, result in rows.items():
+        times = [f"{1e3 * result[c]:.2f}" if c in result else "-" for c in columns]
+        ratios = [f"{result[c] / result['compiled']:.2f}x" if c in result else "-" for c in columns[1:]]
+        lines.append([name] + times + ratios)
+    if markdown:
+        out = ["| " + " | ".join(line) + " |" for line in lines]
+        out.insert(1, "|" + "---|" * len(header))
+        return "\n".join(out)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=21, help="rounds per case (median reported)")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    args = parser.parse_args()
+    if compiled_kernels is None:
+        raise SystemExit("the compiled kernels are not built: pip install . with a C compiler present")
+    rng = np.random.default_rng(0)
+    np.random.seed(0)
+    print(f"cnnc {cnnc.__version__} on {machine()}")
+    print(f"medians of {args.repeats} interleaved rounds, float32\n")
+
+    kernel_rows = {}
+    for name, call in kernel_cases(rng).items():
+        kernel_rows[name] = medians({"compiled": lambda: call(compiled_kernels),
+                                     "numpy": lambda: call(_numpy_kernels)}, args.repeats)
+    print(table(kernel_rows, ["compiled", "numpy"], args.markdown), "\n")
+
+    network_rows = {}
+    for name, contenders in network_cases(rng).items():
+        repeats = max(3, args.repeats // 3) if name.startswith("inference") else args.repeats
+        wrapped = {}
+        for who, run in contenders.items():
+            module = {"compiled": compiled_kernels, "numpy": _numpy_kernels}.get(who)
+            wrapped[who] = (lambda run=run, module=module: _run_on(module, run)) if module else run
+        network_rows[name] = medians(wrapped, repeats)
+    columns = ["compiled", "numpy"] + (["torch"] if torch is not None else [])
+    print(table(network_rows, columns, args.markdown))
+
+
+def _run_on(module, run):
+    with backend(module):
+        run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Argument checks shared by both kernel implementations.
+
+The compiled kernels index raw memory with bounds checking off, so every call is
+checked here first: a wrong shape, dtype or index must be a Python exception, never a
+crash. The NumPy kernels run the same checks, so both backends fail the same way.
+"""
+import numbers
+import os
+
+import numpy as np
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_array(name, a, ndim, dtype=None):
+    """a as a C-contiguous float32/float64 array of ndim dimensions (copied only if needed)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    if a.dtype not in _FLOATS:
+        raise ValueError(f"{name} must be float32 or float64, got {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise ValueError(f"{name} is {a.dtype} but the other operands are {dtype}")
+    return np.ascontiguousarray(a)
+
+
+def in_place(name, a, like=None):
+    """a as an array the kernel updates in place: float, C-contiguous, writeable, like `like`."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype not in _FLOATS:
+        raise ValueError(f"{name} must be float32 or float64, got {a.dtype}")
+    if like is not None and (a.dtype, a.shape) != (like.dtype, like.shape):
+        raise ValueError(f"{name} is {a.dtype} {a.shape}, expected {like.dtype} {like.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous to be updated in place")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} is read-only but is updated in place")
+    return a
+
+
+def ints(name, values, count, minimum):
+    """values as a tuple of `count` Python ints, each >= minimum."""
+    try:
+        items = tuple(values)
+    except TypeError:
+        items = None
+    if (items is None or len(items) != count
+            or not all(isinstance(v, numbers.Integral) and v >= minimum for v in items)):
+        raise ValueError(f"{name} must be {count} ints >= {minimum}, got {values!r}")
+    return tuple(int(v) for v in items)
+
+
+def number(name, value, minimum=None, below=None):
+    """value as a finite Python float, optionally in [minimum, below)."""
+    if not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if below is not None and value >= below:
+        raise ValueError(f"{name} must be < {below}, got {value!r}")
+    return float(value)
+
+
+def output_size(name, size, window, stride, pad_before=0, pad_after=0):
+    """How many windows of `window` moved by `stride` fit a padded size: at least one."""
+    padded = size + pad_before + pad_after
+    if window > padded:
+        raise ValueError(f"{name}: a window of {window} does not fit a padded size of {padded}")
+    return (padded - window) // stride + 1
+
+
+def thread_count(variable):
+    """The positive int in environment variable `variable`, 1 when it is unset."""
+    value = os.environ.get(variable, "1")
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"{variable} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def expect_shape(name, shape, expected):
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"{name} has shape {tuple(shape)}, expected {tuple(expected)}")
+
+
+def positive_dims(name, shape):
+    if not all(d >= 1 for d in shape):
+        raise ValueError(f"{name} must have no empty dimension, got shape {tuple(shape)}")
+
+
+def _conv_geometry(input_shape, kernel_size, stride, padding):
+    positive_dims("the input's height, width and channels", input_shape[1:])
+    stride = ints("stride", stride, 2, 1)
+    padding = ints("padding (top, bottom, left, right)", padding, 4, 0)
+    (kh, kw), (top, bottom, left, right) = kernel_size, padding
+    oh = output_size("conv height", input_shape[1], kh, stride[0], top, bottom)
+    ow = output_size("conv width", input_shape[2], kw, stride[1], left, right)
+    return stride, padding, (oh, ow)
+
+
+# One check per kernel, named after it: each returns its arguments ready for use.
+
+def conv2d_forward(x, w, b, stride, padding):
+    x = float_array("x", x, 4)
+    w = float_array("w", w, 4, x.dtype)
+    b = float_array("b", b, 1, x.dtype)
+    if w.shape[2] != x.shape[3]:
+        raise ValueError(f"w {w.shape} expects {w.shape[2]} input channels, x {x.shape} has {x.shape[3]}")
+    expect_shape("b", b.shape, (w.shape[3],))
+    positive_dims("w", w.shape)
+    stride, padding, out_hw = _conv_geometry(x.shape, w.shape[:2], stride, padding)
+    return x, w, b, stride, padding, out_hw
+
+
+def conv2d_grad_input(dy, w, input_shape, stride, padding):
+    dy = float_array("dy", dy, 4)
+    w = float_array("w", w, 4, dy.dtype)
+    input_shape = ints("input_shape", input_shape, 4, 1)
+    positive_dims("w", w.shape)
+    if w.shape[2] != input_shape[3]:
+        raise ValueError(f"w {w.shape} expects {w.shape[2]} input channels, input_shape {input_shape} "
+                         f"has {input_shape[3]}")
+    stride, padding, (oh, ow) = _conv_geometry(input_shape, w.shape[:2], stride, padding)
+    expect_shape("dy", dy.shape, (input_shape[0], oh, ow, w.shape[3]))
+    return dy, w, input_shape, stride, padding, (oh, ow)
+
+
+def conv2d_grad_params(x, dy, kernel_size, stride, padding):
+    x = float_array("x", x, 4)
+    dy = float_array("dy", dy, 4, x.dtype)
+    kernel_size = ints("kernel_size", kernel_size, 2, 1)
+    stride, padding, (oh, ow) = _conv_geometry(x.shape, kernel_size, stride, padding)
+    if dy.shape[:3] != (x.shape[0], oh, ow):
+        raise ValueError(f"dy has shape {dy.shape}, expected ({x.shape[0]}, {oh}, {ow}, F)")
+    return x, dy, kernel_size, stride, padding, (oh, ow)
+
+
+def maxpool2d_forward(x, pool_size, stride):
+    x = float_array("x", x, 4)
+    positive_dims("the input's height, width and channels", x.shape[1:])
+    pool_size = ints("pool_size", pool_size, 2, 1)
+    stride = ints("stride", stride, 2, 1)
+    oh = output_size("pool height", x.shape[1], pool_size[0], stride[0])
+    ow = output_size("pool width", x.shape[2], pool_size[1], stride[1])
+    return x, pool_size, stride, (oh, ow)
+
+
+def maxpool2d_backward(dy, argmax, input_shape):
+    dy = float_array("dy", dy, 4)
+    input_shape = ints("input_shape", input_shape, 4, 1)
+    if (dy.shape[0], dy.shape[3]) != (input_shape[0], input_shape[3]):
+        raise ValueError(f"dy {dy.shape} and input_shape {input_shape} differ in batch or channels")
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int64:
+        raise ValueError(f"argmax must be an int64 array, got {getattr(argmax, 'dtype', type(argmax))}")
+    expect_shape("argmax", argmax.shape, dy.shape)
+    plane = input_shape[1] * input_shape[2]
+    if argmax.size and (argmax.min() < 0 or argmax.max() >= plane):
+        raise ValueError(f"argmax indices must lie in [0, {plane}), got values from "
+                         f"{argmax.min()} to {argmax.max()}")
+    return dy, np.ascontiguousarray(argmax), input_shape
+
+
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
+    param = in_place("param", param)
+    grad = float_array("grad", grad, param.ndim, param.dtype)
+    expect_shape("grad", grad.shape, param.shape)
+    m = in_place("m", m, param)
+    v = in_place("v", v, param)
+    hyper = (number("lr", lr, 0), number("beta1", beta1, 0, 1), number("beta2", beta2, 0, 1),
+             number("eps", eps, 0))
+    if not isinstance(step, numbers.Integral) or step < 1:
+        raise ValueError(f"step must be an int >= 1, got {step!r}")
+    return (param, grad, m, v) + hyper + (int(step),)
