@@ -45,20 +45,35 @@ class ReLU(AbstractActivation):
         return (x > 0).astype(x.dtype)
 
     def backward(self, x, upstream):
-        return np.where(x > 0, upstream, 0).astype(upstream.dtype, copy=False)
+        return upstream * (x > 0)
 
 
 class LeakyReLU(AbstractActivation):
-    """z for z > 0, slope * z otherwise (slope 0.01 by default, as in PyTorch)."""
+    """z for z > 0, slope * z otherwise (slope 0.01 by default, as in PyTorch).
+
+    Written with maximum and masks rather than np.where, which is several times slower.
+    """
 
     def __init__(self, slope=0.01):
+        if not 0 <= slope <= 1:
+            raise ValueError(f"LeakyReLU slope must lie in [0, 1], got {slope}")
         self.slope = slope
 
     def compute(self, x):
-        return np.where(x > 0, x, x * x.dtype.type(self.slope))
+        out = x * x.dtype.type(self.slope)
+        return np.maximum(x, out, out=out)
 
     def deriv(self, x):
-        return np.where(x > 0, x.dtype.type(1), x.dtype.type(self.slope))
+        slope = x.dtype.type(self.slope)
+        out = (x > 0).astype(x.dtype)
+        out *= 1 - slope
+        out += slope
+        return out
+
+    def backward(self, x, upstream):
+        out = self.deriv(x)
+        out *= upstream
+        return out
 
     def __repr__(self):
         return f"LeakyReLU(slope={self.slope})"
@@ -68,8 +83,7 @@ class Sigmoid(AbstractActivation):
     """1 / (1 + exp(-z)), evaluated so that no exponential can overflow."""
 
     def compute(self, x):
-        e = np.exp(-np.abs(x))
-        return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        return np.exp(np.minimum(x, 0)) / (1 + np.exp(-np.abs(x)))
 
     def deriv(self, x):
         s = self.compute(x)
