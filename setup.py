@@ -68,7 +68,8 @@ def extensions():
         _warn(f"Cython and NumPy are needed to build the compiled kernels ({error}).")
         return []
     extension = Extension("cnnc._kernels", [KERNELS], include_dirs=[numpy.get_include()],
-                          define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")])
+                          define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION"),
+                                         ("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")])
     return cythonize([extension], language_level=3)
 
 

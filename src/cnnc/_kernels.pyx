@@ -5,12 +5,20 @@ Every entry point runs the shared argument checks (_checks) before it touches me
 The loops release the GIL and run over the batch in parallel where the build found
 OpenMP; matrix products go to NumPy's BLAS.
 """
+import contextlib
+import threading
+
 import numpy as np
 
+cimport numpy as cnp
+from cpython.pycapsule cimport PyCapsule_New
+from cpython.pythread cimport (WAIT_LOCK, PyThread_acquire_lock, PyThread_allocate_lock,
+                               PyThread_release_lock, PyThread_type_lock)
 from cython.parallel cimport prange
 from libc.math cimport sqrt
-from libc.stdint cimport int64_t
-from libc.string cimport memcpy, memset
+from libc.stdint cimport int64_t, uint8_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset, strncpy
 
 from . import _checks
 
@@ -26,82 +34,138 @@ ctypedef fused real:
 cdef void _im2col(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw,
                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left,
                   Py_ssize_t oh, Py_ssize_t ow) noexcept:
-    """cols[(n, i, j), (r, q, c)] = x[n, i*sh - top + r, j*sw - left + q, c], 0 off the edge."""
-    cdef Py_ssize_t n, i, j, r, q, h, w, row, col
+    """cols[(n, i, j), (r, q, c)] = x[n, i*sh - top + r, j*sw - left + q, c], 0 off the edge.
+
+    A filter row (q, c) is one contiguous run of kw*C values in NHWC, copied at once
+    when it lies inside the image.
+    """
+    cdef Py_ssize_t n, i, j, r, q, h, w, w0, k, row
     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
-    cdef size_t pixel = channels * sizeof(real)
+    cdef Py_ssize_t run = kw * channels
+    cdef const real* src
+    cdef real* dst
     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
         for i in range(oh):
             for j in range(ow):
                 row = (n * oh + i) * ow + j
+                w0 = j * sw - left
                 for r in range(kh):
                     h = i * sh - top + r
-                    for q in range(kw):
-                        w = j * sw - left + q
-                        col = (r * kw + q) * channels
-                        if 0 <= h < height and 0 <= w < width:
-                            memcpy(&cols[row, col], &x[n, h, w, 0], pixel)
-                        else:
-                            memset(&cols[row, col], 0, pixel)
+                    dst = &cols[row, r * run]
+                    if h < 0 or h >= height:
+                        for k in range(run):
+                            dst[k] = 0
+                    elif w0 >= 0 and w0 + kw <= width:
+                        src = &x[n, h, w0, 0]
+                        for k in range(run):
+                            dst[k] = src[k]
+                    else:
+                        for q in range(kw):
+                            w = w0 + q
+                            if 0 <= w < width:
+                                src = &x[n, h, w, 0]
+                                for k in range(channels):
+                                    dst[q * channels + k] = src[k]
+                            else:
+                                for k in range(channels):
+                                    dst[q * channels + k] = 0
 
 
 cdef void _col2im(const real[:, ::1] cols, real[:, :, :, ::1] dx, Py_ssize_t kh, Py_ssize_t kw,
                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left,
                   Py_ssize_t oh, Py_ssize_t ow) noexcept:
-    """The adjoint of _im2col: adds every patch back where it came from (dx starts at 0)."""
-    cdef Py_ssize_t n, i, j, r, q, h, w, c, row, col
+    """The adjoint of _im2col: adds every patch back where it came from."""
+    cdef Py_ssize_t n, i, j, r, q, h, w, w0, k, row
     cdef Py_ssize_t height = dx.shape[1], width = dx.shape[2], channels = dx.shape[3]
+    cdef Py_ssize_t run = kw * channels
+    cdef const real* src
+    cdef real* dst
     for n in prange(dx.shape[0], schedule="static", nogil=True, num_threads=_threads):
         for i in range(oh):
             for j in range(ow):
                 row = (n * oh + i) * ow + j
+                w0 = j * sw - left
                 for r in range(kh):
                     h = i * sh - top + r
                     if h < 0 or h >= height:
                         continue
-                    for q in range(kw):
-                        w = j * sw - left + q
-                        if w < 0 or w >= width:
-                            continue
-                        col = (r * kw + q) * channels
-                        for c in range(channels):
-                            dx[n, h, w, c] += cols[row, col + c]
+                    src = &cols[row, r * run]
+                    if w0 >= 0 and w0 + kw <= width:
+                        dst = &dx[n, h, w0, 0]
+                        for k in range(run):
+                            dst[k] += src[k]
+                    else:
+                        for q in range(kw):
+                            w = w0 + q
+                            if 0 <= w < width:
+                                dst = &dx[n, h, w, 0]
+                                for k in range(channels):
+                                    dst[k] += src[q * channels + k]
 
 
-def _im2col_matrix(x, kernel_size, stride, padding, out_hw):
-    """The (N*OH*OW, kh*kw*C) patch matrix of x."""
-    n, _, _, c = x.shape
+# Patch matrices are built a few images at a time, small enough to stay in cache
+# between im2col and the matrix product that reads them.
+cdef Py_ssize_t _CHUNK_BYTES = 1 << 20
+_local = threading.local()
+
+
+def _scratch(role, rows, columns, dtype):
+    """A (rows, columns) work array of this thread, reused from call to call."""
+    buffers = _local.__dict__.setdefault("buffers", {})
+    size = rows * columns
+    buffer = buffers.get((role, dtype))
+    if buffer is None or buffer.size < size:
+        buffer = buffers[(role, dtype)] = np.empty(size, dtype=dtype)
+    return buffer[:size].reshape(rows, columns)
+
+
+def _chunks(n, bytes_per_image):
+    """(start, stop) ranges of images whose patch matrix is about _CHUNK_BYTES."""
+    step = max(1, min(n, _CHUNK_BYTES // max(1, bytes_per_image)))
+    return [(start, min(n, start + step)) for start in range(0, n, step)]
+
+
+def _im2col_into(cols, x, kernel_size, stride, padding, out_hw):
     (kh, kw), (sh, sw), (oh, ow) = kernel_size, stride, out_hw
-    cols = np.empty((n * oh * ow, kh * kw * c), dtype=x.dtype)
     if x.dtype == np.float32:
         _im2col[float](x, cols, kh, kw, sh, sw, padding[0], padding[2], oh, ow)
     else:
         _im2col[double](x, cols, kh, kw, sh, sw, padding[0], padding[2], oh, ow)
-    return cols
 
 
 def conv2d_forward(x, w, b, stride, padding):
     """Cross-correlation of x (N, H, W, C) with w (kh, kw, C, F), plus bias b (F,)."""
     x, w, b, stride, padding, (oh, ow) = _checks.conv2d_forward(x, w, b, stride, padding)
-    kh, kw, c, f = w.shape
-    cols = _im2col_matrix(x, (kh, kw), stride, padding, (oh, ow))
-    y = np.matmul(cols, w.reshape(kh * kw * c, f))
-    y += b
-    return y.reshape(x.shape[0], oh, ow, f)
+    n, (kh, kw, c, f) = x.shape[0], w.shape
+    pixels, patch = oh * ow, kh * kw * c
+    w2 = w.reshape(patch, f)
+    y = np.empty((n * pixels, f), dtype=x.dtype)
+    for start, stop in _chunks(n, pixels * patch * x.itemsize):
+        cols = _scratch("cols", (stop - start) * pixels, patch, x.dtype)
+        _im2col_into(cols, x[start:stop], (kh, kw), stride, padding, (oh, ow))
+        out = y[start * pixels : stop * pixels]
+        np.matmul(cols, w2, out=out)
+        out += b
+    return y.reshape(n, oh, ow, f)
 
 
 def conv2d_grad_input(dy, w, input_shape, stride, padding):
     """Gradient of the loss w.r.t. the convolution input, given dy (N, OH, OW, F)."""
     dy, w, input_shape, stride, padding, (oh, ow) = _checks.conv2d_grad_input(
         dy, w, input_shape, stride, padding)
-    kh, kw, c, f = w.shape
+    n, (kh, kw, c, f) = input_shape[0], w.shape
     (sh, sw), top, left = stride, padding[0], padding[2]
-    cols = np.matmul(dy.reshape(-1, f), w.reshape(kh * kw * c, f).T)
+    pixels, patch = oh * ow, kh * kw * c
+    w2t = w.reshape(patch, f).T
+    dy2 = dy.reshape(n * pixels, f)
     dx = np.zeros(input_shape, dtype=dy.dtype)
-    if dy.dtype == np.float32:
-        _col2im[float](cols, dx, kh, kw, sh, sw, top, left, oh, ow)
-    else:
-        _col2im[double](cols, dx, kh, kw, sh, sw, top, left, oh, ow)
+    for start, stop in _chunks(n, pixels * patch * dy.itemsize):
+        cols = _scratch("cols", (stop - start) * pixels, patch, dy.dtype)
+        np.matmul(dy2[start * pixels : stop * pixels], w2t, out=cols)
+        if dy.dtype == np.float32:
+            _col2im[float](cols, dx[start:stop], kh, kw, sh, sw, top, left, oh, ow)
+        else:
+            _col2im[double](cols, dx[start:stop], kh, kw, sh, sw, top, left, oh, ow)
     return dx
 
 
@@ -109,10 +173,17 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     """Gradients of the loss w.r.t. the filter (kh, kw, C, F) and the bias (F,)."""
     x, dy, kernel_size, stride, padding, out_hw = _checks.conv2d_grad_params(
         x, dy, kernel_size, stride, padding)
-    (kh, kw), c, f = kernel_size, x.shape[3], dy.shape[3]
-    cols = _im2col_matrix(x, kernel_size, stride, padding, out_hw)
-    dy2 = dy.reshape(-1, f)
-    return np.matmul(cols.T, dy2).reshape(kh, kw, c, f), dy2.sum(axis=0)
+    n, (kh, kw), c, f = x.shape[0], kernel_size, x.shape[3], dy.shape[3]
+    pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
+    dy2 = dy.reshape(n * pixels, f)
+    dw = np.zeros((patch, f), dtype=x.dtype)
+    part = np.empty((patch, f), dtype=x.dtype)
+    for start, stop in _chunks(n, pixels * patch * x.itemsize):
+        cols = _scratch("cols", (stop - start) * pixels, patch, x.dtype)
+        _im2col_into(cols, x[start:stop], kernel_size, stride, padding, out_hw)
+        np.matmul(cols.T, dy2[start * pixels : stop * pixels], out=part)
+        dw += part
+    return dw.reshape(kh, kw, c, f), dy2.sum(axis=0)
 
 
 cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int64_t[:, :, :, ::1] argmax,
@@ -212,3 +283,154 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
     else:
         _adam[double](*flat, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, eps, step_size)
 
+
+
+# ---------------------------------------------------------------------------------------
+# Memory pool. A training step allocates the same large arrays every time (activations,
+# gradients); returned to the system and faulted back in page by page, they cost more
+# than the arithmetic on them. Inside memory_pool(), NumPy takes array memory from this
+# pool, which keeps freed blocks of 64 KiB and up (at most _POOL_CAP bytes) for the next
+# array of the same rounded size. Every block carries a header saying how big it is.
+
+cdef extern from "numpy/arrayobject.h":
+    ctypedef struct PyDataMemAllocator:
+        void *ctx
+        void *(*malloc)(void *ctx, size_t size) noexcept nogil
+        void *(*calloc)(void *ctx, size_t nelem, size_t elsize) noexcept nogil
+        void *(*realloc)(void *ctx, void *ptr, size_t new_size) noexcept nogil
+        void (*free)(void *ctx, void *ptr, size_t size) noexcept nogil
+
+    ctypedef struct PyDataMem_Handler:
+        char name[127]
+        uint8_t version
+        PyDataMemAllocator allocator
+
+    object PyDataMem_SetHandler(object handler)
+
+cnp.import_array()
+
+cdef enum:
+    _HEADER = 64            # bytes before the data: keeps it 64-byte aligned as malloc's 16
+    _POOL_MIN = 1 << 16     # smaller blocks go straight to malloc and free
+    _PAGE = 4096
+    _POOL_SLOTS = 64
+
+cdef size_t _POOL_CAP = <size_t>1 << 30
+
+cdef struct _Header:
+    size_t capacity         # usable bytes after the header
+    int pooled              # whether free() may keep the block
+
+cdef void *_pool_blocks[_POOL_SLOTS]
+cdef size_t _pool_sizes[_POOL_SLOTS]
+cdef int _pool_count = 0
+cdef size_t _pool_bytes = 0
+cdef PyThread_type_lock _pool_lock = PyThread_allocate_lock()
+cdef PyDataMem_Handler _pool_handler
+
+
+cdef void *_pool_malloc(void *ctx, size_t size) noexcept nogil:
+    global _pool_count, _pool_bytes
+    cdef size_t capacity
+    cdef int i
+    cdef char *base = NULL
+    if size < _POOL_MIN:
+        base = <char *>malloc(size + _HEADER)
+        if base == NULL:
+            return NULL
+        (<_Header *>base).capacity = size
+        (<_Header *>base).pooled = 0
+        return base + _HEADER
+    capacity = (size + _PAGE - 1) // _PAGE * _PAGE
+    PyThread_acquire_lock(_pool_lock, WAIT_LOCK)
+    for i in range(_pool_count):
+        if _pool_sizes[i] == capacity:
+            base = <char *>_pool_blocks[i]
+            _pool_count -= 1
+            _pool_blocks[i] = _pool_blocks[_pool_count]
+            _pool_sizes[i] = _pool_sizes[_pool_count]
+            _pool_bytes -= capacity
+            break
+    PyThread_release_lock(_pool_lock)
+    if base == NULL:
+        base = <char *>malloc(capacity + _HEADER)
+        if base == NULL:
+            return NULL
+    (<_Header *>base).capacity = capacity
+    (<_Header *>base).pooled = 1
+    return base + _HEADER
+
+
+cdef void _pool_free(void *ctx, void *ptr, size_t size) noexcept nogil:
+    global _pool_count, _pool_bytes
+    cdef char *base
+    cdef size_t capacity
+    cdef void *evicted = NULL
+    if ptr == NULL:
+        return
+    base = <char *>ptr - _HEADER
+    capacity = (<_Header *>base).capacity
+    if not (<_Header *>base).pooled or capacity > _POOL_CAP:
+        free(base)
+        return
+    PyThread_acquire_lock(_pool_lock, WAIT_LOCK)
+    while _pool_count > 0 and (_pool_count == _POOL_SLOTS or _pool_bytes + capacity > _POOL_CAP):
+        _pool_count -= 1            # drop the oldest block to make room
+        _pool_bytes -= _pool_sizes[0]
+        evicted = _pool_blocks[0]
+        _pool_blocks[0] = _pool_blocks[_pool_count]
+        _pool_sizes[0] = _pool_sizes[_pool_count]
+        free(evicted)
+    _pool_blocks[_pool_count] = base
+    _pool_sizes[_pool_count] = capacity
+    _pool_count += 1
+    _pool_bytes += capacity
+    PyThread_release_lock(_pool_lock)
+
+
+cdef void *_pool_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:
+    cdef void *ptr
+    if elsize != 0 and nelem > (<size_t>-1 - _HEADER - _PAGE) // elsize:
+        return NULL
+    ptr = _pool_malloc(ctx, nelem * elsize)
+    if ptr != NULL:
+        memset(ptr, 0, nelem * elsize)
+    return ptr
+
+
+cdef void *_pool_realloc(void *ctx, void *ptr, size_t new_size) noexcept nogil:
+    cdef void *moved
+    cdef size_t old_capacity
+    if ptr == NULL:
+        return _pool_malloc(ctx, new_size)
+    old_capacity = (<_Header *>(<char *>ptr - _HEADER)).capacity
+    moved = _pool_malloc(ctx, new_size)
+    if moved == NULL:
+        return NULL
+    memcpy(moved, ptr, old_capacity if old_capacity < new_size else new_size)
+    _pool_free(ctx, ptr, old_capacity)
+    return moved
+
+
+strncpy(_pool_handler.name, b"cnnc_memory_pool", 126)
+_pool_handler.version = 1
+_pool_handler.allocator.ctx = NULL
+_pool_handler.allocator.malloc = _pool_malloc
+_pool_handler.allocator.calloc = _pool_calloc
+_pool_handler.allocator.realloc = _pool_realloc
+_pool_handler.allocator.free = _pool_free
+_pool_capsule = PyCapsule_New(&_pool_handler, b"mem_handler", NULL)
+
+
+@contextlib.contextmanager
+def memory_pool():
+    """Within the block, NumPy arrays reuse the memory of freed arrays of the same size.
+
+    Arrays made inside may outlive the block; their memory returns to the pool when
+    they are freed. The pool keeps at most 1 GiB.
+    """
+    previous = PyDataMem_SetHandler(_pool_capsule)
+    try:
+        yield
+    finally:
+        PyDataMem_SetHandler(previous)

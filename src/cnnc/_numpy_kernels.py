@@ -4,6 +4,8 @@ The compiled extension `_kernels` has the same functions with the same signature
 `kernels` picks one of the two. Shapes are NHWC for images and (kh, kw, c_in, c_out)
 for filters. `stride` is (sh, sw); `padding` is (top, bottom, left, right) zero padding.
 """
+import contextlib
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -113,3 +115,8 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
     step_size = lr / (1.0 - beta1**step)
     denom = np.sqrt(v) / scalar((1.0 - beta2**step) ** 0.5) + scalar(eps)
     param -= scalar(step_size) * m / denom
+
+
+def memory_pool():
+    """A block in which NumPy allocates as it always does: pooling needs the compiled backend."""
+    return contextlib.nullcontext()

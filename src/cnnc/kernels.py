@@ -1,5 +1,8 @@
 """The kernel functions of the running backend: compiled `_kernels` or `_numpy_kernels`.
 
+Besides the kernels, `memory_pool()` opens a block in which NumPy reuses the memory of
+freed arrays (compiled backend; a plain block on NumPy).
+
 The environment variable CNNC_BACKEND chooses: `auto` (the default) takes the compiled
 extension when it is built and NumPy otherwise, `numpy` always takes NumPy, `compiled`
 insists on the extension.
@@ -32,5 +35,6 @@ conv2d_grad_params = _impl.conv2d_grad_params
 maxpool2d_forward = _impl.maxpool2d_forward
 maxpool2d_backward = _impl.maxpool2d_backward
 adam_update = _impl.adam_update
+memory_pool = _impl.memory_pool
 
 del _os, _choice, _impl

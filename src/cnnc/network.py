@@ -3,7 +3,7 @@ from collections import deque
 
 import numpy as np
 
-from . import dtypes
+from . import dtypes, kernels
 from .losses import class_ids
 
 
@@ -27,31 +27,33 @@ class Network:
         """
         if not np.isfinite(lr) or lr < 0:
             raise ValueError(f"lr must be a finite number >= 0, got {lr}")
-        loss, grads = self.loss_and_grads(x, y)
-        _check_finite(loss, grads, self.layers)
-        for layer, layer_grads in zip(self.layers, grads):
-            layer.update(layer_grads, lr)
+        with kernels.memory_pool():
+            loss, grads = self.loss_and_grads(x, y)
+            _check_finite(loss, grads, self.layers)
+            for layer, layer_grads in zip(self.layers, grads):
+                layer.update(layer_grads, lr)
         return loss
 
     def loss_and_grads(self, x, y):
         """The loss on a batch and, per layer in order, a dict of its parameter gradients."""
         x, y = self._batch(x, y)
-        z_stack = deque()
-        activation = x
-        for layer in self.layers:
-            z, output = layer.forward(activation)
-            z_stack.append((activation, z))
-            activation = output
-        loss = self.loss.compute(activation, y)
+        with kernels.memory_pool():
+            z_stack = deque()
+            activation = x
+            for layer in self.layers:
+                z, output = layer.forward(activation)
+                z_stack.append((activation, z))
+                activation = output
+            loss = self.loss.compute(activation, y)
 
-        upstream = self.loss.deriv(activation, y)
-        grads = deque()
-        for depth, layer in reversed(list(enumerate(self.layers))):
-            inputs, z = z_stack.pop()
-            layer_err = layer.activation.backward(z, upstream)
-            grads.appendleft(layer.get_grad(inputs, layer_err))
-            if depth > 0:
-                upstream = layer.backward(layer_err)
+            upstream = self.loss.deriv(activation, y)
+            grads = deque()
+            for depth, layer in reversed(list(enumerate(self.layers))):
+                inputs, z = z_stack.pop()
+                layer_err = layer.activation.backward(z, upstream)
+                grads.appendleft(layer.get_grad(inputs, layer_err))
+                if depth > 0:
+                    upstream = layer.backward(layer_err)
         return loss, list(grads)
 
     def predict(self, x, batch_size=1000):
@@ -60,8 +62,9 @@ class Network:
         out_shape = self._check_input(x)
         batch_size = _check_batch_size(batch_size)
         outputs = np.empty((len(x),) + out_shape, dtype=self.dtype)
-        for start in range(0, len(x), batch_size):
-            outputs[start : start + batch_size] = self._forward(x[start : start + batch_size])
+        with kernels.memory_pool():
+            for start in range(0, len(x), batch_size):
+                outputs[start : start + batch_size] = self._forward(x[start : start + batch_size])
         return outputs
 
     def evaluate(self, x, y, batch_size=1000):
@@ -72,9 +75,10 @@ class Network:
         ids = class_ids(labels, classes)
         batch_size = _check_batch_size(batch_size)
         correct = 0
-        for start in range(0, len(x), batch_size):
-            batch = self._forward(x[start : start + batch_size])
-            correct += int((batch.argmax(axis=1) == ids[start : start + batch_size]).sum())
+        with kernels.memory_pool():
+            for start in range(0, len(x), batch_size):
+                batch = self._forward(x[start : start + batch_size])
+                correct += int((batch.argmax(axis=1) == ids[start : start + batch_size]).sum())
         return correct / len(x) if len(x) else 0.0
 
     def _forward(self, x):
