@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_LARGEST = 2**31 - 1  # no size, stride or padding of a real network comes near it
 
 
 def float_array(name, a, ndim, dtype=None):
@@ -41,14 +42,14 @@ def in_place(name, a, like=None):
 
 
 def ints(name, values, count, minimum):
-    """values as a tuple of `count` Python ints, each >= minimum."""
+    """values as a tuple of `count` Python ints, each in [minimum, 2**31)."""
     try:
         items = tuple(values)
     except TypeError:
         items = None
     if (items is None or len(items) != count
-            or not all(isinstance(v, numbers.Integral) and v >= minimum for v in items)):
-        raise ValueError(f"{name} must be {count} ints >= {minimum}, got {values!r}")
+            or not all(isinstance(v, numbers.Integral) and minimum <= v <= _LARGEST for v in items)):
+        raise ValueError(f"{name} must be {count} ints in [{minimum}, 2**31), got {values!r}")
     return tuple(int(v) for v in items)
 
 

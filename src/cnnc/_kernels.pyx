@@ -31,6 +31,41 @@ ctypedef fused real:
     double
 
 
+# Innermost loops over contiguous runs, kept out of the prange bodies so the compiler
+# can vectorize them (OpenMP's lastprivate copies of loop variables prevent that).
+
+cdef inline void _copy(real* dst, const real* src, Py_ssize_t count) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(count):
+        dst[k] = src[k]
+
+
+cdef inline void _zero(real* dst, Py_ssize_t count) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(count):
+        dst[k] = 0
+
+
+cdef inline void _add(real* dst, const real* src, Py_ssize_t count) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(count):
+        dst[k] += src[k]
+
+
+cdef inline void _keep_max(real* best, int64_t* where, const real* src, int64_t position,
+                           Py_ssize_t count) noexcept nogil:
+    """best = max(best, src) elementwise, where = position wherever src won; NaN wins."""
+    cdef Py_ssize_t k
+    cdef real value, current
+    cdef bint take
+    for k in range(count):
+        value = src[k]
+        current = best[k]
+        take = (value > current) | ((value != value) & (current == current))
+        best[k] = value if take else current
+        where[k] = position if take else where[k]
+
+
 cdef void _im2col(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw,
                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left,
                   Py_ssize_t oh, Py_ssize_t ow) noexcept:
@@ -39,10 +74,9 @@ cdef void _im2col(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_t kh, 
     A filter row (q, c) is one contiguous run of kw*C values in NHWC, copied at once
     when it lies inside the image.
     """
-    cdef Py_ssize_t n, i, j, r, q, h, w, w0, k, row
+    cdef Py_ssize_t n, i, j, r, q, h, w, w0, row
     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
     cdef Py_ssize_t run = kw * channels
-    cdef const real* src
     cdef real* dst
     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
         for i in range(oh):
@@ -53,33 +87,26 @@ cdef void _im2col(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_t kh, 
                     h = i * sh - top + r
                     dst = &cols[row, r * run]
                     if h < 0 or h >= height:
-                        for k in range(run):
-                            dst[k] = 0
+                        _zero(dst, run)
                     elif w0 >= 0 and w0 + kw <= width:
-                        src = &x[n, h, w0, 0]
-                        for k in range(run):
-                            dst[k] = src[k]
+                        _copy(dst, &x[n, h, w0, 0], run)
                     else:
                         for q in range(kw):
                             w = w0 + q
                             if 0 <= w < width:
-                                src = &x[n, h, w, 0]
-                                for k in range(channels):
-                                    dst[q * channels + k] = src[k]
+                                _copy(dst + q * channels, &x[n, h, w, 0], channels)
                             else:
-                                for k in range(channels):
-                                    dst[q * channels + k] = 0
+                                _zero(dst + q * channels, channels)
 
 
 cdef void _col2im(const real[:, ::1] cols, real[:, :, :, ::1] dx, Py_ssize_t kh, Py_ssize_t kw,
                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left,
                   Py_ssize_t oh, Py_ssize_t ow) noexcept:
     """The adjoint of _im2col: adds every patch back where it came from."""
-    cdef Py_ssize_t n, i, j, r, q, h, w, w0, k, row
+    cdef Py_ssize_t n, i, j, r, q, h, w, w0, row
     cdef Py_ssize_t height = dx.shape[1], width = dx.shape[2], channels = dx.shape[3]
     cdef Py_ssize_t run = kw * channels
     cdef const real* src
-    cdef real* dst
     for n in prange(dx.shape[0], schedule="static", nogil=True, num_threads=_threads):
         for i in range(oh):
             for j in range(ow):
@@ -91,16 +118,12 @@ cdef void _col2im(const real[:, ::1] cols, real[:, :, :, ::1] dx, Py_ssize_t kh,
                         continue
                     src = &cols[row, r * run]
                     if w0 >= 0 and w0 + kw <= width:
-                        dst = &dx[n, h, w0, 0]
-                        for k in range(run):
-                            dst[k] += src[k]
+                        _add(&dx[n, h, w0, 0], src, run)
                     else:
                         for q in range(kw):
                             w = w0 + q
                             if 0 <= w < width:
-                                dst = &dx[n, h, w, 0]
-                                for k in range(channels):
-                                    dst[k] += src[q * channels + k]
+                                _add(&dx[n, h, w, 0], src + q * channels, channels)
 
 
 # Patch matrices are built a few images at a time, small enough to stay in cache
@@ -188,26 +211,34 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
 
 cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int64_t[:, :, :, ::1] argmax,
                            Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw) noexcept:
-    """Window maxima in row-major window order: the first maximum wins, a NaN beats a number."""
+    """Window maxima in row-major window order: the first maximum wins, a NaN beats a number.
+
+    The channels of one pixel are contiguous in NHWC, so the innermost loop compares a
+    whole pixel of the window against the running maxima, without branches.
+    """
     cdef Py_ssize_t n, i, j, r, q, c, h, w
     cdef Py_ssize_t width = x.shape[2], channels = x.shape[3]
-    cdef real value, best
+    cdef const real* src
+    cdef real* best
+    cdef int64_t* where
+    cdef int64_t position
     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
         for i in range(y.shape[1]):
             for j in range(y.shape[2]):
+                best = &y[n, i, j, 0]
+                where = &argmax[n, i, j, 0]
+                src = &x[n, i * sh, j * sw, 0]
+                position = i * sh * width + j * sw
                 for c in range(channels):
-                    y[n, i, j, c] = x[n, i * sh, j * sw, c]
-                    argmax[n, i, j, c] = i * sh * width + j * sw
+                    best[c] = src[c]
+                    where[c] = position
                 for r in range(ph):
                     h = i * sh + r
                     for q in range(pw):
+                        if r == 0 and q == 0:
+                            continue
                         w = j * sw + q
-                        for c in range(channels):
-                            value = x[n, h, w, c]
-                            best = y[n, i, j, c]
-                            if value > best or (value != value and best == best):
-                                y[n, i, j, c] = value
-                                argmax[n, i, j, c] = h * width + w
+                        _keep_max(best, where, &x[n, h, w, 0], h * width + w, channels)
 
 
 def maxpool2d_forward(x, pool_size, stride):

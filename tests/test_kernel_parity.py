@@ -1,0 +1,772 @@
+"""The compiled kernels (cnnc._kernels) against their NumPy twins (cnnc._numpy_kernels).
+
+1. Parity: every kernel of both modules on the same random inputs (odd sizes, strides,
+   padding, ties, NaNs, float32 and float64).
+2. Safety: every bad call raises ValueError or TypeError in both, the same type in both,
+   and a refused Adam step leaves its arrays alone.
+3. Read-only and non-contiguous inputs are accepted wherever they are only read.
+4. cnnc.kernels exposes exactly the kernel functions; both modules name them alike.
+"""
+import inspect
+
+import numpy as np
+import pytest
+
+from cnnc import _numpy_kernels, kernels
+
+compiled = pytest.importorskip(
+    "cnnc._kernels",
+    reason="the compiled extension cnnc._kernels is not built (no C compiler here); "
+           "CI always builds it, so these tests always run there",
+)
+
+KERNEL_NAMES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_params",
+                "maxpool2d_forward", "maxpool2d_backward", "adam_update")
+MODULES = [pytest.param(_numpy_kernels, id="numpy"), pytest.param(compiled, id="compiled")]
+DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
+# Relative error, to the largest magnitude of the reference, per dtype.
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+ADAM_TOL = {np.float32: 1e-6, np.float64: 1e-12}
+
+
+def assert_close(actual, expected, dtype, tol):
+    """Same dtype (the input dtype), same shape, max |actual - expected| <= tol * max |expected|."""
+    assert isinstance(actual, np.ndarray) and isinstance(expected, np.ndarray)
+    assert actual.dtype == np.dtype(dtype), f"compiled returned {actual.dtype}, input was {np.dtype(dtype)}"
+    assert expected.dtype == np.dtype(dtype), f"NumPy returned {expected.dtype}, input was {np.dtype(dtype)}"
+    assert actual.shape == expected.shape
+    assert np.all(np.isfinite(expected)) and np.all(np.isfinite(actual))
+    expected64 = expected.astype(np.float64)
+    scale = np.abs(expected64).max(initial=0.0)
+    error = np.abs(actual.astype(np.float64) - expected64).max(initial=0.0)
+    assert error <= tol * scale, f"max error {error:.3g} > {tol:g} * {scale:.3g}"
+
+
+def out_size(size, window, stride, before=0, after=0):
+    return (size + before + after - window) // stride + 1
+
+
+# =========================================================================== 1. parity
+
+# (n, h, w, c_in, c_out, kh, kw, stride, padding=(top, bottom, left, right))
+CONV_CASES = [
+    (1, 7, 9, 1, 1, 1, 1, (1, 1), (0, 0, 0, 0)),
+    (2, 7, 9, 3, 4, 3, 3, (1, 1), (1, 1, 1, 1)),
+    (3, 13, 5, 2, 5, 5, 3, (2, 2), (2, 2, 1, 1)),
+    (1, 28, 28, 1, 2, 5, 5, (1, 1), (2, 2, 2, 2)),
+    (2, 28, 28, 2, 3, 3, 3, (2, 2), (0, 1, 0, 1)),
+    (4, 7, 9, 5, 3, 2, 4, (1, 2), (0, 1, 3, 0)),
+    (2, 13, 5, 3, 2, 3, 2, (3, 1), (1, 0, 0, 2)),
+    (1, 9, 7, 2, 3, 3, 3, (3, 3), (4, 5, 3, 6)),    # padding > kernel - 1 on every side
+    (2, 5, 13, 4, 1, 1, 5, (2, 3), (0, 0, 2, 2)),
+    (3, 8, 8, 1, 5, 4, 4, (2, 2), (1, 2, 2, 1)),
+    (1, 3, 3, 2, 2, 5, 5, (1, 1), (1, 1, 1, 1)),    # filter larger than the unpadded input
+    (2, 1, 1, 1, 2, 3, 3, (1, 1), (2, 2, 2, 2)),    # 1x1 image, outputs that see only padding
+    (2, 11, 11, 2, 3, 2, 2, (3, 3), (0, 1, 1, 0)),  # stride > kernel: skipped pixels
+    (1, 6, 4, 5, 5, 4, 1, (1, 3), (3, 0, 0, 3)),
+    (4, 5, 7, 1, 4, 5, 2, (1, 1), (0, 0, 0, 0)),
+]
+CONV_IDS = [f"{n}x{h}x{w}x{c}-f{f}-k{kh}x{kw}-s{s[0]}{s[1]}-p{''.join(map(str, p))}"
+            for n, h, w, c, f, kh, kw, s, p in CONV_CASES]
+
+
+def conv_inputs(case, dtype, seed):
+    n, h, w, c, f, kh, kw, stride, padding = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c)).astype(dtype)
+    wt = rng.standard_normal((kh, kw, c, f)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    top, bottom, left, right = padding
+    oh = out_size(h, kh, stride[0], top, bottom)
+    ow = out_size(w, kw, stride[1], left, right)
+    dy = rng.standard_normal((n, oh, ow, f)).astype(dtype)
+    return x, wt, b, dy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv2d_forward_parity(case, dtype):
+    x, w, b, dy = conv_inputs(case, dtype, seed=1)
+    stride, padding = case[7], case[8]
+    expected = _numpy_kernels.conv2d_forward(x, w, b, stride, padding)
+    actual = compiled.conv2d_forward(x, w, b, stride, padding)
+    assert expected.shape == dy.shape
+    assert_close(actual, expected, dtype, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv2d_grad_input_parity(case, dtype):
+    x, w, b, dy = conv_inputs(case, dtype, seed=2)
+    stride, padding = case[7], case[8]
+    expected = _numpy_kernels.conv2d_grad_input(dy, w, x.shape, stride, padding)
+    actual = compiled.conv2d_grad_input(dy, w, x.shape, stride, padding)
+    assert expected.shape == x.shape
+    assert_close(actual, expected, dtype, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv2d_grad_params_parity(case, dtype):
+    x, w, b, dy = conv_inputs(case, dtype, seed=3)
+    stride, padding = case[7], case[8]
+    expected_dw, expected_db = _numpy_kernels.conv2d_grad_params(x, dy, w.shape[:2], stride, padding)
+    actual_dw, actual_db = compiled.conv2d_grad_params(x, dy, w.shape[:2], stride, padding)
+    assert expected_dw.shape == w.shape and expected_db.shape == b.shape
+    assert_close(actual_dw, expected_dw, dtype, TOL[dtype])
+    assert_close(actual_db, expected_db, dtype, TOL[dtype])
+
+
+# (n, h, w, c, pool_size, stride)
+POOL_CASES = [
+    (1, 7, 9, 1, (2, 2), (2, 2)),    # does not tile: last row and column dropped
+    (2, 8, 8, 3, (2, 2), (2, 2)),    # tiles
+    (4, 28, 28, 2, (2, 2), (2, 2)),
+    (2, 12, 9, 1, (3, 3), (3, 3)),   # tiles with window 3
+    (3, 13, 5, 2, (3, 3), (2, 2)),   # overlapping
+    (2, 7, 9, 4, (3, 3), (1, 1)),    # overlapping
+    (1, 9, 7, 5, (2, 3), (1, 2)),    # non-square window, mixed stride
+    (2, 13, 5, 3, (3, 1), (3, 1)),
+    (1, 5, 5, 2, (5, 5), (1, 1)),    # a single window
+    (2, 6, 9, 2, (1, 1), (1, 1)),    # identity
+    (1, 7, 9, 2, (2, 4), (3, 2)),    # stride > window: skipped rows
+]
+POOL_IDS = [f"{n}x{h}x{w}x{c}-k{p[0]}x{p[1]}-s{s[0]}{s[1]}" for n, h, w, c, p, s in POOL_CASES]
+POOL_KINDS = ["normal", "ties", "signed_zeros", "all_equal", "nan", "nan_ties", "all_nan",
+              "infinities", "all_neg_inf"]
+
+
+def pool_input(kind, shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "normal":
+        x = rng.standard_normal(shape)
+    elif kind == "ties":
+        x = rng.integers(0, 3, shape).astype(np.float64)
+    elif kind == "signed_zeros":
+        x = rng.choice([-1.0, -0.0, 0.0], size=shape, p=[0.2, 0.4, 0.4])
+    elif kind == "all_equal":
+        x = np.full(shape, 0.5)
+    elif kind == "nan":
+        x = rng.standard_normal(shape)
+        x[rng.random(shape) < 0.2] = np.nan
+    elif kind == "nan_ties":
+        x = rng.integers(0, 3, shape).astype(np.float64)
+        x[rng.random(shape) < 0.3] = np.nan
+    elif kind == "all_nan":
+        x = np.full(shape, np.nan)
+    elif kind == "infinities":
+        x = rng.choice([-np.inf, -1.0, 0.0, np.inf, np.nan], size=shape, p=[0.3, 0.2, 0.2, 0.2, 0.1])
+    elif kind == "all_neg_inf":
+        x = np.full(shape, -np.inf)
+    else:
+        raise AssertionError(kind)
+    return x.astype(dtype)
+
+
+def reference_pool(x, pool_size, stride):
+    """Window maxima in row-major window order: the first maximum wins, the first NaN wins."""
+    n, h, w, c = x.shape
+    (ph, pw), (sh, sw) = pool_size, stride
+    oh, ow = out_size(h, ph, sh), out_size(w, pw, sw)
+    y = np.empty((n, oh, ow, c), dtype=x.dtype)
+    argmax = np.empty((n, oh, ow, c), dtype=np.int64)
+    for i in range(oh):
+        for j in range(ow):
+            best = x[:, i * sh, j * sw].copy()
+            where = np.full((n, c), i * sh * w + j * sw, dtype=np.int64)
+            for r in range(ph):
+                for q in range(pw):
+                    value = x[:, i * sh + r, j * sw + q]
+                    better = (value > best) | (np.isnan(value) & ~np.isnan(best))
+                    best = np.where(better, value, best)
+                    where = np.where(better, (i * sh + r) * w + j * sw + q, where)
+            y[:, i, j], argmax[:, i, j] = best, where
+    return y, argmax
+
+
+@pytest.mark.parametrize("kind", POOL_KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
+def test_maxpool2d_forward_parity(case, dtype, kind):
+    n, h, w, c, pool_size, stride = case
+    x = pool_input(kind, (n, h, w, c), dtype, seed=4)
+    expected_y, expected_argmax = _numpy_kernels.maxpool2d_forward(x, pool_size, stride)
+    actual_y, actual_argmax = compiled.maxpool2d_forward(x, pool_size, stride)
+    for y, argmax in ((expected_y, expected_argmax), (actual_y, actual_argmax)):
+        assert y.dtype == np.dtype(dtype)
+        assert argmax.dtype == np.int64
+        assert y.shape == argmax.shape == (n, out_size(h, pool_size[0], stride[0]),
+                                           out_size(w, pool_size[1], stride[1]), c)
+    # The maximum is one of the inputs: equal bit for bit, NaN for NaN, -0.0 for -0.0.
+    np.testing.assert_array_equal(actual_y, expected_y)
+    np.testing.assert_array_equal(np.signbit(actual_y), np.signbit(expected_y))
+    np.testing.assert_array_equal(actual_argmax, expected_argmax)
+    # And both pick the first maximum (or first NaN) of each window, as documented.
+    reference_y, reference_argmax = reference_pool(x, pool_size, stride)
+    np.testing.assert_array_equal(expected_argmax, reference_argmax)
+    np.testing.assert_array_equal(expected_y, reference_y)
+    # argmax points at the maximum it reports.
+    flat = x.reshape(n, h * w, c)
+    picked = np.take_along_axis(flat, actual_argmax.reshape(n, -1, c), axis=1).reshape(actual_y.shape)
+    np.testing.assert_array_equal(picked, actual_y)
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "all_equal"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
+def test_maxpool2d_backward_parity(case, dtype, kind):
+    """Overlapping windows over tied inputs send many gradients to the same pixel."""
+    n, h, w, c, pool_size, stride = case
+    x = pool_input(kind, (n, h, w, c), dtype, seed=5)
+    _, argmax = _numpy_kernels.maxpool2d_forward(x, pool_size, stride)
+    dy = np.random.default_rng(6).standard_normal(argmax.shape).astype(dtype)
+    expected = _numpy_kernels.maxpool2d_backward(dy, argmax, x.shape)
+    actual = compiled.maxpool2d_backward(dy, argmax, x.shape)
+    assert expected.shape == x.shape
+    assert_close(actual, expected, dtype, TOL[dtype])
+    np.testing.assert_allclose(actual.sum(dtype=np.float64), dy.sum(dtype=np.float64),
+                               rtol=1e-4, atol=1e-4 * np.abs(dy).sum())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("input_shape,dy_hw", [((1, 7, 9, 1), (3, 4)), ((3, 5, 13, 4), (6, 2)),
+                                               ((2, 1, 1, 3), (2, 3))])
+def test_maxpool2d_backward_parity_for_any_valid_indices(input_shape, dy_hw, dtype):
+    """The scatter needs only indices in [0, H*W), not ones a forward pass produced."""
+    n, h, w, c = input_shape
+    rng = np.random.default_rng(7)
+    argmax = rng.integers(0, h * w, (n, *dy_hw, c)).astype(np.int64)
+    argmax[..., 0, 0, :] = h * w - 1           # both ends of the range
+    argmax[..., -1, -1, :] = 0
+    dy = rng.standard_normal(argmax.shape).astype(dtype)
+    expected = _numpy_kernels.maxpool2d_backward(dy, argmax, input_shape)
+    actual = compiled.maxpool2d_backward(dy, argmax, input_shape)
+    assert expected.shape == input_shape
+    assert_close(actual, expected, dtype, TOL[dtype])
+
+
+# (lr, beta1, beta2, eps)
+ADAM_HYPER = [(1e-3, 0.9, 0.999, 1e-8), (0.1, 0.5, 0.9, 1e-6), (0.01, 0.0, 0.0, 1e-3),
+              (0.0, 0.9, 0.999, 0.0)]
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 3, 4)])
+@pytest.mark.parametrize("hyper", ADAM_HYPER, ids=lambda h: "lr{}-b{}-{}-eps{}".format(*h))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_update_parity_over_ten_steps(dtype, hyper, shape):
+    rng = np.random.default_rng(8)
+    param = rng.standard_normal(shape).astype(dtype)
+    m = (0.1 * rng.standard_normal(shape)).astype(dtype)
+    v = (0.1 * rng.random(shape)).astype(dtype)
+    states = {name: (param.copy(), m.copy(), v.copy()) for name in ("numpy", "compiled")}
+    for step in range(1, 11):
+        grad = rng.standard_normal(shape).astype(dtype)
+        grad_before = grad.copy()
+        for module, name in ((_numpy_kernels, "numpy"), (compiled, "compiled")):
+            module.adam_update(*states[name][:1], grad, *states[name][1:], *hyper, step)
+        np.testing.assert_array_equal(grad, grad_before)  # grad is only read
+    for expected, actual in zip(states["numpy"], states["compiled"]):
+        assert_close(actual, expected, dtype, ADAM_TOL[dtype])
+    if hyper[0] == 0.0:
+        np.testing.assert_array_equal(states["compiled"][0], param)
+    else:
+        assert not np.array_equal(states["compiled"][0], param)  # it did update in place
+
+
+# =========================================================================== 2. safety
+
+
+def arr(*shape, dtype=np.float64, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def fwd(**kw):
+    a = dict(x=arr(2, 7, 9, 3), w=arr(3, 3, 3, 4), b=arr(4), stride=(1, 1), padding=(1, 1, 1, 1))
+    a.update(kw)
+    return "conv2d_forward", (a["x"], a["w"], a["b"], a["stride"], a["padding"])
+
+
+def gin(**kw):
+    a = dict(dy=arr(2, 7, 9, 4), w=arr(3, 3, 3, 4), input_shape=(2, 7, 9, 3), stride=(1, 1),
+             padding=(1, 1, 1, 1))
+    a.update(kw)
+    return "conv2d_grad_input", (a["dy"], a["w"], a["input_shape"], a["stride"], a["padding"])
+
+
+def gpar(**kw):
+    a = dict(x=arr(2, 7, 9, 3), dy=arr(2, 7, 9, 4), kernel_size=(3, 3), stride=(1, 1),
+             padding=(1, 1, 1, 1))
+    a.update(kw)
+    return "conv2d_grad_params", (a["x"], a["dy"], a["kernel_size"], a["stride"], a["padding"])
+
+
+def pfwd(**kw):
+    a = dict(x=arr(2, 7, 9, 3), pool_size=(2, 2), stride=(2, 2))
+    a.update(kw)
+    return "maxpool2d_forward", (a["x"], a["pool_size"], a["stride"])
+
+
+def valid_argmax(shape=(2, 3, 4, 3), plane=63):
+    return (np.arange(np.prod(shape), dtype=np.int64) % plane).reshape(shape)
+
+
+def pbwd(**kw):
+    a = dict(dy=arr(2, 3, 4, 3), argmax=valid_argmax(), input_shape=(2, 7, 9, 3))
+    a.update(kw)
+    return "maxpool2d_backward", (a["dy"], a["argmax"], a["input_shape"])
+
+
+def readonly(a):
+    a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
+def adam(**kw):
+    a = dict(param=arr(4, 5), grad=arr(4, 5, seed=1), m=arr(4, 5, seed=2),
+             v=np.abs(arr(4, 5, seed=3)), lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, step=3)
+    a.update(kw)
+    return "adam_update", tuple(a[k] for k in ("param", "grad", "m", "v", "lr", "beta1", "beta2",
+                                               "eps", "step"))
+
+
+BAD_CALLS = {
+    # conv2d_forward
+    "fwd-x-3d": lambda: fwd(x=arr(7, 9, 3)),
+    "fwd-x-5d": lambda: fwd(x=arr(1, 2, 7, 9, 3)),
+    "fwd-w-3d": lambda: fwd(w=arr(3, 3, 3)),
+    "fwd-b-2d": lambda: fwd(b=arr(1, 4)),
+    "fwd-x-float16": lambda: fwd(x=arr(2, 7, 9, 3, dtype=np.float16)),
+    "fwd-x-int64": lambda: fwd(x=np.ones((2, 7, 9, 3), np.int64)),
+    "fwd-x-int32": lambda: fwd(x=np.ones((2, 7, 9, 3), np.int32)),
+    "fwd-w-float16": lambda: fwd(w=arr(3, 3, 3, 4, dtype=np.float16)),
+    "fwd-x-complex": lambda: fwd(x=arr(2, 7, 9, 3).astype(np.complex128)),
+    "fwd-x32-w64": lambda: fwd(x=arr(2, 7, 9, 3, dtype=np.float32)),
+    "fwd-x64-w32": lambda: fwd(w=arr(3, 3, 3, 4, dtype=np.float32)),
+    "fwd-b32": lambda: fwd(b=arr(4, dtype=np.float32)),
+    "fwd-w-channels": lambda: fwd(w=arr(3, 3, 2, 4)),
+    "fwd-b-short": lambda: fwd(b=arr(3)),
+    "fwd-b-long": lambda: fwd(b=arr(5)),
+    "fwd-w-zero-filters": lambda: fwd(w=arr(3, 3, 3, 0), b=arr(0)),
+    "fwd-x-zero-height": lambda: fwd(x=arr(2, 0, 9, 3)),
+    "fwd-x-zero-channels": lambda: fwd(x=arr(2, 7, 9, 0), w=arr(3, 3, 0, 4)),
+    "fwd-stride-0": lambda: fwd(stride=(0, 1)),
+    "fwd-stride-negative": lambda: fwd(stride=(1, -1)),
+    "fwd-stride-1-long": lambda: fwd(stride=(1,)),
+    "fwd-stride-3-long": lambda: fwd(stride=(1, 1, 1)),
+    "fwd-stride-int": lambda: fwd(stride=1),
+    "fwd-stride-float": lambda: fwd(stride=(1.0, 1)),
+    "fwd-stride-None": lambda: fwd(stride=None),
+    "fwd-padding-negative": lambda: fwd(padding=(1, 1, -1, 1)),
+    "fwd-padding-2-long": lambda: fwd(padding=(1, 1)),
+    "fwd-window-too-tall": lambda: fwd(w=arr(10, 3, 3, 4)),
+    "fwd-window-too-wide": lambda: fwd(w=arr(3, 12, 3, 4)),
+    "fwd-window-too-big-unpadded": lambda: fwd(w=arr(8, 3, 3, 4), padding=(0, 0, 0, 0)),
+    "fwd-x-list": lambda: fwd(x=arr(2, 7, 9, 3).tolist()),
+    "fwd-w-list": lambda: fwd(w=arr(3, 3, 3, 4).tolist()),
+    "fwd-b-list": lambda: fwd(b=[0.0, 0.0, 0.0, 0.0]),
+    "fwd-x-None": lambda: fwd(x=None),
+    # conv2d_grad_input
+    "gin-dy-wrong-width": lambda: gin(dy=arr(2, 7, 8, 4)),
+    "gin-dy-wrong-height": lambda: gin(dy=arr(2, 8, 9, 4)),
+    "gin-dy-wrong-filters": lambda: gin(dy=arr(2, 7, 9, 5)),
+    "gin-dy-wrong-batch": lambda: gin(dy=arr(3, 7, 9, 4)),
+    "gin-dy-3d": lambda: gin(dy=arr(7, 9, 4)),
+    "gin-dy-int": lambda: gin(dy=np.ones((2, 7, 9, 4), np.int64)),
+    "gin-dy-float16": lambda: gin(dy=arr(2, 7, 9, 4, dtype=np.float16)),
+    "gin-dy32-w64": lambda: gin(dy=arr(2, 7, 9, 4, dtype=np.float32)),
+    "gin-w-3d": lambda: gin(w=arr(3, 3, 3)),
+    "gin-input-shape-3-long": lambda: gin(input_shape=(7, 9, 3)),
+    "gin-input-shape-5-long": lambda: gin(input_shape=(2, 7, 9, 3, 1)),
+    "gin-input-shape-zero-height": lambda: gin(input_shape=(2, 0, 9, 3)),
+    "gin-input-shape-zero-batch": lambda: gin(input_shape=(0, 7, 9, 3), dy=arr(0, 7, 9, 4)),
+    "gin-input-shape-negative": lambda: gin(input_shape=(2, -7, 9, 3)),
+    "gin-input-shape-float": lambda: gin(input_shape=(2, 7.0, 9, 3)),
+    "gin-input-shape-channels": lambda: gin(input_shape=(2, 7, 9, 2)),
+    "gin-stride-0": lambda: gin(stride=(1, 0)),
+    "gin-padding-negative": lambda: gin(padding=(-1, 0, 0, 0)),
+    "gin-window-too-big": lambda: gin(w=arr(8, 3, 3, 4), padding=(0, 0, 0, 0)),
+    "gin-dy-list": lambda: gin(dy=arr(2, 7, 9, 4).tolist()),
+    # conv2d_grad_params
+    "gpar-dy-wrong-width": lambda: gpar(dy=arr(2, 7, 8, 4)),
+    "gpar-dy-wrong-batch": lambda: gpar(dy=arr(3, 7, 9, 4)),
+    "gpar-dy-3d": lambda: gpar(dy=arr(7, 9, 4)),
+    "gpar-x-3d": lambda: gpar(x=arr(7, 9, 3)),
+    "gpar-x-float16": lambda: gpar(x=arr(2, 7, 9, 3, dtype=np.float16)),
+    "gpar-dy-int": lambda: gpar(dy=np.ones((2, 7, 9, 4), np.int32)),
+    "gpar-x64-dy32": lambda: gpar(dy=arr(2, 7, 9, 4, dtype=np.float32)),
+    "gpar-kernel-size-3-long": lambda: gpar(kernel_size=(3, 3, 3)),
+    "gpar-kernel-size-0": lambda: gpar(kernel_size=(0, 3)),
+    "gpar-kernel-too-big": lambda: gpar(kernel_size=(10, 3)),
+    "gpar-stride-negative": lambda: gpar(stride=(-1, 1)),
+    "gpar-padding-negative": lambda: gpar(padding=(0, 0, 0, -2)),
+    "gpar-x-zero-width": lambda: gpar(x=arr(2, 7, 0, 3)),
+    "gpar-dy-list": lambda: gpar(dy=arr(2, 7, 9, 4).tolist()),
+    # maxpool2d_forward
+    "pfwd-x-3d": lambda: pfwd(x=arr(7, 9, 3)),
+    "pfwd-x-float16": lambda: pfwd(x=arr(2, 7, 9, 3, dtype=np.float16)),
+    "pfwd-x-int": lambda: pfwd(x=np.ones((2, 7, 9, 3), np.int64)),
+    "pfwd-x-bool": lambda: pfwd(x=np.ones((2, 7, 9, 3), bool)),
+    "pfwd-pool-0": lambda: pfwd(pool_size=(0, 2)),
+    "pfwd-pool-negative": lambda: pfwd(pool_size=(2, -2)),
+    "pfwd-pool-3-long": lambda: pfwd(pool_size=(2, 2, 2)),
+    "pfwd-stride-0": lambda: pfwd(stride=(2, 0)),
+    "pfwd-stride-negative": lambda: pfwd(stride=(-2, 2)),
+    "pfwd-stride-1-long": lambda: pfwd(stride=(2,)),
+    "pfwd-window-too-tall": lambda: pfwd(pool_size=(8, 2)),
+    "pfwd-window-too-wide": lambda: pfwd(pool_size=(2, 10)),
+    "pfwd-x-zero-height": lambda: pfwd(x=arr(2, 0, 9, 3)),
+    "pfwd-x-zero-channels": lambda: pfwd(x=arr(2, 7, 9, 0)),
+    "pfwd-x-list": lambda: pfwd(x=arr(2, 7, 9, 3).tolist()),
+    # maxpool2d_backward
+    "pbwd-argmax-int32": lambda: pbwd(argmax=valid_argmax().astype(np.int32)),
+    "pbwd-argmax-uint64": lambda: pbwd(argmax=valid_argmax().astype(np.uint64)),
+    "pbwd-argmax-float": lambda: pbwd(argmax=valid_argmax().astype(np.float64)),
+    "pbwd-argmax-wrong-channels": lambda: pbwd(argmax=valid_argmax((2, 3, 4, 2))),
+    "pbwd-argmax-wrong-width": lambda: pbwd(argmax=valid_argmax((2, 3, 5, 3))),
+    "pbwd-argmax-3d": lambda: pbwd(argmax=valid_argmax((2, 12, 3))),
+    "pbwd-argmax-negative": lambda: pbwd(argmax=np.where(valid_argmax() == 5, -1, valid_argmax())),
+    "pbwd-argmax-equal-plane": lambda: pbwd(argmax=np.where(valid_argmax() == 5, 63, valid_argmax())),
+    "pbwd-argmax-huge": lambda: pbwd(argmax=np.where(valid_argmax() == 5, 2**40, valid_argmax())),
+    "pbwd-argmax-int64-min": lambda: pbwd(
+        argmax=np.where(valid_argmax() == 5, np.iinfo(np.int64).min, valid_argmax())),
+    "pbwd-argmax-list": lambda: pbwd(argmax=valid_argmax().tolist()),
+    "pbwd-dy-float16": lambda: pbwd(dy=arr(2, 3, 4, 3, dtype=np.float16)),
+    "pbwd-dy-int": lambda: pbwd(dy=np.ones((2, 3, 4, 3), np.int64)),
+    "pbwd-dy-3d": lambda: pbwd(dy=arr(3, 4, 3), argmax=valid_argmax((3, 4, 3))),
+    "pbwd-dy-list": lambda: pbwd(dy=arr(2, 3, 4, 3).tolist()),
+    "pbwd-dy-batch": lambda: pbwd(dy=arr(3, 3, 4, 3), argmax=valid_argmax((3, 3, 4, 3))),
+    "pbwd-dy-channels": lambda: pbwd(dy=arr(2, 3, 4, 2), argmax=valid_argmax((2, 3, 4, 2))),
+    "pbwd-input-shape-3-long": lambda: pbwd(input_shape=(2, 63, 3)),
+    "pbwd-input-shape-zero-height": lambda: pbwd(input_shape=(2, 0, 9, 3)),
+    "pbwd-input-shape-zero-width": lambda: pbwd(input_shape=(2, 7, 0, 3)),
+    "pbwd-input-shape-too-small": lambda: pbwd(input_shape=(2, 7, 8, 3)),  # plane 56 <= max index 62
+    # adam_update
+    "adam-param-transposed": lambda: adam(param=arr(5, 4).T),
+    "adam-param-strided": lambda: adam(param=arr(4, 10)[:, ::2]),
+    "adam-param-readonly": lambda: adam(param=readonly(arr(4, 5))),
+    "adam-param-float16": lambda: adam(param=arr(4, 5, dtype=np.float16)),
+    "adam-param-int": lambda: adam(param=np.ones((4, 5), np.int64)),
+    "adam-param-list": lambda: adam(param=arr(4, 5).tolist()),
+    "adam-m-wrong-shape": lambda: adam(m=arr(5, 4)),
+    "adam-m-flat": lambda: adam(m=arr(20)),
+    "adam-m-float32": lambda: adam(m=arr(4, 5, dtype=np.float32)),
+    "adam-m-transposed": lambda: adam(m=arr(5, 4).T),
+    "adam-m-readonly": lambda: adam(m=readonly(arr(4, 5))),
+    "adam-m-list": lambda: adam(m=arr(4, 5).tolist()),
+    "adam-v-wrong-shape": lambda: adam(v=arr(4, 6)),
+    "adam-v-float32": lambda: adam(v=arr(4, 5, dtype=np.float32)),
+    "adam-v-readonly": lambda: adam(v=readonly(arr(4, 5))),
+    "adam-grad-wrong-shape": lambda: adam(grad=arr(5, 4)),
+    "adam-grad-flat": lambda: adam(grad=arr(20)),
+    "adam-grad-float32": lambda: adam(grad=arr(4, 5, dtype=np.float32)),
+    "adam-grad-int": lambda: adam(grad=np.ones((4, 5), np.int64)),
+    "adam-grad-list": lambda: adam(grad=arr(4, 5).tolist()),
+    "adam-step-0": lambda: adam(step=0),
+    "adam-step-negative": lambda: adam(step=-1),
+    "adam-step-float": lambda: adam(step=1.5),
+    "adam-step-None": lambda: adam(step=None),
+    "adam-lr-nan": lambda: adam(lr=float("nan")),
+    "adam-lr-inf": lambda: adam(lr=float("inf")),
+    "adam-lr-negative": lambda: adam(lr=-1e-3),
+    "adam-lr-string": lambda: adam(lr="0.001"),
+    "adam-beta1-1": lambda: adam(beta1=1.0),
+    "adam-beta1-negative": lambda: adam(beta1=-0.1),
+    "adam-beta1-nan": lambda: adam(beta1=float("nan")),
+    "adam-beta2-1": lambda: adam(beta2=1.0),
+    "adam-beta2-above-1": lambda: adam(beta2=1.5),
+    "adam-eps-negative": lambda: adam(eps=-1e-8),
+    "adam-eps-nan": lambda: adam(eps=float("nan")),
+}
+BAD_IDS = list(BAD_CALLS)
+BAD_MAKERS = list(BAD_CALLS.values())
+
+
+def call(module, maker):
+    name, args = maker()
+    return getattr(module, name)(*args)
+
+
+@pytest.mark.parametrize("maker", BAD_MAKERS, ids=BAD_IDS)
+@pytest.mark.parametrize("module", MODULES)
+def test_bad_call_raises(module, maker):
+    with pytest.raises((ValueError, TypeError)):
+        call(module, maker)
+
+
+@pytest.mark.parametrize("maker", BAD_MAKERS, ids=BAD_IDS)
+def test_bad_call_raises_the_same_exception_type_in_both(maker):
+    raised = []
+    for module in (_numpy_kernels, compiled):
+        with pytest.raises(Exception) as info:
+            call(module, maker)
+        raised.append(info.type)
+    assert raised[0] is raised[1], f"NumPy raised {raised[0].__name__}, compiled {raised[1].__name__}"
+
+
+ADAM_BAD = [(key, maker) for key, maker in BAD_CALLS.items() if key.startswith("adam-")]
+
+
+@pytest.mark.parametrize("maker", [m for _, m in ADAM_BAD], ids=[k for k, _ in ADAM_BAD])
+@pytest.mark.parametrize("module", MODULES)
+def test_refused_adam_update_leaves_param_m_and_v_unchanged(module, maker):
+    _, args = maker()
+    param, grad, m, v = args[:4]
+    before = [np.array(a, copy=True) for a in (param, grad, m, v)]
+    with pytest.raises((ValueError, TypeError)):
+        module.adam_update(*args)
+    for after, snapshot in zip((param, grad, m, v), before):
+        np.testing.assert_array_equal(np.asarray(after), snapshot)
+
+
+def test_valid_calls_behind_the_bad_ones_are_accepted():
+    """The bad calls differ from these in one argument only, so each one tests its check."""
+    for maker in (fwd, gin, gpar, pfwd, pbwd, adam):
+        for module in (_numpy_kernels, compiled):
+            name, args = maker()
+            result = getattr(module, name)(*args)
+            if name == "adam_update":
+                assert not np.array_equal(args[0], maker()[1][0])
+            else:
+                outputs = result if isinstance(result, tuple) else (result,)
+                assert all(isinstance(o, np.ndarray) and o.size for o in outputs)
+
+
+# Integers beyond the C range (Py_ssize_t) are accepted by the checks today; whatever the
+# kernels do with them, both must do the same, and fail with ValueError or TypeError.
+HUGE = 2**63
+HUGE_CALLS = {
+    "fwd-stride-huge": lambda: fwd(stride=(HUGE, 1)),
+    "fwd-padding-huge": lambda: fwd(padding=(HUGE, 0, 0, 0)),
+    "gin-stride-huge": lambda: gin(dy=arr(2, 1, 9, 4), stride=(HUGE, 1)),
+    "gpar-stride-huge": lambda: gpar(dy=arr(2, 1, 9, 4), stride=(HUGE, 1)),
+    "pfwd-stride-huge": lambda: pfwd(stride=(HUGE, 2)),
+    "pbwd-input-shape-huge": lambda: pbwd(input_shape=(2, HUGE, 9, 3)),
+}
+
+
+@pytest.mark.parametrize("maker", list(HUGE_CALLS.values()), ids=list(HUGE_CALLS))
+def test_integers_beyond_the_c_range_behave_alike(maker):
+    outcomes = []
+    for module in (_numpy_kernels, compiled):
+        try:
+            outcomes.append(call(module, maker))
+        except Exception as error:  # noqa: BLE001 - the type is what is compared
+            outcomes.append(error)
+    numpy_outcome, compiled_outcome = outcomes
+    if isinstance(numpy_outcome, Exception) or isinstance(compiled_outcome, Exception):
+        described = [repr(o) if isinstance(o, Exception) else "a result" for o in outcomes]
+        assert type(numpy_outcome) is type(compiled_outcome), (
+            f"NumPy gave {described[0]}; compiled gave {described[1]}")
+        assert isinstance(numpy_outcome, (ValueError, TypeError)), repr(numpy_outcome)
+    else:
+        for expected, actual in zip(np.atleast_1d(numpy_outcome), np.atleast_1d(compiled_outcome)):
+            np.testing.assert_allclose(actual, expected, rtol=1e-12)
+
+
+# ================================================== 3. read-only and non-contiguous inputs
+
+
+def variant(kind, a):
+    """An array equal to a, laid out or flagged as `kind` says."""
+    if kind == "readonly":
+        out = readonly(a)
+    elif kind == "strided_rows":          # like x[:, ::2] (or b[::2])
+        axis = 1 if a.ndim > 1 else 0
+        shape = list(a.shape)
+        shape[axis] *= 2
+        big = np.zeros(shape, a.dtype)
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(None, None, 2)
+        big[tuple(index)] = a
+        out = big[tuple(index)]
+    elif kind == "strided_last_axis":     # channels with a stride of two elements
+        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        big[..., ::2] = a
+        out = big[..., ::2]
+    elif kind == "fortran":               # transposed, copied, transposed back
+        out = a.T.copy().T
+    elif kind == "reversed":              # negative strides
+        out = a[..., ::-1].copy()[..., ::-1]
+    elif kind == "readonly_strided":
+        out = variant("strided_rows", a)
+        out.setflags(write=False)
+    else:
+        raise AssertionError(kind)
+    np.testing.assert_array_equal(out, a)
+    if kind == "readonly" or kind == "readonly_strided":
+        assert not out.flags.writeable
+    if kind != "readonly" and a.size > 1 and (a.ndim > 1 or kind != "fortran"):
+        assert not out.flags.c_contiguous
+    return out
+
+
+VARIANTS = ["readonly", "strided_rows", "strided_last_axis", "fortran", "reversed", "readonly_strided"]
+
+
+def read_only_inputs(name, dtype):
+    """Arguments for kernel `name` and the positions of the array arguments it only reads."""
+    rng = np.random.default_rng(9)
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    stride, padding = (2, 1), (1, 2, 0, 1)
+    if name == "conv2d_forward":
+        return (r(2, 7, 9, 3), r(3, 2, 3, 4), r(4), stride, padding), (0, 1, 2)
+    if name == "conv2d_grad_input":
+        oh, ow = out_size(7, 3, 2, 1, 2), out_size(9, 2, 1, 0, 1)
+        return (r(2, oh, ow, 4), r(3, 2, 3, 4), (2, 7, 9, 3), stride, padding), (0, 1)
+    if name == "conv2d_grad_params":
+        oh, ow = out_size(7, 3, 2, 1, 2), out_size(9, 2, 1, 0, 1)
+        return (r(2, 7, 9, 3), r(2, oh, ow, 4), (3, 2), stride, padding), (0, 1)
+    if name == "maxpool2d_forward":
+        return (r(2, 7, 9, 3), (3, 3), (2, 2)), (0,)
+    if name == "maxpool2d_backward":
+        x = r(2, 7, 9, 3)
+        _, argmax = _numpy_kernels.maxpool2d_forward(x, (3, 3), (2, 2))
+        return (r(*argmax.shape), argmax, x.shape), (0, 1)
+    if name == "adam_update":
+        return (r(4, 5), r(4, 5), r(4, 5), np.abs(r(4, 5)), 1e-2, 0.9, 0.999, 1e-8, 2), (1,)
+    raise AssertionError(name)
+
+
+READ_ARGS = [(name, position) for name in KERNEL_NAMES
+             for position in read_only_inputs(name, np.float64)[1]] + [
+             (name, "all") for name in KERNEL_NAMES if len(read_only_inputs(name, np.float64)[1]) > 1]
+
+
+def run(module, name, args):
+    """The kernel's outputs as a tuple; for Adam, the updated param, m and v (on copies)."""
+    if name == "adam_update":
+        args = list(args)
+        for i in (0, 2, 3):
+            args[i] = args[i].copy()
+        module.adam_update(*args)
+        return args[0], args[2], args[3]
+    result = getattr(module, name)(*args)
+    return result if isinstance(result, tuple) else (result,)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", VARIANTS)
+@pytest.mark.parametrize("name,position", READ_ARGS, ids=[f"{n}-{p}" for n, p in READ_ARGS])
+@pytest.mark.parametrize("module", MODULES)
+def test_read_only_and_non_contiguous_inputs_give_the_same_result(module, name, position, kind, dtype):
+    args, read_positions = read_only_inputs(name, dtype)
+    expected = run(module, name, args)
+    changed = list(args)
+    for i in (read_positions if position == "all" else (position,)):
+        changed[i] = variant(kind, args[i])
+    snapshots = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in changed]
+    actual = run(module, name, tuple(changed))
+    assert len(actual) == len(expected)
+    for got, want in zip(actual, expected):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        if name != "adam_update":
+            assert got.flags.writeable
+            assert not any(np.shares_memory(got, a) for a in changed if isinstance(a, np.ndarray))
+    for after, before in zip(changed, snapshots):
+        if isinstance(after, np.ndarray):
+            np.testing.assert_array_equal(after, before)  # inputs are only read
+
+
+# =========================================================================== 4. kernels.py
+
+# Besides the six kernels, commit ab1ac1c added memory_pool(), a context manager (a NumPy
+# allocator on the compiled backend, a plain block on NumPy); tests/test_kernels.py lists
+# it as well. It is the one other callable allowed.
+OTHER_CALLABLES = {"memory_pool"}
+
+
+def public_functions(module):
+    return {name for name, value in vars(module).items()
+            if not name.startswith("_") and callable(value)
+            and getattr(value, "__module__", None) == module.__name__}
+
+
+def test_kernels_module_exposes_the_six_kernel_functions_and_nothing_else_callable():
+    public_callables = {name for name in dir(kernels)
+                        if not name.startswith("_") and callable(getattr(kernels, name))}
+    assert set(KERNEL_NAMES) <= public_callables
+    assert public_callables - set(KERNEL_NAMES) <= OTHER_CALLABLES
+
+
+def test_kernels_module_functions_come_from_one_backend():
+    assert kernels.BACKEND in ("compiled", "numpy")
+    backend = compiled if kernels.BACKEND == "compiled" else _numpy_kernels
+    for name in sorted(set(KERNEL_NAMES) | OTHER_CALLABLES):
+        assert getattr(kernels, name) is getattr(backend, name)
+
+
+def test_both_modules_define_the_same_public_functions():
+    assert public_functions(compiled) == public_functions(_numpy_kernels)
+    assert set(KERNEL_NAMES) <= public_functions(compiled)
+    assert public_functions(compiled) - set(KERNEL_NAMES) <= OTHER_CALLABLES
+    for module in (compiled, _numpy_kernels):
+        for name in KERNEL_NAMES:
+            assert getattr(module, name).__name__ == name
+
+
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_twin_functions_have_the_same_signature_and_docstrings(name):
+    numpy_function, compiled_function = getattr(_numpy_kernels, name), getattr(compiled, name)
+    assert inspect.signature(compiled_function) == inspect.signature(numpy_function)
+    for function in (numpy_function, compiled_function, getattr(kernels, name)):
+        assert function.__doc__ and function.__doc__.strip()
+
+
+def test_modules_have_docstrings():
+    for module in (kernels, compiled, _numpy_kernels):
+        assert module.__doc__ and module.__doc__.strip()
+
+
+# The compiled kernels inside compiled.memory_pool(), which swaps NumPy's allocator: the
+# same results, and results made inside stay intact when later arrays reuse freed memory.
+
+def pool_workload(dtype, seed):
+    """Every kernel on tensors big enough (>= 64 KiB) for the pool to keep their memory."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((4, 28, 28, 8)).astype(dtype)
+    w = rng.standard_normal((3, 3, 8, 6)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    y = compiled.conv2d_forward(x, w, b, (1, 1), (1, 1, 1, 1))
+    dx = compiled.conv2d_grad_input(y, w, x.shape, (1, 1), (1, 1, 1, 1))
+    dw, db = compiled.conv2d_grad_params(x, y, (3, 3), (1, 1), (1, 1, 1, 1))
+    pooled, argmax = compiled.maxpool2d_forward(x, (3, 3), (2, 2))
+    dpool = compiled.maxpool2d_backward(pooled, argmax, x.shape)
+    param, m, v = x.copy(), np.zeros_like(x), np.zeros_like(x)
+    for step in (1, 2):
+        compiled.adam_update(param, y[..., :1].repeat(8, axis=3), m, v, 1e-3, 0.9, 0.999, 1e-8, step)
+    return [y, dx, dw, db, pooled, argmax, dpool, param, m, v]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_kernels_inside_memory_pool_match_outside(dtype):
+    expected = pool_workload(dtype, seed=10)
+    with compiled.memory_pool():
+        first = pool_workload(dtype, seed=10)
+        del first
+        inside = pool_workload(dtype, seed=10)      # now on reused blocks
+        kept = [a.copy() for a in inside]
+        scribble = [np.full_like(a, 7) for a in pool_workload(dtype, seed=11)]
+    after = pool_workload(dtype, seed=12)          # outside again, freed blocks still pooled
+    del scribble, after
+    for got, copy, want in zip(inside, kept, expected):
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got, copy)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_memory_pool_is_a_context_manager_that_restores_the_allocator(module):
+    from numpy._core.multiarray import get_handler_name
+
+    before = get_handler_name()
+    assert module.memory_pool.__doc__ and module.memory_pool.__doc__.strip()
+    with pytest.raises(KeyError):
+        with module.memory_pool():
+            big = np.ones(1 << 15)
+            raise KeyError("leave the block by an exception")
+    assert get_handler_name() == before
+    np.testing.assert_array_equal(big, 1.0)
