@@ -10,7 +10,7 @@ from setuptools.command.build_ext import build_ext
 KERNELS = os.path.join("src", "cnnc", "_kernels.pyx")
 # Strict IEEE arithmetic: no fused multiply-adds the source does not write, so results do
 # not depend on the compiler's mood (and match the NumPy twin operation for operation).
-STRICT_MATH = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
+STRICT_MATH = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
 OPENMP_TEST = "#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
 
 

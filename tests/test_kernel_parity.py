@@ -21,7 +21,8 @@ compiled = pytest.importorskip(
 )
 
 KERNEL_NAMES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_params",
-                "maxpool2d_forward", "maxpool2d_backward", "adam_update")
+                "maxpool2d_forward", "maxpool2d_backward", "adam_update", "leaky_relu",
+                "leaky_relu_backward")
 MODULES = [pytest.param(_numpy_kernels, id="numpy"), pytest.param(compiled, id="compiled")]
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 # Relative error, to the largest magnitude of the reference, per dtype.
@@ -273,6 +274,30 @@ def test_adam_update_parity_over_ten_steps(dtype, hyper, shape):
         assert not np.array_equal(states["compiled"][0], param)  # it did update in place
 
 
+def leaky_inputs(dtype, seed=0):
+    """x with zeros of both signs, NaN and infinities among random values, and an upstream."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 5, 7, 2)).astype(dtype)
+    x.flat[:6] = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-30]
+    return x, rng.standard_normal(x.shape).astype(dtype)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.01, 0.3, 1.0])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_leaky_relu_parity_is_bitwise(dtype, slope):
+    x, upstream = leaky_inputs(dtype)
+    forward = [m.leaky_relu(x, slope) for m in (_numpy_kernels, compiled)]
+    backward = [m.leaky_relu_backward(x, upstream, slope) for m in (_numpy_kernels, compiled)]
+    for pair in (forward, backward):
+        assert pair[0].dtype == pair[1].dtype == dtype
+        np.testing.assert_array_equal(pair[0], pair[1])
+        np.testing.assert_array_equal(np.signbit(pair[0]), np.signbit(pair[1]))
+    positive = x > 0
+    np.testing.assert_array_equal(forward[1][positive], x[positive])
+    np.testing.assert_array_equal(backward[1][positive], upstream[positive])
+    np.testing.assert_array_equal(backward[1][~positive], upstream[~positive] * dtype(slope))
+
+
 # =========================================================================== 2. safety
 
 
@@ -330,7 +355,28 @@ def adam(**kw):
                                                "eps", "step"))
 
 
+def leaky(**kw):
+    a = dict(x=arr(2, 3, 4), slope=0.01)
+    a.update(kw)
+    return "leaky_relu", (a["x"], a["slope"])
+
+
+def leaky_back(**kw):
+    a = dict(x=arr(2, 3, 4), upstream=arr(2, 3, 4, seed=1), slope=0.01)
+    a.update(kw)
+    return "leaky_relu_backward", (a["x"], a["upstream"], a["slope"])
+
+
 BAD_CALLS = {
+    # leaky_relu and its backward
+    "leaky-x-list": lambda: leaky(x=[1.0, -1.0]),
+    "leaky-x-int": lambda: leaky(x=np.ones(4, np.int64)),
+    "leaky-slope-negative": lambda: leaky(slope=-0.1),
+    "leaky-slope-above-1": lambda: leaky(slope=1.5),
+    "leaky-slope-nan": lambda: leaky(slope=float("nan")),
+    "leaky-back-upstream-shape": lambda: leaky_back(upstream=arr(2, 3, 5)),
+    "leaky-back-upstream-dtype": lambda: leaky_back(upstream=arr(2, 3, 4, dtype=np.float32)),
+    "leaky-back-upstream-ndim": lambda: leaky_back(upstream=arr(24)),
     # conv2d_forward
     "fwd-x-3d": lambda: fwd(x=arr(7, 9, 3)),
     "fwd-x-5d": lambda: fwd(x=arr(1, 2, 7, 9, 3)),
@@ -521,7 +567,7 @@ def test_refused_adam_update_leaves_param_m_and_v_unchanged(module, maker):
 
 def test_valid_calls_behind_the_bad_ones_are_accepted():
     """The bad calls differ from these in one argument only, so each one tests its check."""
-    for maker in (fwd, gin, gpar, pfwd, pbwd, adam):
+    for maker in (fwd, gin, gpar, pfwd, pbwd, adam, leaky, leaky_back):
         for module in (_numpy_kernels, compiled):
             name, args = maker()
             result = getattr(module, name)(*args)
@@ -628,6 +674,10 @@ def read_only_inputs(name, dtype):
         return (r(*argmax.shape), argmax, x.shape), (0, 1)
     if name == "adam_update":
         return (r(4, 5), r(4, 5), r(4, 5), np.abs(r(4, 5)), 1e-2, 0.9, 0.999, 1e-8, 2), (1,)
+    if name == "leaky_relu":
+        return (r(2, 7, 9, 3), 0.01), (0,)
+    if name == "leaky_relu_backward":
+        return (r(2, 7, 9, 3), r(2, 7, 9, 3), 0.01), (0, 1)
     raise AssertionError(name)
 
 
@@ -674,9 +724,8 @@ def test_read_only_and_non_contiguous_inputs_give_the_same_result(module, name, 
 
 # =========================================================================== 4. kernels.py
 
-# Besides the six kernels, commit ab1ac1c added memory_pool(), a context manager (a NumPy
-# allocator on the compiled backend, a plain block on NumPy); tests/test_kernels.py lists
-# it as well. It is the one other callable allowed.
+# Besides the kernels, memory_pool() is a context manager (a NumPy allocator on the
+# compiled backend, a plain block on NumPy); it is the one other callable allowed.
 OTHER_CALLABLES = {"memory_pool"}
 
 
@@ -686,7 +735,7 @@ def public_functions(module):
             and getattr(value, "__module__", None) == module.__name__}
 
 
-def test_kernels_module_exposes_the_six_kernel_functions_and_nothing_else_callable():
+def test_kernels_module_exposes_the_kernel_functions_and_nothing_else_callable():
     public_callables = {name for name in dir(kernels)
                         if not name.startswith("_") and callable(getattr(kernels, name))}
     assert set(KERNEL_NAMES) <= public_callables

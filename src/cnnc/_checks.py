@@ -13,11 +13,11 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _LARGEST = 2**31 - 1  # no size, stride or padding of a real network comes near it
 
 
-def float_array(name, a, ndim, dtype=None):
-    """a as a C-contiguous float32/float64 array of ndim dimensions (copied only if needed)."""
+def float_array(name, a, ndim=None, dtype=None):
+    """a as a C-contiguous float32/float64 array (of ndim dimensions if given), copied only if needed."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
-    if a.ndim != ndim:
+    if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
     if a.dtype not in _FLOATS:
         raise ValueError(f"{name} must be float32 or float64, got {a.dtype}")
@@ -142,6 +142,8 @@ def maxpool2d_forward(x, pool_size, stride):
     positive_dims("the input's height, width and channels", x.shape[1:])
     pool_size = ints("pool_size", pool_size, 2, 1)
     stride = ints("stride", stride, 2, 1)
+    if x.shape[1] * x.shape[2] > _LARGEST:
+        raise ValueError(f"max pooling takes planes of at most 2**31 - 1 pixels, got {x.shape[1:3]}")
     oh = output_size("pool height", x.shape[1], pool_size[0], stride[0])
     ow = output_size("pool width", x.shape[2], pool_size[1], stride[1])
     return x, pool_size, stride, (oh, ow)
@@ -173,3 +175,14 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
     if not isinstance(step, numbers.Integral) or step < 1:
         raise ValueError(f"step must be an int >= 1, got {step!r}")
     return (param, grad, m, v) + hyper + (int(step),)
+
+
+def leaky_relu(x, slope):
+    return float_array("x", x), number("slope", slope, 0, 1.0000001)
+
+
+def leaky_relu_backward(x, upstream, slope):
+    x = float_array("x", x)
+    upstream = float_array("upstream", upstream, x.ndim, x.dtype)
+    expect_shape("upstream", upstream.shape, x.shape)
+    return x, upstream, number("slope", slope, 0, 1.0000001)

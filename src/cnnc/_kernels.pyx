@@ -16,7 +16,7 @@ from cpython.pythread cimport (WAIT_LOCK, PyThread_acquire_lock, PyThread_alloca
                                PyThread_release_lock, PyThread_type_lock)
 from cython.parallel cimport prange
 from libc.math cimport sqrt
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset, strncpy
 
@@ -52,7 +52,7 @@ cdef inline void _add(real* dst, const real* src, Py_ssize_t count) noexcept nog
         dst[k] += src[k]
 
 
-cdef inline void _keep_max(real* best, int64_t* where, const real* src, int64_t position,
+cdef inline void _keep_max(real* best, int32_t* where, const real* src, int32_t position,
                            Py_ssize_t count) noexcept nogil:
     """best = max(best, src) elementwise, where = position wherever src won; NaN wins."""
     cdef Py_ssize_t k
@@ -209,26 +209,27 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     return dw.reshape(kh, kw, c, f), dy2.sum(axis=0)
 
 
-cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int64_t[:, :, :, ::1] argmax,
+cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax,
                            Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw) noexcept:
     """Window maxima in row-major window order: the first maximum wins, a NaN beats a number.
 
     The channels of one pixel are contiguous in NHWC, so the innermost loop compares a
-    whole pixel of the window against the running maxima, without branches.
+    whole pixel of the window against the running maxima, without branches; positions
+    are int32 there, the width of a float32, so that it vectorizes.
     """
     cdef Py_ssize_t n, i, j, r, q, c, h, w
     cdef Py_ssize_t width = x.shape[2], channels = x.shape[3]
     cdef const real* src
     cdef real* best
-    cdef int64_t* where
-    cdef int64_t position
+    cdef int32_t* where
+    cdef int32_t position
     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
         for i in range(y.shape[1]):
             for j in range(y.shape[2]):
                 best = &y[n, i, j, 0]
                 where = &argmax[n, i, j, 0]
                 src = &x[n, i * sh, j * sw, 0]
-                position = i * sh * width + j * sw
+                position = <int32_t>(i * sh * width + j * sw)
                 for c in range(channels):
                     best[c] = src[c]
                     where[c] = position
@@ -238,7 +239,7 @@ cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int
                         if r == 0 and q == 0:
                             continue
                         w = j * sw + q
-                        _keep_max(best, where, &x[n, h, w, 0], h * width + w, channels)
+                        _keep_max(best, where, &x[n, h, w, 0], <int32_t>(h * width + w), channels)
 
 
 def maxpool2d_forward(x, pool_size, stride):
@@ -250,12 +251,12 @@ def maxpool2d_forward(x, pool_size, stride):
     x, (ph, pw), (sh, sw), (oh, ow) = _checks.maxpool2d_forward(x, pool_size, stride)
     n, c = x.shape[0], x.shape[3]
     y = np.empty((n, oh, ow, c), dtype=x.dtype)
-    argmax = np.empty((n, oh, ow, c), dtype=np.int64)
+    argmax = _scratch("argmax", n * oh * ow, c, np.int32).reshape(n, oh, ow, c)
     if x.dtype == np.float32:
         _maxpool_forward[float](x, y, argmax, ph, pw, sh, sw)
     else:
         _maxpool_forward[double](x, y, argmax, ph, pw, sh, sw)
-    return y, argmax
+    return y, argmax.astype(np.int64)
 
 
 cdef void _maxpool_backward(const real[:, :, :, ::1] dy, const int64_t[:, :, :, ::1] argmax,
@@ -315,6 +316,54 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
         _adam[double](*flat, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, eps, step_size)
 
 
+
+
+cdef void _leaky_relu(const real[::1] x, real[::1] out, real slope) noexcept:
+    cdef Py_ssize_t k
+    cdef real value, product
+    with nogil:
+        for k in range(x.shape[0]):
+            value = x[k]
+            product = value * slope
+            out[k] = value if (value > 0) | (product != product) else product
+
+
+def leaky_relu(x, slope):
+    """x where x > 0, slope * x elsewhere, for 0 <= slope <= 1 (slope 0 is ReLU).
+
+    This is max(x, slope * x); where slope * x is NaN though x is not (an infinite x
+    times a slope of 0), x is kept.
+    """
+    x, slope = _checks.leaky_relu(x, slope)
+    out = np.empty_like(x)
+    if x.dtype == np.float32:
+        _leaky_relu[float](x.reshape(-1), out.reshape(-1), slope)
+    else:
+        _leaky_relu[double](x.reshape(-1), out.reshape(-1), slope)
+    return out
+
+
+cdef void _leaky_relu_backward(const real[::1] x, const real[::1] upstream, real[::1] out,
+                               real slope) noexcept:
+    cdef Py_ssize_t k
+    cdef real value, gradient, scaled
+    with nogil:
+        for k in range(x.shape[0]):
+            value = x[k]
+            gradient = upstream[k]
+            scaled = gradient * slope   # unconditionally, so that the loop vectorizes
+            out[k] = gradient if value > 0 else scaled
+
+
+def leaky_relu_backward(x, upstream, slope):
+    """upstream where x > 0, slope * upstream elsewhere: the gradient through leaky_relu."""
+    x, upstream, slope = _checks.leaky_relu_backward(x, upstream, slope)
+    out = np.empty_like(x)
+    if x.dtype == np.float32:
+        _leaky_relu_backward[float](x.reshape(-1), upstream.reshape(-1), out.reshape(-1), slope)
+    else:
+        _leaky_relu_backward[double](x.reshape(-1), upstream.reshape(-1), out.reshape(-1), slope)
+    return out
 
 # ---------------------------------------------------------------------------------------
 # Memory pool. A training step allocates the same large arrays every time (activations,

@@ -117,6 +117,29 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
     param -= scalar(step_size) * m / denom
 
 
+def leaky_relu(x, slope):
+    """x where x > 0, slope * x elsewhere, for 0 <= slope <= 1 (slope 0 is ReLU).
+
+    This is max(x, slope * x); where slope * x is NaN though x is not (an infinite x
+    times a slope of 0), x is kept.
+    """
+    x, slope = _checks.leaky_relu(x, slope)
+    with np.errstate(invalid="ignore"):
+        out = x * x.dtype.type(slope)
+    return np.fmax(x, out, out=out)
+
+
+def leaky_relu_backward(x, upstream, slope):
+    """upstream where x > 0, slope * upstream elsewhere: the gradient through leaky_relu."""
+    x, upstream, slope = _checks.leaky_relu_backward(x, upstream, slope)
+    slope = x.dtype.type(slope)
+    out = (x > 0).astype(x.dtype)
+    out *= 1 - slope
+    out += slope
+    out *= upstream
+    return out
+
+
 def memory_pool():
     """A block in which NumPy allocates as it always does: pooling needs the compiled backend."""
     return contextlib.nullcontext()

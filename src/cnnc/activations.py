@@ -4,6 +4,8 @@ Neither ever writes into its argument: the network keeps every z for the backwar
 """
 import numpy as np
 
+from . import kernels
+
 
 class AbstractActivation:
     """An elementwise function a = f(z) with its derivative f'(z)."""
@@ -45,14 +47,11 @@ class ReLU(AbstractActivation):
         return (x > 0).astype(x.dtype)
 
     def backward(self, x, upstream):
-        return upstream * (x > 0)
+        return kernels.leaky_relu_backward(x, upstream, 0.0)
 
 
 class LeakyReLU(AbstractActivation):
-    """z for z > 0, slope * z otherwise (slope 0.01 by default, as in PyTorch).
-
-    Written with maximum and masks rather than np.where, which is several times slower.
-    """
+    """z for z > 0, slope * z otherwise (slope 0.01 by default, as in PyTorch)."""
 
     def __init__(self, slope=0.01):
         if not 0 <= slope <= 1:
@@ -60,8 +59,7 @@ class LeakyReLU(AbstractActivation):
         self.slope = slope
 
     def compute(self, x):
-        out = x * x.dtype.type(self.slope)
-        return np.maximum(x, out, out=out)
+        return kernels.leaky_relu(x, self.slope)
 
     def deriv(self, x):
         slope = x.dtype.type(self.slope)
@@ -71,9 +69,7 @@ class LeakyReLU(AbstractActivation):
         return out
 
     def backward(self, x, upstream):
-        out = self.deriv(x)
-        out *= upstream
-        return out
+        return kernels.leaky_relu_backward(x, upstream, self.slope)
 
     def __repr__(self):
         return f"LeakyReLU(slope={self.slope})"
