@@ -13,9 +13,23 @@ KERNEL_NAMES = {"conv2d_forward", "conv2d_grad_input", "conv2d_grad_params", "ma
                 "memory_pool"}
 
 
-def run_with_backend(value, code="import cnnc; print(cnnc.backend())"):
+# Run in a fresh interpreter where importing cnnc._kernels fails, as on a machine where
+# the extension was never built.
+WITHOUT_EXTENSION = """
+import importlib.abc, sys
+class NoExtension(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "cnnc._kernels":
+            raise ImportError("cnnc._kernels blocked for this test")
+sys.meta_path.insert(0, NoExtension())
+"""
+
+
+def run_with_backend(value, code="import cnnc; print(cnnc.backend())", extension=True):
     env = dict(os.environ, CNNC_BACKEND=value)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    code = code if extension else WITHOUT_EXTENSION + code
+    return subprocess.run([sys.executable, "-W", "always", "-c", code], env=env,
+                          capture_output=True, text=True)
 
 
 def compiled_is_built():
@@ -50,12 +64,29 @@ def test_auto_takes_the_compiled_kernels_when_built():
 
 
 def test_compiled_without_the_extension_is_an_import_error_saying_how_to_build():
+    result = run_with_backend("compiled", extension=False)
+    assert result.returncode != 0
+    assert "ImportError" in result.stderr and "pip install" in result.stderr
+
+
+def test_auto_without_the_extension_runs_on_numpy_and_says_so():
+    result = run_with_backend("auto", extension=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "numpy"
+    assert "RuntimeWarning" in result.stderr and "not built" in result.stderr
+
+
+def test_numpy_chosen_explicitly_gives_no_warning():
+    result = run_with_backend("numpy", extension=False)
+    assert result.returncode == 0 and result.stdout.strip() == "numpy"
+    assert "Warning" not in result.stderr
+
+
+@pytest.mark.skipif(not compiled_is_built(), reason="the compiled extension is not built here")
+def test_compiled_backend_runs_when_built():
     result = run_with_backend("compiled")
-    if compiled_is_built():
-        assert result.stdout.strip() == "compiled"
-    else:
-        assert result.returncode != 0
-        assert "ImportError" in result.stderr and "pip install" in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "compiled"
 
 
 @pytest.mark.parametrize("value", ["fast", "gpu"])

@@ -4,10 +4,11 @@ Besides the kernels, `memory_pool()` opens a block in which NumPy reuses the mem
 freed arrays (compiled backend; a plain block on NumPy).
 
 The environment variable CNNC_BACKEND chooses: `auto` (the default) takes the compiled
-extension when it is built and NumPy otherwise, `numpy` always takes NumPy, `compiled`
-insists on the extension.
+extension when it is built and NumPy otherwise, with a warning, `numpy` always takes
+NumPy, `compiled` insists on the extension.
 """
 import os as _os
+import warnings as _warnings
 
 _choice = _os.environ.get("CNNC_BACKEND", "auto").strip().lower() or "auto"
 if _choice not in ("auto", "compiled", "numpy"):
@@ -25,6 +26,11 @@ else:
                 f"({_error}). Build it with a C compiler present: pip install --force-reinstall "
                 "--no-cache-dir . (or unset CNNC_BACKEND to run on NumPy)"
             ) from _error
+        _warnings.warn(
+            f"cnnc's compiled kernels are not built ({_error}); running on the slower NumPy "
+            "kernels. Reinstall with a C compiler present to build them, or set "
+            "CNNC_BACKEND=numpy to choose NumPy without this warning.",
+            RuntimeWarning, stacklevel=2)
         from . import _numpy_kernels as _impl
 
 BACKEND = "compiled" if _impl.__name__.endswith("._kernels") else "numpy"
@@ -39,4 +45,4 @@ leaky_relu = _impl.leaky_relu
 leaky_relu_backward = _impl.leaky_relu_backward
 memory_pool = _impl.memory_pool
 
-del _os, _choice, _impl
+del _os, _warnings, _choice, _impl
