@@ -2,8 +2,8 @@
 
     python benchmarks/bench.py [--repeats 21] [--markdown]
 
-Every contender runs once per round, rounds interleave, and each row reports the median
-over the rounds, so a noisy machine slows all contenders alike. Ratios are contender
+Contenders take turns in rounds of a few back-to-back calls each, and each row reports
+the median of the timed calls, so a noisy machine slows all contenders alike. Ratios are contender
 time / compiled time (< 1 means the contender is faster).
 """
 import argparse
@@ -45,16 +45,25 @@ def backend(module):
             setattr(kernels, name, function)
 
 
-def medians(contenders, repeats, warmup=2):
-    """Median seconds of each zero-argument callable, measured in interleaved rounds."""
-    times = {name: [] for name in contenders}
-    for round_ in range(warmup + repeats):
-        for name, run in contenders.items():
-            start = time.perf_counter()
-            run()
-            elapsed = time.perf_counter() - start
-            if round_ >= warmup:
-                times[name].append(elapsed)
+def medians(contenders, rounds, block=3):
+    """Median seconds of each zero-argument callable.
+
+    Each round runs every contender for a block of back-to-back calls, in an order that
+    rotates from round to round; the first call of a block is not timed, since it pays
+    for waking the thread pools the contender before left asleep or spinning
+    (OpenBLAS's, PyTorch's OpenMP). A noisy machine thus slows all contenders alike,
+    and each is measured in its steady state, as in a training loop.
+    """
+    names = list(contenders)
+    times = {name: [] for name in names}
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            for call in range(block):
+                start = time.perf_counter()
+                contenders[name]()
+                if call > 0:
+                    times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
@@ -187,7 +196,7 @@ def table(rows, columns, markdown):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=21, help="rounds per case (median reported)")
+    parser.add_argument("--rounds", type=int, default=9, help="rounds per case (median reported)")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     args = parser.parse_args()
     if compiled_kernels is None:
@@ -195,22 +204,23 @@ def main():
     rng = np.random.default_rng(0)
     np.random.seed(0)
     print(f"cnnc {cnnc.__version__} on {machine()}")
-    print(f"medians of {args.repeats} interleaved rounds, float32\n")
+    print(f"float32; medians of {args.rounds} interleaved rounds of 2 timed calls "
+          "(inference: a third of the rounds)\n")
 
     kernel_rows = {}
     for name, call in kernel_cases(rng).items():
         kernel_rows[name] = medians({"compiled": lambda: call(compiled_kernels),
-                                     "numpy": lambda: call(_numpy_kernels)}, args.repeats)
+                                     "numpy": lambda: call(_numpy_kernels)}, args.rounds)
     print(table(kernel_rows, ["compiled", "numpy"], args.markdown), "\n")
 
     network_rows = {}
     for name, contenders in network_cases(rng).items():
-        repeats = max(3, args.repeats // 3) if name.startswith("inference") else args.repeats
+        rounds = max(3, args.rounds // 3) if name.startswith("inference") else args.rounds
         wrapped = {}
         for who, run in contenders.items():
             module = {"compiled": compiled_kernels, "numpy": _numpy_kernels}.get(who)
             wrapped[who] = (lambda run=run, module=module: _run_on(module, run)) if module else run
-        network_rows[name] = medians(wrapped, repeats)
+        network_rows[name] = medians(wrapped, rounds)
     columns = ["compiled", "numpy"] + (["torch"] if torch is not None else [])
     print(table(network_rows, columns, args.markdown))
 

@@ -169,7 +169,10 @@ def conv2d_forward(x, w, b, stride, padding):
         _im2col_into(cols, x[start:stop], (kh, kw), stride, padding, (oh, ow))
         out = y[start * pixels : stop * pixels]
         np.matmul(cols, w2, out=out)
-        out += b
+        if x.dtype == np.float32:
+            _add_to_rows[float](out, b)
+        else:
+            _add_to_rows[double](out, b)
     return y.reshape(n, oh, ow, f)
 
 
@@ -193,6 +196,22 @@ def conv2d_grad_input(dy, w, input_shape, stride, padding):
     return dx
 
 
+cdef void _add_to_rows(real[:, ::1] a, const real[::1] row_values) noexcept:
+    """a[row] += row_values for every row (NumPy's broadcast add is slow for short rows)."""
+    cdef Py_ssize_t row
+    with nogil:
+        for row in range(a.shape[0]):
+            _add(&a[row, 0], &row_values[0], a.shape[1])
+
+
+cdef void _sum_rows(const real[:, ::1] a, real[::1] total) noexcept:
+    """total += the sum of a's rows, one row after the other (the order NumPy's sum uses)."""
+    cdef Py_ssize_t row
+    with nogil:
+        for row in range(a.shape[0]):
+            _add(&total[0], &a[row, 0], a.shape[1])
+
+
 def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     """Gradients of the loss w.r.t. the filter (kh, kw, C, F) and the bias (F,)."""
     x, dy, kernel_size, stride, padding, out_hw = _checks.conv2d_grad_params(
@@ -207,7 +226,13 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
         _im2col_into(cols, x[start:stop], kernel_size, stride, padding, out_hw)
         np.matmul(cols.T, dy2[start * pixels : stop * pixels], out=part)
         dw += part
-    return dw.reshape(kh, kw, c, f), dy2.sum(axis=0)
+    db = np.zeros(f, dtype=x.dtype)
+    if f:
+        if x.dtype == np.float32:
+            _sum_rows[float](dy2, db)
+        else:
+            _sum_rows[double](dy2, db)
+    return dw.reshape(kh, kw, c, f), db
 
 
 cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax,
@@ -415,6 +440,8 @@ cdef void *_pool_malloc(void *ctx, size_t size) noexcept nogil:
     cdef size_t capacity
     cdef int i
     cdef char *base = NULL
+    if size > (<size_t>-1) // 2:
+        return NULL                 # no array is that large; refuse before any rounding wraps
     if size < _POOL_MIN:
         base = <char *>malloc(size + _HEADER)
         if base == NULL:
