@@ -1,10 +1,11 @@
 """Side-by-side timings: compiled kernels vs NumPy kernels vs PyTorch (when installed).
 
-    python benchmarks/bench.py [--repeats 21] [--markdown]
+    python benchmarks/bench.py [--rounds 9] [--markdown]
 
 Contenders take turns in rounds of a few back-to-back calls each, and each row reports
-the median of the timed calls, so a noisy machine slows all contenders alike. Ratios are contender
-time / compiled time (< 1 means the contender is faster).
+the median of the timed calls, so a noisy machine slows all contenders alike. A ratio
+a / b is a's time over b's: "numpy / compiled" is the compiled kernels' speedup,
+"compiled / torch" below 1 means cnnc is faster than PyTorch.
 """
 import argparse
 import contextlib
@@ -179,13 +180,13 @@ def machine():
     return f"{cpu}, {os.cpu_count()} cores{threads}; Python {platform.python_version()}, {versions}"
 
 
-def table(rows, columns, markdown):
-    header = ["case"] + [f"{c} ms" for c in columns] + [f"{c} / compiled" for c in columns[1:]]
+def table(rows, columns, ratios, markdown):
+    """Times in ms per column, then each ratio (a, b) as time a / time b."""
+    header = ["case"] + [f"{c} ms" for c in columns] + [f"{a} / {b}" for a, b in ratios]
     lines = [header]
     for name, result in rows.items():
-        times = [f"{1e3 * result[c]:.2f}" if c in result else "-" for c in columns]
-        ratios = [f"{result[c] / result['compiled']:.2f}x" if c in result else "-" for c in columns[1:]]
-        lines.append([name] + times + ratios)
+        times = [f"{1e3 * result[c]:.2f}" for c in columns]
+        lines.append([name] + times + [f"{result[a] / result[b]:.2f}x" for a, b in ratios])
     if markdown:
         out = ["| " + " | ".join(line) + " |" for line in lines]
         out.insert(1, "|" + "---|" * len(header))
@@ -211,7 +212,7 @@ def main():
     for name, call in kernel_cases(rng).items():
         kernel_rows[name] = medians({"compiled": lambda: call(compiled_kernels),
                                      "numpy": lambda: call(_numpy_kernels)}, args.rounds)
-    print(table(kernel_rows, ["compiled", "numpy"], args.markdown), "\n")
+    print(table(kernel_rows, ["compiled", "numpy"], [("numpy", "compiled")], args.markdown), "\n")
 
     network_rows = {}
     for name, contenders in network_cases(rng).items():
@@ -222,7 +223,8 @@ def main():
             wrapped[who] = (lambda run=run, module=module: _run_on(module, run)) if module else run
         network_rows[name] = medians(wrapped, rounds)
     columns = ["compiled", "numpy"] + (["torch"] if torch is not None else [])
-    print(table(network_rows, columns, args.markdown))
+    ratios = [("numpy", "compiled")] + ([("compiled", "torch")] if torch is not None else [])
+    print(table(network_rows, columns, ratios, args.markdown))
 
 
 def _run_on(module, run):
