@@ -212,7 +212,8 @@ def main():
     for name, call in kernel_cases(rng).items():
         kernel_rows[name] = medians({"compiled": lambda: call(compiled_kernels),
                                      "numpy": lambda: call(_numpy_kernels)}, args.rounds)
-    print(table(kernel_rows, ["compiled", "numpy"], [("numpy", "compiled")], args.markdown), "\n")
+    print(table(kernel_rows, ["compiled", "numpy"], [("numpy", "compiled")], args.markdown))
+    print()
 
     network_rows = {}
     for name, contenders in network_cases(rng).items():
