@@ -84,6 +84,18 @@ def conv_inputs(case, dtype, seed):
     return x, wt, b, dy
 
 
+@pytest.fixture(params=["direct_blas", "numpy_matmul"])
+def products(request, monkeypatch):
+    """The compiled convolutions calling NumPy's OpenBLAS directly from their threads, and
+    their path for NumPy builds without it (numpy.matmul)."""
+    if request.param == "numpy_matmul":
+        monkeypatch.setattr(compiled, "_blas", None)
+    elif compiled._blas is None:
+        pytest.skip("this NumPy ships no OpenBLAS of its own: only the numpy.matmul path runs")
+    return request.param
+
+
+@pytest.mark.usefixtures("products")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
 def test_conv2d_forward_parity(case, dtype):
@@ -95,6 +107,7 @@ def test_conv2d_forward_parity(case, dtype):
     assert_close(actual, expected, dtype, TOL[dtype])
 
 
+@pytest.mark.usefixtures("products")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
 def test_conv2d_grad_input_parity(case, dtype):
@@ -106,6 +119,7 @@ def test_conv2d_grad_input_parity(case, dtype):
     assert_close(actual, expected, dtype, TOL[dtype])
 
 
+@pytest.mark.usefixtures("products")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
 def test_conv2d_grad_params_parity(case, dtype):
@@ -819,3 +833,14 @@ def test_memory_pool_is_a_context_manager_that_restores_the_allocator(module):
             raise KeyError("leave the block by an exception")
     assert get_handler_name() == before
     np.testing.assert_array_equal(big, 1.0)
+
+
+def test_numpy_wheels_openblas_is_found_for_direct_products():
+    """Where NumPy ships its own OpenBLAS (its PyPI wheels), the compiled kernels use it."""
+    import glob
+    import os
+    root = os.path.dirname(os.path.dirname(np.__file__))
+    shipped = glob.glob(os.path.join(root, "numpy.libs", "*openblas*"))
+    if not shipped:
+        pytest.skip("this NumPy is not a wheel with its own OpenBLAS")
+    assert compiled._blas is not None and all(compiled._blas)

@@ -72,9 +72,9 @@ def output_size(name, size, window, stride, pad_before=0, pad_after=0):
     return (padded - window) // stride + 1
 
 
-def thread_count(variable):
-    """The positive int in environment variable `variable`, 1 when it is unset."""
-    value = os.environ.get(variable, "1")
+def thread_count(variable, default):
+    """The positive int in environment variable `variable`, `default` when it is unset."""
+    value = os.environ.get(variable, str(default))
     if not value.strip().isdigit() or int(value) < 1:
         raise ValueError(f"{variable} must be a positive int, got {value!r}")
     return int(value)

@@ -6,6 +6,9 @@ The loops release the GIL and run over the batch in parallel where the build fou
 OpenMP; matrix products go to NumPy's BLAS.
 """
 import contextlib
+import ctypes
+import glob
+import os
 import threading
 
 import numpy as np
@@ -14,7 +17,7 @@ cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.pythread cimport (WAIT_LOCK, PyThread_acquire_lock, PyThread_allocate_lock,
                                PyThread_release_lock, PyThread_type_lock)
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport fma, sqrt
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport free, malloc
@@ -22,9 +25,9 @@ from libc.string cimport memcpy, memset, strncpy
 
 from . import _checks
 
-# Threads for the loops over the batch. One by default: on small machines NumPy's BLAS
-# threads, which keep spinning between matrix products, make more threads here slower.
-cdef int _threads = _checks.thread_count("CNNC_NUM_THREADS")
+# Threads for the loops over the batch: CNNC_NUM_THREADS, or every core.
+cdef int _threads = _checks.thread_count("CNNC_NUM_THREADS", len(os.sched_getaffinity(0))
+                                          if hasattr(os, "sched_getaffinity") else os.cpu_count())
 
 ctypedef fused real:
     float
@@ -66,70 +69,201 @@ cdef inline void _keep_max(real* best, int32_t* where, const real* src, int32_t 
         where[k] = position if take else where[k]
 
 
-cdef void _im2col(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw,
-                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left,
-                  Py_ssize_t oh, Py_ssize_t ow) noexcept:
-    """cols[(n, i, j), (r, q, c)] = x[n, i*sh - top + r, j*sw - left + q, c], 0 off the edge.
+cdef void _patches(const real* image, real* cols, Py_ssize_t height, Py_ssize_t width,
+                   Py_ssize_t channels, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                   Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow) noexcept nogil:
+    """im2col of one NHWC image: row (i, j) of cols is the patch under output pixel (i, j),
+    laid out (r, q, c), with zeros off the edge.
 
     A filter row (q, c) is one contiguous run of kw*C values in NHWC, copied at once
     when it lies inside the image.
     """
-    cdef Py_ssize_t n, i, j, r, q, h, w, w0, row
-    cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
+    cdef Py_ssize_t i, j, r, q, h, w, w0
     cdef Py_ssize_t run = kw * channels
     cdef real* dst
-    for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
-        for i in range(oh):
-            for j in range(ow):
-                row = (n * oh + i) * ow + j
-                w0 = j * sw - left
-                for r in range(kh):
-                    h = i * sh - top + r
-                    dst = &cols[row, r * run]
-                    if h < 0 or h >= height:
-                        _zero(dst, run)
-                    elif w0 >= 0 and w0 + kw <= width:
-                        _copy(dst, &x[n, h, w0, 0], run)
-                    else:
-                        for q in range(kw):
-                            w = w0 + q
-                            if 0 <= w < width:
-                                _copy(dst + q * channels, &x[n, h, w, 0], channels)
-                            else:
-                                _zero(dst + q * channels, channels)
+    for i in range(oh):
+        for j in range(ow):
+            w0 = j * sw - left
+            for r in range(kh):
+                h = i * sh - top + r
+                dst = cols + ((i * ow + j) * kh + r) * run
+                if h < 0 or h >= height:
+                    _zero(dst, run)
+                elif w0 >= 0 and w0 + kw <= width:
+                    _copy(dst, image + (h * width + w0) * channels, run)
+                else:
+                    for q in range(kw):
+                        w = w0 + q
+                        if 0 <= w < width:
+                            _copy(dst + q * channels, image + (h * width + w) * channels, channels)
+                        else:
+                            _zero(dst + q * channels, channels)
 
 
-cdef void _col2im(const real[:, ::1] cols, real[:, :, :, ::1] dx, Py_ssize_t kh, Py_ssize_t kw,
-                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left,
-                  Py_ssize_t oh, Py_ssize_t ow) noexcept:
-    """The adjoint of _im2col: adds every patch back where it came from."""
-    cdef Py_ssize_t n, i, j, r, q, h, w, w0, row
-    cdef Py_ssize_t height = dx.shape[1], width = dx.shape[2], channels = dx.shape[3]
+cdef void _unpatch(const real* cols, real* image, Py_ssize_t height, Py_ssize_t width,
+                   Py_ssize_t channels, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                   Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow) noexcept nogil:
+    """col2im of one image, the adjoint of _patches: adds every patch back where it came from."""
+    cdef Py_ssize_t i, j, r, q, h, w, w0
     cdef Py_ssize_t run = kw * channels
     cdef const real* src
+    for i in range(oh):
+        for j in range(ow):
+            w0 = j * sw - left
+            for r in range(kh):
+                h = i * sh - top + r
+                if h < 0 or h >= height:
+                    continue
+                src = cols + ((i * ow + j) * kh + r) * run
+                if w0 >= 0 and w0 + kw <= width:
+                    _add(image + (h * width + w0) * channels, src, run)
+                else:
+                    for q in range(kw):
+                        w = w0 + q
+                        if 0 <= w < width:
+                            _add(image + (h * width + w) * channels, src + q * channels, channels)
+
+
+# ---------------------------------------------------------------------------------------
+# Matrix products. NumPy's own OpenBLAS is called directly, from this module's threads,
+# one single-threaded product per chunk of images: OpenBLAS's own worker threads keep
+# spinning for a long time after each product and would take the cores from the loops
+# here. Each thread builds the patch matrix of a chunk small enough to stay in its
+# cache and multiplies it at once. Where NumPy has no OpenBLAS of its own (other builds),
+# the products go through numpy.matmul instead, a chunk at a time.
+
+cdef enum:
+    _ROW_MAJOR = 101
+    _NO_TRANS = 111
+    _TRANS = 112
+
+ctypedef void (*_sgemm_t)(int, int, int, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                          const float*, int64_t, float, float*, int64_t) noexcept nogil
+ctypedef void (*_dgemm_t)(int, int, int, int64_t, int64_t, int64_t, double, const double*, int64_t,
+                          const double*, int64_t, double, double*, int64_t) noexcept nogil
+ctypedef int (*_local_threads_t)(int) noexcept nogil
+cdef _sgemm_t _sgemm = NULL
+cdef _dgemm_t _dgemm = NULL
+cdef _local_threads_t _blas_local_threads = NULL
+
+
+def _numpy_openblas():
+    """Addresses of cblas_sgemm, cblas_dgemm (64-bit ints) and openblas_set_num_threads_local
+    in the OpenBLAS that NumPy's wheel ships, or None."""
+    root = os.path.dirname(os.path.dirname(np.__file__))
+    for path in glob.glob(os.path.join(root, "numpy.libs", "*openblas*")):
+        library = ctypes.CDLL(path)
+        for prefix in ("scipy_cblas_", "cblas_"):
+            try:
+                found = (getattr(library, prefix + "sgemm64_"), getattr(library, prefix + "dgemm64_"),
+                         library.openblas_set_num_threads_local)
+            except AttributeError:
+                continue
+            return [ctypes.cast(function, ctypes.c_void_p).value for function in found]
+    return None
+
+
+_blas = _numpy_openblas()
+if _blas is not None:
+    _sgemm = <_sgemm_t><size_t>_blas[0]
+    _dgemm = <_dgemm_t><size_t>_blas[1]
+    _blas_local_threads = <_local_threads_t><size_t>_blas[2]
+
+# Bytes of patch matrix per chunk: per thread and in cache with direct BLAS (256 KiB to
+# 1 MiB measured alike on the seed CNN); through numpy.matmul, large enough for its own
+# threads to pay off (8 MiB beat 1, 4, 16 and 64 MiB).
+cdef Py_ssize_t _CHUNK_BYTES = (1 << 20) if _blas is not None else (8 << 20)
+
+
+cdef inline void _gemm(int transa, int transb, int64_t m, int64_t n, int64_t k, const real* a,
+                       int64_t lda, const real* b, int64_t ldb, real beta, real* c,
+                       int64_t ldc) noexcept nogil:
+    """c = op(a) @ op(b) + beta * c, row-major."""
+    if real is float:
+        _sgemm(_ROW_MAJOR, transa, transb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc)
+    else:
+        _dgemm(_ROW_MAJOR, transa, transb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc)
+
+
+cdef enum _Pass:
+    _FORWARD = 0        # y = patches @ w2 + b
+    _GRAD_INPUT = 1     # dx = unpatch(dy @ w2.T)
+    _GRAD_WEIGHT = 2    # dw = patches.T @ dy, one partial sum per thread
+
+
+cdef int _conv_pass(_Pass which, const real[:, :, :, ::1] image, real[:, :, :, ::1] image_grad,
+                    const real[:, ::1] w2, const real[:, ::1] rows, real[:, ::1] out,
+                    const real[::1] b, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                    Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow,
+                    Py_ssize_t per_chunk) noexcept:
+    """One convolution pass over the batch, chunk by chunk, chunks shared among the threads.
+
+    `image` is x (forward, weight gradient) and `image_grad` dx (input gradient), both
+    (N, H, W, C); `rows` is dy as (N*OH*OW, F); `out` is y (forward) or the per-thread
+    partial weight gradients (threads * patch, F). Returns how many chunks found no memory.
+    """
+    cdef Py_ssize_t images = image.shape[0] if which != _GRAD_INPUT else image_grad.shape[0]
+    cdef Py_ssize_t height = image.shape[1] if which != _GRAD_INPUT else image_grad.shape[1]
+    cdef Py_ssize_t width = image.shape[2] if which != _GRAD_INPUT else image_grad.shape[2]
+    cdef Py_ssize_t channels = image.shape[3] if which != _GRAD_INPUT else image_grad.shape[3]
+    cdef Py_ssize_t pixels = oh * ow, patch = w2.shape[0], f = w2.shape[1]
+    cdef Py_ssize_t chunks = (images + per_chunk - 1) // per_chunk
+    cdef Py_ssize_t chunk, n, start, stop, row
+    cdef real* cols
+    cdef int previous, failed = 0
+    with nogil, parallel(num_threads=_threads):
+        previous = _blas_local_threads(1)
+        cols = <real*>malloc(per_chunk * pixels * patch * sizeof(real))
+        for chunk in prange(chunks, schedule="static"):
+            start = chunk * per_chunk
+            stop = start + per_chunk if start + per_chunk < images else images
+            if cols == NULL:
+                failed += 1
+            elif which == _FORWARD:
+                for n in range(start, stop):
+                    _patches(&image[n, 0, 0, 0], cols + (n - start) * pixels * patch, height, width,
+                             channels, kh, kw, sh, sw, top, left, oh, ow)
+                _gemm(_NO_TRANS, _NO_TRANS, (stop - start) * pixels, f, patch, cols, patch,
+                      &w2[0, 0], f, 0, &out[start * pixels, 0], f)
+                for row in range(start * pixels, stop * pixels):
+                    _add(&out[row, 0], &b[0], f)
+            elif which == _GRAD_WEIGHT:
+                for n in range(start, stop):
+                    _patches(&image[n, 0, 0, 0], cols + (n - start) * pixels * patch, height, width,
+                             channels, kh, kw, sh, sw, top, left, oh, ow)
+                _gemm(_TRANS, _NO_TRANS, patch, f, (stop - start) * pixels, cols, patch,
+                      &rows[start * pixels, 0], f, 1, &out[threadid() * patch, 0], f)
+            else:
+                _gemm(_NO_TRANS, _TRANS, (stop - start) * pixels, patch, f, &rows[start * pixels, 0],
+                      f, &w2[0, 0], f, 0, cols, patch)
+                for n in range(start, stop):
+                    _unpatch(cols + (n - start) * pixels * patch, &image_grad[n, 0, 0, 0], height,
+                             width, channels, kh, kw, sh, sw, top, left, oh, ow)
+        free(cols)
+        _blas_local_threads(previous)
+    return failed
+
+
+cdef void _patch_images(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw,
+                        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left,
+                        Py_ssize_t oh, Py_ssize_t ow) noexcept:
+    cdef Py_ssize_t n
+    cdef Py_ssize_t pixels = oh * ow
+    for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
+        _patches(&x[n, 0, 0, 0], &cols[n * pixels, 0], x.shape[1], x.shape[2], x.shape[3],
+                 kh, kw, sh, sw, top, left, oh, ow)
+
+
+cdef void _unpatch_images(const real[:, ::1] cols, real[:, :, :, ::1] dx, Py_ssize_t kh,
+                          Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t top,
+                          Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow) noexcept:
+    cdef Py_ssize_t n
+    cdef Py_ssize_t pixels = oh * ow
     for n in prange(dx.shape[0], schedule="static", nogil=True, num_threads=_threads):
-        for i in range(oh):
-            for j in range(ow):
-                row = (n * oh + i) * ow + j
-                w0 = j * sw - left
-                for r in range(kh):
-                    h = i * sh - top + r
-                    if h < 0 or h >= height:
-                        continue
-                    src = &cols[row, r * run]
-                    if w0 >= 0 and w0 + kw <= width:
-                        _add(&dx[n, h, w0, 0], src, run)
-                    else:
-                        for q in range(kw):
-                            w = w0 + q
-                            if 0 <= w < width:
-                                _add(&dx[n, h, w, 0], src + q * channels, channels)
+        _unpatch(&cols[n * pixels, 0], &dx[n, 0, 0, 0], dx.shape[1], dx.shape[2], dx.shape[3],
+                 kh, kw, sh, sw, top, left, oh, ow)
 
 
-# Patch matrices are built a few images at a time, into a buffer reused from call to
-# call: large enough for BLAS to run at full speed, small enough not to flood memory
-# (measured on the seed CNN: 8 MiB beat 1, 4, 16 and 64 MiB for training and inference).
-cdef Py_ssize_t _CHUNK_BYTES = 8 << 20
 _local = threading.local()
 
 
@@ -143,18 +277,51 @@ def _scratch(role, rows, columns, dtype):
     return buffer[:size].reshape(rows, columns)
 
 
-def _chunks(n, bytes_per_image):
-    """(start, stop) ranges of images whose patch matrix is about _CHUNK_BYTES."""
-    step = max(1, min(n, _CHUNK_BYTES // max(1, bytes_per_image)))
-    return [(start, min(n, start + step)) for start in range(0, n, step)]
+def _per_chunk(n, bytes_per_image):
+    """Images per chunk: a patch matrix of about _CHUNK_BYTES."""
+    return max(1, min(n, _CHUNK_BYTES // max(1, bytes_per_image)))
 
 
-def _im2col_into(cols, x, kernel_size, stride, padding, out_hw):
-    (kh, kw), (sh, sw), (oh, ow) = kernel_size, stride, out_hw
-    if x.dtype == np.float32:
-        _im2col[float](x, cols, kh, kw, sh, sw, padding[0], padding[2], oh, ow)
+def _run_pass(which, image, image_grad, w2, rows, out, b, kernel_size, stride, padding, out_hw,
+              per_chunk):
+    args = (image, image_grad, w2, rows, out, b, *kernel_size, *stride, padding[0], padding[2],
+            *out_hw, per_chunk)
+    if w2.dtype == np.float32:
+        failed = _conv_pass[float](which, *args)
     else:
-        _im2col[double](x, cols, kh, kw, sh, sw, padding[0], padding[2], oh, ow)
+        failed = _conv_pass[double](which, *args)
+    if failed:
+        raise MemoryError("no memory for a convolution's patch matrix")
+
+
+def _matmul_pass(which, x, w2, rows, out, b, kernel_size, stride, padding, out_hw, per_chunk):
+    """The same passes through numpy.matmul, for NumPy builds without their own OpenBLAS."""
+    n, pixels, (patch, f) = x.shape[0], out_hw[0] * out_hw[1], w2.shape
+    (kh, kw), (sh, sw), top, left = kernel_size, stride, padding[0], padding[2]
+    single = w2.dtype == np.float32
+    for start in range(0, n, per_chunk):
+        stop = min(n, start + per_chunk)
+        cols = _scratch("cols", (stop - start) * pixels, patch, w2.dtype)
+        part = slice(start * pixels, stop * pixels)
+        if which == _GRAD_INPUT:
+            np.matmul(rows[part], w2.T, out=cols)
+            if single:
+                _unpatch_images[float](cols, x[start:stop], kh, kw, sh, sw, top, left, *out_hw)
+            else:
+                _unpatch_images[double](cols, x[start:stop], kh, kw, sh, sw, top, left, *out_hw)
+            continue
+        if single:
+            _patch_images[float](x[start:stop], cols, kh, kw, sh, sw, top, left, *out_hw)
+        else:
+            _patch_images[double](x[start:stop], cols, kh, kw, sh, sw, top, left, *out_hw)
+        if which == _FORWARD:
+            np.matmul(cols, w2, out=out[part])
+            if single:
+                _add_to_rows[float](out[part], b)
+            else:
+                _add_to_rows[double](out[part], b)
+        else:
+            out += cols.T @ rows[part]
 
 
 def conv2d_forward(x, w, b, stride, padding):
@@ -164,15 +331,11 @@ def conv2d_forward(x, w, b, stride, padding):
     pixels, patch = oh * ow, kh * kw * c
     w2 = w.reshape(patch, f)
     y = np.empty((n * pixels, f), dtype=x.dtype)
-    for start, stop in _chunks(n, pixels * patch * x.itemsize):
-        cols = _scratch("cols", (stop - start) * pixels, patch, x.dtype)
-        _im2col_into(cols, x[start:stop], (kh, kw), stride, padding, (oh, ow))
-        out = y[start * pixels : stop * pixels]
-        np.matmul(cols, w2, out=out)
-        if x.dtype == np.float32:
-            _add_to_rows[float](out, b)
-        else:
-            _add_to_rows[double](out, b)
+    per_chunk = _per_chunk(n, pixels * patch * x.itemsize)
+    if _blas is not None:
+        _run_pass(_FORWARD, x, None, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), per_chunk)
+    else:
+        _matmul_pass(_FORWARD, x, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), per_chunk)
     return y.reshape(n, oh, ow, f)
 
 
@@ -181,19 +344,44 @@ def conv2d_grad_input(dy, w, input_shape, stride, padding):
     dy, w, input_shape, stride, padding, (oh, ow) = _checks.conv2d_grad_input(
         dy, w, input_shape, stride, padding)
     n, (kh, kw, c, f) = input_shape[0], w.shape
-    (sh, sw), top, left = stride, padding[0], padding[2]
     pixels, patch = oh * ow, kh * kw * c
-    w2t = w.reshape(patch, f).T
+    w2 = w.reshape(patch, f)
     dy2 = dy.reshape(n * pixels, f)
     dx = np.zeros(input_shape, dtype=dy.dtype)
-    for start, stop in _chunks(n, pixels * patch * dy.itemsize):
-        cols = _scratch("cols", (stop - start) * pixels, patch, dy.dtype)
-        np.matmul(dy2[start * pixels : stop * pixels], w2t, out=cols)
-        if dy.dtype == np.float32:
-            _col2im[float](cols, dx[start:stop], kh, kw, sh, sw, top, left, oh, ow)
-        else:
-            _col2im[double](cols, dx[start:stop], kh, kw, sh, sw, top, left, oh, ow)
+    per_chunk = _per_chunk(n, pixels * patch * dy.itemsize)
+    if _blas is not None:
+        _run_pass(_GRAD_INPUT, None, dx, w2, dy2, None, None, (kh, kw), stride, padding, (oh, ow),
+                  per_chunk)
+    else:
+        _matmul_pass(_GRAD_INPUT, dx, w2, dy2, None, None, (kh, kw), stride, padding, (oh, ow),
+                     per_chunk)
     return dx
+
+
+def conv2d_grad_params(x, dy, kernel_size, stride, padding):
+    """Gradients of the loss w.r.t. the filter (kh, kw, C, F) and the bias (F,)."""
+    x, dy, kernel_size, stride, padding, out_hw = _checks.conv2d_grad_params(
+        x, dy, kernel_size, stride, padding)
+    n, (kh, kw), c, f = x.shape[0], kernel_size, x.shape[3], dy.shape[3]
+    pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
+    dy2 = dy.reshape(n * pixels, f)
+    w2 = np.empty((patch, f), dtype=x.dtype)   # only its shape and dtype are used
+    per_chunk = _per_chunk(n, pixels * patch * x.itemsize)
+    if _blas is not None:
+        partial = np.zeros((_threads * patch, f), dtype=x.dtype)
+        _run_pass(_GRAD_WEIGHT, x, None, w2, dy2, partial, None, kernel_size, stride, padding,
+                  out_hw, per_chunk)
+        dw = partial.reshape(_threads, patch, f).sum(axis=0)
+    else:
+        dw = np.zeros((patch, f), dtype=x.dtype)
+        _matmul_pass(_GRAD_WEIGHT, x, w2, dy2, dw, None, kernel_size, stride, padding, out_hw,
+                     per_chunk)
+    db = np.zeros(f, dtype=x.dtype)
+    if f and x.dtype == np.float32:
+        _sum_rows[float](dy2, db)
+    elif f:
+        _sum_rows[double](dy2, db)
+    return dw.reshape(kh, kw, c, f), db
 
 
 cdef void _add_to_rows(real[:, ::1] a, const real[::1] row_values) noexcept:
@@ -210,29 +398,6 @@ cdef void _sum_rows(const real[:, ::1] a, real[::1] total) noexcept:
     with nogil:
         for row in range(a.shape[0]):
             _add(&total[0], &a[row, 0], a.shape[1])
-
-
-def conv2d_grad_params(x, dy, kernel_size, stride, padding):
-    """Gradients of the loss w.r.t. the filter (kh, kw, C, F) and the bias (F,)."""
-    x, dy, kernel_size, stride, padding, out_hw = _checks.conv2d_grad_params(
-        x, dy, kernel_size, stride, padding)
-    n, (kh, kw), c, f = x.shape[0], kernel_size, x.shape[3], dy.shape[3]
-    pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
-    dy2 = dy.reshape(n * pixels, f)
-    dw = np.zeros((patch, f), dtype=x.dtype)
-    part = np.empty((patch, f), dtype=x.dtype)
-    for start, stop in _chunks(n, pixels * patch * x.itemsize):
-        cols = _scratch("cols", (stop - start) * pixels, patch, x.dtype)
-        _im2col_into(cols, x[start:stop], kernel_size, stride, padding, out_hw)
-        np.matmul(cols.T, dy2[start * pixels : stop * pixels], out=part)
-        dw += part
-    db = np.zeros(f, dtype=x.dtype)
-    if f:
-        if x.dtype == np.float32:
-            _sum_rows[float](dy2, db)
-        else:
-            _sum_rows[double](dy2, db)
-    return dw.reshape(kh, kw, c, f), db
 
 
 cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax,
