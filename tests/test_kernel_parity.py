@@ -21,7 +21,7 @@ compiled = pytest.importorskip(
 )
 
 KERNEL_NAMES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_params",
-                "maxpool2d_forward", "maxpool2d_backward", "adam_update", "leaky_relu",
+                "maxpool2d_forward", "maxpool2d_backward", "adam_update", "matmul", "leaky_relu",
                 "leaky_relu_backward")
 MODULES = [pytest.param(_numpy_kernels, id="numpy"), pytest.param(compiled, id="compiled")]
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
@@ -288,6 +288,31 @@ def test_adam_update_parity_over_ten_steps(dtype, hyper, shape):
         assert not np.array_equal(states["compiled"][0], param)  # it did update in place
 
 
+@pytest.mark.parametrize("layout", ["plain", "a_transposed", "b_transposed", "both_transposed",
+                                    "strided"])
+@pytest.mark.parametrize("shape", [(301, 203, 157), (1, 900, 300), (257, 1152, 256), (7, 3, 2)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_parity(dtype, shape, layout):
+    """Large enough for the threaded BLAS path (and one tiny case for NumPy's)."""
+    m, k, n = shape
+    rng = np.random.default_rng(m + k + n)
+    a = rng.standard_normal((k, m) if layout in ("a_transposed", "both_transposed") else (m, k))
+    b = rng.standard_normal((n, k) if layout in ("b_transposed", "both_transposed") else (k, n))
+    a, b = a.astype(dtype), b.astype(dtype)
+    if layout in ("a_transposed", "both_transposed"):
+        a = a.T
+    if layout in ("b_transposed", "both_transposed"):
+        b = b.T
+    if layout == "strided":
+        a = np.repeat(a, 2, axis=1)[:, ::2]
+    expected = _numpy_kernels.matmul(a, b)
+    np.testing.assert_allclose(expected, a.astype(np.float64) @ b.astype(np.float64),
+                               rtol=0, atol=TOL[dtype] * 10 * np.abs(expected).max())
+    actual = compiled.matmul(a, b)
+    assert actual.shape == (m, n) and actual.flags.c_contiguous
+    assert_close(actual, expected, dtype, TOL[dtype])
+
+
 def leaky_inputs(dtype, seed=0):
     """x with zeros of both signs, NaN and infinities among random values, and an upstream."""
     rng = np.random.default_rng(seed)
@@ -381,7 +406,20 @@ def leaky_back(**kw):
     return "leaky_relu_backward", (a["x"], a["upstream"], a["slope"])
 
 
+def mm(**kw):
+    a = dict(a=arr(5, 4), b=arr(4, 3, seed=1))
+    a.update(kw)
+    return "matmul", (a["a"], a["b"])
+
+
 BAD_CALLS = {
+    # matmul
+    "matmul-a-1d": lambda: mm(a=arr(4)),
+    "matmul-b-3d": lambda: mm(b=arr(4, 3, 1)),
+    "matmul-inner-mismatch": lambda: mm(b=arr(5, 3)),
+    "matmul-mixed-dtypes": lambda: mm(b=arr(4, 3, dtype=np.float32)),
+    "matmul-int": lambda: mm(a=np.ones((5, 4), np.int64)),
+    "matmul-list": lambda: mm(a=[[1.0] * 4] * 5),
     # leaky_relu and its backward
     "leaky-x-list": lambda: leaky(x=[1.0, -1.0]),
     "leaky-x-int": lambda: leaky(x=np.ones(4, np.int64)),
@@ -581,7 +619,7 @@ def test_refused_adam_update_leaves_param_m_and_v_unchanged(module, maker):
 
 def test_valid_calls_behind_the_bad_ones_are_accepted():
     """The bad calls differ from these in one argument only, so each one tests its check."""
-    for maker in (fwd, gin, gpar, pfwd, pbwd, adam, leaky, leaky_back):
+    for maker in (fwd, gin, gpar, pfwd, pbwd, adam, mm, leaky, leaky_back):
         for module in (_numpy_kernels, compiled):
             name, args = maker()
             result = getattr(module, name)(*args)
@@ -688,6 +726,8 @@ def read_only_inputs(name, dtype):
         return (r(*argmax.shape), argmax, x.shape), (0, 1)
     if name == "adam_update":
         return (r(4, 5), r(4, 5), r(4, 5), np.abs(r(4, 5)), 1e-2, 0.9, 0.999, 1e-8, 2), (1,)
+    if name == "matmul":
+        return (r(37, 19), r(19, 23)), (0, 1)
     if name == "leaky_relu":
         return (r(2, 7, 9, 3), 0.01), (0,)
     if name == "leaky_relu_backward":

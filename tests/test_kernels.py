@@ -9,7 +9,7 @@ import cnnc
 from cnnc import _numpy_kernels, kernels
 
 KERNEL_NAMES = {"conv2d_forward", "conv2d_grad_input", "conv2d_grad_params", "maxpool2d_forward",
-                "maxpool2d_backward", "adam_update", "leaky_relu", "leaky_relu_backward",
+                "maxpool2d_backward", "adam_update", "matmul", "leaky_relu", "leaky_relu_backward",
                 "memory_pool"}
 
 

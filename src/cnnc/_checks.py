@@ -186,3 +186,19 @@ def leaky_relu_backward(x, upstream, slope):
     upstream = float_array("upstream", upstream, x.ndim, x.dtype)
     expect_shape("upstream", upstream.shape, x.shape)
     return x, upstream, number("slope", slope, 0, 1.0000001)
+
+
+def matmul(a, b):
+    """Two 2-D float arrays of one dtype whose product is defined; transposed views stay as they are."""
+    for name, m in (("a", a), ("b", b)):
+        if not isinstance(m, np.ndarray):
+            raise TypeError(f"{name} must be a NumPy array, got {type(m).__name__}")
+        if m.ndim != 2:
+            raise ValueError(f"{name} must have 2 dimensions, got shape {m.shape}")
+        if m.dtype not in _FLOATS:
+            raise ValueError(f"{name} must be float32 or float64, got {m.dtype}")
+    if a.dtype != b.dtype:
+        raise ValueError(f"a is {a.dtype} but b is {b.dtype}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"cannot multiply a {a.shape} by b {b.shape}")
+    return a, b

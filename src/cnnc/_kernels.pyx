@@ -33,6 +33,14 @@ ctypedef fused real:
     float
     double
 
+# Elementwise kernels share out their arrays in blocks of this many elements.
+cdef Py_ssize_t _BLOCK = 16384
+
+
+cdef inline int _team(Py_ssize_t pieces) noexcept nogil:
+    """Threads for a loop over this many pieces: no more threads than pieces."""
+    return _threads if pieces >= _threads else (<int>pieces if pieces > 0 else 1)
+
 
 # Innermost loops over contiguous runs, kept out of the prange bodies so the compiler
 # can vectorize them (OpenMP's lastprivate copies of loop variables prevent that).
@@ -324,6 +332,56 @@ def _matmul_pass(which, x, w2, rows, out, b, kernel_size, stride, padding, out_h
             out += cols.T @ rows[part]
 
 
+cdef void _matmul_rows(int transa, int transb, const real* a, int64_t lda, const real* b,
+                       int64_t ldb, real* c, int64_t m, int64_t n, int64_t k,
+                       int64_t per_chunk) noexcept:
+    """c = op(a) @ op(b), the rows of c shared among the threads in chunks."""
+    cdef int64_t chunks = (m + per_chunk - 1) // per_chunk
+    cdef int64_t chunk, start, rows
+    cdef int previous
+    with nogil, parallel(num_threads=_threads):
+        previous = _blas_local_threads(1)
+        for chunk in prange(chunks, schedule="static"):
+            start = chunk * per_chunk
+            rows = per_chunk if start + per_chunk < m else m - start
+            # rows start.. of op(a): row offset if a is stored as is, column offset if transposed
+            _gemm(transa, transb, rows, n, k, a + (start * lda if transa == _NO_TRANS else start),
+                  lda, b, ldb, 0, c + start * n, n)
+        _blas_local_threads(previous)
+
+
+def _layout(m):
+    """(array, transposed, leading dimension) with the array C-contiguous as stored."""
+    if m.flags.c_contiguous:
+        return m, False, m.shape[1]
+    if m.T.flags.c_contiguous:
+        return m.T, True, m.shape[0]
+    m = np.ascontiguousarray(m)
+    return m, False, m.shape[1]
+
+
+def matmul(a, b):
+    """a @ b for 2-D float arrays (a transposed view is fine)."""
+    a, b = _checks.matmul(a, b)
+    (m, k), n = a.shape, b.shape[1]
+    if _blas is None or m * n * k < (1 << 16):
+        return np.matmul(a, b)
+    stored_a, trans_a, lda = _layout(a)
+    stored_b, trans_b, ldb = _layout(b)
+    c = np.empty((m, n), dtype=a.dtype)
+    per_chunk = max(1, -(-m // _threads))
+    ta, tb = (_TRANS if trans_a else _NO_TRANS), (_TRANS if trans_b else _NO_TRANS)
+    cdef cnp.ndarray pa = stored_a, pb = stored_b, pc = c
+    if a.dtype == np.float32:
+        _matmul_rows[float](ta, tb, <float*>cnp.PyArray_DATA(pa), lda, <float*>cnp.PyArray_DATA(pb),
+                            ldb, <float*>cnp.PyArray_DATA(pc), m, n, k, per_chunk)
+    else:
+        _matmul_rows[double](ta, tb, <double*>cnp.PyArray_DATA(pa), lda,
+                             <double*>cnp.PyArray_DATA(pb), ldb, <double*>cnp.PyArray_DATA(pc), m, n,
+                             k, per_chunk)
+    return c
+
+
 def conv2d_forward(x, w, b, stride, padding):
     """Cross-correlation of x (N, H, W, C) with w (kh, kw, C, F), plus bias b (F,)."""
     x, w, b, stride, padding, (oh, ow) = _checks.conv2d_forward(x, w, b, stride, padding)
@@ -483,21 +541,32 @@ cdef inline real _fma(real a, real b, real c) noexcept nogil:
         return fma(a, b, c)
 
 
-cdef void _adam(real[::1] param, const real[::1] grad, real[::1] m, real[::1] v, real keep_grad,
-                real beta2, real keep_square, real bias2_sqrt, real eps, real step_size) noexcept:
+cdef inline void _adam_block(real* param, const real* grad, real* m, real* v, Py_ssize_t count,
+                             bint small, real coefficient, real beta2, real keep_square,
+                             real bias2_sqrt, real eps, real step_size) noexcept nogil:
     cdef Py_ssize_t k
     cdef real g, mk, vk
+    for k in range(count):
+        g = grad[k]
+        mk = m[k]
+        mk = _fma(coefficient, g - mk, mk if small else g)
+        vk = _fma(keep_square * g, g, v[k] * beta2)
+        m[k] = mk
+        v[k] = vk
+        param[k] = param[k] - step_size * mk / (<real>sqrt(vk) / bias2_sqrt + eps)
+
+
+cdef void _adam(real[::1] param, const real[::1] grad, real[::1] m, real[::1] v, real keep_grad,
+                real beta2, real keep_square, real bias2_sqrt, real eps, real step_size) noexcept:
+    cdef Py_ssize_t block, start
+    cdef Py_ssize_t size = param.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight
     cdef real coefficient = keep_grad if small else keep_grad - 1
-    with nogil:
-        for k in range(param.shape[0]):
-            g = grad[k]
-            mk = m[k]
-            mk = _fma(coefficient, g - mk, mk if small else g)
-            vk = _fma(keep_square * g, g, v[k] * beta2)
-            m[k] = mk
-            v[k] = vk
-            param[k] = param[k] - step_size * mk / (<real>sqrt(vk) / bias2_sqrt + eps)
+    for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
+        start = block * _BLOCK
+        _adam_block(&param[start], &grad[start], &m[start], &v[start],
+                    _BLOCK if start + _BLOCK <= size else size - start, small, coefficient,
+                    beta2, keep_square, bias2_sqrt, eps, step_size)
 
 
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
@@ -521,14 +590,21 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
 
 
 
-cdef void _leaky_relu(const real[::1] x, real[::1] out, real slope) noexcept:
+cdef inline void _leaky_block(const real* x, real* out, Py_ssize_t count, real slope) noexcept nogil:
     cdef Py_ssize_t k
     cdef real value, product
-    with nogil:
-        for k in range(x.shape[0]):
-            value = x[k]
-            product = value * slope
-            out[k] = value if (value > 0) | (product != product) else product
+    for k in range(count):
+        value = x[k]
+        product = value * slope
+        out[k] = value if (value > 0) | (product != product) else product
+
+
+cdef void _leaky_relu(const real[::1] x, real[::1] out, real slope) noexcept:
+    cdef Py_ssize_t block, start
+    cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
+    for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
+        start = block * _BLOCK
+        _leaky_block(&x[start], &out[start], _BLOCK if start + _BLOCK <= size else size - start, slope)
 
 
 def leaky_relu(x, slope):
@@ -546,16 +622,25 @@ def leaky_relu(x, slope):
     return out
 
 
-cdef void _leaky_relu_backward(const real[::1] x, const real[::1] upstream, real[::1] out,
-                               real slope) noexcept:
+cdef inline void _leaky_backward_block(const real* x, const real* upstream, real* out,
+                                       Py_ssize_t count, real slope) noexcept nogil:
     cdef Py_ssize_t k
     cdef real value, gradient, scaled
-    with nogil:
-        for k in range(x.shape[0]):
-            value = x[k]
-            gradient = upstream[k]
-            scaled = gradient * slope   # unconditionally, so that the loop vectorizes
-            out[k] = gradient if value > 0 else scaled
+    for k in range(count):
+        value = x[k]
+        gradient = upstream[k]
+        scaled = gradient * slope   # unconditionally, so that the loop vectorizes
+        out[k] = gradient if value > 0 else scaled
+
+
+cdef void _leaky_relu_backward(const real[::1] x, const real[::1] upstream, real[::1] out,
+                               real slope) noexcept:
+    cdef Py_ssize_t block, start
+    cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
+    for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
+        start = block * _BLOCK
+        _leaky_backward_block(&x[start], &upstream[start], &out[start],
+                              _BLOCK if start + _BLOCK <= size else size - start, slope)
 
 
 def leaky_relu_backward(x, upstream, slope):

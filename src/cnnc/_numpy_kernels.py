@@ -123,6 +123,12 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
     param -= scalar(step_size) * m / denom
 
 
+def matmul(a, b):
+    """a @ b for 2-D float arrays (a transposed view is fine)."""
+    a, b = _checks.matmul(a, b)
+    return a @ b
+
+
 def leaky_relu(x, slope):
     """x where x > 0, slope * x elsewhere, for 0 <= slope <= 1 (slope 0 is ReLU).
 

@@ -41,6 +41,7 @@ conv2d_grad_params = _impl.conv2d_grad_params
 maxpool2d_forward = _impl.maxpool2d_forward
 maxpool2d_backward = _impl.maxpool2d_backward
 adam_update = _impl.adam_update
+matmul = _impl.matmul
 leaky_relu = _impl.leaky_relu
 leaky_relu_backward = _impl.leaky_relu_backward
 memory_pool = _impl.memory_pool

@@ -220,15 +220,15 @@ class FullyConnected(ParametricLayer):
         return (n_out,)
 
     def forward(self, inputs):
-        z = inputs @ self.params["w"]
+        z = kernels.matmul(inputs, self.params["w"])
         z += self.params["b"]
         return z, self.activation.compute(z)
 
     def get_grad(self, inputs, layer_err):
-        return {"w": inputs.T @ layer_err, "b": layer_err.sum(axis=0)}
+        return {"w": kernels.matmul(inputs.T, layer_err), "b": layer_err.sum(axis=0)}
 
     def backward(self, layer_err):
-        return layer_err @ self.params["w"].T
+        return kernels.matmul(layer_err, self.params["w"].T)
 
     def __repr__(self):
         return f"FullyConnected({self.shape}, activation={self.activation!r})"
