@@ -29,8 +29,8 @@ try:
 except ImportError:
     torch = None
 
-KERNEL_NAMES = ["conv2d_forward", "conv2d_grad_input", "conv2d_grad_params", "maxpool2d_forward",
-                "maxpool2d_backward", "adam_update"]
+KERNEL_NAMES = [name for name in dir(kernels)
+                if not name.startswith("_") and callable(getattr(kernels, name))]
 
 
 @contextlib.contextmanager
@@ -46,24 +46,26 @@ def backend(module):
             setattr(kernels, name, function)
 
 
-def medians(contenders, rounds, block=3):
+def medians(contenders, rounds, block=4, untimed=2, pause=0.1):
     """Median seconds of each zero-argument callable.
 
     Each round runs every contender for a block of back-to-back calls, in an order that
-    rotates from round to round; the first call of a block is not timed, since it pays
-    for waking the thread pools the contender before left asleep or spinning
-    (OpenBLAS's, PyTorch's OpenMP). A noisy machine thus slows all contenders alike,
-    and each is measured in its steady state, as in a training loop.
+    rotates from round to round. Before a block the machine rests for `pause` seconds
+    and the first `untimed` calls of the block are not timed: the thread pools the
+    contender before left spinning (OpenBLAS's, OpenMP's) have gone to sleep, and this
+    contender's own have woken up. A noisy machine thus slows all contenders alike, and
+    each is measured in its steady state, as in a training loop.
     """
     names = list(contenders)
     times = {name: [] for name in names}
     for round_ in range(rounds):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
+            time.sleep(pause)
             for call in range(block):
                 start = time.perf_counter()
                 contenders[name]()
-                if call > 0:
+                if call >= untimed:
                     times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t)) for name, t in times.items()}
 
@@ -205,8 +207,8 @@ def main():
     rng = np.random.default_rng(0)
     np.random.seed(0)
     print(f"cnnc {cnnc.__version__} on {machine()}")
-    print(f"float32; medians of {args.rounds} interleaved rounds of 2 timed calls "
-          "(inference: a third of the rounds)\n")
+    print(f"float32; medians of {args.rounds} interleaved rounds of 2 timed calls after 2 untimed "
+          "ones (inference: a third of the rounds)\n")
 
     kernel_rows = {}
     for name, call in kernel_cases(rng).items():
