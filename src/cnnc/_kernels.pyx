@@ -2,8 +2,8 @@
 """Compiled cnnc kernels: the same functions, with the same signatures, as _numpy_kernels.
 
 Every entry point runs the shared argument checks (_checks) before it touches memory.
-The loops release the GIL and run over the batch in parallel where the build found
-OpenMP; matrix products go to NumPy's BLAS.
+The loops release the GIL and run in parallel where the build found OpenMP; matrix
+products call the OpenBLAS of NumPy's wheel from those threads (numpy.matmul elsewhere).
 """
 import contextlib
 import ctypes
