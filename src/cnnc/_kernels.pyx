@@ -27,7 +27,7 @@ from . import _checks
 
 # Threads for the loops over the batch: CNNC_NUM_THREADS, or every core.
 cdef int _threads = _checks.thread_count("CNNC_NUM_THREADS", len(os.sched_getaffinity(0))
-                                          if hasattr(os, "sched_getaffinity") else os.cpu_count())
+                                          if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 ctypedef fused real:
     float
