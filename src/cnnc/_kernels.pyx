@@ -203,7 +203,7 @@ cdef int _conv_pass(_Pass which, const real[:, :, :, ::1] image, real[:, :, :, :
                     const real[:, ::1] w2, const real[:, ::1] rows, real[:, ::1] out,
                     const real[::1] b, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                     Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow,
-                    Py_ssize_t per_chunk) noexcept:
+                    Py_ssize_t chunks) noexcept:
     """One convolution pass over the batch, chunk by chunk, chunks shared among the threads.
 
     `image` is x (forward, weight gradient) and `image_grad` dx (input gradient), both
@@ -215,16 +215,16 @@ cdef int _conv_pass(_Pass which, const real[:, :, :, ::1] image, real[:, :, :, :
     cdef Py_ssize_t width = image.shape[2] if which != _GRAD_INPUT else image_grad.shape[2]
     cdef Py_ssize_t channels = image.shape[3] if which != _GRAD_INPUT else image_grad.shape[3]
     cdef Py_ssize_t pixels = oh * ow, patch = w2.shape[0], f = w2.shape[1]
-    cdef Py_ssize_t chunks = (images + per_chunk - 1) // per_chunk
+    cdef Py_ssize_t largest = (images + chunks - 1) // chunks
     cdef Py_ssize_t chunk, n, start, stop, row
     cdef real* cols
     cdef int previous, failed = 0
     with nogil, parallel(num_threads=_threads):
         previous = _blas_local_threads(1)
-        cols = <real*>malloc(per_chunk * pixels * patch * sizeof(real))
+        cols = <real*>malloc(largest * pixels * patch * sizeof(real))
         for chunk in prange(chunks, schedule="static"):
-            start = chunk * per_chunk
-            stop = start + per_chunk if start + per_chunk < images else images
+            start = chunk * images // chunks
+            stop = (chunk + 1) * images // chunks
             if cols == NULL:
                 failed += 1
             elif which == _FORWARD:
@@ -285,15 +285,17 @@ def _scratch(role, rows, columns, dtype):
     return buffer[:size].reshape(rows, columns)
 
 
-def _per_chunk(n, bytes_per_image):
-    """Images per chunk: a patch matrix of about _CHUNK_BYTES."""
-    return max(1, min(n, _CHUNK_BYTES // max(1, bytes_per_image)))
+def _chunk_count(n, bytes_per_image):
+    """Into how many chunks to cut n images: patch matrices of about _CHUNK_BYTES at most,
+    and a multiple of the threads, so that they share the work evenly."""
+    wanted = max(1, -(-n * bytes_per_image // _CHUNK_BYTES))
+    return max(1, min(n, -(-wanted // _threads) * _threads))
 
 
 def _run_pass(which, image, image_grad, w2, rows, out, b, kernel_size, stride, padding, out_hw,
-              per_chunk):
+              chunks):
     args = (image, image_grad, w2, rows, out, b, *kernel_size, *stride, padding[0], padding[2],
-            *out_hw, per_chunk)
+            *out_hw, chunks)
     if w2.dtype == np.float32:
         failed = _conv_pass[float](which, *args)
     else:
@@ -302,9 +304,10 @@ def _run_pass(which, image, image_grad, w2, rows, out, b, kernel_size, stride, p
         raise MemoryError("no memory for a convolution's patch matrix")
 
 
-def _matmul_pass(which, x, w2, rows, out, b, kernel_size, stride, padding, out_hw, per_chunk):
+def _matmul_pass(which, x, w2, rows, out, b, kernel_size, stride, padding, out_hw, chunks):
     """The same passes through numpy.matmul, for NumPy builds without their own OpenBLAS."""
     n, pixels, (patch, f) = x.shape[0], out_hw[0] * out_hw[1], w2.shape
+    per_chunk = -(-n // chunks)
     (kh, kw), (sh, sw), top, left = kernel_size, stride, padding[0], padding[2]
     single = w2.dtype == np.float32
     for start in range(0, n, per_chunk):
@@ -389,11 +392,11 @@ def conv2d_forward(x, w, b, stride, padding):
     pixels, patch = oh * ow, kh * kw * c
     w2 = w.reshape(patch, f)
     y = np.empty((n * pixels, f), dtype=x.dtype)
-    per_chunk = _per_chunk(n, pixels * patch * x.itemsize)
+    chunks = _chunk_count(n, pixels * patch * x.itemsize)
     if _blas is not None:
-        _run_pass(_FORWARD, x, None, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), per_chunk)
+        _run_pass(_FORWARD, x, None, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), chunks)
     else:
-        _matmul_pass(_FORWARD, x, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), per_chunk)
+        _matmul_pass(_FORWARD, x, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), chunks)
     return y.reshape(n, oh, ow, f)
 
 
@@ -406,13 +409,13 @@ def conv2d_grad_input(dy, w, input_shape, stride, padding):
     w2 = w.reshape(patch, f)
     dy2 = dy.reshape(n * pixels, f)
     dx = np.zeros(input_shape, dtype=dy.dtype)
-    per_chunk = _per_chunk(n, pixels * patch * dy.itemsize)
+    chunks = _chunk_count(n, pixels * patch * dy.itemsize)
     if _blas is not None:
         _run_pass(_GRAD_INPUT, None, dx, w2, dy2, None, None, (kh, kw), stride, padding, (oh, ow),
-                  per_chunk)
+                  chunks)
     else:
         _matmul_pass(_GRAD_INPUT, dx, w2, dy2, None, None, (kh, kw), stride, padding, (oh, ow),
-                     per_chunk)
+                     chunks)
     return dx
 
 
@@ -424,16 +427,16 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
     dy2 = dy.reshape(n * pixels, f)
     w2 = np.empty((patch, f), dtype=x.dtype)   # only its shape and dtype are used
-    per_chunk = _per_chunk(n, pixels * patch * x.itemsize)
+    chunks = _chunk_count(n, pixels * patch * x.itemsize)
     if _blas is not None:
         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
         _run_pass(_GRAD_WEIGHT, x, None, w2, dy2, partial, None, kernel_size, stride, padding,
-                  out_hw, per_chunk)
+                  out_hw, chunks)
         dw = partial.reshape(_threads, patch, f).sum(axis=0)
     else:
         dw = np.zeros((patch, f), dtype=x.dtype)
         _matmul_pass(_GRAD_WEIGHT, x, w2, dy2, dw, None, kernel_size, stride, padding, out_hw,
-                     per_chunk)
+                     chunks)
     db = np.zeros(f, dtype=x.dtype)
     if f and x.dtype == np.float32:
         _sum_rows[float](dy2, db)
