@@ -335,21 +335,25 @@ def _matmul_pass(which, x, w2, rows, out, b, kernel_size, stride, padding, out_h
             out += cols.T @ rows[part]
 
 
-cdef void _matmul_rows(int transa, int transb, const real* a, int64_t lda, const real* b,
-                       int64_t ldb, real* c, int64_t m, int64_t n, int64_t k,
-                       int64_t per_chunk) noexcept:
-    """c = op(a) @ op(b), the rows of c shared among the threads in chunks."""
-    cdef int64_t chunks = (m + per_chunk - 1) // per_chunk
-    cdef int64_t chunk, start, rows
+cdef void _matmul_split(int transa, int transb, const real* a, int64_t lda, const real* b,
+                        int64_t ldb, real* c, int64_t m, int64_t n, int64_t k) noexcept:
+    """c = op(a) @ op(b), its longer side shared evenly among the threads."""
+    cdef bint by_rows = m >= n
+    cdef int64_t side = m if by_rows else n
+    cdef int64_t chunks = _threads if _threads < side else side
+    cdef int64_t chunk, start, size
     cdef int previous
-    with nogil, parallel(num_threads=_threads):
+    with nogil, parallel(num_threads=chunks):
         previous = _blas_local_threads(1)
         for chunk in prange(chunks, schedule="static"):
-            start = chunk * per_chunk
-            rows = per_chunk if start + per_chunk < m else m - start
-            # rows start.. of op(a): row offset if a is stored as is, column offset if transposed
-            _gemm(transa, transb, rows, n, k, a + (start * lda if transa == _NO_TRANS else start),
-                  lda, b, ldb, 0, c + start * n, n)
+            start = chunk * side // chunks
+            size = (chunk + 1) * side // chunks - start
+            if by_rows:     # rows of op(a): a row offset as stored, a column offset transposed
+                _gemm(transa, transb, size, n, k, a + (start * lda if transa == _NO_TRANS else start),
+                      lda, b, ldb, 0, c + start * n, n)
+            else:           # columns of op(b): likewise the other way round
+                _gemm(transa, transb, m, size, k, a, lda,
+                      b + (start if transb == _NO_TRANS else start * ldb), ldb, 0, c + start, n)
         _blas_local_threads(previous)
 
 
@@ -372,16 +376,15 @@ def matmul(a, b):
     stored_a, trans_a, lda = _layout(a)
     stored_b, trans_b, ldb = _layout(b)
     c = np.empty((m, n), dtype=a.dtype)
-    per_chunk = max(1, -(-m // _threads))
     ta, tb = (_TRANS if trans_a else _NO_TRANS), (_TRANS if trans_b else _NO_TRANS)
     cdef cnp.ndarray pa = stored_a, pb = stored_b, pc = c
     if a.dtype == np.float32:
-        _matmul_rows[float](ta, tb, <float*>cnp.PyArray_DATA(pa), lda, <float*>cnp.PyArray_DATA(pb),
-                            ldb, <float*>cnp.PyArray_DATA(pc), m, n, k, per_chunk)
+        _matmul_split[float](ta, tb, <float*>cnp.PyArray_DATA(pa), lda, <float*>cnp.PyArray_DATA(pb),
+                             ldb, <float*>cnp.PyArray_DATA(pc), m, n, k)
     else:
-        _matmul_rows[double](ta, tb, <double*>cnp.PyArray_DATA(pa), lda,
-                             <double*>cnp.PyArray_DATA(pb), ldb, <double*>cnp.PyArray_DATA(pc), m, n,
-                             k, per_chunk)
+        _matmul_split[double](ta, tb, <double*>cnp.PyArray_DATA(pa), lda,
+                              <double*>cnp.PyArray_DATA(pb), ldb, <double*>cnp.PyArray_DATA(pc), m,
+                              n, k)
     return c
 
 
