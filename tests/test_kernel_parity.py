@@ -84,14 +84,12 @@ def conv_inputs(case, dtype, seed):
     return x, wt, b, dy
 
 
-@pytest.fixture(params=["direct_blas", "numpy_matmul"])
+@pytest.fixture(params=(["direct_blas"] if compiled._blas is not None else []) + ["numpy_matmul"])
 def products(request, monkeypatch):
-    """The compiled convolutions calling NumPy's OpenBLAS directly from their threads, and
-    their path for NumPy builds without it (numpy.matmul)."""
+    """The compiled convolutions calling NumPy's OpenBLAS directly from their threads (where
+    NumPy ships one), and their path for NumPy builds without it (numpy.matmul)."""
     if request.param == "numpy_matmul":
         monkeypatch.setattr(compiled, "_blas", None)
-    elif compiled._blas is None:
-        pytest.skip("this NumPy ships no OpenBLAS of its own: only the numpy.matmul path runs")
     return request.param
 
 
@@ -895,12 +893,14 @@ def test_kernels_and_pool_are_safe_from_several_python_threads():
             np.testing.assert_array_equal(a, b)
 
 
-def test_numpy_wheels_openblas_is_found_for_direct_products():
-    """Where NumPy ships its own OpenBLAS (its PyPI wheels), the compiled kernels use it."""
+def numpy_ships_openblas():
     import glob
     import os
     root = os.path.dirname(os.path.dirname(np.__file__))
-    shipped = glob.glob(os.path.join(root, "numpy.libs", "*openblas*"))
-    if not shipped:
-        pytest.skip("this NumPy is not a wheel with its own OpenBLAS")
+    return bool(glob.glob(os.path.join(root, "numpy.libs", "*openblas*")))
+
+
+@pytest.mark.skipif(not numpy_ships_openblas(), reason="this NumPy is not a wheel with its own OpenBLAS")
+def test_numpy_wheels_openblas_is_found_for_direct_products():
+    """Where NumPy ships its own OpenBLAS (its PyPI wheels), the compiled kernels use it."""
     assert compiled._blas is not None and all(compiled._blas)
