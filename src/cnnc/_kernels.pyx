@@ -294,6 +294,8 @@ def _chunk_count(n, bytes_per_image):
 
 def _run_pass(which, image, image_grad, w2, rows, out, b, kernel_size, stride, padding, out_hw,
               chunks):
+    if rows is not None and rows.shape[0] == 0 or image is not None and image.shape[0] == 0:
+        return                      # an empty batch: nothing to compute, nothing to allocate
     args = (image, image_grad, w2, rows, out, b, *kernel_size, *stride, padding[0], padding[2],
             *out_hw, chunks)
     if w2.dtype == np.float32:
