@@ -244,6 +244,7 @@ cdef int _conv_pass(_Pass which, const real[:, :, :, ::1] image, real[:, :, :, :
             else:
                 _gemm(_NO_TRANS, _TRANS, (stop - start) * pixels, patch, f, &rows[start * pixels, 0],
                       f, &w2[0, 0], f, 0, cols, patch)
+                _zero(&image_grad[start, 0, 0, 0], (stop - start) * height * width * channels)
                 for n in range(start, stop):
                     _unpatch(cols + (n - start) * pixels * patch, &image_grad[n, 0, 0, 0], height,
                              width, channels, kh, kw, sh, sw, top, left, oh, ow)
@@ -413,12 +414,13 @@ def conv2d_grad_input(dy, w, input_shape, stride, padding):
     pixels, patch = oh * ow, kh * kw * c
     w2 = w.reshape(patch, f)
     dy2 = dy.reshape(n * pixels, f)
-    dx = np.zeros(input_shape, dtype=dy.dtype)
     chunks = _chunk_count(n, pixels * patch * dy.itemsize)
     if _blas is not None:
+        dx = np.empty(input_shape, dtype=dy.dtype)   # each thread zeroes its own images
         _run_pass(_GRAD_INPUT, None, dx, w2, dy2, None, None, (kh, kw), stride, padding, (oh, ow),
                   chunks)
     else:
+        dx = np.zeros(input_shape, dtype=dy.dtype)
         _matmul_pass(_GRAD_INPUT, dx, w2, dy2, None, None, (kh, kw), stride, padding, (oh, ow),
                      chunks)
     return dx
