@@ -288,7 +288,7 @@ def test_adam_update_parity_over_ten_steps(dtype, hyper, shape):
 
 @pytest.mark.parametrize("layout", ["plain", "a_transposed", "b_transposed", "both_transposed",
                                     "strided"])
-@pytest.mark.parametrize("shape", [(301, 203, 157), (1, 900, 300), (257, 1152, 256), (7, 3, 2)])
+@pytest.mark.parametrize("shape", [(301, 203, 157), (50, 256, 1152), (3, 900, 1000), (257, 1152, 256), (7, 3, 2)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matmul_parity(dtype, shape, layout):
     """Large enough for the threaded BLAS path (and one tiny case for NumPy's)."""

@@ -374,7 +374,7 @@ def matmul(a, b):
     """a @ b for 2-D float arrays (a transposed view is fine)."""
     a, b = _checks.matmul(a, b)
     (m, k), n = a.shape, b.shape[1]
-    if _blas is None or m * n * k < (1 << 16):
+    if _blas is None or m * n * k < (1 << 20):   # small products: not worth waking threads
         return np.matmul(a, b)
     stored_a, trans_a, lda = _layout(a)
     stored_b, trans_b, ldb = _layout(b)
