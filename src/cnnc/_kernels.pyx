@@ -207,14 +207,14 @@ cdef int _conv_pass(_Pass which, const real[:, :, :, ::1] image, real[:, :, :, :
     """One convolution pass over the batch, chunk by chunk, chunks shared among the threads.
 
     `image` is x (forward, weight gradient) and `image_grad` dx (input gradient), both
-    (N, H, W, C); `rows` is dy as (N*OH*OW, F); `out` is y (forward) or the per-thread
-    partial weight gradients (threads * patch, F). Returns how many chunks found no memory.
+    (N, H, W, C); `w2` is the filter as (patch, F) (forward, input gradient); `rows` is dy
+    as (N*OH*OW, F) (gradients); `out` is y (forward) or the per-thread partial weight
+    gradients (threads * patch, F). Returns how many chunks found no memory.
     """
-    cdef Py_ssize_t images = image.shape[0] if which != _GRAD_INPUT else image_grad.shape[0]
-    cdef Py_ssize_t height = image.shape[1] if which != _GRAD_INPUT else image_grad.shape[1]
-    cdef Py_ssize_t width = image.shape[2] if which != _GRAD_INPUT else image_grad.shape[2]
-    cdef Py_ssize_t channels = image.shape[3] if which != _GRAD_INPUT else image_grad.shape[3]
-    cdef Py_ssize_t pixels = oh * ow, patch = w2.shape[0], f = w2.shape[1]
+    cdef const real[:, :, :, ::1] batch = image if which != _GRAD_INPUT else image_grad
+    cdef Py_ssize_t images = batch.shape[0], height = batch.shape[1], width = batch.shape[2]
+    cdef Py_ssize_t channels = batch.shape[3], pixels = oh * ow, patch = kh * kw * channels
+    cdef Py_ssize_t f = w2.shape[1] if which == _FORWARD else rows.shape[1]
     cdef Py_ssize_t largest = (images + chunks - 1) // chunks
     cdef Py_ssize_t chunk, n, start, stop, row
     cdef real* cols
@@ -299,7 +299,7 @@ def _run_pass(which, image, image_grad, w2, rows, out, b, kernel_size, stride, p
         return                      # an empty batch: nothing to compute, nothing to allocate
     args = (image, image_grad, w2, rows, out, b, *kernel_size, *stride, padding[0], padding[2],
             *out_hw, chunks)
-    if w2.dtype == np.float32:
+    if (image if image is not None else image_grad).dtype == np.float32:
         failed = _conv_pass[float](which, *args)
     else:
         failed = _conv_pass[double](which, *args)
@@ -309,13 +309,13 @@ def _run_pass(which, image, image_grad, w2, rows, out, b, kernel_size, stride, p
 
 def _matmul_pass(which, x, w2, rows, out, b, kernel_size, stride, padding, out_hw, chunks):
     """The same passes through numpy.matmul, for NumPy builds without their own OpenBLAS."""
-    n, pixels, (patch, f) = x.shape[0], out_hw[0] * out_hw[1], w2.shape
-    per_chunk = -(-n // chunks)
     (kh, kw), (sh, sw), top, left = kernel_size, stride, padding[0], padding[2]
-    single = w2.dtype == np.float32
+    n, pixels, patch = x.shape[0], out_hw[0] * out_hw[1], kh * kw * x.shape[3]
+    per_chunk = -(-n // chunks)
+    single = x.dtype == np.float32
     for start in range(0, n, per_chunk):
         stop = min(n, start + per_chunk)
-        cols = _scratch("cols", (stop - start) * pixels, patch, w2.dtype)
+        cols = _scratch("cols", (stop - start) * pixels, patch, x.dtype)
         part = slice(start * pixels, stop * pixels)
         if which == _GRAD_INPUT:
             np.matmul(rows[part], w2.T, out=cols)
@@ -433,16 +433,15 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     n, (kh, kw), c, f = x.shape[0], kernel_size, x.shape[3], dy.shape[3]
     pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
     dy2 = dy.reshape(n * pixels, f)
-    w2 = np.empty((patch, f), dtype=x.dtype)   # only its shape and dtype are used
     chunks = _chunk_count(n, pixels * patch * x.itemsize)
     if _blas is not None:
         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
-        _run_pass(_GRAD_WEIGHT, x, None, w2, dy2, partial, None, kernel_size, stride, padding,
+        _run_pass(_GRAD_WEIGHT, x, None, None, dy2, partial, None, kernel_size, stride, padding,
                   out_hw, chunks)
         dw = partial.reshape(_threads, patch, f).sum(axis=0)
     else:
         dw = np.zeros((patch, f), dtype=x.dtype)
-        _matmul_pass(_GRAD_WEIGHT, x, w2, dy2, dw, None, kernel_size, stride, padding, out_hw,
+        _matmul_pass(_GRAD_WEIGHT, x, None, dy2, dw, None, kernel_size, stride, padding, out_hw,
                      chunks)
     db = np.zeros(f, dtype=x.dtype)
     if f and x.dtype == np.float32:
