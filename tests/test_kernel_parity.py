@@ -66,6 +66,9 @@ CONV_CASES = [
     (2, 11, 11, 2, 3, 2, 2, (3, 3), (0, 1, 1, 0)),  # stride > kernel: skipped pixels
     (1, 6, 4, 5, 5, 4, 1, (1, 3), (3, 0, 0, 3)),
     (4, 5, 7, 1, 4, 5, 2, (1, 1), (0, 0, 0, 0)),
+    (2, 28, 28, 1, 16, 3, 3, (1, 1), (0, 0, 0, 0)),  # the seed CNN's first layer
+    (3, 9, 11, 2, 35, 3, 3, (2, 1), (1, 0, 2, 1)),   # filters in two whole blocks of 16 and 3 more
+    (2, 6, 7, 3, 32, 2, 2, (1, 1), (1, 1, 1, 1)),
 ]
 CONV_IDS = [f"{n}x{h}x{w}x{c}-f{f}-k{kh}x{kw}-s{s[0]}{s[1]}-p{''.join(map(str, p))}"
             for n, h, w, c, f, kh, kw, s, p in CONV_CASES]
@@ -84,12 +87,18 @@ def conv_inputs(case, dtype, seed):
     return x, wt, b, dy
 
 
-@pytest.fixture(params=(["direct_blas"] if compiled._blas is not None else []) + ["numpy_matmul"])
+@pytest.fixture(params=(["direct_blas"] if compiled._blas is not None else [])
+                + ["numpy_matmul", "direct_loops"])
 def products(request, monkeypatch):
-    """The compiled convolutions calling NumPy's OpenBLAS directly from their threads (where
-    NumPy ships one), and their path for NumPy builds without it (numpy.matmul)."""
+    """Every path of the compiled convolutions: patch matrices multiplied by NumPy's OpenBLAS,
+    called directly from the kernel's threads (where NumPy ships one), or by numpy.matmul
+    (NumPy builds without it); and the direct loops of the forward pass, here forced on
+    every filter size."""
+    monkeypatch.setattr(compiled, "_direct_taken", lambda patch, f: False)
     if request.param == "numpy_matmul":
         monkeypatch.setattr(compiled, "_blas", None)
+    elif request.param == "direct_loops":
+        monkeypatch.setattr(compiled, "_direct_taken", lambda patch, f: True)
     return request.param
 
 

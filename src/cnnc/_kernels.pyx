@@ -253,6 +253,103 @@ cdef int _conv_pass(_Pass which, const real[:, :, :, ::1] image, real[:, :, :, :
     return failed
 
 
+# ---------------------------------------------------------------------------------------
+# Direct forward convolution, for filters with few taps and many outputs, such as a first
+# layer of 3x3 filters on one-channel images. There im2col copies every input value kh*kw
+# times to feed a product too thin for BLAS to run fast; instead each output pixel's
+# filters are summed in registers, _LANES at a time. Measured on the seed CNN's first
+# layer (batch 50): 0.24 ms against 0.33 ms through im2col and sgemm (0.21 ms with AVX2);
+# with more taps, or fewer filters, BLAS won, and so it did for the gradients.
+
+cdef enum:
+    _LANES = 16
+
+# The largest kh*kw*C taken by the direct loops.
+_DIRECT_TAPS = 9
+
+
+cdef inline void _scaled_add(real* acc, real scale, const real* values, Py_ssize_t count) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(count):
+        acc[k] = acc[k] + scale * values[k]
+
+
+cdef inline Py_ssize_t _clip(Py_ssize_t value, Py_ssize_t low, Py_ssize_t high) noexcept nogil:
+    return low if value < low else (high if value > high else value)
+
+
+cdef inline void _pixel_lanes(const real* image, const real* w, const real* b, real* y,
+                              Py_ssize_t width, Py_ssize_t channels, Py_ssize_t kw, Py_ssize_t h0,
+                              Py_ssize_t w0, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t q0,
+                              Py_ssize_t q1, Py_ssize_t f, Py_ssize_t lanes) noexcept nogil:
+    """y = b + the patch at (h0, w0) times `lanes` filters of w (patch, F), over the filter
+    rows r0 <= r < r1 and columns q0 <= q < q1 that fall inside the image."""
+    cdef real acc[_LANES]
+    cdef Py_ssize_t r, t
+    cdef Py_ssize_t run = (q1 - q0) * channels     # taps (q, c) in a row: contiguous in both
+    cdef const real* pixels
+    cdef const real* filters
+    _copy(acc, b, lanes)
+    for r in range(r0, r1):
+        pixels = image + ((h0 + r) * width + w0 + q0) * channels
+        filters = w + (r * kw + q0) * channels * f
+        for t in range(run):
+            _scaled_add(acc, pixels[t], filters + t * f, lanes)
+    _copy(y, acc, lanes)
+
+
+cdef void _direct_forward_row(const real* image, const real* w, const real* b, real* y,
+                              Py_ssize_t height, Py_ssize_t width, Py_ssize_t channels,
+                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t h0,
+                              Py_ssize_t left, Py_ssize_t ow, Py_ssize_t f) noexcept nogil:
+    """One output row y (OW, F) of one image, its top patch row at h0."""
+    cdef Py_ssize_t r0 = _clip(-h0, 0, kh), r1 = _clip(height - h0, 0, kh)
+    cdef Py_ssize_t j, w0, q0, q1, block, start
+    for j in range(ow):
+        w0 = j * sw - left
+        q0 = _clip(-w0, 0, kw)
+        q1 = _clip(width - w0, 0, kw)
+        for block in range(f // _LANES):        # whole blocks: a width the compiler knows
+            start = block * _LANES
+            _pixel_lanes(image, w + start, b + start, y + j * f + start, width, channels, kw, h0,
+                         w0, r0, r1, q0, q1, f, _LANES)
+        start = f - f % _LANES
+        if start < f:
+            _pixel_lanes(image, w + start, b + start, y + j * f + start, width, channels, kw, h0,
+                         w0, r0, r1, q0, q1, f, f - start)
+
+
+cdef void _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, const real[::1] b,
+                          real[:, ::1] y, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                          Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh,
+                          Py_ssize_t ow) noexcept:
+    """y (N*OH*OW, F) = the convolution of x with w2 (patch, F) plus b, output row by output
+    row, rows shared among the threads."""
+    cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
+    cdef Py_ssize_t f = y.shape[1], count = x.shape[0] * oh
+    cdef Py_ssize_t row, n, i
+    for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):
+        n = row // oh
+        i = row - n * oh
+        _direct_forward_row(&x[n, 0, 0, 0], &w2[0, 0], &b[0], &y[row * ow, 0], height, width,
+                            channels, kh, kw, sw, i * sh - top, left, ow, f)
+
+
+def _direct_taken(patch, f):
+    """Whether the direct loops compute this convolution: few taps, whole blocks of filters."""
+    return patch <= _DIRECT_TAPS and f >= _LANES
+
+
+def _run_direct(x, w2, b, y, kernel_size, stride, padding, out_hw):
+    if y.shape[0] == 0:
+        return
+    args = (x, w2, b, y, *kernel_size, *stride, padding[0], padding[2], *out_hw)
+    if x.dtype == np.float32:
+        _direct_forward[float](*args)
+    else:
+        _direct_forward[double](*args)
+
+
 cdef void _patch_images(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left,
                         Py_ssize_t oh, Py_ssize_t ow) noexcept:
@@ -399,7 +496,9 @@ def conv2d_forward(x, w, b, stride, padding):
     w2 = w.reshape(patch, f)
     y = np.empty((n * pixels, f), dtype=x.dtype)
     chunks = _chunk_count(n, pixels * patch * x.itemsize)
-    if _blas is not None:
+    if _direct_taken(patch, f):
+        _run_direct(x, w2, b, y, (kh, kw), stride, padding, (oh, ow))
+    elif _blas is not None:
         _run_pass(_FORWARD, x, None, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), chunks)
     else:
         _matmul_pass(_FORWARD, x, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), chunks)
