@@ -9,6 +9,7 @@ a / b is a's time over b's: "numpy / compiled" is the compiled kernels' speedup,
 """
 import argparse
 import contextlib
+import importlib
 import os
 import platform
 import time
@@ -19,10 +20,8 @@ import cnnc
 from cnnc import (POOL, AdamOptimizer, Conv, Flatten, FullyConnected, Network, SoftmaxCrossEntropy,
                   _numpy_kernels, kernels, leaky_relu, relu)
 
-try:
-    from cnnc import _kernels as compiled_kernels
-except ImportError:
-    compiled_kernels = None
+# The compiled build cnnc runs here: AVX2 where the CPU has it, unless CNNC_AVX2=0.
+compiled_kernels = importlib.import_module(kernels.IMPLEMENTATION) if kernels.BACKEND == "compiled" else None
 
 try:
     import torch
@@ -203,10 +202,12 @@ def main():
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     args = parser.parse_args()
     if compiled_kernels is None:
-        raise SystemExit("the compiled kernels are not built: pip install . with a C compiler present")
+        raise SystemExit("the compiled kernels are not running (not built, or CNNC_BACKEND=numpy): "
+                         "pip install . with a C compiler present")
     rng = np.random.default_rng(0)
     np.random.seed(0)
     print(f"cnnc {cnnc.__version__} on {machine()}")
+    print(f"compiled kernels: {compiled_kernels.__name__}")
     print(f"float32; medians of {args.rounds} interleaved rounds of 2 timed calls after 2 untimed "
           "ones (inference: a third of the rounds)\n")
 

@@ -1,4 +1,7 @@
-"""The compiled kernels (cnnc._kernels) against their NumPy twins (cnnc._numpy_kernels).
+"""The compiled kernels against their NumPy twins (cnnc._numpy_kernels).
+
+The compiled module tested is the build that runs here: cnnc._kernels_avx2 where the CPU
+has AVX2 and FMA, cnnc._kernels otherwise or under CNNC_AVX2=0.
 
 1. Parity: every kernel of both modules on the same random inputs (odd sizes, strides,
    padding, ties, NaNs, float32 and float64).
@@ -6,7 +9,9 @@
    and a refused Adam step leaves its arrays alone.
 3. Read-only and non-contiguous inputs are accepted wherever they are only read.
 4. cnnc.kernels exposes exactly the kernel functions; both modules name them alike.
+5. The two builds of the compiled kernels compute the same numbers, to the bit.
 """
+import importlib
 import inspect
 
 import numpy as np
@@ -14,11 +19,12 @@ import pytest
 
 from cnnc import _numpy_kernels, kernels
 
-compiled = pytest.importorskip(
+baseline = pytest.importorskip(
     "cnnc._kernels",
     reason="the compiled extension cnnc._kernels is not built (no C compiler here); "
            "CI always builds it, so these tests always run there",
 )
+compiled = importlib.import_module(kernels.IMPLEMENTATION) if kernels.BACKEND == "compiled" else baseline
 
 KERNEL_NAMES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_params",
                 "maxpool2d_forward", "maxpool2d_backward", "adam_update", "matmul", "leaky_relu",
@@ -913,3 +919,46 @@ def numpy_ships_openblas():
 def test_numpy_wheels_openblas_is_found_for_direct_products():
     """Where NumPy ships its own OpenBLAS (its PyPI wheels), the compiled kernels use it."""
     assert compiled._blas is not None and all(compiled._blas)
+
+
+# ====================================================================== 5. the two builds
+
+def avx2_build():
+    try:
+        module = importlib.import_module("cnnc._kernels_avx2")
+    except ImportError:
+        return None
+    return module if baseline._cpu_has_avx2_fma() else None
+
+
+def every_kernel_once(module, dtype, seed):
+    """Each kernel of the module on one set of random inputs (the direct convolution loops
+    where the filters take them)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 15, 13, 1)).astype(dtype)
+    w1 = rng.standard_normal((3, 3, 1, 35)).astype(dtype)
+    x2 = rng.standard_normal((3, 15, 13, 4)).astype(dtype)
+    w2 = rng.standard_normal((4, 4, 4, 8)).astype(dtype)
+    b = rng.standard_normal(35).astype(dtype)
+    y1 = module.conv2d_forward(x, w1, b, (1, 2), (1, 0, 1, 1))
+    y2 = module.conv2d_forward(x2, w2, b[:8], (2, 1), (1, 2, 0, 1))
+    pooled, argmax = module.maxpool2d_forward(y2, (2, 2), (2, 2))
+    param, grad = rng.standard_normal((2, 1000)).astype(dtype)
+    m, v = np.zeros_like(param), np.zeros_like(param)
+    for step in range(1, 4):
+        module.adam_update(param, grad, m, v, 1e-3, 0.9, 0.999, 1e-8, step)
+    return [y1, y2, *module.conv2d_grad_params(x2, y2, (4, 4), (2, 1), (1, 2, 0, 1)),
+            module.conv2d_grad_input(y2, w2, x2.shape, (2, 1), (1, 2, 0, 1)), pooled, argmax,
+            module.maxpool2d_backward(pooled, argmax, y2.shape), param, m, v,
+            module.matmul(x2.reshape(-1, 4).T, x2.reshape(-1, 4)),
+            module.leaky_relu(y1, 0.01), module.leaky_relu_backward(y1, y1, 0.01)]
+
+
+@pytest.mark.skipif(avx2_build() is None,
+                    reason="no AVX2 build here (a CPU without AVX2 and FMA, or a compiler without them)")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", range(3))
+def test_the_avx2_build_computes_what_the_baseline_build_computes_to_the_bit(dtype, seed):
+    for wide, narrow in zip(every_kernel_once(avx2_build(), dtype, seed),
+                            every_kernel_once(baseline, dtype, seed)):
+        np.testing.assert_array_equal(wide, narrow)

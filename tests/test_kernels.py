@@ -8,6 +8,7 @@ import pytest
 import cnnc
 from cnnc import _numpy_kernels, kernels
 
+PRINT_IMPLEMENTATION = "from cnnc import kernels; print(kernels.IMPLEMENTATION)"
 KERNEL_NAMES = {"conv2d_forward", "conv2d_grad_input", "conv2d_grad_params", "maxpool2d_forward",
                 "maxpool2d_backward", "adam_update", "matmul", "leaky_relu", "leaky_relu_backward",
                 "memory_pool"}
@@ -25,8 +26,8 @@ sys.meta_path.insert(0, NoExtension())
 """
 
 
-def run_with_backend(value, code="import cnnc; print(cnnc.backend())", extension=True):
-    env = dict(os.environ, CNNC_BACKEND=value)
+def run_with_backend(value, code="import cnnc; print(cnnc.backend())", extension=True, avx2="1"):
+    env = dict(os.environ, CNNC_BACKEND=value, CNNC_AVX2=avx2)
     code = code if extension else WITHOUT_EXTENSION + code
     return subprocess.run([sys.executable, "-W", "always", "-c", code], env=env,
                           capture_output=True, text=True)
@@ -94,3 +95,34 @@ def test_unknown_backend_is_refused(value):
     result = run_with_backend(value)
     assert result.returncode != 0
     assert "CNNC_BACKEND must be" in result.stderr and value in result.stderr
+
+
+def avx2_runs_here():
+    """Whether the AVX2 build is built and this CPU runs it."""
+    try:
+        from cnnc import _kernels, _kernels_avx2  # noqa: F401
+    except ImportError:
+        return False
+    return _kernels._cpu_has_avx2_fma()
+
+
+@pytest.mark.skipif(not compiled_is_built(), reason="the compiled extension is not built here")
+@pytest.mark.parametrize("backend", ["auto", "compiled"])
+def test_the_avx2_build_runs_where_the_cpu_has_avx2_and_fma(backend):
+    result = run_with_backend(backend, PRINT_IMPLEMENTATION)
+    assert result.returncode == 0, result.stderr
+    expected = "cnnc._kernels_avx2" if avx2_runs_here() else "cnnc._kernels"
+    assert result.stdout.strip() == expected
+
+
+@pytest.mark.skipif(not compiled_is_built(), reason="the compiled extension is not built here")
+def test_cnnc_avx2_0_keeps_the_baseline_build():
+    result = run_with_backend("compiled", PRINT_IMPLEMENTATION, avx2="0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "cnnc._kernels"
+
+
+def test_numpy_backend_names_its_module():
+    result = run_with_backend("numpy", PRINT_IMPLEMENTATION)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "cnnc._numpy_kernels"

@@ -25,6 +25,24 @@ from libc.string cimport memcpy, memset, strncpy
 
 from . import _checks
 
+cdef extern from *:
+    """
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+    static int cnnc_cpu_has_avx2_fma(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    #else
+    static int cnnc_cpu_has_avx2_fma(void) { return 0; }
+    #endif
+    """
+    int cnnc_cpu_has_avx2_fma()
+
+
+def _cpu_has_avx2_fma():
+    """Whether this CPU (and its operating system) runs AVX2 and FMA instructions."""
+    return bool(cnnc_cpu_has_avx2_fma())
+
 # Threads for the loops over the batch: CNNC_NUM_THREADS, or every core.
 cdef int _threads = _checks.thread_count("CNNC_NUM_THREADS", len(os.sched_getaffinity(0))
                                           if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -278,6 +296,18 @@ cdef inline Py_ssize_t _clip(Py_ssize_t value, Py_ssize_t low, Py_ssize_t high) 
     return low if value < low else (high if value > high else value)
 
 
+cdef inline Py_ssize_t _first_inside(Py_ssize_t offset, Py_ssize_t stride) noexcept nogil:
+    """The smallest j >= 0 with j * stride + offset >= 0."""
+    return 0 if offset >= 0 else (stride - 1 - offset) // stride
+
+
+cdef inline Py_ssize_t _end_inside(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
+                                   Py_ssize_t count) noexcept nogil:
+    """One past the largest j < count with j * stride + offset < size."""
+    cdef Py_ssize_t end = 0 if size <= offset else (size - offset + stride - 1) // stride
+    return end if end < count else count
+
+
 cdef inline void _pixel_lanes(const real* image, const real* w, const real* b, real* y,
                               Py_ssize_t width, Py_ssize_t channels, Py_ssize_t kw, Py_ssize_t h0,
                               Py_ssize_t w0, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t q0,
@@ -319,6 +349,62 @@ cdef void _direct_forward_row(const real* image, const real* w, const real* b, r
                          w0, r0, r1, q0, q1, f, f - start)
 
 
+cdef inline void _tap_lanes(const real* image_row, const real* dy_row, real* dw_row,
+                            Py_ssize_t step, Py_ssize_t columns, Py_ssize_t f,
+                            Py_ssize_t lanes) noexcept nogil:
+    """dw_row += the sum over j < columns of image_row[j * step] * dy_row[j * f:], `lanes` wide,
+    in four interleaved partial sums (one would wait on the latency of each addition)."""
+    cdef real even[_LANES]
+    cdef real odd[_LANES]
+    cdef real even2[_LANES]
+    cdef real odd2[_LANES]
+    cdef Py_ssize_t j
+    _zero(even, lanes)
+    _zero(odd, lanes)
+    _zero(even2, lanes)
+    _zero(odd2, lanes)
+    for j in range(0, columns - 3, 4):
+        _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
+        _scaled_add(odd, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
+        _scaled_add(even2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
+        _scaled_add(odd2, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
+    for j in range(columns - columns % 4, columns):
+        _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
+    _add(even, even2, lanes)
+    _add(odd, odd2, lanes)
+    _add(even, odd, lanes)
+    _add(dw_row, even, lanes)
+
+
+cdef void _direct_weight_row(const real* image, const real* dy, real* dw, Py_ssize_t height,
+                             Py_ssize_t width, Py_ssize_t channels, Py_ssize_t kh, Py_ssize_t kw,
+                             Py_ssize_t sw, Py_ssize_t h0, Py_ssize_t left, Py_ssize_t ow,
+                             Py_ssize_t f) noexcept nogil:
+    """dw (patch, F) += the filter gradient of one output row dy (OW, F), top patch row h0."""
+    cdef Py_ssize_t r, q, c, h, first, end, block, start, tap
+    cdef const real* pixels
+    for r in range(kh):
+        h = h0 + r
+        if h < 0 or h >= height:
+            continue
+        for q in range(kw):
+            first = _first_inside(q - left, sw)
+            end = _end_inside(q - left, sw, width, ow)
+            if first >= end:
+                continue
+            for c in range(channels):
+                tap = (r * kw + q) * channels + c
+                pixels = image + (h * width + first * sw + q - left) * channels + c
+                for block in range(f // _LANES):
+                    start = block * _LANES
+                    _tap_lanes(pixels, dy + first * f + start, dw + tap * f + start,
+                               sw * channels, end - first, f, _LANES)
+                start = f - f % _LANES
+                if start < f:
+                    _tap_lanes(pixels, dy + first * f + start, dw + tap * f + start,
+                               sw * channels, end - first, f, f - start)
+
+
 cdef void _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, const real[::1] b,
                           real[:, ::1] y, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                           Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh,
@@ -335,19 +421,39 @@ cdef void _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, con
                             channels, kh, kw, sw, i * sh - top, left, ow, f)
 
 
+cdef void _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real[:, ::1] partial,
+                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                         Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow) noexcept:
+    """partial (threads * patch, F) += each thread's share of the filter gradient, output row
+    by output row."""
+    cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
+    cdef Py_ssize_t f = dy2.shape[1], count = x.shape[0] * oh, patch = kh * kw * channels
+    cdef Py_ssize_t row, n, i
+    for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):
+        n = row // oh
+        i = row - n * oh
+        _direct_weight_row(&x[n, 0, 0, 0], &dy2[row * ow, 0], &partial[threadid() * patch, 0],
+                           height, width, channels, kh, kw, sw, i * sh - top, left, ow, f)
+
+
 def _direct_taken(patch, f):
     """Whether the direct loops compute this convolution: few taps, whole blocks of filters."""
     return patch <= _DIRECT_TAPS and f >= _LANES
 
 
-def _run_direct(x, w2, b, y, kernel_size, stride, padding, out_hw):
-    if y.shape[0] == 0:
+def _run_direct(which, x, w2, b, dy2, out, kernel_size, stride, padding, out_hw):
+    """The forward pass into out = y, or the filter gradient into out = partial sums."""
+    if x.shape[0] == 0 or out.shape[1] == 0 or out_hw[0] * out_hw[1] == 0:
         return
-    args = (x, w2, b, y, *kernel_size, *stride, padding[0], padding[2], *out_hw)
-    if x.dtype == np.float32:
-        _direct_forward[float](*args)
+    geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)
+    if which == _FORWARD and x.dtype == np.float32:
+        _direct_forward[float](x, w2, b, out, *geometry)
+    elif which == _FORWARD:
+        _direct_forward[double](x, w2, b, out, *geometry)
+    elif x.dtype == np.float32:
+        _direct_weight[float](x, dy2, out, *geometry)
     else:
-        _direct_forward[double](*args)
+        _direct_weight[double](x, dy2, out, *geometry)
 
 
 cdef void _patch_images(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw,
@@ -497,7 +603,7 @@ def conv2d_forward(x, w, b, stride, padding):
     y = np.empty((n * pixels, f), dtype=x.dtype)
     chunks = _chunk_count(n, pixels * patch * x.itemsize)
     if _direct_taken(patch, f):
-        _run_direct(x, w2, b, y, (kh, kw), stride, padding, (oh, ow))
+        _run_direct(_FORWARD, x, w2, b, None, y, (kh, kw), stride, padding, (oh, ow))
     elif _blas is not None:
         _run_pass(_FORWARD, x, None, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), chunks)
     else:
@@ -533,21 +639,25 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
     dy2 = dy.reshape(n * pixels, f)
     chunks = _chunk_count(n, pixels * patch * x.itemsize)
-    if _blas is not None:
+    if _direct_taken(patch, f) or _blas is not None:
         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
-        _run_pass(_GRAD_WEIGHT, x, None, None, dy2, partial, None, kernel_size, stride, padding,
-                  out_hw, chunks)
+        if _direct_taken(patch, f):
+            _run_direct(_GRAD_WEIGHT, x, None, None, dy2, partial, kernel_size, stride, padding,
+                        out_hw)
+        else:
+            _run_pass(_GRAD_WEIGHT, x, None, None, dy2, partial, None, kernel_size, stride,
+                      padding, out_hw, chunks)
         dw = partial.reshape(_threads, patch, f).sum(axis=0)
     else:
         dw = np.zeros((patch, f), dtype=x.dtype)
         _matmul_pass(_GRAD_WEIGHT, x, None, dy2, dw, None, kernel_size, stride, padding, out_hw,
                      chunks)
-    db = np.zeros(f, dtype=x.dtype)
+    partial_db = np.zeros((_threads, f), dtype=x.dtype)
     if f and x.dtype == np.float32:
-        _sum_rows[float](dy2, db)
+        _sum_rows[float](dy2, partial_db)
     elif f:
-        _sum_rows[double](dy2, db)
-    return dw.reshape(kh, kw, c, f), db
+        _sum_rows[double](dy2, partial_db)
+    return dw.reshape(kh, kw, c, f), partial_db.sum(axis=0)
 
 
 cdef void _add_to_rows(real[:, ::1] a, const real[::1] row_values) noexcept:
@@ -558,12 +668,13 @@ cdef void _add_to_rows(real[:, ::1] a, const real[::1] row_values) noexcept:
             _add(&a[row, 0], &row_values[0], a.shape[1])
 
 
-cdef void _sum_rows(const real[:, ::1] a, real[::1] total) noexcept:
-    """total += the sum of a's rows, one row after the other (the order NumPy's sum uses)."""
-    cdef Py_ssize_t row
-    with nogil:
-        for row in range(a.shape[0]):
-            _add(&total[0], &a[row, 0], a.shape[1])
+cdef void _sum_rows(const real[:, ::1] a, real[:, ::1] partial) noexcept:
+    """partial[t] += the sum of the t-th of len(partial) even shares of a's rows."""
+    cdef Py_ssize_t share, row
+    cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]
+    for share in prange(shares, schedule="static", nogil=True, num_threads=shares):
+        for row in range(share * rows // shares, (share + 1) * rows // shares):
+            _add(&partial[share, 0], &a[row, 0], a.shape[1])
 
 
 cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax,

@@ -5,7 +5,9 @@ freed arrays (compiled backend; a plain block on NumPy).
 
 The environment variable CNNC_BACKEND chooses: `auto` (the default) takes the compiled
 extension when it is built and NumPy otherwise, with a warning, `numpy` always takes
-NumPy, `compiled` insists on the extension.
+NumPy, `compiled` insists on the extension. The extension comes in two builds of one
+source: `_kernels_avx2` runs where the CPU has AVX2 and FMA (and CNNC_AVX2 is not 0),
+`_kernels` everywhere else. IMPLEMENTATION names the module that runs.
 """
 import os as _os
 import warnings as _warnings
@@ -32,8 +34,15 @@ else:
             "CNNC_BACKEND=numpy to choose NumPy without this warning.",
             RuntimeWarning, stacklevel=2)
         from . import _numpy_kernels as _impl
+    if _impl.__name__.endswith("._kernels") and _impl._cpu_has_avx2_fma() and (
+            _os.environ.get("CNNC_AVX2", "1").strip() != "0"):
+        try:
+            from . import _kernels_avx2 as _impl
+        except ImportError:         # built without it (another CPU or compiler): baseline
+            pass
 
-BACKEND = "compiled" if _impl.__name__.endswith("._kernels") else "numpy"
+IMPLEMENTATION = _impl.__name__
+BACKEND = "numpy" if IMPLEMENTATION.endswith("._numpy_kernels") else "compiled"
 
 conv2d_forward = _impl.conv2d_forward
 conv2d_grad_input = _impl.conv2d_grad_input
