@@ -1,4 +1,5 @@
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -298,3 +299,106 @@ def test_network_without_parameters_uses_the_default_dtype():
     net = Network([Flatten((2, 2, 1))], loss=SoftmaxCrossEntropy())
     assert net.dtype == cnnc.get_default_dtype()
     assert net.predict(np.ones((3, 2, 2, 1))).shape == (3, 4)
+
+
+# ============================================================================ fit, summary
+
+def seed_cnn(seed=0):
+    """The seed report's CNN with pooling, fan-in from the filters."""
+    np.random.seed(seed)
+    return Network([
+        Conv((3, 3, 1, 16), activation=leaky_relu), Conv((4, 4, 16, 32), strides=2, activation=leaky_relu),
+        POOL(2), Flatten((6, 6, 32)), FullyConnected((1152, 256), activation=relu),
+        FullyConnected((256, 10), weight_init=init.xavier_normal),
+    ], loss=SoftmaxCrossEntropy())
+
+
+def test_fit_on_the_bundled_mnist_sample_beats_90_percent_on_its_held_out_part():
+    (x_train, y_train), (x_test, y_test) = cnnc.datasets.mnist_sample()
+    net = seed_cnn()
+    history = net.fit(x_train / 255.0, y_train, epochs=3, batch_size=50, lr=1e-3, seed=0,
+                      validation_data=(x_test / 255.0, y_test), progress=False)
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(values) == 3 for values in history.values())
+    assert history["loss"][2] < history["loss"][0]
+    assert history["val_accuracy"][-1] > 0.90            # 240 steps of batch 50
+    assert history["val_accuracy"][-1] == net.evaluate(x_test / 255.0, y_test)
+
+
+def test_fit_history_is_the_mean_of_its_steps():
+    x, y = bars(40)
+    a, b = small_cnn(np.float64), small_cnn(np.float64)
+    for layer_a, layer_b in zip(a.layers, b.layers):
+        for name in layer_a.params:
+            layer_b.params[name][...] = layer_a.params[name]
+    history = a.fit(x, y, epochs=1, batch_size=16, shuffle=False, progress=False)
+    losses, correct = [], 0
+    for start in range(0, 40, 16):
+        logits = b.predict(x[start:start + 16])
+        correct += int((logits.argmax(axis=1) == y[start:start + 16]).sum())
+        losses.append(b.train_step(x[start:start + 16], y[start:start + 16]) * len(logits))
+    assert history["loss"][0] == pytest.approx(sum(losses) / 40, rel=1e-12)
+    assert history["accuracy"][0] == correct / 40
+    assert_same_state(state_of(a), state_of(b))
+
+
+def test_fit_with_a_seed_is_reproducible_and_shuffles():
+    x, y = bars(64)
+    runs = []
+    for shuffle, seed in ((True, 3), (True, 3), (True, 4), (False, 3)):
+        np.random.seed(0)
+        net = small_cnn(np.float64)
+        net.fit(x, y, epochs=2, batch_size=10, shuffle=shuffle, seed=seed, progress=False)
+        runs.append(net.layers[0].params["w"].copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2]) and not np.array_equal(runs[0], runs[3])
+
+
+def test_fit_shows_a_progress_bar_with_loss_and_speed(capsys):
+    x, y = bars(30)
+    small_cnn().fit(x, y, epochs=2, batch_size=10)
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "loss=" in err and "sample/s" in err
+    small_cnn().fit(x, y, epochs=1, batch_size=10, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"epochs": -1}, "epochs"), ({"epochs": 1.5}, "epochs"), ({"batch_size": 0}, "batch_size"),
+    ({"lr": float("nan")}, "lr"), ({"validation_data": (np.zeros((2, 5, 5, 1)), [0, 1])}, "layer 2 \\(Flatten\\)"),
+])
+def test_fit_refuses_bad_arguments(kwargs, message):
+    x, y = bars(8)
+    with pytest.raises(ValueError, match=message):
+        small_cnn().fit(x, y, progress=False, **kwargs)
+
+
+def test_fit_with_zero_epochs_changes_nothing():
+    x, y = bars(8)
+    net = small_cnn()
+    before = state_of(net)
+    assert net.fit(x, y, epochs=0, progress=False) == {"loss": [], "accuracy": []}
+    assert_same_state(state_of(net), before)
+
+
+def test_summary_lists_output_shapes_and_parameter_counts(capsys):
+    net = seed_cnn()
+    table = net.summary(input_shape=(28, 28, 1))
+    assert capsys.readouterr().out.strip() == table.strip()
+    lines = table.splitlines()
+    for shape, count in [("(None, 26, 26, 16)", "160"), ("(None, 12, 12, 32)", "8,224"),
+                         ("(None, 6, 6, 32)", "0"), ("(None, 1152)", "0"),
+                         ("(None, 256)", "295,168"), ("(None, 10)", "2,570")]:
+        assert any(shape in line and line.rstrip().endswith(" " + count) for line in lines), shape
+    assert "total parameters: 306,122 (float32)" in table
+
+
+def test_summary_knows_the_input_shape_once_the_network_has_seen_data(capsys):
+    net = small_cnn()
+    with pytest.raises(ValueError, match="input_shape"):
+        net.summary()
+    net.predict(bars(2)[0])
+    assert "(None, 4)" in net.summary()
+    mlp = Network([Flatten((4, 4, 1)), FullyConnected((16, 3))], loss=SoftmaxCrossEntropy())
+    assert "(None, 16)" in mlp.summary(file=open(os.devnull, "w"))
+    capsys.readouterr()

@@ -1,5 +1,5 @@
 """cnnc: a readable convolutional-network library on NumPy, with compiled kernels."""
-from . import init, kernels
+from . import datasets, init, kernels
 from .activations import AbstractActivation, leaky_relu, linear, relu, sigmoid, tanh
 from .dtypes import get_default_dtype, set_default_dtype
 from .layers import POOL, Conv, Flatten, FullyConnected, MaxPool
@@ -18,6 +18,6 @@ def backend():
 __all__ = [
     "AbstractActivation", "AdamOptimizer", "Conv", "Flatten", "FullyConnected", "MaxPool",
     "MeanSquaredError", "Network", "POOL", "SGDOptimizer", "SGDoptimizer", "SoftmaxCrossEntropy",
-    "backend", "get_default_dtype", "init", "leaky_relu", "linear", "relu", "set_default_dtype",
+    "backend", "datasets", "get_default_dtype", "init", "leaky_relu", "linear", "relu", "set_default_dtype",
     "sigmoid", "tanh",
 ]

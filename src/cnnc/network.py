@@ -1,9 +1,11 @@
 """Network: a stack of layers trained step by step, as in the seed report."""
+import sys
 from collections import deque
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from . import dtypes, kernels
+from . import dtypes, kernels, saving
 from .losses import class_ids
 
 
@@ -19,23 +21,29 @@ class Network:
         self.loss = loss
         self.dtype = _common_dtype(self.layers)
         _check_own_optimizers(self.layers)
+        self.input_shape = None     # one sample's shape, once the network has seen one
 
     def train_step(self, x, y, lr=1e-3):
         """One forward, backward and optimizer update on a batch; returns the loss before it.
 
         A non-finite loss or gradient raises FloatingPointError and changes nothing.
         """
-        if not np.isfinite(lr) or lr < 0:
-            raise ValueError(f"lr must be a finite number >= 0, got {lr}")
+        return self._train_batch(x, y, _check_lr(lr))[0]
+
+    def _train_batch(self, x, y, lr):
+        """train_step, also returning the network's outputs on the batch (before the update)."""
         with kernels.memory_pool():
-            loss, grads = self.loss_and_grads(x, y)
+            loss, grads, outputs = self._loss_grads_outputs(x, y)
             _check_finite(loss, grads, self.layers)
             for layer, layer_grads in zip(self.layers, grads):
                 layer.update(layer_grads, lr)
-        return loss
+        return loss, outputs
 
     def loss_and_grads(self, x, y):
         """The loss on a batch and, per layer in order, a dict of its parameter gradients."""
+        return self._loss_grads_outputs(x, y)[:2]
+
+    def _loss_grads_outputs(self, x, y):
         x, y = self._batch(x, y)
         with kernels.memory_pool():
             z_stack = deque()
@@ -54,7 +62,110 @@ class Network:
                 grads.appendleft(layer.get_grad(inputs, layer_err))
                 if depth > 0:
                     upstream = layer.backward(layer_err)
-        return loss, list(grads)
+        return loss, list(grads), activation
+
+    def fit(self, x, y, epochs=1, batch_size=50, lr=1e-3, shuffle=True, seed=None,
+            validation_data=None, progress=True):
+        """Train for `epochs` passes over (x, y), batch_size samples per step.
+
+        Shuffles the samples every epoch (reproducibly, given a seed) and shows a progress
+        bar with the running loss and accuracy and the speed. Returns the history: per
+        epoch, the mean training "loss" and "accuracy" over the epoch's steps (each taken
+        before that step's update) and, given validation_data = (x_val, y_val),
+        "val_loss" and "val_accuracy" after the epoch.
+        """
+        lr = _check_lr(lr)
+        batch_size = _check_batch_size(batch_size)
+        if int(epochs) != epochs or epochs < 0:
+            raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+        x = np.asarray(x)
+        (classes,) = self._check_input(x, one_d_output=True)
+        ids = class_ids(_check_count(x, y), classes)
+        if len(x) == 0:
+            raise ValueError("fit needs at least one sample")
+        if validation_data is not None:
+            x_val, y_val = validation_data
+            x_val = np.asarray(x_val)
+            self._check_input(x_val, one_d_output=True)
+            _check_count(x_val, y_val)
+        rng = np.random.default_rng(seed)
+        history = {"loss": [], "accuracy": []}
+        if validation_data is not None:
+            history.update(val_loss=[], val_accuracy=[])
+        y = np.asarray(y)
+        for epoch in range(int(epochs)):
+            order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
+            total_loss, correct, seen = 0.0, 0, 0
+            with tqdm(total=len(x), unit="sample", desc=f"epoch {epoch + 1}/{epochs}",
+                      disable=not progress, file=sys.stderr) as bar:
+                for start in range(0, len(x), batch_size):
+                    batch = order[start : start + batch_size]
+                    loss, outputs = self._train_batch(x[batch], y[batch], lr)
+                    total_loss += loss * len(batch)
+                    correct += int((outputs.argmax(axis=1) == ids[batch]).sum())
+                    seen += len(batch)
+                    bar.update(len(batch))
+                    bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
+                                    refresh=False)
+                history["loss"].append(total_loss / seen)
+                history["accuracy"].append(correct / seen)
+                if validation_data is not None:
+                    val_loss, val_accuracy = self._loss_and_accuracy(x_val, y_val, 1000)
+                    history["val_loss"].append(val_loss)
+                    history["val_accuracy"].append(val_accuracy)
+                    bar.set_postfix(loss=f"{history['loss'][-1]:.4f}",
+                                    acc=f"{history['accuracy'][-1]:.4f}",
+                                    val_loss=f"{val_loss:.4f}", val_acc=f"{val_accuracy:.4f}")
+        return history
+
+    def summary(self, input_shape=None, file=None):
+        """Print each layer's output shape and parameter count (to file, default stdout),
+        and return the same table as a string.
+
+        The input shape is that of one sample, e.g. (28, 28, 1); by default the one the
+        network last saw, or what its first layer fixes (Flatten, FullyConnected).
+        """
+        shape = self._summary_input_shape(input_shape)
+        rows = [("layer", "output shape", "parameters")]
+        total = 0
+        for depth, layer in enumerate(self.layers):
+            try:
+                shape = layer.output_shape(shape)
+            except ValueError as error:
+                raise ValueError(f"layer {depth} ({type(layer).__name__}): {error}") from None
+            count = sum(int(p.size) for p in layer.params.values())
+            total += count
+            rows.append((f"{depth}: {layer!r}", str((None,) + tuple(shape)), f"{count:,}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines += ["-" * len(lines[0]), f"total parameters: {total:,} ({np.dtype(self.dtype).name})"]
+        table = "\n".join(lines)
+        print(table, file=sys.stdout if file is None else file)
+        return table
+
+    def _summary_input_shape(self, input_shape):
+        if input_shape is not None:
+            return tuple(int(d) for d in input_shape)
+        if self.input_shape is not None:
+            return self.input_shape
+        first = self.layers[0] if self.layers else None
+        if hasattr(first, "input_shape"):        # Flatten
+            return first.input_shape
+        if hasattr(first, "shape"):              # FullyConnected
+            return (first.shape[0],)
+        raise ValueError("summary needs the shape of one input sample: pass input_shape, "
+                         "e.g. input_shape=(28, 28, 1), or run the network on data first")
+
+    def save(self, path):
+        """Save architecture, weights and optimizer state to one .npz file (no pickle),
+        atomically; Network.load(path) resumes training exactly where it stopped."""
+        saving.save(self, path)
+
+    @classmethod
+    def load(cls, path):
+        """The network saved at path by save()."""
+        return saving.load(path)
 
     def predict(self, x, batch_size=1000):
         """The last layer's output for every sample, computed batch_size samples at a time."""
@@ -69,17 +180,26 @@ class Network:
 
     def evaluate(self, x, y, batch_size=1000):
         """The fraction of samples whose largest output is their label's class."""
+        return self._loss_and_accuracy(x, y, batch_size, with_loss=False)[1]
+
+    def _loss_and_accuracy(self, x, y, batch_size, with_loss=True):
+        """The mean loss (or None) and the accuracy over (x, y), batch_size samples at a time."""
         x = np.asarray(x)
         (classes,) = self._check_input(x, one_d_output=True)
         labels = _check_count(x, y)
         ids = class_ids(labels, classes)
         batch_size = _check_batch_size(batch_size)
-        correct = 0
+        correct, total_loss = 0, 0.0
         with kernels.memory_pool():
             for start in range(0, len(x), batch_size):
-                batch = self._forward(x[start : start + batch_size])
-                correct += int((batch.argmax(axis=1) == ids[start : start + batch_size]).sum())
-        return correct / len(x) if len(x) else 0.0
+                part = slice(start, start + batch_size)
+                outputs = self._forward(x[part])
+                correct += int((outputs.argmax(axis=1) == ids[part]).sum())
+                if with_loss:
+                    total_loss += self.loss.compute(outputs, labels[part]) * len(outputs)
+        if not len(x):
+            return (0.0 if with_loss else None), 0.0
+        return (total_loss / len(x) if with_loss else None), correct / len(x)
 
     def _forward(self, x):
         activation = np.ascontiguousarray(x, dtype=self.dtype)
@@ -110,6 +230,7 @@ class Network:
                 raise ValueError(f"layer {depth} ({type(layer).__name__}): {error}") from None
         if one_d_output and len(shape) != 1:
             raise ValueError(f"the last layer must output (N, classes), it outputs (N, {shape})")
+        self.input_shape = tuple(x.shape[1:])
         return tuple(shape)
 
 
@@ -139,6 +260,12 @@ def _check_count(x, y):
     if y.ndim == 0 or len(y) != len(x):
         raise ValueError(f"got {len(x)} samples but labels of shape {y.shape}")
     return y
+
+
+def _check_lr(lr):
+    if not np.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr must be a finite number >= 0, got {lr}")
+    return lr
 
 
 def _check_batch_size(batch_size):

