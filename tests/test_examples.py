@@ -1,0 +1,57 @@
+"""The examples run as a user runs them, here on the bundled MNIST sample, and print what
+they promise (short runs: their options cut the training)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
+
+
+def run_example(name, *args, tmp_path):
+    env = dict(os.environ, CNNC_DATA=str(tmp_path / "no-mnist-here"))
+    result = subprocess.run([sys.executable, os.path.join(EXAMPLES, name), *args], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_mnist_mlp_runs_the_seed_experiments_with_the_seed_log(tmp_path):
+    out = run_example("mnist_mlp.py", "--iterations", "20", tmp_path=tmp_path)
+    assert "the MNIST sample bundled with cnnc" in out
+    assert out.count("Iteration: 0, loss : ") == 3 and "Iteration: 10, loss : " in out
+    for name in ("sigmoid + SGD", "ReLU + SGD", "ReLU + Adam"):
+        assert name in out.split("experiment")[-1]
+
+
+def test_mnist_cnn_trains_summarizes_saves_and_loads(tmp_path):
+    out = run_example("mnist_cnn.py", "--epochs", "1", "--save", "cnn.npz", tmp_path=tmp_path)
+    assert "total parameters: 306,122" in out and "(None, 6, 6, 32)" in out
+    assert out.count("epoch 1: loss") == 2
+    assert "loaded back: the same predictions" in out
+    assert (tmp_path / "cnn.npz").exists()
+
+
+def test_reproduce_report_prints_the_table_and_plots(tmp_path):
+    pytest.importorskip("matplotlib", reason="the PNG needs matplotlib (pip install '.[examples]')")
+    out = run_example("reproduce_report.py", "--max-iterations", "3", "--plot", "curves.png",
+                      tmp_path=tmp_path)
+    table = out[out.index("| section |"):]
+    assert table.count("\n| ") == 9           # nine experiments below the header
+    assert "| 5 | CNN with pooling | 3 | 18.71% |" in table
+    assert (tmp_path / "curves.png").stat().st_size > 10000
+
+
+def test_reproduce_report_without_matplotlib_still_prints_the_table(tmp_path):
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "matplotlib.py").write_text("raise ImportError('matplotlib blocked for this test')\n")
+    env_path = os.pathsep.join([str(block), os.environ.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "reproduce_report.py"), "--max-iterations", "2"],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=env_path, CNNC_DATA=str(tmp_path)),
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "| 3 | MLP, ReLU + Adam | 2 | 88.68% |" in result.stdout
+    assert "no PNG: matplotlib is not installed" in result.stdout
