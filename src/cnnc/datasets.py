@@ -87,9 +87,7 @@ def load_idx(path):
     try:
         with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
             return _read_idx(stream, path)
-    except (OSError, EOFError, zlib.error) as error:
-        if isinstance(error, FileNotFoundError):
-            raise
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise ValueError(f"{path}: corrupt gzip data ({error})") from None
 
 

@@ -95,20 +95,11 @@ class Network:
         y = np.asarray(y)
         for epoch in range(int(epochs)):
             order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
-            total_loss, correct, seen = 0.0, 0, 0
             with tqdm(total=len(x), unit="sample", desc=f"epoch {epoch + 1}/{epochs}",
                       disable=not progress, file=sys.stderr) as bar:
-                for start in range(0, len(x), batch_size):
-                    batch = order[start : start + batch_size]
-                    loss, outputs = self._train_batch(x[batch], y[batch], lr)
-                    total_loss += loss * len(batch)
-                    correct += int((outputs.argmax(axis=1) == ids[batch]).sum())
-                    seen += len(batch)
-                    bar.update(len(batch))
-                    bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
-                                    refresh=False)
-                history["loss"].append(total_loss / seen)
-                history["accuracy"].append(correct / seen)
+                loss, accuracy = self._train_epoch(x, y, ids, order, batch_size, lr, bar)
+                history["loss"].append(loss)
+                history["accuracy"].append(accuracy)
                 if validation_data is not None:
                     val_loss, val_accuracy = self._loss_and_accuracy(x_val, y_val, 1000)
                     history["val_loss"].append(val_loss)
@@ -117,6 +108,19 @@ class Network:
                                     acc=f"{history['accuracy'][-1]:.4f}",
                                     val_loss=f"{val_loss:.4f}", val_acc=f"{val_accuracy:.4f}")
         return history
+
+    def _train_epoch(self, x, y, ids, order, batch_size, lr, bar):
+        """One pass over the samples in this order; the mean loss and the accuracy of its steps."""
+        total_loss, correct, seen = 0.0, 0, 0
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            loss, outputs = self._train_batch(x[batch], y[batch], lr)
+            total_loss += loss * len(batch)
+            correct += int((outputs.argmax(axis=1) == ids[batch]).sum())
+            seen += len(batch)
+            bar.update(len(batch))
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
+        return total_loss / seen, correct / seen
 
     def summary(self, input_shape=None, file=None):
         """Print each layer's output shape and parameter count (to file, default stdout),
