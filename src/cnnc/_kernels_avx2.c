@@ -2049,8 +2049,8 @@ enum __pyx_t_4cnnc_13_kernels_avx2__Pass {
   __pyx_e_4cnnc_13_kernels_avx2__GRAD_WEIGHT = 2
 };
 
-/* "src/cnnc/_kernels.pyx":282
- * # with more taps, or fewer filters, BLAS won, and so it did for the gradients.
+/* "src/cnnc/_kernels.pyx":283
+ * # or fewer filters, BLAS won; the input gradient always takes the GEMM path.
  * 
  * cdef enum:             # <<<<<<<<<<<<<<
  *     _LANES = 16
@@ -2060,7 +2060,7 @@ enum  {
   __pyx_e_4cnnc_13_kernels_avx2__LANES = 16
 };
 
-/* "src/cnnc/_kernels.pyx":899
+/* "src/cnnc/_kernels.pyx":900
  * cnp.import_array()
  * 
  * cdef enum:             # <<<<<<<<<<<<<<
@@ -2069,7 +2069,7 @@ enum  {
 */
 enum  {
 
-  /* "src/cnnc/_kernels.pyx":901
+  /* "src/cnnc/_kernels.pyx":902
  * cdef enum:
  *     _HEADER = 64            # bytes before the data: keeps it 64-byte aligned as malloc's 16
  *     _POOL_MIN = 1 << 16     # smaller blocks go straight to malloc and free             # <<<<<<<<<<<<<<
@@ -2109,7 +2109,7 @@ typedef void (*__pyx_t_4cnnc_13_kernels_avx2__dgemm_t)(int, int, int, int64_t, i
 */
 typedef int (*__pyx_t_4cnnc_13_kernels_avx2__local_threads_t)(int);
 
-/* "src/cnnc/_kernels.pyx":907
+/* "src/cnnc/_kernels.pyx":908
  * cdef size_t _POOL_CAP = <size_t>1 << 30
  * 
  * cdef struct _Header:             # <<<<<<<<<<<<<<
@@ -2121,7 +2121,7 @@ struct __pyx_t_4cnnc_13_kernels_avx2__Header {
   int pooled;
 };
 
-/* "src/cnnc/_kernels.pyx":1014
+/* "src/cnnc/_kernels.pyx":1015
  * 
  * 
  * @contextlib.contextmanager             # <<<<<<<<<<<<<<
@@ -28943,7 +28943,7 @@ static int __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__conv_pass(enum __pyx_t_4cn
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":289
+/* "src/cnnc/_kernels.pyx":290
  * 
  * 
  * cdef inline void _scaled_add(real* acc, real scale, const real* values, Py_ssize_t count) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -28957,7 +28957,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__scaled_add(
   Py_ssize_t __pyx_t_2;
   Py_ssize_t __pyx_t_3;
 
-  /* "src/cnnc/_kernels.pyx":291
+  /* "src/cnnc/_kernels.pyx":292
  * cdef inline void _scaled_add(real* acc, real scale, const real* values, Py_ssize_t count) noexcept nogil:
  *     cdef Py_ssize_t k
  *     for k in range(count):             # <<<<<<<<<<<<<<
@@ -28971,7 +28971,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__scaled_add(
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":292
+    /* "src/cnnc/_kernels.pyx":293
  *     cdef Py_ssize_t k
  *     for k in range(count):
  *         acc[k] = acc[k] + scale * values[k]             # <<<<<<<<<<<<<<
@@ -28982,7 +28982,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__scaled_add(
   }
 
 
-  /* "src/cnnc/_kernels.pyx":289
+  /* "src/cnnc/_kernels.pyx":290
  * 
  * 
  * cdef inline void _scaled_add(real* acc, real scale, const real* values, Py_ssize_t count) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -29000,7 +29000,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__scaled_add(
   Py_ssize_t __pyx_t_2;
   Py_ssize_t __pyx_t_3;
 
-  /* "src/cnnc/_kernels.pyx":291
+  /* "src/cnnc/_kernels.pyx":292
  * cdef inline void _scaled_add(real* acc, real scale, const real* values, Py_ssize_t count) noexcept nogil:
  *     cdef Py_ssize_t k
  *     for k in range(count):             # <<<<<<<<<<<<<<
@@ -29014,7 +29014,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__scaled_add(
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":292
+    /* "src/cnnc/_kernels.pyx":293
  *     cdef Py_ssize_t k
  *     for k in range(count):
  *         acc[k] = acc[k] + scale * values[k]             # <<<<<<<<<<<<<<
@@ -29025,7 +29025,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__scaled_add(
   }
 
 
-  /* "src/cnnc/_kernels.pyx":289
+  /* "src/cnnc/_kernels.pyx":290
  * 
  * 
  * cdef inline void _scaled_add(real* acc, real scale, const real* values, Py_ssize_t count) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -29037,7 +29037,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__scaled_add(
 
 }
 
-/* "src/cnnc/_kernels.pyx":295
+/* "src/cnnc/_kernels.pyx":296
  * 
  * 
  * cdef inline Py_ssize_t _clip(Py_ssize_t value, Py_ssize_t low, Py_ssize_t high) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -29052,7 +29052,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_4cnnc_13_kernels_avx2__clip(Py_ssize_t _
   Py_ssize_t __pyx_t_3;
   int __pyx_t_4;
 
-  /* "src/cnnc/_kernels.pyx":296
+  /* "src/cnnc/_kernels.pyx":297
  * 
  * cdef inline Py_ssize_t _clip(Py_ssize_t value, Py_ssize_t low, Py_ssize_t high) noexcept nogil:
  *     return low if value < low else (high if value > high else value)             # <<<<<<<<<<<<<<
@@ -29083,7 +29083,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_4cnnc_13_kernels_avx2__clip(Py_ssize_t _
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":295
+  /* "src/cnnc/_kernels.pyx":296
  * 
  * 
  * cdef inline Py_ssize_t _clip(Py_ssize_t value, Py_ssize_t low, Py_ssize_t high) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -29096,7 +29096,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_4cnnc_13_kernels_avx2__clip(Py_ssize_t _
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":299
+/* "src/cnnc/_kernels.pyx":300
  * 
  * 
  * cdef inline Py_ssize_t _first_inside(Py_ssize_t offset, Py_ssize_t stride) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -29109,7 +29109,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_4cnnc_13_kernels_avx2__first_inside(Py_s
   Py_ssize_t __pyx_t_1;
   int __pyx_t_2;
 
-  /* "src/cnnc/_kernels.pyx":301
+  /* "src/cnnc/_kernels.pyx":302
  * cdef inline Py_ssize_t _first_inside(Py_ssize_t offset, Py_ssize_t stride) noexcept nogil:
  *     """The smallest j >= 0 with j * stride + offset >= 0."""
  *     return 0 if offset >= 0 else (stride - 1 - offset) // stride             # <<<<<<<<<<<<<<
@@ -29131,7 +29131,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_4cnnc_13_kernels_avx2__first_inside(Py_s
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":299
+  /* "src/cnnc/_kernels.pyx":300
  * 
  * 
  * cdef inline Py_ssize_t _first_inside(Py_ssize_t offset, Py_ssize_t stride) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -29144,7 +29144,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_4cnnc_13_kernels_avx2__first_inside(Py_s
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":304
+/* "src/cnnc/_kernels.pyx":305
  * 
  * 
  * cdef inline Py_ssize_t _end_inside(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,             # <<<<<<<<<<<<<<
@@ -29158,7 +29158,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_4cnnc_13_kernels_avx2__end_inside(Py_ssi
   Py_ssize_t __pyx_t_1;
   int __pyx_t_2;
 
-  /* "src/cnnc/_kernels.pyx":307
+  /* "src/cnnc/_kernels.pyx":308
  *                                    Py_ssize_t count) noexcept nogil:
  *     """One past the largest j < count with j * stride + offset < size."""
  *     cdef Py_ssize_t end = 0 if size <= offset else (size - offset + stride - 1) // stride             # <<<<<<<<<<<<<<
@@ -29177,7 +29177,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_4cnnc_13_kernels_avx2__end_inside(Py_ssi
 
   __pyx_v_end = __pyx_t_1;
 
-  /* "src/cnnc/_kernels.pyx":308
+  /* "src/cnnc/_kernels.pyx":309
  *     """One past the largest j < count with j * stride + offset < size."""
  *     cdef Py_ssize_t end = 0 if size <= offset else (size - offset + stride - 1) // stride
  *     return end if end < count else count             # <<<<<<<<<<<<<<
@@ -29199,7 +29199,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_4cnnc_13_kernels_avx2__end_inside(Py_ssi
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":304
+  /* "src/cnnc/_kernels.pyx":305
  * 
  * 
  * cdef inline Py_ssize_t _end_inside(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,             # <<<<<<<<<<<<<<
@@ -29213,7 +29213,7 @@ static CYTHON_INLINE Py_ssize_t __pyx_f_4cnnc_13_kernels_avx2__end_inside(Py_ssi
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":311
+/* "src/cnnc/_kernels.pyx":312
  * 
  * 
  * cdef inline void _pixel_lanes(const real* image, const real* w, const real* b, real* y,             # <<<<<<<<<<<<<<
@@ -29235,7 +29235,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
   Py_ssize_t __pyx_t_5;
   Py_ssize_t __pyx_t_6;
 
-  /* "src/cnnc/_kernels.pyx":319
+  /* "src/cnnc/_kernels.pyx":320
  *     cdef real acc[_LANES]
  *     cdef Py_ssize_t r, t
  *     cdef Py_ssize_t run = (q1 - q0) * channels     # taps (q, c) in a row: contiguous in both             # <<<<<<<<<<<<<<
@@ -29244,7 +29244,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
 */
   __pyx_v_run = ((__pyx_v_q1 - __pyx_v_q0) * __pyx_v_channels);
 
-  /* "src/cnnc/_kernels.pyx":322
+  /* "src/cnnc/_kernels.pyx":323
  *     cdef const real* pixels
  *     cdef const real* filters
  *     _copy(acc, b, lanes)             # <<<<<<<<<<<<<<
@@ -29253,7 +29253,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
 */
   __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__copy(__pyx_v_acc, __pyx_v_b, __pyx_v_lanes);
 
-  /* "src/cnnc/_kernels.pyx":323
+  /* "src/cnnc/_kernels.pyx":324
  *     cdef const real* filters
  *     _copy(acc, b, lanes)
  *     for r in range(r0, r1):             # <<<<<<<<<<<<<<
@@ -29267,7 +29267,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
   for (__pyx_t_3 = __pyx_v_r0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_r = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":324
+    /* "src/cnnc/_kernels.pyx":325
  *     _copy(acc, b, lanes)
  *     for r in range(r0, r1):
  *         pixels = image + ((h0 + r) * width + w0 + q0) * channels             # <<<<<<<<<<<<<<
@@ -29276,7 +29276,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
 */
     __pyx_v_pixels = (__pyx_v_image + (((((__pyx_v_h0 + __pyx_v_r) * __pyx_v_width) + __pyx_v_w0) + __pyx_v_q0) * __pyx_v_channels));
 
-    /* "src/cnnc/_kernels.pyx":325
+    /* "src/cnnc/_kernels.pyx":326
  *     for r in range(r0, r1):
  *         pixels = image + ((h0 + r) * width + w0 + q0) * channels
  *         filters = w + (r * kw + q0) * channels * f             # <<<<<<<<<<<<<<
@@ -29285,7 +29285,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
 */
     __pyx_v_filters = (__pyx_v_w + ((((__pyx_v_r * __pyx_v_kw) + __pyx_v_q0) * __pyx_v_channels) * __pyx_v_f));
 
-    /* "src/cnnc/_kernels.pyx":326
+    /* "src/cnnc/_kernels.pyx":327
  *         pixels = image + ((h0 + r) * width + w0 + q0) * channels
  *         filters = w + (r * kw + q0) * channels * f
  *         for t in range(run):             # <<<<<<<<<<<<<<
@@ -29299,7 +29299,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
       __pyx_v_t = __pyx_t_6;
 
-      /* "src/cnnc/_kernels.pyx":327
+      /* "src/cnnc/_kernels.pyx":328
  *         filters = w + (r * kw + q0) * channels * f
  *         for t in range(run):
  *             _scaled_add(acc, pixels[t], filters + t * f, lanes)             # <<<<<<<<<<<<<<
@@ -29312,7 +29312,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
   }
 
 
-  /* "src/cnnc/_kernels.pyx":328
+  /* "src/cnnc/_kernels.pyx":329
  *         for t in range(run):
  *             _scaled_add(acc, pixels[t], filters + t * f, lanes)
  *     _copy(y, acc, lanes)             # <<<<<<<<<<<<<<
@@ -29321,7 +29321,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
 */
   __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__copy(__pyx_v_y, __pyx_v_acc, __pyx_v_lanes);
 
-  /* "src/cnnc/_kernels.pyx":311
+  /* "src/cnnc/_kernels.pyx":312
  * 
  * 
  * cdef inline void _pixel_lanes(const real* image, const real* w, const real* b, real* y,             # <<<<<<<<<<<<<<
@@ -29352,7 +29352,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
   Py_ssize_t __pyx_t_5;
   Py_ssize_t __pyx_t_6;
 
-  /* "src/cnnc/_kernels.pyx":319
+  /* "src/cnnc/_kernels.pyx":320
  *     cdef real acc[_LANES]
  *     cdef Py_ssize_t r, t
  *     cdef Py_ssize_t run = (q1 - q0) * channels     # taps (q, c) in a row: contiguous in both             # <<<<<<<<<<<<<<
@@ -29361,7 +29361,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
 */
   __pyx_v_run = ((__pyx_v_q1 - __pyx_v_q0) * __pyx_v_channels);
 
-  /* "src/cnnc/_kernels.pyx":322
+  /* "src/cnnc/_kernels.pyx":323
  *     cdef const real* pixels
  *     cdef const real* filters
  *     _copy(acc, b, lanes)             # <<<<<<<<<<<<<<
@@ -29370,7 +29370,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
 */
   __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__copy(__pyx_v_acc, __pyx_v_b, __pyx_v_lanes);
 
-  /* "src/cnnc/_kernels.pyx":323
+  /* "src/cnnc/_kernels.pyx":324
  *     cdef const real* filters
  *     _copy(acc, b, lanes)
  *     for r in range(r0, r1):             # <<<<<<<<<<<<<<
@@ -29384,7 +29384,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
   for (__pyx_t_3 = __pyx_v_r0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_r = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":324
+    /* "src/cnnc/_kernels.pyx":325
  *     _copy(acc, b, lanes)
  *     for r in range(r0, r1):
  *         pixels = image + ((h0 + r) * width + w0 + q0) * channels             # <<<<<<<<<<<<<<
@@ -29393,7 +29393,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
 */
     __pyx_v_pixels = (__pyx_v_image + (((((__pyx_v_h0 + __pyx_v_r) * __pyx_v_width) + __pyx_v_w0) + __pyx_v_q0) * __pyx_v_channels));
 
-    /* "src/cnnc/_kernels.pyx":325
+    /* "src/cnnc/_kernels.pyx":326
  *     for r in range(r0, r1):
  *         pixels = image + ((h0 + r) * width + w0 + q0) * channels
  *         filters = w + (r * kw + q0) * channels * f             # <<<<<<<<<<<<<<
@@ -29402,7 +29402,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
 */
     __pyx_v_filters = (__pyx_v_w + ((((__pyx_v_r * __pyx_v_kw) + __pyx_v_q0) * __pyx_v_channels) * __pyx_v_f));
 
-    /* "src/cnnc/_kernels.pyx":326
+    /* "src/cnnc/_kernels.pyx":327
  *         pixels = image + ((h0 + r) * width + w0 + q0) * channels
  *         filters = w + (r * kw + q0) * channels * f
  *         for t in range(run):             # <<<<<<<<<<<<<<
@@ -29416,7 +29416,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
       __pyx_v_t = __pyx_t_6;
 
-      /* "src/cnnc/_kernels.pyx":327
+      /* "src/cnnc/_kernels.pyx":328
  *         filters = w + (r * kw + q0) * channels * f
  *         for t in range(run):
  *             _scaled_add(acc, pixels[t], filters + t * f, lanes)             # <<<<<<<<<<<<<<
@@ -29429,7 +29429,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
   }
 
 
-  /* "src/cnnc/_kernels.pyx":328
+  /* "src/cnnc/_kernels.pyx":329
  *         for t in range(run):
  *             _scaled_add(acc, pixels[t], filters + t * f, lanes)
  *     _copy(y, acc, lanes)             # <<<<<<<<<<<<<<
@@ -29438,7 +29438,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
 */
   __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__copy(__pyx_v_y, __pyx_v_acc, __pyx_v_lanes);
 
-  /* "src/cnnc/_kernels.pyx":311
+  /* "src/cnnc/_kernels.pyx":312
  * 
  * 
  * cdef inline void _pixel_lanes(const real* image, const real* w, const real* b, real* y,             # <<<<<<<<<<<<<<
@@ -29455,7 +29455,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes
 
 }
 
-/* "src/cnnc/_kernels.pyx":331
+/* "src/cnnc/_kernels.pyx":332
  * 
  * 
  * cdef void _direct_forward_row(const real* image, const real* w, const real* b, real* y,             # <<<<<<<<<<<<<<
@@ -29480,7 +29480,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(float 
   Py_ssize_t __pyx_t_6;
   int __pyx_t_7;
 
-  /* "src/cnnc/_kernels.pyx":336
+  /* "src/cnnc/_kernels.pyx":337
  *                               Py_ssize_t left, Py_ssize_t ow, Py_ssize_t f) noexcept nogil:
  *     """One output row y (OW, F) of one image, its top patch row at h0."""
  *     cdef Py_ssize_t r0 = _clip(-h0, 0, kh), r1 = _clip(height - h0, 0, kh)             # <<<<<<<<<<<<<<
@@ -29490,7 +29490,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(float 
   __pyx_v_r0 = __pyx_f_4cnnc_13_kernels_avx2__clip((-__pyx_v_h0), 0, __pyx_v_kh);
   __pyx_v_r1 = __pyx_f_4cnnc_13_kernels_avx2__clip((__pyx_v_height - __pyx_v_h0), 0, __pyx_v_kh);
 
-  /* "src/cnnc/_kernels.pyx":338
+  /* "src/cnnc/_kernels.pyx":339
  *     cdef Py_ssize_t r0 = _clip(-h0, 0, kh), r1 = _clip(height - h0, 0, kh)
  *     cdef Py_ssize_t j, w0, q0, q1, block, start
  *     for j in range(ow):             # <<<<<<<<<<<<<<
@@ -29504,7 +29504,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(float 
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_j = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":339
+    /* "src/cnnc/_kernels.pyx":340
  *     cdef Py_ssize_t j, w0, q0, q1, block, start
  *     for j in range(ow):
  *         w0 = j * sw - left             # <<<<<<<<<<<<<<
@@ -29513,7 +29513,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(float 
 */
     __pyx_v_w0 = ((__pyx_v_j * __pyx_v_sw) - __pyx_v_left);
 
-    /* "src/cnnc/_kernels.pyx":340
+    /* "src/cnnc/_kernels.pyx":341
  *     for j in range(ow):
  *         w0 = j * sw - left
  *         q0 = _clip(-w0, 0, kw)             # <<<<<<<<<<<<<<
@@ -29522,7 +29522,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(float 
 */
     __pyx_v_q0 = __pyx_f_4cnnc_13_kernels_avx2__clip((-__pyx_v_w0), 0, __pyx_v_kw);
 
-    /* "src/cnnc/_kernels.pyx":341
+    /* "src/cnnc/_kernels.pyx":342
  *         w0 = j * sw - left
  *         q0 = _clip(-w0, 0, kw)
  *         q1 = _clip(width - w0, 0, kw)             # <<<<<<<<<<<<<<
@@ -29531,7 +29531,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(float 
 */
     __pyx_v_q1 = __pyx_f_4cnnc_13_kernels_avx2__clip((__pyx_v_width - __pyx_v_w0), 0, __pyx_v_kw);
 
-    /* "src/cnnc/_kernels.pyx":342
+    /* "src/cnnc/_kernels.pyx":343
  *         q0 = _clip(-w0, 0, kw)
  *         q1 = _clip(width - w0, 0, kw)
  *         for block in range(f // _LANES):        # whole blocks: a width the compiler knows             # <<<<<<<<<<<<<<
@@ -29545,7 +29545,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(float 
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
       __pyx_v_block = __pyx_t_6;
 
-      /* "src/cnnc/_kernels.pyx":343
+      /* "src/cnnc/_kernels.pyx":344
  *         q1 = _clip(width - w0, 0, kw)
  *         for block in range(f // _LANES):        # whole blocks: a width the compiler knows
  *             start = block * _LANES             # <<<<<<<<<<<<<<
@@ -29554,7 +29554,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(float 
 */
       __pyx_v_start = (__pyx_v_block * __pyx_e_4cnnc_13_kernels_avx2__LANES);
 
-      /* "src/cnnc/_kernels.pyx":344
+      /* "src/cnnc/_kernels.pyx":345
  *         for block in range(f // _LANES):        # whole blocks: a width the compiler knows
  *             start = block * _LANES
  *             _pixel_lanes(image, w + start, b + start, y + j * f + start, width, channels, kw, h0,             # <<<<<<<<<<<<<<
@@ -29565,7 +29565,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(float 
     }
 
 
-    /* "src/cnnc/_kernels.pyx":346
+    /* "src/cnnc/_kernels.pyx":347
  *             _pixel_lanes(image, w + start, b + start, y + j * f + start, width, channels, kw, h0,
  *                          w0, r0, r1, q0, q1, f, _LANES)
  *         start = f - f % _LANES             # <<<<<<<<<<<<<<
@@ -29574,7 +29574,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(float 
 */
     __pyx_v_start = (__pyx_v_f - (__pyx_v_f % __pyx_e_4cnnc_13_kernels_avx2__LANES));
 
-    /* "src/cnnc/_kernels.pyx":347
+    /* "src/cnnc/_kernels.pyx":348
  *                          w0, r0, r1, q0, q1, f, _LANES)
  *         start = f - f % _LANES
  *         if start < f:             # <<<<<<<<<<<<<<
@@ -29586,7 +29586,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(float 
     if (__pyx_t_7) {
 
 
-      /* "src/cnnc/_kernels.pyx":348
+      /* "src/cnnc/_kernels.pyx":349
  *         start = f - f % _LANES
  *         if start < f:
  *             _pixel_lanes(image, w + start, b + start, y + j * f + start, width, channels, kw, h0,             # <<<<<<<<<<<<<<
@@ -29595,7 +29595,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(float 
 */
       __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes(__pyx_v_image, (__pyx_v_w + __pyx_v_start), (__pyx_v_b + __pyx_v_start), ((__pyx_v_y + (__pyx_v_j * __pyx_v_f)) + __pyx_v_start), __pyx_v_width, __pyx_v_channels, __pyx_v_kw, __pyx_v_h0, __pyx_v_w0, __pyx_v_r0, __pyx_v_r1, __pyx_v_q0, __pyx_v_q1, __pyx_v_f, (__pyx_v_f - __pyx_v_start));
 
-      /* "src/cnnc/_kernels.pyx":347
+      /* "src/cnnc/_kernels.pyx":348
  *                          w0, r0, r1, q0, q1, f, _LANES)
  *         start = f - f % _LANES
  *         if start < f:             # <<<<<<<<<<<<<<
@@ -29606,7 +29606,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(float 
   }
 
 
-  /* "src/cnnc/_kernels.pyx":331
+  /* "src/cnnc/_kernels.pyx":332
  * 
  * 
  * cdef void _direct_forward_row(const real* image, const real* w, const real* b, real* y,             # <<<<<<<<<<<<<<
@@ -29642,7 +29642,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(double
   Py_ssize_t __pyx_t_6;
   int __pyx_t_7;
 
-  /* "src/cnnc/_kernels.pyx":336
+  /* "src/cnnc/_kernels.pyx":337
  *                               Py_ssize_t left, Py_ssize_t ow, Py_ssize_t f) noexcept nogil:
  *     """One output row y (OW, F) of one image, its top patch row at h0."""
  *     cdef Py_ssize_t r0 = _clip(-h0, 0, kh), r1 = _clip(height - h0, 0, kh)             # <<<<<<<<<<<<<<
@@ -29652,7 +29652,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(double
   __pyx_v_r0 = __pyx_f_4cnnc_13_kernels_avx2__clip((-__pyx_v_h0), 0, __pyx_v_kh);
   __pyx_v_r1 = __pyx_f_4cnnc_13_kernels_avx2__clip((__pyx_v_height - __pyx_v_h0), 0, __pyx_v_kh);
 
-  /* "src/cnnc/_kernels.pyx":338
+  /* "src/cnnc/_kernels.pyx":339
  *     cdef Py_ssize_t r0 = _clip(-h0, 0, kh), r1 = _clip(height - h0, 0, kh)
  *     cdef Py_ssize_t j, w0, q0, q1, block, start
  *     for j in range(ow):             # <<<<<<<<<<<<<<
@@ -29666,7 +29666,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(double
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_j = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":339
+    /* "src/cnnc/_kernels.pyx":340
  *     cdef Py_ssize_t j, w0, q0, q1, block, start
  *     for j in range(ow):
  *         w0 = j * sw - left             # <<<<<<<<<<<<<<
@@ -29675,7 +29675,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(double
 */
     __pyx_v_w0 = ((__pyx_v_j * __pyx_v_sw) - __pyx_v_left);
 
-    /* "src/cnnc/_kernels.pyx":340
+    /* "src/cnnc/_kernels.pyx":341
  *     for j in range(ow):
  *         w0 = j * sw - left
  *         q0 = _clip(-w0, 0, kw)             # <<<<<<<<<<<<<<
@@ -29684,7 +29684,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(double
 */
     __pyx_v_q0 = __pyx_f_4cnnc_13_kernels_avx2__clip((-__pyx_v_w0), 0, __pyx_v_kw);
 
-    /* "src/cnnc/_kernels.pyx":341
+    /* "src/cnnc/_kernels.pyx":342
  *         w0 = j * sw - left
  *         q0 = _clip(-w0, 0, kw)
  *         q1 = _clip(width - w0, 0, kw)             # <<<<<<<<<<<<<<
@@ -29693,7 +29693,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(double
 */
     __pyx_v_q1 = __pyx_f_4cnnc_13_kernels_avx2__clip((__pyx_v_width - __pyx_v_w0), 0, __pyx_v_kw);
 
-    /* "src/cnnc/_kernels.pyx":342
+    /* "src/cnnc/_kernels.pyx":343
  *         q0 = _clip(-w0, 0, kw)
  *         q1 = _clip(width - w0, 0, kw)
  *         for block in range(f // _LANES):        # whole blocks: a width the compiler knows             # <<<<<<<<<<<<<<
@@ -29707,7 +29707,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(double
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
       __pyx_v_block = __pyx_t_6;
 
-      /* "src/cnnc/_kernels.pyx":343
+      /* "src/cnnc/_kernels.pyx":344
  *         q1 = _clip(width - w0, 0, kw)
  *         for block in range(f // _LANES):        # whole blocks: a width the compiler knows
  *             start = block * _LANES             # <<<<<<<<<<<<<<
@@ -29716,7 +29716,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(double
 */
       __pyx_v_start = (__pyx_v_block * __pyx_e_4cnnc_13_kernels_avx2__LANES);
 
-      /* "src/cnnc/_kernels.pyx":344
+      /* "src/cnnc/_kernels.pyx":345
  *         for block in range(f // _LANES):        # whole blocks: a width the compiler knows
  *             start = block * _LANES
  *             _pixel_lanes(image, w + start, b + start, y + j * f + start, width, channels, kw, h0,             # <<<<<<<<<<<<<<
@@ -29727,7 +29727,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(double
     }
 
 
-    /* "src/cnnc/_kernels.pyx":346
+    /* "src/cnnc/_kernels.pyx":347
  *             _pixel_lanes(image, w + start, b + start, y + j * f + start, width, channels, kw, h0,
  *                          w0, r0, r1, q0, q1, f, _LANES)
  *         start = f - f % _LANES             # <<<<<<<<<<<<<<
@@ -29736,7 +29736,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(double
 */
     __pyx_v_start = (__pyx_v_f - (__pyx_v_f % __pyx_e_4cnnc_13_kernels_avx2__LANES));
 
-    /* "src/cnnc/_kernels.pyx":347
+    /* "src/cnnc/_kernels.pyx":348
  *                          w0, r0, r1, q0, q1, f, _LANES)
  *         start = f - f % _LANES
  *         if start < f:             # <<<<<<<<<<<<<<
@@ -29748,7 +29748,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(double
     if (__pyx_t_7) {
 
 
-      /* "src/cnnc/_kernels.pyx":348
+      /* "src/cnnc/_kernels.pyx":349
  *         start = f - f % _LANES
  *         if start < f:
  *             _pixel_lanes(image, w + start, b + start, y + j * f + start, width, channels, kw, h0,             # <<<<<<<<<<<<<<
@@ -29757,7 +29757,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(double
 */
       __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__pixel_lanes(__pyx_v_image, (__pyx_v_w + __pyx_v_start), (__pyx_v_b + __pyx_v_start), ((__pyx_v_y + (__pyx_v_j * __pyx_v_f)) + __pyx_v_start), __pyx_v_width, __pyx_v_channels, __pyx_v_kw, __pyx_v_h0, __pyx_v_w0, __pyx_v_r0, __pyx_v_r1, __pyx_v_q0, __pyx_v_q1, __pyx_v_f, (__pyx_v_f - __pyx_v_start));
 
-      /* "src/cnnc/_kernels.pyx":347
+      /* "src/cnnc/_kernels.pyx":348
  *                          w0, r0, r1, q0, q1, f, _LANES)
  *         start = f - f % _LANES
  *         if start < f:             # <<<<<<<<<<<<<<
@@ -29768,7 +29768,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(double
   }
 
 
-  /* "src/cnnc/_kernels.pyx":331
+  /* "src/cnnc/_kernels.pyx":332
  * 
  * 
  * cdef void _direct_forward_row(const real* image, const real* w, const real* b, real* y,             # <<<<<<<<<<<<<<
@@ -29787,7 +29787,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(double
 
 }
 
-/* "src/cnnc/_kernels.pyx":352
+/* "src/cnnc/_kernels.pyx":353
  * 
  * 
  * cdef inline void _tap_lanes(const real* image_row, const real* dy_row, real* dw_row,             # <<<<<<<<<<<<<<
@@ -29796,57 +29796,57 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward_row(double
 */
 
 static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__tap_lanes(float const *__pyx_v_image_row, float const *__pyx_v_dy_row, float *__pyx_v_dw_row, Py_ssize_t __pyx_v_step, Py_ssize_t __pyx_v_columns, Py_ssize_t __pyx_v_f, Py_ssize_t __pyx_v_lanes) {
-  float __pyx_v_even[__pyx_e_4cnnc_13_kernels_avx2__LANES];
-  float __pyx_v_odd[__pyx_e_4cnnc_13_kernels_avx2__LANES];
-  float __pyx_v_even2[__pyx_e_4cnnc_13_kernels_avx2__LANES];
-  float __pyx_v_odd2[__pyx_e_4cnnc_13_kernels_avx2__LANES];
+  float __pyx_v_sum0[__pyx_e_4cnnc_13_kernels_avx2__LANES];
+  float __pyx_v_sum1[__pyx_e_4cnnc_13_kernels_avx2__LANES];
+  float __pyx_v_sum2[__pyx_e_4cnnc_13_kernels_avx2__LANES];
+  float __pyx_v_sum3[__pyx_e_4cnnc_13_kernels_avx2__LANES];
   Py_ssize_t __pyx_v_j;
   Py_ssize_t __pyx_t_1;
   Py_ssize_t __pyx_t_2;
   Py_ssize_t __pyx_t_3;
 
-  /* "src/cnnc/_kernels.pyx":362
- *     cdef real odd2[_LANES]
- *     cdef Py_ssize_t j
- *     _zero(even, lanes)             # <<<<<<<<<<<<<<
- *     _zero(odd, lanes)
- *     _zero(even2, lanes)
-*/
-  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_even, __pyx_v_lanes);
-
   /* "src/cnnc/_kernels.pyx":363
+ *     cdef real sum3[_LANES]
  *     cdef Py_ssize_t j
- *     _zero(even, lanes)
- *     _zero(odd, lanes)             # <<<<<<<<<<<<<<
- *     _zero(even2, lanes)
- *     _zero(odd2, lanes)
+ *     _zero(sum0, lanes)             # <<<<<<<<<<<<<<
+ *     _zero(sum1, lanes)
+ *     _zero(sum2, lanes)
 */
-  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_odd, __pyx_v_lanes);
+  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_sum0, __pyx_v_lanes);
 
   /* "src/cnnc/_kernels.pyx":364
- *     _zero(even, lanes)
- *     _zero(odd, lanes)
- *     _zero(even2, lanes)             # <<<<<<<<<<<<<<
- *     _zero(odd2, lanes)
- *     for j in range(0, columns - 3, 4):
+ *     cdef Py_ssize_t j
+ *     _zero(sum0, lanes)
+ *     _zero(sum1, lanes)             # <<<<<<<<<<<<<<
+ *     _zero(sum2, lanes)
+ *     _zero(sum3, lanes)
 */
-  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_even2, __pyx_v_lanes);
+  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_sum1, __pyx_v_lanes);
 
   /* "src/cnnc/_kernels.pyx":365
- *     _zero(odd, lanes)
- *     _zero(even2, lanes)
- *     _zero(odd2, lanes)             # <<<<<<<<<<<<<<
+ *     _zero(sum0, lanes)
+ *     _zero(sum1, lanes)
+ *     _zero(sum2, lanes)             # <<<<<<<<<<<<<<
+ *     _zero(sum3, lanes)
  *     for j in range(0, columns - 3, 4):
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
 */
-  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_odd2, __pyx_v_lanes);
+  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_sum2, __pyx_v_lanes);
 
   /* "src/cnnc/_kernels.pyx":366
- *     _zero(even2, lanes)
- *     _zero(odd2, lanes)
+ *     _zero(sum1, lanes)
+ *     _zero(sum2, lanes)
+ *     _zero(sum3, lanes)             # <<<<<<<<<<<<<<
+ *     for j in range(0, columns - 3, 4):
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+*/
+  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_sum3, __pyx_v_lanes);
+
+  /* "src/cnnc/_kernels.pyx":367
+ *     _zero(sum2, lanes)
+ *     _zero(sum3, lanes)
  *     for j in range(0, columns - 3, 4):             # <<<<<<<<<<<<<<
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
- *         _scaled_add(odd, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+ *         _scaled_add(sum1, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
 */
 
   __pyx_t_1 = (__pyx_v_columns - 3);
@@ -29855,50 +29855,50 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__tap_lanes(f
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=4) {
     __pyx_v_j = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":367
- *     _zero(odd2, lanes)
- *     for j in range(0, columns - 3, 4):
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)             # <<<<<<<<<<<<<<
- *         _scaled_add(odd, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
- *         _scaled_add(even2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
-*/
-    __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_even, (__pyx_v_image_row[(__pyx_v_j * __pyx_v_step)]), (__pyx_v_dy_row + (__pyx_v_j * __pyx_v_f)), __pyx_v_lanes);
-
     /* "src/cnnc/_kernels.pyx":368
+ *     _zero(sum3, lanes)
  *     for j in range(0, columns - 3, 4):
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
- *         _scaled_add(odd, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)             # <<<<<<<<<<<<<<
- *         _scaled_add(even2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
- *         _scaled_add(odd2, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)             # <<<<<<<<<<<<<<
+ *         _scaled_add(sum1, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
+ *         _scaled_add(sum2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
 */
-    __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_odd, (__pyx_v_image_row[((__pyx_v_j + 1) * __pyx_v_step)]), (__pyx_v_dy_row + ((__pyx_v_j + 1) * __pyx_v_f)), __pyx_v_lanes);
+    __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_sum0, (__pyx_v_image_row[(__pyx_v_j * __pyx_v_step)]), (__pyx_v_dy_row + (__pyx_v_j * __pyx_v_f)), __pyx_v_lanes);
 
     /* "src/cnnc/_kernels.pyx":369
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
- *         _scaled_add(odd, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
- *         _scaled_add(even2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)             # <<<<<<<<<<<<<<
- *         _scaled_add(odd2, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
- *     for j in range(columns - columns % 4, columns):
+ *     for j in range(0, columns - 3, 4):
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+ *         _scaled_add(sum1, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)             # <<<<<<<<<<<<<<
+ *         _scaled_add(sum2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
+ *         _scaled_add(sum3, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
 */
-    __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_even2, (__pyx_v_image_row[((__pyx_v_j + 2) * __pyx_v_step)]), (__pyx_v_dy_row + ((__pyx_v_j + 2) * __pyx_v_f)), __pyx_v_lanes);
+    __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_sum1, (__pyx_v_image_row[((__pyx_v_j + 1) * __pyx_v_step)]), (__pyx_v_dy_row + ((__pyx_v_j + 1) * __pyx_v_f)), __pyx_v_lanes);
 
     /* "src/cnnc/_kernels.pyx":370
- *         _scaled_add(odd, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
- *         _scaled_add(even2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
- *         _scaled_add(odd2, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)             # <<<<<<<<<<<<<<
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+ *         _scaled_add(sum1, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
+ *         _scaled_add(sum2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)             # <<<<<<<<<<<<<<
+ *         _scaled_add(sum3, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
  *     for j in range(columns - columns % 4, columns):
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
 */
-    __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_odd2, (__pyx_v_image_row[((__pyx_v_j + 3) * __pyx_v_step)]), (__pyx_v_dy_row + ((__pyx_v_j + 3) * __pyx_v_f)), __pyx_v_lanes);
+    __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_sum2, (__pyx_v_image_row[((__pyx_v_j + 2) * __pyx_v_step)]), (__pyx_v_dy_row + ((__pyx_v_j + 2) * __pyx_v_f)), __pyx_v_lanes);
+
+    /* "src/cnnc/_kernels.pyx":371
+ *         _scaled_add(sum1, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
+ *         _scaled_add(sum2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
+ *         _scaled_add(sum3, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)             # <<<<<<<<<<<<<<
+ *     for j in range(columns - columns % 4, columns):
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+*/
+    __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_sum3, (__pyx_v_image_row[((__pyx_v_j + 3) * __pyx_v_step)]), (__pyx_v_dy_row + ((__pyx_v_j + 3) * __pyx_v_f)), __pyx_v_lanes);
   }
 
 
-  /* "src/cnnc/_kernels.pyx":371
- *         _scaled_add(even2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
- *         _scaled_add(odd2, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
+  /* "src/cnnc/_kernels.pyx":372
+ *         _scaled_add(sum2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
+ *         _scaled_add(sum3, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
  *     for j in range(columns - columns % 4, columns):             # <<<<<<<<<<<<<<
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
- *     _add(even, even2, lanes)
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+ *     _add(sum0, sum2, lanes)
 */
 
   __pyx_t_1 = __pyx_v_columns;
@@ -29907,54 +29907,54 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__tap_lanes(f
   for (__pyx_t_3 = (__pyx_v_columns - (__pyx_v_columns % 4)); __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_j = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":372
- *         _scaled_add(odd2, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
+    /* "src/cnnc/_kernels.pyx":373
+ *         _scaled_add(sum3, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
  *     for j in range(columns - columns % 4, columns):
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)             # <<<<<<<<<<<<<<
- *     _add(even, even2, lanes)
- *     _add(odd, odd2, lanes)
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)             # <<<<<<<<<<<<<<
+ *     _add(sum0, sum2, lanes)
+ *     _add(sum1, sum3, lanes)
 */
-    __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_even, (__pyx_v_image_row[(__pyx_v_j * __pyx_v_step)]), (__pyx_v_dy_row + (__pyx_v_j * __pyx_v_f)), __pyx_v_lanes);
+    __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_sum0, (__pyx_v_image_row[(__pyx_v_j * __pyx_v_step)]), (__pyx_v_dy_row + (__pyx_v_j * __pyx_v_f)), __pyx_v_lanes);
   }
 
 
-  /* "src/cnnc/_kernels.pyx":373
- *     for j in range(columns - columns % 4, columns):
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
- *     _add(even, even2, lanes)             # <<<<<<<<<<<<<<
- *     _add(odd, odd2, lanes)
- *     _add(even, odd, lanes)
-*/
-  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_even, __pyx_v_even2, __pyx_v_lanes);
-
   /* "src/cnnc/_kernels.pyx":374
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
- *     _add(even, even2, lanes)
- *     _add(odd, odd2, lanes)             # <<<<<<<<<<<<<<
- *     _add(even, odd, lanes)
- *     _add(dw_row, even, lanes)
+ *     for j in range(columns - columns % 4, columns):
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+ *     _add(sum0, sum2, lanes)             # <<<<<<<<<<<<<<
+ *     _add(sum1, sum3, lanes)
+ *     _add(sum0, sum1, lanes)
 */
-  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_odd, __pyx_v_odd2, __pyx_v_lanes);
+  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_sum0, __pyx_v_sum2, __pyx_v_lanes);
 
   /* "src/cnnc/_kernels.pyx":375
- *     _add(even, even2, lanes)
- *     _add(odd, odd2, lanes)
- *     _add(even, odd, lanes)             # <<<<<<<<<<<<<<
- *     _add(dw_row, even, lanes)
- * 
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+ *     _add(sum0, sum2, lanes)
+ *     _add(sum1, sum3, lanes)             # <<<<<<<<<<<<<<
+ *     _add(sum0, sum1, lanes)
+ *     _add(dw_row, sum0, lanes)
 */
-  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_even, __pyx_v_odd, __pyx_v_lanes);
+  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_sum1, __pyx_v_sum3, __pyx_v_lanes);
 
   /* "src/cnnc/_kernels.pyx":376
- *     _add(odd, odd2, lanes)
- *     _add(even, odd, lanes)
- *     _add(dw_row, even, lanes)             # <<<<<<<<<<<<<<
+ *     _add(sum0, sum2, lanes)
+ *     _add(sum1, sum3, lanes)
+ *     _add(sum0, sum1, lanes)             # <<<<<<<<<<<<<<
+ *     _add(dw_row, sum0, lanes)
+ * 
+*/
+  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_sum0, __pyx_v_sum1, __pyx_v_lanes);
+
+  /* "src/cnnc/_kernels.pyx":377
+ *     _add(sum1, sum3, lanes)
+ *     _add(sum0, sum1, lanes)
+ *     _add(dw_row, sum0, lanes)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_dw_row, __pyx_v_even, __pyx_v_lanes);
+  __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_dw_row, __pyx_v_sum0, __pyx_v_lanes);
 
-  /* "src/cnnc/_kernels.pyx":352
+  /* "src/cnnc/_kernels.pyx":353
  * 
  * 
  * cdef inline void _tap_lanes(const real* image_row, const real* dy_row, real* dw_row,             # <<<<<<<<<<<<<<
@@ -29971,57 +29971,57 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__tap_lanes(f
 }
 
 static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__tap_lanes(double const *__pyx_v_image_row, double const *__pyx_v_dy_row, double *__pyx_v_dw_row, Py_ssize_t __pyx_v_step, Py_ssize_t __pyx_v_columns, Py_ssize_t __pyx_v_f, Py_ssize_t __pyx_v_lanes) {
-  double __pyx_v_even[__pyx_e_4cnnc_13_kernels_avx2__LANES];
-  double __pyx_v_odd[__pyx_e_4cnnc_13_kernels_avx2__LANES];
-  double __pyx_v_even2[__pyx_e_4cnnc_13_kernels_avx2__LANES];
-  double __pyx_v_odd2[__pyx_e_4cnnc_13_kernels_avx2__LANES];
+  double __pyx_v_sum0[__pyx_e_4cnnc_13_kernels_avx2__LANES];
+  double __pyx_v_sum1[__pyx_e_4cnnc_13_kernels_avx2__LANES];
+  double __pyx_v_sum2[__pyx_e_4cnnc_13_kernels_avx2__LANES];
+  double __pyx_v_sum3[__pyx_e_4cnnc_13_kernels_avx2__LANES];
   Py_ssize_t __pyx_v_j;
   Py_ssize_t __pyx_t_1;
   Py_ssize_t __pyx_t_2;
   Py_ssize_t __pyx_t_3;
 
-  /* "src/cnnc/_kernels.pyx":362
- *     cdef real odd2[_LANES]
- *     cdef Py_ssize_t j
- *     _zero(even, lanes)             # <<<<<<<<<<<<<<
- *     _zero(odd, lanes)
- *     _zero(even2, lanes)
-*/
-  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_even, __pyx_v_lanes);
-
   /* "src/cnnc/_kernels.pyx":363
+ *     cdef real sum3[_LANES]
  *     cdef Py_ssize_t j
- *     _zero(even, lanes)
- *     _zero(odd, lanes)             # <<<<<<<<<<<<<<
- *     _zero(even2, lanes)
- *     _zero(odd2, lanes)
+ *     _zero(sum0, lanes)             # <<<<<<<<<<<<<<
+ *     _zero(sum1, lanes)
+ *     _zero(sum2, lanes)
 */
-  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_odd, __pyx_v_lanes);
+  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_sum0, __pyx_v_lanes);
 
   /* "src/cnnc/_kernels.pyx":364
- *     _zero(even, lanes)
- *     _zero(odd, lanes)
- *     _zero(even2, lanes)             # <<<<<<<<<<<<<<
- *     _zero(odd2, lanes)
- *     for j in range(0, columns - 3, 4):
+ *     cdef Py_ssize_t j
+ *     _zero(sum0, lanes)
+ *     _zero(sum1, lanes)             # <<<<<<<<<<<<<<
+ *     _zero(sum2, lanes)
+ *     _zero(sum3, lanes)
 */
-  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_even2, __pyx_v_lanes);
+  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_sum1, __pyx_v_lanes);
 
   /* "src/cnnc/_kernels.pyx":365
- *     _zero(odd, lanes)
- *     _zero(even2, lanes)
- *     _zero(odd2, lanes)             # <<<<<<<<<<<<<<
+ *     _zero(sum0, lanes)
+ *     _zero(sum1, lanes)
+ *     _zero(sum2, lanes)             # <<<<<<<<<<<<<<
+ *     _zero(sum3, lanes)
  *     for j in range(0, columns - 3, 4):
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
 */
-  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_odd2, __pyx_v_lanes);
+  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_sum2, __pyx_v_lanes);
 
   /* "src/cnnc/_kernels.pyx":366
- *     _zero(even2, lanes)
- *     _zero(odd2, lanes)
+ *     _zero(sum1, lanes)
+ *     _zero(sum2, lanes)
+ *     _zero(sum3, lanes)             # <<<<<<<<<<<<<<
+ *     for j in range(0, columns - 3, 4):
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+*/
+  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__zero(__pyx_v_sum3, __pyx_v_lanes);
+
+  /* "src/cnnc/_kernels.pyx":367
+ *     _zero(sum2, lanes)
+ *     _zero(sum3, lanes)
  *     for j in range(0, columns - 3, 4):             # <<<<<<<<<<<<<<
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
- *         _scaled_add(odd, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+ *         _scaled_add(sum1, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
 */
 
   __pyx_t_1 = (__pyx_v_columns - 3);
@@ -30030,50 +30030,50 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__tap_lanes(d
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=4) {
     __pyx_v_j = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":367
- *     _zero(odd2, lanes)
- *     for j in range(0, columns - 3, 4):
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)             # <<<<<<<<<<<<<<
- *         _scaled_add(odd, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
- *         _scaled_add(even2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
-*/
-    __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_even, (__pyx_v_image_row[(__pyx_v_j * __pyx_v_step)]), (__pyx_v_dy_row + (__pyx_v_j * __pyx_v_f)), __pyx_v_lanes);
-
     /* "src/cnnc/_kernels.pyx":368
+ *     _zero(sum3, lanes)
  *     for j in range(0, columns - 3, 4):
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
- *         _scaled_add(odd, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)             # <<<<<<<<<<<<<<
- *         _scaled_add(even2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
- *         _scaled_add(odd2, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)             # <<<<<<<<<<<<<<
+ *         _scaled_add(sum1, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
+ *         _scaled_add(sum2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
 */
-    __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_odd, (__pyx_v_image_row[((__pyx_v_j + 1) * __pyx_v_step)]), (__pyx_v_dy_row + ((__pyx_v_j + 1) * __pyx_v_f)), __pyx_v_lanes);
+    __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_sum0, (__pyx_v_image_row[(__pyx_v_j * __pyx_v_step)]), (__pyx_v_dy_row + (__pyx_v_j * __pyx_v_f)), __pyx_v_lanes);
 
     /* "src/cnnc/_kernels.pyx":369
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
- *         _scaled_add(odd, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
- *         _scaled_add(even2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)             # <<<<<<<<<<<<<<
- *         _scaled_add(odd2, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
- *     for j in range(columns - columns % 4, columns):
+ *     for j in range(0, columns - 3, 4):
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+ *         _scaled_add(sum1, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)             # <<<<<<<<<<<<<<
+ *         _scaled_add(sum2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
+ *         _scaled_add(sum3, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
 */
-    __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_even2, (__pyx_v_image_row[((__pyx_v_j + 2) * __pyx_v_step)]), (__pyx_v_dy_row + ((__pyx_v_j + 2) * __pyx_v_f)), __pyx_v_lanes);
+    __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_sum1, (__pyx_v_image_row[((__pyx_v_j + 1) * __pyx_v_step)]), (__pyx_v_dy_row + ((__pyx_v_j + 1) * __pyx_v_f)), __pyx_v_lanes);
 
     /* "src/cnnc/_kernels.pyx":370
- *         _scaled_add(odd, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
- *         _scaled_add(even2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
- *         _scaled_add(odd2, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)             # <<<<<<<<<<<<<<
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+ *         _scaled_add(sum1, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
+ *         _scaled_add(sum2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)             # <<<<<<<<<<<<<<
+ *         _scaled_add(sum3, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
  *     for j in range(columns - columns % 4, columns):
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
 */
-    __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_odd2, (__pyx_v_image_row[((__pyx_v_j + 3) * __pyx_v_step)]), (__pyx_v_dy_row + ((__pyx_v_j + 3) * __pyx_v_f)), __pyx_v_lanes);
+    __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_sum2, (__pyx_v_image_row[((__pyx_v_j + 2) * __pyx_v_step)]), (__pyx_v_dy_row + ((__pyx_v_j + 2) * __pyx_v_f)), __pyx_v_lanes);
+
+    /* "src/cnnc/_kernels.pyx":371
+ *         _scaled_add(sum1, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
+ *         _scaled_add(sum2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
+ *         _scaled_add(sum3, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)             # <<<<<<<<<<<<<<
+ *     for j in range(columns - columns % 4, columns):
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+*/
+    __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_sum3, (__pyx_v_image_row[((__pyx_v_j + 3) * __pyx_v_step)]), (__pyx_v_dy_row + ((__pyx_v_j + 3) * __pyx_v_f)), __pyx_v_lanes);
   }
 
 
-  /* "src/cnnc/_kernels.pyx":371
- *         _scaled_add(even2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
- *         _scaled_add(odd2, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
+  /* "src/cnnc/_kernels.pyx":372
+ *         _scaled_add(sum2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
+ *         _scaled_add(sum3, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
  *     for j in range(columns - columns % 4, columns):             # <<<<<<<<<<<<<<
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
- *     _add(even, even2, lanes)
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+ *     _add(sum0, sum2, lanes)
 */
 
   __pyx_t_1 = __pyx_v_columns;
@@ -30082,54 +30082,54 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__tap_lanes(d
   for (__pyx_t_3 = (__pyx_v_columns - (__pyx_v_columns % 4)); __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_j = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":372
- *         _scaled_add(odd2, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
+    /* "src/cnnc/_kernels.pyx":373
+ *         _scaled_add(sum3, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
  *     for j in range(columns - columns % 4, columns):
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)             # <<<<<<<<<<<<<<
- *     _add(even, even2, lanes)
- *     _add(odd, odd2, lanes)
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)             # <<<<<<<<<<<<<<
+ *     _add(sum0, sum2, lanes)
+ *     _add(sum1, sum3, lanes)
 */
-    __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_even, (__pyx_v_image_row[(__pyx_v_j * __pyx_v_step)]), (__pyx_v_dy_row + (__pyx_v_j * __pyx_v_f)), __pyx_v_lanes);
+    __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__scaled_add(__pyx_v_sum0, (__pyx_v_image_row[(__pyx_v_j * __pyx_v_step)]), (__pyx_v_dy_row + (__pyx_v_j * __pyx_v_f)), __pyx_v_lanes);
   }
 
 
-  /* "src/cnnc/_kernels.pyx":373
- *     for j in range(columns - columns % 4, columns):
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
- *     _add(even, even2, lanes)             # <<<<<<<<<<<<<<
- *     _add(odd, odd2, lanes)
- *     _add(even, odd, lanes)
-*/
-  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_even, __pyx_v_even2, __pyx_v_lanes);
-
   /* "src/cnnc/_kernels.pyx":374
- *         _scaled_add(even, image_row[j * step], dy_row + j * f, lanes)
- *     _add(even, even2, lanes)
- *     _add(odd, odd2, lanes)             # <<<<<<<<<<<<<<
- *     _add(even, odd, lanes)
- *     _add(dw_row, even, lanes)
+ *     for j in range(columns - columns % 4, columns):
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+ *     _add(sum0, sum2, lanes)             # <<<<<<<<<<<<<<
+ *     _add(sum1, sum3, lanes)
+ *     _add(sum0, sum1, lanes)
 */
-  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_odd, __pyx_v_odd2, __pyx_v_lanes);
+  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_sum0, __pyx_v_sum2, __pyx_v_lanes);
 
   /* "src/cnnc/_kernels.pyx":375
- *     _add(even, even2, lanes)
- *     _add(odd, odd2, lanes)
- *     _add(even, odd, lanes)             # <<<<<<<<<<<<<<
- *     _add(dw_row, even, lanes)
- * 
+ *         _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
+ *     _add(sum0, sum2, lanes)
+ *     _add(sum1, sum3, lanes)             # <<<<<<<<<<<<<<
+ *     _add(sum0, sum1, lanes)
+ *     _add(dw_row, sum0, lanes)
 */
-  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_even, __pyx_v_odd, __pyx_v_lanes);
+  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_sum1, __pyx_v_sum3, __pyx_v_lanes);
 
   /* "src/cnnc/_kernels.pyx":376
- *     _add(odd, odd2, lanes)
- *     _add(even, odd, lanes)
- *     _add(dw_row, even, lanes)             # <<<<<<<<<<<<<<
+ *     _add(sum0, sum2, lanes)
+ *     _add(sum1, sum3, lanes)
+ *     _add(sum0, sum1, lanes)             # <<<<<<<<<<<<<<
+ *     _add(dw_row, sum0, lanes)
+ * 
+*/
+  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_sum0, __pyx_v_sum1, __pyx_v_lanes);
+
+  /* "src/cnnc/_kernels.pyx":377
+ *     _add(sum1, sum3, lanes)
+ *     _add(sum0, sum1, lanes)
+ *     _add(dw_row, sum0, lanes)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_dw_row, __pyx_v_even, __pyx_v_lanes);
+  __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add(__pyx_v_dw_row, __pyx_v_sum0, __pyx_v_lanes);
 
-  /* "src/cnnc/_kernels.pyx":352
+  /* "src/cnnc/_kernels.pyx":353
  * 
  * 
  * cdef inline void _tap_lanes(const real* image_row, const real* dy_row, real* dw_row,             # <<<<<<<<<<<<<<
@@ -30145,7 +30145,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__tap_lanes(d
 
 }
 
-/* "src/cnnc/_kernels.pyx":379
+/* "src/cnnc/_kernels.pyx":380
  * 
  * 
  * cdef void _direct_weight_row(const real* image, const real* dy, real* dw, Py_ssize_t height,             # <<<<<<<<<<<<<<
@@ -30179,7 +30179,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
   Py_ssize_t __pyx_t_13;
   Py_ssize_t __pyx_t_14;
 
-  /* "src/cnnc/_kernels.pyx":386
+  /* "src/cnnc/_kernels.pyx":387
  *     cdef Py_ssize_t r, q, c, h, first, end, block, start, tap
  *     cdef const real* pixels
  *     for r in range(kh):             # <<<<<<<<<<<<<<
@@ -30193,7 +30193,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_r = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":387
+    /* "src/cnnc/_kernels.pyx":388
  *     cdef const real* pixels
  *     for r in range(kh):
  *         h = h0 + r             # <<<<<<<<<<<<<<
@@ -30202,7 +30202,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
 */
     __pyx_v_h = (__pyx_v_h0 + __pyx_v_r);
 
-    /* "src/cnnc/_kernels.pyx":388
+    /* "src/cnnc/_kernels.pyx":389
  *     for r in range(kh):
  *         h = h0 + r
  *         if h < 0 or h >= height:             # <<<<<<<<<<<<<<
@@ -30228,7 +30228,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
     if (__pyx_t_4) {
 
 
-      /* "src/cnnc/_kernels.pyx":389
+      /* "src/cnnc/_kernels.pyx":390
  *         h = h0 + r
  *         if h < 0 or h >= height:
  *             continue             # <<<<<<<<<<<<<<
@@ -30237,7 +30237,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
 */
       goto __pyx_L3_continue;
 
-      /* "src/cnnc/_kernels.pyx":388
+      /* "src/cnnc/_kernels.pyx":389
  *     for r in range(kh):
  *         h = h0 + r
  *         if h < 0 or h >= height:             # <<<<<<<<<<<<<<
@@ -30246,7 +30246,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
 */
     }
 
-    /* "src/cnnc/_kernels.pyx":390
+    /* "src/cnnc/_kernels.pyx":391
  *         if h < 0 or h >= height:
  *             continue
  *         for q in range(kw):             # <<<<<<<<<<<<<<
@@ -30260,7 +30260,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
     for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
       __pyx_v_q = __pyx_t_8;
 
-      /* "src/cnnc/_kernels.pyx":391
+      /* "src/cnnc/_kernels.pyx":392
  *             continue
  *         for q in range(kw):
  *             first = _first_inside(q - left, sw)             # <<<<<<<<<<<<<<
@@ -30269,7 +30269,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
 */
       __pyx_v_first = __pyx_f_4cnnc_13_kernels_avx2__first_inside((__pyx_v_q - __pyx_v_left), __pyx_v_sw);
 
-      /* "src/cnnc/_kernels.pyx":392
+      /* "src/cnnc/_kernels.pyx":393
  *         for q in range(kw):
  *             first = _first_inside(q - left, sw)
  *             end = _end_inside(q - left, sw, width, ow)             # <<<<<<<<<<<<<<
@@ -30278,7 +30278,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
 */
       __pyx_v_end = __pyx_f_4cnnc_13_kernels_avx2__end_inside((__pyx_v_q - __pyx_v_left), __pyx_v_sw, __pyx_v_width, __pyx_v_ow);
 
-      /* "src/cnnc/_kernels.pyx":393
+      /* "src/cnnc/_kernels.pyx":394
  *             first = _first_inside(q - left, sw)
  *             end = _end_inside(q - left, sw, width, ow)
  *             if first >= end:             # <<<<<<<<<<<<<<
@@ -30290,7 +30290,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
       if (__pyx_t_4) {
 
 
-        /* "src/cnnc/_kernels.pyx":394
+        /* "src/cnnc/_kernels.pyx":395
  *             end = _end_inside(q - left, sw, width, ow)
  *             if first >= end:
  *                 continue             # <<<<<<<<<<<<<<
@@ -30299,7 +30299,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
 */
         goto __pyx_L8_continue;
 
-        /* "src/cnnc/_kernels.pyx":393
+        /* "src/cnnc/_kernels.pyx":394
  *             first = _first_inside(q - left, sw)
  *             end = _end_inside(q - left, sw, width, ow)
  *             if first >= end:             # <<<<<<<<<<<<<<
@@ -30308,7 +30308,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
 */
       }
 
-      /* "src/cnnc/_kernels.pyx":395
+      /* "src/cnnc/_kernels.pyx":396
  *             if first >= end:
  *                 continue
  *             for c in range(channels):             # <<<<<<<<<<<<<<
@@ -30322,7 +30322,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
       for (__pyx_t_11 = 0; __pyx_t_11 < __pyx_t_10; __pyx_t_11+=1) {
         __pyx_v_c = __pyx_t_11;
 
-        /* "src/cnnc/_kernels.pyx":396
+        /* "src/cnnc/_kernels.pyx":397
  *                 continue
  *             for c in range(channels):
  *                 tap = (r * kw + q) * channels + c             # <<<<<<<<<<<<<<
@@ -30331,7 +30331,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
 */
         __pyx_v_tap = ((((__pyx_v_r * __pyx_v_kw) + __pyx_v_q) * __pyx_v_channels) + __pyx_v_c);
 
-        /* "src/cnnc/_kernels.pyx":397
+        /* "src/cnnc/_kernels.pyx":398
  *             for c in range(channels):
  *                 tap = (r * kw + q) * channels + c
  *                 pixels = image + (h * width + first * sw + q - left) * channels + c             # <<<<<<<<<<<<<<
@@ -30340,7 +30340,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
 */
         __pyx_v_pixels = ((__pyx_v_image + (((((__pyx_v_h * __pyx_v_width) + (__pyx_v_first * __pyx_v_sw)) + __pyx_v_q) - __pyx_v_left) * __pyx_v_channels)) + __pyx_v_c);
 
-        /* "src/cnnc/_kernels.pyx":398
+        /* "src/cnnc/_kernels.pyx":399
  *                 tap = (r * kw + q) * channels + c
  *                 pixels = image + (h * width + first * sw + q - left) * channels + c
  *                 for block in range(f // _LANES):             # <<<<<<<<<<<<<<
@@ -30354,7 +30354,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
         for (__pyx_t_14 = 0; __pyx_t_14 < __pyx_t_13; __pyx_t_14+=1) {
           __pyx_v_block = __pyx_t_14;
 
-          /* "src/cnnc/_kernels.pyx":399
+          /* "src/cnnc/_kernels.pyx":400
  *                 pixels = image + (h * width + first * sw + q - left) * channels + c
  *                 for block in range(f // _LANES):
  *                     start = block * _LANES             # <<<<<<<<<<<<<<
@@ -30363,7 +30363,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
 */
           __pyx_v_start = (__pyx_v_block * __pyx_e_4cnnc_13_kernels_avx2__LANES);
 
-          /* "src/cnnc/_kernels.pyx":400
+          /* "src/cnnc/_kernels.pyx":401
  *                 for block in range(f // _LANES):
  *                     start = block * _LANES
  *                     _tap_lanes(pixels, dy + first * f + start, dw + tap * f + start,             # <<<<<<<<<<<<<<
@@ -30374,7 +30374,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
         }
 
 
-        /* "src/cnnc/_kernels.pyx":402
+        /* "src/cnnc/_kernels.pyx":403
  *                     _tap_lanes(pixels, dy + first * f + start, dw + tap * f + start,
  *                                sw * channels, end - first, f, _LANES)
  *                 start = f - f % _LANES             # <<<<<<<<<<<<<<
@@ -30383,7 +30383,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
 */
         __pyx_v_start = (__pyx_v_f - (__pyx_v_f % __pyx_e_4cnnc_13_kernels_avx2__LANES));
 
-        /* "src/cnnc/_kernels.pyx":403
+        /* "src/cnnc/_kernels.pyx":404
  *                                sw * channels, end - first, f, _LANES)
  *                 start = f - f % _LANES
  *                 if start < f:             # <<<<<<<<<<<<<<
@@ -30395,7 +30395,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
         if (__pyx_t_4) {
 
 
-          /* "src/cnnc/_kernels.pyx":404
+          /* "src/cnnc/_kernels.pyx":405
  *                 start = f - f % _LANES
  *                 if start < f:
  *                     _tap_lanes(pixels, dy + first * f + start, dw + tap * f + start,             # <<<<<<<<<<<<<<
@@ -30404,7 +30404,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
 */
           __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__tap_lanes(__pyx_v_pixels, ((__pyx_v_dy + (__pyx_v_first * __pyx_v_f)) + __pyx_v_start), ((__pyx_v_dw + (__pyx_v_tap * __pyx_v_f)) + __pyx_v_start), (__pyx_v_sw * __pyx_v_channels), (__pyx_v_end - __pyx_v_first), __pyx_v_f, (__pyx_v_f - __pyx_v_start));
 
-          /* "src/cnnc/_kernels.pyx":403
+          /* "src/cnnc/_kernels.pyx":404
  *                                sw * channels, end - first, f, _LANES)
  *                 start = f - f % _LANES
  *                 if start < f:             # <<<<<<<<<<<<<<
@@ -30421,7 +30421,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(float c
   }
 
 
-  /* "src/cnnc/_kernels.pyx":379
+  /* "src/cnnc/_kernels.pyx":380
  * 
  * 
  * cdef void _direct_weight_row(const real* image, const real* dy, real* dw, Py_ssize_t height,             # <<<<<<<<<<<<<<
@@ -30468,7 +30468,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
   Py_ssize_t __pyx_t_13;
   Py_ssize_t __pyx_t_14;
 
-  /* "src/cnnc/_kernels.pyx":386
+  /* "src/cnnc/_kernels.pyx":387
  *     cdef Py_ssize_t r, q, c, h, first, end, block, start, tap
  *     cdef const real* pixels
  *     for r in range(kh):             # <<<<<<<<<<<<<<
@@ -30482,7 +30482,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_r = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":387
+    /* "src/cnnc/_kernels.pyx":388
  *     cdef const real* pixels
  *     for r in range(kh):
  *         h = h0 + r             # <<<<<<<<<<<<<<
@@ -30491,7 +30491,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
 */
     __pyx_v_h = (__pyx_v_h0 + __pyx_v_r);
 
-    /* "src/cnnc/_kernels.pyx":388
+    /* "src/cnnc/_kernels.pyx":389
  *     for r in range(kh):
  *         h = h0 + r
  *         if h < 0 or h >= height:             # <<<<<<<<<<<<<<
@@ -30517,7 +30517,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
     if (__pyx_t_4) {
 
 
-      /* "src/cnnc/_kernels.pyx":389
+      /* "src/cnnc/_kernels.pyx":390
  *         h = h0 + r
  *         if h < 0 or h >= height:
  *             continue             # <<<<<<<<<<<<<<
@@ -30526,7 +30526,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
 */
       goto __pyx_L3_continue;
 
-      /* "src/cnnc/_kernels.pyx":388
+      /* "src/cnnc/_kernels.pyx":389
  *     for r in range(kh):
  *         h = h0 + r
  *         if h < 0 or h >= height:             # <<<<<<<<<<<<<<
@@ -30535,7 +30535,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
 */
     }
 
-    /* "src/cnnc/_kernels.pyx":390
+    /* "src/cnnc/_kernels.pyx":391
  *         if h < 0 or h >= height:
  *             continue
  *         for q in range(kw):             # <<<<<<<<<<<<<<
@@ -30549,7 +30549,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
     for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
       __pyx_v_q = __pyx_t_8;
 
-      /* "src/cnnc/_kernels.pyx":391
+      /* "src/cnnc/_kernels.pyx":392
  *             continue
  *         for q in range(kw):
  *             first = _first_inside(q - left, sw)             # <<<<<<<<<<<<<<
@@ -30558,7 +30558,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
 */
       __pyx_v_first = __pyx_f_4cnnc_13_kernels_avx2__first_inside((__pyx_v_q - __pyx_v_left), __pyx_v_sw);
 
-      /* "src/cnnc/_kernels.pyx":392
+      /* "src/cnnc/_kernels.pyx":393
  *         for q in range(kw):
  *             first = _first_inside(q - left, sw)
  *             end = _end_inside(q - left, sw, width, ow)             # <<<<<<<<<<<<<<
@@ -30567,7 +30567,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
 */
       __pyx_v_end = __pyx_f_4cnnc_13_kernels_avx2__end_inside((__pyx_v_q - __pyx_v_left), __pyx_v_sw, __pyx_v_width, __pyx_v_ow);
 
-      /* "src/cnnc/_kernels.pyx":393
+      /* "src/cnnc/_kernels.pyx":394
  *             first = _first_inside(q - left, sw)
  *             end = _end_inside(q - left, sw, width, ow)
  *             if first >= end:             # <<<<<<<<<<<<<<
@@ -30579,7 +30579,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
       if (__pyx_t_4) {
 
 
-        /* "src/cnnc/_kernels.pyx":394
+        /* "src/cnnc/_kernels.pyx":395
  *             end = _end_inside(q - left, sw, width, ow)
  *             if first >= end:
  *                 continue             # <<<<<<<<<<<<<<
@@ -30588,7 +30588,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
 */
         goto __pyx_L8_continue;
 
-        /* "src/cnnc/_kernels.pyx":393
+        /* "src/cnnc/_kernels.pyx":394
  *             first = _first_inside(q - left, sw)
  *             end = _end_inside(q - left, sw, width, ow)
  *             if first >= end:             # <<<<<<<<<<<<<<
@@ -30597,7 +30597,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
 */
       }
 
-      /* "src/cnnc/_kernels.pyx":395
+      /* "src/cnnc/_kernels.pyx":396
  *             if first >= end:
  *                 continue
  *             for c in range(channels):             # <<<<<<<<<<<<<<
@@ -30611,7 +30611,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
       for (__pyx_t_11 = 0; __pyx_t_11 < __pyx_t_10; __pyx_t_11+=1) {
         __pyx_v_c = __pyx_t_11;
 
-        /* "src/cnnc/_kernels.pyx":396
+        /* "src/cnnc/_kernels.pyx":397
  *                 continue
  *             for c in range(channels):
  *                 tap = (r * kw + q) * channels + c             # <<<<<<<<<<<<<<
@@ -30620,7 +30620,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
 */
         __pyx_v_tap = ((((__pyx_v_r * __pyx_v_kw) + __pyx_v_q) * __pyx_v_channels) + __pyx_v_c);
 
-        /* "src/cnnc/_kernels.pyx":397
+        /* "src/cnnc/_kernels.pyx":398
  *             for c in range(channels):
  *                 tap = (r * kw + q) * channels + c
  *                 pixels = image + (h * width + first * sw + q - left) * channels + c             # <<<<<<<<<<<<<<
@@ -30629,7 +30629,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
 */
         __pyx_v_pixels = ((__pyx_v_image + (((((__pyx_v_h * __pyx_v_width) + (__pyx_v_first * __pyx_v_sw)) + __pyx_v_q) - __pyx_v_left) * __pyx_v_channels)) + __pyx_v_c);
 
-        /* "src/cnnc/_kernels.pyx":398
+        /* "src/cnnc/_kernels.pyx":399
  *                 tap = (r * kw + q) * channels + c
  *                 pixels = image + (h * width + first * sw + q - left) * channels + c
  *                 for block in range(f // _LANES):             # <<<<<<<<<<<<<<
@@ -30643,7 +30643,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
         for (__pyx_t_14 = 0; __pyx_t_14 < __pyx_t_13; __pyx_t_14+=1) {
           __pyx_v_block = __pyx_t_14;
 
-          /* "src/cnnc/_kernels.pyx":399
+          /* "src/cnnc/_kernels.pyx":400
  *                 pixels = image + (h * width + first * sw + q - left) * channels + c
  *                 for block in range(f // _LANES):
  *                     start = block * _LANES             # <<<<<<<<<<<<<<
@@ -30652,7 +30652,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
 */
           __pyx_v_start = (__pyx_v_block * __pyx_e_4cnnc_13_kernels_avx2__LANES);
 
-          /* "src/cnnc/_kernels.pyx":400
+          /* "src/cnnc/_kernels.pyx":401
  *                 for block in range(f // _LANES):
  *                     start = block * _LANES
  *                     _tap_lanes(pixels, dy + first * f + start, dw + tap * f + start,             # <<<<<<<<<<<<<<
@@ -30663,7 +30663,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
         }
 
 
-        /* "src/cnnc/_kernels.pyx":402
+        /* "src/cnnc/_kernels.pyx":403
  *                     _tap_lanes(pixels, dy + first * f + start, dw + tap * f + start,
  *                                sw * channels, end - first, f, _LANES)
  *                 start = f - f % _LANES             # <<<<<<<<<<<<<<
@@ -30672,7 +30672,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
 */
         __pyx_v_start = (__pyx_v_f - (__pyx_v_f % __pyx_e_4cnnc_13_kernels_avx2__LANES));
 
-        /* "src/cnnc/_kernels.pyx":403
+        /* "src/cnnc/_kernels.pyx":404
  *                                sw * channels, end - first, f, _LANES)
  *                 start = f - f % _LANES
  *                 if start < f:             # <<<<<<<<<<<<<<
@@ -30684,7 +30684,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
         if (__pyx_t_4) {
 
 
-          /* "src/cnnc/_kernels.pyx":404
+          /* "src/cnnc/_kernels.pyx":405
  *                 start = f - f % _LANES
  *                 if start < f:
  *                     _tap_lanes(pixels, dy + first * f + start, dw + tap * f + start,             # <<<<<<<<<<<<<<
@@ -30693,7 +30693,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
 */
           __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__tap_lanes(__pyx_v_pixels, ((__pyx_v_dy + (__pyx_v_first * __pyx_v_f)) + __pyx_v_start), ((__pyx_v_dw + (__pyx_v_tap * __pyx_v_f)) + __pyx_v_start), (__pyx_v_sw * __pyx_v_channels), (__pyx_v_end - __pyx_v_first), __pyx_v_f, (__pyx_v_f - __pyx_v_start));
 
-          /* "src/cnnc/_kernels.pyx":403
+          /* "src/cnnc/_kernels.pyx":404
  *                                sw * channels, end - first, f, _LANES)
  *                 start = f - f % _LANES
  *                 if start < f:             # <<<<<<<<<<<<<<
@@ -30710,7 +30710,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
   }
 
 
-  /* "src/cnnc/_kernels.pyx":379
+  /* "src/cnnc/_kernels.pyx":380
  * 
  * 
  * cdef void _direct_weight_row(const real* image, const real* dy, real* dw, Py_ssize_t height,             # <<<<<<<<<<<<<<
@@ -30731,7 +30731,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight_row(double 
 
 }
 
-/* "src/cnnc/_kernels.pyx":408
+/* "src/cnnc/_kernels.pyx":409
  * 
  * 
  * cdef void _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, const real[::1] b,             # <<<<<<<<<<<<<<
@@ -30762,7 +30762,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
   Py_ssize_t __pyx_t_12;
   Py_ssize_t __pyx_t_13;
 
-  /* "src/cnnc/_kernels.pyx":414
+  /* "src/cnnc/_kernels.pyx":415
  *     """y (N*OH*OW, F) = the convolution of x with w2 (patch, F) plus b, output row by output
  *     row, rows shared among the threads."""
  *     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]             # <<<<<<<<<<<<<<
@@ -30773,7 +30773,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
   __pyx_v_width = (__pyx_v_x.shape[2]);
   __pyx_v_channels = (__pyx_v_x.shape[3]);
 
-  /* "src/cnnc/_kernels.pyx":415
+  /* "src/cnnc/_kernels.pyx":416
  *     row, rows shared among the threads."""
  *     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
  *     cdef Py_ssize_t f = y.shape[1], count = x.shape[0] * oh             # <<<<<<<<<<<<<<
@@ -30783,7 +30783,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
   __pyx_v_f = (__pyx_v_y.shape[1]);
   __pyx_v_count = ((__pyx_v_x.shape[0]) * __pyx_v_oh);
 
-  /* "src/cnnc/_kernels.pyx":417
+  /* "src/cnnc/_kernels.pyx":418
  *     cdef Py_ssize_t f = y.shape[1], count = x.shape[0] * oh
  *     cdef Py_ssize_t row, n, i
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):             # <<<<<<<<<<<<<<
@@ -30820,7 +30820,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
                         {
                             __pyx_v_row = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":418
+                            /* "src/cnnc/_kernels.pyx":419
  *     cdef Py_ssize_t row, n, i
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):
  *         n = row // oh             # <<<<<<<<<<<<<<
@@ -30829,7 +30829,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
 */
                             __pyx_v_n = (__pyx_v_row / __pyx_v_oh);
 
-                            /* "src/cnnc/_kernels.pyx":419
+                            /* "src/cnnc/_kernels.pyx":420
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):
  *         n = row // oh
  *         i = row - n * oh             # <<<<<<<<<<<<<<
@@ -30838,7 +30838,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
 */
                             __pyx_v_i = (__pyx_v_row - (__pyx_v_n * __pyx_v_oh));
 
-                            /* "src/cnnc/_kernels.pyx":420
+                            /* "src/cnnc/_kernels.pyx":421
  *         n = row // oh
  *         i = row - n * oh
  *         _direct_forward_row(&x[n, 0, 0, 0], &w2[0, 0], &b[0], &y[row * ow, 0], height, width,             # <<<<<<<<<<<<<<
@@ -30855,7 +30855,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
                             __pyx_t_12 = (__pyx_v_row * __pyx_v_ow);
                             __pyx_t_13 = 0;
 
-                            /* "src/cnnc/_kernels.pyx":421
+                            /* "src/cnnc/_kernels.pyx":422
  *         i = row - n * oh
  *         _direct_forward_row(&x[n, 0, 0, 0], &w2[0, 0], &b[0], &y[row * ow, 0], height, width,
  *                             channels, kh, kw, sw, i * sh - top, left, ow, f)             # <<<<<<<<<<<<<<
@@ -30878,7 +30878,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
 
       }
 
-      /* "src/cnnc/_kernels.pyx":417
+      /* "src/cnnc/_kernels.pyx":418
  *     cdef Py_ssize_t f = y.shape[1], count = x.shape[0] * oh
  *     cdef Py_ssize_t row, n, i
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):             # <<<<<<<<<<<<<<
@@ -30895,7 +30895,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":408
+  /* "src/cnnc/_kernels.pyx":409
  * 
  * 
  * cdef void _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, const real[::1] b,             # <<<<<<<<<<<<<<
@@ -30938,7 +30938,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
   Py_ssize_t __pyx_t_12;
   Py_ssize_t __pyx_t_13;
 
-  /* "src/cnnc/_kernels.pyx":414
+  /* "src/cnnc/_kernels.pyx":415
  *     """y (N*OH*OW, F) = the convolution of x with w2 (patch, F) plus b, output row by output
  *     row, rows shared among the threads."""
  *     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]             # <<<<<<<<<<<<<<
@@ -30949,7 +30949,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
   __pyx_v_width = (__pyx_v_x.shape[2]);
   __pyx_v_channels = (__pyx_v_x.shape[3]);
 
-  /* "src/cnnc/_kernels.pyx":415
+  /* "src/cnnc/_kernels.pyx":416
  *     row, rows shared among the threads."""
  *     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
  *     cdef Py_ssize_t f = y.shape[1], count = x.shape[0] * oh             # <<<<<<<<<<<<<<
@@ -30959,7 +30959,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
   __pyx_v_f = (__pyx_v_y.shape[1]);
   __pyx_v_count = ((__pyx_v_x.shape[0]) * __pyx_v_oh);
 
-  /* "src/cnnc/_kernels.pyx":417
+  /* "src/cnnc/_kernels.pyx":418
  *     cdef Py_ssize_t f = y.shape[1], count = x.shape[0] * oh
  *     cdef Py_ssize_t row, n, i
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):             # <<<<<<<<<<<<<<
@@ -30996,7 +30996,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
                         {
                             __pyx_v_row = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":418
+                            /* "src/cnnc/_kernels.pyx":419
  *     cdef Py_ssize_t row, n, i
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):
  *         n = row // oh             # <<<<<<<<<<<<<<
@@ -31005,7 +31005,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
 */
                             __pyx_v_n = (__pyx_v_row / __pyx_v_oh);
 
-                            /* "src/cnnc/_kernels.pyx":419
+                            /* "src/cnnc/_kernels.pyx":420
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):
  *         n = row // oh
  *         i = row - n * oh             # <<<<<<<<<<<<<<
@@ -31014,7 +31014,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
 */
                             __pyx_v_i = (__pyx_v_row - (__pyx_v_n * __pyx_v_oh));
 
-                            /* "src/cnnc/_kernels.pyx":420
+                            /* "src/cnnc/_kernels.pyx":421
  *         n = row // oh
  *         i = row - n * oh
  *         _direct_forward_row(&x[n, 0, 0, 0], &w2[0, 0], &b[0], &y[row * ow, 0], height, width,             # <<<<<<<<<<<<<<
@@ -31031,7 +31031,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
                             __pyx_t_12 = (__pyx_v_row * __pyx_v_ow);
                             __pyx_t_13 = 0;
 
-                            /* "src/cnnc/_kernels.pyx":421
+                            /* "src/cnnc/_kernels.pyx":422
  *         i = row - n * oh
  *         _direct_forward_row(&x[n, 0, 0, 0], &w2[0, 0], &b[0], &y[row * ow, 0], height, width,
  *                             channels, kh, kw, sw, i * sh - top, left, ow, f)             # <<<<<<<<<<<<<<
@@ -31054,7 +31054,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
 
       }
 
-      /* "src/cnnc/_kernels.pyx":417
+      /* "src/cnnc/_kernels.pyx":418
  *     cdef Py_ssize_t f = y.shape[1], count = x.shape[0] * oh
  *     cdef Py_ssize_t row, n, i
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):             # <<<<<<<<<<<<<<
@@ -31071,7 +31071,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":408
+  /* "src/cnnc/_kernels.pyx":409
  * 
  * 
  * cdef void _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, const real[::1] b,             # <<<<<<<<<<<<<<
@@ -31091,7 +31091,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward(__Pyx_memv
 
 }
 
-/* "src/cnnc/_kernels.pyx":424
+/* "src/cnnc/_kernels.pyx":425
  * 
  * 
  * cdef void _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real[:, ::1] partial,             # <<<<<<<<<<<<<<
@@ -31123,7 +31123,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
   Py_ssize_t __pyx_t_12;
   Py_ssize_t __pyx_t_13;
 
-  /* "src/cnnc/_kernels.pyx":429
+  /* "src/cnnc/_kernels.pyx":430
  *     """partial (threads * patch, F) += each thread's share of the filter gradient, output row
  *     by output row."""
  *     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]             # <<<<<<<<<<<<<<
@@ -31134,7 +31134,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
   __pyx_v_width = (__pyx_v_x.shape[2]);
   __pyx_v_channels = (__pyx_v_x.shape[3]);
 
-  /* "src/cnnc/_kernels.pyx":430
+  /* "src/cnnc/_kernels.pyx":431
  *     by output row."""
  *     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
  *     cdef Py_ssize_t f = dy2.shape[1], count = x.shape[0] * oh, patch = kh * kw * channels             # <<<<<<<<<<<<<<
@@ -31145,7 +31145,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
   __pyx_v_count = ((__pyx_v_x.shape[0]) * __pyx_v_oh);
   __pyx_v_patch = ((__pyx_v_kh * __pyx_v_kw) * __pyx_v_channels);
 
-  /* "src/cnnc/_kernels.pyx":432
+  /* "src/cnnc/_kernels.pyx":433
  *     cdef Py_ssize_t f = dy2.shape[1], count = x.shape[0] * oh, patch = kh * kw * channels
  *     cdef Py_ssize_t row, n, i
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):             # <<<<<<<<<<<<<<
@@ -31182,7 +31182,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
                         {
                             __pyx_v_row = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":433
+                            /* "src/cnnc/_kernels.pyx":434
  *     cdef Py_ssize_t row, n, i
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):
  *         n = row // oh             # <<<<<<<<<<<<<<
@@ -31191,7 +31191,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
 */
                             __pyx_v_n = (__pyx_v_row / __pyx_v_oh);
 
-                            /* "src/cnnc/_kernels.pyx":434
+                            /* "src/cnnc/_kernels.pyx":435
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):
  *         n = row // oh
  *         i = row - n * oh             # <<<<<<<<<<<<<<
@@ -31200,7 +31200,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
 */
                             __pyx_v_i = (__pyx_v_row - (__pyx_v_n * __pyx_v_oh));
 
-                            /* "src/cnnc/_kernels.pyx":435
+                            /* "src/cnnc/_kernels.pyx":436
  *         n = row // oh
  *         i = row - n * oh
  *         _direct_weight_row(&x[n, 0, 0, 0], &dy2[row * ow, 0], &partial[threadid() * patch, 0],             # <<<<<<<<<<<<<<
@@ -31221,7 +31221,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
                             __pyx_t_12 = (__pyx_t_11 * __pyx_v_patch);
                             __pyx_t_13 = 0;
 
-                            /* "src/cnnc/_kernels.pyx":436
+                            /* "src/cnnc/_kernels.pyx":437
  *         i = row - n * oh
  *         _direct_weight_row(&x[n, 0, 0, 0], &dy2[row * ow, 0], &partial[threadid() * patch, 0],
  *                            height, width, channels, kh, kw, sw, i * sh - top, left, ow, f)             # <<<<<<<<<<<<<<
@@ -31245,7 +31245,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
 
       }
 
-      /* "src/cnnc/_kernels.pyx":432
+      /* "src/cnnc/_kernels.pyx":433
  *     cdef Py_ssize_t f = dy2.shape[1], count = x.shape[0] * oh, patch = kh * kw * channels
  *     cdef Py_ssize_t row, n, i
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):             # <<<<<<<<<<<<<<
@@ -31262,7 +31262,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":424
+  /* "src/cnnc/_kernels.pyx":425
  * 
  * 
  * cdef void _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real[:, ::1] partial,             # <<<<<<<<<<<<<<
@@ -31307,7 +31307,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
   Py_ssize_t __pyx_t_12;
   Py_ssize_t __pyx_t_13;
 
-  /* "src/cnnc/_kernels.pyx":429
+  /* "src/cnnc/_kernels.pyx":430
  *     """partial (threads * patch, F) += each thread's share of the filter gradient, output row
  *     by output row."""
  *     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]             # <<<<<<<<<<<<<<
@@ -31318,7 +31318,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
   __pyx_v_width = (__pyx_v_x.shape[2]);
   __pyx_v_channels = (__pyx_v_x.shape[3]);
 
-  /* "src/cnnc/_kernels.pyx":430
+  /* "src/cnnc/_kernels.pyx":431
  *     by output row."""
  *     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
  *     cdef Py_ssize_t f = dy2.shape[1], count = x.shape[0] * oh, patch = kh * kw * channels             # <<<<<<<<<<<<<<
@@ -31329,7 +31329,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
   __pyx_v_count = ((__pyx_v_x.shape[0]) * __pyx_v_oh);
   __pyx_v_patch = ((__pyx_v_kh * __pyx_v_kw) * __pyx_v_channels);
 
-  /* "src/cnnc/_kernels.pyx":432
+  /* "src/cnnc/_kernels.pyx":433
  *     cdef Py_ssize_t f = dy2.shape[1], count = x.shape[0] * oh, patch = kh * kw * channels
  *     cdef Py_ssize_t row, n, i
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):             # <<<<<<<<<<<<<<
@@ -31366,7 +31366,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
                         {
                             __pyx_v_row = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":433
+                            /* "src/cnnc/_kernels.pyx":434
  *     cdef Py_ssize_t row, n, i
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):
  *         n = row // oh             # <<<<<<<<<<<<<<
@@ -31375,7 +31375,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
 */
                             __pyx_v_n = (__pyx_v_row / __pyx_v_oh);
 
-                            /* "src/cnnc/_kernels.pyx":434
+                            /* "src/cnnc/_kernels.pyx":435
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):
  *         n = row // oh
  *         i = row - n * oh             # <<<<<<<<<<<<<<
@@ -31384,7 +31384,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
 */
                             __pyx_v_i = (__pyx_v_row - (__pyx_v_n * __pyx_v_oh));
 
-                            /* "src/cnnc/_kernels.pyx":435
+                            /* "src/cnnc/_kernels.pyx":436
  *         n = row // oh
  *         i = row - n * oh
  *         _direct_weight_row(&x[n, 0, 0, 0], &dy2[row * ow, 0], &partial[threadid() * patch, 0],             # <<<<<<<<<<<<<<
@@ -31405,7 +31405,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
                             __pyx_t_12 = (__pyx_t_11 * __pyx_v_patch);
                             __pyx_t_13 = 0;
 
-                            /* "src/cnnc/_kernels.pyx":436
+                            /* "src/cnnc/_kernels.pyx":437
  *         i = row - n * oh
  *         _direct_weight_row(&x[n, 0, 0, 0], &dy2[row * ow, 0], &partial[threadid() * patch, 0],
  *                            height, width, channels, kh, kw, sw, i * sh - top, left, ow, f)             # <<<<<<<<<<<<<<
@@ -31429,7 +31429,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
 
       }
 
-      /* "src/cnnc/_kernels.pyx":432
+      /* "src/cnnc/_kernels.pyx":433
  *     cdef Py_ssize_t f = dy2.shape[1], count = x.shape[0] * oh, patch = kh * kw * channels
  *     cdef Py_ssize_t row, n, i
  *     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):             # <<<<<<<<<<<<<<
@@ -31446,7 +31446,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":424
+  /* "src/cnnc/_kernels.pyx":425
  * 
  * 
  * cdef void _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real[:, ::1] partial,             # <<<<<<<<<<<<<<
@@ -31467,7 +31467,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight(__Pyx_memvi
 
 }
 
-/* "src/cnnc/_kernels.pyx":439
+/* "src/cnnc/_kernels.pyx":440
  * 
  * 
  * def _direct_taken(patch, f):             # <<<<<<<<<<<<<<
@@ -31516,39 +31516,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_patch,&__pyx_mstate_global->__pyx_n_u_f,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 439, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 440, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 439, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 440, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 439, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 440, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_direct_taken", 0) < (0)) __PYX_ERR(3, 439, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_direct_taken", 0) < (0)) __PYX_ERR(3, 440, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_direct_taken", 1, 2, 2, i); __PYX_ERR(3, 439, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_direct_taken", 1, 2, 2, i); __PYX_ERR(3, 440, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 439, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 440, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 439, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 440, __pyx_L3_error)
     }
     __pyx_v_patch = values[0];
     __pyx_v_f = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("_direct_taken", 1, 2, 2, __pyx_nargs); __PYX_ERR(3, 439, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("_direct_taken", 1, 2, 2, __pyx_nargs); __PYX_ERR(3, 440, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -31581,18 +31581,18 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_4_direct_taken(CYTHON_UNUSED PyO
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_direct_taken", 0);
 
-  /* "src/cnnc/_kernels.pyx":441
+  /* "src/cnnc/_kernels.pyx":442
  * def _direct_taken(patch, f):
  *     """Whether the direct loops compute this convolution: few taps, whole blocks of filters."""
  *     return patch <= _DIRECT_TAPS and f >= _LANES             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_DIRECT_TAPS); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 441, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_DIRECT_TAPS); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 442, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_CompareLe_object_object(__pyx_v_patch, __pyx_t_2, Py_LE); __Pyx_XGOTREF(__pyx_t_3); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 441, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_CompareLe_object_object(__pyx_v_patch, __pyx_t_2, Py_LE); __Pyx_XGOTREF(__pyx_t_3); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 442, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(3, 441, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(3, 442, __pyx_L1_error)
   if (__pyx_t_4) {
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   } else {
@@ -31601,9 +31601,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_4_direct_taken(CYTHON_UNUSED PyO
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     goto __pyx_L3_bool_binop_done;
   }
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_4cnnc_13_kernels_avx2__LANES); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 441, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_4cnnc_13_kernels_avx2__LANES); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 442, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_CompareGe_object_int(__pyx_v_f, __pyx_t_3, Py_GE); __Pyx_XGOTREF(__pyx_t_2); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 441, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_CompareGe_object_int(__pyx_v_f, __pyx_t_3, Py_GE); __Pyx_XGOTREF(__pyx_t_2); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 442, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __Pyx_INCREF(__pyx_t_2);
   __pyx_t_1 = __pyx_t_2;
@@ -31620,7 +31620,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_4_direct_taken(CYTHON_UNUSED PyO
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":439
+  /* "src/cnnc/_kernels.pyx":440
  * 
  * 
  * def _direct_taken(patch, f):             # <<<<<<<<<<<<<<
@@ -31641,7 +31641,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_4_direct_taken(CYTHON_UNUSED PyO
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":444
+/* "src/cnnc/_kernels.pyx":445
  * 
  * 
  * def _run_direct(which, x, w2, b, dy2, out, kernel_size, stride, padding, out_hw):             # <<<<<<<<<<<<<<
@@ -31698,80 +31698,80 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_which,&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_w2,&__pyx_mstate_global->__pyx_n_u_b,&__pyx_mstate_global->__pyx_n_u_dy2,&__pyx_mstate_global->__pyx_n_u_out,&__pyx_mstate_global->__pyx_n_u_kernel_size,&__pyx_mstate_global->__pyx_n_u_stride,&__pyx_mstate_global->__pyx_n_u_padding,&__pyx_mstate_global->__pyx_n_u_out_hw,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 444, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 445, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case 10:
         values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(3, 444, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(3, 445, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  9:
         values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 444, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 445, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  8:
         values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 444, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 445, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 444, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 445, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 444, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 445, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 444, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 445, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 444, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 445, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 444, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 445, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 444, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 445, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 444, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 445, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_run_direct", 0) < (0)) __PYX_ERR(3, 444, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_run_direct", 0) < (0)) __PYX_ERR(3, 445, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 10; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_run_direct", 1, 10, 10, i); __PYX_ERR(3, 444, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_run_direct", 1, 10, 10, i); __PYX_ERR(3, 445, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 10)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 444, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 445, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 444, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 445, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 444, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 445, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 444, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 445, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 444, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 445, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 444, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 445, __pyx_L3_error)
       values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 444, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 445, __pyx_L3_error)
       values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 444, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 445, __pyx_L3_error)
       values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 444, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 445, __pyx_L3_error)
       values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(3, 444, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(3, 445, __pyx_L3_error)
     }
     __pyx_v_which = values[0];
     __pyx_v_x = values[1];
@@ -31786,7 +31786,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("_run_direct", 1, 10, 10, __pyx_nargs); __PYX_ERR(3, 444, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("_run_direct", 1, 10, 10, __pyx_nargs); __PYX_ERR(3, 445, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -31821,19 +31821,19 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_6_run_direct(CYTHON_UNUSED PyObj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_run_direct", 0);
 
-  /* "src/cnnc/_kernels.pyx":446
+  /* "src/cnnc/_kernels.pyx":447
  * def _run_direct(which, x, w2, b, dy2, out, kernel_size, stride, padding, out_hw):
  *     """The forward pass into out = y, or the filter gradient into out = partial sums."""
  *     if x.shape[0] == 0 or out.shape[1] == 0 or out_hw[0] * out_hw[1] == 0:             # <<<<<<<<<<<<<<
  *         return
  *     geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)
 */
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 446, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 447, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_GetItemInt(__pyx_t_2, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 446, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_GetItemInt(__pyx_t_2, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 447, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_4 = (__Pyx_PyLong_BoolEqObjC(__pyx_t_3, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(3, 446, __pyx_L1_error)
+  __pyx_t_4 = (__Pyx_PyLong_BoolEqObjC(__pyx_t_3, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(3, 447, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   if (!__pyx_t_4) {
 
@@ -31843,12 +31843,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_6_run_direct(CYTHON_UNUSED PyObj
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_out, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 446, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_out, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 447, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_GetItemInt(__pyx_t_3, 1, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 446, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_GetItemInt(__pyx_t_3, 1, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 447, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_4 = (__Pyx_PyLong_BoolEqObjC(__pyx_t_2, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(3, 446, __pyx_L1_error)
+  __pyx_t_4 = (__Pyx_PyLong_BoolEqObjC(__pyx_t_2, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(3, 447, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if (!__pyx_t_4) {
 
@@ -31858,15 +31858,15 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_6_run_direct(CYTHON_UNUSED PyObj
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_2 = __Pyx_GetItemInt(__pyx_v_out_hw, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 446, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_GetItemInt(__pyx_v_out_hw, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 447, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_GetItemInt(__pyx_v_out_hw, 1, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 446, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_GetItemInt(__pyx_v_out_hw, 1, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 447, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_2, __pyx_t_3); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 446, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_2, __pyx_t_3); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 447, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_4 = (__Pyx_PyLong_BoolEqObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(3, 446, __pyx_L1_error)
+  __pyx_t_4 = (__Pyx_PyLong_BoolEqObjC(__pyx_t_5, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(3, 447, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
   __pyx_t_1 = __pyx_t_4;
@@ -31875,7 +31875,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_6_run_direct(CYTHON_UNUSED PyObj
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":447
+    /* "src/cnnc/_kernels.pyx":448
  *     """The forward pass into out = y, or the filter gradient into out = partial sums."""
  *     if x.shape[0] == 0 or out.shape[1] == 0 or out_hw[0] * out_hw[1] == 0:
  *         return             # <<<<<<<<<<<<<<
@@ -31892,7 +31892,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_6_run_direct(CYTHON_UNUSED PyObj
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":446
+    /* "src/cnnc/_kernels.pyx":447
  * def _run_direct(which, x, w2, b, dy2, out, kernel_size, stride, padding, out_hw):
  *     """The forward pass into out = y, or the filter gradient into out = partial sums."""
  *     if x.shape[0] == 0 or out.shape[1] == 0 or out_hw[0] * out_hw[1] == 0:             # <<<<<<<<<<<<<<
@@ -31901,46 +31901,46 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_6_run_direct(CYTHON_UNUSED PyObj
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":448
+  /* "src/cnnc/_kernels.pyx":449
  *     if x.shape[0] == 0 or out.shape[1] == 0 or out_hw[0] * out_hw[1] == 0:
  *         return
  *     geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)             # <<<<<<<<<<<<<<
  *     if which == _FORWARD and x.dtype == np.float32:
  *         _direct_forward[float](x, w2, b, out, *geometry)
 */
-  __pyx_t_5 = PySequence_List(__pyx_v_kernel_size); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 448, __pyx_L1_error)
+  __pyx_t_5 = PySequence_List(__pyx_v_kernel_size); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 449, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (__Pyx_PyList_Extend(__pyx_t_5, __pyx_v_stride) < (0)) __PYX_ERR(3, 448, __pyx_L1_error)
-  __pyx_t_3 = __Pyx_GetItemInt(__pyx_v_padding, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 448, __pyx_L1_error)
+  if (__Pyx_PyList_Extend(__pyx_t_5, __pyx_v_stride) < (0)) __PYX_ERR(3, 449, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_GetItemInt(__pyx_v_padding, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 449, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (__Pyx_ListComp_AppendAndDecref(__pyx_t_5, __pyx_t_3) < (0)) __PYX_ERR(3, 448, __pyx_L1_error)
+  if (__Pyx_ListComp_AppendAndDecref(__pyx_t_5, __pyx_t_3) < (0)) __PYX_ERR(3, 449, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_3);
   __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_GetItemInt(__pyx_v_padding, 2, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 448, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_GetItemInt(__pyx_v_padding, 2, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 449, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (__Pyx_ListComp_AppendAndDecref(__pyx_t_5, __pyx_t_3) < (0)) __PYX_ERR(3, 448, __pyx_L1_error)
+  if (__Pyx_ListComp_AppendAndDecref(__pyx_t_5, __pyx_t_3) < (0)) __PYX_ERR(3, 449, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_3);
   __pyx_t_3 = 0;
-  if (__Pyx_PyList_Extend(__pyx_t_5, __pyx_v_out_hw) < (0)) __PYX_ERR(3, 448, __pyx_L1_error)
+  if (__Pyx_PyList_Extend(__pyx_t_5, __pyx_v_out_hw) < (0)) __PYX_ERR(3, 449, __pyx_L1_error)
   {
     PyObject *__pyx_temp = PyList_AsTuple(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_5);
-    __pyx_t_5 = __pyx_temp; if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 448, __pyx_L1_error)
+    __pyx_t_5 = __pyx_temp; if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 449, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
   __pyx_v_geometry = ((PyObject*)__pyx_t_5);
   __pyx_t_5 = 0;
 
-  /* "src/cnnc/_kernels.pyx":449
+  /* "src/cnnc/_kernels.pyx":450
  *         return
  *     geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)
  *     if which == _FORWARD and x.dtype == np.float32:             # <<<<<<<<<<<<<<
  *         _direct_forward[float](x, w2, b, out, *geometry)
  *     elif which == _FORWARD:
 */
-  __pyx_t_5 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__FORWARD); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 449, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__FORWARD); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 450, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_4 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_v_which, __pyx_t_5, Py_EQ); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(3, 449, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_v_which, __pyx_t_5, Py_EQ); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(3, 450, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (__pyx_t_4) {
 
@@ -31950,14 +31950,14 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_6_run_direct(CYTHON_UNUSED PyObj
 
     goto __pyx_L8_bool_binop_done;
   }
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 449, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 450, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 449, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 450, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 449, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 450, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_4 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_5, __pyx_t_2, Py_EQ); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(3, 449, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_5, __pyx_t_2, Py_EQ); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(3, 450, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
@@ -31967,39 +31967,39 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_6_run_direct(CYTHON_UNUSED PyObj
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":450
+    /* "src/cnnc/_kernels.pyx":451
  *     geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)
  *     if which == _FORWARD and x.dtype == np.float32:
  *         _direct_forward[float](x, w2, b, out, *geometry)             # <<<<<<<<<<<<<<
  *     elif which == _FORWARD:
  *         _direct_forward[double](x, w2, b, out, *geometry)
 */
-    __pyx_t_2 = __Pyx_CFunc_17d5d1__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_1x_2w2_1b_1y_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 450, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_CFunc_17d5d1__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_1x_2w2_1b_1y_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_forward); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 451, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_5 = PyTuple_New(4); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 450, __pyx_L1_error)
+    __pyx_t_5 = PyTuple_New(4); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 451, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_INCREF(__pyx_v_x);
     __Pyx_GIVEREF(__pyx_v_x);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 0, __pyx_v_x) != (0)) __PYX_ERR(3, 450, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 0, __pyx_v_x) != (0)) __PYX_ERR(3, 451, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_w2);
     __Pyx_GIVEREF(__pyx_v_w2);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 1, __pyx_v_w2) != (0)) __PYX_ERR(3, 450, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 1, __pyx_v_w2) != (0)) __PYX_ERR(3, 451, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_b);
     __Pyx_GIVEREF(__pyx_v_b);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 2, __pyx_v_b) != (0)) __PYX_ERR(3, 450, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 2, __pyx_v_b) != (0)) __PYX_ERR(3, 451, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_out);
     __Pyx_GIVEREF(__pyx_v_out);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 3, __pyx_v_out) != (0)) __PYX_ERR(3, 450, __pyx_L1_error);
-    __pyx_t_3 = PyNumber_Add(__pyx_t_5, __pyx_v_geometry); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 450, __pyx_L1_error)
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 3, __pyx_v_out) != (0)) __PYX_ERR(3, 451, __pyx_L1_error);
+    __pyx_t_3 = PyNumber_Add(__pyx_t_5, __pyx_v_geometry); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 451, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    __pyx_t_5 = __Pyx_PyObject_Call(__pyx_t_2, __pyx_t_3, NULL); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 450, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_Call(__pyx_t_2, __pyx_t_3, NULL); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 451, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-    /* "src/cnnc/_kernels.pyx":449
+    /* "src/cnnc/_kernels.pyx":450
  *         return
  *     geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)
  *     if which == _FORWARD and x.dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -32009,53 +32009,53 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_6_run_direct(CYTHON_UNUSED PyObj
     goto __pyx_L7;
   }
 
-  /* "src/cnnc/_kernels.pyx":451
+  /* "src/cnnc/_kernels.pyx":452
  *     if which == _FORWARD and x.dtype == np.float32:
  *         _direct_forward[float](x, w2, b, out, *geometry)
  *     elif which == _FORWARD:             # <<<<<<<<<<<<<<
  *         _direct_forward[double](x, w2, b, out, *geometry)
  *     elif x.dtype == np.float32:
 */
-  __pyx_t_5 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__FORWARD); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 451, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__FORWARD); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 452, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_v_which, __pyx_t_5, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(3, 451, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_v_which, __pyx_t_5, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(3, 452, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":452
+    /* "src/cnnc/_kernels.pyx":453
  *         _direct_forward[float](x, w2, b, out, *geometry)
  *     elif which == _FORWARD:
  *         _direct_forward[double](x, w2, b, out, *geometry)             # <<<<<<<<<<<<<<
  *     elif x.dtype == np.float32:
  *         _direct_weight[float](x, dy2, out, *geometry)
 */
-    __pyx_t_5 = __Pyx_CFunc_80989c__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_1x_2w2_1b_1y_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 452, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_CFunc_80989c__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_1x_2w2_1b_1y_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_forward); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 453, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_3 = PyTuple_New(4); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 452, __pyx_L1_error)
+    __pyx_t_3 = PyTuple_New(4); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 453, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_INCREF(__pyx_v_x);
     __Pyx_GIVEREF(__pyx_v_x);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_x) != (0)) __PYX_ERR(3, 452, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_x) != (0)) __PYX_ERR(3, 453, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_w2);
     __Pyx_GIVEREF(__pyx_v_w2);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_w2) != (0)) __PYX_ERR(3, 452, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_w2) != (0)) __PYX_ERR(3, 453, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_b);
     __Pyx_GIVEREF(__pyx_v_b);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 2, __pyx_v_b) != (0)) __PYX_ERR(3, 452, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 2, __pyx_v_b) != (0)) __PYX_ERR(3, 453, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_out);
     __Pyx_GIVEREF(__pyx_v_out);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 3, __pyx_v_out) != (0)) __PYX_ERR(3, 452, __pyx_L1_error);
-    __pyx_t_2 = PyNumber_Add(__pyx_t_3, __pyx_v_geometry); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 452, __pyx_L1_error)
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 3, __pyx_v_out) != (0)) __PYX_ERR(3, 453, __pyx_L1_error);
+    __pyx_t_2 = PyNumber_Add(__pyx_t_3, __pyx_v_geometry); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 453, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __pyx_t_3 = __Pyx_PyObject_Call(__pyx_t_5, __pyx_t_2, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 452, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_Call(__pyx_t_5, __pyx_t_2, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 453, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "src/cnnc/_kernels.pyx":451
+    /* "src/cnnc/_kernels.pyx":452
  *     if which == _FORWARD and x.dtype == np.float32:
  *         _direct_forward[float](x, w2, b, out, *geometry)
  *     elif which == _FORWARD:             # <<<<<<<<<<<<<<
@@ -32065,56 +32065,56 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_6_run_direct(CYTHON_UNUSED PyObj
     goto __pyx_L7;
   }
 
-  /* "src/cnnc/_kernels.pyx":453
+  /* "src/cnnc/_kernels.pyx":454
  *     elif which == _FORWARD:
  *         _direct_forward[double](x, w2, b, out, *geometry)
  *     elif x.dtype == np.float32:             # <<<<<<<<<<<<<<
  *         _direct_weight[float](x, dy2, out, *geometry)
  *     else:
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 453, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 454, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 453, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 454, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 453, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 454, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_3, __pyx_t_5, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(3, 453, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_3, __pyx_t_5, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(3, 454, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":454
+    /* "src/cnnc/_kernels.pyx":455
  *         _direct_forward[double](x, w2, b, out, *geometry)
  *     elif x.dtype == np.float32:
  *         _direct_weight[float](x, dy2, out, *geometry)             # <<<<<<<<<<<<<<
  *     else:
  *         _direct_weight[double](x, dy2, out, *geometry)
 */
-    __pyx_t_5 = __Pyx_CFunc_1db24d__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_1x_3dy2_7partial_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 454, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_CFunc_1db24d__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_1x_3dy2_7partial_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__direct_weight); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 455, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_3 = PyTuple_New(3); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 454, __pyx_L1_error)
+    __pyx_t_3 = PyTuple_New(3); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 455, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_INCREF(__pyx_v_x);
     __Pyx_GIVEREF(__pyx_v_x);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_x) != (0)) __PYX_ERR(3, 454, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_x) != (0)) __PYX_ERR(3, 455, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_dy2);
     __Pyx_GIVEREF(__pyx_v_dy2);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_dy2) != (0)) __PYX_ERR(3, 454, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_dy2) != (0)) __PYX_ERR(3, 455, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_out);
     __Pyx_GIVEREF(__pyx_v_out);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 2, __pyx_v_out) != (0)) __PYX_ERR(3, 454, __pyx_L1_error);
-    __pyx_t_2 = PyNumber_Add(__pyx_t_3, __pyx_v_geometry); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 454, __pyx_L1_error)
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 2, __pyx_v_out) != (0)) __PYX_ERR(3, 455, __pyx_L1_error);
+    __pyx_t_2 = PyNumber_Add(__pyx_t_3, __pyx_v_geometry); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 455, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __pyx_t_3 = __Pyx_PyObject_Call(__pyx_t_5, __pyx_t_2, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 454, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_Call(__pyx_t_5, __pyx_t_2, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 455, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "src/cnnc/_kernels.pyx":453
+    /* "src/cnnc/_kernels.pyx":454
  *     elif which == _FORWARD:
  *         _direct_forward[double](x, w2, b, out, *geometry)
  *     elif x.dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -32124,7 +32124,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_6_run_direct(CYTHON_UNUSED PyObj
     goto __pyx_L7;
   }
 
-  /* "src/cnnc/_kernels.pyx":456
+  /* "src/cnnc/_kernels.pyx":457
  *         _direct_weight[float](x, dy2, out, *geometry)
  *     else:
  *         _direct_weight[double](x, dy2, out, *geometry)             # <<<<<<<<<<<<<<
@@ -32132,23 +32132,23 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_6_run_direct(CYTHON_UNUSED PyObj
  * 
 */
   /*else*/ {
-    __pyx_t_3 = __Pyx_CFunc_bbe698__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_1x_3dy2_7partial_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 456, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_CFunc_bbe698__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_1x_3dy2_7partial_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__direct_weight); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 457, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_2 = PyTuple_New(3); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 456, __pyx_L1_error)
+    __pyx_t_2 = PyTuple_New(3); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 457, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_INCREF(__pyx_v_x);
     __Pyx_GIVEREF(__pyx_v_x);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_v_x) != (0)) __PYX_ERR(3, 456, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_v_x) != (0)) __PYX_ERR(3, 457, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_dy2);
     __Pyx_GIVEREF(__pyx_v_dy2);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_v_dy2) != (0)) __PYX_ERR(3, 456, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_v_dy2) != (0)) __PYX_ERR(3, 457, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_out);
     __Pyx_GIVEREF(__pyx_v_out);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, __pyx_v_out) != (0)) __PYX_ERR(3, 456, __pyx_L1_error);
-    __pyx_t_5 = PyNumber_Add(__pyx_t_2, __pyx_v_geometry); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 456, __pyx_L1_error)
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, __pyx_v_out) != (0)) __PYX_ERR(3, 457, __pyx_L1_error);
+    __pyx_t_5 = PyNumber_Add(__pyx_t_2, __pyx_v_geometry); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 457, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_2 = __Pyx_PyObject_Call(__pyx_t_3, __pyx_t_5, NULL); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 456, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_Call(__pyx_t_3, __pyx_t_5, NULL); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 457, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
@@ -32156,7 +32156,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_6_run_direct(CYTHON_UNUSED PyObj
   }
   __pyx_L7:;
 
-  /* "src/cnnc/_kernels.pyx":444
+  /* "src/cnnc/_kernels.pyx":445
  * 
  * 
  * def _run_direct(which, x, w2, b, dy2, out, kernel_size, stride, padding, out_hw):             # <<<<<<<<<<<<<<
@@ -32180,7 +32180,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_6_run_direct(CYTHON_UNUSED PyObj
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":459
+/* "src/cnnc/_kernels.pyx":460
  * 
  * 
  * cdef void _patch_images(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw,             # <<<<<<<<<<<<<<
@@ -32201,7 +32201,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__patch_images(__Pyx_memvie
   Py_ssize_t __pyx_t_8;
   Py_ssize_t __pyx_t_9;
 
-  /* "src/cnnc/_kernels.pyx":463
+  /* "src/cnnc/_kernels.pyx":464
  *                         Py_ssize_t oh, Py_ssize_t ow) noexcept:
  *     cdef Py_ssize_t n
  *     cdef Py_ssize_t pixels = oh * ow             # <<<<<<<<<<<<<<
@@ -32210,7 +32210,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__patch_images(__Pyx_memvie
 */
   __pyx_v_pixels = (__pyx_v_oh * __pyx_v_ow);
 
-  /* "src/cnnc/_kernels.pyx":464
+  /* "src/cnnc/_kernels.pyx":465
  *     cdef Py_ssize_t n
  *     cdef Py_ssize_t pixels = oh * ow
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -32245,7 +32245,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__patch_images(__Pyx_memvie
                         {
                             __pyx_v_n = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":465
+                            /* "src/cnnc/_kernels.pyx":466
  *     cdef Py_ssize_t pixels = oh * ow
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         _patches(&x[n, 0, 0, 0], &cols[n * pixels, 0], x.shape[1], x.shape[2], x.shape[3],             # <<<<<<<<<<<<<<
@@ -32259,7 +32259,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__patch_images(__Pyx_memvie
                             __pyx_t_8 = (__pyx_v_n * __pyx_v_pixels);
                             __pyx_t_9 = 0;
 
-                            /* "src/cnnc/_kernels.pyx":466
+                            /* "src/cnnc/_kernels.pyx":467
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         _patches(&x[n, 0, 0, 0], &cols[n * pixels, 0], x.shape[1], x.shape[2], x.shape[3],
  *                  kh, kw, sh, sw, top, left, oh, ow)             # <<<<<<<<<<<<<<
@@ -32281,7 +32281,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__patch_images(__Pyx_memvie
 
       }
 
-      /* "src/cnnc/_kernels.pyx":464
+      /* "src/cnnc/_kernels.pyx":465
  *     cdef Py_ssize_t n
  *     cdef Py_ssize_t pixels = oh * ow
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -32298,7 +32298,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__patch_images(__Pyx_memvie
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":459
+  /* "src/cnnc/_kernels.pyx":460
  * 
  * 
  * cdef void _patch_images(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw,             # <<<<<<<<<<<<<<
@@ -32325,7 +32325,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__patch_images(__Pyx_memvie
   Py_ssize_t __pyx_t_8;
   Py_ssize_t __pyx_t_9;
 
-  /* "src/cnnc/_kernels.pyx":463
+  /* "src/cnnc/_kernels.pyx":464
  *                         Py_ssize_t oh, Py_ssize_t ow) noexcept:
  *     cdef Py_ssize_t n
  *     cdef Py_ssize_t pixels = oh * ow             # <<<<<<<<<<<<<<
@@ -32334,7 +32334,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__patch_images(__Pyx_memvie
 */
   __pyx_v_pixels = (__pyx_v_oh * __pyx_v_ow);
 
-  /* "src/cnnc/_kernels.pyx":464
+  /* "src/cnnc/_kernels.pyx":465
  *     cdef Py_ssize_t n
  *     cdef Py_ssize_t pixels = oh * ow
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -32369,7 +32369,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__patch_images(__Pyx_memvie
                         {
                             __pyx_v_n = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":465
+                            /* "src/cnnc/_kernels.pyx":466
  *     cdef Py_ssize_t pixels = oh * ow
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         _patches(&x[n, 0, 0, 0], &cols[n * pixels, 0], x.shape[1], x.shape[2], x.shape[3],             # <<<<<<<<<<<<<<
@@ -32383,7 +32383,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__patch_images(__Pyx_memvie
                             __pyx_t_8 = (__pyx_v_n * __pyx_v_pixels);
                             __pyx_t_9 = 0;
 
-                            /* "src/cnnc/_kernels.pyx":466
+                            /* "src/cnnc/_kernels.pyx":467
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         _patches(&x[n, 0, 0, 0], &cols[n * pixels, 0], x.shape[1], x.shape[2], x.shape[3],
  *                  kh, kw, sh, sw, top, left, oh, ow)             # <<<<<<<<<<<<<<
@@ -32405,7 +32405,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__patch_images(__Pyx_memvie
 
       }
 
-      /* "src/cnnc/_kernels.pyx":464
+      /* "src/cnnc/_kernels.pyx":465
  *     cdef Py_ssize_t n
  *     cdef Py_ssize_t pixels = oh * ow
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -32422,7 +32422,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__patch_images(__Pyx_memvie
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":459
+  /* "src/cnnc/_kernels.pyx":460
  * 
  * 
  * cdef void _patch_images(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw,             # <<<<<<<<<<<<<<
@@ -32436,7 +32436,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__patch_images(__Pyx_memvie
 
 }
 
-/* "src/cnnc/_kernels.pyx":469
+/* "src/cnnc/_kernels.pyx":470
  * 
  * 
  * cdef void _unpatch_images(const real[:, ::1] cols, real[:, :, :, ::1] dx, Py_ssize_t kh,             # <<<<<<<<<<<<<<
@@ -32457,7 +32457,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__unpatch_images(__Pyx_memv
   Py_ssize_t __pyx_t_8;
   Py_ssize_t __pyx_t_9;
 
-  /* "src/cnnc/_kernels.pyx":473
+  /* "src/cnnc/_kernels.pyx":474
  *                           Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow) noexcept:
  *     cdef Py_ssize_t n
  *     cdef Py_ssize_t pixels = oh * ow             # <<<<<<<<<<<<<<
@@ -32466,7 +32466,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__unpatch_images(__Pyx_memv
 */
   __pyx_v_pixels = (__pyx_v_oh * __pyx_v_ow);
 
-  /* "src/cnnc/_kernels.pyx":474
+  /* "src/cnnc/_kernels.pyx":475
  *     cdef Py_ssize_t n
  *     cdef Py_ssize_t pixels = oh * ow
  *     for n in prange(dx.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -32501,7 +32501,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__unpatch_images(__Pyx_memv
                         {
                             __pyx_v_n = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":475
+                            /* "src/cnnc/_kernels.pyx":476
  *     cdef Py_ssize_t pixels = oh * ow
  *     for n in prange(dx.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         _unpatch(&cols[n * pixels, 0], &dx[n, 0, 0, 0], dx.shape[1], dx.shape[2], dx.shape[3],             # <<<<<<<<<<<<<<
@@ -32515,7 +32515,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__unpatch_images(__Pyx_memv
                             __pyx_t_8 = 0;
                             __pyx_t_9 = 0;
 
-                            /* "src/cnnc/_kernels.pyx":476
+                            /* "src/cnnc/_kernels.pyx":477
  *     for n in prange(dx.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         _unpatch(&cols[n * pixels, 0], &dx[n, 0, 0, 0], dx.shape[1], dx.shape[2], dx.shape[3],
  *                  kh, kw, sh, sw, top, left, oh, ow)             # <<<<<<<<<<<<<<
@@ -32537,7 +32537,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__unpatch_images(__Pyx_memv
 
       }
 
-      /* "src/cnnc/_kernels.pyx":474
+      /* "src/cnnc/_kernels.pyx":475
  *     cdef Py_ssize_t n
  *     cdef Py_ssize_t pixels = oh * ow
  *     for n in prange(dx.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -32554,7 +32554,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__unpatch_images(__Pyx_memv
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":469
+  /* "src/cnnc/_kernels.pyx":470
  * 
  * 
  * cdef void _unpatch_images(const real[:, ::1] cols, real[:, :, :, ::1] dx, Py_ssize_t kh,             # <<<<<<<<<<<<<<
@@ -32581,7 +32581,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__unpatch_images(__Pyx_memv
   Py_ssize_t __pyx_t_8;
   Py_ssize_t __pyx_t_9;
 
-  /* "src/cnnc/_kernels.pyx":473
+  /* "src/cnnc/_kernels.pyx":474
  *                           Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow) noexcept:
  *     cdef Py_ssize_t n
  *     cdef Py_ssize_t pixels = oh * ow             # <<<<<<<<<<<<<<
@@ -32590,7 +32590,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__unpatch_images(__Pyx_memv
 */
   __pyx_v_pixels = (__pyx_v_oh * __pyx_v_ow);
 
-  /* "src/cnnc/_kernels.pyx":474
+  /* "src/cnnc/_kernels.pyx":475
  *     cdef Py_ssize_t n
  *     cdef Py_ssize_t pixels = oh * ow
  *     for n in prange(dx.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -32625,7 +32625,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__unpatch_images(__Pyx_memv
                         {
                             __pyx_v_n = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":475
+                            /* "src/cnnc/_kernels.pyx":476
  *     cdef Py_ssize_t pixels = oh * ow
  *     for n in prange(dx.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         _unpatch(&cols[n * pixels, 0], &dx[n, 0, 0, 0], dx.shape[1], dx.shape[2], dx.shape[3],             # <<<<<<<<<<<<<<
@@ -32639,7 +32639,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__unpatch_images(__Pyx_memv
                             __pyx_t_8 = 0;
                             __pyx_t_9 = 0;
 
-                            /* "src/cnnc/_kernels.pyx":476
+                            /* "src/cnnc/_kernels.pyx":477
  *     for n in prange(dx.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         _unpatch(&cols[n * pixels, 0], &dx[n, 0, 0, 0], dx.shape[1], dx.shape[2], dx.shape[3],
  *                  kh, kw, sh, sw, top, left, oh, ow)             # <<<<<<<<<<<<<<
@@ -32661,7 +32661,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__unpatch_images(__Pyx_memv
 
       }
 
-      /* "src/cnnc/_kernels.pyx":474
+      /* "src/cnnc/_kernels.pyx":475
  *     cdef Py_ssize_t n
  *     cdef Py_ssize_t pixels = oh * ow
  *     for n in prange(dx.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -32678,7 +32678,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__unpatch_images(__Pyx_memv
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":469
+  /* "src/cnnc/_kernels.pyx":470
  * 
  * 
  * cdef void _unpatch_images(const real[:, ::1] cols, real[:, :, :, ::1] dx, Py_ssize_t kh,             # <<<<<<<<<<<<<<
@@ -32692,7 +32692,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__unpatch_images(__Pyx_memv
 
 }
 
-/* "src/cnnc/_kernels.pyx":482
+/* "src/cnnc/_kernels.pyx":483
  * 
  * 
  * def _scratch(role, rows, columns, dtype):             # <<<<<<<<<<<<<<
@@ -32743,44 +32743,44 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_role,&__pyx_mstate_global->__pyx_n_u_rows,&__pyx_mstate_global->__pyx_n_u_columns,&__pyx_mstate_global->__pyx_n_u_dtype,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 482, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 483, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 482, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 483, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 482, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 483, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 482, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 483, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 482, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 483, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_scratch", 0) < (0)) __PYX_ERR(3, 482, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_scratch", 0) < (0)) __PYX_ERR(3, 483, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 4; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_scratch", 1, 4, 4, i); __PYX_ERR(3, 482, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_scratch", 1, 4, 4, i); __PYX_ERR(3, 483, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 4)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 482, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 483, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 482, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 483, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 482, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 483, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 482, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 483, __pyx_L3_error)
     }
     __pyx_v_role = values[0];
     __pyx_v_rows = values[1];
@@ -32789,7 +32789,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("_scratch", 1, 4, 4, __pyx_nargs); __PYX_ERR(3, 482, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("_scratch", 1, 4, 4, __pyx_nargs); __PYX_ERR(3, 483, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -32828,21 +32828,21 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_8_scratch(CYTHON_UNUSED PyObject
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_scratch", 0);
 
-  /* "src/cnnc/_kernels.pyx":484
+  /* "src/cnnc/_kernels.pyx":485
  * def _scratch(role, rows, columns, dtype):
  *     """A (rows, columns) work array of this thread, reused from call to call."""
  *     buffers = _local.__dict__.setdefault("buffers", {})             # <<<<<<<<<<<<<<
  *     size = rows * columns
  *     buffer = buffers.get((role, dtype))
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_local); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 484, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_local); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 485, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_dict); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 484, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_dict); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 485, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_2 = __pyx_t_4;
   __Pyx_INCREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyDict_NewPresized(0); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 484, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyDict_NewPresized(0); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 485, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_5 = 0;
   {
@@ -32851,25 +32851,25 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_8_scratch(CYTHON_UNUSED PyObject
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 484, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 485, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __pyx_v_buffers = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":485
+  /* "src/cnnc/_kernels.pyx":486
  *     """A (rows, columns) work array of this thread, reused from call to call."""
  *     buffers = _local.__dict__.setdefault("buffers", {})
  *     size = rows * columns             # <<<<<<<<<<<<<<
  *     buffer = buffers.get((role, dtype))
  *     if buffer is None or buffer.size < size:
 */
-  __pyx_t_1 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_rows, __pyx_v_columns); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 485, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_rows, __pyx_v_columns); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 486, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_size = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":486
+  /* "src/cnnc/_kernels.pyx":487
  *     buffers = _local.__dict__.setdefault("buffers", {})
  *     size = rows * columns
  *     buffer = buffers.get((role, dtype))             # <<<<<<<<<<<<<<
@@ -32878,27 +32878,27 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_8_scratch(CYTHON_UNUSED PyObject
 */
   __pyx_t_4 = __pyx_v_buffers;
   __Pyx_INCREF(__pyx_t_4);
-  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 486, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 487, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF(__pyx_v_role);
   __Pyx_GIVEREF(__pyx_v_role);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_role) != (0)) __PYX_ERR(3, 486, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_role) != (0)) __PYX_ERR(3, 487, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_dtype);
   __Pyx_GIVEREF(__pyx_v_dtype);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_dtype) != (0)) __PYX_ERR(3, 486, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_dtype) != (0)) __PYX_ERR(3, 487, __pyx_L1_error);
   __pyx_t_5 = 0;
   {
     PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_t_3};
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_get, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 486, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 487, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __pyx_v_buffer = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":487
+  /* "src/cnnc/_kernels.pyx":488
  *     size = rows * columns
  *     buffer = buffers.get((role, dtype))
  *     if buffer is None or buffer.size < size:             # <<<<<<<<<<<<<<
@@ -32914,9 +32914,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_8_scratch(CYTHON_UNUSED PyObject
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_buffer, __pyx_mstate_global->__pyx_n_u_size); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 487, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_buffer, __pyx_mstate_global->__pyx_n_u_size); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 488, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_7 = __Pyx_PyObject_CompareBoolLt_object_object(__pyx_t_1, __pyx_v_size, Py_LT); if (unlikely((__pyx_t_7 < 0))) __PYX_ERR(3, 487, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_CompareBoolLt_object_object(__pyx_t_1, __pyx_v_size, Py_LT); if (unlikely((__pyx_t_7 < 0))) __PYX_ERR(3, 488, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
   __pyx_t_6 = __pyx_t_7;
@@ -32925,7 +32925,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_8_scratch(CYTHON_UNUSED PyObject
   if (__pyx_t_6) {
 
 
-    /* "src/cnnc/_kernels.pyx":488
+    /* "src/cnnc/_kernels.pyx":489
  *     buffer = buffers.get((role, dtype))
  *     if buffer is None or buffer.size < size:
  *         buffer = buffers[(role, dtype)] = np.empty(size, dtype=dtype)             # <<<<<<<<<<<<<<
@@ -32933,9 +32933,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_8_scratch(CYTHON_UNUSED PyObject
  * 
 */
     __pyx_t_3 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 488, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 489, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 488, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 489, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     #if CYTHON_VECTORCALL
@@ -32956,13 +32956,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_8_scratch(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[3] = {__pyx_t_3, __pyx_v_size, __pyx_v_dtype};
       #if CYTHON_VECTORCALL
       __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[3];
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 488, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 489, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_4);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 488, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 489, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       #endif
@@ -32972,24 +32972,24 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_8_scratch(CYTHON_UNUSED PyObject
       #endif
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 488, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 489, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_INCREF(__pyx_t_1);
     __Pyx_DECREF_SET(__pyx_v_buffer, __pyx_t_1);
-    __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 488, __pyx_L1_error)
+    __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 489, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_INCREF(__pyx_v_role);
     __Pyx_GIVEREF(__pyx_v_role);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_v_role) != (0)) __PYX_ERR(3, 488, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_v_role) != (0)) __PYX_ERR(3, 489, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_dtype);
     __Pyx_GIVEREF(__pyx_v_dtype);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_v_dtype) != (0)) __PYX_ERR(3, 488, __pyx_L1_error);
-    if (unlikely((PyObject_SetItem(__pyx_v_buffers, __pyx_t_2, __pyx_t_1) < 0))) __PYX_ERR(3, 488, __pyx_L1_error)
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_v_dtype) != (0)) __PYX_ERR(3, 489, __pyx_L1_error);
+    if (unlikely((PyObject_SetItem(__pyx_v_buffers, __pyx_t_2, __pyx_t_1) < 0))) __PYX_ERR(3, 489, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-    /* "src/cnnc/_kernels.pyx":487
+    /* "src/cnnc/_kernels.pyx":488
  *     size = rows * columns
  *     buffer = buffers.get((role, dtype))
  *     if buffer is None or buffer.size < size:             # <<<<<<<<<<<<<<
@@ -32998,14 +32998,14 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_8_scratch(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":489
+  /* "src/cnnc/_kernels.pyx":490
  *     if buffer is None or buffer.size < size:
  *         buffer = buffers[(role, dtype)] = np.empty(size, dtype=dtype)
  *     return buffer[:size].reshape(rows, columns)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_4 = __Pyx_PyObject_GetSlice(__pyx_v_buffer, 0, 0, NULL, &__pyx_v_size, NULL, 0, 0, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 489, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetSlice(__pyx_v_buffer, 0, 0, NULL, &__pyx_v_size, NULL, 0, 0, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 490, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_2 = __pyx_t_4;
   __Pyx_INCREF(__pyx_t_2);
@@ -33015,7 +33015,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_8_scratch(CYTHON_UNUSED PyObject
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 489, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 490, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -33029,7 +33029,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_8_scratch(CYTHON_UNUSED PyObject
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":482
+  /* "src/cnnc/_kernels.pyx":483
  * 
  * 
  * def _scratch(role, rows, columns, dtype):             # <<<<<<<<<<<<<<
@@ -33054,7 +33054,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_8_scratch(CYTHON_UNUSED PyObject
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":492
+/* "src/cnnc/_kernels.pyx":493
  * 
  * 
  * def _chunk_count(n, bytes_per_image):             # <<<<<<<<<<<<<<
@@ -33103,39 +33103,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_n,&__pyx_mstate_global->__pyx_n_u_bytes_per_image,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 492, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 493, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 492, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 493, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 492, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 493, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_chunk_count", 0) < (0)) __PYX_ERR(3, 492, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_chunk_count", 0) < (0)) __PYX_ERR(3, 493, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_chunk_count", 1, 2, 2, i); __PYX_ERR(3, 492, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_chunk_count", 1, 2, 2, i); __PYX_ERR(3, 493, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 492, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 493, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 492, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 493, __pyx_L3_error)
     }
     __pyx_v_n = values[0];
     __pyx_v_bytes_per_image = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("_chunk_count", 1, 2, 2, __pyx_nargs); __PYX_ERR(3, 492, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("_chunk_count", 1, 2, 2, __pyx_nargs); __PYX_ERR(3, 493, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -33170,89 +33170,26 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_10_chunk_count(CYTHON_UNUSED PyO
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_chunk_count", 0);
 
-  /* "src/cnnc/_kernels.pyx":495
+  /* "src/cnnc/_kernels.pyx":496
  *     """Into how many chunks to cut n images: patch matrices of about _CHUNK_BYTES at most,
  *     and a multiple of the threads, so that they share the work evenly."""
  *     wanted = max(1, -(-n * bytes_per_image // _CHUNK_BYTES))             # <<<<<<<<<<<<<<
  *     return max(1, min(n, -(-wanted // _threads) * _threads))
  * 
 */
-  __pyx_t_1 = PyNumber_Negative(__pyx_v_n); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 495, __pyx_L1_error)
+  __pyx_t_1 = PyNumber_Negative(__pyx_v_n); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 496, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_1, __pyx_v_bytes_per_image); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 495, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_1, __pyx_v_bytes_per_image); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 496, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = PyLong_FromSsize_t(__pyx_v_4cnnc_13_kernels_avx2__CHUNK_BYTES); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 495, __pyx_L1_error)
+  __pyx_t_1 = PyLong_FromSsize_t(__pyx_v_4cnnc_13_kernels_avx2__CHUNK_BYTES); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 496, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_3 = PyNumber_FloorDivide(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 495, __pyx_L1_error)
+  __pyx_t_3 = PyNumber_FloorDivide(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 496, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = PyNumber_Negative(__pyx_t_3); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 495, __pyx_L1_error)
+  __pyx_t_1 = PyNumber_Negative(__pyx_t_3); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 496, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-
-  __pyx_t_4 = 1;
-  __pyx_t_2 = __Pyx_PyLong_From_long(__pyx_t_4); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 495, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_1, __pyx_t_2, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(3, 495, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  if (__pyx_t_5) {
-    __Pyx_INCREF(__pyx_t_1);
-    __pyx_t_3 = __pyx_t_1;
-  } else {
-    __pyx_t_2 = __Pyx_PyLong_From_long(__pyx_t_4); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 495, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __pyx_t_2;
-    __pyx_t_2 = 0;
-  }
-
-  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __pyx_t_3;
-  __Pyx_INCREF(__pyx_t_1);
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_v_wanted = __pyx_t_1;
-  __pyx_t_1 = 0;
-
-  /* "src/cnnc/_kernels.pyx":496
- *     and a multiple of the threads, so that they share the work evenly."""
- *     wanted = max(1, -(-n * bytes_per_image // _CHUNK_BYTES))
- *     return max(1, min(n, -(-wanted // _threads) * _threads))             # <<<<<<<<<<<<<<
- * 
- * 
-*/
-  __pyx_t_1 = PyNumber_Negative(__pyx_v_wanted); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 496, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 496, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = PyNumber_FloorDivide(__pyx_t_1, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 496, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
-  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyNumber_Negative(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 496, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 496, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __Pyx_PyNumber_Multiply_object_int(__pyx_t_3, __pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 496, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_1);
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __Pyx_INCREF(__pyx_v_n);
-  __pyx_t_2 = __pyx_v_n;
-  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_object_object(__pyx_t_1, __pyx_t_2, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(3, 496, __pyx_L1_error)
-  if (__pyx_t_5) {
-    __Pyx_INCREF(__pyx_t_1);
-    __pyx_t_3 = __pyx_t_1;
-  } else {
-    __Pyx_INCREF(__pyx_t_2);
-    __pyx_t_3 = __pyx_t_2;
-  }
-
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __Pyx_INCREF(__pyx_t_3);
-  __pyx_t_1 = __pyx_t_3;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
   __pyx_t_4 = 1;
@@ -33271,6 +33208,69 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_10_chunk_count(CYTHON_UNUSED PyO
   }
 
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __pyx_t_1 = __pyx_t_3;
+  __Pyx_INCREF(__pyx_t_1);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_v_wanted = __pyx_t_1;
+  __pyx_t_1 = 0;
+
+  /* "src/cnnc/_kernels.pyx":497
+ *     and a multiple of the threads, so that they share the work evenly."""
+ *     wanted = max(1, -(-n * bytes_per_image // _CHUNK_BYTES))
+ *     return max(1, min(n, -(-wanted // _threads) * _threads))             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  __pyx_t_1 = PyNumber_Negative(__pyx_v_wanted); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 497, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_3 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 497, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_2 = PyNumber_FloorDivide(__pyx_t_1, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 497, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_3 = PyNumber_Negative(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 497, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  __pyx_t_2 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 497, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_1 = __Pyx_PyNumber_Multiply_object_int(__pyx_t_3, __pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 497, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  __Pyx_INCREF(__pyx_v_n);
+  __pyx_t_2 = __pyx_v_n;
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolLt_object_object(__pyx_t_1, __pyx_t_2, Py_LT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(3, 497, __pyx_L1_error)
+  if (__pyx_t_5) {
+    __Pyx_INCREF(__pyx_t_1);
+    __pyx_t_3 = __pyx_t_1;
+  } else {
+    __Pyx_INCREF(__pyx_t_2);
+    __pyx_t_3 = __pyx_t_2;
+  }
+
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __Pyx_INCREF(__pyx_t_3);
+  __pyx_t_1 = __pyx_t_3;
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+
+  __pyx_t_4 = 1;
+  __pyx_t_2 = __Pyx_PyLong_From_long(__pyx_t_4); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 497, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_5 = __Pyx_PyObject_CompareBoolGt_object_int(__pyx_t_1, __pyx_t_2, Py_GT); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(3, 497, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (__pyx_t_5) {
+    __Pyx_INCREF(__pyx_t_1);
+    __pyx_t_3 = __pyx_t_1;
+  } else {
+    __pyx_t_2 = __Pyx_PyLong_From_long(__pyx_t_4); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 497, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_2);
+    __pyx_t_3 = __pyx_t_2;
+    __pyx_t_2 = 0;
+  }
+
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
     PyObject *__pyx_temp;
     {
@@ -33283,7 +33283,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_10_chunk_count(CYTHON_UNUSED PyO
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":492
+  /* "src/cnnc/_kernels.pyx":493
  * 
  * 
  * def _chunk_count(n, bytes_per_image):             # <<<<<<<<<<<<<<
@@ -33305,7 +33305,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_10_chunk_count(CYTHON_UNUSED PyO
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":499
+/* "src/cnnc/_kernels.pyx":500
  * 
  * 
  * def _run_pass(which, image, image_grad, w2, rows, out, b, kernel_size, stride, padding, out_hw,             # <<<<<<<<<<<<<<
@@ -33363,92 +33363,92 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_which,&__pyx_mstate_global->__pyx_n_u_image,&__pyx_mstate_global->__pyx_n_u_image_grad,&__pyx_mstate_global->__pyx_n_u_w2,&__pyx_mstate_global->__pyx_n_u_rows,&__pyx_mstate_global->__pyx_n_u_out,&__pyx_mstate_global->__pyx_n_u_b,&__pyx_mstate_global->__pyx_n_u_kernel_size,&__pyx_mstate_global->__pyx_n_u_stride,&__pyx_mstate_global->__pyx_n_u_padding,&__pyx_mstate_global->__pyx_n_u_out_hw,&__pyx_mstate_global->__pyx_n_u_chunks,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 499, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 500, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case 12:
         values[11] = __Pyx_ArgRef_FASTCALL(__pyx_args, 11);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(3, 499, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(3, 500, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 11:
         values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(3, 499, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(3, 500, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 10:
         values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(3, 499, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(3, 500, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  9:
         values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 499, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 500, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  8:
         values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 499, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 500, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 499, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 500, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 499, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 500, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 499, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 500, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 499, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 500, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 499, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 500, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 499, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 500, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 499, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 500, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_run_pass", 0) < (0)) __PYX_ERR(3, 499, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_run_pass", 0) < (0)) __PYX_ERR(3, 500, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 12; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_run_pass", 1, 12, 12, i); __PYX_ERR(3, 499, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_run_pass", 1, 12, 12, i); __PYX_ERR(3, 500, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 12)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 499, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 500, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 499, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 500, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 499, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 500, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 499, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 500, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 499, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 500, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 499, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 500, __pyx_L3_error)
       values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 499, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 500, __pyx_L3_error)
       values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 499, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 500, __pyx_L3_error)
       values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 499, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 500, __pyx_L3_error)
       values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(3, 499, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(3, 500, __pyx_L3_error)
       values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(3, 499, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(3, 500, __pyx_L3_error)
       values[11] = __Pyx_ArgRef_FASTCALL(__pyx_args, 11);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(3, 499, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[11])) __PYX_ERR(3, 500, __pyx_L3_error)
     }
     __pyx_v_which = values[0];
     __pyx_v_image = values[1];
@@ -33465,7 +33465,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("_run_pass", 1, 12, 12, __pyx_nargs); __PYX_ERR(3, 499, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("_run_pass", 1, 12, 12, __pyx_nargs); __PYX_ERR(3, 500, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -33502,7 +33502,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_12_run_pass(CYTHON_UNUSED PyObje
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_run_pass", 0);
 
-  /* "src/cnnc/_kernels.pyx":501
+  /* "src/cnnc/_kernels.pyx":502
  * def _run_pass(which, image, image_grad, w2, rows, out, b, kernel_size, stride, padding, out_hw,
  *               chunks):
  *     if rows is not None and rows.shape[0] == 0 or image is not None and image.shape[0] == 0:             # <<<<<<<<<<<<<<
@@ -33516,12 +33516,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_12_run_pass(CYTHON_UNUSED PyObje
   } else {
 
   }
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 501, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_rows, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 502, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_GetItemInt(__pyx_t_3, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 501, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_GetItemInt(__pyx_t_3, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 502, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_2 = (__Pyx_PyLong_BoolEqObjC(__pyx_t_4, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(3, 501, __pyx_L1_error)
+  __pyx_t_2 = (__Pyx_PyLong_BoolEqObjC(__pyx_t_4, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(3, 502, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   if (!__pyx_t_2) {
 
@@ -33541,12 +33541,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_12_run_pass(CYTHON_UNUSED PyObje
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_image, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 501, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_image, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 502, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_GetItemInt(__pyx_t_4, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 501, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_GetItemInt(__pyx_t_4, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 502, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_2 = (__Pyx_PyLong_BoolEqObjC(__pyx_t_3, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(3, 501, __pyx_L1_error)
+  __pyx_t_2 = (__Pyx_PyLong_BoolEqObjC(__pyx_t_3, __pyx_mstate_global->__pyx_int_0, 0, 0)); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(3, 502, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
   __pyx_t_1 = __pyx_t_2;
@@ -33555,7 +33555,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_12_run_pass(CYTHON_UNUSED PyObje
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":502
+    /* "src/cnnc/_kernels.pyx":503
  *               chunks):
  *     if rows is not None and rows.shape[0] == 0 or image is not None and image.shape[0] == 0:
  *         return                      # an empty batch: nothing to compute, nothing to allocate             # <<<<<<<<<<<<<<
@@ -33572,7 +33572,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_12_run_pass(CYTHON_UNUSED PyObje
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":501
+    /* "src/cnnc/_kernels.pyx":502
  * def _run_pass(which, image, image_grad, w2, rows, out, b, kernel_size, stride, padding, out_hw,
  *               chunks):
  *     if rows is not None and rows.shape[0] == 0 or image is not None and image.shape[0] == 0:             # <<<<<<<<<<<<<<
@@ -33581,67 +33581,67 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_12_run_pass(CYTHON_UNUSED PyObje
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":503
+  /* "src/cnnc/_kernels.pyx":504
  *     if rows is not None and rows.shape[0] == 0 or image is not None and image.shape[0] == 0:
  *         return                      # an empty batch: nothing to compute, nothing to allocate
  *     args = (image, image_grad, w2, rows, out, b, *kernel_size, *stride, padding[0], padding[2],             # <<<<<<<<<<<<<<
  *             *out_hw, chunks)
  *     if (image if image is not None else image_grad).dtype == np.float32:
 */
-  __pyx_t_4 = PyList_New(6); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 503, __pyx_L1_error)
+  __pyx_t_4 = PyList_New(6); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 504, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_INCREF(__pyx_v_image);
   __Pyx_GIVEREF(__pyx_v_image);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 0, __pyx_v_image) != (0)) __PYX_ERR(3, 503, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 0, __pyx_v_image) != (0)) __PYX_ERR(3, 504, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_image_grad);
   __Pyx_GIVEREF(__pyx_v_image_grad);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 1, __pyx_v_image_grad) != (0)) __PYX_ERR(3, 503, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 1, __pyx_v_image_grad) != (0)) __PYX_ERR(3, 504, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_w2);
   __Pyx_GIVEREF(__pyx_v_w2);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 2, __pyx_v_w2) != (0)) __PYX_ERR(3, 503, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 2, __pyx_v_w2) != (0)) __PYX_ERR(3, 504, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_rows);
   __Pyx_GIVEREF(__pyx_v_rows);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 3, __pyx_v_rows) != (0)) __PYX_ERR(3, 503, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 3, __pyx_v_rows) != (0)) __PYX_ERR(3, 504, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_out);
   __Pyx_GIVEREF(__pyx_v_out);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 4, __pyx_v_out) != (0)) __PYX_ERR(3, 503, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 4, __pyx_v_out) != (0)) __PYX_ERR(3, 504, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_b);
   __Pyx_GIVEREF(__pyx_v_b);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 5, __pyx_v_b) != (0)) __PYX_ERR(3, 503, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 5, __pyx_v_b) != (0)) __PYX_ERR(3, 504, __pyx_L1_error);
   __pyx_t_3 = __pyx_t_4;
   __pyx_t_4 = 0;
-  if (__Pyx_PyList_Extend(__pyx_t_3, __pyx_v_kernel_size) < (0)) __PYX_ERR(3, 503, __pyx_L1_error)
-  if (__Pyx_PyList_Extend(__pyx_t_3, __pyx_v_stride) < (0)) __PYX_ERR(3, 503, __pyx_L1_error)
-  __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_padding, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 503, __pyx_L1_error)
+  if (__Pyx_PyList_Extend(__pyx_t_3, __pyx_v_kernel_size) < (0)) __PYX_ERR(3, 504, __pyx_L1_error)
+  if (__Pyx_PyList_Extend(__pyx_t_3, __pyx_v_stride) < (0)) __PYX_ERR(3, 504, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_padding, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 504, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (__Pyx_ListComp_AppendAndDecref(__pyx_t_3, __pyx_t_4) < (0)) __PYX_ERR(3, 503, __pyx_L1_error)
+  if (__Pyx_ListComp_AppendAndDecref(__pyx_t_3, __pyx_t_4) < (0)) __PYX_ERR(3, 504, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_4);
   __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_padding, 2, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 503, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_padding, 2, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 504, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (__Pyx_ListComp_AppendAndDecref(__pyx_t_3, __pyx_t_4) < (0)) __PYX_ERR(3, 503, __pyx_L1_error)
+  if (__Pyx_ListComp_AppendAndDecref(__pyx_t_3, __pyx_t_4) < (0)) __PYX_ERR(3, 504, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_4);
   __pyx_t_4 = 0;
 
-  /* "src/cnnc/_kernels.pyx":504
+  /* "src/cnnc/_kernels.pyx":505
  *         return                      # an empty batch: nothing to compute, nothing to allocate
  *     args = (image, image_grad, w2, rows, out, b, *kernel_size, *stride, padding[0], padding[2],
  *             *out_hw, chunks)             # <<<<<<<<<<<<<<
  *     if (image if image is not None else image_grad).dtype == np.float32:
  *         failed = _conv_pass[float](which, *args)
 */
-  if (__Pyx_PyList_Extend(__pyx_t_3, __pyx_v_out_hw) < (0)) __PYX_ERR(3, 504, __pyx_L1_error)
-  if (__Pyx_ListComp_Append(__pyx_t_3, __pyx_v_chunks) < (0)) __PYX_ERR(3, 504, __pyx_L1_error)
+  if (__Pyx_PyList_Extend(__pyx_t_3, __pyx_v_out_hw) < (0)) __PYX_ERR(3, 505, __pyx_L1_error)
+  if (__Pyx_ListComp_Append(__pyx_t_3, __pyx_v_chunks) < (0)) __PYX_ERR(3, 505, __pyx_L1_error)
   {
     PyObject *__pyx_temp = PyList_AsTuple(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_3);
-    __pyx_t_3 = __pyx_temp; if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 503, __pyx_L1_error)
+    __pyx_t_3 = __pyx_temp; if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 504, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __pyx_v_args = ((PyObject*)__pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":505
+  /* "src/cnnc/_kernels.pyx":506
  *     args = (image, image_grad, w2, rows, out, b, *kernel_size, *stride, padding[0], padding[2],
  *             *out_hw, chunks)
  *     if (image if image is not None else image_grad).dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -33657,45 +33657,45 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_12_run_pass(CYTHON_UNUSED PyObje
     __pyx_t_3 = __pyx_v_image_grad;
   }
 
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 505, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 506, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 505, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 506, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 505, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 506, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_4, __pyx_t_5, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(3, 505, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_4, __pyx_t_5, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(3, 506, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":506
+    /* "src/cnnc/_kernels.pyx":507
  *             *out_hw, chunks)
  *     if (image if image is not None else image_grad).dtype == np.float32:
  *         failed = _conv_pass[float](which, *args)             # <<<<<<<<<<<<<<
  *     else:
  *         failed = _conv_pass[double](which, *args)
 */
-    __pyx_t_5 = __Pyx_CFunc_c54e9c__4cnnc_13_kernels_avx2_int__lParen_Pass__comma___etc_to_py_1c1770__5which_5image_10image_grad_2w2_4rows_3out_1b_2__etc(__pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__conv_pass); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 506, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_CFunc_c54e9c__4cnnc_13_kernels_avx2_int__lParen_Pass__comma___etc_to_py_1c1770__5which_5image_10image_grad_2w2_4rows_3out_1b_2__etc(__pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__conv_pass); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 507, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_4 = PyTuple_New(1); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 506, __pyx_L1_error)
+    __pyx_t_4 = PyTuple_New(1); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 507, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_INCREF(__pyx_v_which);
     __Pyx_GIVEREF(__pyx_v_which);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_which) != (0)) __PYX_ERR(3, 506, __pyx_L1_error);
-    __pyx_t_3 = PyNumber_Add(__pyx_t_4, __pyx_v_args); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 506, __pyx_L1_error)
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_v_which) != (0)) __PYX_ERR(3, 507, __pyx_L1_error);
+    __pyx_t_3 = PyNumber_Add(__pyx_t_4, __pyx_v_args); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 507, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __pyx_t_4 = __Pyx_PyObject_Call(__pyx_t_5, __pyx_t_3, NULL); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 506, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_Call(__pyx_t_5, __pyx_t_3, NULL); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 507, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_v_failed = __pyx_t_4;
     __pyx_t_4 = 0;
 
-    /* "src/cnnc/_kernels.pyx":505
+    /* "src/cnnc/_kernels.pyx":506
  *     args = (image, image_grad, w2, rows, out, b, *kernel_size, *stride, padding[0], padding[2],
  *             *out_hw, chunks)
  *     if (image if image is not None else image_grad).dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -33705,7 +33705,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_12_run_pass(CYTHON_UNUSED PyObje
     goto __pyx_L8;
   }
 
-  /* "src/cnnc/_kernels.pyx":508
+  /* "src/cnnc/_kernels.pyx":509
  *         failed = _conv_pass[float](which, *args)
  *     else:
  *         failed = _conv_pass[double](which, *args)             # <<<<<<<<<<<<<<
@@ -33713,17 +33713,17 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_12_run_pass(CYTHON_UNUSED PyObje
  *         raise MemoryError("no memory for a convolution's patch matrix")
 */
   /*else*/ {
-    __pyx_t_4 = __Pyx_CFunc_c174af__4cnnc_13_kernels_avx2_int__lParen_Pass__comma___etc_to_py_1c1770__5which_5image_10image_grad_2w2_4rows_3out_1b_2__etc(__pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__conv_pass); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 508, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_CFunc_c174af__4cnnc_13_kernels_avx2_int__lParen_Pass__comma___etc_to_py_1c1770__5which_5image_10image_grad_2w2_4rows_3out_1b_2__etc(__pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__conv_pass); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 509, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 508, __pyx_L1_error)
+    __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 509, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_INCREF(__pyx_v_which);
     __Pyx_GIVEREF(__pyx_v_which);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_which) != (0)) __PYX_ERR(3, 508, __pyx_L1_error);
-    __pyx_t_5 = PyNumber_Add(__pyx_t_3, __pyx_v_args); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 508, __pyx_L1_error)
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_which) != (0)) __PYX_ERR(3, 509, __pyx_L1_error);
+    __pyx_t_5 = PyNumber_Add(__pyx_t_3, __pyx_v_args); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 509, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __pyx_t_3 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_t_5, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 508, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_t_5, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 509, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
@@ -33732,18 +33732,18 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_12_run_pass(CYTHON_UNUSED PyObje
   }
   __pyx_L8:;
 
-  /* "src/cnnc/_kernels.pyx":509
+  /* "src/cnnc/_kernels.pyx":510
  *     else:
  *         failed = _conv_pass[double](which, *args)
  *     if failed:             # <<<<<<<<<<<<<<
  *         raise MemoryError("no memory for a convolution's patch matrix")
  * 
 */
-  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_failed); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(3, 509, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_failed); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(3, 510, __pyx_L1_error)
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "src/cnnc/_kernels.pyx":510
+    /* "src/cnnc/_kernels.pyx":511
  *         failed = _conv_pass[double](which, *args)
  *     if failed:
  *         raise MemoryError("no memory for a convolution's patch matrix")             # <<<<<<<<<<<<<<
@@ -33756,14 +33756,14 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_12_run_pass(CYTHON_UNUSED PyObje
       PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_no_memory_for_a_convolution_s_pa};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 510, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 511, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(3, 510, __pyx_L1_error)
+    __PYX_ERR(3, 511, __pyx_L1_error)
 
-    /* "src/cnnc/_kernels.pyx":509
+    /* "src/cnnc/_kernels.pyx":510
  *     else:
  *         failed = _conv_pass[double](which, *args)
  *     if failed:             # <<<<<<<<<<<<<<
@@ -33772,7 +33772,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_12_run_pass(CYTHON_UNUSED PyObje
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":499
+  /* "src/cnnc/_kernels.pyx":500
  * 
  * 
  * def _run_pass(which, image, image_grad, w2, rows, out, b, kernel_size, stride, padding, out_hw,             # <<<<<<<<<<<<<<
@@ -33797,7 +33797,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_12_run_pass(CYTHON_UNUSED PyObje
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":513
+/* "src/cnnc/_kernels.pyx":514
  * 
  * 
  * def _matmul_pass(which, x, w2, rows, out, b, kernel_size, stride, padding, out_hw, chunks):             # <<<<<<<<<<<<<<
@@ -33855,86 +33855,86 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_which,&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_w2,&__pyx_mstate_global->__pyx_n_u_rows,&__pyx_mstate_global->__pyx_n_u_out,&__pyx_mstate_global->__pyx_n_u_b,&__pyx_mstate_global->__pyx_n_u_kernel_size,&__pyx_mstate_global->__pyx_n_u_stride,&__pyx_mstate_global->__pyx_n_u_padding,&__pyx_mstate_global->__pyx_n_u_out_hw,&__pyx_mstate_global->__pyx_n_u_chunks,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 513, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 514, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case 11:
         values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(3, 513, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(3, 514, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case 10:
         values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(3, 513, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(3, 514, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  9:
         values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 513, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 514, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  8:
         values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 513, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 514, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 513, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 514, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 513, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 514, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 513, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 514, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 513, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 514, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 513, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 514, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 513, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 514, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 513, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 514, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_matmul_pass", 0) < (0)) __PYX_ERR(3, 513, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_matmul_pass", 0) < (0)) __PYX_ERR(3, 514, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 11; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_matmul_pass", 1, 11, 11, i); __PYX_ERR(3, 513, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_matmul_pass", 1, 11, 11, i); __PYX_ERR(3, 514, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 11)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 513, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 514, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 513, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 514, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 513, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 514, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 513, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 514, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 513, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 514, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 513, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 514, __pyx_L3_error)
       values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 513, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 514, __pyx_L3_error)
       values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 513, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 514, __pyx_L3_error)
       values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 513, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 514, __pyx_L3_error)
       values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(3, 513, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(3, 514, __pyx_L3_error)
       values[10] = __Pyx_ArgRef_FASTCALL(__pyx_args, 10);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(3, 513, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[10])) __PYX_ERR(3, 514, __pyx_L3_error)
     }
     __pyx_v_which = values[0];
     __pyx_v_x = values[1];
@@ -33950,7 +33950,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("_matmul_pass", 1, 11, 11, __pyx_nargs); __PYX_ERR(3, 513, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("_matmul_pass", 1, 11, 11, __pyx_nargs); __PYX_ERR(3, 514, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -34010,7 +34010,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
   __Pyx_RefNannySetupContext("_matmul_pass", 0);
   __Pyx_INCREF(__pyx_v_out);
 
-  /* "src/cnnc/_kernels.pyx":515
+  /* "src/cnnc/_kernels.pyx":516
  * def _matmul_pass(which, x, w2, rows, out, b, kernel_size, stride, padding, out_hw, chunks):
  *     """The same passes through numpy.matmul, for NumPy builds without their own OpenBLAS."""
  *     (kh, kw), (sh, sw), top, left = kernel_size, stride, padding[0], padding[2]             # <<<<<<<<<<<<<<
@@ -34021,9 +34021,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
   __Pyx_INCREF(__pyx_t_1);
   __pyx_t_2 = __pyx_v_stride;
   __Pyx_INCREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_GetItemInt(__pyx_v_padding, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 515, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_GetItemInt(__pyx_v_padding, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 516, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_padding, 2, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 515, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_padding, 2, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 516, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
     PyObject* sequence = __pyx_t_1;
@@ -34031,7 +34031,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 515, __pyx_L1_error)
+      __PYX_ERR(3, 516, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -34041,22 +34041,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
       __Pyx_INCREF(__pyx_t_6);
     } else {
       __pyx_t_5 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 515, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 516, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_5);
       __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 515, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 516, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_6);
     }
     #else
-    __pyx_t_5 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 515, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 516, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 515, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 516, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_7 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 515, __pyx_L1_error)
+    __pyx_t_7 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 516, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_8 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_7);
@@ -34064,7 +34064,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
     __Pyx_GOTREF(__pyx_t_5);
     index = 1; __pyx_t_6 = __pyx_t_8(__pyx_t_7); if (unlikely(!__pyx_t_6)) goto __pyx_L3_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_6);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_7), 2) < (0)) __PYX_ERR(3, 515, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_7), 2) < (0)) __PYX_ERR(3, 516, __pyx_L1_error)
     __pyx_t_8 = NULL;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     goto __pyx_L4_unpacking_done;
@@ -34072,7 +34072,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_8 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 515, __pyx_L1_error)
+    __PYX_ERR(3, 516, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
   __pyx_v_kh = __pyx_t_5;
@@ -34085,7 +34085,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 515, __pyx_L1_error)
+      __PYX_ERR(3, 516, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -34095,22 +34095,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
       __Pyx_INCREF(__pyx_t_6);
     } else {
       __pyx_t_1 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 515, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 516, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_1);
       __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 515, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 516, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_6);
     }
     #else
-    __pyx_t_1 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 515, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 516, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 515, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 516, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     #endif
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_5 = PyObject_GetIter(__pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 515, __pyx_L1_error)
+    __pyx_t_5 = PyObject_GetIter(__pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 516, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_8 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_5);
@@ -34118,7 +34118,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
     __Pyx_GOTREF(__pyx_t_1);
     index = 1; __pyx_t_6 = __pyx_t_8(__pyx_t_5); if (unlikely(!__pyx_t_6)) goto __pyx_L5_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_6);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_5), 2) < (0)) __PYX_ERR(3, 515, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_5), 2) < (0)) __PYX_ERR(3, 516, __pyx_L1_error)
     __pyx_t_8 = NULL;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     goto __pyx_L6_unpacking_done;
@@ -34126,7 +34126,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __pyx_t_8 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 515, __pyx_L1_error)
+    __PYX_ERR(3, 516, __pyx_L1_error)
     __pyx_L6_unpacking_done:;
   }
   __pyx_v_sh = __pyx_t_1;
@@ -34138,34 +34138,34 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
   __pyx_v_left = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "src/cnnc/_kernels.pyx":516
+  /* "src/cnnc/_kernels.pyx":517
  *     """The same passes through numpy.matmul, for NumPy builds without their own OpenBLAS."""
  *     (kh, kw), (sh, sw), top, left = kernel_size, stride, padding[0], padding[2]
  *     n, pixels, patch = x.shape[0], out_hw[0] * out_hw[1], kh * kw * x.shape[3]             # <<<<<<<<<<<<<<
  *     per_chunk = -(-n // chunks)
  *     single = x.dtype == np.float32
 */
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 516, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 517, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_GetItemInt(__pyx_t_4, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 516, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_GetItemInt(__pyx_t_4, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 517, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_out_hw, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 516, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_out_hw, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 517, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_2 = __Pyx_GetItemInt(__pyx_v_out_hw, 1, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 516, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_GetItemInt(__pyx_v_out_hw, 1, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 517, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_4, __pyx_t_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 516, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_4, __pyx_t_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 517, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_kh, __pyx_v_kw); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 516, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_kh, __pyx_v_kw); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 517, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 516, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 517, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_1 = __Pyx_GetItemInt(__pyx_t_4, 3, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 516, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_GetItemInt(__pyx_t_4, 3, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 517, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 516, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 517, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
@@ -34176,45 +34176,45 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
   __pyx_v_patch = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "src/cnnc/_kernels.pyx":517
+  /* "src/cnnc/_kernels.pyx":518
  *     (kh, kw), (sh, sw), top, left = kernel_size, stride, padding[0], padding[2]
  *     n, pixels, patch = x.shape[0], out_hw[0] * out_hw[1], kh * kw * x.shape[3]
  *     per_chunk = -(-n // chunks)             # <<<<<<<<<<<<<<
  *     single = x.dtype == np.float32
  *     for start in range(0, n, per_chunk):
 */
-  __pyx_t_4 = PyNumber_Negative(__pyx_v_n); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 517, __pyx_L1_error)
+  __pyx_t_4 = PyNumber_Negative(__pyx_v_n); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 518, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = PyNumber_FloorDivide(__pyx_t_4, __pyx_v_chunks); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 517, __pyx_L1_error)
+  __pyx_t_6 = PyNumber_FloorDivide(__pyx_t_4, __pyx_v_chunks); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 518, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = PyNumber_Negative(__pyx_t_6); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 517, __pyx_L1_error)
+  __pyx_t_4 = PyNumber_Negative(__pyx_t_6); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 518, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __pyx_v_per_chunk = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "src/cnnc/_kernels.pyx":518
+  /* "src/cnnc/_kernels.pyx":519
  *     n, pixels, patch = x.shape[0], out_hw[0] * out_hw[1], kh * kw * x.shape[3]
  *     per_chunk = -(-n // chunks)
  *     single = x.dtype == np.float32             # <<<<<<<<<<<<<<
  *     for start in range(0, n, per_chunk):
  *         stop = min(n, start + per_chunk)
 */
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 518, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 519, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 518, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 519, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 518, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 519, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_CompareEq_object_object(__pyx_t_4, __pyx_t_3, Py_EQ); __Pyx_XGOTREF(__pyx_t_6); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 518, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_CompareEq_object_object(__pyx_t_4, __pyx_t_3, Py_EQ); __Pyx_XGOTREF(__pyx_t_6); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 519, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_single = __pyx_t_6;
   __pyx_t_6 = 0;
 
-  /* "src/cnnc/_kernels.pyx":519
+  /* "src/cnnc/_kernels.pyx":520
  *     per_chunk = -(-n // chunks)
  *     single = x.dtype == np.float32
  *     for start in range(0, n, per_chunk):             # <<<<<<<<<<<<<<
@@ -34227,12 +34227,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
     PyObject *__pyx_callargs[4] = {__pyx_t_3, __pyx_mstate_global->__pyx_int_0, __pyx_v_n, __pyx_v_per_chunk};
     __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)(&PyRange_Type), __pyx_callargs+__pyx_t_9, (4-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 519, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 520, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
-  __pyx_t_3 = PyObject_GetIter(__pyx_t_6); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 519, __pyx_L1_error)
+  __pyx_t_3 = PyObject_GetIter(__pyx_t_6); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 520, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_10 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_3); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 519, __pyx_L1_error)
+  __pyx_t_10 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_3); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 520, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   for (;;) {
     {
@@ -34240,7 +34240,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
       if (unlikely(!__pyx_t_6)) {
         PyObject* exc_type = PyErr_Occurred();
         if (exc_type) {
-          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(3, 519, __pyx_L1_error)
+          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(3, 520, __pyx_L1_error)
           PyErr_Clear();
         }
         break;
@@ -34250,18 +34250,18 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
     __Pyx_XDECREF_SET(__pyx_v_start, __pyx_t_6);
     __pyx_t_6 = 0;
 
-    /* "src/cnnc/_kernels.pyx":520
+    /* "src/cnnc/_kernels.pyx":521
  *     single = x.dtype == np.float32
  *     for start in range(0, n, per_chunk):
  *         stop = min(n, start + per_chunk)             # <<<<<<<<<<<<<<
  *         cols = _scratch("cols", (stop - start) * pixels, patch, x.dtype)
  *         part = slice(start * pixels, stop * pixels)
 */
-    __pyx_t_6 = __Pyx_PyNumber_Add_object_object(__pyx_v_start, __pyx_v_per_chunk); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 520, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyNumber_Add_object_object(__pyx_v_start, __pyx_v_per_chunk); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 521, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_INCREF(__pyx_v_n);
     __pyx_t_4 = __pyx_v_n;
-    __pyx_t_11 = __Pyx_PyObject_CompareBoolLt_object_object(__pyx_t_6, __pyx_t_4, Py_LT); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 520, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_CompareBoolLt_object_object(__pyx_t_6, __pyx_t_4, Py_LT); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 521, __pyx_L1_error)
     if (__pyx_t_11) {
       __Pyx_INCREF(__pyx_t_6);
       __pyx_t_1 = __pyx_t_6;
@@ -34278,7 +34278,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
     __Pyx_XDECREF_SET(__pyx_v_stop, __pyx_t_6);
     __pyx_t_6 = 0;
 
-    /* "src/cnnc/_kernels.pyx":521
+    /* "src/cnnc/_kernels.pyx":522
  *     for start in range(0, n, per_chunk):
  *         stop = min(n, start + per_chunk)
  *         cols = _scratch("cols", (stop - start) * pixels, patch, x.dtype)             # <<<<<<<<<<<<<<
@@ -34286,14 +34286,14 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
  *         if which == _GRAD_INPUT:
 */
     __pyx_t_1 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_scratch); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 521, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_scratch); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 522, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PyNumber_Subtract_object_object(__pyx_v_stop, __pyx_v_start); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 521, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyNumber_Subtract_object_object(__pyx_v_stop, __pyx_v_start); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 522, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_5 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_2, __pyx_v_pixels); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 521, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_2, __pyx_v_pixels); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 522, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 521, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 522, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __pyx_t_9 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -34314,45 +34314,45 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 521, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 522, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __Pyx_XDECREF_SET(__pyx_v_cols, __pyx_t_6);
     __pyx_t_6 = 0;
 
-    /* "src/cnnc/_kernels.pyx":522
+    /* "src/cnnc/_kernels.pyx":523
  *         stop = min(n, start + per_chunk)
  *         cols = _scratch("cols", (stop - start) * pixels, patch, x.dtype)
  *         part = slice(start * pixels, stop * pixels)             # <<<<<<<<<<<<<<
  *         if which == _GRAD_INPUT:
  *             np.matmul(rows[part], w2.T, out=cols)
 */
-    __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_start, __pyx_v_pixels); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 522, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_start, __pyx_v_pixels); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 523, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_4 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_stop, __pyx_v_pixels); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 522, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_stop, __pyx_v_pixels); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 523, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = PySlice_New(__pyx_t_6, __pyx_t_4, Py_None); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 522, __pyx_L1_error)
+    __pyx_t_2 = PySlice_New(__pyx_t_6, __pyx_t_4, Py_None); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 523, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_XDECREF_SET(__pyx_v_part, ((PyObject*)__pyx_t_2));
     __pyx_t_2 = 0;
 
-    /* "src/cnnc/_kernels.pyx":523
+    /* "src/cnnc/_kernels.pyx":524
  *         cols = _scratch("cols", (stop - start) * pixels, patch, x.dtype)
  *         part = slice(start * pixels, stop * pixels)
  *         if which == _GRAD_INPUT:             # <<<<<<<<<<<<<<
  *             np.matmul(rows[part], w2.T, out=cols)
  *             if single:
 */
-    __pyx_t_2 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_INPUT); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 523, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_INPUT); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 524, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_11 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_v_which, __pyx_t_2, Py_EQ); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 523, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_v_which, __pyx_t_2, Py_EQ); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 524, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     if (__pyx_t_11) {
 
 
-      /* "src/cnnc/_kernels.pyx":524
+      /* "src/cnnc/_kernels.pyx":525
  *         part = slice(start * pixels, stop * pixels)
  *         if which == _GRAD_INPUT:
  *             np.matmul(rows[part], w2.T, out=cols)             # <<<<<<<<<<<<<<
@@ -34360,14 +34360,14 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
  *                 _unpatch_images[float](cols, x[start:stop], kh, kw, sh, sw, top, left, *out_hw)
 */
       __pyx_t_4 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 524, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 525, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 524, __pyx_L1_error)
+      __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 525, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      __pyx_t_6 = __Pyx_PyObject_GetItem(__pyx_v_rows, __pyx_v_part); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 524, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyObject_GetItem(__pyx_v_rows, __pyx_v_part); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 525, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_w2, __pyx_mstate_global->__pyx_n_u_T); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 524, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_w2, __pyx_mstate_global->__pyx_n_u_T); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 525, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       #if CYTHON_VECTORCALL
       #endif
@@ -34387,13 +34387,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
         PyObject *__pyx_callargs[4] = {__pyx_t_4, __pyx_t_6, __pyx_t_1, __pyx_v_cols};
         #if CYTHON_VECTORCALL
         __pyx_t_7 = __pyx_mstate_global->__pyx_tuple[4];
-        if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 524, __pyx_L1_error)
+        if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 525, __pyx_L1_error)
         __Pyx_INCREF(__pyx_t_7);
         #else
         {
           PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
           __pyx_t_7 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-          if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 524, __pyx_L1_error)
+          if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 525, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_7);
         }
         #endif
@@ -34405,72 +34405,72 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
         #endif
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 524, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 525, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-      /* "src/cnnc/_kernels.pyx":525
+      /* "src/cnnc/_kernels.pyx":526
  *         if which == _GRAD_INPUT:
  *             np.matmul(rows[part], w2.T, out=cols)
  *             if single:             # <<<<<<<<<<<<<<
  *                 _unpatch_images[float](cols, x[start:stop], kh, kw, sh, sw, top, left, *out_hw)
  *             else:
 */
-      __pyx_t_11 = __Pyx_PyObject_IsTrue(__pyx_v_single); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 525, __pyx_L1_error)
+      __pyx_t_11 = __Pyx_PyObject_IsTrue(__pyx_v_single); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 526, __pyx_L1_error)
       if (__pyx_t_11) {
 
 
-        /* "src/cnnc/_kernels.pyx":526
+        /* "src/cnnc/_kernels.pyx":527
  *             np.matmul(rows[part], w2.T, out=cols)
  *             if single:
  *                 _unpatch_images[float](cols, x[start:stop], kh, kw, sh, sw, top, left, *out_hw)             # <<<<<<<<<<<<<<
  *             else:
  *                 _unpatch_images[double](cols, x[start:stop], kh, kw, sh, sw, top, left, *out_hw)
 */
-        __pyx_t_2 = __Pyx_CFunc_7b151d__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_4cols_2dx_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__unpatch_images); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 526, __pyx_L1_error)
+        __pyx_t_2 = __Pyx_CFunc_7b151d__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_4cols_2dx_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__unpatch_images); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 527, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
-        __pyx_t_5 = __Pyx_PyObject_GetSlice(__pyx_v_x, 0, 0, &__pyx_v_start, &__pyx_v_stop, NULL, 0, 0, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 526, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyObject_GetSlice(__pyx_v_x, 0, 0, &__pyx_v_start, &__pyx_v_stop, NULL, 0, 0, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 527, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
-        __pyx_t_7 = PyTuple_New(8); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 526, __pyx_L1_error)
+        __pyx_t_7 = PyTuple_New(8); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 527, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_7);
         __Pyx_INCREF(__pyx_v_cols);
         __Pyx_GIVEREF(__pyx_v_cols);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_v_cols) != (0)) __PYX_ERR(3, 526, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_v_cols) != (0)) __PYX_ERR(3, 527, __pyx_L1_error);
         __Pyx_GIVEREF(__pyx_t_5);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_t_5) != (0)) __PYX_ERR(3, 526, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_t_5) != (0)) __PYX_ERR(3, 527, __pyx_L1_error);
         __Pyx_INCREF(__pyx_v_kh);
         __Pyx_GIVEREF(__pyx_v_kh);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 2, __pyx_v_kh) != (0)) __PYX_ERR(3, 526, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 2, __pyx_v_kh) != (0)) __PYX_ERR(3, 527, __pyx_L1_error);
         __Pyx_INCREF(__pyx_v_kw);
         __Pyx_GIVEREF(__pyx_v_kw);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 3, __pyx_v_kw) != (0)) __PYX_ERR(3, 526, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 3, __pyx_v_kw) != (0)) __PYX_ERR(3, 527, __pyx_L1_error);
         __Pyx_INCREF(__pyx_v_sh);
         __Pyx_GIVEREF(__pyx_v_sh);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 4, __pyx_v_sh) != (0)) __PYX_ERR(3, 526, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 4, __pyx_v_sh) != (0)) __PYX_ERR(3, 527, __pyx_L1_error);
         __Pyx_INCREF(__pyx_v_sw);
         __Pyx_GIVEREF(__pyx_v_sw);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 5, __pyx_v_sw) != (0)) __PYX_ERR(3, 526, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 5, __pyx_v_sw) != (0)) __PYX_ERR(3, 527, __pyx_L1_error);
         __Pyx_INCREF(__pyx_v_top);
         __Pyx_GIVEREF(__pyx_v_top);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 6, __pyx_v_top) != (0)) __PYX_ERR(3, 526, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 6, __pyx_v_top) != (0)) __PYX_ERR(3, 527, __pyx_L1_error);
         __Pyx_INCREF(__pyx_v_left);
         __Pyx_GIVEREF(__pyx_v_left);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 7, __pyx_v_left) != (0)) __PYX_ERR(3, 526, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 7, __pyx_v_left) != (0)) __PYX_ERR(3, 527, __pyx_L1_error);
         __pyx_t_5 = 0;
-        __pyx_t_5 = __Pyx_PySequence_Tuple(__pyx_v_out_hw); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 526, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PySequence_Tuple(__pyx_v_out_hw); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 527, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
-        __pyx_t_1 = PyNumber_Add(__pyx_t_7, __pyx_t_5); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 526, __pyx_L1_error)
+        __pyx_t_1 = PyNumber_Add(__pyx_t_7, __pyx_t_5); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 527, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-        __pyx_t_5 = __Pyx_PyObject_Call(__pyx_t_2, __pyx_t_1, NULL); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 526, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyObject_Call(__pyx_t_2, __pyx_t_1, NULL); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 527, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-        /* "src/cnnc/_kernels.pyx":525
+        /* "src/cnnc/_kernels.pyx":526
  *         if which == _GRAD_INPUT:
  *             np.matmul(rows[part], w2.T, out=cols)
  *             if single:             # <<<<<<<<<<<<<<
@@ -34480,7 +34480,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
         goto __pyx_L10;
       }
 
-      /* "src/cnnc/_kernels.pyx":528
+      /* "src/cnnc/_kernels.pyx":529
  *                 _unpatch_images[float](cols, x[start:stop], kh, kw, sh, sw, top, left, *out_hw)
  *             else:
  *                 _unpatch_images[double](cols, x[start:stop], kh, kw, sh, sw, top, left, *out_hw)             # <<<<<<<<<<<<<<
@@ -34488,43 +34488,43 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
  *         if single:
 */
       /*else*/ {
-        __pyx_t_5 = __Pyx_CFunc_dc2dab__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_4cols_2dx_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__unpatch_images); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 528, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_CFunc_dc2dab__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_4cols_2dx_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__unpatch_images); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 529, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_5);
-        __pyx_t_1 = __Pyx_PyObject_GetSlice(__pyx_v_x, 0, 0, &__pyx_v_start, &__pyx_v_stop, NULL, 0, 0, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 528, __pyx_L1_error)
+        __pyx_t_1 = __Pyx_PyObject_GetSlice(__pyx_v_x, 0, 0, &__pyx_v_start, &__pyx_v_stop, NULL, 0, 0, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 529, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
-        __pyx_t_2 = PyTuple_New(8); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 528, __pyx_L1_error)
+        __pyx_t_2 = PyTuple_New(8); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 529, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
         __Pyx_INCREF(__pyx_v_cols);
         __Pyx_GIVEREF(__pyx_v_cols);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_v_cols) != (0)) __PYX_ERR(3, 528, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_v_cols) != (0)) __PYX_ERR(3, 529, __pyx_L1_error);
         __Pyx_GIVEREF(__pyx_t_1);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_t_1) != (0)) __PYX_ERR(3, 528, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_t_1) != (0)) __PYX_ERR(3, 529, __pyx_L1_error);
         __Pyx_INCREF(__pyx_v_kh);
         __Pyx_GIVEREF(__pyx_v_kh);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, __pyx_v_kh) != (0)) __PYX_ERR(3, 528, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, __pyx_v_kh) != (0)) __PYX_ERR(3, 529, __pyx_L1_error);
         __Pyx_INCREF(__pyx_v_kw);
         __Pyx_GIVEREF(__pyx_v_kw);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 3, __pyx_v_kw) != (0)) __PYX_ERR(3, 528, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 3, __pyx_v_kw) != (0)) __PYX_ERR(3, 529, __pyx_L1_error);
         __Pyx_INCREF(__pyx_v_sh);
         __Pyx_GIVEREF(__pyx_v_sh);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 4, __pyx_v_sh) != (0)) __PYX_ERR(3, 528, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 4, __pyx_v_sh) != (0)) __PYX_ERR(3, 529, __pyx_L1_error);
         __Pyx_INCREF(__pyx_v_sw);
         __Pyx_GIVEREF(__pyx_v_sw);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 5, __pyx_v_sw) != (0)) __PYX_ERR(3, 528, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 5, __pyx_v_sw) != (0)) __PYX_ERR(3, 529, __pyx_L1_error);
         __Pyx_INCREF(__pyx_v_top);
         __Pyx_GIVEREF(__pyx_v_top);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 6, __pyx_v_top) != (0)) __PYX_ERR(3, 528, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 6, __pyx_v_top) != (0)) __PYX_ERR(3, 529, __pyx_L1_error);
         __Pyx_INCREF(__pyx_v_left);
         __Pyx_GIVEREF(__pyx_v_left);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 7, __pyx_v_left) != (0)) __PYX_ERR(3, 528, __pyx_L1_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 7, __pyx_v_left) != (0)) __PYX_ERR(3, 529, __pyx_L1_error);
         __pyx_t_1 = 0;
-        __pyx_t_1 = __Pyx_PySequence_Tuple(__pyx_v_out_hw); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 528, __pyx_L1_error)
+        __pyx_t_1 = __Pyx_PySequence_Tuple(__pyx_v_out_hw); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 529, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
-        __pyx_t_7 = PyNumber_Add(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 528, __pyx_L1_error)
+        __pyx_t_7 = PyNumber_Add(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 529, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_7);
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-        __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_5, __pyx_t_7, NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 528, __pyx_L1_error)
+        __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_5, __pyx_t_7, NULL); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 529, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
@@ -34532,7 +34532,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
       }
       __pyx_L10:;
 
-      /* "src/cnnc/_kernels.pyx":529
+      /* "src/cnnc/_kernels.pyx":530
  *             else:
  *                 _unpatch_images[double](cols, x[start:stop], kh, kw, sh, sw, top, left, *out_hw)
  *             continue             # <<<<<<<<<<<<<<
@@ -34541,7 +34541,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
 */
       goto __pyx_L7_continue;
 
-      /* "src/cnnc/_kernels.pyx":523
+      /* "src/cnnc/_kernels.pyx":524
  *         cols = _scratch("cols", (stop - start) * pixels, patch, x.dtype)
  *         part = slice(start * pixels, stop * pixels)
  *         if which == _GRAD_INPUT:             # <<<<<<<<<<<<<<
@@ -34550,67 +34550,67 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
 */
     }
 
-    /* "src/cnnc/_kernels.pyx":530
+    /* "src/cnnc/_kernels.pyx":531
  *                 _unpatch_images[double](cols, x[start:stop], kh, kw, sh, sw, top, left, *out_hw)
  *             continue
  *         if single:             # <<<<<<<<<<<<<<
  *             _patch_images[float](x[start:stop], cols, kh, kw, sh, sw, top, left, *out_hw)
  *         else:
 */
-    __pyx_t_11 = __Pyx_PyObject_IsTrue(__pyx_v_single); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 530, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_IsTrue(__pyx_v_single); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 531, __pyx_L1_error)
     if (__pyx_t_11) {
 
 
-      /* "src/cnnc/_kernels.pyx":531
+      /* "src/cnnc/_kernels.pyx":532
  *             continue
  *         if single:
  *             _patch_images[float](x[start:stop], cols, kh, kw, sh, sw, top, left, *out_hw)             # <<<<<<<<<<<<<<
  *         else:
  *             _patch_images[double](x[start:stop], cols, kh, kw, sh, sw, top, left, *out_hw)
 */
-      __pyx_t_1 = __Pyx_CFunc_6e0cff__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_1x_4cols_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__patch_images); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 531, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_CFunc_6e0cff__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_1x_4cols_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__patch_images); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 532, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
-      __pyx_t_7 = __Pyx_PyObject_GetSlice(__pyx_v_x, 0, 0, &__pyx_v_start, &__pyx_v_stop, NULL, 0, 0, 0); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 531, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyObject_GetSlice(__pyx_v_x, 0, 0, &__pyx_v_start, &__pyx_v_stop, NULL, 0, 0, 0); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 532, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_5 = PyTuple_New(8); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 531, __pyx_L1_error)
+      __pyx_t_5 = PyTuple_New(8); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 532, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
       __Pyx_GIVEREF(__pyx_t_7);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 0, __pyx_t_7) != (0)) __PYX_ERR(3, 531, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 0, __pyx_t_7) != (0)) __PYX_ERR(3, 532, __pyx_L1_error);
       __Pyx_INCREF(__pyx_v_cols);
       __Pyx_GIVEREF(__pyx_v_cols);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 1, __pyx_v_cols) != (0)) __PYX_ERR(3, 531, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 1, __pyx_v_cols) != (0)) __PYX_ERR(3, 532, __pyx_L1_error);
       __Pyx_INCREF(__pyx_v_kh);
       __Pyx_GIVEREF(__pyx_v_kh);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 2, __pyx_v_kh) != (0)) __PYX_ERR(3, 531, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 2, __pyx_v_kh) != (0)) __PYX_ERR(3, 532, __pyx_L1_error);
       __Pyx_INCREF(__pyx_v_kw);
       __Pyx_GIVEREF(__pyx_v_kw);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 3, __pyx_v_kw) != (0)) __PYX_ERR(3, 531, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 3, __pyx_v_kw) != (0)) __PYX_ERR(3, 532, __pyx_L1_error);
       __Pyx_INCREF(__pyx_v_sh);
       __Pyx_GIVEREF(__pyx_v_sh);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 4, __pyx_v_sh) != (0)) __PYX_ERR(3, 531, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 4, __pyx_v_sh) != (0)) __PYX_ERR(3, 532, __pyx_L1_error);
       __Pyx_INCREF(__pyx_v_sw);
       __Pyx_GIVEREF(__pyx_v_sw);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 5, __pyx_v_sw) != (0)) __PYX_ERR(3, 531, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 5, __pyx_v_sw) != (0)) __PYX_ERR(3, 532, __pyx_L1_error);
       __Pyx_INCREF(__pyx_v_top);
       __Pyx_GIVEREF(__pyx_v_top);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 6, __pyx_v_top) != (0)) __PYX_ERR(3, 531, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 6, __pyx_v_top) != (0)) __PYX_ERR(3, 532, __pyx_L1_error);
       __Pyx_INCREF(__pyx_v_left);
       __Pyx_GIVEREF(__pyx_v_left);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 7, __pyx_v_left) != (0)) __PYX_ERR(3, 531, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 7, __pyx_v_left) != (0)) __PYX_ERR(3, 532, __pyx_L1_error);
       __pyx_t_7 = 0;
-      __pyx_t_7 = __Pyx_PySequence_Tuple(__pyx_v_out_hw); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 531, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PySequence_Tuple(__pyx_v_out_hw); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 532, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_2 = PyNumber_Add(__pyx_t_5, __pyx_t_7); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 531, __pyx_L1_error)
+      __pyx_t_2 = PyNumber_Add(__pyx_t_5, __pyx_t_7); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 532, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      __pyx_t_7 = __Pyx_PyObject_Call(__pyx_t_1, __pyx_t_2, NULL); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 531, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyObject_Call(__pyx_t_1, __pyx_t_2, NULL); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 532, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
 
-      /* "src/cnnc/_kernels.pyx":530
+      /* "src/cnnc/_kernels.pyx":531
  *                 _unpatch_images[double](cols, x[start:stop], kh, kw, sh, sw, top, left, *out_hw)
  *             continue
  *         if single:             # <<<<<<<<<<<<<<
@@ -34620,7 +34620,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
       goto __pyx_L11;
     }
 
-    /* "src/cnnc/_kernels.pyx":533
+    /* "src/cnnc/_kernels.pyx":534
  *             _patch_images[float](x[start:stop], cols, kh, kw, sh, sw, top, left, *out_hw)
  *         else:
  *             _patch_images[double](x[start:stop], cols, kh, kw, sh, sw, top, left, *out_hw)             # <<<<<<<<<<<<<<
@@ -34628,43 +34628,43 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
  *             np.matmul(cols, w2, out=out[part])
 */
     /*else*/ {
-      __pyx_t_7 = __Pyx_CFunc_54f22a__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_1x_4cols_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__patch_images); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 533, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_CFunc_54f22a__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_1x_4cols_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow(__pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__patch_images); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 534, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_2 = __Pyx_PyObject_GetSlice(__pyx_v_x, 0, 0, &__pyx_v_start, &__pyx_v_stop, NULL, 0, 0, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 533, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyObject_GetSlice(__pyx_v_x, 0, 0, &__pyx_v_start, &__pyx_v_stop, NULL, 0, 0, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 534, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
-      __pyx_t_1 = PyTuple_New(8); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 533, __pyx_L1_error)
+      __pyx_t_1 = PyTuple_New(8); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 534, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       __Pyx_GIVEREF(__pyx_t_2);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_t_2) != (0)) __PYX_ERR(3, 533, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_t_2) != (0)) __PYX_ERR(3, 534, __pyx_L1_error);
       __Pyx_INCREF(__pyx_v_cols);
       __Pyx_GIVEREF(__pyx_v_cols);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_cols) != (0)) __PYX_ERR(3, 533, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_cols) != (0)) __PYX_ERR(3, 534, __pyx_L1_error);
       __Pyx_INCREF(__pyx_v_kh);
       __Pyx_GIVEREF(__pyx_v_kh);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 2, __pyx_v_kh) != (0)) __PYX_ERR(3, 533, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 2, __pyx_v_kh) != (0)) __PYX_ERR(3, 534, __pyx_L1_error);
       __Pyx_INCREF(__pyx_v_kw);
       __Pyx_GIVEREF(__pyx_v_kw);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 3, __pyx_v_kw) != (0)) __PYX_ERR(3, 533, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 3, __pyx_v_kw) != (0)) __PYX_ERR(3, 534, __pyx_L1_error);
       __Pyx_INCREF(__pyx_v_sh);
       __Pyx_GIVEREF(__pyx_v_sh);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 4, __pyx_v_sh) != (0)) __PYX_ERR(3, 533, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 4, __pyx_v_sh) != (0)) __PYX_ERR(3, 534, __pyx_L1_error);
       __Pyx_INCREF(__pyx_v_sw);
       __Pyx_GIVEREF(__pyx_v_sw);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 5, __pyx_v_sw) != (0)) __PYX_ERR(3, 533, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 5, __pyx_v_sw) != (0)) __PYX_ERR(3, 534, __pyx_L1_error);
       __Pyx_INCREF(__pyx_v_top);
       __Pyx_GIVEREF(__pyx_v_top);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 6, __pyx_v_top) != (0)) __PYX_ERR(3, 533, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 6, __pyx_v_top) != (0)) __PYX_ERR(3, 534, __pyx_L1_error);
       __Pyx_INCREF(__pyx_v_left);
       __Pyx_GIVEREF(__pyx_v_left);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 7, __pyx_v_left) != (0)) __PYX_ERR(3, 533, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 7, __pyx_v_left) != (0)) __PYX_ERR(3, 534, __pyx_L1_error);
       __pyx_t_2 = 0;
-      __pyx_t_2 = __Pyx_PySequence_Tuple(__pyx_v_out_hw); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 533, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PySequence_Tuple(__pyx_v_out_hw); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 534, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
-      __pyx_t_5 = PyNumber_Add(__pyx_t_1, __pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 533, __pyx_L1_error)
+      __pyx_t_5 = PyNumber_Add(__pyx_t_1, __pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 534, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      __pyx_t_2 = __Pyx_PyObject_Call(__pyx_t_7, __pyx_t_5, NULL); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 533, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyObject_Call(__pyx_t_7, __pyx_t_5, NULL); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 534, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
@@ -34672,21 +34672,21 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
     }
     __pyx_L11:;
 
-    /* "src/cnnc/_kernels.pyx":534
+    /* "src/cnnc/_kernels.pyx":535
  *         else:
  *             _patch_images[double](x[start:stop], cols, kh, kw, sh, sw, top, left, *out_hw)
  *         if which == _FORWARD:             # <<<<<<<<<<<<<<
  *             np.matmul(cols, w2, out=out[part])
  *             if single:
 */
-    __pyx_t_2 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__FORWARD); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 534, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__FORWARD); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 535, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_11 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_v_which, __pyx_t_2, Py_EQ); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 534, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_v_which, __pyx_t_2, Py_EQ); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 535, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     if (__pyx_t_11) {
 
 
-      /* "src/cnnc/_kernels.pyx":535
+      /* "src/cnnc/_kernels.pyx":536
  *             _patch_images[double](x[start:stop], cols, kh, kw, sh, sw, top, left, *out_hw)
  *         if which == _FORWARD:
  *             np.matmul(cols, w2, out=out[part])             # <<<<<<<<<<<<<<
@@ -34694,12 +34694,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
  *                 _add_to_rows[float](out[part], b)
 */
       __pyx_t_5 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 535, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 536, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 535, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 536, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      __pyx_t_7 = __Pyx_PyObject_GetItem(__pyx_v_out, __pyx_v_part); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 535, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyObject_GetItem(__pyx_v_out, __pyx_v_part); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 536, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       #if CYTHON_VECTORCALL
       #endif
@@ -34719,13 +34719,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
         PyObject *__pyx_callargs[4] = {__pyx_t_5, __pyx_v_cols, __pyx_v_w2, __pyx_t_7};
         #if CYTHON_VECTORCALL
         __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[4];
-        if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 535, __pyx_L1_error)
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 536, __pyx_L1_error)
         __Pyx_INCREF(__pyx_t_6);
         #else
         {
           PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
           __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-          if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 535, __pyx_L1_error)
+          if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 536, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_6);
         }
         #endif
@@ -34736,39 +34736,39 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 535, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 536, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-      /* "src/cnnc/_kernels.pyx":536
+      /* "src/cnnc/_kernels.pyx":537
  *         if which == _FORWARD:
  *             np.matmul(cols, w2, out=out[part])
  *             if single:             # <<<<<<<<<<<<<<
  *                 _add_to_rows[float](out[part], b)
  *             else:
 */
-      __pyx_t_11 = __Pyx_PyObject_IsTrue(__pyx_v_single); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 536, __pyx_L1_error)
+      __pyx_t_11 = __Pyx_PyObject_IsTrue(__pyx_v_single); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 537, __pyx_L1_error)
       if (__pyx_t_11) {
 
 
-        /* "src/cnnc/_kernels.pyx":537
+        /* "src/cnnc/_kernels.pyx":538
  *             np.matmul(cols, w2, out=out[part])
  *             if single:
  *                 _add_to_rows[float](out[part], b)             # <<<<<<<<<<<<<<
  *             else:
  *                 _add_to_rows[double](out[part], b)
 */
-        __pyx_t_2 = __Pyx_PyObject_GetItem(__pyx_v_out, __pyx_v_part); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 537, __pyx_L1_error)
+        __pyx_t_2 = __Pyx_PyObject_GetItem(__pyx_v_out, __pyx_v_part); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 538, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
-        __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_float(__pyx_t_2, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(3, 537, __pyx_L1_error)
+        __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_float(__pyx_t_2, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(3, 538, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-        __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_dc_float__const__(__pyx_v_b, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 537, __pyx_L1_error)
+        __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_dc_float__const__(__pyx_v_b, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 538, __pyx_L1_error)
         __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__pyx_t_12, __pyx_t_13);
         __PYX_XCLEAR_MEMVIEW(&__pyx_t_12, 1);; __pyx_t_12.memview = NULL; __pyx_t_12.data = NULL;
         __PYX_XCLEAR_MEMVIEW(&__pyx_t_13, 1);; __pyx_t_13.memview = NULL; __pyx_t_13.data = NULL;
 
-        /* "src/cnnc/_kernels.pyx":536
+        /* "src/cnnc/_kernels.pyx":537
  *         if which == _FORWARD:
  *             np.matmul(cols, w2, out=out[part])
  *             if single:             # <<<<<<<<<<<<<<
@@ -34778,7 +34778,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
         goto __pyx_L13;
       }
 
-      /* "src/cnnc/_kernels.pyx":539
+      /* "src/cnnc/_kernels.pyx":540
  *                 _add_to_rows[float](out[part], b)
  *             else:
  *                 _add_to_rows[double](out[part], b)             # <<<<<<<<<<<<<<
@@ -34786,18 +34786,18 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
  *             out += cols.T @ rows[part]
 */
       /*else*/ {
-        __pyx_t_2 = __Pyx_PyObject_GetItem(__pyx_v_out, __pyx_v_part); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 539, __pyx_L1_error)
+        __pyx_t_2 = __Pyx_PyObject_GetItem(__pyx_v_out, __pyx_v_part); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 540, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
-        __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(__pyx_t_2, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 539, __pyx_L1_error)
+        __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(__pyx_t_2, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 540, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-        __pyx_t_15 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_v_b, 0); if (unlikely(!__pyx_t_15.memview)) __PYX_ERR(3, 539, __pyx_L1_error)
+        __pyx_t_15 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_v_b, 0); if (unlikely(!__pyx_t_15.memview)) __PYX_ERR(3, 540, __pyx_L1_error)
         __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__pyx_t_14, __pyx_t_15);
         __PYX_XCLEAR_MEMVIEW(&__pyx_t_14, 1);; __pyx_t_14.memview = NULL; __pyx_t_14.data = NULL;
         __PYX_XCLEAR_MEMVIEW(&__pyx_t_15, 1);; __pyx_t_15.memview = NULL; __pyx_t_15.data = NULL;
       }
       __pyx_L13:;
 
-      /* "src/cnnc/_kernels.pyx":534
+      /* "src/cnnc/_kernels.pyx":535
  *         else:
  *             _patch_images[double](x[start:stop], cols, kh, kw, sh, sw, top, left, *out_hw)
  *         if which == _FORWARD:             # <<<<<<<<<<<<<<
@@ -34807,7 +34807,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
       goto __pyx_L12;
     }
 
-    /* "src/cnnc/_kernels.pyx":541
+    /* "src/cnnc/_kernels.pyx":542
  *                 _add_to_rows[double](out[part], b)
  *         else:
  *             out += cols.T @ rows[part]             # <<<<<<<<<<<<<<
@@ -34815,15 +34815,15 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
  * 
 */
     /*else*/ {
-      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_cols, __pyx_mstate_global->__pyx_n_u_T); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 541, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_cols, __pyx_mstate_global->__pyx_n_u_T); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 542, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
-      __pyx_t_1 = __Pyx_PyObject_GetItem(__pyx_v_rows, __pyx_v_part); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 541, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetItem(__pyx_v_rows, __pyx_v_part); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 542, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
-      __pyx_t_6 = __Pyx_PyNumber_MatrixMultiply(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 541, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyNumber_MatrixMultiply(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 542, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __pyx_t_1 = __Pyx_PyNumber_InPlaceAdd_object_object(__pyx_v_out, __pyx_t_6); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 541, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyNumber_InPlaceAdd_object_object(__pyx_v_out, __pyx_t_6); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 542, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF_SET(__pyx_v_out, __pyx_t_1);
@@ -34831,7 +34831,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
     }
     __pyx_L12:;
 
-    /* "src/cnnc/_kernels.pyx":519
+    /* "src/cnnc/_kernels.pyx":520
  *     per_chunk = -(-n // chunks)
  *     single = x.dtype == np.float32
  *     for start in range(0, n, per_chunk):             # <<<<<<<<<<<<<<
@@ -34842,7 +34842,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
   }
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":513
+  /* "src/cnnc/_kernels.pyx":514
  * 
  * 
  * def _matmul_pass(which, x, w2, rows, out, b, kernel_size, stride, padding, out_hw, chunks):             # <<<<<<<<<<<<<<
@@ -34889,7 +34889,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_14_matmul_pass(CYTHON_UNUSED PyO
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":544
+/* "src/cnnc/_kernels.pyx":545
  * 
  * 
  * cdef void _matmul_split(int transa, int transb, const real* a, int64_t lda, const real* b,             # <<<<<<<<<<<<<<
@@ -34911,7 +34911,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
   int64_t __pyx_t_4;
   int64_t __pyx_t_5;
 
-  /* "src/cnnc/_kernels.pyx":547
+  /* "src/cnnc/_kernels.pyx":548
  *                         int64_t ldb, real* c, int64_t m, int64_t n, int64_t k) noexcept:
  *     """c = op(a) @ op(b), its longer side shared evenly among the threads."""
  *     cdef bint by_rows = m >= n             # <<<<<<<<<<<<<<
@@ -34920,7 +34920,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
 */
   __pyx_v_by_rows = (__pyx_v_m >= __pyx_v_n);
 
-  /* "src/cnnc/_kernels.pyx":548
+  /* "src/cnnc/_kernels.pyx":549
  *     """c = op(a) @ op(b), its longer side shared evenly among the threads."""
  *     cdef bint by_rows = m >= n
  *     cdef int64_t side = m if by_rows else n             # <<<<<<<<<<<<<<
@@ -34936,7 +34936,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
   }
   __pyx_v_side = __pyx_t_1;
 
-  /* "src/cnnc/_kernels.pyx":549
+  /* "src/cnnc/_kernels.pyx":550
  *     cdef bint by_rows = m >= n
  *     cdef int64_t side = m if by_rows else n
  *     cdef int64_t chunks = _threads if _threads < side else side             # <<<<<<<<<<<<<<
@@ -34955,7 +34955,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
 
   __pyx_v_chunks = __pyx_t_1;
 
-  /* "src/cnnc/_kernels.pyx":552
+  /* "src/cnnc/_kernels.pyx":553
  *     cdef int64_t chunk, start, size
  *     cdef int previous
  *     with nogil, parallel(num_threads=chunks):             # <<<<<<<<<<<<<<
@@ -34979,7 +34979,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
             #endif /* _OPENMP */
             {
 
-                /* "src/cnnc/_kernels.pyx":553
+                /* "src/cnnc/_kernels.pyx":554
  *     cdef int previous
  *     with nogil, parallel(num_threads=chunks):
  *         previous = _blas_local_threads(1)             # <<<<<<<<<<<<<<
@@ -34988,7 +34988,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
 */
                 __pyx_v_previous = __pyx_v_4cnnc_13_kernels_avx2__blas_local_threads(1);
 
-                /* "src/cnnc/_kernels.pyx":554
+                /* "src/cnnc/_kernels.pyx":555
  *     with nogil, parallel(num_threads=chunks):
  *         previous = _blas_local_threads(1)
  *         for chunk in prange(chunks, schedule="static"):             # <<<<<<<<<<<<<<
@@ -35008,7 +35008,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
                             {
                                 __pyx_v_chunk = (int64_t)(0 + 1 * __pyx_t_3);
 
-                                /* "src/cnnc/_kernels.pyx":555
+                                /* "src/cnnc/_kernels.pyx":556
  *         previous = _blas_local_threads(1)
  *         for chunk in prange(chunks, schedule="static"):
  *             start = chunk * side // chunks             # <<<<<<<<<<<<<<
@@ -35017,7 +35017,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
 */
                                 __pyx_v_start = ((__pyx_v_chunk * __pyx_v_side) / __pyx_v_chunks);
 
-                                /* "src/cnnc/_kernels.pyx":556
+                                /* "src/cnnc/_kernels.pyx":557
  *         for chunk in prange(chunks, schedule="static"):
  *             start = chunk * side // chunks
  *             size = (chunk + 1) * side // chunks - start             # <<<<<<<<<<<<<<
@@ -35026,7 +35026,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
 */
                                 __pyx_v_size = ((((__pyx_v_chunk + 1) * __pyx_v_side) / __pyx_v_chunks) - __pyx_v_start);
 
-                                /* "src/cnnc/_kernels.pyx":557
+                                /* "src/cnnc/_kernels.pyx":558
  *             start = chunk * side // chunks
  *             size = (chunk + 1) * side // chunks - start
  *             if by_rows:     # rows of op(a): a row offset as stored, a column offset transposed             # <<<<<<<<<<<<<<
@@ -35035,7 +35035,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
 */
                                 if (__pyx_v_by_rows) {
 
-                                  /* "src/cnnc/_kernels.pyx":558
+                                  /* "src/cnnc/_kernels.pyx":559
  *             size = (chunk + 1) * side // chunks - start
  *             if by_rows:     # rows of op(a): a row offset as stored, a column offset transposed
  *                 _gemm(transa, transb, size, n, k, a + (start * lda if transa == _NO_TRANS else start),             # <<<<<<<<<<<<<<
@@ -35053,7 +35053,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
                                   }
 
 
-                                  /* "src/cnnc/_kernels.pyx":559
+                                  /* "src/cnnc/_kernels.pyx":560
  *             if by_rows:     # rows of op(a): a row offset as stored, a column offset transposed
  *                 _gemm(transa, transb, size, n, k, a + (start * lda if transa == _NO_TRANS else start),
  *                       lda, b, ldb, 0, c + start * n, n)             # <<<<<<<<<<<<<<
@@ -35063,7 +35063,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
                                   __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__gemm(__pyx_v_transa, __pyx_v_transb, __pyx_v_size, __pyx_v_n, __pyx_v_k, (__pyx_v_a + __pyx_t_5), __pyx_v_lda, __pyx_v_b, __pyx_v_ldb, 0.0, (__pyx_v_c + (__pyx_v_start * __pyx_v_n)), __pyx_v_n);
 
 
-                                  /* "src/cnnc/_kernels.pyx":557
+                                  /* "src/cnnc/_kernels.pyx":558
  *             start = chunk * side // chunks
  *             size = (chunk + 1) * side // chunks - start
  *             if by_rows:     # rows of op(a): a row offset as stored, a column offset transposed             # <<<<<<<<<<<<<<
@@ -35073,7 +35073,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
                                   goto __pyx_L14;
                                 }
 
-                                /* "src/cnnc/_kernels.pyx":561
+                                /* "src/cnnc/_kernels.pyx":562
  *                       lda, b, ldb, 0, c + start * n, n)
  *             else:           # columns of op(b): likewise the other way round
  *                 _gemm(transa, transb, m, size, k, a, lda,             # <<<<<<<<<<<<<<
@@ -35082,7 +35082,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
 */
                                 /*else*/ {
 
-                                  /* "src/cnnc/_kernels.pyx":562
+                                  /* "src/cnnc/_kernels.pyx":563
  *             else:           # columns of op(b): likewise the other way round
  *                 _gemm(transa, transb, m, size, k, a, lda,
  *                       b + (start if transb == _NO_TRANS else start * ldb), ldb, 0, c + start, n)             # <<<<<<<<<<<<<<
@@ -35100,7 +35100,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
                                   }
 
 
-                                  /* "src/cnnc/_kernels.pyx":561
+                                  /* "src/cnnc/_kernels.pyx":562
  *                       lda, b, ldb, 0, c + start * n, n)
  *             else:           # columns of op(b): likewise the other way round
  *                 _gemm(transa, transb, m, size, k, a, lda,             # <<<<<<<<<<<<<<
@@ -35117,7 +35117,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
                 }
 
 
-                /* "src/cnnc/_kernels.pyx":563
+                /* "src/cnnc/_kernels.pyx":564
  *                 _gemm(transa, transb, m, size, k, a, lda,
  *                       b + (start if transb == _NO_TRANS else start * ldb), ldb, 0, c + start, n)
  *         _blas_local_threads(previous)             # <<<<<<<<<<<<<<
@@ -35135,7 +35135,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
         #endif
       }
 
-      /* "src/cnnc/_kernels.pyx":552
+      /* "src/cnnc/_kernels.pyx":553
  *     cdef int64_t chunk, start, size
  *     cdef int previous
  *     with nogil, parallel(num_threads=chunks):             # <<<<<<<<<<<<<<
@@ -35152,7 +35152,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":544
+  /* "src/cnnc/_kernels.pyx":545
  * 
  * 
  * cdef void _matmul_split(int transa, int transb, const real* a, int64_t lda, const real* b,             # <<<<<<<<<<<<<<
@@ -35185,7 +35185,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
   int64_t __pyx_t_4;
   int64_t __pyx_t_5;
 
-  /* "src/cnnc/_kernels.pyx":547
+  /* "src/cnnc/_kernels.pyx":548
  *                         int64_t ldb, real* c, int64_t m, int64_t n, int64_t k) noexcept:
  *     """c = op(a) @ op(b), its longer side shared evenly among the threads."""
  *     cdef bint by_rows = m >= n             # <<<<<<<<<<<<<<
@@ -35194,7 +35194,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
 */
   __pyx_v_by_rows = (__pyx_v_m >= __pyx_v_n);
 
-  /* "src/cnnc/_kernels.pyx":548
+  /* "src/cnnc/_kernels.pyx":549
  *     """c = op(a) @ op(b), its longer side shared evenly among the threads."""
  *     cdef bint by_rows = m >= n
  *     cdef int64_t side = m if by_rows else n             # <<<<<<<<<<<<<<
@@ -35210,7 +35210,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
   }
   __pyx_v_side = __pyx_t_1;
 
-  /* "src/cnnc/_kernels.pyx":549
+  /* "src/cnnc/_kernels.pyx":550
  *     cdef bint by_rows = m >= n
  *     cdef int64_t side = m if by_rows else n
  *     cdef int64_t chunks = _threads if _threads < side else side             # <<<<<<<<<<<<<<
@@ -35229,7 +35229,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
 
   __pyx_v_chunks = __pyx_t_1;
 
-  /* "src/cnnc/_kernels.pyx":552
+  /* "src/cnnc/_kernels.pyx":553
  *     cdef int64_t chunk, start, size
  *     cdef int previous
  *     with nogil, parallel(num_threads=chunks):             # <<<<<<<<<<<<<<
@@ -35253,7 +35253,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
             #endif /* _OPENMP */
             {
 
-                /* "src/cnnc/_kernels.pyx":553
+                /* "src/cnnc/_kernels.pyx":554
  *     cdef int previous
  *     with nogil, parallel(num_threads=chunks):
  *         previous = _blas_local_threads(1)             # <<<<<<<<<<<<<<
@@ -35262,7 +35262,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
 */
                 __pyx_v_previous = __pyx_v_4cnnc_13_kernels_avx2__blas_local_threads(1);
 
-                /* "src/cnnc/_kernels.pyx":554
+                /* "src/cnnc/_kernels.pyx":555
  *     with nogil, parallel(num_threads=chunks):
  *         previous = _blas_local_threads(1)
  *         for chunk in prange(chunks, schedule="static"):             # <<<<<<<<<<<<<<
@@ -35282,7 +35282,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
                             {
                                 __pyx_v_chunk = (int64_t)(0 + 1 * __pyx_t_3);
 
-                                /* "src/cnnc/_kernels.pyx":555
+                                /* "src/cnnc/_kernels.pyx":556
  *         previous = _blas_local_threads(1)
  *         for chunk in prange(chunks, schedule="static"):
  *             start = chunk * side // chunks             # <<<<<<<<<<<<<<
@@ -35291,7 +35291,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
 */
                                 __pyx_v_start = ((__pyx_v_chunk * __pyx_v_side) / __pyx_v_chunks);
 
-                                /* "src/cnnc/_kernels.pyx":556
+                                /* "src/cnnc/_kernels.pyx":557
  *         for chunk in prange(chunks, schedule="static"):
  *             start = chunk * side // chunks
  *             size = (chunk + 1) * side // chunks - start             # <<<<<<<<<<<<<<
@@ -35300,7 +35300,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
 */
                                 __pyx_v_size = ((((__pyx_v_chunk + 1) * __pyx_v_side) / __pyx_v_chunks) - __pyx_v_start);
 
-                                /* "src/cnnc/_kernels.pyx":557
+                                /* "src/cnnc/_kernels.pyx":558
  *             start = chunk * side // chunks
  *             size = (chunk + 1) * side // chunks - start
  *             if by_rows:     # rows of op(a): a row offset as stored, a column offset transposed             # <<<<<<<<<<<<<<
@@ -35309,7 +35309,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
 */
                                 if (__pyx_v_by_rows) {
 
-                                  /* "src/cnnc/_kernels.pyx":558
+                                  /* "src/cnnc/_kernels.pyx":559
  *             size = (chunk + 1) * side // chunks - start
  *             if by_rows:     # rows of op(a): a row offset as stored, a column offset transposed
  *                 _gemm(transa, transb, size, n, k, a + (start * lda if transa == _NO_TRANS else start),             # <<<<<<<<<<<<<<
@@ -35327,7 +35327,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
                                   }
 
 
-                                  /* "src/cnnc/_kernels.pyx":559
+                                  /* "src/cnnc/_kernels.pyx":560
  *             if by_rows:     # rows of op(a): a row offset as stored, a column offset transposed
  *                 _gemm(transa, transb, size, n, k, a + (start * lda if transa == _NO_TRANS else start),
  *                       lda, b, ldb, 0, c + start * n, n)             # <<<<<<<<<<<<<<
@@ -35337,7 +35337,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
                                   __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__gemm(__pyx_v_transa, __pyx_v_transb, __pyx_v_size, __pyx_v_n, __pyx_v_k, (__pyx_v_a + __pyx_t_5), __pyx_v_lda, __pyx_v_b, __pyx_v_ldb, 0.0, (__pyx_v_c + (__pyx_v_start * __pyx_v_n)), __pyx_v_n);
 
 
-                                  /* "src/cnnc/_kernels.pyx":557
+                                  /* "src/cnnc/_kernels.pyx":558
  *             start = chunk * side // chunks
  *             size = (chunk + 1) * side // chunks - start
  *             if by_rows:     # rows of op(a): a row offset as stored, a column offset transposed             # <<<<<<<<<<<<<<
@@ -35347,7 +35347,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
                                   goto __pyx_L14;
                                 }
 
-                                /* "src/cnnc/_kernels.pyx":561
+                                /* "src/cnnc/_kernels.pyx":562
  *                       lda, b, ldb, 0, c + start * n, n)
  *             else:           # columns of op(b): likewise the other way round
  *                 _gemm(transa, transb, m, size, k, a, lda,             # <<<<<<<<<<<<<<
@@ -35356,7 +35356,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
 */
                                 /*else*/ {
 
-                                  /* "src/cnnc/_kernels.pyx":562
+                                  /* "src/cnnc/_kernels.pyx":563
  *             else:           # columns of op(b): likewise the other way round
  *                 _gemm(transa, transb, m, size, k, a, lda,
  *                       b + (start if transb == _NO_TRANS else start * ldb), ldb, 0, c + start, n)             # <<<<<<<<<<<<<<
@@ -35374,7 +35374,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
                                   }
 
 
-                                  /* "src/cnnc/_kernels.pyx":561
+                                  /* "src/cnnc/_kernels.pyx":562
  *                       lda, b, ldb, 0, c + start * n, n)
  *             else:           # columns of op(b): likewise the other way round
  *                 _gemm(transa, transb, m, size, k, a, lda,             # <<<<<<<<<<<<<<
@@ -35391,7 +35391,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
                 }
 
 
-                /* "src/cnnc/_kernels.pyx":563
+                /* "src/cnnc/_kernels.pyx":564
  *                 _gemm(transa, transb, m, size, k, a, lda,
  *                       b + (start if transb == _NO_TRANS else start * ldb), ldb, 0, c + start, n)
  *         _blas_local_threads(previous)             # <<<<<<<<<<<<<<
@@ -35409,7 +35409,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
         #endif
       }
 
-      /* "src/cnnc/_kernels.pyx":552
+      /* "src/cnnc/_kernels.pyx":553
  *     cdef int64_t chunk, start, size
  *     cdef int previous
  *     with nogil, parallel(num_threads=chunks):             # <<<<<<<<<<<<<<
@@ -35426,7 +35426,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":544
+  /* "src/cnnc/_kernels.pyx":545
  * 
  * 
  * cdef void _matmul_split(int transa, int transb, const real* a, int64_t lda, const real* b,             # <<<<<<<<<<<<<<
@@ -35445,7 +35445,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__matmul_split(int __pyx_v_
 
 }
 
-/* "src/cnnc/_kernels.pyx":566
+/* "src/cnnc/_kernels.pyx":567
  * 
  * 
  * def _layout(m):             # <<<<<<<<<<<<<<
@@ -35493,32 +35493,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_m,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 566, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 567, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 566, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 567, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_layout", 0) < (0)) __PYX_ERR(3, 566, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_layout", 0) < (0)) __PYX_ERR(3, 567, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_layout", 1, 1, 1, i); __PYX_ERR(3, 566, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_layout", 1, 1, 1, i); __PYX_ERR(3, 567, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 566, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 567, __pyx_L3_error)
     }
     __pyx_v_m = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("_layout", 1, 1, 1, __pyx_nargs); __PYX_ERR(3, 566, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("_layout", 1, 1, 1, __pyx_nargs); __PYX_ERR(3, 567, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -35554,45 +35554,45 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_16_layout(CYTHON_UNUSED PyObject
   __Pyx_RefNannySetupContext("_layout", 0);
   __Pyx_INCREF(__pyx_v_m);
 
-  /* "src/cnnc/_kernels.pyx":568
+  /* "src/cnnc/_kernels.pyx":569
  * def _layout(m):
  *     """(array, transposed, leading dimension) with the array C-contiguous as stored."""
  *     if m.flags.c_contiguous:             # <<<<<<<<<<<<<<
  *         return m, False, m.shape[1]
  *     if m.T.flags.c_contiguous:
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_m, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 568, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_m, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 569, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 568, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 569, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_3 = __Pyx_PyObject_IsTrue(__pyx_t_2); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(3, 568, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_IsTrue(__pyx_t_2); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(3, 569, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if (__pyx_t_3) {
 
 
-    /* "src/cnnc/_kernels.pyx":569
+    /* "src/cnnc/_kernels.pyx":570
  *     """(array, transposed, leading dimension) with the array C-contiguous as stored."""
  *     if m.flags.c_contiguous:
  *         return m, False, m.shape[1]             # <<<<<<<<<<<<<<
  *     if m.T.flags.c_contiguous:
  *         return m.T, True, m.shape[0]
 */
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_m, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 569, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_m, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 570, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_1 = __Pyx_GetItemInt(__pyx_t_2, 1, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 569, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_GetItemInt(__pyx_t_2, 1, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 570, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_2 = PyTuple_New(3); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 569, __pyx_L1_error)
+    __pyx_t_2 = PyTuple_New(3); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 570, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_INCREF(__pyx_v_m);
     __Pyx_GIVEREF(__pyx_v_m);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_v_m) != (0)) __PYX_ERR(3, 569, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_v_m) != (0)) __PYX_ERR(3, 570, __pyx_L1_error);
     __Pyx_INCREF(Py_False);
     __Pyx_GIVEREF(Py_False);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, Py_False) != (0)) __PYX_ERR(3, 569, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, Py_False) != (0)) __PYX_ERR(3, 570, __pyx_L1_error);
     __Pyx_GIVEREF(__pyx_t_1);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, __pyx_t_1) != (0)) __PYX_ERR(3, 569, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, __pyx_t_1) != (0)) __PYX_ERR(3, 570, __pyx_L1_error);
     __pyx_t_1 = 0;
     {
       PyObject *__pyx_temp;
@@ -35605,7 +35605,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_16_layout(CYTHON_UNUSED PyObject
     __pyx_t_2 = 0;
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":568
+    /* "src/cnnc/_kernels.pyx":569
  * def _layout(m):
  *     """(array, transposed, leading dimension) with the array C-contiguous as stored."""
  *     if m.flags.c_contiguous:             # <<<<<<<<<<<<<<
@@ -35614,49 +35614,49 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_16_layout(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":570
+  /* "src/cnnc/_kernels.pyx":571
  *     if m.flags.c_contiguous:
  *         return m, False, m.shape[1]
  *     if m.T.flags.c_contiguous:             # <<<<<<<<<<<<<<
  *         return m.T, True, m.shape[0]
  *     m = np.ascontiguousarray(m)
 */
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_m, __pyx_mstate_global->__pyx_n_u_T); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 570, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_m, __pyx_mstate_global->__pyx_n_u_T); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 571, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 570, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 571, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 570, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 571, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_3 = __Pyx_PyObject_IsTrue(__pyx_t_2); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(3, 570, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_IsTrue(__pyx_t_2); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(3, 571, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if (__pyx_t_3) {
 
 
-    /* "src/cnnc/_kernels.pyx":571
+    /* "src/cnnc/_kernels.pyx":572
  *         return m, False, m.shape[1]
  *     if m.T.flags.c_contiguous:
  *         return m.T, True, m.shape[0]             # <<<<<<<<<<<<<<
  *     m = np.ascontiguousarray(m)
  *     return m, False, m.shape[1]
 */
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_m, __pyx_mstate_global->__pyx_n_u_T); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 571, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_m, __pyx_mstate_global->__pyx_n_u_T); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 572, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_m, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 571, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_m, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 572, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_4 = __Pyx_GetItemInt(__pyx_t_1, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 571, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_GetItemInt(__pyx_t_1, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 572, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __pyx_t_1 = PyTuple_New(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 571, __pyx_L1_error)
+    __pyx_t_1 = PyTuple_New(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 572, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_GIVEREF(__pyx_t_2);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_t_2) != (0)) __PYX_ERR(3, 571, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_t_2) != (0)) __PYX_ERR(3, 572, __pyx_L1_error);
     __Pyx_INCREF(Py_True);
     __Pyx_GIVEREF(Py_True);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, Py_True) != (0)) __PYX_ERR(3, 571, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, Py_True) != (0)) __PYX_ERR(3, 572, __pyx_L1_error);
     __Pyx_GIVEREF(__pyx_t_4);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 2, __pyx_t_4) != (0)) __PYX_ERR(3, 571, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 2, __pyx_t_4) != (0)) __PYX_ERR(3, 572, __pyx_L1_error);
     __pyx_t_2 = 0;
     __pyx_t_4 = 0;
     {
@@ -35670,7 +35670,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_16_layout(CYTHON_UNUSED PyObject
     __pyx_t_1 = 0;
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":570
+    /* "src/cnnc/_kernels.pyx":571
  *     if m.flags.c_contiguous:
  *         return m, False, m.shape[1]
  *     if m.T.flags.c_contiguous:             # <<<<<<<<<<<<<<
@@ -35679,7 +35679,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_16_layout(CYTHON_UNUSED PyObject
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":572
+  /* "src/cnnc/_kernels.pyx":573
  *     if m.T.flags.c_contiguous:
  *         return m.T, True, m.shape[0]
  *     m = np.ascontiguousarray(m)             # <<<<<<<<<<<<<<
@@ -35687,9 +35687,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_16_layout(CYTHON_UNUSED PyObject
  * 
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 572, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 573, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 572, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_ascontiguousarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 573, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_6 = 1;
@@ -35709,34 +35709,34 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_16_layout(CYTHON_UNUSED PyObject
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 572, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 573, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __Pyx_DECREF_SET(__pyx_v_m, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":573
+  /* "src/cnnc/_kernels.pyx":574
  *         return m.T, True, m.shape[0]
  *     m = np.ascontiguousarray(m)
  *     return m, False, m.shape[1]             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_m, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 573, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_m, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 574, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_5 = __Pyx_GetItemInt(__pyx_t_1, 1, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 573, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_GetItemInt(__pyx_t_1, 1, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 574, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = PyTuple_New(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 573, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_New(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 574, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_INCREF(__pyx_v_m);
   __Pyx_GIVEREF(__pyx_v_m);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_m) != (0)) __PYX_ERR(3, 573, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_m) != (0)) __PYX_ERR(3, 574, __pyx_L1_error);
   __Pyx_INCREF(Py_False);
   __Pyx_GIVEREF(Py_False);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, Py_False) != (0)) __PYX_ERR(3, 573, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, Py_False) != (0)) __PYX_ERR(3, 574, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_5);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 2, __pyx_t_5) != (0)) __PYX_ERR(3, 573, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 2, __pyx_t_5) != (0)) __PYX_ERR(3, 574, __pyx_L1_error);
   __pyx_t_5 = 0;
   {
     PyObject *__pyx_temp;
@@ -35749,7 +35749,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_16_layout(CYTHON_UNUSED PyObject
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":566
+  /* "src/cnnc/_kernels.pyx":567
  * 
  * 
  * def _layout(m):             # <<<<<<<<<<<<<<
@@ -35772,7 +35772,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_16_layout(CYTHON_UNUSED PyObject
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":576
+/* "src/cnnc/_kernels.pyx":577
  * 
  * 
  * def matmul(a, b):             # <<<<<<<<<<<<<<
@@ -35821,39 +35821,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_a,&__pyx_mstate_global->__pyx_n_u_b,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 576, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 577, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 576, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 577, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 576, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 577, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "matmul", 0) < (0)) __PYX_ERR(3, 576, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "matmul", 0) < (0)) __PYX_ERR(3, 577, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("matmul", 1, 2, 2, i); __PYX_ERR(3, 576, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("matmul", 1, 2, 2, i); __PYX_ERR(3, 577, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 576, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 577, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 576, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 577, __pyx_L3_error)
     }
     __pyx_v_a = values[0];
     __pyx_v_b = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("matmul", 1, 2, 2, __pyx_nargs); __PYX_ERR(3, 576, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("matmul", 1, 2, 2, __pyx_nargs); __PYX_ERR(3, 577, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -35916,7 +35916,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
   __Pyx_INCREF(__pyx_v_a);
   __Pyx_INCREF(__pyx_v_b);
 
-  /* "src/cnnc/_kernels.pyx":578
+  /* "src/cnnc/_kernels.pyx":579
  * def matmul(a, b):
  *     """a @ b for 2-D float arrays (a transposed view is fine)."""
  *     a, b = _checks.matmul(a, b)             # <<<<<<<<<<<<<<
@@ -35924,9 +35924,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
  *     if _blas is None or m * n * k < (1 << 20):   # small products: not worth waking threads
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 578, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 579, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 578, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 579, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -35946,78 +35946,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 578, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 579, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
-    PyObject* sequence = __pyx_t_1;
-    Py_ssize_t size = __Pyx_PySequence_SIZE(sequence);
-    if (unlikely(size != 2)) {
-      if (size > 2) __Pyx_RaiseTooManyValuesError(2);
-      else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 578, __pyx_L1_error)
-    }
-    #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
-    if (likely(PyTuple_CheckExact(sequence))) {
-      __pyx_t_4 = PyTuple_GET_ITEM(sequence, 0);
-      __Pyx_INCREF(__pyx_t_4);
-      __pyx_t_2 = PyTuple_GET_ITEM(sequence, 1);
-      __Pyx_INCREF(__pyx_t_2);
-    } else {
-      __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 578, __pyx_L1_error)
-      __Pyx_XGOTREF(__pyx_t_4);
-      __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 578, __pyx_L1_error)
-      __Pyx_XGOTREF(__pyx_t_2);
-    }
-    #else
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 578, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 578, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_2);
-    #endif
-    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  } else {
-    Py_ssize_t index = -1;
-    __pyx_t_3 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 578, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_3);
-    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __pyx_t_6 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_3);
-    index = 0; __pyx_t_4 = __pyx_t_6(__pyx_t_3); if (unlikely(!__pyx_t_4)) goto __pyx_L3_unpacking_failed;
-    __Pyx_GOTREF(__pyx_t_4);
-    index = 1; __pyx_t_2 = __pyx_t_6(__pyx_t_3); if (unlikely(!__pyx_t_2)) goto __pyx_L3_unpacking_failed;
-    __Pyx_GOTREF(__pyx_t_2);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_3), 2) < (0)) __PYX_ERR(3, 578, __pyx_L1_error)
-    __pyx_t_6 = NULL;
-    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    goto __pyx_L4_unpacking_done;
-    __pyx_L3_unpacking_failed:;
-    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __pyx_t_6 = NULL;
-    if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 578, __pyx_L1_error)
-    __pyx_L4_unpacking_done:;
-  }
-  __Pyx_DECREF_SET(__pyx_v_a, __pyx_t_4);
-  __pyx_t_4 = 0;
-  __Pyx_DECREF_SET(__pyx_v_b, __pyx_t_2);
-  __pyx_t_2 = 0;
-
-  /* "src/cnnc/_kernels.pyx":579
- *     """a @ b for 2-D float arrays (a transposed view is fine)."""
- *     a, b = _checks.matmul(a, b)
- *     (m, k), n = a.shape, b.shape[1]             # <<<<<<<<<<<<<<
- *     if _blas is None or m * n * k < (1 << 20):   # small products: not worth waking threads
- *         return np.matmul(a, b)
-*/
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 579, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_b, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 579, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_4 = __Pyx_GetItemInt(__pyx_t_2, 1, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 579, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
     PyObject* sequence = __pyx_t_1;
     Py_ssize_t size = __Pyx_PySequence_SIZE(sequence);
@@ -36028,28 +35959,97 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
+      __pyx_t_4 = PyTuple_GET_ITEM(sequence, 0);
+      __Pyx_INCREF(__pyx_t_4);
+      __pyx_t_2 = PyTuple_GET_ITEM(sequence, 1);
+      __Pyx_INCREF(__pyx_t_2);
+    } else {
+      __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 579, __pyx_L1_error)
+      __Pyx_XGOTREF(__pyx_t_4);
+      __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 579, __pyx_L1_error)
+      __Pyx_XGOTREF(__pyx_t_2);
+    }
+    #else
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 579, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 579, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_2);
+    #endif
+    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  } else {
+    Py_ssize_t index = -1;
+    __pyx_t_3 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 579, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_3);
+    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+    __pyx_t_6 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_3);
+    index = 0; __pyx_t_4 = __pyx_t_6(__pyx_t_3); if (unlikely(!__pyx_t_4)) goto __pyx_L3_unpacking_failed;
+    __Pyx_GOTREF(__pyx_t_4);
+    index = 1; __pyx_t_2 = __pyx_t_6(__pyx_t_3); if (unlikely(!__pyx_t_2)) goto __pyx_L3_unpacking_failed;
+    __Pyx_GOTREF(__pyx_t_2);
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_3), 2) < (0)) __PYX_ERR(3, 579, __pyx_L1_error)
+    __pyx_t_6 = NULL;
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    goto __pyx_L4_unpacking_done;
+    __pyx_L3_unpacking_failed:;
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __pyx_t_6 = NULL;
+    if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
+    __PYX_ERR(3, 579, __pyx_L1_error)
+    __pyx_L4_unpacking_done:;
+  }
+  __Pyx_DECREF_SET(__pyx_v_a, __pyx_t_4);
+  __pyx_t_4 = 0;
+  __Pyx_DECREF_SET(__pyx_v_b, __pyx_t_2);
+  __pyx_t_2 = 0;
+
+  /* "src/cnnc/_kernels.pyx":580
+ *     """a @ b for 2-D float arrays (a transposed view is fine)."""
+ *     a, b = _checks.matmul(a, b)
+ *     (m, k), n = a.shape, b.shape[1]             # <<<<<<<<<<<<<<
+ *     if _blas is None or m * n * k < (1 << 20):   # small products: not worth waking threads
+ *         return np.matmul(a, b)
+*/
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 580, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_b, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 580, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_GetItemInt(__pyx_t_2, 1, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 580, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
+    PyObject* sequence = __pyx_t_1;
+    Py_ssize_t size = __Pyx_PySequence_SIZE(sequence);
+    if (unlikely(size != 2)) {
+      if (size > 2) __Pyx_RaiseTooManyValuesError(2);
+      else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
+      __PYX_ERR(3, 580, __pyx_L1_error)
+    }
+    #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
+    if (likely(PyTuple_CheckExact(sequence))) {
       __pyx_t_2 = PyTuple_GET_ITEM(sequence, 0);
       __Pyx_INCREF(__pyx_t_2);
       __pyx_t_3 = PyTuple_GET_ITEM(sequence, 1);
       __Pyx_INCREF(__pyx_t_3);
     } else {
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 579, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 580, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 579, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 580, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
     }
     #else
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 579, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 580, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 579, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 580, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_7 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 579, __pyx_L1_error)
+    __pyx_t_7 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 580, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_6 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_7);
@@ -36057,7 +36057,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     __Pyx_GOTREF(__pyx_t_2);
     index = 1; __pyx_t_3 = __pyx_t_6(__pyx_t_7); if (unlikely(!__pyx_t_3)) goto __pyx_L5_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_3);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_7), 2) < (0)) __PYX_ERR(3, 579, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_7), 2) < (0)) __PYX_ERR(3, 580, __pyx_L1_error)
     __pyx_t_6 = NULL;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     goto __pyx_L6_unpacking_done;
@@ -36065,7 +36065,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_6 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 579, __pyx_L1_error)
+    __PYX_ERR(3, 580, __pyx_L1_error)
     __pyx_L6_unpacking_done:;
   }
   __pyx_v_m = __pyx_t_2;
@@ -36075,14 +36075,14 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
   __pyx_v_n = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "src/cnnc/_kernels.pyx":580
+  /* "src/cnnc/_kernels.pyx":581
  *     a, b = _checks.matmul(a, b)
  *     (m, k), n = a.shape, b.shape[1]
  *     if _blas is None or m * n * k < (1 << 20):   # small products: not worth waking threads             # <<<<<<<<<<<<<<
  *         return np.matmul(a, b)
  *     stored_a, trans_a, lda = _layout(a)
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_blas); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 580, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_blas); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 581, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_9 = (__pyx_t_4 == Py_None);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
@@ -36094,12 +36094,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
 
     goto __pyx_L8_bool_binop_done;
   }
-  __pyx_t_4 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_m, __pyx_v_n); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 580, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_m, __pyx_v_n); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 581, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_1 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_4, __pyx_v_k); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 580, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_4, __pyx_v_k); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 581, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_9 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_1048576, Py_LT); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(3, 580, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_1, __pyx_mstate_global->__pyx_int_1048576, Py_LT); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(3, 581, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
   __pyx_t_8 = __pyx_t_9;
@@ -36108,7 +36108,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
   if (__pyx_t_8) {
 
 
-    /* "src/cnnc/_kernels.pyx":581
+    /* "src/cnnc/_kernels.pyx":582
  *     (m, k), n = a.shape, b.shape[1]
  *     if _blas is None or m * n * k < (1 << 20):   # small products: not worth waking threads
  *         return np.matmul(a, b)             # <<<<<<<<<<<<<<
@@ -36116,9 +36116,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
  *     stored_b, trans_b, ldb = _layout(b)
 */
     __pyx_t_4 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 581, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 582, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 581, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 582, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_5 = 1;
@@ -36138,7 +36138,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 581, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 582, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     {
@@ -36152,7 +36152,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     __pyx_t_1 = 0;
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":580
+    /* "src/cnnc/_kernels.pyx":581
  *     a, b = _checks.matmul(a, b)
  *     (m, k), n = a.shape, b.shape[1]
  *     if _blas is None or m * n * k < (1 << 20):   # small products: not worth waking threads             # <<<<<<<<<<<<<<
@@ -36161,7 +36161,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":582
+  /* "src/cnnc/_kernels.pyx":583
  *     if _blas is None or m * n * k < (1 << 20):   # small products: not worth waking threads
  *         return np.matmul(a, b)
  *     stored_a, trans_a, lda = _layout(a)             # <<<<<<<<<<<<<<
@@ -36169,7 +36169,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
  *     c = np.empty((m, n), dtype=a.dtype)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_layout); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 582, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_layout); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 583, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_5 = 1;
   #if CYTHON_UNPACK_METHODS
@@ -36188,7 +36188,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 582, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 583, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -36197,7 +36197,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     if (unlikely(size != 3)) {
       if (size > 3) __Pyx_RaiseTooManyValuesError(3);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 582, __pyx_L1_error)
+      __PYX_ERR(3, 583, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -36209,27 +36209,27 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
       __Pyx_INCREF(__pyx_t_3);
     } else {
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 582, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 583, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 582, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 583, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 582, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 583, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
     }
     #else
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 582, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 583, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 582, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 583, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 582, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 583, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_7 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 582, __pyx_L1_error)
+    __pyx_t_7 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 583, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_6 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_7);
@@ -36239,7 +36239,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     __Pyx_GOTREF(__pyx_t_2);
     index = 2; __pyx_t_3 = __pyx_t_6(__pyx_t_7); if (unlikely(!__pyx_t_3)) goto __pyx_L10_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_3);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_7), 3) < (0)) __PYX_ERR(3, 582, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_7), 3) < (0)) __PYX_ERR(3, 583, __pyx_L1_error)
     __pyx_t_6 = NULL;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     goto __pyx_L11_unpacking_done;
@@ -36247,7 +36247,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_6 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 582, __pyx_L1_error)
+    __PYX_ERR(3, 583, __pyx_L1_error)
     __pyx_L11_unpacking_done:;
   }
   __pyx_v_stored_a = __pyx_t_4;
@@ -36257,7 +36257,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
   __pyx_v_lda = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":583
+  /* "src/cnnc/_kernels.pyx":584
  *         return np.matmul(a, b)
  *     stored_a, trans_a, lda = _layout(a)
  *     stored_b, trans_b, ldb = _layout(b)             # <<<<<<<<<<<<<<
@@ -36265,7 +36265,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
  *     ta, tb = (_TRANS if trans_a else _NO_TRANS), (_TRANS if trans_b else _NO_TRANS)
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_layout); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 583, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_layout); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 584, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __pyx_t_5 = 1;
   #if CYTHON_UNPACK_METHODS
@@ -36284,7 +36284,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 583, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 584, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -36293,7 +36293,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     if (unlikely(size != 3)) {
       if (size > 3) __Pyx_RaiseTooManyValuesError(3);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 583, __pyx_L1_error)
+      __PYX_ERR(3, 584, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -36305,27 +36305,27 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
       __Pyx_INCREF(__pyx_t_4);
     } else {
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 583, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 584, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 583, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 584, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 583, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 584, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
     }
     #else
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 583, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 584, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 583, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 584, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 583, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 584, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_7 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 583, __pyx_L1_error)
+    __pyx_t_7 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 584, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_6 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_7);
@@ -36335,7 +36335,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     __Pyx_GOTREF(__pyx_t_3);
     index = 2; __pyx_t_4 = __pyx_t_6(__pyx_t_7); if (unlikely(!__pyx_t_4)) goto __pyx_L12_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_4);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_7), 3) < (0)) __PYX_ERR(3, 583, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_7), 3) < (0)) __PYX_ERR(3, 584, __pyx_L1_error)
     __pyx_t_6 = NULL;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     goto __pyx_L13_unpacking_done;
@@ -36343,7 +36343,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_6 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 583, __pyx_L1_error)
+    __PYX_ERR(3, 584, __pyx_L1_error)
     __pyx_L13_unpacking_done:;
   }
   __pyx_v_stored_b = __pyx_t_2;
@@ -36353,7 +36353,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
   __pyx_v_ldb = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "src/cnnc/_kernels.pyx":584
+  /* "src/cnnc/_kernels.pyx":585
  *     stored_a, trans_a, lda = _layout(a)
  *     stored_b, trans_b, ldb = _layout(b)
  *     c = np.empty((m, n), dtype=a.dtype)             # <<<<<<<<<<<<<<
@@ -36361,20 +36361,20 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
  *     cdef cnp.ndarray pa = stored_a, pb = stored_b, pc = c
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 584, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 585, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 584, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 585, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 584, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 585, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF(__pyx_v_m);
   __Pyx_GIVEREF(__pyx_v_m);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_m) != (0)) __PYX_ERR(3, 584, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_m) != (0)) __PYX_ERR(3, 585, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_n);
   __Pyx_GIVEREF(__pyx_v_n);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_n) != (0)) __PYX_ERR(3, 584, __pyx_L1_error);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 584, __pyx_L1_error)
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_n) != (0)) __PYX_ERR(3, 585, __pyx_L1_error);
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 585, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   #if CYTHON_VECTORCALL
   #endif
@@ -36394,13 +36394,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_t_3, __pyx_t_7};
     #if CYTHON_VECTORCALL
     __pyx_t_10 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 584, __pyx_L1_error)
+    if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 585, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_10);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_10 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 584, __pyx_L1_error)
+      if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 585, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_10);
     }
     #endif
@@ -36412,20 +36412,20 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 584, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 585, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __pyx_v_c = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":585
+  /* "src/cnnc/_kernels.pyx":586
  *     stored_b, trans_b, ldb = _layout(b)
  *     c = np.empty((m, n), dtype=a.dtype)
  *     ta, tb = (_TRANS if trans_a else _NO_TRANS), (_TRANS if trans_b else _NO_TRANS)             # <<<<<<<<<<<<<<
  *     cdef cnp.ndarray pa = stored_a, pb = stored_b, pc = c
  *     if a.dtype == np.float32:
 */
-  __pyx_t_8 = __Pyx_PyObject_IsTrue(__pyx_v_trans_a); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(3, 585, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_IsTrue(__pyx_v_trans_a); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(3, 586, __pyx_L1_error)
   if (__pyx_t_8) {
 
     __pyx_t_11 = __pyx_e_4cnnc_13_kernels_avx2__TRANS;
@@ -36434,7 +36434,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     __pyx_t_11 = __pyx_e_4cnnc_13_kernels_avx2__NO_TRANS;
   }
 
-  __pyx_t_8 = __Pyx_PyObject_IsTrue(__pyx_v_trans_b); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(3, 585, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_IsTrue(__pyx_v_trans_b); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(3, 586, __pyx_L1_error)
   if (__pyx_t_8) {
 
     __pyx_t_12 = __pyx_e_4cnnc_13_kernels_avx2__TRANS;
@@ -36446,7 +36446,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
   __pyx_v_ta = __pyx_t_11;
   __pyx_v_tb = __pyx_t_12;
 
-  /* "src/cnnc/_kernels.pyx":586
+  /* "src/cnnc/_kernels.pyx":587
  *     c = np.empty((m, n), dtype=a.dtype)
  *     ta, tb = (_TRANS if trans_a else _NO_TRANS), (_TRANS if trans_b else _NO_TRANS)
  *     cdef cnp.ndarray pa = stored_a, pb = stored_b, pc = c             # <<<<<<<<<<<<<<
@@ -36455,62 +36455,62 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
 */
   __pyx_t_1 = __pyx_v_stored_a;
   __Pyx_INCREF(__pyx_t_1);
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(3, 586, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(3, 587, __pyx_L1_error)
   __pyx_v_pa = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
   __pyx_t_1 = __pyx_v_stored_b;
   __Pyx_INCREF(__pyx_t_1);
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(3, 586, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(3, 587, __pyx_L1_error)
   __pyx_v_pb = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
   __pyx_t_1 = __pyx_v_c;
   __Pyx_INCREF(__pyx_t_1);
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(3, 586, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(3, 587, __pyx_L1_error)
   __pyx_v_pc = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":587
+  /* "src/cnnc/_kernels.pyx":588
  *     ta, tb = (_TRANS if trans_a else _NO_TRANS), (_TRANS if trans_b else _NO_TRANS)
  *     cdef cnp.ndarray pa = stored_a, pb = stored_b, pc = c
  *     if a.dtype == np.float32:             # <<<<<<<<<<<<<<
  *         _matmul_split[float](ta, tb, <float*>cnp.PyArray_DATA(pa), lda, <float*>cnp.PyArray_DATA(pb),
  *                              ldb, <float*>cnp.PyArray_DATA(pc), m, n, k)
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 587, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_a, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 588, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 587, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 588, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 587, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 588, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_8 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, __pyx_t_10, Py_EQ); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(3, 587, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, __pyx_t_10, Py_EQ); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(3, 588, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
   if (__pyx_t_8) {
 
 
-    /* "src/cnnc/_kernels.pyx":588
+    /* "src/cnnc/_kernels.pyx":589
  *     cdef cnp.ndarray pa = stored_a, pb = stored_b, pc = c
  *     if a.dtype == np.float32:
  *         _matmul_split[float](ta, tb, <float*>cnp.PyArray_DATA(pa), lda, <float*>cnp.PyArray_DATA(pb),             # <<<<<<<<<<<<<<
  *                              ldb, <float*>cnp.PyArray_DATA(pc), m, n, k)
  *     else:
 */
-    __pyx_t_13 = __Pyx_PyLong_As_int64_t(__pyx_v_lda); if (unlikely((__pyx_t_13 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 588, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyLong_As_int64_t(__pyx_v_lda); if (unlikely((__pyx_t_13 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 589, __pyx_L1_error)
 
-    /* "src/cnnc/_kernels.pyx":589
+    /* "src/cnnc/_kernels.pyx":590
  *     if a.dtype == np.float32:
  *         _matmul_split[float](ta, tb, <float*>cnp.PyArray_DATA(pa), lda, <float*>cnp.PyArray_DATA(pb),
  *                              ldb, <float*>cnp.PyArray_DATA(pc), m, n, k)             # <<<<<<<<<<<<<<
  *     else:
  *         _matmul_split[double](ta, tb, <double*>cnp.PyArray_DATA(pa), lda,
 */
-    __pyx_t_14 = __Pyx_PyLong_As_int64_t(__pyx_v_ldb); if (unlikely((__pyx_t_14 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 589, __pyx_L1_error)
-    __pyx_t_15 = __Pyx_PyLong_As_int64_t(__pyx_v_m); if (unlikely((__pyx_t_15 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 589, __pyx_L1_error)
-    __pyx_t_16 = __Pyx_PyLong_As_int64_t(__pyx_v_n); if (unlikely((__pyx_t_16 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 589, __pyx_L1_error)
-    __pyx_t_17 = __Pyx_PyLong_As_int64_t(__pyx_v_k); if (unlikely((__pyx_t_17 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 589, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyLong_As_int64_t(__pyx_v_ldb); if (unlikely((__pyx_t_14 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 590, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyLong_As_int64_t(__pyx_v_m); if (unlikely((__pyx_t_15 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 590, __pyx_L1_error)
+    __pyx_t_16 = __Pyx_PyLong_As_int64_t(__pyx_v_n); if (unlikely((__pyx_t_16 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 590, __pyx_L1_error)
+    __pyx_t_17 = __Pyx_PyLong_As_int64_t(__pyx_v_k); if (unlikely((__pyx_t_17 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 590, __pyx_L1_error)
 
-    /* "src/cnnc/_kernels.pyx":588
+    /* "src/cnnc/_kernels.pyx":589
  *     cdef cnp.ndarray pa = stored_a, pb = stored_b, pc = c
  *     if a.dtype == np.float32:
  *         _matmul_split[float](ta, tb, <float*>cnp.PyArray_DATA(pa), lda, <float*>cnp.PyArray_DATA(pb),             # <<<<<<<<<<<<<<
@@ -36524,7 +36524,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
 
 
 
-    /* "src/cnnc/_kernels.pyx":587
+    /* "src/cnnc/_kernels.pyx":588
  *     ta, tb = (_TRANS if trans_a else _NO_TRANS), (_TRANS if trans_b else _NO_TRANS)
  *     cdef cnp.ndarray pa = stored_a, pb = stored_b, pc = c
  *     if a.dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -36534,7 +36534,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
     goto __pyx_L14;
   }
 
-  /* "src/cnnc/_kernels.pyx":591
+  /* "src/cnnc/_kernels.pyx":592
  *                              ldb, <float*>cnp.PyArray_DATA(pc), m, n, k)
  *     else:
  *         _matmul_split[double](ta, tb, <double*>cnp.PyArray_DATA(pa), lda,             # <<<<<<<<<<<<<<
@@ -36542,29 +36542,29 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
  *                               n, k)
 */
   /*else*/ {
-    __pyx_t_17 = __Pyx_PyLong_As_int64_t(__pyx_v_lda); if (unlikely((__pyx_t_17 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 591, __pyx_L1_error)
+    __pyx_t_17 = __Pyx_PyLong_As_int64_t(__pyx_v_lda); if (unlikely((__pyx_t_17 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 592, __pyx_L1_error)
 
-    /* "src/cnnc/_kernels.pyx":592
+    /* "src/cnnc/_kernels.pyx":593
  *     else:
  *         _matmul_split[double](ta, tb, <double*>cnp.PyArray_DATA(pa), lda,
  *                               <double*>cnp.PyArray_DATA(pb), ldb, <double*>cnp.PyArray_DATA(pc), m,             # <<<<<<<<<<<<<<
  *                               n, k)
  *     return c
 */
-    __pyx_t_16 = __Pyx_PyLong_As_int64_t(__pyx_v_ldb); if (unlikely((__pyx_t_16 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 592, __pyx_L1_error)
-    __pyx_t_15 = __Pyx_PyLong_As_int64_t(__pyx_v_m); if (unlikely((__pyx_t_15 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 592, __pyx_L1_error)
+    __pyx_t_16 = __Pyx_PyLong_As_int64_t(__pyx_v_ldb); if (unlikely((__pyx_t_16 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 593, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyLong_As_int64_t(__pyx_v_m); if (unlikely((__pyx_t_15 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 593, __pyx_L1_error)
 
-    /* "src/cnnc/_kernels.pyx":593
+    /* "src/cnnc/_kernels.pyx":594
  *         _matmul_split[double](ta, tb, <double*>cnp.PyArray_DATA(pa), lda,
  *                               <double*>cnp.PyArray_DATA(pb), ldb, <double*>cnp.PyArray_DATA(pc), m,
  *                               n, k)             # <<<<<<<<<<<<<<
  *     return c
  * 
 */
-    __pyx_t_14 = __Pyx_PyLong_As_int64_t(__pyx_v_n); if (unlikely((__pyx_t_14 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 593, __pyx_L1_error)
-    __pyx_t_13 = __Pyx_PyLong_As_int64_t(__pyx_v_k); if (unlikely((__pyx_t_13 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 593, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyLong_As_int64_t(__pyx_v_n); if (unlikely((__pyx_t_14 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 594, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyLong_As_int64_t(__pyx_v_k); if (unlikely((__pyx_t_13 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(3, 594, __pyx_L1_error)
 
-    /* "src/cnnc/_kernels.pyx":591
+    /* "src/cnnc/_kernels.pyx":592
  *                              ldb, <float*>cnp.PyArray_DATA(pc), m, n, k)
  *     else:
  *         _matmul_split[double](ta, tb, <double*>cnp.PyArray_DATA(pa), lda,             # <<<<<<<<<<<<<<
@@ -36580,7 +36580,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
   }
   __pyx_L14:;
 
-  /* "src/cnnc/_kernels.pyx":594
+  /* "src/cnnc/_kernels.pyx":595
  *                               <double*>cnp.PyArray_DATA(pb), ldb, <double*>cnp.PyArray_DATA(pc), m,
  *                               n, k)
  *     return c             # <<<<<<<<<<<<<<
@@ -36598,7 +36598,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":576
+  /* "src/cnnc/_kernels.pyx":577
  * 
  * 
  * def matmul(a, b):             # <<<<<<<<<<<<<<
@@ -36639,7 +36639,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_18matmul(CYTHON_UNUSED PyObject 
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":597
+/* "src/cnnc/_kernels.pyx":598
  * 
  * 
  * def conv2d_forward(x, w, b, stride, padding):             # <<<<<<<<<<<<<<
@@ -36691,50 +36691,50 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_w,&__pyx_mstate_global->__pyx_n_u_b,&__pyx_mstate_global->__pyx_n_u_stride,&__pyx_mstate_global->__pyx_n_u_padding,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 597, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 598, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 597, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 598, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 597, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 598, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 597, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 598, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 597, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 598, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 597, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 598, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "conv2d_forward", 0) < (0)) __PYX_ERR(3, 597, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "conv2d_forward", 0) < (0)) __PYX_ERR(3, 598, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 5; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("conv2d_forward", 1, 5, 5, i); __PYX_ERR(3, 597, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("conv2d_forward", 1, 5, 5, i); __PYX_ERR(3, 598, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 5)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 597, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 598, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 597, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 598, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 597, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 598, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 597, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 598, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 597, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 598, __pyx_L3_error)
     }
     __pyx_v_x = values[0];
     __pyx_v_w = values[1];
@@ -36744,7 +36744,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("conv2d_forward", 1, 5, 5, __pyx_nargs); __PYX_ERR(3, 597, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("conv2d_forward", 1, 5, 5, __pyx_nargs); __PYX_ERR(3, 598, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -36803,7 +36803,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
   __Pyx_INCREF(__pyx_v_stride);
   __Pyx_INCREF(__pyx_v_padding);
 
-  /* "src/cnnc/_kernels.pyx":599
+  /* "src/cnnc/_kernels.pyx":600
  * def conv2d_forward(x, w, b, stride, padding):
  *     """Cross-correlation of x (N, H, W, C) with w (kh, kw, C, F), plus bias b (F,)."""
  *     x, w, b, stride, padding, (oh, ow) = _checks.conv2d_forward(x, w, b, stride, padding)             # <<<<<<<<<<<<<<
@@ -36811,9 +36811,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
  *     pixels, patch = oh * ow, kh * kw * c
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 599, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 600, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_conv2d_forward); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 599, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_conv2d_forward); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 600, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -36833,7 +36833,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (6-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 599, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 600, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -36842,7 +36842,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     if (unlikely(size != 6)) {
       if (size > 6) __Pyx_RaiseTooManyValuesError(6);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 599, __pyx_L1_error)
+      __PYX_ERR(3, 600, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -36860,22 +36860,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
       __Pyx_INCREF(__pyx_t_8);
     } else {
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 599, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 600, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 599, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 600, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 599, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 600, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
       __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 3, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 599, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 600, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_6);
       __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 4, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 599, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 600, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_7);
       __pyx_t_8 = __Pyx_PyList_GET_ITEM_REF(sequence, 5, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 599, __pyx_L1_error)
+      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 600, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_8);
     }
     #else
@@ -36883,7 +36883,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
       Py_ssize_t i;
       PyObject** temps[6] = {&__pyx_t_4,&__pyx_t_2,&__pyx_t_3,&__pyx_t_6,&__pyx_t_7,&__pyx_t_8};
       for (i=0; i < 6; i++) {
-        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 599, __pyx_L1_error)
+        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 600, __pyx_L1_error)
         __Pyx_GOTREF(item);
         *(temps[i]) = item;
       }
@@ -36893,7 +36893,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
   } else {
     Py_ssize_t index = -1;
     PyObject** temps[6] = {&__pyx_t_4,&__pyx_t_2,&__pyx_t_3,&__pyx_t_6,&__pyx_t_7,&__pyx_t_8};
-    __pyx_t_9 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 599, __pyx_L1_error)
+    __pyx_t_9 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 600, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_10 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_9);
@@ -36902,7 +36902,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
       __Pyx_GOTREF(item);
       *(temps[index]) = item;
     }
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_9), 6) < (0)) __PYX_ERR(3, 599, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_9), 6) < (0)) __PYX_ERR(3, 600, __pyx_L1_error)
     __pyx_t_10 = NULL;
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     goto __pyx_L4_unpacking_done;
@@ -36910,7 +36910,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __pyx_t_10 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 599, __pyx_L1_error)
+    __PYX_ERR(3, 600, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
   __Pyx_DECREF_SET(__pyx_v_x, __pyx_t_4);
@@ -36929,7 +36929,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 599, __pyx_L1_error)
+      __PYX_ERR(3, 600, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -36939,22 +36939,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
       __Pyx_INCREF(__pyx_t_11);
     } else {
       __pyx_t_9 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 599, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 600, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_9);
       __pyx_t_11 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 599, __pyx_L1_error)
+      if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 600, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_11);
     }
     #else
-    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 599, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 600, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __pyx_t_11 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 599, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 600, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     #endif
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_12 = PyObject_GetIter(__pyx_t_8); if (unlikely(!__pyx_t_12)) __PYX_ERR(3, 599, __pyx_L1_error)
+    __pyx_t_12 = PyObject_GetIter(__pyx_t_8); if (unlikely(!__pyx_t_12)) __PYX_ERR(3, 600, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __pyx_t_10 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_12);
@@ -36962,7 +36962,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     __Pyx_GOTREF(__pyx_t_9);
     index = 1; __pyx_t_11 = __pyx_t_10(__pyx_t_12); if (unlikely(!__pyx_t_11)) goto __pyx_L5_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_11);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_12), 2) < (0)) __PYX_ERR(3, 599, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_12), 2) < (0)) __PYX_ERR(3, 600, __pyx_L1_error)
     __pyx_t_10 = NULL;
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     goto __pyx_L6_unpacking_done;
@@ -36970,7 +36970,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     __pyx_t_10 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 599, __pyx_L1_error)
+    __PYX_ERR(3, 600, __pyx_L1_error)
     __pyx_L6_unpacking_done:;
   }
   __pyx_v_oh = __pyx_t_9;
@@ -36978,19 +36978,19 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
   __pyx_v_ow = __pyx_t_11;
   __pyx_t_11 = 0;
 
-  /* "src/cnnc/_kernels.pyx":600
+  /* "src/cnnc/_kernels.pyx":601
  *     """Cross-correlation of x (N, H, W, C) with w (kh, kw, C, F), plus bias b (F,)."""
  *     x, w, b, stride, padding, (oh, ow) = _checks.conv2d_forward(x, w, b, stride, padding)
  *     n, (kh, kw, c, f) = x.shape[0], w.shape             # <<<<<<<<<<<<<<
  *     pixels, patch = oh * ow, kh * kw * c
  *     w2 = w.reshape(patch, f)
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 600, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 601, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_8 = __Pyx_GetItemInt(__pyx_t_1, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 600, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_GetItemInt(__pyx_t_1, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 601, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_w, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 600, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_w, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 601, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_n = __pyx_t_8;
   __pyx_t_8 = 0;
@@ -37000,7 +37000,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     if (unlikely(size != 4)) {
       if (size > 4) __Pyx_RaiseTooManyValuesError(4);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 600, __pyx_L1_error)
+      __PYX_ERR(3, 601, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -37014,16 +37014,16 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
       __Pyx_INCREF(__pyx_t_3);
     } else {
       __pyx_t_8 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 600, __pyx_L1_error)
+      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 601, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_8);
       __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 600, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 601, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_7);
       __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 600, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 601, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_6);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 3, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 600, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 601, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
     }
     #else
@@ -37031,7 +37031,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
       Py_ssize_t i;
       PyObject** temps[4] = {&__pyx_t_8,&__pyx_t_7,&__pyx_t_6,&__pyx_t_3};
       for (i=0; i < 4; i++) {
-        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 600, __pyx_L1_error)
+        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 601, __pyx_L1_error)
         __Pyx_GOTREF(item);
         *(temps[i]) = item;
       }
@@ -37041,7 +37041,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
   } else {
     Py_ssize_t index = -1;
     PyObject** temps[4] = {&__pyx_t_8,&__pyx_t_7,&__pyx_t_6,&__pyx_t_3};
-    __pyx_t_2 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 600, __pyx_L1_error)
+    __pyx_t_2 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 601, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_10 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_2);
@@ -37050,7 +37050,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
       __Pyx_GOTREF(item);
       *(temps[index]) = item;
     }
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_2), 4) < (0)) __PYX_ERR(3, 600, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_2), 4) < (0)) __PYX_ERR(3, 601, __pyx_L1_error)
     __pyx_t_10 = NULL;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     goto __pyx_L8_unpacking_done;
@@ -37058,7 +37058,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_10 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 600, __pyx_L1_error)
+    __PYX_ERR(3, 601, __pyx_L1_error)
     __pyx_L8_unpacking_done:;
   }
   __pyx_v_kh = __pyx_t_8;
@@ -37070,18 +37070,18 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
   __pyx_v_f = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":601
+  /* "src/cnnc/_kernels.pyx":602
  *     x, w, b, stride, padding, (oh, ow) = _checks.conv2d_forward(x, w, b, stride, padding)
  *     n, (kh, kw, c, f) = x.shape[0], w.shape
  *     pixels, patch = oh * ow, kh * kw * c             # <<<<<<<<<<<<<<
  *     w2 = w.reshape(patch, f)
  *     y = np.empty((n * pixels, f), dtype=x.dtype)
 */
-  __pyx_t_1 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_oh, __pyx_v_ow); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 601, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_oh, __pyx_v_ow); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 602, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_kh, __pyx_v_kw); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 601, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_kh, __pyx_v_kw); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 602, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_3, __pyx_v_c); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 601, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_3, __pyx_v_c); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 602, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_pixels = __pyx_t_1;
@@ -37089,7 +37089,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
   __pyx_v_patch = __pyx_t_6;
   __pyx_t_6 = 0;
 
-  /* "src/cnnc/_kernels.pyx":602
+  /* "src/cnnc/_kernels.pyx":603
  *     n, (kh, kw, c, f) = x.shape[0], w.shape
  *     pixels, patch = oh * ow, kh * kw * c
  *     w2 = w.reshape(patch, f)             # <<<<<<<<<<<<<<
@@ -37103,13 +37103,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     PyObject *__pyx_callargs[3] = {__pyx_t_1, __pyx_v_patch, __pyx_v_f};
     __pyx_t_6 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 602, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 603, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
   __pyx_v_w2 = __pyx_t_6;
   __pyx_t_6 = 0;
 
-  /* "src/cnnc/_kernels.pyx":603
+  /* "src/cnnc/_kernels.pyx":604
  *     pixels, patch = oh * ow, kh * kw * c
  *     w2 = w.reshape(patch, f)
  *     y = np.empty((n * pixels, f), dtype=x.dtype)             # <<<<<<<<<<<<<<
@@ -37117,22 +37117,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
  *     if _direct_taken(patch, f):
 */
   __pyx_t_1 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 603, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 604, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 603, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 604, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_n, __pyx_v_pixels); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 603, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_n, __pyx_v_pixels); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 604, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_8 = PyTuple_New(2); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 603, __pyx_L1_error)
+  __pyx_t_8 = PyTuple_New(2); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 604, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
   __Pyx_GIVEREF(__pyx_t_3);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_t_3) != (0)) __PYX_ERR(3, 603, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_t_3) != (0)) __PYX_ERR(3, 604, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_f);
   __Pyx_GIVEREF(__pyx_v_f);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, __pyx_v_f) != (0)) __PYX_ERR(3, 603, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, __pyx_v_f) != (0)) __PYX_ERR(3, 604, __pyx_L1_error);
   __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 603, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 604, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   #if CYTHON_VECTORCALL
   #endif
@@ -37152,13 +37152,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     PyObject *__pyx_callargs[3] = {__pyx_t_1, __pyx_t_8, __pyx_t_3};
     #if CYTHON_VECTORCALL
     __pyx_t_2 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 603, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 604, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_2);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_2 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 603, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 604, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     #endif
@@ -37170,13 +37170,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 603, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 604, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
   __pyx_v_y = __pyx_t_6;
   __pyx_t_6 = 0;
 
-  /* "src/cnnc/_kernels.pyx":604
+  /* "src/cnnc/_kernels.pyx":605
  *     w2 = w.reshape(patch, f)
  *     y = np.empty((n * pixels, f), dtype=x.dtype)
  *     chunks = _chunk_count(n, pixels * patch * x.itemsize)             # <<<<<<<<<<<<<<
@@ -37184,13 +37184,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
  *         _run_direct(_FORWARD, x, w2, b, None, y, (kh, kw), stride, padding, (oh, ow))
 */
   __pyx_t_7 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_chunk_count); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 604, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_chunk_count); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 605, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_pixels, __pyx_v_patch); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 604, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_pixels, __pyx_v_patch); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 605, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_itemsize); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 604, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_itemsize); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 605, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
-  __pyx_t_1 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_3, __pyx_t_8); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 604, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_3, __pyx_t_8); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 605, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
@@ -37212,13 +37212,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 604, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 605, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
   __pyx_v_chunks = __pyx_t_6;
   __pyx_t_6 = 0;
 
-  /* "src/cnnc/_kernels.pyx":605
+  /* "src/cnnc/_kernels.pyx":606
  *     y = np.empty((n * pixels, f), dtype=x.dtype)
  *     chunks = _chunk_count(n, pixels * patch * x.itemsize)
  *     if _direct_taken(patch, f):             # <<<<<<<<<<<<<<
@@ -37226,7 +37226,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
  *     elif _blas is not None:
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_direct_taken); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 605, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_direct_taken); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 606, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_t_5 = 1;
   #if CYTHON_UNPACK_METHODS
@@ -37245,15 +37245,15 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_1, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 605, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 606, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
-  __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(3, 605, __pyx_L1_error)
+  __pyx_t_13 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_13 < 0))) __PYX_ERR(3, 606, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   if (__pyx_t_13) {
 
 
-    /* "src/cnnc/_kernels.pyx":606
+    /* "src/cnnc/_kernels.pyx":607
  *     chunks = _chunk_count(n, pixels * patch * x.itemsize)
  *     if _direct_taken(patch, f):
  *         _run_direct(_FORWARD, x, w2, b, None, y, (kh, kw), stride, padding, (oh, ow))             # <<<<<<<<<<<<<<
@@ -37261,26 +37261,26 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
  *         _run_pass(_FORWARD, x, None, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), chunks)
 */
     __pyx_t_1 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_run_direct); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 606, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_run_direct); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 607, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_7 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__FORWARD); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 606, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__FORWARD); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 607, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = PyTuple_New(2); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 606, __pyx_L1_error)
+    __pyx_t_8 = PyTuple_New(2); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 607, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_INCREF(__pyx_v_kh);
     __Pyx_GIVEREF(__pyx_v_kh);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_kh) != (0)) __PYX_ERR(3, 606, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_kh) != (0)) __PYX_ERR(3, 607, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_kw);
     __Pyx_GIVEREF(__pyx_v_kw);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, __pyx_v_kw) != (0)) __PYX_ERR(3, 606, __pyx_L1_error);
-    __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 606, __pyx_L1_error)
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, __pyx_v_kw) != (0)) __PYX_ERR(3, 607, __pyx_L1_error);
+    __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 607, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_INCREF(__pyx_v_oh);
     __Pyx_GIVEREF(__pyx_v_oh);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_oh) != (0)) __PYX_ERR(3, 606, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_oh) != (0)) __PYX_ERR(3, 607, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_ow);
     __Pyx_GIVEREF(__pyx_v_ow);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_ow) != (0)) __PYX_ERR(3, 606, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_ow) != (0)) __PYX_ERR(3, 607, __pyx_L1_error);
     __pyx_t_5 = 1;
     #if CYTHON_UNPACK_METHODS
     if (unlikely(PyMethod_Check(__pyx_t_2))) {
@@ -37301,12 +37301,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 606, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 607, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-    /* "src/cnnc/_kernels.pyx":605
+    /* "src/cnnc/_kernels.pyx":606
  *     y = np.empty((n * pixels, f), dtype=x.dtype)
  *     chunks = _chunk_count(n, pixels * patch * x.itemsize)
  *     if _direct_taken(patch, f):             # <<<<<<<<<<<<<<
@@ -37316,21 +37316,21 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     goto __pyx_L9;
   }
 
-  /* "src/cnnc/_kernels.pyx":607
+  /* "src/cnnc/_kernels.pyx":608
  *     if _direct_taken(patch, f):
  *         _run_direct(_FORWARD, x, w2, b, None, y, (kh, kw), stride, padding, (oh, ow))
  *     elif _blas is not None:             # <<<<<<<<<<<<<<
  *         _run_pass(_FORWARD, x, None, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), chunks)
  *     else:
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_blas); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 607, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_blas); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 608, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __pyx_t_13 = (__pyx_t_6 != Py_None);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   if (__pyx_t_13) {
 
 
-    /* "src/cnnc/_kernels.pyx":608
+    /* "src/cnnc/_kernels.pyx":609
  *         _run_direct(_FORWARD, x, w2, b, None, y, (kh, kw), stride, padding, (oh, ow))
  *     elif _blas is not None:
  *         _run_pass(_FORWARD, x, None, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), chunks)             # <<<<<<<<<<<<<<
@@ -37338,26 +37338,26 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
  *         _matmul_pass(_FORWARD, x, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), chunks)
 */
     __pyx_t_2 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_run_pass); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 608, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_run_pass); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 609, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_8 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__FORWARD); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 608, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__FORWARD); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 609, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
-    __pyx_t_7 = PyTuple_New(2); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 608, __pyx_L1_error)
+    __pyx_t_7 = PyTuple_New(2); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 609, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_INCREF(__pyx_v_kh);
     __Pyx_GIVEREF(__pyx_v_kh);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_v_kh) != (0)) __PYX_ERR(3, 608, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_v_kh) != (0)) __PYX_ERR(3, 609, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_kw);
     __Pyx_GIVEREF(__pyx_v_kw);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_v_kw) != (0)) __PYX_ERR(3, 608, __pyx_L1_error);
-    __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 608, __pyx_L1_error)
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_v_kw) != (0)) __PYX_ERR(3, 609, __pyx_L1_error);
+    __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 609, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_INCREF(__pyx_v_oh);
     __Pyx_GIVEREF(__pyx_v_oh);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_oh) != (0)) __PYX_ERR(3, 608, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_oh) != (0)) __PYX_ERR(3, 609, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_ow);
     __Pyx_GIVEREF(__pyx_v_ow);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_ow) != (0)) __PYX_ERR(3, 608, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_ow) != (0)) __PYX_ERR(3, 609, __pyx_L1_error);
     __pyx_t_5 = 1;
     #if CYTHON_UNPACK_METHODS
     if (unlikely(PyMethod_Check(__pyx_t_3))) {
@@ -37378,12 +37378,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 608, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 609, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-    /* "src/cnnc/_kernels.pyx":607
+    /* "src/cnnc/_kernels.pyx":608
  *     if _direct_taken(patch, f):
  *         _run_direct(_FORWARD, x, w2, b, None, y, (kh, kw), stride, padding, (oh, ow))
  *     elif _blas is not None:             # <<<<<<<<<<<<<<
@@ -37393,7 +37393,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     goto __pyx_L9;
   }
 
-  /* "src/cnnc/_kernels.pyx":610
+  /* "src/cnnc/_kernels.pyx":611
  *         _run_pass(_FORWARD, x, None, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), chunks)
  *     else:
  *         _matmul_pass(_FORWARD, x, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), chunks)             # <<<<<<<<<<<<<<
@@ -37402,26 +37402,26 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
 */
   /*else*/ {
     __pyx_t_3 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_matmul_pass); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 610, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_matmul_pass); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 611, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_7 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__FORWARD); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 610, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__FORWARD); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 611, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = PyTuple_New(2); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 610, __pyx_L1_error)
+    __pyx_t_8 = PyTuple_New(2); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 611, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_INCREF(__pyx_v_kh);
     __Pyx_GIVEREF(__pyx_v_kh);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_kh) != (0)) __PYX_ERR(3, 610, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_kh) != (0)) __PYX_ERR(3, 611, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_kw);
     __Pyx_GIVEREF(__pyx_v_kw);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, __pyx_v_kw) != (0)) __PYX_ERR(3, 610, __pyx_L1_error);
-    __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 610, __pyx_L1_error)
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, __pyx_v_kw) != (0)) __PYX_ERR(3, 611, __pyx_L1_error);
+    __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 611, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_INCREF(__pyx_v_oh);
     __Pyx_GIVEREF(__pyx_v_oh);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_v_oh) != (0)) __PYX_ERR(3, 610, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_v_oh) != (0)) __PYX_ERR(3, 611, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_ow);
     __Pyx_GIVEREF(__pyx_v_ow);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_v_ow) != (0)) __PYX_ERR(3, 610, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_v_ow) != (0)) __PYX_ERR(3, 611, __pyx_L1_error);
     __pyx_t_5 = 1;
     #if CYTHON_UNPACK_METHODS
     if (unlikely(PyMethod_Check(__pyx_t_1))) {
@@ -37442,14 +37442,14 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 610, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 611, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   }
   __pyx_L9:;
 
-  /* "src/cnnc/_kernels.pyx":611
+  /* "src/cnnc/_kernels.pyx":612
  *     else:
  *         _matmul_pass(_FORWARD, x, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), chunks)
  *     return y.reshape(n, oh, ow, f)             # <<<<<<<<<<<<<<
@@ -37463,7 +37463,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
     PyObject *__pyx_callargs[5] = {__pyx_t_1, __pyx_v_n, __pyx_v_oh, __pyx_v_ow, __pyx_v_f};
     __pyx_t_6 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (5-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 611, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 612, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
   {
@@ -37477,7 +37477,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
   __pyx_t_6 = 0;
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":597
+  /* "src/cnnc/_kernels.pyx":598
  * 
  * 
  * def conv2d_forward(x, w, b, stride, padding):             # <<<<<<<<<<<<<<
@@ -37522,7 +37522,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_20conv2d_forward(CYTHON_UNUSED P
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":614
+/* "src/cnnc/_kernels.pyx":615
  * 
  * 
  * def conv2d_grad_input(dy, w, input_shape, stride, padding):             # <<<<<<<<<<<<<<
@@ -37574,50 +37574,50 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_dy,&__pyx_mstate_global->__pyx_n_u_w,&__pyx_mstate_global->__pyx_n_u_input_shape,&__pyx_mstate_global->__pyx_n_u_stride,&__pyx_mstate_global->__pyx_n_u_padding,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 614, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 615, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 614, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 615, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 614, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 615, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 614, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 615, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 614, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 615, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 614, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 615, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "conv2d_grad_input", 0) < (0)) __PYX_ERR(3, 614, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "conv2d_grad_input", 0) < (0)) __PYX_ERR(3, 615, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 5; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("conv2d_grad_input", 1, 5, 5, i); __PYX_ERR(3, 614, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("conv2d_grad_input", 1, 5, 5, i); __PYX_ERR(3, 615, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 5)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 614, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 615, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 614, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 615, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 614, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 615, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 614, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 615, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 614, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 615, __pyx_L3_error)
     }
     __pyx_v_dy = values[0];
     __pyx_v_w = values[1];
@@ -37627,7 +37627,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("conv2d_grad_input", 1, 5, 5, __pyx_nargs); __PYX_ERR(3, 614, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("conv2d_grad_input", 1, 5, 5, __pyx_nargs); __PYX_ERR(3, 615, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -37687,7 +37687,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
   __Pyx_INCREF(__pyx_v_stride);
   __Pyx_INCREF(__pyx_v_padding);
 
-  /* "src/cnnc/_kernels.pyx":616
+  /* "src/cnnc/_kernels.pyx":617
  * def conv2d_grad_input(dy, w, input_shape, stride, padding):
  *     """Gradient of the loss w.r.t. the convolution input, given dy (N, OH, OW, F)."""
  *     dy, w, input_shape, stride, padding, (oh, ow) = _checks.conv2d_grad_input(             # <<<<<<<<<<<<<<
@@ -37695,13 +37695,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
  *     n, (kh, kw, c, f) = input_shape[0], w.shape
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 616, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 617, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_conv2d_grad_input); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 616, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_conv2d_grad_input); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 617, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":617
+  /* "src/cnnc/_kernels.pyx":618
  *     """Gradient of the loss w.r.t. the convolution input, given dy (N, OH, OW, F)."""
  *     dy, w, input_shape, stride, padding, (oh, ow) = _checks.conv2d_grad_input(
  *         dy, w, input_shape, stride, padding)             # <<<<<<<<<<<<<<
@@ -37725,7 +37725,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (6-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 616, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 617, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -37734,7 +37734,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
     if (unlikely(size != 6)) {
       if (size > 6) __Pyx_RaiseTooManyValuesError(6);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 616, __pyx_L1_error)
+      __PYX_ERR(3, 617, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -37752,22 +37752,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
       __Pyx_INCREF(__pyx_t_8);
     } else {
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 616, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 617, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 616, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 617, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 616, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 617, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
       __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 3, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 616, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 617, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_6);
       __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 4, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 616, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 617, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_7);
       __pyx_t_8 = __Pyx_PyList_GET_ITEM_REF(sequence, 5, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 616, __pyx_L1_error)
+      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 617, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_8);
     }
     #else
@@ -37775,7 +37775,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
       Py_ssize_t i;
       PyObject** temps[6] = {&__pyx_t_4,&__pyx_t_2,&__pyx_t_3,&__pyx_t_6,&__pyx_t_7,&__pyx_t_8};
       for (i=0; i < 6; i++) {
-        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 616, __pyx_L1_error)
+        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 617, __pyx_L1_error)
         __Pyx_GOTREF(item);
         *(temps[i]) = item;
       }
@@ -37785,7 +37785,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
   } else {
     Py_ssize_t index = -1;
     PyObject** temps[6] = {&__pyx_t_4,&__pyx_t_2,&__pyx_t_3,&__pyx_t_6,&__pyx_t_7,&__pyx_t_8};
-    __pyx_t_9 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 616, __pyx_L1_error)
+    __pyx_t_9 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 617, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_10 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_9);
@@ -37794,7 +37794,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
       __Pyx_GOTREF(item);
       *(temps[index]) = item;
     }
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_9), 6) < (0)) __PYX_ERR(3, 616, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_9), 6) < (0)) __PYX_ERR(3, 617, __pyx_L1_error)
     __pyx_t_10 = NULL;
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     goto __pyx_L4_unpacking_done;
@@ -37802,11 +37802,11 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __pyx_t_10 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 616, __pyx_L1_error)
+    __PYX_ERR(3, 617, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
 
-  /* "src/cnnc/_kernels.pyx":616
+  /* "src/cnnc/_kernels.pyx":617
  * def conv2d_grad_input(dy, w, input_shape, stride, padding):
  *     """Gradient of the loss w.r.t. the convolution input, given dy (N, OH, OW, F)."""
  *     dy, w, input_shape, stride, padding, (oh, ow) = _checks.conv2d_grad_input(             # <<<<<<<<<<<<<<
@@ -37829,7 +37829,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 616, __pyx_L1_error)
+      __PYX_ERR(3, 617, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -37839,22 +37839,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
       __Pyx_INCREF(__pyx_t_11);
     } else {
       __pyx_t_9 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 616, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 617, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_9);
       __pyx_t_11 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 616, __pyx_L1_error)
+      if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 617, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_11);
     }
     #else
-    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 616, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 617, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __pyx_t_11 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 616, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 617, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     #endif
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_12 = PyObject_GetIter(__pyx_t_8); if (unlikely(!__pyx_t_12)) __PYX_ERR(3, 616, __pyx_L1_error)
+    __pyx_t_12 = PyObject_GetIter(__pyx_t_8); if (unlikely(!__pyx_t_12)) __PYX_ERR(3, 617, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __pyx_t_10 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_12);
@@ -37862,7 +37862,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
     __Pyx_GOTREF(__pyx_t_9);
     index = 1; __pyx_t_11 = __pyx_t_10(__pyx_t_12); if (unlikely(!__pyx_t_11)) goto __pyx_L5_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_11);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_12), 2) < (0)) __PYX_ERR(3, 616, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_12), 2) < (0)) __PYX_ERR(3, 617, __pyx_L1_error)
     __pyx_t_10 = NULL;
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     goto __pyx_L6_unpacking_done;
@@ -37870,7 +37870,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     __pyx_t_10 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 616, __pyx_L1_error)
+    __PYX_ERR(3, 617, __pyx_L1_error)
     __pyx_L6_unpacking_done:;
   }
   __pyx_v_oh = __pyx_t_9;
@@ -37878,16 +37878,16 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
   __pyx_v_ow = __pyx_t_11;
   __pyx_t_11 = 0;
 
-  /* "src/cnnc/_kernels.pyx":618
+  /* "src/cnnc/_kernels.pyx":619
  *     dy, w, input_shape, stride, padding, (oh, ow) = _checks.conv2d_grad_input(
  *         dy, w, input_shape, stride, padding)
  *     n, (kh, kw, c, f) = input_shape[0], w.shape             # <<<<<<<<<<<<<<
  *     pixels, patch = oh * ow, kh * kw * c
  *     w2 = w.reshape(patch, f)
 */
-  __pyx_t_1 = __Pyx_GetItemInt(__pyx_v_input_shape, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 618, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_GetItemInt(__pyx_v_input_shape, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 619, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_v_w, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 618, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_v_w, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 619, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
   __pyx_v_n = __pyx_t_1;
   __pyx_t_1 = 0;
@@ -37897,7 +37897,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
     if (unlikely(size != 4)) {
       if (size > 4) __Pyx_RaiseTooManyValuesError(4);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 618, __pyx_L1_error)
+      __PYX_ERR(3, 619, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -37911,16 +37911,16 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
       __Pyx_INCREF(__pyx_t_3);
     } else {
       __pyx_t_1 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 618, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 619, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_1);
       __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 618, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 619, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_7);
       __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 618, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 619, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_6);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 3, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 618, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 619, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
     }
     #else
@@ -37928,7 +37928,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
       Py_ssize_t i;
       PyObject** temps[4] = {&__pyx_t_1,&__pyx_t_7,&__pyx_t_6,&__pyx_t_3};
       for (i=0; i < 4; i++) {
-        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 618, __pyx_L1_error)
+        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 619, __pyx_L1_error)
         __Pyx_GOTREF(item);
         *(temps[i]) = item;
       }
@@ -37938,7 +37938,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
   } else {
     Py_ssize_t index = -1;
     PyObject** temps[4] = {&__pyx_t_1,&__pyx_t_7,&__pyx_t_6,&__pyx_t_3};
-    __pyx_t_2 = PyObject_GetIter(__pyx_t_8); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 618, __pyx_L1_error)
+    __pyx_t_2 = PyObject_GetIter(__pyx_t_8); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 619, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __pyx_t_10 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_2);
@@ -37947,7 +37947,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
       __Pyx_GOTREF(item);
       *(temps[index]) = item;
     }
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_2), 4) < (0)) __PYX_ERR(3, 618, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_2), 4) < (0)) __PYX_ERR(3, 619, __pyx_L1_error)
     __pyx_t_10 = NULL;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     goto __pyx_L8_unpacking_done;
@@ -37955,7 +37955,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_10 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 618, __pyx_L1_error)
+    __PYX_ERR(3, 619, __pyx_L1_error)
     __pyx_L8_unpacking_done:;
   }
   __pyx_v_kh = __pyx_t_1;
@@ -37967,18 +37967,18 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
   __pyx_v_f = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":619
+  /* "src/cnnc/_kernels.pyx":620
  *         dy, w, input_shape, stride, padding)
  *     n, (kh, kw, c, f) = input_shape[0], w.shape
  *     pixels, patch = oh * ow, kh * kw * c             # <<<<<<<<<<<<<<
  *     w2 = w.reshape(patch, f)
  *     dy2 = dy.reshape(n * pixels, f)
 */
-  __pyx_t_8 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_oh, __pyx_v_ow); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 619, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_oh, __pyx_v_ow); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 620, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
-  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_kh, __pyx_v_kw); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 619, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_kh, __pyx_v_kw); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 620, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_3, __pyx_v_c); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 619, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_3, __pyx_v_c); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 620, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_pixels = __pyx_t_8;
@@ -37986,7 +37986,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
   __pyx_v_patch = __pyx_t_6;
   __pyx_t_6 = 0;
 
-  /* "src/cnnc/_kernels.pyx":620
+  /* "src/cnnc/_kernels.pyx":621
  *     n, (kh, kw, c, f) = input_shape[0], w.shape
  *     pixels, patch = oh * ow, kh * kw * c
  *     w2 = w.reshape(patch, f)             # <<<<<<<<<<<<<<
@@ -38000,13 +38000,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
     PyObject *__pyx_callargs[3] = {__pyx_t_8, __pyx_v_patch, __pyx_v_f};
     __pyx_t_6 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 620, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 621, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
   __pyx_v_w2 = __pyx_t_6;
   __pyx_t_6 = 0;
 
-  /* "src/cnnc/_kernels.pyx":621
+  /* "src/cnnc/_kernels.pyx":622
  *     pixels, patch = oh * ow, kh * kw * c
  *     w2 = w.reshape(patch, f)
  *     dy2 = dy.reshape(n * pixels, f)             # <<<<<<<<<<<<<<
@@ -38015,7 +38015,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
 */
   __pyx_t_8 = __pyx_v_dy;
   __Pyx_INCREF(__pyx_t_8);
-  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_n, __pyx_v_pixels); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 621, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_n, __pyx_v_pixels); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 622, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_5 = 0;
   {
@@ -38023,13 +38023,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
     __pyx_t_6 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 621, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 622, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
   __pyx_v_dy2 = __pyx_t_6;
   __pyx_t_6 = 0;
 
-  /* "src/cnnc/_kernels.pyx":622
+  /* "src/cnnc/_kernels.pyx":623
  *     w2 = w.reshape(patch, f)
  *     dy2 = dy.reshape(n * pixels, f)
  *     chunks = _chunk_count(n, pixels * patch * dy.itemsize)             # <<<<<<<<<<<<<<
@@ -38037,13 +38037,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
  *         dx = np.empty(input_shape, dtype=dy.dtype)   # each thread zeroes its own images
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_chunk_count); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 622, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_chunk_count); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 623, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
-  __pyx_t_7 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_pixels, __pyx_v_patch); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 622, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_pixels, __pyx_v_patch); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 623, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_itemsize); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 622, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_itemsize); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 623, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_7, __pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 622, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_7, __pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 623, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
@@ -38065,27 +38065,27 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 622, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 623, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
   __pyx_v_chunks = __pyx_t_6;
   __pyx_t_6 = 0;
 
-  /* "src/cnnc/_kernels.pyx":623
+  /* "src/cnnc/_kernels.pyx":624
  *     dy2 = dy.reshape(n * pixels, f)
  *     chunks = _chunk_count(n, pixels * patch * dy.itemsize)
  *     if _blas is not None:             # <<<<<<<<<<<<<<
  *         dx = np.empty(input_shape, dtype=dy.dtype)   # each thread zeroes its own images
  *         _run_pass(_GRAD_INPUT, None, dx, w2, dy2, None, None, (kh, kw), stride, padding, (oh, ow),
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_blas); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 623, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_blas); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 624, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __pyx_t_13 = (__pyx_t_6 != Py_None);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   if (__pyx_t_13) {
 
 
-    /* "src/cnnc/_kernels.pyx":624
+    /* "src/cnnc/_kernels.pyx":625
  *     chunks = _chunk_count(n, pixels * patch * dy.itemsize)
  *     if _blas is not None:
  *         dx = np.empty(input_shape, dtype=dy.dtype)   # each thread zeroes its own images             # <<<<<<<<<<<<<<
@@ -38093,12 +38093,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
  *                   chunks)
 */
     __pyx_t_8 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 624, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 625, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 624, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 625, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 624, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 625, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     #if CYTHON_VECTORCALL
     #endif
@@ -38118,13 +38118,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
       PyObject *__pyx_callargs[3] = {__pyx_t_8, __pyx_v_input_shape, __pyx_t_2};
       #if CYTHON_VECTORCALL
       __pyx_t_1 = __pyx_mstate_global->__pyx_tuple[3];
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 624, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 625, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_1);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_1 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 624, __pyx_L1_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 625, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       #endif
@@ -38135,13 +38135,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 624, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 625, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __pyx_v_dx = __pyx_t_6;
     __pyx_t_6 = 0;
 
-    /* "src/cnnc/_kernels.pyx":625
+    /* "src/cnnc/_kernels.pyx":626
  *     if _blas is not None:
  *         dx = np.empty(input_shape, dtype=dy.dtype)   # each thread zeroes its own images
  *         _run_pass(_GRAD_INPUT, None, dx, w2, dy2, None, None, (kh, kw), stride, padding, (oh, ow),             # <<<<<<<<<<<<<<
@@ -38149,28 +38149,28 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
  *     else:
 */
     __pyx_t_3 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_run_pass); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 625, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_run_pass); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 626, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_2 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_INPUT); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 625, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_INPUT); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 626, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_8 = PyTuple_New(2); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 625, __pyx_L1_error)
+    __pyx_t_8 = PyTuple_New(2); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 626, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_INCREF(__pyx_v_kh);
     __Pyx_GIVEREF(__pyx_v_kh);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_kh) != (0)) __PYX_ERR(3, 625, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_kh) != (0)) __PYX_ERR(3, 626, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_kw);
     __Pyx_GIVEREF(__pyx_v_kw);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, __pyx_v_kw) != (0)) __PYX_ERR(3, 625, __pyx_L1_error);
-    __pyx_t_7 = PyTuple_New(2); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 625, __pyx_L1_error)
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, __pyx_v_kw) != (0)) __PYX_ERR(3, 626, __pyx_L1_error);
+    __pyx_t_7 = PyTuple_New(2); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 626, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_INCREF(__pyx_v_oh);
     __Pyx_GIVEREF(__pyx_v_oh);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_v_oh) != (0)) __PYX_ERR(3, 625, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_v_oh) != (0)) __PYX_ERR(3, 626, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_ow);
     __Pyx_GIVEREF(__pyx_v_ow);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_v_ow) != (0)) __PYX_ERR(3, 625, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_v_ow) != (0)) __PYX_ERR(3, 626, __pyx_L1_error);
 
-    /* "src/cnnc/_kernels.pyx":626
+    /* "src/cnnc/_kernels.pyx":627
  *         dx = np.empty(input_shape, dtype=dy.dtype)   # each thread zeroes its own images
  *         _run_pass(_GRAD_INPUT, None, dx, w2, dy2, None, None, (kh, kw), stride, padding, (oh, ow),
  *                   chunks)             # <<<<<<<<<<<<<<
@@ -38197,12 +38197,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 625, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 626, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-    /* "src/cnnc/_kernels.pyx":623
+    /* "src/cnnc/_kernels.pyx":624
  *     dy2 = dy.reshape(n * pixels, f)
  *     chunks = _chunk_count(n, pixels * patch * dy.itemsize)
  *     if _blas is not None:             # <<<<<<<<<<<<<<
@@ -38212,7 +38212,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
     goto __pyx_L9;
   }
 
-  /* "src/cnnc/_kernels.pyx":628
+  /* "src/cnnc/_kernels.pyx":629
  *                   chunks)
  *     else:
  *         dx = np.zeros(input_shape, dtype=dy.dtype)             # <<<<<<<<<<<<<<
@@ -38221,12 +38221,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
 */
   /*else*/ {
     __pyx_t_1 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 628, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 629, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 628, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 629, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 628, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 629, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     #if CYTHON_VECTORCALL
     #endif
@@ -38246,13 +38246,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
       PyObject *__pyx_callargs[3] = {__pyx_t_1, __pyx_v_input_shape, __pyx_t_7};
       #if CYTHON_VECTORCALL
       __pyx_t_2 = __pyx_mstate_global->__pyx_tuple[3];
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 628, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 629, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_2);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_2 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 628, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 629, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       #endif
@@ -38263,13 +38263,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 628, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 629, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __pyx_v_dx = __pyx_t_6;
     __pyx_t_6 = 0;
 
-    /* "src/cnnc/_kernels.pyx":629
+    /* "src/cnnc/_kernels.pyx":630
  *     else:
  *         dx = np.zeros(input_shape, dtype=dy.dtype)
  *         _matmul_pass(_GRAD_INPUT, dx, w2, dy2, None, None, (kh, kw), stride, padding, (oh, ow),             # <<<<<<<<<<<<<<
@@ -38277,28 +38277,28 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
  *     return dx
 */
     __pyx_t_8 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_matmul_pass); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 629, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_matmul_pass); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 630, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_7 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_INPUT); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 629, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_INPUT); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 630, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 629, __pyx_L1_error)
+    __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 630, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_INCREF(__pyx_v_kh);
     __Pyx_GIVEREF(__pyx_v_kh);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_kh) != (0)) __PYX_ERR(3, 629, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_kh) != (0)) __PYX_ERR(3, 630, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_kw);
     __Pyx_GIVEREF(__pyx_v_kw);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_kw) != (0)) __PYX_ERR(3, 629, __pyx_L1_error);
-    __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 629, __pyx_L1_error)
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_kw) != (0)) __PYX_ERR(3, 630, __pyx_L1_error);
+    __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 630, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_INCREF(__pyx_v_oh);
     __Pyx_GIVEREF(__pyx_v_oh);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_oh) != (0)) __PYX_ERR(3, 629, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_oh) != (0)) __PYX_ERR(3, 630, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_ow);
     __Pyx_GIVEREF(__pyx_v_ow);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_ow) != (0)) __PYX_ERR(3, 629, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_ow) != (0)) __PYX_ERR(3, 630, __pyx_L1_error);
 
-    /* "src/cnnc/_kernels.pyx":630
+    /* "src/cnnc/_kernels.pyx":631
  *         dx = np.zeros(input_shape, dtype=dy.dtype)
  *         _matmul_pass(_GRAD_INPUT, dx, w2, dy2, None, None, (kh, kw), stride, padding, (oh, ow),
  *                      chunks)             # <<<<<<<<<<<<<<
@@ -38325,14 +38325,14 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 629, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 630, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   }
   __pyx_L9:;
 
-  /* "src/cnnc/_kernels.pyx":631
+  /* "src/cnnc/_kernels.pyx":632
  *         _matmul_pass(_GRAD_INPUT, dx, w2, dy2, None, None, (kh, kw), stride, padding, (oh, ow),
  *                      chunks)
  *     return dx             # <<<<<<<<<<<<<<
@@ -38350,7 +38350,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":614
+  /* "src/cnnc/_kernels.pyx":615
  * 
  * 
  * def conv2d_grad_input(dy, w, input_shape, stride, padding):             # <<<<<<<<<<<<<<
@@ -38396,7 +38396,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_22conv2d_grad_input(CYTHON_UNUSE
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":634
+/* "src/cnnc/_kernels.pyx":635
  * 
  * 
  * def conv2d_grad_params(x, dy, kernel_size, stride, padding):             # <<<<<<<<<<<<<<
@@ -38448,50 +38448,50 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_dy,&__pyx_mstate_global->__pyx_n_u_kernel_size,&__pyx_mstate_global->__pyx_n_u_stride,&__pyx_mstate_global->__pyx_n_u_padding,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 634, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 635, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 634, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 635, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 634, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 635, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 634, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 635, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 634, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 635, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 634, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 635, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "conv2d_grad_params", 0) < (0)) __PYX_ERR(3, 634, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "conv2d_grad_params", 0) < (0)) __PYX_ERR(3, 635, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 5; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("conv2d_grad_params", 1, 5, 5, i); __PYX_ERR(3, 634, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("conv2d_grad_params", 1, 5, 5, i); __PYX_ERR(3, 635, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 5)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 634, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 635, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 634, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 635, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 634, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 635, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 634, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 635, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 634, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 635, __pyx_L3_error)
     }
     __pyx_v_x = values[0];
     __pyx_v_dy = values[1];
@@ -38501,7 +38501,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("conv2d_grad_params", 1, 5, 5, __pyx_nargs); __PYX_ERR(3, 634, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("conv2d_grad_params", 1, 5, 5, __pyx_nargs); __PYX_ERR(3, 635, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -38564,7 +38564,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   __Pyx_INCREF(__pyx_v_stride);
   __Pyx_INCREF(__pyx_v_padding);
 
-  /* "src/cnnc/_kernels.pyx":636
+  /* "src/cnnc/_kernels.pyx":637
  * def conv2d_grad_params(x, dy, kernel_size, stride, padding):
  *     """Gradients of the loss w.r.t. the filter (kh, kw, C, F) and the bias (F,)."""
  *     x, dy, kernel_size, stride, padding, out_hw = _checks.conv2d_grad_params(             # <<<<<<<<<<<<<<
@@ -38572,13 +38572,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
  *     n, (kh, kw), c, f = x.shape[0], kernel_size, x.shape[3], dy.shape[3]
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 636, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 637, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_conv2d_grad_params); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 636, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_conv2d_grad_params); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 637, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":637
+  /* "src/cnnc/_kernels.pyx":638
  *     """Gradients of the loss w.r.t. the filter (kh, kw, C, F) and the bias (F,)."""
  *     x, dy, kernel_size, stride, padding, out_hw = _checks.conv2d_grad_params(
  *         x, dy, kernel_size, stride, padding)             # <<<<<<<<<<<<<<
@@ -38602,7 +38602,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (6-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 636, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 637, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -38611,7 +38611,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     if (unlikely(size != 6)) {
       if (size > 6) __Pyx_RaiseTooManyValuesError(6);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 636, __pyx_L1_error)
+      __PYX_ERR(3, 637, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -38629,22 +38629,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       __Pyx_INCREF(__pyx_t_8);
     } else {
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 636, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 637, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 636, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 637, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 636, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 637, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
       __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 3, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 636, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 637, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_6);
       __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 4, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 636, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 637, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_7);
       __pyx_t_8 = __Pyx_PyList_GET_ITEM_REF(sequence, 5, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 636, __pyx_L1_error)
+      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 637, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_8);
     }
     #else
@@ -38652,7 +38652,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       Py_ssize_t i;
       PyObject** temps[6] = {&__pyx_t_4,&__pyx_t_2,&__pyx_t_3,&__pyx_t_6,&__pyx_t_7,&__pyx_t_8};
       for (i=0; i < 6; i++) {
-        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 636, __pyx_L1_error)
+        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 637, __pyx_L1_error)
         __Pyx_GOTREF(item);
         *(temps[i]) = item;
       }
@@ -38662,7 +38662,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   } else {
     Py_ssize_t index = -1;
     PyObject** temps[6] = {&__pyx_t_4,&__pyx_t_2,&__pyx_t_3,&__pyx_t_6,&__pyx_t_7,&__pyx_t_8};
-    __pyx_t_9 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 636, __pyx_L1_error)
+    __pyx_t_9 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 637, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_10 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_9);
@@ -38671,7 +38671,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       __Pyx_GOTREF(item);
       *(temps[index]) = item;
     }
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_9), 6) < (0)) __PYX_ERR(3, 636, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_9), 6) < (0)) __PYX_ERR(3, 637, __pyx_L1_error)
     __pyx_t_10 = NULL;
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     goto __pyx_L4_unpacking_done;
@@ -38679,11 +38679,11 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __pyx_t_10 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 636, __pyx_L1_error)
+    __PYX_ERR(3, 637, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
 
-  /* "src/cnnc/_kernels.pyx":636
+  /* "src/cnnc/_kernels.pyx":637
  * def conv2d_grad_params(x, dy, kernel_size, stride, padding):
  *     """Gradients of the loss w.r.t. the filter (kh, kw, C, F) and the bias (F,)."""
  *     x, dy, kernel_size, stride, padding, out_hw = _checks.conv2d_grad_params(             # <<<<<<<<<<<<<<
@@ -38703,28 +38703,28 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   __pyx_v_out_hw = __pyx_t_8;
   __pyx_t_8 = 0;
 
-  /* "src/cnnc/_kernels.pyx":638
+  /* "src/cnnc/_kernels.pyx":639
  *     x, dy, kernel_size, stride, padding, out_hw = _checks.conv2d_grad_params(
  *         x, dy, kernel_size, stride, padding)
  *     n, (kh, kw), c, f = x.shape[0], kernel_size, x.shape[3], dy.shape[3]             # <<<<<<<<<<<<<<
  *     pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
  *     dy2 = dy.reshape(n * pixels, f)
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 638, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 639, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_8 = __Pyx_GetItemInt(__pyx_t_1, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 638, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_GetItemInt(__pyx_t_1, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 639, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_1 = __pyx_v_kernel_size;
   __Pyx_INCREF(__pyx_t_1);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 638, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 639, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
-  __pyx_t_6 = __Pyx_GetItemInt(__pyx_t_7, 3, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 638, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_GetItemInt(__pyx_t_7, 3, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 639, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 638, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 639, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
-  __pyx_t_3 = __Pyx_GetItemInt(__pyx_t_7, 3, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 638, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_GetItemInt(__pyx_t_7, 3, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 639, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
   __pyx_v_n = __pyx_t_8;
@@ -38735,7 +38735,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 638, __pyx_L1_error)
+      __PYX_ERR(3, 639, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -38745,22 +38745,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       __Pyx_INCREF(__pyx_t_7);
     } else {
       __pyx_t_8 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 638, __pyx_L1_error)
+      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 639, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_8);
       __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 638, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 639, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_7);
     }
     #else
-    __pyx_t_8 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 638, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 639, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
-    __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 638, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 639, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_2 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 638, __pyx_L1_error)
+    __pyx_t_2 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 639, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_10 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_2);
@@ -38768,7 +38768,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     __Pyx_GOTREF(__pyx_t_8);
     index = 1; __pyx_t_7 = __pyx_t_10(__pyx_t_2); if (unlikely(!__pyx_t_7)) goto __pyx_L5_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_7);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_2), 2) < (0)) __PYX_ERR(3, 638, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_2), 2) < (0)) __PYX_ERR(3, 639, __pyx_L1_error)
     __pyx_t_10 = NULL;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     goto __pyx_L6_unpacking_done;
@@ -38776,7 +38776,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_10 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 638, __pyx_L1_error)
+    __PYX_ERR(3, 639, __pyx_L1_error)
     __pyx_L6_unpacking_done:;
   }
   __pyx_v_kh = __pyx_t_8;
@@ -38788,24 +38788,24 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   __pyx_v_f = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":639
+  /* "src/cnnc/_kernels.pyx":640
  *         x, dy, kernel_size, stride, padding)
  *     n, (kh, kw), c, f = x.shape[0], kernel_size, x.shape[3], dy.shape[3]
  *     pixels, patch = out_hw[0] * out_hw[1], kh * kw * c             # <<<<<<<<<<<<<<
  *     dy2 = dy.reshape(n * pixels, f)
  *     chunks = _chunk_count(n, pixels * patch * x.itemsize)
 */
-  __pyx_t_3 = __Pyx_GetItemInt(__pyx_v_out_hw, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 639, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_GetItemInt(__pyx_v_out_hw, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 640, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_6 = __Pyx_GetItemInt(__pyx_v_out_hw, 1, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 639, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_GetItemInt(__pyx_v_out_hw, 1, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 640, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_1 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_3, __pyx_t_6); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 639, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_3, __pyx_t_6); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 640, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_kh, __pyx_v_kw); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 639, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_kh, __pyx_v_kw); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 640, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_6, __pyx_v_c); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 639, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_6, __pyx_v_c); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 640, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __pyx_v_pixels = __pyx_t_1;
@@ -38813,7 +38813,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   __pyx_v_patch = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":640
+  /* "src/cnnc/_kernels.pyx":641
  *     n, (kh, kw), c, f = x.shape[0], kernel_size, x.shape[3], dy.shape[3]
  *     pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
  *     dy2 = dy.reshape(n * pixels, f)             # <<<<<<<<<<<<<<
@@ -38822,7 +38822,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
 */
   __pyx_t_1 = __pyx_v_dy;
   __Pyx_INCREF(__pyx_t_1);
-  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_n, __pyx_v_pixels); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 640, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_n, __pyx_v_pixels); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 641, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __pyx_t_5 = 0;
   {
@@ -38830,13 +38830,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 640, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 641, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __pyx_v_dy2 = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":641
+  /* "src/cnnc/_kernels.pyx":642
  *     pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
  *     dy2 = dy.reshape(n * pixels, f)
  *     chunks = _chunk_count(n, pixels * patch * x.itemsize)             # <<<<<<<<<<<<<<
@@ -38844,13 +38844,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
  *         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
 */
   __pyx_t_6 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_chunk_count); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 641, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_chunk_count); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 642, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_7 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_pixels, __pyx_v_patch); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 641, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_pixels, __pyx_v_patch); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 642, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
-  __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_itemsize); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 641, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_itemsize); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 642, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
-  __pyx_t_2 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_7, __pyx_t_8); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 641, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_7, __pyx_t_8); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 642, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
   __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
@@ -38872,13 +38872,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 641, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 642, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __pyx_v_chunks = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":642
+  /* "src/cnnc/_kernels.pyx":643
  *     dy2 = dy.reshape(n * pixels, f)
  *     chunks = _chunk_count(n, pixels * patch * x.itemsize)
  *     if _direct_taken(patch, f) or _blas is not None:             # <<<<<<<<<<<<<<
@@ -38886,7 +38886,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
  *         if _direct_taken(patch, f):
 */
   __pyx_t_1 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_direct_taken); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 642, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_direct_taken); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 643, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __pyx_t_5 = 1;
   #if CYTHON_UNPACK_METHODS
@@ -38905,10 +38905,10 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 642, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 643, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
-  __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(3, 642, __pyx_L1_error)
+  __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(3, 643, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   if (!__pyx_t_12) {
 
@@ -38918,7 +38918,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
 
     goto __pyx_L8_bool_binop_done;
   }
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_blas); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 642, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_blas); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 643, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_12 = (__pyx_t_3 != Py_None);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
@@ -38929,7 +38929,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   if (__pyx_t_11) {
 
 
-    /* "src/cnnc/_kernels.pyx":643
+    /* "src/cnnc/_kernels.pyx":644
  *     chunks = _chunk_count(n, pixels * patch * x.itemsize)
  *     if _direct_taken(patch, f) or _blas is not None:
  *         partial = np.zeros((_threads * patch, f), dtype=x.dtype)             # <<<<<<<<<<<<<<
@@ -38937,25 +38937,25 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
  *             _run_direct(_GRAD_WEIGHT, x, None, None, dy2, partial, kernel_size, stride, padding,
 */
     __pyx_t_2 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 643, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 644, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 643, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 644, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 643, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 644, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_8 = __Pyx_PyNumber_Multiply_int_object(__pyx_t_1, __pyx_v_patch); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 643, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyNumber_Multiply_int_object(__pyx_t_1, __pyx_v_patch); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 644, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 643, __pyx_L1_error)
+    __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 644, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_GIVEREF(__pyx_t_8);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_t_8) != (0)) __PYX_ERR(3, 643, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_t_8) != (0)) __PYX_ERR(3, 644, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_f);
     __Pyx_GIVEREF(__pyx_v_f);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_f) != (0)) __PYX_ERR(3, 643, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_f) != (0)) __PYX_ERR(3, 644, __pyx_L1_error);
     __pyx_t_8 = 0;
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 643, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 644, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     #if CYTHON_VECTORCALL
     #endif
@@ -38975,13 +38975,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_1, __pyx_t_8};
       #if CYTHON_VECTORCALL
       __pyx_t_7 = __pyx_mstate_global->__pyx_tuple[3];
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 643, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 644, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_7);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_7 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 643, __pyx_L1_error)
+        if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 644, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_7);
       }
       #endif
@@ -38993,13 +38993,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 643, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 644, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_v_partial = __pyx_t_3;
     __pyx_t_3 = 0;
 
-    /* "src/cnnc/_kernels.pyx":644
+    /* "src/cnnc/_kernels.pyx":645
  *     if _direct_taken(patch, f) or _blas is not None:
  *         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
  *         if _direct_taken(patch, f):             # <<<<<<<<<<<<<<
@@ -39007,7 +39007,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
  *                         out_hw)
 */
     __pyx_t_6 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_direct_taken); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 644, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_direct_taken); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 645, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_5 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -39026,15 +39026,15 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_7, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 644, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 645, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    __pyx_t_11 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 644, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 645, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     if (__pyx_t_11) {
 
 
-      /* "src/cnnc/_kernels.pyx":645
+      /* "src/cnnc/_kernels.pyx":646
  *         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
  *         if _direct_taken(patch, f):
  *             _run_direct(_GRAD_WEIGHT, x, None, None, dy2, partial, kernel_size, stride, padding,             # <<<<<<<<<<<<<<
@@ -39042,12 +39042,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
  *         else:
 */
       __pyx_t_7 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_run_direct); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 645, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_run_direct); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 646, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_8 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_WEIGHT); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 645, __pyx_L1_error)
+      __pyx_t_8 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_WEIGHT); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 646, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
 
-      /* "src/cnnc/_kernels.pyx":646
+      /* "src/cnnc/_kernels.pyx":647
  *         if _direct_taken(patch, f):
  *             _run_direct(_GRAD_WEIGHT, x, None, None, dy2, partial, kernel_size, stride, padding,
  *                         out_hw)             # <<<<<<<<<<<<<<
@@ -39072,12 +39072,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
         __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 645, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 646, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-      /* "src/cnnc/_kernels.pyx":644
+      /* "src/cnnc/_kernels.pyx":645
  *     if _direct_taken(patch, f) or _blas is not None:
  *         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
  *         if _direct_taken(patch, f):             # <<<<<<<<<<<<<<
@@ -39087,7 +39087,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       goto __pyx_L10;
     }
 
-    /* "src/cnnc/_kernels.pyx":648
+    /* "src/cnnc/_kernels.pyx":649
  *                         out_hw)
  *         else:
  *             _run_pass(_GRAD_WEIGHT, x, None, None, dy2, partial, None, kernel_size, stride,             # <<<<<<<<<<<<<<
@@ -39096,12 +39096,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
 */
     /*else*/ {
       __pyx_t_6 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_run_pass); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 648, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_run_pass); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 649, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
-      __pyx_t_7 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_WEIGHT); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 648, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_WEIGHT); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 649, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
 
-      /* "src/cnnc/_kernels.pyx":649
+      /* "src/cnnc/_kernels.pyx":650
  *         else:
  *             _run_pass(_GRAD_WEIGHT, x, None, None, dy2, partial, None, kernel_size, stride,
  *                       padding, out_hw, chunks)             # <<<<<<<<<<<<<<
@@ -39126,14 +39126,14 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 648, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 649, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     }
     __pyx_L10:;
 
-    /* "src/cnnc/_kernels.pyx":650
+    /* "src/cnnc/_kernels.pyx":651
  *             _run_pass(_GRAD_WEIGHT, x, None, None, dy2, partial, None, kernel_size, stride,
  *                       padding, out_hw, chunks)
  *         dw = partial.reshape(_threads, patch, f).sum(axis=0)             # <<<<<<<<<<<<<<
@@ -39142,7 +39142,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
 */
     __pyx_t_6 = __pyx_v_partial;
     __Pyx_INCREF(__pyx_t_6);
-    __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 650, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 651, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __pyx_t_5 = 0;
     {
@@ -39150,7 +39150,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       __pyx_t_7 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (4-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 650, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 651, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
     }
     __pyx_t_8 = __pyx_t_7;
@@ -39162,13 +39162,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_int_0};
       #if CYTHON_VECTORCALL
       __pyx_t_1 = __pyx_mstate_global->__pyx_tuple[5];
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 650, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 651, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_1);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_axis};
         __pyx_t_1 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 650, __pyx_L1_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 651, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       #endif
@@ -39178,13 +39178,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       #endif
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 650, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 651, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_v_dw = __pyx_t_3;
     __pyx_t_3 = 0;
 
-    /* "src/cnnc/_kernels.pyx":642
+    /* "src/cnnc/_kernels.pyx":643
  *     dy2 = dy.reshape(n * pixels, f)
  *     chunks = _chunk_count(n, pixels * patch * x.itemsize)
  *     if _direct_taken(patch, f) or _blas is not None:             # <<<<<<<<<<<<<<
@@ -39194,7 +39194,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     goto __pyx_L7;
   }
 
-  /* "src/cnnc/_kernels.pyx":652
+  /* "src/cnnc/_kernels.pyx":653
  *         dw = partial.reshape(_threads, patch, f).sum(axis=0)
  *     else:
  *         dw = np.zeros((patch, f), dtype=x.dtype)             # <<<<<<<<<<<<<<
@@ -39203,20 +39203,20 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
 */
   /*else*/ {
     __pyx_t_7 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 652, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 653, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 652, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 653, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 652, __pyx_L1_error)
+    __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 653, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_INCREF(__pyx_v_patch);
     __Pyx_GIVEREF(__pyx_v_patch);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_patch) != (0)) __PYX_ERR(3, 652, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_patch) != (0)) __PYX_ERR(3, 653, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_f);
     __Pyx_GIVEREF(__pyx_v_f);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_f) != (0)) __PYX_ERR(3, 652, __pyx_L1_error);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 652, __pyx_L1_error)
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_f) != (0)) __PYX_ERR(3, 653, __pyx_L1_error);
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 653, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     #if CYTHON_VECTORCALL
     #endif
@@ -39236,13 +39236,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       PyObject *__pyx_callargs[3] = {__pyx_t_7, __pyx_t_1, __pyx_t_6};
       #if CYTHON_VECTORCALL
       __pyx_t_2 = __pyx_mstate_global->__pyx_tuple[3];
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 652, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 653, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_2);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_2 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 652, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 653, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       #endif
@@ -39254,13 +39254,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 652, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 653, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_v_dw = __pyx_t_3;
     __pyx_t_3 = 0;
 
-    /* "src/cnnc/_kernels.pyx":653
+    /* "src/cnnc/_kernels.pyx":654
  *     else:
  *         dw = np.zeros((patch, f), dtype=x.dtype)
  *         _matmul_pass(_GRAD_WEIGHT, x, None, dy2, dw, None, kernel_size, stride, padding, out_hw,             # <<<<<<<<<<<<<<
@@ -39268,12 +39268,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
  *     partial_db = np.zeros((_threads, f), dtype=x.dtype)
 */
     __pyx_t_8 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_matmul_pass); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 653, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_matmul_pass); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 654, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_6 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_WEIGHT); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 653, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_WEIGHT); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 654, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
 
-    /* "src/cnnc/_kernels.pyx":654
+    /* "src/cnnc/_kernels.pyx":655
  *         dw = np.zeros((patch, f), dtype=x.dtype)
  *         _matmul_pass(_GRAD_WEIGHT, x, None, dy2, dw, None, kernel_size, stride, padding, out_hw,
  *                      chunks)             # <<<<<<<<<<<<<<
@@ -39298,14 +39298,14 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 653, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 654, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   }
   __pyx_L7:;
 
-  /* "src/cnnc/_kernels.pyx":655
+  /* "src/cnnc/_kernels.pyx":656
  *         _matmul_pass(_GRAD_WEIGHT, x, None, dy2, dw, None, kernel_size, stride, padding, out_hw,
  *                      chunks)
  *     partial_db = np.zeros((_threads, f), dtype=x.dtype)             # <<<<<<<<<<<<<<
@@ -39313,22 +39313,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
  *         _sum_rows[float](dy2, partial_db)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 655, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 656, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 655, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 656, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 655, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 656, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 655, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 656, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_6);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_t_6) != (0)) __PYX_ERR(3, 655, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_t_6) != (0)) __PYX_ERR(3, 656, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_f);
   __Pyx_GIVEREF(__pyx_v_f);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_f) != (0)) __PYX_ERR(3, 655, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_f) != (0)) __PYX_ERR(3, 656, __pyx_L1_error);
   __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 655, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 656, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   #if CYTHON_VECTORCALL
   #endif
@@ -39348,13 +39348,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_1, __pyx_t_6};
     #if CYTHON_VECTORCALL
     __pyx_t_7 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 655, __pyx_L1_error)
+    if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 656, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_7);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_7 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 655, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 656, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
     }
     #endif
@@ -39366,20 +39366,20 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 655, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 656, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __pyx_v_partial_db = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":656
+  /* "src/cnnc/_kernels.pyx":657
  *                      chunks)
  *     partial_db = np.zeros((_threads, f), dtype=x.dtype)
  *     if f and x.dtype == np.float32:             # <<<<<<<<<<<<<<
  *         _sum_rows[float](dy2, partial_db)
  *     elif f:
 */
-  __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_v_f); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(3, 656, __pyx_L1_error)
+  __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_v_f); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(3, 657, __pyx_L1_error)
   if (__pyx_t_12) {
 
   } else {
@@ -39388,14 +39388,14 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
 
     goto __pyx_L12_bool_binop_done;
   }
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 656, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 657, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 656, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 657, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 656, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 657, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-  __pyx_t_12 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_3, __pyx_t_7, Py_EQ); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(3, 656, __pyx_L1_error)
+  __pyx_t_12 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_3, __pyx_t_7, Py_EQ); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(3, 657, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
 
@@ -39405,20 +39405,20 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   if (__pyx_t_11) {
 
 
-    /* "src/cnnc/_kernels.pyx":657
+    /* "src/cnnc/_kernels.pyx":658
  *     partial_db = np.zeros((_threads, f), dtype=x.dtype)
  *     if f and x.dtype == np.float32:
  *         _sum_rows[float](dy2, partial_db)             # <<<<<<<<<<<<<<
  *     elif f:
  *         _sum_rows[double](dy2, partial_db)
 */
-    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_float__const__(__pyx_v_dy2, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 657, __pyx_L1_error)
-    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_float(__pyx_v_partial_db, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 657, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_float__const__(__pyx_v_dy2, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 658, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_float(__pyx_v_partial_db, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 658, __pyx_L1_error)
     __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__pyx_t_13, __pyx_t_14);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_13, 1);; __pyx_t_13.memview = NULL; __pyx_t_13.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_14, 1);; __pyx_t_14.memview = NULL; __pyx_t_14.data = NULL;
 
-    /* "src/cnnc/_kernels.pyx":656
+    /* "src/cnnc/_kernels.pyx":657
  *                      chunks)
  *     partial_db = np.zeros((_threads, f), dtype=x.dtype)
  *     if f and x.dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -39428,31 +39428,31 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     goto __pyx_L11;
   }
 
-  /* "src/cnnc/_kernels.pyx":658
+  /* "src/cnnc/_kernels.pyx":659
  *     if f and x.dtype == np.float32:
  *         _sum_rows[float](dy2, partial_db)
  *     elif f:             # <<<<<<<<<<<<<<
  *         _sum_rows[double](dy2, partial_db)
  *     return dw.reshape(kh, kw, c, f), partial_db.sum(axis=0)
 */
-  __pyx_t_11 = __Pyx_PyObject_IsTrue(__pyx_v_f); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 658, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_IsTrue(__pyx_v_f); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 659, __pyx_L1_error)
   if (__pyx_t_11) {
 
 
-    /* "src/cnnc/_kernels.pyx":659
+    /* "src/cnnc/_kernels.pyx":660
  *         _sum_rows[float](dy2, partial_db)
  *     elif f:
  *         _sum_rows[double](dy2, partial_db)             # <<<<<<<<<<<<<<
  *     return dw.reshape(kh, kw, c, f), partial_db.sum(axis=0)
  * 
 */
-    __pyx_t_15 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double__const__(__pyx_v_dy2, 0); if (unlikely(!__pyx_t_15.memview)) __PYX_ERR(3, 659, __pyx_L1_error)
-    __pyx_t_16 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(__pyx_v_partial_db, PyBUF_WRITABLE); if (unlikely(!__pyx_t_16.memview)) __PYX_ERR(3, 659, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double__const__(__pyx_v_dy2, 0); if (unlikely(!__pyx_t_15.memview)) __PYX_ERR(3, 660, __pyx_L1_error)
+    __pyx_t_16 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(__pyx_v_partial_db, PyBUF_WRITABLE); if (unlikely(!__pyx_t_16.memview)) __PYX_ERR(3, 660, __pyx_L1_error)
     __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__pyx_t_15, __pyx_t_16);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_15, 1);; __pyx_t_15.memview = NULL; __pyx_t_15.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_16, 1);; __pyx_t_16.memview = NULL; __pyx_t_16.data = NULL;
 
-    /* "src/cnnc/_kernels.pyx":658
+    /* "src/cnnc/_kernels.pyx":659
  *     if f and x.dtype == np.float32:
  *         _sum_rows[float](dy2, partial_db)
  *     elif f:             # <<<<<<<<<<<<<<
@@ -39462,7 +39462,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   }
   __pyx_L11:;
 
-  /* "src/cnnc/_kernels.pyx":660
+  /* "src/cnnc/_kernels.pyx":661
  *     elif f:
  *         _sum_rows[double](dy2, partial_db)
  *     return dw.reshape(kh, kw, c, f), partial_db.sum(axis=0)             # <<<<<<<<<<<<<<
@@ -39476,7 +39476,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     PyObject *__pyx_callargs[5] = {__pyx_t_3, __pyx_v_kh, __pyx_v_kw, __pyx_v_c, __pyx_v_f};
     __pyx_t_7 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (5-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 660, __pyx_L1_error)
+    if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 661, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
   }
   __pyx_t_8 = __pyx_v_partial_db;
@@ -39488,13 +39488,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_int_0};
     #if CYTHON_VECTORCALL
     __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 660, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 661, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_axis};
       __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 660, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 661, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
@@ -39503,15 +39503,15 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     #if CYTHON_VECTORCALL
     #endif
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 660, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 661, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
-  __pyx_t_6 = PyTuple_New(2); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 660, __pyx_L1_error)
+  __pyx_t_6 = PyTuple_New(2); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 661, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_GIVEREF(__pyx_t_7);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_7) != (0)) __PYX_ERR(3, 660, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_7) != (0)) __PYX_ERR(3, 661, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_3);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_3) != (0)) __PYX_ERR(3, 660, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_3) != (0)) __PYX_ERR(3, 661, __pyx_L1_error);
   __pyx_t_7 = 0;
   __pyx_t_3 = 0;
   {
@@ -39525,7 +39525,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   __pyx_t_6 = 0;
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":634
+  /* "src/cnnc/_kernels.pyx":635
  * 
  * 
  * def conv2d_grad_params(x, dy, kernel_size, stride, padding):             # <<<<<<<<<<<<<<
@@ -39573,7 +39573,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":663
+/* "src/cnnc/_kernels.pyx":664
  * 
  * 
  * cdef void _add_to_rows(real[:, ::1] a, const real[::1] row_values) noexcept:             # <<<<<<<<<<<<<<
@@ -39590,7 +39590,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
   Py_ssize_t __pyx_t_5;
   Py_ssize_t __pyx_t_6;
 
-  /* "src/cnnc/_kernels.pyx":666
+  /* "src/cnnc/_kernels.pyx":667
  *     """a[row] += row_values for every row (NumPy's broadcast add is slow for short rows)."""
  *     cdef Py_ssize_t row
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -39603,7 +39603,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "src/cnnc/_kernels.pyx":667
+        /* "src/cnnc/_kernels.pyx":668
  *     cdef Py_ssize_t row
  *     with nogil:
  *         for row in range(a.shape[0]):             # <<<<<<<<<<<<<<
@@ -39617,7 +39617,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
         for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
           __pyx_v_row = __pyx_t_3;
 
-          /* "src/cnnc/_kernels.pyx":668
+          /* "src/cnnc/_kernels.pyx":669
  *     with nogil:
  *         for row in range(a.shape[0]):
  *             _add(&a[row, 0], &row_values[0], a.shape[1])             # <<<<<<<<<<<<<<
@@ -39632,7 +39632,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
 
       }
 
-      /* "src/cnnc/_kernels.pyx":666
+      /* "src/cnnc/_kernels.pyx":667
  *     """a[row] += row_values for every row (NumPy's broadcast add is slow for short rows)."""
  *     cdef Py_ssize_t row
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -39649,7 +39649,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":663
+  /* "src/cnnc/_kernels.pyx":664
  * 
  * 
  * cdef void _add_to_rows(real[:, ::1] a, const real[::1] row_values) noexcept:             # <<<<<<<<<<<<<<
@@ -39671,7 +39671,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
   Py_ssize_t __pyx_t_5;
   Py_ssize_t __pyx_t_6;
 
-  /* "src/cnnc/_kernels.pyx":666
+  /* "src/cnnc/_kernels.pyx":667
  *     """a[row] += row_values for every row (NumPy's broadcast add is slow for short rows)."""
  *     cdef Py_ssize_t row
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -39684,7 +39684,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "src/cnnc/_kernels.pyx":667
+        /* "src/cnnc/_kernels.pyx":668
  *     cdef Py_ssize_t row
  *     with nogil:
  *         for row in range(a.shape[0]):             # <<<<<<<<<<<<<<
@@ -39698,7 +39698,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
         for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
           __pyx_v_row = __pyx_t_3;
 
-          /* "src/cnnc/_kernels.pyx":668
+          /* "src/cnnc/_kernels.pyx":669
  *     with nogil:
  *         for row in range(a.shape[0]):
  *             _add(&a[row, 0], &row_values[0], a.shape[1])             # <<<<<<<<<<<<<<
@@ -39713,7 +39713,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
 
       }
 
-      /* "src/cnnc/_kernels.pyx":666
+      /* "src/cnnc/_kernels.pyx":667
  *     """a[row] += row_values for every row (NumPy's broadcast add is slow for short rows)."""
  *     cdef Py_ssize_t row
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -39730,7 +39730,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":663
+  /* "src/cnnc/_kernels.pyx":664
  * 
  * 
  * cdef void _add_to_rows(real[:, ::1] a, const real[::1] row_values) noexcept:             # <<<<<<<<<<<<<<
@@ -39743,7 +39743,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
 
 }
 
-/* "src/cnnc/_kernels.pyx":671
+/* "src/cnnc/_kernels.pyx":672
  * 
  * 
  * cdef void _sum_rows(const real[:, ::1] a, real[:, ::1] partial) noexcept:             # <<<<<<<<<<<<<<
@@ -39767,7 +39767,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
   Py_ssize_t __pyx_t_9;
   Py_ssize_t __pyx_t_10;
 
-  /* "src/cnnc/_kernels.pyx":674
+  /* "src/cnnc/_kernels.pyx":675
  *     """partial[t] += the sum of the t-th of len(partial) even shares of a's rows."""
  *     cdef Py_ssize_t share, row
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]             # <<<<<<<<<<<<<<
@@ -39777,7 +39777,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
   __pyx_v_shares = (__pyx_v_partial.shape[0]);
   __pyx_v_rows = (__pyx_v_a.shape[0]);
 
-  /* "src/cnnc/_kernels.pyx":675
+  /* "src/cnnc/_kernels.pyx":676
  *     cdef Py_ssize_t share, row
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):             # <<<<<<<<<<<<<<
@@ -39812,7 +39812,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
                         {
                             __pyx_v_share = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":676
+                            /* "src/cnnc/_kernels.pyx":677
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):
  *         for row in range(share * rows // shares, (share + 1) * rows // shares):             # <<<<<<<<<<<<<<
@@ -39826,7 +39826,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
                             for (__pyx_t_6 = ((__pyx_v_share * __pyx_v_rows) / __pyx_v_shares); __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
                               __pyx_v_row = __pyx_t_6;
 
-                              /* "src/cnnc/_kernels.pyx":677
+                              /* "src/cnnc/_kernels.pyx":678
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):
  *         for row in range(share * rows // shares, (share + 1) * rows // shares):
  *             _add(&partial[share, 0], &a[row, 0], a.shape[1])             # <<<<<<<<<<<<<<
@@ -39854,7 +39854,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
 
       }
 
-      /* "src/cnnc/_kernels.pyx":675
+      /* "src/cnnc/_kernels.pyx":676
  *     cdef Py_ssize_t share, row
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):             # <<<<<<<<<<<<<<
@@ -39871,7 +39871,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":671
+  /* "src/cnnc/_kernels.pyx":672
  * 
  * 
  * cdef void _sum_rows(const real[:, ::1] a, real[:, ::1] partial) noexcept:             # <<<<<<<<<<<<<<
@@ -39903,7 +39903,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
   Py_ssize_t __pyx_t_9;
   Py_ssize_t __pyx_t_10;
 
-  /* "src/cnnc/_kernels.pyx":674
+  /* "src/cnnc/_kernels.pyx":675
  *     """partial[t] += the sum of the t-th of len(partial) even shares of a's rows."""
  *     cdef Py_ssize_t share, row
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]             # <<<<<<<<<<<<<<
@@ -39913,7 +39913,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
   __pyx_v_shares = (__pyx_v_partial.shape[0]);
   __pyx_v_rows = (__pyx_v_a.shape[0]);
 
-  /* "src/cnnc/_kernels.pyx":675
+  /* "src/cnnc/_kernels.pyx":676
  *     cdef Py_ssize_t share, row
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):             # <<<<<<<<<<<<<<
@@ -39948,7 +39948,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
                         {
                             __pyx_v_share = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":676
+                            /* "src/cnnc/_kernels.pyx":677
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):
  *         for row in range(share * rows // shares, (share + 1) * rows // shares):             # <<<<<<<<<<<<<<
@@ -39962,7 +39962,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
                             for (__pyx_t_6 = ((__pyx_v_share * __pyx_v_rows) / __pyx_v_shares); __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
                               __pyx_v_row = __pyx_t_6;
 
-                              /* "src/cnnc/_kernels.pyx":677
+                              /* "src/cnnc/_kernels.pyx":678
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):
  *         for row in range(share * rows // shares, (share + 1) * rows // shares):
  *             _add(&partial[share, 0], &a[row, 0], a.shape[1])             # <<<<<<<<<<<<<<
@@ -39990,7 +39990,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
 
       }
 
-      /* "src/cnnc/_kernels.pyx":675
+      /* "src/cnnc/_kernels.pyx":676
  *     cdef Py_ssize_t share, row
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):             # <<<<<<<<<<<<<<
@@ -40007,7 +40007,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":671
+  /* "src/cnnc/_kernels.pyx":672
  * 
  * 
  * cdef void _sum_rows(const real[:, ::1] a, real[:, ::1] partial) noexcept:             # <<<<<<<<<<<<<<
@@ -40023,7 +40023,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
 
 }
 
-/* "src/cnnc/_kernels.pyx":680
+/* "src/cnnc/_kernels.pyx":681
  * 
  * 
  * cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax,             # <<<<<<<<<<<<<<
@@ -40068,7 +40068,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
   int __pyx_t_20;
   int __pyx_t_21;
 
-  /* "src/cnnc/_kernels.pyx":689
+  /* "src/cnnc/_kernels.pyx":690
  *     """
  *     cdef Py_ssize_t n, i, j, r, q, c, h, w
  *     cdef Py_ssize_t width = x.shape[2], channels = x.shape[3]             # <<<<<<<<<<<<<<
@@ -40078,7 +40078,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
   __pyx_v_width = (__pyx_v_x.shape[2]);
   __pyx_v_channels = (__pyx_v_x.shape[3]);
 
-  /* "src/cnnc/_kernels.pyx":694
+  /* "src/cnnc/_kernels.pyx":695
  *     cdef int32_t* where
  *     cdef int32_t position
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -40113,7 +40113,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                         {
                             __pyx_v_n = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":695
+                            /* "src/cnnc/_kernels.pyx":696
  *     cdef int32_t position
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(y.shape[1]):             # <<<<<<<<<<<<<<
@@ -40127,7 +40127,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                             for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
                               __pyx_v_i = __pyx_t_6;
 
-                              /* "src/cnnc/_kernels.pyx":696
+                              /* "src/cnnc/_kernels.pyx":697
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(y.shape[1]):
  *             for j in range(y.shape[2]):             # <<<<<<<<<<<<<<
@@ -40141,7 +40141,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                               for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
                                 __pyx_v_j = __pyx_t_9;
 
-                                /* "src/cnnc/_kernels.pyx":697
+                                /* "src/cnnc/_kernels.pyx":698
  *         for i in range(y.shape[1]):
  *             for j in range(y.shape[2]):
  *                 best = &y[n, i, j, 0]             # <<<<<<<<<<<<<<
@@ -40154,7 +40154,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 __pyx_t_13 = 0;
                                 __pyx_v_best = (&(*((float *) ( /* dim=3 */ ((char *) (((float *) ( /* dim=2 */ (( /* dim=1 */ (( /* dim=0 */ (__pyx_v_y.data + __pyx_t_10 * __pyx_v_y.strides[0]) ) + __pyx_t_11 * __pyx_v_y.strides[1]) ) + __pyx_t_12 * __pyx_v_y.strides[2]) )) + __pyx_t_13)) ))));
 
-                                /* "src/cnnc/_kernels.pyx":698
+                                /* "src/cnnc/_kernels.pyx":699
  *             for j in range(y.shape[2]):
  *                 best = &y[n, i, j, 0]
  *                 where = &argmax[n, i, j, 0]             # <<<<<<<<<<<<<<
@@ -40167,7 +40167,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 __pyx_t_10 = 0;
                                 __pyx_v_where = (&(*((int32_t *) ( /* dim=3 */ ((char *) (((int32_t *) ( /* dim=2 */ (( /* dim=1 */ (( /* dim=0 */ (__pyx_v_argmax.data + __pyx_t_13 * __pyx_v_argmax.strides[0]) ) + __pyx_t_12 * __pyx_v_argmax.strides[1]) ) + __pyx_t_11 * __pyx_v_argmax.strides[2]) )) + __pyx_t_10)) ))));
 
-                                /* "src/cnnc/_kernels.pyx":699
+                                /* "src/cnnc/_kernels.pyx":700
  *                 best = &y[n, i, j, 0]
  *                 where = &argmax[n, i, j, 0]
  *                 src = &x[n, i * sh, j * sw, 0]             # <<<<<<<<<<<<<<
@@ -40180,7 +40180,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 __pyx_t_13 = 0;
                                 __pyx_v_src = (&(*((float const  *) ( /* dim=3 */ ((char *) (((float const  *) ( /* dim=2 */ (( /* dim=1 */ (( /* dim=0 */ (__pyx_v_x.data + __pyx_t_10 * __pyx_v_x.strides[0]) ) + __pyx_t_11 * __pyx_v_x.strides[1]) ) + __pyx_t_12 * __pyx_v_x.strides[2]) )) + __pyx_t_13)) ))));
 
-                                /* "src/cnnc/_kernels.pyx":700
+                                /* "src/cnnc/_kernels.pyx":701
  *                 where = &argmax[n, i, j, 0]
  *                 src = &x[n, i * sh, j * sw, 0]
  *                 position = <int32_t>(i * sh * width + j * sw)             # <<<<<<<<<<<<<<
@@ -40189,7 +40189,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                 __pyx_v_position = ((int32_t)(((__pyx_v_i * __pyx_v_sh) * __pyx_v_width) + (__pyx_v_j * __pyx_v_sw)));
 
-                                /* "src/cnnc/_kernels.pyx":701
+                                /* "src/cnnc/_kernels.pyx":702
  *                 src = &x[n, i * sh, j * sw, 0]
  *                 position = <int32_t>(i * sh * width + j * sw)
  *                 for c in range(channels):             # <<<<<<<<<<<<<<
@@ -40203,7 +40203,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 for (__pyx_t_16 = 0; __pyx_t_16 < __pyx_t_15; __pyx_t_16+=1) {
                                   __pyx_v_c = __pyx_t_16;
 
-                                  /* "src/cnnc/_kernels.pyx":702
+                                  /* "src/cnnc/_kernels.pyx":703
  *                 position = <int32_t>(i * sh * width + j * sw)
  *                 for c in range(channels):
  *                     best[c] = src[c]             # <<<<<<<<<<<<<<
@@ -40212,7 +40212,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                   (__pyx_v_best[__pyx_v_c]) = (__pyx_v_src[__pyx_v_c]);
 
-                                  /* "src/cnnc/_kernels.pyx":703
+                                  /* "src/cnnc/_kernels.pyx":704
  *                 for c in range(channels):
  *                     best[c] = src[c]
  *                     where[c] = position             # <<<<<<<<<<<<<<
@@ -40223,7 +40223,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 }
 
 
-                                /* "src/cnnc/_kernels.pyx":704
+                                /* "src/cnnc/_kernels.pyx":705
  *                     best[c] = src[c]
  *                     where[c] = position
  *                 for r in range(ph):             # <<<<<<<<<<<<<<
@@ -40237,7 +40237,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 for (__pyx_t_16 = 0; __pyx_t_16 < __pyx_t_15; __pyx_t_16+=1) {
                                   __pyx_v_r = __pyx_t_16;
 
-                                  /* "src/cnnc/_kernels.pyx":705
+                                  /* "src/cnnc/_kernels.pyx":706
  *                     where[c] = position
  *                 for r in range(ph):
  *                     h = i * sh + r             # <<<<<<<<<<<<<<
@@ -40246,7 +40246,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                   __pyx_v_h = ((__pyx_v_i * __pyx_v_sh) + __pyx_v_r);
 
-                                  /* "src/cnnc/_kernels.pyx":706
+                                  /* "src/cnnc/_kernels.pyx":707
  *                 for r in range(ph):
  *                     h = i * sh + r
  *                     for q in range(pw):             # <<<<<<<<<<<<<<
@@ -40260,7 +40260,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                   for (__pyx_t_19 = 0; __pyx_t_19 < __pyx_t_18; __pyx_t_19+=1) {
                                     __pyx_v_q = __pyx_t_19;
 
-                                    /* "src/cnnc/_kernels.pyx":707
+                                    /* "src/cnnc/_kernels.pyx":708
  *                     h = i * sh + r
  *                     for q in range(pw):
  *                         if r == 0 and q == 0:             # <<<<<<<<<<<<<<
@@ -40286,7 +40286,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                     if (__pyx_t_20) {
 
 
-                                      /* "src/cnnc/_kernels.pyx":708
+                                      /* "src/cnnc/_kernels.pyx":709
  *                     for q in range(pw):
  *                         if r == 0 and q == 0:
  *                             continue             # <<<<<<<<<<<<<<
@@ -40295,7 +40295,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                       goto __pyx_L18_continue;
 
-                                      /* "src/cnnc/_kernels.pyx":707
+                                      /* "src/cnnc/_kernels.pyx":708
  *                     h = i * sh + r
  *                     for q in range(pw):
  *                         if r == 0 and q == 0:             # <<<<<<<<<<<<<<
@@ -40304,7 +40304,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                     }
 
-                                    /* "src/cnnc/_kernels.pyx":709
+                                    /* "src/cnnc/_kernels.pyx":710
  *                         if r == 0 and q == 0:
  *                             continue
  *                         w = j * sw + q             # <<<<<<<<<<<<<<
@@ -40313,7 +40313,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                     __pyx_v_w = ((__pyx_v_j * __pyx_v_sw) + __pyx_v_q);
 
-                                    /* "src/cnnc/_kernels.pyx":710
+                                    /* "src/cnnc/_kernels.pyx":711
  *                             continue
  *                         w = j * sw + q
  *                         _keep_max(best, where, &x[n, h, w, 0], <int32_t>(h * width + w), channels)             # <<<<<<<<<<<<<<
@@ -40348,7 +40348,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 
       }
 
-      /* "src/cnnc/_kernels.pyx":694
+      /* "src/cnnc/_kernels.pyx":695
  *     cdef int32_t* where
  *     cdef int32_t position
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -40365,7 +40365,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":680
+  /* "src/cnnc/_kernels.pyx":681
  * 
  * 
  * cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax,             # <<<<<<<<<<<<<<
@@ -40428,7 +40428,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
   int __pyx_t_20;
   int __pyx_t_21;
 
-  /* "src/cnnc/_kernels.pyx":689
+  /* "src/cnnc/_kernels.pyx":690
  *     """
  *     cdef Py_ssize_t n, i, j, r, q, c, h, w
  *     cdef Py_ssize_t width = x.shape[2], channels = x.shape[3]             # <<<<<<<<<<<<<<
@@ -40438,7 +40438,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
   __pyx_v_width = (__pyx_v_x.shape[2]);
   __pyx_v_channels = (__pyx_v_x.shape[3]);
 
-  /* "src/cnnc/_kernels.pyx":694
+  /* "src/cnnc/_kernels.pyx":695
  *     cdef int32_t* where
  *     cdef int32_t position
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -40473,7 +40473,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                         {
                             __pyx_v_n = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":695
+                            /* "src/cnnc/_kernels.pyx":696
  *     cdef int32_t position
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(y.shape[1]):             # <<<<<<<<<<<<<<
@@ -40487,7 +40487,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                             for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
                               __pyx_v_i = __pyx_t_6;
 
-                              /* "src/cnnc/_kernels.pyx":696
+                              /* "src/cnnc/_kernels.pyx":697
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(y.shape[1]):
  *             for j in range(y.shape[2]):             # <<<<<<<<<<<<<<
@@ -40501,7 +40501,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                               for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
                                 __pyx_v_j = __pyx_t_9;
 
-                                /* "src/cnnc/_kernels.pyx":697
+                                /* "src/cnnc/_kernels.pyx":698
  *         for i in range(y.shape[1]):
  *             for j in range(y.shape[2]):
  *                 best = &y[n, i, j, 0]             # <<<<<<<<<<<<<<
@@ -40514,7 +40514,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 __pyx_t_13 = 0;
                                 __pyx_v_best = (&(*((double *) ( /* dim=3 */ ((char *) (((double *) ( /* dim=2 */ (( /* dim=1 */ (( /* dim=0 */ (__pyx_v_y.data + __pyx_t_10 * __pyx_v_y.strides[0]) ) + __pyx_t_11 * __pyx_v_y.strides[1]) ) + __pyx_t_12 * __pyx_v_y.strides[2]) )) + __pyx_t_13)) ))));
 
-                                /* "src/cnnc/_kernels.pyx":698
+                                /* "src/cnnc/_kernels.pyx":699
  *             for j in range(y.shape[2]):
  *                 best = &y[n, i, j, 0]
  *                 where = &argmax[n, i, j, 0]             # <<<<<<<<<<<<<<
@@ -40527,7 +40527,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 __pyx_t_10 = 0;
                                 __pyx_v_where = (&(*((int32_t *) ( /* dim=3 */ ((char *) (((int32_t *) ( /* dim=2 */ (( /* dim=1 */ (( /* dim=0 */ (__pyx_v_argmax.data + __pyx_t_13 * __pyx_v_argmax.strides[0]) ) + __pyx_t_12 * __pyx_v_argmax.strides[1]) ) + __pyx_t_11 * __pyx_v_argmax.strides[2]) )) + __pyx_t_10)) ))));
 
-                                /* "src/cnnc/_kernels.pyx":699
+                                /* "src/cnnc/_kernels.pyx":700
  *                 best = &y[n, i, j, 0]
  *                 where = &argmax[n, i, j, 0]
  *                 src = &x[n, i * sh, j * sw, 0]             # <<<<<<<<<<<<<<
@@ -40540,7 +40540,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 __pyx_t_13 = 0;
                                 __pyx_v_src = (&(*((double const  *) ( /* dim=3 */ ((char *) (((double const  *) ( /* dim=2 */ (( /* dim=1 */ (( /* dim=0 */ (__pyx_v_x.data + __pyx_t_10 * __pyx_v_x.strides[0]) ) + __pyx_t_11 * __pyx_v_x.strides[1]) ) + __pyx_t_12 * __pyx_v_x.strides[2]) )) + __pyx_t_13)) ))));
 
-                                /* "src/cnnc/_kernels.pyx":700
+                                /* "src/cnnc/_kernels.pyx":701
  *                 where = &argmax[n, i, j, 0]
  *                 src = &x[n, i * sh, j * sw, 0]
  *                 position = <int32_t>(i * sh * width + j * sw)             # <<<<<<<<<<<<<<
@@ -40549,7 +40549,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                 __pyx_v_position = ((int32_t)(((__pyx_v_i * __pyx_v_sh) * __pyx_v_width) + (__pyx_v_j * __pyx_v_sw)));
 
-                                /* "src/cnnc/_kernels.pyx":701
+                                /* "src/cnnc/_kernels.pyx":702
  *                 src = &x[n, i * sh, j * sw, 0]
  *                 position = <int32_t>(i * sh * width + j * sw)
  *                 for c in range(channels):             # <<<<<<<<<<<<<<
@@ -40563,7 +40563,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 for (__pyx_t_16 = 0; __pyx_t_16 < __pyx_t_15; __pyx_t_16+=1) {
                                   __pyx_v_c = __pyx_t_16;
 
-                                  /* "src/cnnc/_kernels.pyx":702
+                                  /* "src/cnnc/_kernels.pyx":703
  *                 position = <int32_t>(i * sh * width + j * sw)
  *                 for c in range(channels):
  *                     best[c] = src[c]             # <<<<<<<<<<<<<<
@@ -40572,7 +40572,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                   (__pyx_v_best[__pyx_v_c]) = (__pyx_v_src[__pyx_v_c]);
 
-                                  /* "src/cnnc/_kernels.pyx":703
+                                  /* "src/cnnc/_kernels.pyx":704
  *                 for c in range(channels):
  *                     best[c] = src[c]
  *                     where[c] = position             # <<<<<<<<<<<<<<
@@ -40583,7 +40583,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 }
 
 
-                                /* "src/cnnc/_kernels.pyx":704
+                                /* "src/cnnc/_kernels.pyx":705
  *                     best[c] = src[c]
  *                     where[c] = position
  *                 for r in range(ph):             # <<<<<<<<<<<<<<
@@ -40597,7 +40597,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 for (__pyx_t_16 = 0; __pyx_t_16 < __pyx_t_15; __pyx_t_16+=1) {
                                   __pyx_v_r = __pyx_t_16;
 
-                                  /* "src/cnnc/_kernels.pyx":705
+                                  /* "src/cnnc/_kernels.pyx":706
  *                     where[c] = position
  *                 for r in range(ph):
  *                     h = i * sh + r             # <<<<<<<<<<<<<<
@@ -40606,7 +40606,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                   __pyx_v_h = ((__pyx_v_i * __pyx_v_sh) + __pyx_v_r);
 
-                                  /* "src/cnnc/_kernels.pyx":706
+                                  /* "src/cnnc/_kernels.pyx":707
  *                 for r in range(ph):
  *                     h = i * sh + r
  *                     for q in range(pw):             # <<<<<<<<<<<<<<
@@ -40620,7 +40620,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                   for (__pyx_t_19 = 0; __pyx_t_19 < __pyx_t_18; __pyx_t_19+=1) {
                                     __pyx_v_q = __pyx_t_19;
 
-                                    /* "src/cnnc/_kernels.pyx":707
+                                    /* "src/cnnc/_kernels.pyx":708
  *                     h = i * sh + r
  *                     for q in range(pw):
  *                         if r == 0 and q == 0:             # <<<<<<<<<<<<<<
@@ -40646,7 +40646,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                     if (__pyx_t_20) {
 
 
-                                      /* "src/cnnc/_kernels.pyx":708
+                                      /* "src/cnnc/_kernels.pyx":709
  *                     for q in range(pw):
  *                         if r == 0 and q == 0:
  *                             continue             # <<<<<<<<<<<<<<
@@ -40655,7 +40655,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                       goto __pyx_L18_continue;
 
-                                      /* "src/cnnc/_kernels.pyx":707
+                                      /* "src/cnnc/_kernels.pyx":708
  *                     h = i * sh + r
  *                     for q in range(pw):
  *                         if r == 0 and q == 0:             # <<<<<<<<<<<<<<
@@ -40664,7 +40664,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                     }
 
-                                    /* "src/cnnc/_kernels.pyx":709
+                                    /* "src/cnnc/_kernels.pyx":710
  *                         if r == 0 and q == 0:
  *                             continue
  *                         w = j * sw + q             # <<<<<<<<<<<<<<
@@ -40673,7 +40673,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                     __pyx_v_w = ((__pyx_v_j * __pyx_v_sw) + __pyx_v_q);
 
-                                    /* "src/cnnc/_kernels.pyx":710
+                                    /* "src/cnnc/_kernels.pyx":711
  *                             continue
  *                         w = j * sw + q
  *                         _keep_max(best, where, &x[n, h, w, 0], <int32_t>(h * width + w), channels)             # <<<<<<<<<<<<<<
@@ -40708,7 +40708,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 
       }
 
-      /* "src/cnnc/_kernels.pyx":694
+      /* "src/cnnc/_kernels.pyx":695
  *     cdef int32_t* where
  *     cdef int32_t position
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -40725,7 +40725,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":680
+  /* "src/cnnc/_kernels.pyx":681
  * 
  * 
  * cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax,             # <<<<<<<<<<<<<<
@@ -40751,7 +40751,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 
 }
 
-/* "src/cnnc/_kernels.pyx":713
+/* "src/cnnc/_kernels.pyx":714
  * 
  * 
  * def maxpool2d_forward(x, pool_size, stride):             # <<<<<<<<<<<<<<
@@ -40801,38 +40801,38 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_pool_size,&__pyx_mstate_global->__pyx_n_u_stride,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 713, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 714, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 713, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 714, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 713, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 714, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 713, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 714, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "maxpool2d_forward", 0) < (0)) __PYX_ERR(3, 713, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "maxpool2d_forward", 0) < (0)) __PYX_ERR(3, 714, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("maxpool2d_forward", 1, 3, 3, i); __PYX_ERR(3, 713, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("maxpool2d_forward", 1, 3, 3, i); __PYX_ERR(3, 714, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 713, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 714, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 713, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 714, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 713, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 714, __pyx_L3_error)
     }
     __pyx_v_x = values[0];
     __pyx_v_pool_size = values[1];
@@ -40840,7 +40840,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("maxpool2d_forward", 1, 3, 3, __pyx_nargs); __PYX_ERR(3, 713, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("maxpool2d_forward", 1, 3, 3, __pyx_nargs); __PYX_ERR(3, 714, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -40900,7 +40900,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
   __Pyx_RefNannySetupContext("maxpool2d_forward", 0);
   __Pyx_INCREF(__pyx_v_x);
 
-  /* "src/cnnc/_kernels.pyx":719
+  /* "src/cnnc/_kernels.pyx":720
  *     any number.
  *     """
  *     x, (ph, pw), (sh, sw), (oh, ow) = _checks.maxpool2d_forward(x, pool_size, stride)             # <<<<<<<<<<<<<<
@@ -40908,9 +40908,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
  *     y = np.empty((n, oh, ow, c), dtype=x.dtype)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 719, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 720, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_maxpool2d_forward); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 719, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_maxpool2d_forward); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 720, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -40930,7 +40930,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (4-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 719, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 720, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -40939,7 +40939,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     if (unlikely(size != 4)) {
       if (size > 4) __Pyx_RaiseTooManyValuesError(4);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 719, __pyx_L1_error)
+      __PYX_ERR(3, 720, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -40953,16 +40953,16 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
       __Pyx_INCREF(__pyx_t_6);
     } else {
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 719, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 720, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 719, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 720, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 719, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 720, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
       __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 3, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 719, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 720, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_6);
     }
     #else
@@ -40970,7 +40970,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
       Py_ssize_t i;
       PyObject** temps[4] = {&__pyx_t_4,&__pyx_t_2,&__pyx_t_3,&__pyx_t_6};
       for (i=0; i < 4; i++) {
-        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 719, __pyx_L1_error)
+        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 720, __pyx_L1_error)
         __Pyx_GOTREF(item);
         *(temps[i]) = item;
       }
@@ -40980,7 +40980,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
   } else {
     Py_ssize_t index = -1;
     PyObject** temps[4] = {&__pyx_t_4,&__pyx_t_2,&__pyx_t_3,&__pyx_t_6};
-    __pyx_t_7 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 719, __pyx_L1_error)
+    __pyx_t_7 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 720, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_8 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_7);
@@ -40989,7 +40989,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
       __Pyx_GOTREF(item);
       *(temps[index]) = item;
     }
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_7), 4) < (0)) __PYX_ERR(3, 719, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_7), 4) < (0)) __PYX_ERR(3, 720, __pyx_L1_error)
     __pyx_t_8 = NULL;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     goto __pyx_L4_unpacking_done;
@@ -40997,7 +40997,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_8 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 719, __pyx_L1_error)
+    __PYX_ERR(3, 720, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
   __Pyx_DECREF_SET(__pyx_v_x, __pyx_t_4);
@@ -41008,7 +41008,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 719, __pyx_L1_error)
+      __PYX_ERR(3, 720, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -41018,22 +41018,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
       __Pyx_INCREF(__pyx_t_9);
     } else {
       __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 719, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 720, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_7);
       __pyx_t_9 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 719, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 720, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_9);
     }
     #else
-    __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 719, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 720, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 719, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 720, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     #endif
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_10 = PyObject_GetIter(__pyx_t_2); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 719, __pyx_L1_error)
+    __pyx_t_10 = PyObject_GetIter(__pyx_t_2); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 720, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_8 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_10);
@@ -41041,7 +41041,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_GOTREF(__pyx_t_7);
     index = 1; __pyx_t_9 = __pyx_t_8(__pyx_t_10); if (unlikely(!__pyx_t_9)) goto __pyx_L5_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_9);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_10), 2) < (0)) __PYX_ERR(3, 719, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_10), 2) < (0)) __PYX_ERR(3, 720, __pyx_L1_error)
     __pyx_t_8 = NULL;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     goto __pyx_L6_unpacking_done;
@@ -41049,7 +41049,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __pyx_t_8 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 719, __pyx_L1_error)
+    __PYX_ERR(3, 720, __pyx_L1_error)
     __pyx_L6_unpacking_done:;
   }
   __pyx_v_ph = __pyx_t_7;
@@ -41062,7 +41062,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 719, __pyx_L1_error)
+      __PYX_ERR(3, 720, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -41072,22 +41072,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
       __Pyx_INCREF(__pyx_t_7);
     } else {
       __pyx_t_9 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 719, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 720, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_9);
       __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 719, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 720, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_7);
     }
     #else
-    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 719, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 720, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 719, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 720, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     #endif
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_10 = PyObject_GetIter(__pyx_t_3); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 719, __pyx_L1_error)
+    __pyx_t_10 = PyObject_GetIter(__pyx_t_3); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 720, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_8 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_10);
@@ -41095,7 +41095,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_GOTREF(__pyx_t_9);
     index = 1; __pyx_t_7 = __pyx_t_8(__pyx_t_10); if (unlikely(!__pyx_t_7)) goto __pyx_L7_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_7);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_10), 2) < (0)) __PYX_ERR(3, 719, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_10), 2) < (0)) __PYX_ERR(3, 720, __pyx_L1_error)
     __pyx_t_8 = NULL;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     goto __pyx_L8_unpacking_done;
@@ -41103,7 +41103,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __pyx_t_8 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 719, __pyx_L1_error)
+    __PYX_ERR(3, 720, __pyx_L1_error)
     __pyx_L8_unpacking_done:;
   }
   __pyx_v_sh = __pyx_t_9;
@@ -41116,7 +41116,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 719, __pyx_L1_error)
+      __PYX_ERR(3, 720, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -41126,22 +41126,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
       __Pyx_INCREF(__pyx_t_9);
     } else {
       __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 719, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 720, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_7);
       __pyx_t_9 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 719, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 720, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_9);
     }
     #else
-    __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 719, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 720, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 719, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 720, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     #endif
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_10 = PyObject_GetIter(__pyx_t_6); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 719, __pyx_L1_error)
+    __pyx_t_10 = PyObject_GetIter(__pyx_t_6); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 720, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_8 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_10);
@@ -41149,7 +41149,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_GOTREF(__pyx_t_7);
     index = 1; __pyx_t_9 = __pyx_t_8(__pyx_t_10); if (unlikely(!__pyx_t_9)) goto __pyx_L9_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_9);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_10), 2) < (0)) __PYX_ERR(3, 719, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_10), 2) < (0)) __PYX_ERR(3, 720, __pyx_L1_error)
     __pyx_t_8 = NULL;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     goto __pyx_L10_unpacking_done;
@@ -41157,7 +41157,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __pyx_t_8 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 719, __pyx_L1_error)
+    __PYX_ERR(3, 720, __pyx_L1_error)
     __pyx_L10_unpacking_done:;
   }
   __pyx_v_oh = __pyx_t_7;
@@ -41165,21 +41165,21 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
   __pyx_v_ow = __pyx_t_9;
   __pyx_t_9 = 0;
 
-  /* "src/cnnc/_kernels.pyx":720
+  /* "src/cnnc/_kernels.pyx":721
  *     """
  *     x, (ph, pw), (sh, sw), (oh, ow) = _checks.maxpool2d_forward(x, pool_size, stride)
  *     n, c = x.shape[0], x.shape[3]             # <<<<<<<<<<<<<<
  *     y = np.empty((n, oh, ow, c), dtype=x.dtype)
  *     argmax = _scratch("argmax", n * oh * ow, c, np.int32).reshape(n, oh, ow, c)
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 720, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 721, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_6 = __Pyx_GetItemInt(__pyx_t_1, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 720, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_GetItemInt(__pyx_t_1, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 721, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 720, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 721, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_3 = __Pyx_GetItemInt(__pyx_t_1, 3, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 720, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_GetItemInt(__pyx_t_1, 3, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 721, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_n = __pyx_t_6;
@@ -41187,7 +41187,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
   __pyx_v_c = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":721
+  /* "src/cnnc/_kernels.pyx":722
  *     x, (ph, pw), (sh, sw), (oh, ow) = _checks.maxpool2d_forward(x, pool_size, stride)
  *     n, c = x.shape[0], x.shape[3]
  *     y = np.empty((n, oh, ow, c), dtype=x.dtype)             # <<<<<<<<<<<<<<
@@ -41195,26 +41195,26 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
  *     if x.dtype == np.float32:
 */
   __pyx_t_6 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 721, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 722, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 721, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 722, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = PyTuple_New(4); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 721, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_New(4); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 722, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_INCREF(__pyx_v_n);
   __Pyx_GIVEREF(__pyx_v_n);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_n) != (0)) __PYX_ERR(3, 721, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_n) != (0)) __PYX_ERR(3, 722, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_oh);
   __Pyx_GIVEREF(__pyx_v_oh);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_oh) != (0)) __PYX_ERR(3, 721, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_oh) != (0)) __PYX_ERR(3, 722, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_ow);
   __Pyx_GIVEREF(__pyx_v_ow);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 2, __pyx_v_ow) != (0)) __PYX_ERR(3, 721, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 2, __pyx_v_ow) != (0)) __PYX_ERR(3, 722, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_c);
   __Pyx_GIVEREF(__pyx_v_c);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 3, __pyx_v_c) != (0)) __PYX_ERR(3, 721, __pyx_L1_error);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 721, __pyx_L1_error)
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 3, __pyx_v_c) != (0)) __PYX_ERR(3, 722, __pyx_L1_error);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 722, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_VECTORCALL
   #endif
@@ -41234,13 +41234,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     PyObject *__pyx_callargs[3] = {__pyx_t_6, __pyx_t_1, __pyx_t_4};
     #if CYTHON_VECTORCALL
     __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 721, __pyx_L1_error)
+    if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 722, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_9);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_9 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 721, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 722, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
     }
     #endif
@@ -41252,13 +41252,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 721, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 722, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __pyx_v_y = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":722
+  /* "src/cnnc/_kernels.pyx":723
  *     n, c = x.shape[0], x.shape[3]
  *     y = np.empty((n, oh, ow, c), dtype=x.dtype)
  *     argmax = _scratch("argmax", n * oh * ow, c, np.int32).reshape(n, oh, ow, c)             # <<<<<<<<<<<<<<
@@ -41266,16 +41266,16 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
  *         _maxpool_forward[float](x, y, argmax, ph, pw, sh, sw)
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_scratch); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 722, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_scratch); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 723, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_n, __pyx_v_oh); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 722, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_n, __pyx_v_oh); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 723, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_7 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_6, __pyx_v_ow); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 722, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_6, __pyx_v_ow); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 723, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 722, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 723, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 722, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 723, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __pyx_t_5 = 1;
@@ -41297,7 +41297,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 722, __pyx_L1_error)
+    if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 723, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
   }
   __pyx_t_2 = __pyx_t_9;
@@ -41308,46 +41308,46 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (5-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 722, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 723, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __pyx_v_argmax = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":723
+  /* "src/cnnc/_kernels.pyx":724
  *     y = np.empty((n, oh, ow, c), dtype=x.dtype)
  *     argmax = _scratch("argmax", n * oh * ow, c, np.int32).reshape(n, oh, ow, c)
  *     if x.dtype == np.float32:             # <<<<<<<<<<<<<<
  *         _maxpool_forward[float](x, y, argmax, ph, pw, sh, sw)
  *     else:
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 723, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 724, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 723, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 724, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 723, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 724, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-  __pyx_t_11 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_3, __pyx_t_2, Py_EQ); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 723, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_3, __pyx_t_2, Py_EQ); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 724, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if (__pyx_t_11) {
 
 
-    /* "src/cnnc/_kernels.pyx":724
+    /* "src/cnnc/_kernels.pyx":725
  *     argmax = _scratch("argmax", n * oh * ow, c, np.int32).reshape(n, oh, ow, c)
  *     if x.dtype == np.float32:
  *         _maxpool_forward[float](x, y, argmax, ph, pw, sh, sw)             # <<<<<<<<<<<<<<
  *     else:
  *         _maxpool_forward[double](x, y, argmax, ph, pw, sh, sw)
 */
-    __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_float__const__(__pyx_v_x, 0); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(3, 724, __pyx_L1_error)
-    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_float(__pyx_v_y, PyBUF_WRITABLE); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 724, __pyx_L1_error)
-    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int32_t(__pyx_v_argmax, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 724, __pyx_L1_error)
-    __pyx_t_15 = __Pyx_PyIndex_AsSsize_t(__pyx_v_ph); if (unlikely((__pyx_t_15 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 724, __pyx_L1_error)
-    __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_pw); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 724, __pyx_L1_error)
-    __pyx_t_17 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sh); if (unlikely((__pyx_t_17 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 724, __pyx_L1_error)
-    __pyx_t_18 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sw); if (unlikely((__pyx_t_18 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 724, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_float__const__(__pyx_v_x, 0); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(3, 725, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_float(__pyx_v_y, PyBUF_WRITABLE); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 725, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int32_t(__pyx_v_argmax, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 725, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyIndex_AsSsize_t(__pyx_v_ph); if (unlikely((__pyx_t_15 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 725, __pyx_L1_error)
+    __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_pw); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 725, __pyx_L1_error)
+    __pyx_t_17 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sh); if (unlikely((__pyx_t_17 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 725, __pyx_L1_error)
+    __pyx_t_18 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sw); if (unlikely((__pyx_t_18 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 725, __pyx_L1_error)
     __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__pyx_t_12, __pyx_t_13, __pyx_t_14, __pyx_t_15, __pyx_t_16, __pyx_t_17, __pyx_t_18);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_12, 1);; __pyx_t_12.memview = NULL; __pyx_t_12.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_13, 1);; __pyx_t_13.memview = NULL; __pyx_t_13.data = NULL;
@@ -41357,7 +41357,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
 
 
 
-    /* "src/cnnc/_kernels.pyx":723
+    /* "src/cnnc/_kernels.pyx":724
  *     y = np.empty((n, oh, ow, c), dtype=x.dtype)
  *     argmax = _scratch("argmax", n * oh * ow, c, np.int32).reshape(n, oh, ow, c)
  *     if x.dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -41367,7 +41367,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     goto __pyx_L11;
   }
 
-  /* "src/cnnc/_kernels.pyx":726
+  /* "src/cnnc/_kernels.pyx":727
  *         _maxpool_forward[float](x, y, argmax, ph, pw, sh, sw)
  *     else:
  *         _maxpool_forward[double](x, y, argmax, ph, pw, sh, sw)             # <<<<<<<<<<<<<<
@@ -41375,13 +41375,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
  * 
 */
   /*else*/ {
-    __pyx_t_19 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_double__const__(__pyx_v_x, 0); if (unlikely(!__pyx_t_19.memview)) __PYX_ERR(3, 726, __pyx_L1_error)
-    __pyx_t_20 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_double(__pyx_v_y, PyBUF_WRITABLE); if (unlikely(!__pyx_t_20.memview)) __PYX_ERR(3, 726, __pyx_L1_error)
-    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int32_t(__pyx_v_argmax, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 726, __pyx_L1_error)
-    __pyx_t_18 = __Pyx_PyIndex_AsSsize_t(__pyx_v_ph); if (unlikely((__pyx_t_18 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 726, __pyx_L1_error)
-    __pyx_t_17 = __Pyx_PyIndex_AsSsize_t(__pyx_v_pw); if (unlikely((__pyx_t_17 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 726, __pyx_L1_error)
-    __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sh); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 726, __pyx_L1_error)
-    __pyx_t_15 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sw); if (unlikely((__pyx_t_15 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 726, __pyx_L1_error)
+    __pyx_t_19 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_double__const__(__pyx_v_x, 0); if (unlikely(!__pyx_t_19.memview)) __PYX_ERR(3, 727, __pyx_L1_error)
+    __pyx_t_20 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_double(__pyx_v_y, PyBUF_WRITABLE); if (unlikely(!__pyx_t_20.memview)) __PYX_ERR(3, 727, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int32_t(__pyx_v_argmax, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 727, __pyx_L1_error)
+    __pyx_t_18 = __Pyx_PyIndex_AsSsize_t(__pyx_v_ph); if (unlikely((__pyx_t_18 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 727, __pyx_L1_error)
+    __pyx_t_17 = __Pyx_PyIndex_AsSsize_t(__pyx_v_pw); if (unlikely((__pyx_t_17 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 727, __pyx_L1_error)
+    __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sh); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 727, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sw); if (unlikely((__pyx_t_15 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 727, __pyx_L1_error)
     __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__pyx_t_19, __pyx_t_20, __pyx_t_14, __pyx_t_18, __pyx_t_17, __pyx_t_16, __pyx_t_15);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_19, 1);; __pyx_t_19.memview = NULL; __pyx_t_19.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_20, 1);; __pyx_t_20.memview = NULL; __pyx_t_20.data = NULL;
@@ -41393,7 +41393,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
   }
   __pyx_L11:;
 
-  /* "src/cnnc/_kernels.pyx":727
+  /* "src/cnnc/_kernels.pyx":728
  *     else:
  *         _maxpool_forward[double](x, y, argmax, ph, pw, sh, sw)
  *     return y, argmax.astype(np.int64)             # <<<<<<<<<<<<<<
@@ -41402,9 +41402,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
 */
   __pyx_t_3 = __pyx_v_argmax;
   __Pyx_INCREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 727, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 728, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 727, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 728, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
   __pyx_t_5 = 0;
@@ -41413,16 +41413,16 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_astype, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 727, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 728, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 727, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 728, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_INCREF(__pyx_v_y);
   __Pyx_GIVEREF(__pyx_v_y);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_y) != (0)) __PYX_ERR(3, 727, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_y) != (0)) __PYX_ERR(3, 728, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_2);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_t_2) != (0)) __PYX_ERR(3, 727, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_t_2) != (0)) __PYX_ERR(3, 728, __pyx_L1_error);
   __pyx_t_2 = 0;
   {
     PyObject *__pyx_temp;
@@ -41435,7 +41435,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":713
+  /* "src/cnnc/_kernels.pyx":714
  * 
  * 
  * def maxpool2d_forward(x, pool_size, stride):             # <<<<<<<<<<<<<<
@@ -41477,7 +41477,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":730
+/* "src/cnnc/_kernels.pyx":731
  * 
  * 
  * cdef void _maxpool_backward(const real[:, :, :, ::1] dy, const int64_t[:, :, :, ::1] argmax,             # <<<<<<<<<<<<<<
@@ -41514,7 +41514,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
   Py_ssize_t __pyx_t_21;
   Py_ssize_t __pyx_t_22;
 
-  /* "src/cnnc/_kernels.pyx":734
+  /* "src/cnnc/_kernels.pyx":735
  *     """dx[n, argmax * C + c] += dy[n, i, j, c]; dx is (N, H*W*C), starting at 0."""
  *     cdef Py_ssize_t n, i, j, c
  *     cdef Py_ssize_t channels = dy.shape[3]             # <<<<<<<<<<<<<<
@@ -41523,7 +41523,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
 */
   __pyx_v_channels = (__pyx_v_dy.shape[3]);
 
-  /* "src/cnnc/_kernels.pyx":735
+  /* "src/cnnc/_kernels.pyx":736
  *     cdef Py_ssize_t n, i, j, c
  *     cdef Py_ssize_t channels = dy.shape[3]
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -41558,7 +41558,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                         {
                             __pyx_v_n = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":736
+                            /* "src/cnnc/_kernels.pyx":737
  *     cdef Py_ssize_t channels = dy.shape[3]
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(dy.shape[1]):             # <<<<<<<<<<<<<<
@@ -41572,7 +41572,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                             for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
                               __pyx_v_i = __pyx_t_6;
 
-                              /* "src/cnnc/_kernels.pyx":737
+                              /* "src/cnnc/_kernels.pyx":738
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(dy.shape[1]):
  *             for j in range(dy.shape[2]):             # <<<<<<<<<<<<<<
@@ -41586,7 +41586,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                               for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
                                 __pyx_v_j = __pyx_t_9;
 
-                                /* "src/cnnc/_kernels.pyx":738
+                                /* "src/cnnc/_kernels.pyx":739
  *         for i in range(dy.shape[1]):
  *             for j in range(dy.shape[2]):
  *                 for c in range(channels):             # <<<<<<<<<<<<<<
@@ -41600,7 +41600,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                                 for (__pyx_t_12 = 0; __pyx_t_12 < __pyx_t_11; __pyx_t_12+=1) {
                                   __pyx_v_c = __pyx_t_12;
 
-                                  /* "src/cnnc/_kernels.pyx":739
+                                  /* "src/cnnc/_kernels.pyx":740
  *             for j in range(dy.shape[2]):
  *                 for c in range(channels):
  *                     dx[n, argmax[n, i, j, c] * channels + c] += dy[n, i, j, c]             # <<<<<<<<<<<<<<
@@ -41638,7 +41638,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
 
       }
 
-      /* "src/cnnc/_kernels.pyx":735
+      /* "src/cnnc/_kernels.pyx":736
  *     cdef Py_ssize_t n, i, j, c
  *     cdef Py_ssize_t channels = dy.shape[3]
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -41655,7 +41655,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":730
+  /* "src/cnnc/_kernels.pyx":731
  * 
  * 
  * cdef void _maxpool_backward(const real[:, :, :, ::1] dy, const int64_t[:, :, :, ::1] argmax,             # <<<<<<<<<<<<<<
@@ -41701,7 +41701,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
   Py_ssize_t __pyx_t_21;
   Py_ssize_t __pyx_t_22;
 
-  /* "src/cnnc/_kernels.pyx":734
+  /* "src/cnnc/_kernels.pyx":735
  *     """dx[n, argmax * C + c] += dy[n, i, j, c]; dx is (N, H*W*C), starting at 0."""
  *     cdef Py_ssize_t n, i, j, c
  *     cdef Py_ssize_t channels = dy.shape[3]             # <<<<<<<<<<<<<<
@@ -41710,7 +41710,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
 */
   __pyx_v_channels = (__pyx_v_dy.shape[3]);
 
-  /* "src/cnnc/_kernels.pyx":735
+  /* "src/cnnc/_kernels.pyx":736
  *     cdef Py_ssize_t n, i, j, c
  *     cdef Py_ssize_t channels = dy.shape[3]
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -41745,7 +41745,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                         {
                             __pyx_v_n = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":736
+                            /* "src/cnnc/_kernels.pyx":737
  *     cdef Py_ssize_t channels = dy.shape[3]
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(dy.shape[1]):             # <<<<<<<<<<<<<<
@@ -41759,7 +41759,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                             for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
                               __pyx_v_i = __pyx_t_6;
 
-                              /* "src/cnnc/_kernels.pyx":737
+                              /* "src/cnnc/_kernels.pyx":738
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(dy.shape[1]):
  *             for j in range(dy.shape[2]):             # <<<<<<<<<<<<<<
@@ -41773,7 +41773,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                               for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
                                 __pyx_v_j = __pyx_t_9;
 
-                                /* "src/cnnc/_kernels.pyx":738
+                                /* "src/cnnc/_kernels.pyx":739
  *         for i in range(dy.shape[1]):
  *             for j in range(dy.shape[2]):
  *                 for c in range(channels):             # <<<<<<<<<<<<<<
@@ -41787,7 +41787,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                                 for (__pyx_t_12 = 0; __pyx_t_12 < __pyx_t_11; __pyx_t_12+=1) {
                                   __pyx_v_c = __pyx_t_12;
 
-                                  /* "src/cnnc/_kernels.pyx":739
+                                  /* "src/cnnc/_kernels.pyx":740
  *             for j in range(dy.shape[2]):
  *                 for c in range(channels):
  *                     dx[n, argmax[n, i, j, c] * channels + c] += dy[n, i, j, c]             # <<<<<<<<<<<<<<
@@ -41825,7 +41825,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
 
       }
 
-      /* "src/cnnc/_kernels.pyx":735
+      /* "src/cnnc/_kernels.pyx":736
  *     cdef Py_ssize_t n, i, j, c
  *     cdef Py_ssize_t channels = dy.shape[3]
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -41842,7 +41842,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":730
+  /* "src/cnnc/_kernels.pyx":731
  * 
  * 
  * cdef void _maxpool_backward(const real[:, :, :, ::1] dy, const int64_t[:, :, :, ::1] argmax,             # <<<<<<<<<<<<<<
@@ -41859,7 +41859,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
 
 }
 
-/* "src/cnnc/_kernels.pyx":742
+/* "src/cnnc/_kernels.pyx":743
  * 
  * 
  * def maxpool2d_backward(dy, argmax, input_shape):             # <<<<<<<<<<<<<<
@@ -41909,38 +41909,38 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_dy,&__pyx_mstate_global->__pyx_n_u_argmax,&__pyx_mstate_global->__pyx_n_u_input_shape,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 742, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 743, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 742, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 743, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 742, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 743, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 742, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 743, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "maxpool2d_backward", 0) < (0)) __PYX_ERR(3, 742, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "maxpool2d_backward", 0) < (0)) __PYX_ERR(3, 743, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("maxpool2d_backward", 1, 3, 3, i); __PYX_ERR(3, 742, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("maxpool2d_backward", 1, 3, 3, i); __PYX_ERR(3, 743, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 742, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 743, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 742, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 743, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 742, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 743, __pyx_L3_error)
     }
     __pyx_v_dy = values[0];
     __pyx_v_argmax = values[1];
@@ -41948,7 +41948,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("maxpool2d_backward", 1, 3, 3, __pyx_nargs); __PYX_ERR(3, 742, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("maxpool2d_backward", 1, 3, 3, __pyx_nargs); __PYX_ERR(3, 743, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -41999,7 +41999,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
   __Pyx_INCREF(__pyx_v_argmax);
   __Pyx_INCREF(__pyx_v_input_shape);
 
-  /* "src/cnnc/_kernels.pyx":744
+  /* "src/cnnc/_kernels.pyx":745
  * def maxpool2d_backward(dy, argmax, input_shape):
  *     """Scatter dy (N, OH, OW, C) back to the input positions recorded in argmax."""
  *     dy, argmax, input_shape = _checks.maxpool2d_backward(dy, argmax, input_shape)             # <<<<<<<<<<<<<<
@@ -42007,9 +42007,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
  *     dx = np.zeros((n, h * w * c), dtype=dy.dtype)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 744, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 745, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_maxpool2d_backward); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 744, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_maxpool2d_backward); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 745, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -42029,7 +42029,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (4-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 744, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 745, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -42038,7 +42038,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     if (unlikely(size != 3)) {
       if (size > 3) __Pyx_RaiseTooManyValuesError(3);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 744, __pyx_L1_error)
+      __PYX_ERR(3, 745, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -42050,27 +42050,27 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
       __Pyx_INCREF(__pyx_t_3);
     } else {
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 744, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 745, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 744, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 745, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 744, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 745, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
     }
     #else
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 744, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 745, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 744, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 745, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 744, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 745, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_6 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 744, __pyx_L1_error)
+    __pyx_t_6 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 745, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_7 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_6);
@@ -42080,7 +42080,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     __Pyx_GOTREF(__pyx_t_2);
     index = 2; __pyx_t_3 = __pyx_t_7(__pyx_t_6); if (unlikely(!__pyx_t_3)) goto __pyx_L3_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_3);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_7(__pyx_t_6), 3) < (0)) __PYX_ERR(3, 744, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_7(__pyx_t_6), 3) < (0)) __PYX_ERR(3, 745, __pyx_L1_error)
     __pyx_t_7 = NULL;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     goto __pyx_L4_unpacking_done;
@@ -42088,7 +42088,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_7 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 744, __pyx_L1_error)
+    __PYX_ERR(3, 745, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
   __Pyx_DECREF_SET(__pyx_v_dy, __pyx_t_4);
@@ -42098,7 +42098,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
   __Pyx_DECREF_SET(__pyx_v_input_shape, __pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":745
+  /* "src/cnnc/_kernels.pyx":746
  *     """Scatter dy (N, OH, OW, C) back to the input positions recorded in argmax."""
  *     dy, argmax, input_shape = _checks.maxpool2d_backward(dy, argmax, input_shape)
  *     n, h, w, c = input_shape             # <<<<<<<<<<<<<<
@@ -42111,7 +42111,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     if (unlikely(size != 4)) {
       if (size > 4) __Pyx_RaiseTooManyValuesError(4);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 745, __pyx_L1_error)
+      __PYX_ERR(3, 746, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -42125,16 +42125,16 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
       __Pyx_INCREF(__pyx_t_4);
     } else {
       __pyx_t_1 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 745, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 746, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_1);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 745, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 746, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 745, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 746, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 3, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 745, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 746, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
     }
     #else
@@ -42142,7 +42142,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
       Py_ssize_t i;
       PyObject** temps[4] = {&__pyx_t_1,&__pyx_t_3,&__pyx_t_2,&__pyx_t_4};
       for (i=0; i < 4; i++) {
-        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 745, __pyx_L1_error)
+        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 746, __pyx_L1_error)
         __Pyx_GOTREF(item);
         *(temps[i]) = item;
       }
@@ -42151,7 +42151,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
   } else {
     Py_ssize_t index = -1;
     PyObject** temps[4] = {&__pyx_t_1,&__pyx_t_3,&__pyx_t_2,&__pyx_t_4};
-    __pyx_t_6 = PyObject_GetIter(__pyx_v_input_shape); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 745, __pyx_L1_error)
+    __pyx_t_6 = PyObject_GetIter(__pyx_v_input_shape); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 746, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_7 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_6);
     for (index=0; index < 4; index++) {
@@ -42159,7 +42159,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
       __Pyx_GOTREF(item);
       *(temps[index]) = item;
     }
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_7(__pyx_t_6), 4) < (0)) __PYX_ERR(3, 745, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_7(__pyx_t_6), 4) < (0)) __PYX_ERR(3, 746, __pyx_L1_error)
     __pyx_t_7 = NULL;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     goto __pyx_L6_unpacking_done;
@@ -42167,7 +42167,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_7 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 745, __pyx_L1_error)
+    __PYX_ERR(3, 746, __pyx_L1_error)
     __pyx_L6_unpacking_done:;
   }
   __pyx_v_n = __pyx_t_1;
@@ -42179,7 +42179,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
   __pyx_v_c = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "src/cnnc/_kernels.pyx":746
+  /* "src/cnnc/_kernels.pyx":747
  *     dy, argmax, input_shape = _checks.maxpool2d_backward(dy, argmax, input_shape)
  *     n, h, w, c = input_shape
  *     dx = np.zeros((n, h * w * c), dtype=dy.dtype)             # <<<<<<<<<<<<<<
@@ -42187,25 +42187,25 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
  *         _maxpool_backward[float](dy, argmax, dx)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 746, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 747, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 746, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 747, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_h, __pyx_v_w); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 746, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_h, __pyx_v_w); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 747, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_3, __pyx_v_c); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 746, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_3, __pyx_v_c); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 747, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 746, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 747, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF(__pyx_v_n);
   __Pyx_GIVEREF(__pyx_v_n);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_n) != (0)) __PYX_ERR(3, 746, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_n) != (0)) __PYX_ERR(3, 747, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_6);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_t_6) != (0)) __PYX_ERR(3, 746, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_t_6) != (0)) __PYX_ERR(3, 747, __pyx_L1_error);
   __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 746, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 747, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   #if CYTHON_VECTORCALL
   #endif
@@ -42225,13 +42225,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_3, __pyx_t_6};
     #if CYTHON_VECTORCALL
     __pyx_t_8 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 746, __pyx_L1_error)
+    if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 747, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_8);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_8 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 746, __pyx_L1_error)
+      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 747, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
     }
     #endif
@@ -42243,48 +42243,48 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 746, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 747, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
   __pyx_v_dx = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "src/cnnc/_kernels.pyx":747
+  /* "src/cnnc/_kernels.pyx":748
  *     n, h, w, c = input_shape
  *     dx = np.zeros((n, h * w * c), dtype=dy.dtype)
  *     if dy.dtype == np.float32:             # <<<<<<<<<<<<<<
  *         _maxpool_backward[float](dy, argmax, dx)
  *     else:
 */
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 747, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 748, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 747, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 748, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 747, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 748, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_9 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_4, __pyx_t_8, Py_EQ); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(3, 747, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_4, __pyx_t_8, Py_EQ); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(3, 748, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
   if (__pyx_t_9) {
 
 
-    /* "src/cnnc/_kernels.pyx":748
+    /* "src/cnnc/_kernels.pyx":749
  *     dx = np.zeros((n, h * w * c), dtype=dy.dtype)
  *     if dy.dtype == np.float32:
  *         _maxpool_backward[float](dy, argmax, dx)             # <<<<<<<<<<<<<<
  *     else:
  *         _maxpool_backward[double](dy, argmax, dx)
 */
-    __pyx_t_10 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_float__const__(__pyx_v_dy, 0); if (unlikely(!__pyx_t_10.memview)) __PYX_ERR(3, 748, __pyx_L1_error)
-    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int64_t__const__(__pyx_v_argmax, 0); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 748, __pyx_L1_error)
-    __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_float(__pyx_v_dx, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(3, 748, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_float__const__(__pyx_v_dy, 0); if (unlikely(!__pyx_t_10.memview)) __PYX_ERR(3, 749, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int64_t__const__(__pyx_v_argmax, 0); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 749, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_float(__pyx_v_dx, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(3, 749, __pyx_L1_error)
     __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__pyx_t_10, __pyx_t_11, __pyx_t_12);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_10, 1);; __pyx_t_10.memview = NULL; __pyx_t_10.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_11, 1);; __pyx_t_11.memview = NULL; __pyx_t_11.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_12, 1);; __pyx_t_12.memview = NULL; __pyx_t_12.data = NULL;
 
-    /* "src/cnnc/_kernels.pyx":747
+    /* "src/cnnc/_kernels.pyx":748
  *     n, h, w, c = input_shape
  *     dx = np.zeros((n, h * w * c), dtype=dy.dtype)
  *     if dy.dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -42294,7 +42294,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     goto __pyx_L7;
   }
 
-  /* "src/cnnc/_kernels.pyx":750
+  /* "src/cnnc/_kernels.pyx":751
  *         _maxpool_backward[float](dy, argmax, dx)
  *     else:
  *         _maxpool_backward[double](dy, argmax, dx)             # <<<<<<<<<<<<<<
@@ -42302,9 +42302,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
  * 
 */
   /*else*/ {
-    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_double__const__(__pyx_v_dy, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 750, __pyx_L1_error)
-    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int64_t__const__(__pyx_v_argmax, 0); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 750, __pyx_L1_error)
-    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(__pyx_v_dx, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 750, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_double__const__(__pyx_v_dy, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 751, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int64_t__const__(__pyx_v_argmax, 0); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 751, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(__pyx_v_dx, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 751, __pyx_L1_error)
     __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__pyx_t_13, __pyx_t_11, __pyx_t_14);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_13, 1);; __pyx_t_13.memview = NULL; __pyx_t_13.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_11, 1);; __pyx_t_11.memview = NULL; __pyx_t_11.data = NULL;
@@ -42312,7 +42312,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
   }
   __pyx_L7:;
 
-  /* "src/cnnc/_kernels.pyx":751
+  /* "src/cnnc/_kernels.pyx":752
  *     else:
  *         _maxpool_backward[double](dy, argmax, dx)
  *     return dx.reshape(input_shape)             # <<<<<<<<<<<<<<
@@ -42326,7 +42326,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_v_input_shape};
     __pyx_t_8 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 751, __pyx_L1_error)
+    if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 752, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
   }
   {
@@ -42340,7 +42340,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
   __pyx_t_8 = 0;
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":742
+  /* "src/cnnc/_kernels.pyx":743
  * 
  * 
  * def maxpool2d_backward(dy, argmax, input_shape):             # <<<<<<<<<<<<<<
@@ -42377,7 +42377,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":754
+/* "src/cnnc/_kernels.pyx":755
  * 
  * 
  * cdef inline real _fma(real a, real b, real c) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -42388,7 +42388,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
 static CYTHON_INLINE float __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__fma(float __pyx_v_a, float __pyx_v_b, float __pyx_v_c) {
   float __pyx_r;
 
-  /* "src/cnnc/_kernels.pyx":758
+  /* "src/cnnc/_kernels.pyx":759
  *     through float64: exact but for a double rounding about once in 2**29)."""
  *     if real is float:
  *         return <float>(<double>a * <double>b + <double>c)             # <<<<<<<<<<<<<<
@@ -42401,7 +42401,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__fma(float 
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":754
+  /* "src/cnnc/_kernels.pyx":755
  * 
  * 
  * cdef inline real _fma(real a, real b, real c) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -42417,7 +42417,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__fma(float 
 static CYTHON_INLINE double __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__fma(double __pyx_v_a, double __pyx_v_b, double __pyx_v_c) {
   double __pyx_r;
 
-  /* "src/cnnc/_kernels.pyx":760
+  /* "src/cnnc/_kernels.pyx":761
  *         return <float>(<double>a * <double>b + <double>c)
  *     else:
  *         return fma(a, b, c)             # <<<<<<<<<<<<<<
@@ -42430,7 +42430,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__fma(doubl
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":754
+  /* "src/cnnc/_kernels.pyx":755
  * 
  * 
  * cdef inline real _fma(real a, real b, real c) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -42443,7 +42443,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__fma(doubl
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":763
+/* "src/cnnc/_kernels.pyx":764
  * 
  * 
  * cdef inline void _adam_block(real* param, const real* grad, real* m, real* v, Py_ssize_t count,             # <<<<<<<<<<<<<<
@@ -42461,7 +42461,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
   Py_ssize_t __pyx_t_3;
   float __pyx_t_4;
 
-  /* "src/cnnc/_kernels.pyx":768
+  /* "src/cnnc/_kernels.pyx":769
  *     cdef Py_ssize_t k
  *     cdef real g, mk, vk
  *     for k in range(count):             # <<<<<<<<<<<<<<
@@ -42475,7 +42475,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":769
+    /* "src/cnnc/_kernels.pyx":770
  *     cdef real g, mk, vk
  *     for k in range(count):
  *         g = grad[k]             # <<<<<<<<<<<<<<
@@ -42484,7 +42484,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     __pyx_v_g = (__pyx_v_grad[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":770
+    /* "src/cnnc/_kernels.pyx":771
  *     for k in range(count):
  *         g = grad[k]
  *         mk = m[k]             # <<<<<<<<<<<<<<
@@ -42493,7 +42493,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     __pyx_v_mk = (__pyx_v_m[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":771
+    /* "src/cnnc/_kernels.pyx":772
  *         g = grad[k]
  *         mk = m[k]
  *         mk = _fma(coefficient, g - mk, mk if small else g)             # <<<<<<<<<<<<<<
@@ -42510,7 +42510,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
     __pyx_v_mk = __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__fma(__pyx_v_coefficient, (__pyx_v_g - __pyx_v_mk), __pyx_t_4);
 
 
-    /* "src/cnnc/_kernels.pyx":772
+    /* "src/cnnc/_kernels.pyx":773
  *         mk = m[k]
  *         mk = _fma(coefficient, g - mk, mk if small else g)
  *         vk = _fma(keep_square * g, g, v[k] * beta2)             # <<<<<<<<<<<<<<
@@ -42519,7 +42519,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     __pyx_v_vk = __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__fma((__pyx_v_keep_square * __pyx_v_g), __pyx_v_g, ((__pyx_v_v[__pyx_v_k]) * __pyx_v_beta2));
 
-    /* "src/cnnc/_kernels.pyx":773
+    /* "src/cnnc/_kernels.pyx":774
  *         mk = _fma(coefficient, g - mk, mk if small else g)
  *         vk = _fma(keep_square * g, g, v[k] * beta2)
  *         m[k] = mk             # <<<<<<<<<<<<<<
@@ -42528,7 +42528,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     (__pyx_v_m[__pyx_v_k]) = __pyx_v_mk;
 
-    /* "src/cnnc/_kernels.pyx":774
+    /* "src/cnnc/_kernels.pyx":775
  *         vk = _fma(keep_square * g, g, v[k] * beta2)
  *         m[k] = mk
  *         v[k] = vk             # <<<<<<<<<<<<<<
@@ -42537,7 +42537,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     (__pyx_v_v[__pyx_v_k]) = __pyx_v_vk;
 
-    /* "src/cnnc/_kernels.pyx":775
+    /* "src/cnnc/_kernels.pyx":776
  *         m[k] = mk
  *         v[k] = vk
  *         param[k] = param[k] - step_size * mk / (<real>sqrt(vk) / bias2_sqrt + eps)             # <<<<<<<<<<<<<<
@@ -42548,7 +42548,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
   }
 
 
-  /* "src/cnnc/_kernels.pyx":763
+  /* "src/cnnc/_kernels.pyx":764
  * 
  * 
  * cdef inline void _adam_block(real* param, const real* grad, real* m, real* v, Py_ssize_t count,             # <<<<<<<<<<<<<<
@@ -42573,7 +42573,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
   Py_ssize_t __pyx_t_3;
   double __pyx_t_4;
 
-  /* "src/cnnc/_kernels.pyx":768
+  /* "src/cnnc/_kernels.pyx":769
  *     cdef Py_ssize_t k
  *     cdef real g, mk, vk
  *     for k in range(count):             # <<<<<<<<<<<<<<
@@ -42587,7 +42587,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":769
+    /* "src/cnnc/_kernels.pyx":770
  *     cdef real g, mk, vk
  *     for k in range(count):
  *         g = grad[k]             # <<<<<<<<<<<<<<
@@ -42596,7 +42596,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     __pyx_v_g = (__pyx_v_grad[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":770
+    /* "src/cnnc/_kernels.pyx":771
  *     for k in range(count):
  *         g = grad[k]
  *         mk = m[k]             # <<<<<<<<<<<<<<
@@ -42605,7 +42605,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     __pyx_v_mk = (__pyx_v_m[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":771
+    /* "src/cnnc/_kernels.pyx":772
  *         g = grad[k]
  *         mk = m[k]
  *         mk = _fma(coefficient, g - mk, mk if small else g)             # <<<<<<<<<<<<<<
@@ -42622,7 +42622,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
     __pyx_v_mk = __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__fma(__pyx_v_coefficient, (__pyx_v_g - __pyx_v_mk), __pyx_t_4);
 
 
-    /* "src/cnnc/_kernels.pyx":772
+    /* "src/cnnc/_kernels.pyx":773
  *         mk = m[k]
  *         mk = _fma(coefficient, g - mk, mk if small else g)
  *         vk = _fma(keep_square * g, g, v[k] * beta2)             # <<<<<<<<<<<<<<
@@ -42631,7 +42631,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     __pyx_v_vk = __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__fma((__pyx_v_keep_square * __pyx_v_g), __pyx_v_g, ((__pyx_v_v[__pyx_v_k]) * __pyx_v_beta2));
 
-    /* "src/cnnc/_kernels.pyx":773
+    /* "src/cnnc/_kernels.pyx":774
  *         mk = _fma(coefficient, g - mk, mk if small else g)
  *         vk = _fma(keep_square * g, g, v[k] * beta2)
  *         m[k] = mk             # <<<<<<<<<<<<<<
@@ -42640,7 +42640,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     (__pyx_v_m[__pyx_v_k]) = __pyx_v_mk;
 
-    /* "src/cnnc/_kernels.pyx":774
+    /* "src/cnnc/_kernels.pyx":775
  *         vk = _fma(keep_square * g, g, v[k] * beta2)
  *         m[k] = mk
  *         v[k] = vk             # <<<<<<<<<<<<<<
@@ -42649,7 +42649,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     (__pyx_v_v[__pyx_v_k]) = __pyx_v_vk;
 
-    /* "src/cnnc/_kernels.pyx":775
+    /* "src/cnnc/_kernels.pyx":776
  *         m[k] = mk
  *         v[k] = vk
  *         param[k] = param[k] - step_size * mk / (<real>sqrt(vk) / bias2_sqrt + eps)             # <<<<<<<<<<<<<<
@@ -42660,7 +42660,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
   }
 
 
-  /* "src/cnnc/_kernels.pyx":763
+  /* "src/cnnc/_kernels.pyx":764
  * 
  * 
  * cdef inline void _adam_block(real* param, const real* grad, real* m, real* v, Py_ssize_t count,             # <<<<<<<<<<<<<<
@@ -42675,7 +42675,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 
 }
 
-/* "src/cnnc/_kernels.pyx":778
+/* "src/cnnc/_kernels.pyx":779
  * 
  * 
  * cdef void _adam(real[::1] param, const real[::1] grad, real[::1] m, real[::1] v, real keep_grad,             # <<<<<<<<<<<<<<
@@ -42702,7 +42702,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
   Py_ssize_t __pyx_t_10;
   int __pyx_t_11;
 
-  /* "src/cnnc/_kernels.pyx":781
+  /* "src/cnnc/_kernels.pyx":782
  *                 real beta2, real keep_square, real bias2_sqrt, real eps, real step_size) noexcept:
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = param.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK             # <<<<<<<<<<<<<<
@@ -42712,7 +42712,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
   __pyx_v_size = (__pyx_v_param.shape[0]);
   __pyx_v_blocks = (((__pyx_v_size + __pyx_v_4cnnc_13_kernels_avx2__BLOCK) - 1) / __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-  /* "src/cnnc/_kernels.pyx":782
+  /* "src/cnnc/_kernels.pyx":783
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = param.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight             # <<<<<<<<<<<<<<
@@ -42721,7 +42721,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
 */
   __pyx_v_small = (__pyx_v_keep_grad < 0.5);
 
-  /* "src/cnnc/_kernels.pyx":783
+  /* "src/cnnc/_kernels.pyx":784
  *     cdef Py_ssize_t size = param.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight
  *     cdef real coefficient = keep_grad if small else keep_grad - 1             # <<<<<<<<<<<<<<
@@ -42737,7 +42737,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
   }
   __pyx_v_coefficient = __pyx_t_1;
 
-  /* "src/cnnc/_kernels.pyx":784
+  /* "src/cnnc/_kernels.pyx":785
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight
  *     cdef real coefficient = keep_grad if small else keep_grad - 1
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -42774,7 +42774,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
                         {
                             __pyx_v_block = (Py_ssize_t)(0 + 1 * __pyx_t_3);
 
-                            /* "src/cnnc/_kernels.pyx":785
+                            /* "src/cnnc/_kernels.pyx":786
  *     cdef real coefficient = keep_grad if small else keep_grad - 1
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK             # <<<<<<<<<<<<<<
@@ -42783,7 +42783,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
 */
                             __pyx_v_start = (__pyx_v_block * __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-                            /* "src/cnnc/_kernels.pyx":786
+                            /* "src/cnnc/_kernels.pyx":787
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _adam_block(&param[start], &grad[start], &m[start], &v[start],             # <<<<<<<<<<<<<<
@@ -42795,7 +42795,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
                             __pyx_t_8 = __pyx_v_start;
                             __pyx_t_9 = __pyx_v_start;
 
-                            /* "src/cnnc/_kernels.pyx":787
+                            /* "src/cnnc/_kernels.pyx":788
  *         start = block * _BLOCK
  *         _adam_block(&param[start], &grad[start], &m[start], &v[start],
  *                     _BLOCK if start + _BLOCK <= size else size - start, small, coefficient,             # <<<<<<<<<<<<<<
@@ -42813,7 +42813,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
                             }
 
 
-                            /* "src/cnnc/_kernels.pyx":786
+                            /* "src/cnnc/_kernels.pyx":787
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _adam_block(&param[start], &grad[start], &m[start], &v[start],             # <<<<<<<<<<<<<<
@@ -42837,7 +42837,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
 
       }
 
-      /* "src/cnnc/_kernels.pyx":784
+      /* "src/cnnc/_kernels.pyx":785
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight
  *     cdef real coefficient = keep_grad if small else keep_grad - 1
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -42854,7 +42854,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":778
+  /* "src/cnnc/_kernels.pyx":779
  * 
  * 
  * cdef void _adam(real[::1] param, const real[::1] grad, real[::1] m, real[::1] v, real keep_grad,             # <<<<<<<<<<<<<<
@@ -42891,7 +42891,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
   Py_ssize_t __pyx_t_10;
   int __pyx_t_11;
 
-  /* "src/cnnc/_kernels.pyx":781
+  /* "src/cnnc/_kernels.pyx":782
  *                 real beta2, real keep_square, real bias2_sqrt, real eps, real step_size) noexcept:
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = param.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK             # <<<<<<<<<<<<<<
@@ -42901,7 +42901,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
   __pyx_v_size = (__pyx_v_param.shape[0]);
   __pyx_v_blocks = (((__pyx_v_size + __pyx_v_4cnnc_13_kernels_avx2__BLOCK) - 1) / __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-  /* "src/cnnc/_kernels.pyx":782
+  /* "src/cnnc/_kernels.pyx":783
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = param.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight             # <<<<<<<<<<<<<<
@@ -42910,7 +42910,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
 */
   __pyx_v_small = (__pyx_v_keep_grad < 0.5);
 
-  /* "src/cnnc/_kernels.pyx":783
+  /* "src/cnnc/_kernels.pyx":784
  *     cdef Py_ssize_t size = param.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight
  *     cdef real coefficient = keep_grad if small else keep_grad - 1             # <<<<<<<<<<<<<<
@@ -42926,7 +42926,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
   }
   __pyx_v_coefficient = __pyx_t_1;
 
-  /* "src/cnnc/_kernels.pyx":784
+  /* "src/cnnc/_kernels.pyx":785
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight
  *     cdef real coefficient = keep_grad if small else keep_grad - 1
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -42963,7 +42963,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
                         {
                             __pyx_v_block = (Py_ssize_t)(0 + 1 * __pyx_t_3);
 
-                            /* "src/cnnc/_kernels.pyx":785
+                            /* "src/cnnc/_kernels.pyx":786
  *     cdef real coefficient = keep_grad if small else keep_grad - 1
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK             # <<<<<<<<<<<<<<
@@ -42972,7 +42972,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
 */
                             __pyx_v_start = (__pyx_v_block * __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-                            /* "src/cnnc/_kernels.pyx":786
+                            /* "src/cnnc/_kernels.pyx":787
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _adam_block(&param[start], &grad[start], &m[start], &v[start],             # <<<<<<<<<<<<<<
@@ -42984,7 +42984,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
                             __pyx_t_8 = __pyx_v_start;
                             __pyx_t_9 = __pyx_v_start;
 
-                            /* "src/cnnc/_kernels.pyx":787
+                            /* "src/cnnc/_kernels.pyx":788
  *         start = block * _BLOCK
  *         _adam_block(&param[start], &grad[start], &m[start], &v[start],
  *                     _BLOCK if start + _BLOCK <= size else size - start, small, coefficient,             # <<<<<<<<<<<<<<
@@ -43002,7 +43002,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
                             }
 
 
-                            /* "src/cnnc/_kernels.pyx":786
+                            /* "src/cnnc/_kernels.pyx":787
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _adam_block(&param[start], &grad[start], &m[start], &v[start],             # <<<<<<<<<<<<<<
@@ -43026,7 +43026,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
 
       }
 
-      /* "src/cnnc/_kernels.pyx":784
+      /* "src/cnnc/_kernels.pyx":785
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight
  *     cdef real coefficient = keep_grad if small else keep_grad - 1
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -43043,7 +43043,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":778
+  /* "src/cnnc/_kernels.pyx":779
  * 
  * 
  * cdef void _adam(real[::1] param, const real[::1] grad, real[::1] m, real[::1] v, real keep_grad,             # <<<<<<<<<<<<<<
@@ -43061,7 +43061,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
 
 }
 
-/* "src/cnnc/_kernels.pyx":791
+/* "src/cnnc/_kernels.pyx":792
  * 
  * 
  * def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):             # <<<<<<<<<<<<<<
@@ -43117,74 +43117,74 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_param,&__pyx_mstate_global->__pyx_n_u_grad,&__pyx_mstate_global->__pyx_n_u_m,&__pyx_mstate_global->__pyx_n_u_v,&__pyx_mstate_global->__pyx_n_u_lr,&__pyx_mstate_global->__pyx_n_u_beta1,&__pyx_mstate_global->__pyx_n_u_beta2,&__pyx_mstate_global->__pyx_n_u_eps,&__pyx_mstate_global->__pyx_n_u_step,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 791, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 792, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  9:
         values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 791, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 792, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  8:
         values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 791, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 792, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 791, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 792, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 791, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 792, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 791, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 792, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 791, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 792, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 791, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 792, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 791, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 792, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 791, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 792, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "adam_update", 0) < (0)) __PYX_ERR(3, 791, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "adam_update", 0) < (0)) __PYX_ERR(3, 792, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 9; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("adam_update", 1, 9, 9, i); __PYX_ERR(3, 791, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("adam_update", 1, 9, 9, i); __PYX_ERR(3, 792, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 9)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 791, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 792, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 791, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 792, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 791, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 792, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 791, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 792, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 791, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 792, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 791, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 792, __pyx_L3_error)
       values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 791, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 792, __pyx_L3_error)
       values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 791, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 792, __pyx_L3_error)
       values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 791, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 792, __pyx_L3_error)
     }
     __pyx_v_param = values[0];
     __pyx_v_grad = values[1];
@@ -43198,7 +43198,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("adam_update", 1, 9, 9, __pyx_nargs); __PYX_ERR(3, 791, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("adam_update", 1, 9, 9, __pyx_nargs); __PYX_ERR(3, 792, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -43255,7 +43255,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
   __Pyx_INCREF(__pyx_v_eps);
   __Pyx_INCREF(__pyx_v_step);
 
-  /* "src/cnnc/_kernels.pyx":799
+  /* "src/cnnc/_kernels.pyx":800
  *     PyTorch's to the bit nearly everywhere. `step` counts from 1.
  *     """
  *     param, grad, m, v, lr, beta1, beta2, eps, step = _checks.adam_update(             # <<<<<<<<<<<<<<
@@ -43263,13 +43263,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
  *     step_size = lr / (1.0 - beta1**step)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 799, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 800, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_adam_update); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 799, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_adam_update); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 800, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":800
+  /* "src/cnnc/_kernels.pyx":801
  *     """
  *     param, grad, m, v, lr, beta1, beta2, eps, step = _checks.adam_update(
  *         param, grad, m, v, lr, beta1, beta2, eps, step)             # <<<<<<<<<<<<<<
@@ -43293,7 +43293,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (10-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 799, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 800, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -43302,7 +43302,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
     if (unlikely(size != 9)) {
       if (size > 9) __Pyx_RaiseTooManyValuesError(9);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 799, __pyx_L1_error)
+      __PYX_ERR(3, 800, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -43326,31 +43326,31 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
       __Pyx_INCREF(__pyx_t_11);
     } else {
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 799, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 800, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 799, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 800, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 799, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 800, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
       __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 3, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 799, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 800, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_6);
       __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 4, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 799, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 800, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_7);
       __pyx_t_8 = __Pyx_PyList_GET_ITEM_REF(sequence, 5, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 799, __pyx_L1_error)
+      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 800, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_8);
       __pyx_t_9 = __Pyx_PyList_GET_ITEM_REF(sequence, 6, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 799, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 800, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_9);
       __pyx_t_10 = __Pyx_PyList_GET_ITEM_REF(sequence, 7, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 799, __pyx_L1_error)
+      if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 800, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_10);
       __pyx_t_11 = __Pyx_PyList_GET_ITEM_REF(sequence, 8, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 799, __pyx_L1_error)
+      if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 800, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_11);
     }
     #else
@@ -43358,7 +43358,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
       Py_ssize_t i;
       PyObject** temps[9] = {&__pyx_t_4,&__pyx_t_2,&__pyx_t_3,&__pyx_t_6,&__pyx_t_7,&__pyx_t_8,&__pyx_t_9,&__pyx_t_10,&__pyx_t_11};
       for (i=0; i < 9; i++) {
-        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 799, __pyx_L1_error)
+        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 800, __pyx_L1_error)
         __Pyx_GOTREF(item);
         *(temps[i]) = item;
       }
@@ -43368,7 +43368,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
   } else {
     Py_ssize_t index = -1;
     PyObject** temps[9] = {&__pyx_t_4,&__pyx_t_2,&__pyx_t_3,&__pyx_t_6,&__pyx_t_7,&__pyx_t_8,&__pyx_t_9,&__pyx_t_10,&__pyx_t_11};
-    __pyx_t_12 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_12)) __PYX_ERR(3, 799, __pyx_L1_error)
+    __pyx_t_12 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_12)) __PYX_ERR(3, 800, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_13 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_12);
@@ -43377,7 +43377,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
       __Pyx_GOTREF(item);
       *(temps[index]) = item;
     }
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_13(__pyx_t_12), 9) < (0)) __PYX_ERR(3, 799, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_13(__pyx_t_12), 9) < (0)) __PYX_ERR(3, 800, __pyx_L1_error)
     __pyx_t_13 = NULL;
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     goto __pyx_L4_unpacking_done;
@@ -43385,11 +43385,11 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     __pyx_t_13 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 799, __pyx_L1_error)
+    __PYX_ERR(3, 800, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
 
-  /* "src/cnnc/_kernels.pyx":799
+  /* "src/cnnc/_kernels.pyx":800
  *     PyTorch's to the bit nearly everywhere. `step` counts from 1.
  *     """
  *     param, grad, m, v, lr, beta1, beta2, eps, step = _checks.adam_update(             # <<<<<<<<<<<<<<
@@ -43415,43 +43415,43 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
   __Pyx_DECREF_SET(__pyx_v_step, __pyx_t_11);
   __pyx_t_11 = 0;
 
-  /* "src/cnnc/_kernels.pyx":801
+  /* "src/cnnc/_kernels.pyx":802
  *     param, grad, m, v, lr, beta1, beta2, eps, step = _checks.adam_update(
  *         param, grad, m, v, lr, beta1, beta2, eps, step)
  *     step_size = lr / (1.0 - beta1**step)             # <<<<<<<<<<<<<<
  *     bias2_sqrt = (1.0 - beta2**step) ** 0.5
  *     flat = [a.reshape(-1) for a in (param, grad, m, v)]
 */
-  __pyx_t_1 = PyNumber_Power(__pyx_v_beta1, __pyx_v_step, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 801, __pyx_L1_error)
+  __pyx_t_1 = PyNumber_Power(__pyx_v_beta1, __pyx_v_step, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 802, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_11 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_t_1, 1.0, 0, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 801, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_t_1, 1.0, 0, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 802, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyNumber_Divide(__pyx_v_lr, __pyx_t_11); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 801, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyNumber_Divide(__pyx_v_lr, __pyx_t_11); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 802, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
   __pyx_v_step_size = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":802
+  /* "src/cnnc/_kernels.pyx":803
  *         param, grad, m, v, lr, beta1, beta2, eps, step)
  *     step_size = lr / (1.0 - beta1**step)
  *     bias2_sqrt = (1.0 - beta2**step) ** 0.5             # <<<<<<<<<<<<<<
  *     flat = [a.reshape(-1) for a in (param, grad, m, v)]
  *     if param.dtype == np.float32:
 */
-  __pyx_t_1 = PyNumber_Power(__pyx_v_beta2, __pyx_v_step, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 802, __pyx_L1_error)
+  __pyx_t_1 = PyNumber_Power(__pyx_v_beta2, __pyx_v_step, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 803, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_11 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_t_1, 1.0, 0, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 802, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_t_1, 1.0, 0, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 803, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = PyNumber_Power(__pyx_t_11, __pyx_mstate_global->__pyx_float_0_5, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 802, __pyx_L1_error)
+  __pyx_t_1 = PyNumber_Power(__pyx_t_11, __pyx_mstate_global->__pyx_float_0_5, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 803, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
   __pyx_v_bias2_sqrt = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":803
+  /* "src/cnnc/_kernels.pyx":804
  *     step_size = lr / (1.0 - beta1**step)
  *     bias2_sqrt = (1.0 - beta2**step) ** 0.5
  *     flat = [a.reshape(-1) for a in (param, grad, m, v)]             # <<<<<<<<<<<<<<
@@ -43459,22 +43459,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
  *         _adam[float](*flat, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, eps, step_size)
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 803, __pyx_L7_error)
+    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 804, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_11 = PyTuple_New(4); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 803, __pyx_L7_error)
+    __pyx_t_11 = PyTuple_New(4); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 804, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_INCREF(__pyx_v_param);
     __Pyx_GIVEREF(__pyx_v_param);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 0, __pyx_v_param) != (0)) __PYX_ERR(3, 803, __pyx_L7_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 0, __pyx_v_param) != (0)) __PYX_ERR(3, 804, __pyx_L7_error);
     __Pyx_INCREF(__pyx_v_grad);
     __Pyx_GIVEREF(__pyx_v_grad);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 1, __pyx_v_grad) != (0)) __PYX_ERR(3, 803, __pyx_L7_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 1, __pyx_v_grad) != (0)) __PYX_ERR(3, 804, __pyx_L7_error);
     __Pyx_INCREF(__pyx_v_m);
     __Pyx_GIVEREF(__pyx_v_m);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 2, __pyx_v_m) != (0)) __PYX_ERR(3, 803, __pyx_L7_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 2, __pyx_v_m) != (0)) __PYX_ERR(3, 804, __pyx_L7_error);
     __Pyx_INCREF(__pyx_v_v);
     __Pyx_GIVEREF(__pyx_v_v);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 3, __pyx_v_v) != (0)) __PYX_ERR(3, 803, __pyx_L7_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 3, __pyx_v_v) != (0)) __PYX_ERR(3, 804, __pyx_L7_error);
     __pyx_t_10 = __pyx_t_11; __Pyx_INCREF(__pyx_t_10);
     __pyx_t_14 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
@@ -43486,7 +43486,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
       __pyx_t_11 = __Pyx_PySequence_ITEM(__pyx_t_10, __pyx_t_14);
       #endif
       ++__pyx_t_14;
-      if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 803, __pyx_L7_error)
+      if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 804, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_11);
       __Pyx_XDECREF_SET(__pyx_8genexpr1__pyx_v_a, __pyx_t_11);
       __pyx_t_11 = 0;
@@ -43497,11 +43497,11 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
         PyObject *__pyx_callargs[2] = {__pyx_t_9, __pyx_mstate_global->__pyx_int_neg_1};
         __pyx_t_11 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
-        if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 803, __pyx_L7_error)
+        if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 804, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_11);
       }
       __Pyx_GIVEREF(__pyx_t_11);
-      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_11))) __PYX_ERR(3, 803, __pyx_L7_error)
+      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_11))) __PYX_ERR(3, 804, __pyx_L7_error)
       __pyx_t_11 = 0;
     }
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
@@ -43515,72 +43515,72 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
   __pyx_v_flat = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":804
+  /* "src/cnnc/_kernels.pyx":805
  *     bias2_sqrt = (1.0 - beta2**step) ** 0.5
  *     flat = [a.reshape(-1) for a in (param, grad, m, v)]
  *     if param.dtype == np.float32:             # <<<<<<<<<<<<<<
  *         _adam[float](*flat, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, eps, step_size)
  *     else:
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_param, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 804, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_param, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 805, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 804, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 805, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
-  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 804, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 805, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-  __pyx_t_15 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, __pyx_t_11, Py_EQ); if (unlikely((__pyx_t_15 < 0))) __PYX_ERR(3, 804, __pyx_L1_error)
+  __pyx_t_15 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, __pyx_t_11, Py_EQ); if (unlikely((__pyx_t_15 < 0))) __PYX_ERR(3, 805, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
   if (__pyx_t_15) {
 
 
-    /* "src/cnnc/_kernels.pyx":805
+    /* "src/cnnc/_kernels.pyx":806
  *     flat = [a.reshape(-1) for a in (param, grad, m, v)]
  *     if param.dtype == np.float32:
  *         _adam[float](*flat, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, eps, step_size)             # <<<<<<<<<<<<<<
  *     else:
  *         _adam[double](*flat, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, eps, step_size)
 */
-    __pyx_t_11 = __Pyx_CFunc_58b662__4cnnc_13_kernels_avx2_void__lParenfloat__lArr___etc_to_py_125bc7__5param_4grad_1m_1v_9keep_grad_5beta2_11keep_sq__etc(__pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 805, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_CFunc_58b662__4cnnc_13_kernels_avx2_void__lParenfloat__lArr___etc_to_py_125bc7__5param_4grad_1m_1v_9keep_grad_5beta2_11keep_sq__etc(__pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 806, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_1 = PySequence_Tuple(__pyx_v_flat); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 805, __pyx_L1_error)
+    __pyx_t_1 = PySequence_Tuple(__pyx_v_flat); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 806, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_10 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta1, 1.0, 0, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 805, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta1, 1.0, 0, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 806, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_9 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta2, 1.0, 0, 0); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 805, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta2, 1.0, 0, 0); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 806, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __pyx_t_8 = PyTuple_New(6); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 805, __pyx_L1_error)
+    __pyx_t_8 = PyTuple_New(6); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 806, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_GIVEREF(__pyx_t_10);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_t_10) != (0)) __PYX_ERR(3, 805, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_t_10) != (0)) __PYX_ERR(3, 806, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_beta2);
     __Pyx_GIVEREF(__pyx_v_beta2);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, __pyx_v_beta2) != (0)) __PYX_ERR(3, 805, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, __pyx_v_beta2) != (0)) __PYX_ERR(3, 806, __pyx_L1_error);
     __Pyx_GIVEREF(__pyx_t_9);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 2, __pyx_t_9) != (0)) __PYX_ERR(3, 805, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 2, __pyx_t_9) != (0)) __PYX_ERR(3, 806, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_bias2_sqrt);
     __Pyx_GIVEREF(__pyx_v_bias2_sqrt);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 3, __pyx_v_bias2_sqrt) != (0)) __PYX_ERR(3, 805, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 3, __pyx_v_bias2_sqrt) != (0)) __PYX_ERR(3, 806, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_eps);
     __Pyx_GIVEREF(__pyx_v_eps);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 4, __pyx_v_eps) != (0)) __PYX_ERR(3, 805, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 4, __pyx_v_eps) != (0)) __PYX_ERR(3, 806, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_step_size);
     __Pyx_GIVEREF(__pyx_v_step_size);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 5, __pyx_v_step_size) != (0)) __PYX_ERR(3, 805, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 5, __pyx_v_step_size) != (0)) __PYX_ERR(3, 806, __pyx_L1_error);
     __pyx_t_10 = 0;
     __pyx_t_9 = 0;
-    __pyx_t_9 = PyNumber_Add(__pyx_t_1, __pyx_t_8); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 805, __pyx_L1_error)
+    __pyx_t_9 = PyNumber_Add(__pyx_t_1, __pyx_t_8); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 806, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-    __pyx_t_8 = __Pyx_PyObject_Call(__pyx_t_11, __pyx_t_9, NULL); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 805, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_Call(__pyx_t_11, __pyx_t_9, NULL); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 806, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
 
-    /* "src/cnnc/_kernels.pyx":804
+    /* "src/cnnc/_kernels.pyx":805
  *     bias2_sqrt = (1.0 - beta2**step) ** 0.5
  *     flat = [a.reshape(-1) for a in (param, grad, m, v)]
  *     if param.dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -43590,7 +43590,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
     goto __pyx_L12;
   }
 
-  /* "src/cnnc/_kernels.pyx":807
+  /* "src/cnnc/_kernels.pyx":808
  *         _adam[float](*flat, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, eps, step_size)
  *     else:
  *         _adam[double](*flat, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, eps, step_size)             # <<<<<<<<<<<<<<
@@ -43598,39 +43598,39 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
  * 
 */
   /*else*/ {
-    __pyx_t_8 = __Pyx_CFunc_1bb2a3__4cnnc_13_kernels_avx2_void__lParendouble__lArr__etc_to_py_125bc7__5param_4grad_1m_1v_9keep_grad_5beta2_11keep_sq__etc(__pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 807, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_CFunc_1bb2a3__4cnnc_13_kernels_avx2_void__lParendouble__lArr__etc_to_py_125bc7__5param_4grad_1m_1v_9keep_grad_5beta2_11keep_sq__etc(__pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 808, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
-    __pyx_t_9 = PySequence_Tuple(__pyx_v_flat); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 807, __pyx_L1_error)
+    __pyx_t_9 = PySequence_Tuple(__pyx_v_flat); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 808, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __pyx_t_11 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta1, 1.0, 0, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 807, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta1, 1.0, 0, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 808, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_1 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta2, 1.0, 0, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 807, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta2, 1.0, 0, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 808, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_10 = PyTuple_New(6); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 807, __pyx_L1_error)
+    __pyx_t_10 = PyTuple_New(6); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 808, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_GIVEREF(__pyx_t_11);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 0, __pyx_t_11) != (0)) __PYX_ERR(3, 807, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 0, __pyx_t_11) != (0)) __PYX_ERR(3, 808, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_beta2);
     __Pyx_GIVEREF(__pyx_v_beta2);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 1, __pyx_v_beta2) != (0)) __PYX_ERR(3, 807, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 1, __pyx_v_beta2) != (0)) __PYX_ERR(3, 808, __pyx_L1_error);
     __Pyx_GIVEREF(__pyx_t_1);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 2, __pyx_t_1) != (0)) __PYX_ERR(3, 807, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 2, __pyx_t_1) != (0)) __PYX_ERR(3, 808, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_bias2_sqrt);
     __Pyx_GIVEREF(__pyx_v_bias2_sqrt);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 3, __pyx_v_bias2_sqrt) != (0)) __PYX_ERR(3, 807, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 3, __pyx_v_bias2_sqrt) != (0)) __PYX_ERR(3, 808, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_eps);
     __Pyx_GIVEREF(__pyx_v_eps);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 4, __pyx_v_eps) != (0)) __PYX_ERR(3, 807, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 4, __pyx_v_eps) != (0)) __PYX_ERR(3, 808, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_step_size);
     __Pyx_GIVEREF(__pyx_v_step_size);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 5, __pyx_v_step_size) != (0)) __PYX_ERR(3, 807, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 5, __pyx_v_step_size) != (0)) __PYX_ERR(3, 808, __pyx_L1_error);
     __pyx_t_11 = 0;
     __pyx_t_1 = 0;
-    __pyx_t_1 = PyNumber_Add(__pyx_t_9, __pyx_t_10); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 807, __pyx_L1_error)
+    __pyx_t_1 = PyNumber_Add(__pyx_t_9, __pyx_t_10); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 808, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    __pyx_t_10 = __Pyx_PyObject_Call(__pyx_t_8, __pyx_t_1, NULL); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 807, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_Call(__pyx_t_8, __pyx_t_1, NULL); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 808, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
@@ -43638,7 +43638,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
   }
   __pyx_L12:;
 
-  /* "src/cnnc/_kernels.pyx":791
+  /* "src/cnnc/_kernels.pyx":792
  * 
  * 
  * def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):             # <<<<<<<<<<<<<<
@@ -43682,7 +43682,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":812
+/* "src/cnnc/_kernels.pyx":813
  * 
  * 
  * cdef inline void _leaky_block(const real* x, real* out, Py_ssize_t count, real slope) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -43700,7 +43700,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_block
   float __pyx_t_4;
   int __pyx_t_5;
 
-  /* "src/cnnc/_kernels.pyx":815
+  /* "src/cnnc/_kernels.pyx":816
  *     cdef Py_ssize_t k
  *     cdef real value, product
  *     for k in range(count):             # <<<<<<<<<<<<<<
@@ -43714,7 +43714,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_block
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":816
+    /* "src/cnnc/_kernels.pyx":817
  *     cdef real value, product
  *     for k in range(count):
  *         value = x[k]             # <<<<<<<<<<<<<<
@@ -43723,7 +43723,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_block
 */
     __pyx_v_value = (__pyx_v_x[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":817
+    /* "src/cnnc/_kernels.pyx":818
  *     for k in range(count):
  *         value = x[k]
  *         product = value * slope             # <<<<<<<<<<<<<<
@@ -43732,7 +43732,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_block
 */
     __pyx_v_product = (__pyx_v_value * __pyx_v_slope);
 
-    /* "src/cnnc/_kernels.pyx":818
+    /* "src/cnnc/_kernels.pyx":819
  *         value = x[k]
  *         product = value * slope
  *         out[k] = value if (value > 0) | (product != product) else product             # <<<<<<<<<<<<<<
@@ -43754,7 +43754,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_block
   }
 
 
-  /* "src/cnnc/_kernels.pyx":812
+  /* "src/cnnc/_kernels.pyx":813
  * 
  * 
  * cdef inline void _leaky_block(const real* x, real* out, Py_ssize_t count, real slope) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -43778,7 +43778,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_block
   double __pyx_t_4;
   int __pyx_t_5;
 
-  /* "src/cnnc/_kernels.pyx":815
+  /* "src/cnnc/_kernels.pyx":816
  *     cdef Py_ssize_t k
  *     cdef real value, product
  *     for k in range(count):             # <<<<<<<<<<<<<<
@@ -43792,7 +43792,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_block
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":816
+    /* "src/cnnc/_kernels.pyx":817
  *     cdef real value, product
  *     for k in range(count):
  *         value = x[k]             # <<<<<<<<<<<<<<
@@ -43801,7 +43801,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_block
 */
     __pyx_v_value = (__pyx_v_x[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":817
+    /* "src/cnnc/_kernels.pyx":818
  *     for k in range(count):
  *         value = x[k]
  *         product = value * slope             # <<<<<<<<<<<<<<
@@ -43810,7 +43810,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_block
 */
     __pyx_v_product = (__pyx_v_value * __pyx_v_slope);
 
-    /* "src/cnnc/_kernels.pyx":818
+    /* "src/cnnc/_kernels.pyx":819
  *         value = x[k]
  *         product = value * slope
  *         out[k] = value if (value > 0) | (product != product) else product             # <<<<<<<<<<<<<<
@@ -43832,7 +43832,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_block
   }
 
 
-  /* "src/cnnc/_kernels.pyx":812
+  /* "src/cnnc/_kernels.pyx":813
  * 
  * 
  * cdef inline void _leaky_block(const real* x, real* out, Py_ssize_t count, real slope) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -43846,7 +43846,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_block
 
 }
 
-/* "src/cnnc/_kernels.pyx":821
+/* "src/cnnc/_kernels.pyx":822
  * 
  * 
  * cdef void _leaky_relu(const real[::1] x, real[::1] out, real slope) noexcept:             # <<<<<<<<<<<<<<
@@ -43868,7 +43868,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
   Py_ssize_t __pyx_t_7;
   int __pyx_t_8;
 
-  /* "src/cnnc/_kernels.pyx":823
+  /* "src/cnnc/_kernels.pyx":824
  * cdef void _leaky_relu(const real[::1] x, real[::1] out, real slope) noexcept:
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK             # <<<<<<<<<<<<<<
@@ -43878,7 +43878,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
   __pyx_v_size = (__pyx_v_x.shape[0]);
   __pyx_v_blocks = (((__pyx_v_size + __pyx_v_4cnnc_13_kernels_avx2__BLOCK) - 1) / __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-  /* "src/cnnc/_kernels.pyx":824
+  /* "src/cnnc/_kernels.pyx":825
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -43915,7 +43915,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
                         {
                             __pyx_v_block = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":825
+                            /* "src/cnnc/_kernels.pyx":826
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK             # <<<<<<<<<<<<<<
@@ -43924,7 +43924,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
 */
                             __pyx_v_start = (__pyx_v_block * __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-                            /* "src/cnnc/_kernels.pyx":826
+                            /* "src/cnnc/_kernels.pyx":827
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _leaky_block(&x[start], &out[start], _BLOCK if start + _BLOCK <= size else size - start, slope)             # <<<<<<<<<<<<<<
@@ -43960,7 +43960,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
 
       }
 
-      /* "src/cnnc/_kernels.pyx":824
+      /* "src/cnnc/_kernels.pyx":825
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -43977,7 +43977,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":821
+  /* "src/cnnc/_kernels.pyx":822
  * 
  * 
  * cdef void _leaky_relu(const real[::1] x, real[::1] out, real slope) noexcept:             # <<<<<<<<<<<<<<
@@ -44007,7 +44007,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
   Py_ssize_t __pyx_t_7;
   int __pyx_t_8;
 
-  /* "src/cnnc/_kernels.pyx":823
+  /* "src/cnnc/_kernels.pyx":824
  * cdef void _leaky_relu(const real[::1] x, real[::1] out, real slope) noexcept:
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK             # <<<<<<<<<<<<<<
@@ -44017,7 +44017,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
   __pyx_v_size = (__pyx_v_x.shape[0]);
   __pyx_v_blocks = (((__pyx_v_size + __pyx_v_4cnnc_13_kernels_avx2__BLOCK) - 1) / __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-  /* "src/cnnc/_kernels.pyx":824
+  /* "src/cnnc/_kernels.pyx":825
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -44054,7 +44054,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
                         {
                             __pyx_v_block = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":825
+                            /* "src/cnnc/_kernels.pyx":826
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK             # <<<<<<<<<<<<<<
@@ -44063,7 +44063,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
 */
                             __pyx_v_start = (__pyx_v_block * __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-                            /* "src/cnnc/_kernels.pyx":826
+                            /* "src/cnnc/_kernels.pyx":827
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _leaky_block(&x[start], &out[start], _BLOCK if start + _BLOCK <= size else size - start, slope)             # <<<<<<<<<<<<<<
@@ -44099,7 +44099,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
 
       }
 
-      /* "src/cnnc/_kernels.pyx":824
+      /* "src/cnnc/_kernels.pyx":825
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -44116,7 +44116,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":821
+  /* "src/cnnc/_kernels.pyx":822
  * 
  * 
  * cdef void _leaky_relu(const real[::1] x, real[::1] out, real slope) noexcept:             # <<<<<<<<<<<<<<
@@ -44132,7 +44132,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
 
 }
 
-/* "src/cnnc/_kernels.pyx":829
+/* "src/cnnc/_kernels.pyx":830
  * 
  * 
  * def leaky_relu(x, slope):             # <<<<<<<<<<<<<<
@@ -44181,39 +44181,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_slope,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 829, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 830, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 829, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 830, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 829, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 830, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "leaky_relu", 0) < (0)) __PYX_ERR(3, 829, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "leaky_relu", 0) < (0)) __PYX_ERR(3, 830, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("leaky_relu", 1, 2, 2, i); __PYX_ERR(3, 829, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("leaky_relu", 1, 2, 2, i); __PYX_ERR(3, 830, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 829, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 830, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 829, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 830, __pyx_L3_error)
     }
     __pyx_v_x = values[0];
     __pyx_v_slope = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("leaky_relu", 1, 2, 2, __pyx_nargs); __PYX_ERR(3, 829, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("leaky_relu", 1, 2, 2, __pyx_nargs); __PYX_ERR(3, 830, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -44258,7 +44258,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
   __Pyx_INCREF(__pyx_v_x);
   __Pyx_INCREF(__pyx_v_slope);
 
-  /* "src/cnnc/_kernels.pyx":835
+  /* "src/cnnc/_kernels.pyx":836
  *     times a slope of 0), x is kept.
  *     """
  *     x, slope = _checks.leaky_relu(x, slope)             # <<<<<<<<<<<<<<
@@ -44266,9 +44266,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
  *     if x.dtype == np.float32:
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 835, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 836, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_leaky_relu); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 835, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_leaky_relu); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 836, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -44288,7 +44288,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 835, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 836, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -44297,7 +44297,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 835, __pyx_L1_error)
+      __PYX_ERR(3, 836, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -44307,22 +44307,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
       __Pyx_INCREF(__pyx_t_2);
     } else {
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 835, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 836, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 835, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 836, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
     }
     #else
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 835, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 836, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 835, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 836, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_3 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 835, __pyx_L1_error)
+    __pyx_t_3 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 836, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_6 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_3);
@@ -44330,7 +44330,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
     __Pyx_GOTREF(__pyx_t_4);
     index = 1; __pyx_t_2 = __pyx_t_6(__pyx_t_3); if (unlikely(!__pyx_t_2)) goto __pyx_L3_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_2);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_3), 2) < (0)) __PYX_ERR(3, 835, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_3), 2) < (0)) __PYX_ERR(3, 836, __pyx_L1_error)
     __pyx_t_6 = NULL;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     goto __pyx_L4_unpacking_done;
@@ -44338,7 +44338,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_6 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 835, __pyx_L1_error)
+    __PYX_ERR(3, 836, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
   __Pyx_DECREF_SET(__pyx_v_x, __pyx_t_4);
@@ -44346,7 +44346,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
   __Pyx_DECREF_SET(__pyx_v_slope, __pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "src/cnnc/_kernels.pyx":836
+  /* "src/cnnc/_kernels.pyx":837
  *     """
  *     x, slope = _checks.leaky_relu(x, slope)
  *     out = np.empty_like(x)             # <<<<<<<<<<<<<<
@@ -44354,9 +44354,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
  *         _leaky_relu[float](x.reshape(-1), out.reshape(-1), slope)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 836, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 837, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty_like); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 836, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty_like); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 837, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_t_5 = 1;
@@ -44376,33 +44376,33 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 836, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 837, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __pyx_v_out = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":837
+  /* "src/cnnc/_kernels.pyx":838
  *     x, slope = _checks.leaky_relu(x, slope)
  *     out = np.empty_like(x)
  *     if x.dtype == np.float32:             # <<<<<<<<<<<<<<
  *         _leaky_relu[float](x.reshape(-1), out.reshape(-1), slope)
  *     else:
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 837, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 838, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 837, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 838, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 837, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 838, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_7 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, __pyx_t_2, Py_EQ); if (unlikely((__pyx_t_7 < 0))) __PYX_ERR(3, 837, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, __pyx_t_2, Py_EQ); if (unlikely((__pyx_t_7 < 0))) __PYX_ERR(3, 838, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if (__pyx_t_7) {
 
 
-    /* "src/cnnc/_kernels.pyx":838
+    /* "src/cnnc/_kernels.pyx":839
  *     out = np.empty_like(x)
  *     if x.dtype == np.float32:
  *         _leaky_relu[float](x.reshape(-1), out.reshape(-1), slope)             # <<<<<<<<<<<<<<
@@ -44416,10 +44416,10 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 838, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 839, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
-    __pyx_t_8 = __Pyx_PyObject_to_MemoryviewSlice_dc_float__const__(__pyx_t_2, 0); if (unlikely(!__pyx_t_8.memview)) __PYX_ERR(3, 838, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_to_MemoryviewSlice_dc_float__const__(__pyx_t_2, 0); if (unlikely(!__pyx_t_8.memview)) __PYX_ERR(3, 839, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_1 = __pyx_v_out;
     __Pyx_INCREF(__pyx_t_1);
@@ -44428,18 +44428,18 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 838, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 839, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
-    __pyx_t_9 = __Pyx_PyObject_to_MemoryviewSlice_dc_float(__pyx_t_2, PyBUF_WRITABLE); if (unlikely(!__pyx_t_9.memview)) __PYX_ERR(3, 838, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_to_MemoryviewSlice_dc_float(__pyx_t_2, PyBUF_WRITABLE); if (unlikely(!__pyx_t_9.memview)) __PYX_ERR(3, 839, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_10 = __Pyx_PyFloat_AsFloat(__pyx_v_slope); if (unlikely((__pyx_t_10 == (float)-1) && PyErr_Occurred())) __PYX_ERR(3, 838, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyFloat_AsFloat(__pyx_v_slope); if (unlikely((__pyx_t_10 == (float)-1) && PyErr_Occurred())) __PYX_ERR(3, 839, __pyx_L1_error)
     __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__pyx_t_8, __pyx_t_9, __pyx_t_10);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_8, 1);; __pyx_t_8.memview = NULL; __pyx_t_8.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_9, 1);; __pyx_t_9.memview = NULL; __pyx_t_9.data = NULL;
 
 
-    /* "src/cnnc/_kernels.pyx":837
+    /* "src/cnnc/_kernels.pyx":838
  *     x, slope = _checks.leaky_relu(x, slope)
  *     out = np.empty_like(x)
  *     if x.dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -44449,7 +44449,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
     goto __pyx_L5;
   }
 
-  /* "src/cnnc/_kernels.pyx":840
+  /* "src/cnnc/_kernels.pyx":841
  *         _leaky_relu[float](x.reshape(-1), out.reshape(-1), slope)
  *     else:
  *         _leaky_relu[double](x.reshape(-1), out.reshape(-1), slope)             # <<<<<<<<<<<<<<
@@ -44464,10 +44464,10 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 840, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 841, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
-    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_t_2, 0); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 840, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_t_2, 0); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 841, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_1 = __pyx_v_out;
     __Pyx_INCREF(__pyx_t_1);
@@ -44476,12 +44476,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 840, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 841, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
-    __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_dc_double(__pyx_t_2, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(3, 840, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_dc_double(__pyx_t_2, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(3, 841, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_13 = __Pyx_PyFloat_AsDouble(__pyx_v_slope); if (unlikely((__pyx_t_13 == (double)-1) && PyErr_Occurred())) __PYX_ERR(3, 840, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyFloat_AsDouble(__pyx_v_slope); if (unlikely((__pyx_t_13 == (double)-1) && PyErr_Occurred())) __PYX_ERR(3, 841, __pyx_L1_error)
     __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__pyx_t_11, __pyx_t_12, __pyx_t_13);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_11, 1);; __pyx_t_11.memview = NULL; __pyx_t_11.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_12, 1);; __pyx_t_12.memview = NULL; __pyx_t_12.data = NULL;
@@ -44489,7 +44489,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
   }
   __pyx_L5:;
 
-  /* "src/cnnc/_kernels.pyx":841
+  /* "src/cnnc/_kernels.pyx":842
  *     else:
  *         _leaky_relu[double](x.reshape(-1), out.reshape(-1), slope)
  *     return out             # <<<<<<<<<<<<<<
@@ -44507,7 +44507,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":829
+  /* "src/cnnc/_kernels.pyx":830
  * 
  * 
  * def leaky_relu(x, slope):             # <<<<<<<<<<<<<<
@@ -44536,7 +44536,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":844
+/* "src/cnnc/_kernels.pyx":845
  * 
  * 
  * cdef inline void _leaky_backward_block(const real* x, const real* upstream, real* out,             # <<<<<<<<<<<<<<
@@ -44555,7 +44555,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
   float __pyx_t_4;
   int __pyx_t_5;
 
-  /* "src/cnnc/_kernels.pyx":848
+  /* "src/cnnc/_kernels.pyx":849
  *     cdef Py_ssize_t k
  *     cdef real value, gradient, scaled
  *     for k in range(count):             # <<<<<<<<<<<<<<
@@ -44569,7 +44569,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":849
+    /* "src/cnnc/_kernels.pyx":850
  *     cdef real value, gradient, scaled
  *     for k in range(count):
  *         value = x[k]             # <<<<<<<<<<<<<<
@@ -44578,7 +44578,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
 */
     __pyx_v_value = (__pyx_v_x[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":850
+    /* "src/cnnc/_kernels.pyx":851
  *     for k in range(count):
  *         value = x[k]
  *         gradient = upstream[k]             # <<<<<<<<<<<<<<
@@ -44587,7 +44587,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
 */
     __pyx_v_gradient = (__pyx_v_upstream[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":851
+    /* "src/cnnc/_kernels.pyx":852
  *         value = x[k]
  *         gradient = upstream[k]
  *         scaled = gradient * slope   # unconditionally, so that the loop vectorizes             # <<<<<<<<<<<<<<
@@ -44596,7 +44596,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
 */
     __pyx_v_scaled = (__pyx_v_gradient * __pyx_v_slope);
 
-    /* "src/cnnc/_kernels.pyx":852
+    /* "src/cnnc/_kernels.pyx":853
  *         gradient = upstream[k]
  *         scaled = gradient * slope   # unconditionally, so that the loop vectorizes
  *         out[k] = gradient if value > 0 else scaled             # <<<<<<<<<<<<<<
@@ -44618,7 +44618,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
   }
 
 
-  /* "src/cnnc/_kernels.pyx":844
+  /* "src/cnnc/_kernels.pyx":845
  * 
  * 
  * cdef inline void _leaky_backward_block(const real* x, const real* upstream, real* out,             # <<<<<<<<<<<<<<
@@ -44644,7 +44644,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
   double __pyx_t_4;
   int __pyx_t_5;
 
-  /* "src/cnnc/_kernels.pyx":848
+  /* "src/cnnc/_kernels.pyx":849
  *     cdef Py_ssize_t k
  *     cdef real value, gradient, scaled
  *     for k in range(count):             # <<<<<<<<<<<<<<
@@ -44658,7 +44658,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":849
+    /* "src/cnnc/_kernels.pyx":850
  *     cdef real value, gradient, scaled
  *     for k in range(count):
  *         value = x[k]             # <<<<<<<<<<<<<<
@@ -44667,7 +44667,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
 */
     __pyx_v_value = (__pyx_v_x[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":850
+    /* "src/cnnc/_kernels.pyx":851
  *     for k in range(count):
  *         value = x[k]
  *         gradient = upstream[k]             # <<<<<<<<<<<<<<
@@ -44676,7 +44676,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
 */
     __pyx_v_gradient = (__pyx_v_upstream[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":851
+    /* "src/cnnc/_kernels.pyx":852
  *         value = x[k]
  *         gradient = upstream[k]
  *         scaled = gradient * slope   # unconditionally, so that the loop vectorizes             # <<<<<<<<<<<<<<
@@ -44685,7 +44685,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
 */
     __pyx_v_scaled = (__pyx_v_gradient * __pyx_v_slope);
 
-    /* "src/cnnc/_kernels.pyx":852
+    /* "src/cnnc/_kernels.pyx":853
  *         gradient = upstream[k]
  *         scaled = gradient * slope   # unconditionally, so that the loop vectorizes
  *         out[k] = gradient if value > 0 else scaled             # <<<<<<<<<<<<<<
@@ -44707,7 +44707,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
   }
 
 
-  /* "src/cnnc/_kernels.pyx":844
+  /* "src/cnnc/_kernels.pyx":845
  * 
  * 
  * cdef inline void _leaky_backward_block(const real* x, const real* upstream, real* out,             # <<<<<<<<<<<<<<
@@ -44722,7 +44722,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
 
 }
 
-/* "src/cnnc/_kernels.pyx":855
+/* "src/cnnc/_kernels.pyx":856
  * 
  * 
  * cdef void _leaky_relu_backward(const real[::1] x, const real[::1] upstream, real[::1] out,             # <<<<<<<<<<<<<<
@@ -44745,7 +44745,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
   Py_ssize_t __pyx_t_8;
   int __pyx_t_9;
 
-  /* "src/cnnc/_kernels.pyx":858
+  /* "src/cnnc/_kernels.pyx":859
  *                                real slope) noexcept:
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK             # <<<<<<<<<<<<<<
@@ -44755,7 +44755,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
   __pyx_v_size = (__pyx_v_x.shape[0]);
   __pyx_v_blocks = (((__pyx_v_size + __pyx_v_4cnnc_13_kernels_avx2__BLOCK) - 1) / __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-  /* "src/cnnc/_kernels.pyx":859
+  /* "src/cnnc/_kernels.pyx":860
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -44792,7 +44792,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
                         {
                             __pyx_v_block = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":860
+                            /* "src/cnnc/_kernels.pyx":861
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK             # <<<<<<<<<<<<<<
@@ -44801,7 +44801,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
 */
                             __pyx_v_start = (__pyx_v_block * __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-                            /* "src/cnnc/_kernels.pyx":861
+                            /* "src/cnnc/_kernels.pyx":862
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _leaky_backward_block(&x[start], &upstream[start], &out[start],             # <<<<<<<<<<<<<<
@@ -44812,7 +44812,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
                             __pyx_t_6 = __pyx_v_start;
                             __pyx_t_7 = __pyx_v_start;
 
-                            /* "src/cnnc/_kernels.pyx":862
+                            /* "src/cnnc/_kernels.pyx":863
  *         start = block * _BLOCK
  *         _leaky_backward_block(&x[start], &upstream[start], &out[start],
  *                               _BLOCK if start + _BLOCK <= size else size - start, slope)             # <<<<<<<<<<<<<<
@@ -44830,7 +44830,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
                             }
 
 
-                            /* "src/cnnc/_kernels.pyx":861
+                            /* "src/cnnc/_kernels.pyx":862
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _leaky_backward_block(&x[start], &upstream[start], &out[start],             # <<<<<<<<<<<<<<
@@ -44854,7 +44854,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
 
       }
 
-      /* "src/cnnc/_kernels.pyx":859
+      /* "src/cnnc/_kernels.pyx":860
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -44871,7 +44871,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":855
+  /* "src/cnnc/_kernels.pyx":856
  * 
  * 
  * cdef void _leaky_relu_backward(const real[::1] x, const real[::1] upstream, real[::1] out,             # <<<<<<<<<<<<<<
@@ -44902,7 +44902,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
   Py_ssize_t __pyx_t_8;
   int __pyx_t_9;
 
-  /* "src/cnnc/_kernels.pyx":858
+  /* "src/cnnc/_kernels.pyx":859
  *                                real slope) noexcept:
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK             # <<<<<<<<<<<<<<
@@ -44912,7 +44912,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
   __pyx_v_size = (__pyx_v_x.shape[0]);
   __pyx_v_blocks = (((__pyx_v_size + __pyx_v_4cnnc_13_kernels_avx2__BLOCK) - 1) / __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-  /* "src/cnnc/_kernels.pyx":859
+  /* "src/cnnc/_kernels.pyx":860
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -44949,7 +44949,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
                         {
                             __pyx_v_block = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":860
+                            /* "src/cnnc/_kernels.pyx":861
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK             # <<<<<<<<<<<<<<
@@ -44958,7 +44958,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
 */
                             __pyx_v_start = (__pyx_v_block * __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-                            /* "src/cnnc/_kernels.pyx":861
+                            /* "src/cnnc/_kernels.pyx":862
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _leaky_backward_block(&x[start], &upstream[start], &out[start],             # <<<<<<<<<<<<<<
@@ -44969,7 +44969,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
                             __pyx_t_6 = __pyx_v_start;
                             __pyx_t_7 = __pyx_v_start;
 
-                            /* "src/cnnc/_kernels.pyx":862
+                            /* "src/cnnc/_kernels.pyx":863
  *         start = block * _BLOCK
  *         _leaky_backward_block(&x[start], &upstream[start], &out[start],
  *                               _BLOCK if start + _BLOCK <= size else size - start, slope)             # <<<<<<<<<<<<<<
@@ -44987,7 +44987,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
                             }
 
 
-                            /* "src/cnnc/_kernels.pyx":861
+                            /* "src/cnnc/_kernels.pyx":862
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _leaky_backward_block(&x[start], &upstream[start], &out[start],             # <<<<<<<<<<<<<<
@@ -45011,7 +45011,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
 
       }
 
-      /* "src/cnnc/_kernels.pyx":859
+      /* "src/cnnc/_kernels.pyx":860
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -45028,7 +45028,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":855
+  /* "src/cnnc/_kernels.pyx":856
  * 
  * 
  * cdef void _leaky_relu_backward(const real[::1] x, const real[::1] upstream, real[::1] out,             # <<<<<<<<<<<<<<
@@ -45044,7 +45044,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
 
 }
 
-/* "src/cnnc/_kernels.pyx":865
+/* "src/cnnc/_kernels.pyx":866
  * 
  * 
  * def leaky_relu_backward(x, upstream, slope):             # <<<<<<<<<<<<<<
@@ -45094,38 +45094,38 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_upstream,&__pyx_mstate_global->__pyx_n_u_slope,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 865, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 866, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 865, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 866, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 865, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 866, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 865, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 866, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "leaky_relu_backward", 0) < (0)) __PYX_ERR(3, 865, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "leaky_relu_backward", 0) < (0)) __PYX_ERR(3, 866, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("leaky_relu_backward", 1, 3, 3, i); __PYX_ERR(3, 865, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("leaky_relu_backward", 1, 3, 3, i); __PYX_ERR(3, 866, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 865, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 866, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 865, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 866, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 865, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 866, __pyx_L3_error)
     }
     __pyx_v_x = values[0];
     __pyx_v_upstream = values[1];
@@ -45133,7 +45133,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("leaky_relu_backward", 1, 3, 3, __pyx_nargs); __PYX_ERR(3, 865, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("leaky_relu_backward", 1, 3, 3, __pyx_nargs); __PYX_ERR(3, 866, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -45182,7 +45182,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
   __Pyx_INCREF(__pyx_v_upstream);
   __Pyx_INCREF(__pyx_v_slope);
 
-  /* "src/cnnc/_kernels.pyx":867
+  /* "src/cnnc/_kernels.pyx":868
  * def leaky_relu_backward(x, upstream, slope):
  *     """upstream where x > 0, slope * upstream elsewhere: the gradient through leaky_relu."""
  *     x, upstream, slope = _checks.leaky_relu_backward(x, upstream, slope)             # <<<<<<<<<<<<<<
@@ -45190,9 +45190,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
  *     if x.dtype == np.float32:
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 867, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 868, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_leaky_relu_backward); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 867, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_leaky_relu_backward); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 868, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -45212,7 +45212,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (4-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 867, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 868, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -45221,7 +45221,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
     if (unlikely(size != 3)) {
       if (size > 3) __Pyx_RaiseTooManyValuesError(3);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 867, __pyx_L1_error)
+      __PYX_ERR(3, 868, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -45233,27 +45233,27 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
       __Pyx_INCREF(__pyx_t_3);
     } else {
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 867, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 868, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 867, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 868, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 867, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 868, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
     }
     #else
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 867, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 868, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 867, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 868, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 867, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 868, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_6 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 867, __pyx_L1_error)
+    __pyx_t_6 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 868, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_7 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_6);
@@ -45263,7 +45263,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
     __Pyx_GOTREF(__pyx_t_2);
     index = 2; __pyx_t_3 = __pyx_t_7(__pyx_t_6); if (unlikely(!__pyx_t_3)) goto __pyx_L3_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_3);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_7(__pyx_t_6), 3) < (0)) __PYX_ERR(3, 867, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_7(__pyx_t_6), 3) < (0)) __PYX_ERR(3, 868, __pyx_L1_error)
     __pyx_t_7 = NULL;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     goto __pyx_L4_unpacking_done;
@@ -45271,7 +45271,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_7 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 867, __pyx_L1_error)
+    __PYX_ERR(3, 868, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
   __Pyx_DECREF_SET(__pyx_v_x, __pyx_t_4);
@@ -45281,7 +45281,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
   __Pyx_DECREF_SET(__pyx_v_slope, __pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":868
+  /* "src/cnnc/_kernels.pyx":869
  *     """upstream where x > 0, slope * upstream elsewhere: the gradient through leaky_relu."""
  *     x, upstream, slope = _checks.leaky_relu_backward(x, upstream, slope)
  *     out = np.empty_like(x)             # <<<<<<<<<<<<<<
@@ -45289,9 +45289,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
  *         _leaky_relu_backward[float](x.reshape(-1), upstream.reshape(-1), out.reshape(-1), slope)
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 868, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 869, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_empty_like); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 868, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_empty_like); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 869, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_5 = 1;
@@ -45311,33 +45311,33 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 868, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 869, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __pyx_v_out = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":869
+  /* "src/cnnc/_kernels.pyx":870
  *     x, upstream, slope = _checks.leaky_relu_backward(x, upstream, slope)
  *     out = np.empty_like(x)
  *     if x.dtype == np.float32:             # <<<<<<<<<<<<<<
  *         _leaky_relu_backward[float](x.reshape(-1), upstream.reshape(-1), out.reshape(-1), slope)
  *     else:
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 869, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 870, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 869, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 870, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 869, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 870, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_8 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, __pyx_t_3, Py_EQ); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(3, 869, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, __pyx_t_3, Py_EQ); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(3, 870, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   if (__pyx_t_8) {
 
 
-    /* "src/cnnc/_kernels.pyx":870
+    /* "src/cnnc/_kernels.pyx":871
  *     out = np.empty_like(x)
  *     if x.dtype == np.float32:
  *         _leaky_relu_backward[float](x.reshape(-1), upstream.reshape(-1), out.reshape(-1), slope)             # <<<<<<<<<<<<<<
@@ -45351,10 +45351,10 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 870, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 871, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    __pyx_t_9 = __Pyx_PyObject_to_MemoryviewSlice_dc_float__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_9.memview)) __PYX_ERR(3, 870, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_to_MemoryviewSlice_dc_float__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_9.memview)) __PYX_ERR(3, 871, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_1 = __pyx_v_upstream;
     __Pyx_INCREF(__pyx_t_1);
@@ -45363,10 +45363,10 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 870, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 871, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    __pyx_t_10 = __Pyx_PyObject_to_MemoryviewSlice_dc_float__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_10.memview)) __PYX_ERR(3, 870, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_to_MemoryviewSlice_dc_float__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_10.memview)) __PYX_ERR(3, 871, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_1 = __pyx_v_out;
     __Pyx_INCREF(__pyx_t_1);
@@ -45375,19 +45375,19 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 870, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 871, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_dc_float(__pyx_t_3, PyBUF_WRITABLE); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 870, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_dc_float(__pyx_t_3, PyBUF_WRITABLE); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 871, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __pyx_t_12 = __Pyx_PyFloat_AsFloat(__pyx_v_slope); if (unlikely((__pyx_t_12 == (float)-1) && PyErr_Occurred())) __PYX_ERR(3, 870, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyFloat_AsFloat(__pyx_v_slope); if (unlikely((__pyx_t_12 == (float)-1) && PyErr_Occurred())) __PYX_ERR(3, 871, __pyx_L1_error)
     __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__pyx_t_9, __pyx_t_10, __pyx_t_11, __pyx_t_12);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_9, 1);; __pyx_t_9.memview = NULL; __pyx_t_9.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_10, 1);; __pyx_t_10.memview = NULL; __pyx_t_10.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_11, 1);; __pyx_t_11.memview = NULL; __pyx_t_11.data = NULL;
 
 
-    /* "src/cnnc/_kernels.pyx":869
+    /* "src/cnnc/_kernels.pyx":870
  *     x, upstream, slope = _checks.leaky_relu_backward(x, upstream, slope)
  *     out = np.empty_like(x)
  *     if x.dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -45397,7 +45397,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
     goto __pyx_L5;
   }
 
-  /* "src/cnnc/_kernels.pyx":872
+  /* "src/cnnc/_kernels.pyx":873
  *         _leaky_relu_backward[float](x.reshape(-1), upstream.reshape(-1), out.reshape(-1), slope)
  *     else:
  *         _leaky_relu_backward[double](x.reshape(-1), upstream.reshape(-1), out.reshape(-1), slope)             # <<<<<<<<<<<<<<
@@ -45412,10 +45412,10 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 872, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 873, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 872, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 873, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_1 = __pyx_v_upstream;
     __Pyx_INCREF(__pyx_t_1);
@@ -45424,10 +45424,10 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 872, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 873, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 872, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 873, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_1 = __pyx_v_out;
     __Pyx_INCREF(__pyx_t_1);
@@ -45436,12 +45436,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 872, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 873, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    __pyx_t_15 = __Pyx_PyObject_to_MemoryviewSlice_dc_double(__pyx_t_3, PyBUF_WRITABLE); if (unlikely(!__pyx_t_15.memview)) __PYX_ERR(3, 872, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyObject_to_MemoryviewSlice_dc_double(__pyx_t_3, PyBUF_WRITABLE); if (unlikely(!__pyx_t_15.memview)) __PYX_ERR(3, 873, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __pyx_t_16 = __Pyx_PyFloat_AsDouble(__pyx_v_slope); if (unlikely((__pyx_t_16 == (double)-1) && PyErr_Occurred())) __PYX_ERR(3, 872, __pyx_L1_error)
+    __pyx_t_16 = __Pyx_PyFloat_AsDouble(__pyx_v_slope); if (unlikely((__pyx_t_16 == (double)-1) && PyErr_Occurred())) __PYX_ERR(3, 873, __pyx_L1_error)
     __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__pyx_t_13, __pyx_t_14, __pyx_t_15, __pyx_t_16);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_13, 1);; __pyx_t_13.memview = NULL; __pyx_t_13.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_14, 1);; __pyx_t_14.memview = NULL; __pyx_t_14.data = NULL;
@@ -45450,7 +45450,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
   }
   __pyx_L5:;
 
-  /* "src/cnnc/_kernels.pyx":873
+  /* "src/cnnc/_kernels.pyx":874
  *     else:
  *         _leaky_relu_backward[double](x.reshape(-1), upstream.reshape(-1), out.reshape(-1), slope)
  *     return out             # <<<<<<<<<<<<<<
@@ -45468,7 +45468,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":865
+  /* "src/cnnc/_kernels.pyx":866
  * 
  * 
  * def leaky_relu_backward(x, upstream, slope):             # <<<<<<<<<<<<<<
@@ -45501,7 +45501,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":919
+/* "src/cnnc/_kernels.pyx":920
  * 
  * 
  * cdef void *_pool_malloc(void *ctx, size_t size) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -45519,7 +45519,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   int __pyx_t_3;
   int __pyx_t_4;
 
-  /* "src/cnnc/_kernels.pyx":923
+  /* "src/cnnc/_kernels.pyx":924
  *     cdef size_t capacity
  *     cdef int i
  *     cdef char *base = NULL             # <<<<<<<<<<<<<<
@@ -45528,7 +45528,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   __pyx_v_base = NULL;
 
-  /* "src/cnnc/_kernels.pyx":924
+  /* "src/cnnc/_kernels.pyx":925
  *     cdef int i
  *     cdef char *base = NULL
  *     if size > (<size_t>-1) // 2:             # <<<<<<<<<<<<<<
@@ -45540,7 +45540,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":925
+    /* "src/cnnc/_kernels.pyx":926
  *     cdef char *base = NULL
  *     if size > (<size_t>-1) // 2:
  *         return NULL                 # no array is that large; refuse before any rounding wraps             # <<<<<<<<<<<<<<
@@ -45553,7 +45553,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":924
+    /* "src/cnnc/_kernels.pyx":925
  *     cdef int i
  *     cdef char *base = NULL
  *     if size > (<size_t>-1) // 2:             # <<<<<<<<<<<<<<
@@ -45562,7 +45562,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":926
+  /* "src/cnnc/_kernels.pyx":927
  *     if size > (<size_t>-1) // 2:
  *         return NULL                 # no array is that large; refuse before any rounding wraps
  *     if size < _POOL_MIN:             # <<<<<<<<<<<<<<
@@ -45574,7 +45574,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":927
+    /* "src/cnnc/_kernels.pyx":928
  *         return NULL                 # no array is that large; refuse before any rounding wraps
  *     if size < _POOL_MIN:
  *         base = <char *>malloc(size + _HEADER)             # <<<<<<<<<<<<<<
@@ -45583,7 +45583,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
     __pyx_v_base = ((char *)malloc((__pyx_v_size + __pyx_e_4cnnc_13_kernels_avx2__HEADER)));
 
-    /* "src/cnnc/_kernels.pyx":928
+    /* "src/cnnc/_kernels.pyx":929
  *     if size < _POOL_MIN:
  *         base = <char *>malloc(size + _HEADER)
  *         if base == NULL:             # <<<<<<<<<<<<<<
@@ -45595,7 +45595,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
     if (__pyx_t_1) {
 
 
-      /* "src/cnnc/_kernels.pyx":929
+      /* "src/cnnc/_kernels.pyx":930
  *         base = <char *>malloc(size + _HEADER)
  *         if base == NULL:
  *             return NULL             # <<<<<<<<<<<<<<
@@ -45608,7 +45608,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
       }
       goto __pyx_L0;
 
-      /* "src/cnnc/_kernels.pyx":928
+      /* "src/cnnc/_kernels.pyx":929
  *     if size < _POOL_MIN:
  *         base = <char *>malloc(size + _HEADER)
  *         if base == NULL:             # <<<<<<<<<<<<<<
@@ -45617,7 +45617,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
     }
 
-    /* "src/cnnc/_kernels.pyx":930
+    /* "src/cnnc/_kernels.pyx":931
  *         if base == NULL:
  *             return NULL
  *         (<_Header *>base).capacity = size             # <<<<<<<<<<<<<<
@@ -45626,7 +45626,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
     ((struct __pyx_t_4cnnc_13_kernels_avx2__Header *)__pyx_v_base)->capacity = __pyx_v_size;
 
-    /* "src/cnnc/_kernels.pyx":931
+    /* "src/cnnc/_kernels.pyx":932
  *             return NULL
  *         (<_Header *>base).capacity = size
  *         (<_Header *>base).pooled = 0             # <<<<<<<<<<<<<<
@@ -45635,7 +45635,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
     ((struct __pyx_t_4cnnc_13_kernels_avx2__Header *)__pyx_v_base)->pooled = 0;
 
-    /* "src/cnnc/_kernels.pyx":932
+    /* "src/cnnc/_kernels.pyx":933
  *         (<_Header *>base).capacity = size
  *         (<_Header *>base).pooled = 0
  *         return base + _HEADER             # <<<<<<<<<<<<<<
@@ -45648,7 +45648,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":926
+    /* "src/cnnc/_kernels.pyx":927
  *     if size > (<size_t>-1) // 2:
  *         return NULL                 # no array is that large; refuse before any rounding wraps
  *     if size < _POOL_MIN:             # <<<<<<<<<<<<<<
@@ -45657,7 +45657,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":933
+  /* "src/cnnc/_kernels.pyx":934
  *         (<_Header *>base).pooled = 0
  *         return base + _HEADER
  *     capacity = (size + _PAGE - 1) // _PAGE * _PAGE             # <<<<<<<<<<<<<<
@@ -45666,7 +45666,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   __pyx_v_capacity = ((((__pyx_v_size + __pyx_e_4cnnc_13_kernels_avx2__PAGE) - 1) / __pyx_e_4cnnc_13_kernels_avx2__PAGE) * __pyx_e_4cnnc_13_kernels_avx2__PAGE);
 
-  /* "src/cnnc/_kernels.pyx":934
+  /* "src/cnnc/_kernels.pyx":935
  *         return base + _HEADER
  *     capacity = (size + _PAGE - 1) // _PAGE * _PAGE
  *     PyThread_acquire_lock(_pool_lock, WAIT_LOCK)             # <<<<<<<<<<<<<<
@@ -45675,7 +45675,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   (void)(PyThread_acquire_lock(__pyx_v_4cnnc_13_kernels_avx2__pool_lock, WAIT_LOCK));
 
-  /* "src/cnnc/_kernels.pyx":935
+  /* "src/cnnc/_kernels.pyx":936
  *     capacity = (size + _PAGE - 1) // _PAGE * _PAGE
  *     PyThread_acquire_lock(_pool_lock, WAIT_LOCK)
  *     for i in range(_pool_count):             # <<<<<<<<<<<<<<
@@ -45689,7 +45689,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
     __pyx_v_i = __pyx_t_4;
 
-    /* "src/cnnc/_kernels.pyx":936
+    /* "src/cnnc/_kernels.pyx":937
  *     PyThread_acquire_lock(_pool_lock, WAIT_LOCK)
  *     for i in range(_pool_count):
  *         if _pool_sizes[i] == capacity:             # <<<<<<<<<<<<<<
@@ -45701,7 +45701,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
     if (__pyx_t_1) {
 
 
-      /* "src/cnnc/_kernels.pyx":937
+      /* "src/cnnc/_kernels.pyx":938
  *     for i in range(_pool_count):
  *         if _pool_sizes[i] == capacity:
  *             base = <char *>_pool_blocks[i]             # <<<<<<<<<<<<<<
@@ -45710,7 +45710,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
       __pyx_v_base = ((char *)(__pyx_v_4cnnc_13_kernels_avx2__pool_blocks[__pyx_v_i]));
 
-      /* "src/cnnc/_kernels.pyx":938
+      /* "src/cnnc/_kernels.pyx":939
  *         if _pool_sizes[i] == capacity:
  *             base = <char *>_pool_blocks[i]
  *             _pool_count -= 1             # <<<<<<<<<<<<<<
@@ -45719,7 +45719,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
       __pyx_v_4cnnc_13_kernels_avx2__pool_count = (__pyx_v_4cnnc_13_kernels_avx2__pool_count - 1);
 
-      /* "src/cnnc/_kernels.pyx":939
+      /* "src/cnnc/_kernels.pyx":940
  *             base = <char *>_pool_blocks[i]
  *             _pool_count -= 1
  *             _pool_blocks[i] = _pool_blocks[_pool_count]             # <<<<<<<<<<<<<<
@@ -45728,7 +45728,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
       (__pyx_v_4cnnc_13_kernels_avx2__pool_blocks[__pyx_v_i]) = (__pyx_v_4cnnc_13_kernels_avx2__pool_blocks[__pyx_v_4cnnc_13_kernels_avx2__pool_count]);
 
-      /* "src/cnnc/_kernels.pyx":940
+      /* "src/cnnc/_kernels.pyx":941
  *             _pool_count -= 1
  *             _pool_blocks[i] = _pool_blocks[_pool_count]
  *             _pool_sizes[i] = _pool_sizes[_pool_count]             # <<<<<<<<<<<<<<
@@ -45737,7 +45737,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
       (__pyx_v_4cnnc_13_kernels_avx2__pool_sizes[__pyx_v_i]) = (__pyx_v_4cnnc_13_kernels_avx2__pool_sizes[__pyx_v_4cnnc_13_kernels_avx2__pool_count]);
 
-      /* "src/cnnc/_kernels.pyx":941
+      /* "src/cnnc/_kernels.pyx":942
  *             _pool_blocks[i] = _pool_blocks[_pool_count]
  *             _pool_sizes[i] = _pool_sizes[_pool_count]
  *             _pool_bytes -= capacity             # <<<<<<<<<<<<<<
@@ -45746,7 +45746,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
       __pyx_v_4cnnc_13_kernels_avx2__pool_bytes = (__pyx_v_4cnnc_13_kernels_avx2__pool_bytes - __pyx_v_capacity);
 
-      /* "src/cnnc/_kernels.pyx":942
+      /* "src/cnnc/_kernels.pyx":943
  *             _pool_sizes[i] = _pool_sizes[_pool_count]
  *             _pool_bytes -= capacity
  *             break             # <<<<<<<<<<<<<<
@@ -45755,7 +45755,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
       goto __pyx_L7_break;
 
-      /* "src/cnnc/_kernels.pyx":936
+      /* "src/cnnc/_kernels.pyx":937
  *     PyThread_acquire_lock(_pool_lock, WAIT_LOCK)
  *     for i in range(_pool_count):
  *         if _pool_sizes[i] == capacity:             # <<<<<<<<<<<<<<
@@ -45767,7 +45767,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   __pyx_L7_break:;
 
 
-  /* "src/cnnc/_kernels.pyx":943
+  /* "src/cnnc/_kernels.pyx":944
  *             _pool_bytes -= capacity
  *             break
  *     PyThread_release_lock(_pool_lock)             # <<<<<<<<<<<<<<
@@ -45776,7 +45776,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   PyThread_release_lock(__pyx_v_4cnnc_13_kernels_avx2__pool_lock);
 
-  /* "src/cnnc/_kernels.pyx":944
+  /* "src/cnnc/_kernels.pyx":945
  *             break
  *     PyThread_release_lock(_pool_lock)
  *     if base == NULL:             # <<<<<<<<<<<<<<
@@ -45788,7 +45788,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":945
+    /* "src/cnnc/_kernels.pyx":946
  *     PyThread_release_lock(_pool_lock)
  *     if base == NULL:
  *         base = <char *>malloc(capacity + _HEADER)             # <<<<<<<<<<<<<<
@@ -45797,7 +45797,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
     __pyx_v_base = ((char *)malloc((__pyx_v_capacity + __pyx_e_4cnnc_13_kernels_avx2__HEADER)));
 
-    /* "src/cnnc/_kernels.pyx":946
+    /* "src/cnnc/_kernels.pyx":947
  *     if base == NULL:
  *         base = <char *>malloc(capacity + _HEADER)
  *         if base == NULL:             # <<<<<<<<<<<<<<
@@ -45809,7 +45809,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
     if (__pyx_t_1) {
 
 
-      /* "src/cnnc/_kernels.pyx":947
+      /* "src/cnnc/_kernels.pyx":948
  *         base = <char *>malloc(capacity + _HEADER)
  *         if base == NULL:
  *             return NULL             # <<<<<<<<<<<<<<
@@ -45822,7 +45822,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
       }
       goto __pyx_L0;
 
-      /* "src/cnnc/_kernels.pyx":946
+      /* "src/cnnc/_kernels.pyx":947
  *     if base == NULL:
  *         base = <char *>malloc(capacity + _HEADER)
  *         if base == NULL:             # <<<<<<<<<<<<<<
@@ -45831,7 +45831,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
     }
 
-    /* "src/cnnc/_kernels.pyx":944
+    /* "src/cnnc/_kernels.pyx":945
  *             break
  *     PyThread_release_lock(_pool_lock)
  *     if base == NULL:             # <<<<<<<<<<<<<<
@@ -45840,7 +45840,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":948
+  /* "src/cnnc/_kernels.pyx":949
  *         if base == NULL:
  *             return NULL
  *     (<_Header *>base).capacity = capacity             # <<<<<<<<<<<<<<
@@ -45849,7 +45849,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   ((struct __pyx_t_4cnnc_13_kernels_avx2__Header *)__pyx_v_base)->capacity = __pyx_v_capacity;
 
-  /* "src/cnnc/_kernels.pyx":949
+  /* "src/cnnc/_kernels.pyx":950
  *             return NULL
  *     (<_Header *>base).capacity = capacity
  *     (<_Header *>base).pooled = 1             # <<<<<<<<<<<<<<
@@ -45858,7 +45858,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   ((struct __pyx_t_4cnnc_13_kernels_avx2__Header *)__pyx_v_base)->pooled = 1;
 
-  /* "src/cnnc/_kernels.pyx":950
+  /* "src/cnnc/_kernels.pyx":951
  *     (<_Header *>base).capacity = capacity
  *     (<_Header *>base).pooled = 1
  *     return base + _HEADER             # <<<<<<<<<<<<<<
@@ -45871,7 +45871,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":919
+  /* "src/cnnc/_kernels.pyx":920
  * 
  * 
  * cdef void *_pool_malloc(void *ctx, size_t size) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -45887,7 +45887,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":953
+/* "src/cnnc/_kernels.pyx":954
  * 
  * 
  * cdef void _pool_free(void *ctx, void *ptr, size_t size) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -45903,7 +45903,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
   size_t __pyx_t_2;
   int __pyx_t_3;
 
-  /* "src/cnnc/_kernels.pyx":957
+  /* "src/cnnc/_kernels.pyx":958
  *     cdef char *base
  *     cdef size_t capacity
  *     cdef void *evicted = NULL             # <<<<<<<<<<<<<<
@@ -45912,7 +45912,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   __pyx_v_evicted = NULL;
 
-  /* "src/cnnc/_kernels.pyx":958
+  /* "src/cnnc/_kernels.pyx":959
  *     cdef size_t capacity
  *     cdef void *evicted = NULL
  *     if ptr == NULL:             # <<<<<<<<<<<<<<
@@ -45924,7 +45924,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":959
+    /* "src/cnnc/_kernels.pyx":960
  *     cdef void *evicted = NULL
  *     if ptr == NULL:
  *         return             # <<<<<<<<<<<<<<
@@ -45935,7 +45935,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":958
+    /* "src/cnnc/_kernels.pyx":959
  *     cdef size_t capacity
  *     cdef void *evicted = NULL
  *     if ptr == NULL:             # <<<<<<<<<<<<<<
@@ -45944,7 +45944,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":960
+  /* "src/cnnc/_kernels.pyx":961
  *     if ptr == NULL:
  *         return
  *     base = <char *>ptr - _HEADER             # <<<<<<<<<<<<<<
@@ -45953,7 +45953,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   __pyx_v_base = (((char *)__pyx_v_ptr) - __pyx_e_4cnnc_13_kernels_avx2__HEADER);
 
-  /* "src/cnnc/_kernels.pyx":961
+  /* "src/cnnc/_kernels.pyx":962
  *         return
  *     base = <char *>ptr - _HEADER
  *     capacity = (<_Header *>base).capacity             # <<<<<<<<<<<<<<
@@ -45964,7 +45964,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 
   __pyx_v_capacity = __pyx_t_2;
 
-  /* "src/cnnc/_kernels.pyx":962
+  /* "src/cnnc/_kernels.pyx":963
  *     base = <char *>ptr - _HEADER
  *     capacity = (<_Header *>base).capacity
  *     if not (<_Header *>base).pooled or capacity > _POOL_CAP:             # <<<<<<<<<<<<<<
@@ -45990,7 +45990,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":963
+    /* "src/cnnc/_kernels.pyx":964
  *     capacity = (<_Header *>base).capacity
  *     if not (<_Header *>base).pooled or capacity > _POOL_CAP:
  *         free(base)             # <<<<<<<<<<<<<<
@@ -45999,7 +45999,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
     free(__pyx_v_base);
 
-    /* "src/cnnc/_kernels.pyx":964
+    /* "src/cnnc/_kernels.pyx":965
  *     if not (<_Header *>base).pooled or capacity > _POOL_CAP:
  *         free(base)
  *         return             # <<<<<<<<<<<<<<
@@ -46010,7 +46010,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":962
+    /* "src/cnnc/_kernels.pyx":963
  *     base = <char *>ptr - _HEADER
  *     capacity = (<_Header *>base).capacity
  *     if not (<_Header *>base).pooled or capacity > _POOL_CAP:             # <<<<<<<<<<<<<<
@@ -46019,7 +46019,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":965
+  /* "src/cnnc/_kernels.pyx":966
  *         free(base)
  *         return
  *     PyThread_acquire_lock(_pool_lock, WAIT_LOCK)             # <<<<<<<<<<<<<<
@@ -46028,7 +46028,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   (void)(PyThread_acquire_lock(__pyx_v_4cnnc_13_kernels_avx2__pool_lock, WAIT_LOCK));
 
-  /* "src/cnnc/_kernels.pyx":966
+  /* "src/cnnc/_kernels.pyx":967
  *         return
  *     PyThread_acquire_lock(_pool_lock, WAIT_LOCK)
  *     while _pool_count > 0 and (_pool_count == _POOL_SLOTS or _pool_bytes + capacity > _POOL_CAP):             # <<<<<<<<<<<<<<
@@ -46065,7 +46065,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 
     if (!__pyx_t_1) break;
 
-    /* "src/cnnc/_kernels.pyx":967
+    /* "src/cnnc/_kernels.pyx":968
  *     PyThread_acquire_lock(_pool_lock, WAIT_LOCK)
  *     while _pool_count > 0 and (_pool_count == _POOL_SLOTS or _pool_bytes + capacity > _POOL_CAP):
  *         _pool_count -= 1            # drop the oldest block to make room             # <<<<<<<<<<<<<<
@@ -46074,7 +46074,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
     __pyx_v_4cnnc_13_kernels_avx2__pool_count = (__pyx_v_4cnnc_13_kernels_avx2__pool_count - 1);
 
-    /* "src/cnnc/_kernels.pyx":968
+    /* "src/cnnc/_kernels.pyx":969
  *     while _pool_count > 0 and (_pool_count == _POOL_SLOTS or _pool_bytes + capacity > _POOL_CAP):
  *         _pool_count -= 1            # drop the oldest block to make room
  *         _pool_bytes -= _pool_sizes[0]             # <<<<<<<<<<<<<<
@@ -46083,7 +46083,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
     __pyx_v_4cnnc_13_kernels_avx2__pool_bytes = (__pyx_v_4cnnc_13_kernels_avx2__pool_bytes - (__pyx_v_4cnnc_13_kernels_avx2__pool_sizes[0]));
 
-    /* "src/cnnc/_kernels.pyx":969
+    /* "src/cnnc/_kernels.pyx":970
  *         _pool_count -= 1            # drop the oldest block to make room
  *         _pool_bytes -= _pool_sizes[0]
  *         evicted = _pool_blocks[0]             # <<<<<<<<<<<<<<
@@ -46092,7 +46092,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
     __pyx_v_evicted = (__pyx_v_4cnnc_13_kernels_avx2__pool_blocks[0]);
 
-    /* "src/cnnc/_kernels.pyx":970
+    /* "src/cnnc/_kernels.pyx":971
  *         _pool_bytes -= _pool_sizes[0]
  *         evicted = _pool_blocks[0]
  *         _pool_blocks[0] = _pool_blocks[_pool_count]             # <<<<<<<<<<<<<<
@@ -46101,7 +46101,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
     (__pyx_v_4cnnc_13_kernels_avx2__pool_blocks[0]) = (__pyx_v_4cnnc_13_kernels_avx2__pool_blocks[__pyx_v_4cnnc_13_kernels_avx2__pool_count]);
 
-    /* "src/cnnc/_kernels.pyx":971
+    /* "src/cnnc/_kernels.pyx":972
  *         evicted = _pool_blocks[0]
  *         _pool_blocks[0] = _pool_blocks[_pool_count]
  *         _pool_sizes[0] = _pool_sizes[_pool_count]             # <<<<<<<<<<<<<<
@@ -46110,7 +46110,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
     (__pyx_v_4cnnc_13_kernels_avx2__pool_sizes[0]) = (__pyx_v_4cnnc_13_kernels_avx2__pool_sizes[__pyx_v_4cnnc_13_kernels_avx2__pool_count]);
 
-    /* "src/cnnc/_kernels.pyx":972
+    /* "src/cnnc/_kernels.pyx":973
  *         _pool_blocks[0] = _pool_blocks[_pool_count]
  *         _pool_sizes[0] = _pool_sizes[_pool_count]
  *         free(evicted)             # <<<<<<<<<<<<<<
@@ -46120,7 +46120,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
     free(__pyx_v_evicted);
   }
 
-  /* "src/cnnc/_kernels.pyx":973
+  /* "src/cnnc/_kernels.pyx":974
  *         _pool_sizes[0] = _pool_sizes[_pool_count]
  *         free(evicted)
  *     _pool_blocks[_pool_count] = base             # <<<<<<<<<<<<<<
@@ -46129,7 +46129,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   (__pyx_v_4cnnc_13_kernels_avx2__pool_blocks[__pyx_v_4cnnc_13_kernels_avx2__pool_count]) = __pyx_v_base;
 
-  /* "src/cnnc/_kernels.pyx":974
+  /* "src/cnnc/_kernels.pyx":975
  *         free(evicted)
  *     _pool_blocks[_pool_count] = base
  *     _pool_sizes[_pool_count] = capacity             # <<<<<<<<<<<<<<
@@ -46138,7 +46138,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   (__pyx_v_4cnnc_13_kernels_avx2__pool_sizes[__pyx_v_4cnnc_13_kernels_avx2__pool_count]) = __pyx_v_capacity;
 
-  /* "src/cnnc/_kernels.pyx":975
+  /* "src/cnnc/_kernels.pyx":976
  *     _pool_blocks[_pool_count] = base
  *     _pool_sizes[_pool_count] = capacity
  *     _pool_count += 1             # <<<<<<<<<<<<<<
@@ -46147,7 +46147,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_count = (__pyx_v_4cnnc_13_kernels_avx2__pool_count + 1);
 
-  /* "src/cnnc/_kernels.pyx":976
+  /* "src/cnnc/_kernels.pyx":977
  *     _pool_sizes[_pool_count] = capacity
  *     _pool_count += 1
  *     _pool_bytes += capacity             # <<<<<<<<<<<<<<
@@ -46156,7 +46156,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_bytes = (__pyx_v_4cnnc_13_kernels_avx2__pool_bytes + __pyx_v_capacity);
 
-  /* "src/cnnc/_kernels.pyx":977
+  /* "src/cnnc/_kernels.pyx":978
  *     _pool_count += 1
  *     _pool_bytes += capacity
  *     PyThread_release_lock(_pool_lock)             # <<<<<<<<<<<<<<
@@ -46165,7 +46165,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   PyThread_release_lock(__pyx_v_4cnnc_13_kernels_avx2__pool_lock);
 
-  /* "src/cnnc/_kernels.pyx":953
+  /* "src/cnnc/_kernels.pyx":954
  * 
  * 
  * cdef void _pool_free(void *ctx, void *ptr, size_t size) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -46180,7 +46180,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 
 }
 
-/* "src/cnnc/_kernels.pyx":980
+/* "src/cnnc/_kernels.pyx":981
  * 
  * 
  * cdef void *_pool_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -46194,7 +46194,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "src/cnnc/_kernels.pyx":982
+  /* "src/cnnc/_kernels.pyx":983
  * cdef void *_pool_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:
  *     cdef void *ptr
  *     if elsize != 0 and nelem > (<size_t>-1 - _HEADER - _PAGE) // elsize:             # <<<<<<<<<<<<<<
@@ -46220,7 +46220,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":983
+    /* "src/cnnc/_kernels.pyx":984
  *     cdef void *ptr
  *     if elsize != 0 and nelem > (<size_t>-1 - _HEADER - _PAGE) // elsize:
  *         return NULL             # <<<<<<<<<<<<<<
@@ -46233,7 +46233,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":982
+    /* "src/cnnc/_kernels.pyx":983
  * cdef void *_pool_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:
  *     cdef void *ptr
  *     if elsize != 0 and nelem > (<size_t>-1 - _HEADER - _PAGE) // elsize:             # <<<<<<<<<<<<<<
@@ -46242,7 +46242,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":984
+  /* "src/cnnc/_kernels.pyx":985
  *     if elsize != 0 and nelem > (<size_t>-1 - _HEADER - _PAGE) // elsize:
  *         return NULL
  *     ptr = _pool_malloc(ctx, nelem * elsize)             # <<<<<<<<<<<<<<
@@ -46251,7 +46251,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
 */
   __pyx_v_ptr = __pyx_f_4cnnc_13_kernels_avx2__pool_malloc(__pyx_v_ctx, (__pyx_v_nelem * __pyx_v_elsize));
 
-  /* "src/cnnc/_kernels.pyx":985
+  /* "src/cnnc/_kernels.pyx":986
  *         return NULL
  *     ptr = _pool_malloc(ctx, nelem * elsize)
  *     if ptr != NULL:             # <<<<<<<<<<<<<<
@@ -46263,7 +46263,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":986
+    /* "src/cnnc/_kernels.pyx":987
  *     ptr = _pool_malloc(ctx, nelem * elsize)
  *     if ptr != NULL:
  *         memset(ptr, 0, nelem * elsize)             # <<<<<<<<<<<<<<
@@ -46272,7 +46272,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
 */
     (void)(memset(__pyx_v_ptr, 0, (__pyx_v_nelem * __pyx_v_elsize)));
 
-    /* "src/cnnc/_kernels.pyx":985
+    /* "src/cnnc/_kernels.pyx":986
  *         return NULL
  *     ptr = _pool_malloc(ctx, nelem * elsize)
  *     if ptr != NULL:             # <<<<<<<<<<<<<<
@@ -46281,7 +46281,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":987
+  /* "src/cnnc/_kernels.pyx":988
  *     if ptr != NULL:
  *         memset(ptr, 0, nelem * elsize)
  *     return ptr             # <<<<<<<<<<<<<<
@@ -46294,7 +46294,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":980
+  /* "src/cnnc/_kernels.pyx":981
  * 
  * 
  * cdef void *_pool_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -46308,7 +46308,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":990
+/* "src/cnnc/_kernels.pyx":991
  * 
  * 
  * cdef void *_pool_realloc(void *ctx, void *ptr, size_t new_size) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -46323,7 +46323,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
   int __pyx_t_1;
   size_t __pyx_t_2;
 
-  /* "src/cnnc/_kernels.pyx":993
+  /* "src/cnnc/_kernels.pyx":994
  *     cdef void *moved
  *     cdef size_t old_capacity
  *     if ptr == NULL:             # <<<<<<<<<<<<<<
@@ -46335,7 +46335,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":994
+    /* "src/cnnc/_kernels.pyx":995
  *     cdef size_t old_capacity
  *     if ptr == NULL:
  *         return _pool_malloc(ctx, new_size)             # <<<<<<<<<<<<<<
@@ -46348,7 +46348,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":993
+    /* "src/cnnc/_kernels.pyx":994
  *     cdef void *moved
  *     cdef size_t old_capacity
  *     if ptr == NULL:             # <<<<<<<<<<<<<<
@@ -46357,7 +46357,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":995
+  /* "src/cnnc/_kernels.pyx":996
  *     if ptr == NULL:
  *         return _pool_malloc(ctx, new_size)
  *     old_capacity = (<_Header *>(<char *>ptr - _HEADER)).capacity             # <<<<<<<<<<<<<<
@@ -46368,7 +46368,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
 
   __pyx_v_old_capacity = __pyx_t_2;
 
-  /* "src/cnnc/_kernels.pyx":996
+  /* "src/cnnc/_kernels.pyx":997
  *         return _pool_malloc(ctx, new_size)
  *     old_capacity = (<_Header *>(<char *>ptr - _HEADER)).capacity
  *     moved = _pool_malloc(ctx, new_size)             # <<<<<<<<<<<<<<
@@ -46377,7 +46377,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
 */
   __pyx_v_moved = __pyx_f_4cnnc_13_kernels_avx2__pool_malloc(__pyx_v_ctx, __pyx_v_new_size);
 
-  /* "src/cnnc/_kernels.pyx":997
+  /* "src/cnnc/_kernels.pyx":998
  *     old_capacity = (<_Header *>(<char *>ptr - _HEADER)).capacity
  *     moved = _pool_malloc(ctx, new_size)
  *     if moved == NULL:             # <<<<<<<<<<<<<<
@@ -46389,7 +46389,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":998
+    /* "src/cnnc/_kernels.pyx":999
  *     moved = _pool_malloc(ctx, new_size)
  *     if moved == NULL:
  *         return NULL             # <<<<<<<<<<<<<<
@@ -46402,7 +46402,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":997
+    /* "src/cnnc/_kernels.pyx":998
  *     old_capacity = (<_Header *>(<char *>ptr - _HEADER)).capacity
  *     moved = _pool_malloc(ctx, new_size)
  *     if moved == NULL:             # <<<<<<<<<<<<<<
@@ -46411,7 +46411,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":999
+  /* "src/cnnc/_kernels.pyx":1000
  *     if moved == NULL:
  *         return NULL
  *     memcpy(moved, ptr, old_capacity if old_capacity < new_size else new_size)             # <<<<<<<<<<<<<<
@@ -46431,7 +46431,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
   (void)(memcpy(__pyx_v_moved, __pyx_v_ptr, __pyx_t_2));
 
 
-  /* "src/cnnc/_kernels.pyx":1000
+  /* "src/cnnc/_kernels.pyx":1001
  *         return NULL
  *     memcpy(moved, ptr, old_capacity if old_capacity < new_size else new_size)
  *     _pool_free(ctx, ptr, old_capacity)             # <<<<<<<<<<<<<<
@@ -46440,7 +46440,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
 */
   __pyx_f_4cnnc_13_kernels_avx2__pool_free(__pyx_v_ctx, __pyx_v_ptr, __pyx_v_old_capacity);
 
-  /* "src/cnnc/_kernels.pyx":1001
+  /* "src/cnnc/_kernels.pyx":1002
  *     memcpy(moved, ptr, old_capacity if old_capacity < new_size else new_size)
  *     _pool_free(ctx, ptr, old_capacity)
  *     return moved             # <<<<<<<<<<<<<<
@@ -46453,7 +46453,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":990
+  /* "src/cnnc/_kernels.pyx":991
  * 
  * 
  * cdef void *_pool_realloc(void *ctx, void *ptr, size_t new_size) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -46469,7 +46469,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
 }
 static PyObject *__pyx_gb_4cnnc_13_kernels_avx2_38generator(__pyx_CoroutineObject *__pyx_generator, CYTHON_UNUSED PyThreadState *__pyx_tstate, PyObject *__pyx_sent_value); /* proto */
 
-/* "src/cnnc/_kernels.pyx":1014
+/* "src/cnnc/_kernels.pyx":1015
  * 
  * 
  * @contextlib.contextmanager             # <<<<<<<<<<<<<<
@@ -46506,12 +46506,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_36memory_pool(CYTHON_UNUSED PyOb
   if (unlikely(!__pyx_cur_scope)) {
     __pyx_cur_scope = ((struct __pyx_obj_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool *)Py_None);
     __Pyx_INCREF(Py_None);
-    __PYX_ERR(3, 1014, __pyx_L1_error)
+    __PYX_ERR(3, 1015, __pyx_L1_error)
   } else {
     __Pyx_GOTREF((PyObject *)__pyx_cur_scope);
   }
   {
-    __pyx_CoroutineObject *gen = __Pyx_Generator_New((__pyx_coroutine_body_t) __pyx_gb_4cnnc_13_kernels_avx2_38generator, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12]), (PyObject *) __pyx_cur_scope, __pyx_mstate_global->__pyx_n_u_memory_pool, __pyx_mstate_global->__pyx_n_u_memory_pool, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2); if (unlikely(!gen)) __PYX_ERR(3, 1014, __pyx_L1_error)
+    __pyx_CoroutineObject *gen = __Pyx_Generator_New((__pyx_coroutine_body_t) __pyx_gb_4cnnc_13_kernels_avx2_38generator, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12]), (PyObject *) __pyx_cur_scope, __pyx_mstate_global->__pyx_n_u_memory_pool, __pyx_mstate_global->__pyx_n_u_memory_pool, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2); if (unlikely(!gen)) __PYX_ERR(3, 1015, __pyx_L1_error)
     __Pyx_DECREF(__pyx_cur_scope);
     __Pyx_RefNannyFinishContext();
     return (PyObject *) gen;
@@ -46557,26 +46557,26 @@ static PyObject *__pyx_gb_4cnnc_13_kernels_avx2_38generator(__pyx_CoroutineObjec
   __pyx_L3_first_run:;
   if (unlikely(__pyx_sent_value != Py_None)) {
     if (unlikely(__pyx_sent_value)) PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started generator");
-    __PYX_ERR(3, 1014, __pyx_L1_error)
+    __PYX_ERR(3, 1015, __pyx_L1_error)
   }
 
-  /* "src/cnnc/_kernels.pyx":1021
+  /* "src/cnnc/_kernels.pyx":1022
  *     they are freed. The pool keeps at most 1 GiB.
  *     """
  *     previous = PyDataMem_SetHandler(_pool_capsule)             # <<<<<<<<<<<<<<
  *     try:
  *         yield
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_pool_capsule); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 1021, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_pool_capsule); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 1022, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = PyDataMem_SetHandler(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 1021, __pyx_L1_error)
+  __pyx_t_2 = PyDataMem_SetHandler(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 1022, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_GIVEREF(__pyx_t_2);
   __pyx_cur_scope->__pyx_v_previous = __pyx_t_2;
   __pyx_t_2 = 0;
 
-  /* "src/cnnc/_kernels.pyx":1022
+  /* "src/cnnc/_kernels.pyx":1023
  *     """
  *     previous = PyDataMem_SetHandler(_pool_capsule)
  *     try:             # <<<<<<<<<<<<<<
@@ -46585,7 +46585,7 @@ static PyObject *__pyx_gb_4cnnc_13_kernels_avx2_38generator(__pyx_CoroutineObjec
 */
   /*try:*/ {
 
-    /* "src/cnnc/_kernels.pyx":1023
+    /* "src/cnnc/_kernels.pyx":1024
  *     previous = PyDataMem_SetHandler(_pool_capsule)
  *     try:
  *         yield             # <<<<<<<<<<<<<<
@@ -46600,17 +46600,17 @@ static PyObject *__pyx_gb_4cnnc_13_kernels_avx2_38generator(__pyx_CoroutineObjec
     __pyx_generator->resume_label = 1;
     return __pyx_r;
     __pyx_L7_resume_from_yield:;
-    if (unlikely(!__pyx_sent_value)) __PYX_ERR(3, 1023, __pyx_L5_error)
+    if (unlikely(!__pyx_sent_value)) __PYX_ERR(3, 1024, __pyx_L5_error)
   }
 
-  /* "src/cnnc/_kernels.pyx":1025
+  /* "src/cnnc/_kernels.pyx":1026
  *         yield
  *     finally:
  *         PyDataMem_SetHandler(previous)             # <<<<<<<<<<<<<<
 */
   /*finally:*/ {
     /*normal exit:*/{
-      __pyx_t_2 = PyDataMem_SetHandler(__pyx_cur_scope->__pyx_v_previous); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 1025, __pyx_L1_error)
+      __pyx_t_2 = PyDataMem_SetHandler(__pyx_cur_scope->__pyx_v_previous); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 1026, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       goto __pyx_L6;
@@ -46631,7 +46631,7 @@ static PyObject *__pyx_gb_4cnnc_13_kernels_avx2_38generator(__pyx_CoroutineObjec
       __Pyx_XGOTREF(__pyx_t_11);
       __pyx_t_3 = __pyx_lineno; __pyx_t_4 = __pyx_clineno; __pyx_t_5 = __pyx_filename;
       {
-        __pyx_t_2 = PyDataMem_SetHandler(__pyx_cur_scope->__pyx_v_previous); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 1025, __pyx_L9_error)
+        __pyx_t_2 = PyDataMem_SetHandler(__pyx_cur_scope->__pyx_v_previous); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 1026, __pyx_L9_error)
         __Pyx_GOTREF(__pyx_t_2);
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       }
@@ -46661,7 +46661,7 @@ static PyObject *__pyx_gb_4cnnc_13_kernels_avx2_38generator(__pyx_CoroutineObjec
   }
   CYTHON_MAYBE_UNUSED_VAR(__pyx_cur_scope);
 
-  /* "src/cnnc/_kernels.pyx":1014
+  /* "src/cnnc/_kernels.pyx":1015
  * 
  * 
  * @contextlib.contextmanager             # <<<<<<<<<<<<<<
@@ -50341,14 +50341,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_4cnnc_13_kernels_avx2___pyx_scope_str
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool", 0);
   /*--- Exttype __pyx_obj_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool)) __PYX_ERR(3, 1014, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool)) __PYX_ERR(3, 1015, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool = &__pyx_type_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool) < (0)) __PYX_ERR(3, 1014, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool) < (0)) __PYX_ERR(3, 1015, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool);
@@ -52340,46 +52340,46 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 
   __pyx_v_4cnnc_13_kernels_avx2__CHUNK_BYTES = __pyx_t_9;
 
-  /* "src/cnnc/_kernels.pyx":286
+  /* "src/cnnc/_kernels.pyx":287
  * 
  * # The largest kh*kw*C taken by the direct loops.
  * _DIRECT_TAPS = 9             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_DIRECT_TAPS, __pyx_mstate_global->__pyx_int_9) < (0)) __PYX_ERR(3, 286, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_DIRECT_TAPS, __pyx_mstate_global->__pyx_int_9) < (0)) __PYX_ERR(3, 287, __pyx_L1_error)
 
-  /* "src/cnnc/_kernels.pyx":439
+  /* "src/cnnc/_kernels.pyx":440
  * 
  * 
  * def _direct_taken(patch, f):             # <<<<<<<<<<<<<<
  *     """Whether the direct loops compute this convolution: few taps, whole blocks of filters."""
  *     return patch <= _DIRECT_TAPS and f >= _LANES
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_5_direct_taken, 0, __pyx_mstate_global->__pyx_n_u_direct_taken, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 439, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_5_direct_taken, 0, __pyx_mstate_global->__pyx_n_u_direct_taken, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 440, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_direct_taken, __pyx_t_10) < (0)) __PYX_ERR(3, 439, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_direct_taken, __pyx_t_10) < (0)) __PYX_ERR(3, 440, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":444
+  /* "src/cnnc/_kernels.pyx":445
  * 
  * 
  * def _run_direct(which, x, w2, b, dy2, out, kernel_size, stride, padding, out_hw):             # <<<<<<<<<<<<<<
  *     """The forward pass into out = y, or the filter gradient into out = partial sums."""
  *     if x.shape[0] == 0 or out.shape[1] == 0 or out_hw[0] * out_hw[1] == 0:
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_7_run_direct, 0, __pyx_mstate_global->__pyx_n_u_run_direct, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 444, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_7_run_direct, 0, __pyx_mstate_global->__pyx_n_u_run_direct, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 445, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_run_direct, __pyx_t_10) < (0)) __PYX_ERR(3, 444, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_run_direct, __pyx_t_10) < (0)) __PYX_ERR(3, 445, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":479
+  /* "src/cnnc/_kernels.pyx":480
  * 
  * 
  * _local = threading.local()             # <<<<<<<<<<<<<<
@@ -52387,9 +52387,9 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
  * 
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_threading); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 479, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_threading); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 480, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_local_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 479, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_local_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(3, 480, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
   __pyx_t_6 = 1;
@@ -52398,233 +52398,233 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
     __pyx_t_10 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 479, __pyx_L1_error)
+    if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 480, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
   }
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_local, __pyx_t_10) < (0)) __PYX_ERR(3, 479, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_local, __pyx_t_10) < (0)) __PYX_ERR(3, 480, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":482
+  /* "src/cnnc/_kernels.pyx":483
  * 
  * 
  * def _scratch(role, rows, columns, dtype):             # <<<<<<<<<<<<<<
  *     """A (rows, columns) work array of this thread, reused from call to call."""
  *     buffers = _local.__dict__.setdefault("buffers", {})
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_9_scratch, 0, __pyx_mstate_global->__pyx_n_u_scratch, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 482, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_9_scratch, 0, __pyx_mstate_global->__pyx_n_u_scratch, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 483, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_scratch, __pyx_t_10) < (0)) __PYX_ERR(3, 482, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_scratch, __pyx_t_10) < (0)) __PYX_ERR(3, 483, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":492
+  /* "src/cnnc/_kernels.pyx":493
  * 
  * 
  * def _chunk_count(n, bytes_per_image):             # <<<<<<<<<<<<<<
  *     """Into how many chunks to cut n images: patch matrices of about _CHUNK_BYTES at most,
  *     and a multiple of the threads, so that they share the work evenly."""
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_11_chunk_count, 0, __pyx_mstate_global->__pyx_n_u_chunk_count, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 492, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_11_chunk_count, 0, __pyx_mstate_global->__pyx_n_u_chunk_count, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 493, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_chunk_count, __pyx_t_10) < (0)) __PYX_ERR(3, 492, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_chunk_count, __pyx_t_10) < (0)) __PYX_ERR(3, 493, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":499
+  /* "src/cnnc/_kernels.pyx":500
  * 
  * 
  * def _run_pass(which, image, image_grad, w2, rows, out, b, kernel_size, stride, padding, out_hw,             # <<<<<<<<<<<<<<
  *               chunks):
  *     if rows is not None and rows.shape[0] == 0 or image is not None and image.shape[0] == 0:
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_13_run_pass, 0, __pyx_mstate_global->__pyx_n_u_run_pass, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 499, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_13_run_pass, 0, __pyx_mstate_global->__pyx_n_u_run_pass, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 500, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_run_pass, __pyx_t_10) < (0)) __PYX_ERR(3, 499, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_run_pass, __pyx_t_10) < (0)) __PYX_ERR(3, 500, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":513
+  /* "src/cnnc/_kernels.pyx":514
  * 
  * 
  * def _matmul_pass(which, x, w2, rows, out, b, kernel_size, stride, padding, out_hw, chunks):             # <<<<<<<<<<<<<<
  *     """The same passes through numpy.matmul, for NumPy builds without their own OpenBLAS."""
  *     (kh, kw), (sh, sw), top, left = kernel_size, stride, padding[0], padding[2]
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_15_matmul_pass, 0, __pyx_mstate_global->__pyx_n_u_matmul_pass, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 513, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_15_matmul_pass, 0, __pyx_mstate_global->__pyx_n_u_matmul_pass, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 514, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_matmul_pass, __pyx_t_10) < (0)) __PYX_ERR(3, 513, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_matmul_pass, __pyx_t_10) < (0)) __PYX_ERR(3, 514, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":566
+  /* "src/cnnc/_kernels.pyx":567
  * 
  * 
  * def _layout(m):             # <<<<<<<<<<<<<<
  *     """(array, transposed, leading dimension) with the array C-contiguous as stored."""
  *     if m.flags.c_contiguous:
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_17_layout, 0, __pyx_mstate_global->__pyx_n_u_layout, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[21])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 566, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_17_layout, 0, __pyx_mstate_global->__pyx_n_u_layout, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[21])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 567, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_layout, __pyx_t_10) < (0)) __PYX_ERR(3, 566, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_layout, __pyx_t_10) < (0)) __PYX_ERR(3, 567, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":576
+  /* "src/cnnc/_kernels.pyx":577
  * 
  * 
  * def matmul(a, b):             # <<<<<<<<<<<<<<
  *     """a @ b for 2-D float arrays (a transposed view is fine)."""
  *     a, b = _checks.matmul(a, b)
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_19matmul, 0, __pyx_mstate_global->__pyx_n_u_matmul, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[22])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 576, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_19matmul, 0, __pyx_mstate_global->__pyx_n_u_matmul, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[22])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 577, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_matmul, __pyx_t_10) < (0)) __PYX_ERR(3, 576, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_matmul, __pyx_t_10) < (0)) __PYX_ERR(3, 577, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":597
+  /* "src/cnnc/_kernels.pyx":598
  * 
  * 
  * def conv2d_forward(x, w, b, stride, padding):             # <<<<<<<<<<<<<<
  *     """Cross-correlation of x (N, H, W, C) with w (kh, kw, C, F), plus bias b (F,)."""
  *     x, w, b, stride, padding, (oh, ow) = _checks.conv2d_forward(x, w, b, stride, padding)
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_21conv2d_forward, 0, __pyx_mstate_global->__pyx_n_u_conv2d_forward, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[23])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 597, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_21conv2d_forward, 0, __pyx_mstate_global->__pyx_n_u_conv2d_forward, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[23])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 598, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_conv2d_forward, __pyx_t_10) < (0)) __PYX_ERR(3, 597, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_conv2d_forward, __pyx_t_10) < (0)) __PYX_ERR(3, 598, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":614
+  /* "src/cnnc/_kernels.pyx":615
  * 
  * 
  * def conv2d_grad_input(dy, w, input_shape, stride, padding):             # <<<<<<<<<<<<<<
  *     """Gradient of the loss w.r.t. the convolution input, given dy (N, OH, OW, F)."""
  *     dy, w, input_shape, stride, padding, (oh, ow) = _checks.conv2d_grad_input(
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_23conv2d_grad_input, 0, __pyx_mstate_global->__pyx_n_u_conv2d_grad_input, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[24])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 614, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_23conv2d_grad_input, 0, __pyx_mstate_global->__pyx_n_u_conv2d_grad_input, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[24])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 615, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_conv2d_grad_input, __pyx_t_10) < (0)) __PYX_ERR(3, 614, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_conv2d_grad_input, __pyx_t_10) < (0)) __PYX_ERR(3, 615, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":634
+  /* "src/cnnc/_kernels.pyx":635
  * 
  * 
  * def conv2d_grad_params(x, dy, kernel_size, stride, padding):             # <<<<<<<<<<<<<<
  *     """Gradients of the loss w.r.t. the filter (kh, kw, C, F) and the bias (F,)."""
  *     x, dy, kernel_size, stride, padding, out_hw = _checks.conv2d_grad_params(
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_25conv2d_grad_params, 0, __pyx_mstate_global->__pyx_n_u_conv2d_grad_params, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[25])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 634, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_25conv2d_grad_params, 0, __pyx_mstate_global->__pyx_n_u_conv2d_grad_params, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[25])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 635, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_conv2d_grad_params, __pyx_t_10) < (0)) __PYX_ERR(3, 634, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_conv2d_grad_params, __pyx_t_10) < (0)) __PYX_ERR(3, 635, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":713
+  /* "src/cnnc/_kernels.pyx":714
  * 
  * 
  * def maxpool2d_forward(x, pool_size, stride):             # <<<<<<<<<<<<<<
  *     """Max over each window, and where it was: argmax holds h * W + w in the input plane.
  * 
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_27maxpool2d_forward, 0, __pyx_mstate_global->__pyx_n_u_maxpool2d_forward, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 713, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_27maxpool2d_forward, 0, __pyx_mstate_global->__pyx_n_u_maxpool2d_forward, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 714, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_maxpool2d_forward, __pyx_t_10) < (0)) __PYX_ERR(3, 713, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_maxpool2d_forward, __pyx_t_10) < (0)) __PYX_ERR(3, 714, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":742
+  /* "src/cnnc/_kernels.pyx":743
  * 
  * 
  * def maxpool2d_backward(dy, argmax, input_shape):             # <<<<<<<<<<<<<<
  *     """Scatter dy (N, OH, OW, C) back to the input positions recorded in argmax."""
  *     dy, argmax, input_shape = _checks.maxpool2d_backward(dy, argmax, input_shape)
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_29maxpool2d_backward, 0, __pyx_mstate_global->__pyx_n_u_maxpool2d_backward, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 742, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_29maxpool2d_backward, 0, __pyx_mstate_global->__pyx_n_u_maxpool2d_backward, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 743, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_maxpool2d_backward, __pyx_t_10) < (0)) __PYX_ERR(3, 742, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_maxpool2d_backward, __pyx_t_10) < (0)) __PYX_ERR(3, 743, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":791
+  /* "src/cnnc/_kernels.pyx":792
  * 
  * 
  * def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):             # <<<<<<<<<<<<<<
  *     """One Adam step with bias correction, in place on param, m and v.
  * 
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_31adam_update, 0, __pyx_mstate_global->__pyx_n_u_adam_update, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 791, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_31adam_update, 0, __pyx_mstate_global->__pyx_n_u_adam_update, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 792, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_adam_update, __pyx_t_10) < (0)) __PYX_ERR(3, 791, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_adam_update, __pyx_t_10) < (0)) __PYX_ERR(3, 792, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":829
+  /* "src/cnnc/_kernels.pyx":830
  * 
  * 
  * def leaky_relu(x, slope):             # <<<<<<<<<<<<<<
  *     """x where x > 0, slope * x elsewhere, for 0 <= slope <= 1 (slope 0 is ReLU).
  * 
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_33leaky_relu, 0, __pyx_mstate_global->__pyx_n_u_leaky_relu, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[29])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 829, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_33leaky_relu, 0, __pyx_mstate_global->__pyx_n_u_leaky_relu, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[29])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 830, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_leaky_relu, __pyx_t_10) < (0)) __PYX_ERR(3, 829, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_leaky_relu, __pyx_t_10) < (0)) __PYX_ERR(3, 830, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":865
+  /* "src/cnnc/_kernels.pyx":866
  * 
  * 
  * def leaky_relu_backward(x, upstream, slope):             # <<<<<<<<<<<<<<
  *     """upstream where x > 0, slope * upstream elsewhere: the gradient through leaky_relu."""
  *     x, upstream, slope = _checks.leaky_relu_backward(x, upstream, slope)
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_35leaky_relu_backward, 0, __pyx_mstate_global->__pyx_n_u_leaky_relu_backward, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[30])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 865, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_35leaky_relu_backward, 0, __pyx_mstate_global->__pyx_n_u_leaky_relu_backward, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[30])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 866, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_leaky_relu_backward, __pyx_t_10) < (0)) __PYX_ERR(3, 865, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_leaky_relu_backward, __pyx_t_10) < (0)) __PYX_ERR(3, 866, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":897
+  /* "src/cnnc/_kernels.pyx":898
  *     object PyDataMem_SetHandler(object handler)
  * 
  * cnp.import_array()             # <<<<<<<<<<<<<<
  * 
  * cdef enum:
 */
-  __pyx_t_18 = __pyx_f_5numpy_import_array(); if (unlikely(__pyx_t_18 == ((int)-1))) __PYX_ERR(3, 897, __pyx_L1_error)
+  __pyx_t_18 = __pyx_f_5numpy_import_array(); if (unlikely(__pyx_t_18 == ((int)-1))) __PYX_ERR(3, 898, __pyx_L1_error)
 
 
-  /* "src/cnnc/_kernels.pyx":905
+  /* "src/cnnc/_kernels.pyx":906
  *     _POOL_SLOTS = 64
  * 
  * cdef size_t _POOL_CAP = <size_t>1 << 30             # <<<<<<<<<<<<<<
@@ -52633,7 +52633,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__POOL_CAP = (((size_t)1) << 30);
 
-  /* "src/cnnc/_kernels.pyx":913
+  /* "src/cnnc/_kernels.pyx":914
  * cdef void *_pool_blocks[_POOL_SLOTS]
  * cdef size_t _pool_sizes[_POOL_SLOTS]
  * cdef int _pool_count = 0             # <<<<<<<<<<<<<<
@@ -52642,7 +52642,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_count = 0;
 
-  /* "src/cnnc/_kernels.pyx":914
+  /* "src/cnnc/_kernels.pyx":915
  * cdef size_t _pool_sizes[_POOL_SLOTS]
  * cdef int _pool_count = 0
  * cdef size_t _pool_bytes = 0             # <<<<<<<<<<<<<<
@@ -52651,7 +52651,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_bytes = 0;
 
-  /* "src/cnnc/_kernels.pyx":915
+  /* "src/cnnc/_kernels.pyx":916
  * cdef int _pool_count = 0
  * cdef size_t _pool_bytes = 0
  * cdef PyThread_type_lock _pool_lock = PyThread_allocate_lock()             # <<<<<<<<<<<<<<
@@ -52660,7 +52660,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_lock = PyThread_allocate_lock();
 
-  /* "src/cnnc/_kernels.pyx":1004
+  /* "src/cnnc/_kernels.pyx":1005
  * 
  * 
  * strncpy(_pool_handler.name, b"cnnc_memory_pool", 126)             # <<<<<<<<<<<<<<
@@ -52669,7 +52669,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   (void)(strncpy(__pyx_v_4cnnc_13_kernels_avx2__pool_handler.name, __pyx_k_cnnc_memory_pool, 0x7E));
 
-  /* "src/cnnc/_kernels.pyx":1005
+  /* "src/cnnc/_kernels.pyx":1006
  * 
  * strncpy(_pool_handler.name, b"cnnc_memory_pool", 126)
  * _pool_handler.version = 1             # <<<<<<<<<<<<<<
@@ -52678,7 +52678,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_handler.version = 1;
 
-  /* "src/cnnc/_kernels.pyx":1006
+  /* "src/cnnc/_kernels.pyx":1007
  * strncpy(_pool_handler.name, b"cnnc_memory_pool", 126)
  * _pool_handler.version = 1
  * _pool_handler.allocator.ctx = NULL             # <<<<<<<<<<<<<<
@@ -52687,7 +52687,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_handler.allocator.ctx = NULL;
 
-  /* "src/cnnc/_kernels.pyx":1007
+  /* "src/cnnc/_kernels.pyx":1008
  * _pool_handler.version = 1
  * _pool_handler.allocator.ctx = NULL
  * _pool_handler.allocator.malloc = _pool_malloc             # <<<<<<<<<<<<<<
@@ -52696,7 +52696,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_handler.allocator.malloc = __pyx_f_4cnnc_13_kernels_avx2__pool_malloc;
 
-  /* "src/cnnc/_kernels.pyx":1008
+  /* "src/cnnc/_kernels.pyx":1009
  * _pool_handler.allocator.ctx = NULL
  * _pool_handler.allocator.malloc = _pool_malloc
  * _pool_handler.allocator.calloc = _pool_calloc             # <<<<<<<<<<<<<<
@@ -52705,7 +52705,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_handler.allocator.calloc = __pyx_f_4cnnc_13_kernels_avx2__pool_calloc;
 
-  /* "src/cnnc/_kernels.pyx":1009
+  /* "src/cnnc/_kernels.pyx":1010
  * _pool_handler.allocator.malloc = _pool_malloc
  * _pool_handler.allocator.calloc = _pool_calloc
  * _pool_handler.allocator.realloc = _pool_realloc             # <<<<<<<<<<<<<<
@@ -52714,7 +52714,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_handler.allocator.realloc = __pyx_f_4cnnc_13_kernels_avx2__pool_realloc;
 
-  /* "src/cnnc/_kernels.pyx":1010
+  /* "src/cnnc/_kernels.pyx":1011
  * _pool_handler.allocator.calloc = _pool_calloc
  * _pool_handler.allocator.realloc = _pool_realloc
  * _pool_handler.allocator.free = _pool_free             # <<<<<<<<<<<<<<
@@ -52723,19 +52723,19 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_handler.allocator.free = __pyx_f_4cnnc_13_kernels_avx2__pool_free;
 
-  /* "src/cnnc/_kernels.pyx":1011
+  /* "src/cnnc/_kernels.pyx":1012
  * _pool_handler.allocator.realloc = _pool_realloc
  * _pool_handler.allocator.free = _pool_free
  * _pool_capsule = PyCapsule_New(&_pool_handler, b"mem_handler", NULL)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_10 = PyCapsule_New((&__pyx_v_4cnnc_13_kernels_avx2__pool_handler), __pyx_k_mem_handler, NULL); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 1011, __pyx_L1_error)
+  __pyx_t_10 = PyCapsule_New((&__pyx_v_4cnnc_13_kernels_avx2__pool_handler), __pyx_k_mem_handler, NULL); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 1012, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pool_capsule, __pyx_t_10) < (0)) __PYX_ERR(3, 1011, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pool_capsule, __pyx_t_10) < (0)) __PYX_ERR(3, 1012, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":1014
+  /* "src/cnnc/_kernels.pyx":1015
  * 
  * 
  * @contextlib.contextmanager             # <<<<<<<<<<<<<<
@@ -52743,12 +52743,12 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
  *     """Within the block, NumPy arrays reuse the memory of freed arrays of the same size.
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_contextlib); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 1014, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_contextlib); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 1015, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_contextmanager); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 1014, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_contextmanager); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 1015, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_37memory_pool, 0, __pyx_mstate_global->__pyx_n_u_memory_pool, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 1014, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_37memory_pool, 0, __pyx_mstate_global->__pyx_n_u_memory_pool, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 1015, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
@@ -52760,10 +52760,10 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 1014, __pyx_L1_error)
+    if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 1015, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
   }
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_memory_pool, __pyx_t_10) < (0)) __PYX_ERR(3, 1014, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_memory_pool, __pyx_t_10) < (0)) __PYX_ERR(3, 1015, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
   /* "cnnc/_kernels_avx2.pyx":1
@@ -52902,7 +52902,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
 
-  /* "src/cnnc/_kernels.pyx":488
+  /* "src/cnnc/_kernels.pyx":489
  *     buffer = buffers.get((role, dtype))
  *     if buffer is None or buffer.size < size:
  *         buffer = buffers[(role, dtype)] = np.empty(size, dtype=dtype)             # <<<<<<<<<<<<<<
@@ -52911,12 +52911,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
-    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(3, 488, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(3, 489, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[3]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[3]);
 
-  /* "src/cnnc/_kernels.pyx":524
+  /* "src/cnnc/_kernels.pyx":525
  *         part = slice(start * pixels, stop * pixels)
  *         if which == _GRAD_INPUT:
  *             np.matmul(rows[part], w2.T, out=cols)             # <<<<<<<<<<<<<<
@@ -52925,12 +52925,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
-    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(3, 524, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(3, 525, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[4]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
 
-  /* "src/cnnc/_kernels.pyx":650
+  /* "src/cnnc/_kernels.pyx":651
  *             _run_pass(_GRAD_WEIGHT, x, None, None, dy2, partial, None, kernel_size, stride,
  *                       padding, out_hw, chunks)
  *         dw = partial.reshape(_threads, patch, f).sum(axis=0)             # <<<<<<<<<<<<<<
@@ -52939,7 +52939,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_axis};
-    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(3, 650, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(3, 651, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[5]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
@@ -53228,7 +53228,7 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_cfunc_to_py, __pyx_mstate->__pyx_n_u_wrap, __pyx_mstate->__pyx_kp_b_iso88591_A_s_L_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_GENERATOR), 1014};
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_GENERATOR), 1015};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_previous};
     __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_memory_pool, __pyx_mstate->__pyx_kp_b_iso88591__6, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
   }
@@ -53243,82 +53243,82 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_numpy_openblas, __pyx_mstate->__pyx_kp_b_iso88591_2U_2U_2Q_E_E_av_1_Qa_Ja_q_q_QXX, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 439};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 440};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_patch, __pyx_mstate->__pyx_n_u_f};
     __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_direct_taken, __pyx_mstate->__pyx_kp_b_iso88591_6_M_Rs, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {10, 0, 0, 11, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 444};
+    const __Pyx_PyCode_New_function_description descr = {10, 0, 0, 11, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 445};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_which, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_w2, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_dy2, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_kernel_size, __pyx_mstate->__pyx_n_u_stride, __pyx_mstate->__pyx_n_u_padding, __pyx_mstate->__pyx_n_u_out_hw, __pyx_mstate->__pyx_n_u_geometry};
     __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_run_direct, __pyx_mstate->__pyx_kp_b_iso88591_q_as_Rs_V1Cs_CvQc_6_S_xwat7_5_v, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 7, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 482};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 7, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 483};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_role, __pyx_mstate->__pyx_n_u_rows, __pyx_mstate->__pyx_n_u_columns, __pyx_mstate->__pyx_n_u_dtype, __pyx_mstate->__pyx_n_u_buffers, __pyx_mstate->__pyx_n_u_size, __pyx_mstate->__pyx_n_u_buffer};
     __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_scratch, __pyx_mstate->__pyx_kp_b_iso88591_fI_A_5_WD_wc_c_vRq_F_6_q_6_5_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 492};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 493};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_bytes_per_image, __pyx_mstate->__pyx_n_u_wanted};
     __pyx_mstate_global->__pyx_codeobj_tab[18] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_chunk_count, __pyx_mstate->__pyx_kp_b_iso88591_Bar_3a_wc_1G3j, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[18])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {12, 0, 0, 14, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 499};
+    const __Pyx_PyCode_New_function_description descr = {12, 0, 0, 14, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 500};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_which, __pyx_mstate->__pyx_n_u_image, __pyx_mstate->__pyx_n_u_image_grad, __pyx_mstate->__pyx_n_u_w2, __pyx_mstate->__pyx_n_u_rows, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_kernel_size, __pyx_mstate->__pyx_n_u_stride, __pyx_mstate->__pyx_n_u_padding, __pyx_mstate->__pyx_n_u_out_hw, __pyx_mstate->__pyx_n_u_chunks, __pyx_mstate->__pyx_n_u_args, __pyx_mstate->__pyx_n_u_failed};
     __pyx_mstate_global->__pyx_codeobj_tab[19] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_run_pass, __pyx_mstate->__pyx_kp_b_iso88591_uG5_D_as_Rs_uD_VSTTWWZZ_G_t6_d, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[19])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {11, 0, 0, 26, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 513};
+    const __Pyx_PyCode_New_function_description descr = {11, 0, 0, 26, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 514};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_which, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_w2, __pyx_mstate->__pyx_n_u_rows, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_kernel_size, __pyx_mstate->__pyx_n_u_stride, __pyx_mstate->__pyx_n_u_padding, __pyx_mstate->__pyx_n_u_out_hw, __pyx_mstate->__pyx_n_u_chunks, __pyx_mstate->__pyx_n_u_kh, __pyx_mstate->__pyx_n_u_kw, __pyx_mstate->__pyx_n_u_sh, __pyx_mstate->__pyx_n_u_sw, __pyx_mstate->__pyx_n_u_top, __pyx_mstate->__pyx_n_u_left, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_pixels, __pyx_mstate->__pyx_n_u_patch, __pyx_mstate->__pyx_n_u_per_chunk, __pyx_mstate->__pyx_n_u_single, __pyx_mstate->__pyx_n_u_start, __pyx_mstate->__pyx_n_u_stop, __pyx_mstate->__pyx_n_u_cols, __pyx_mstate->__pyx_n_u_part};
     __pyx_mstate_global->__pyx_codeobj_tab[20] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_matmul_pass, __pyx_mstate->__pyx_kp_b_iso88591_t5_WM_WAQ_xxq_at6_RvQd_Rs_AV1A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[20])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 566};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 567};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_m};
     __pyx_mstate_global->__pyx_codeobj_tab[21] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_layout, __pyx_mstate->__pyx_kp_b_iso88591_q_a_s_q_q_F_6_AQ_3gQfAQ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[21])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 576};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 577};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_a, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_m, __pyx_mstate->__pyx_n_u_k, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_stored_a, __pyx_mstate->__pyx_n_u_trans_a, __pyx_mstate->__pyx_n_u_lda, __pyx_mstate->__pyx_n_u_stored_b, __pyx_mstate->__pyx_n_u_trans_b, __pyx_mstate->__pyx_n_u_ldb, __pyx_mstate->__pyx_n_u_c, __pyx_mstate->__pyx_n_u_ta, __pyx_mstate->__pyx_n_u_tb, __pyx_mstate->__pyx_n_u_pa, __pyx_mstate->__pyx_n_u_pb, __pyx_mstate->__pyx_n_u_pc};
     __pyx_mstate_global->__pyx_codeobj_tab[22] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_matmul, __pyx_mstate->__pyx_kp_b_iso88591_t7_Q_D_vS_S_Bb_q_r_A_ivWAQ_ivWA, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[22])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 597};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 598};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_w, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_stride, __pyx_mstate->__pyx_n_u_padding, __pyx_mstate->__pyx_n_u_oh, __pyx_mstate->__pyx_n_u_ow, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_kh, __pyx_mstate->__pyx_n_u_kw, __pyx_mstate->__pyx_n_u_c, __pyx_mstate->__pyx_n_u_f, __pyx_mstate->__pyx_n_u_pixels, __pyx_mstate->__pyx_n_u_patch, __pyx_mstate->__pyx_n_u_w2, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_chunks};
     __pyx_mstate_global->__pyx_codeobj_tab[23] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_conv2d_forward, __pyx_mstate->__pyx_kp_b_iso88591_s_XZt6_q_3c_QR_D_5_q_AQ_HCr_S_R, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[23])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 18, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 614};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 18, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 615};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_dy, __pyx_mstate->__pyx_n_u_w, __pyx_mstate->__pyx_n_u_input_shape, __pyx_mstate->__pyx_n_u_stride, __pyx_mstate->__pyx_n_u_padding, __pyx_mstate->__pyx_n_u_oh, __pyx_mstate->__pyx_n_u_ow, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_kh, __pyx_mstate->__pyx_n_u_kw, __pyx_mstate->__pyx_n_u_c, __pyx_mstate->__pyx_n_u_f, __pyx_mstate->__pyx_n_u_pixels, __pyx_mstate->__pyx_n_u_patch, __pyx_mstate->__pyx_n_u_w2, __pyx_mstate->__pyx_n_u_dy2, __pyx_mstate->__pyx_n_u_chunks, __pyx_mstate->__pyx_n_u_dx};
     __pyx_mstate_global->__pyx_codeobj_tab[24] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_conv2d_grad_input, __pyx_mstate->__pyx_kp_b_iso88591_fG_MQ_C_HA_D_5_1D_HCr_S_Rq_7_HA, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[24])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 18, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 634};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 18, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 635};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_dy, __pyx_mstate->__pyx_n_u_kernel_size, __pyx_mstate->__pyx_n_u_stride, __pyx_mstate->__pyx_n_u_padding, __pyx_mstate->__pyx_n_u_out_hw, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_kh, __pyx_mstate->__pyx_n_u_kw, __pyx_mstate->__pyx_n_u_c, __pyx_mstate->__pyx_n_u_f, __pyx_mstate->__pyx_n_u_pixels, __pyx_mstate->__pyx_n_u_patch, __pyx_mstate->__pyx_n_u_dy2, __pyx_mstate->__pyx_n_u_chunks, __pyx_mstate->__pyx_n_u_partial, __pyx_mstate->__pyx_n_u_dw, __pyx_mstate->__pyx_n_u_partial_db};
     __pyx_mstate_global->__pyx_codeobj_tab[25] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_conv2d_grad_params, __pyx_mstate->__pyx_kp_b_iso88591_t_9LA_4_HA_E_D_q_M_RvQa_HF_3b_a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[25])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 13, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 713};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 13, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 714};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_pool_size, __pyx_mstate->__pyx_n_u_stride, __pyx_mstate->__pyx_n_u_ph, __pyx_mstate->__pyx_n_u_pw, __pyx_mstate->__pyx_n_u_sh, __pyx_mstate->__pyx_n_u_sw, __pyx_mstate->__pyx_n_u_oh, __pyx_mstate->__pyx_n_u_ow, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_c, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_argmax};
     __pyx_mstate_global->__pyx_codeobj_tab[26] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_maxpool2d_forward, __pyx_mstate->__pyx_kp_b_iso88591_F_fD_g_q_a_t1F_4q_aq_T_T_q_XQj, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[26])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 742};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 743};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_dy, __pyx_mstate->__pyx_n_u_argmax, __pyx_mstate->__pyx_n_u_input_shape, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_h, __pyx_mstate->__pyx_n_u_w, __pyx_mstate->__pyx_n_u_c, __pyx_mstate->__pyx_n_u_dx};
     __pyx_mstate_global->__pyx_codeobj_tab[27] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_maxpool2d_backward, __pyx_mstate->__pyx_kp_b_iso88591_g_8_XQ_s_T_6_3b_Bd_r_2Q_XQ_ha_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[27])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {9, 0, 0, 13, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 791};
+    const __Pyx_PyCode_New_function_description descr = {9, 0, 0, 13, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 792};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_param, __pyx_mstate->__pyx_n_u_grad, __pyx_mstate->__pyx_n_u_m, __pyx_mstate->__pyx_n_u_v, __pyx_mstate->__pyx_n_u_lr, __pyx_mstate->__pyx_n_u_beta1, __pyx_mstate->__pyx_n_u_beta2, __pyx_mstate->__pyx_n_u_eps, __pyx_mstate->__pyx_n_u_step, __pyx_mstate->__pyx_n_u_step_size, __pyx_mstate->__pyx_n_u_bias2_sqrt, __pyx_mstate->__pyx_n_u_flat, __pyx_mstate->__pyx_n_u_a};
     __pyx_mstate_global->__pyx_codeobj_tab[28] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_adam_update, __pyx_mstate->__pyx_kp_b_iso88591_6_Ct7_gWL_vS_4wgU_3d_E_1_b_RvS, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[28])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 829};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 830};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_slope, __pyx_mstate->__pyx_n_u_out};
     __pyx_mstate_global->__pyx_codeobj_tab[29] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_leaky_relu, __pyx_mstate->__pyx_kp_b_iso88591_xwk_Q_Kq_q_s_A_1F_1HBd_XRt1_1G1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[29])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 865};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 866};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_upstream, __pyx_mstate->__pyx_n_u_slope, __pyx_mstate->__pyx_n_u_out};
     __pyx_mstate_global->__pyx_codeobj_tab[30] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_leaky_relu_backward, __pyx_mstate->__pyx_kp_b_iso88591_z_4AS_Kq_q_s_A_AV1AXRt882T_HTVV, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[30])) goto bad;
   }
