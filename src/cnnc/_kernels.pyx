@@ -640,9 +640,10 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
     dy2 = dy.reshape(n * pixels, f)
     chunks = _chunk_count(n, pixels * patch * x.itemsize)
-    if _direct_taken(patch, f) or _blas is not None:
+    direct = _direct_taken(patch, f)
+    if direct or _blas is not None:
         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
-        if _direct_taken(patch, f):
+        if direct:
             _run_direct(_GRAD_WEIGHT, x, None, None, dy2, partial, kernel_size, stride, padding,
                         out_hw)
         else:

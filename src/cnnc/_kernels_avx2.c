@@ -2060,7 +2060,7 @@ enum  {
   __pyx_e_4cnnc_13_kernels_avx2__LANES = 16
 };
 
-/* "src/cnnc/_kernels.pyx":900
+/* "src/cnnc/_kernels.pyx":901
  * cnp.import_array()
  * 
  * cdef enum:             # <<<<<<<<<<<<<<
@@ -2069,7 +2069,7 @@ enum  {
 */
 enum  {
 
-  /* "src/cnnc/_kernels.pyx":902
+  /* "src/cnnc/_kernels.pyx":903
  * cdef enum:
  *     _HEADER = 64            # bytes before the data: keeps it 64-byte aligned as malloc's 16
  *     _POOL_MIN = 1 << 16     # smaller blocks go straight to malloc and free             # <<<<<<<<<<<<<<
@@ -2109,7 +2109,7 @@ typedef void (*__pyx_t_4cnnc_13_kernels_avx2__dgemm_t)(int, int, int, int64_t, i
 */
 typedef int (*__pyx_t_4cnnc_13_kernels_avx2__local_threads_t)(int);
 
-/* "src/cnnc/_kernels.pyx":908
+/* "src/cnnc/_kernels.pyx":909
  * cdef size_t _POOL_CAP = <size_t>1 << 30
  * 
  * cdef struct _Header:             # <<<<<<<<<<<<<<
@@ -2121,7 +2121,7 @@ struct __pyx_t_4cnnc_13_kernels_avx2__Header {
   int pooled;
 };
 
-/* "src/cnnc/_kernels.pyx":1015
+/* "src/cnnc/_kernels.pyx":1016
  * 
  * 
  * @contextlib.contextmanager             # <<<<<<<<<<<<<<
@@ -4895,7 +4895,7 @@ namespace {
     PyObject *__pyx_slice[1];
     PyObject *__pyx_tuple[6];
     PyObject *__pyx_codeobj_tab[31];
-    PyObject *__pyx_string_tab[296];
+    PyObject *__pyx_string_tab[297];
     PyObject *__pyx_number_tab[7];
 /* #### Code section: module_state_contents ### */
 /* CommonTypesMetaclass.module_state_decls */
@@ -5151,169 +5151,170 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_cpu_count __pyx_string_tab[130]
 #define __pyx_n_u_ctypes __pyx_string_tab[131]
 #define __pyx_n_u_dgemm64 __pyx_string_tab[132]
-#define __pyx_n_u_dirname __pyx_string_tab[133]
-#define __pyx_n_u_dtype __pyx_string_tab[134]
-#define __pyx_n_u_dtype_is_object __pyx_string_tab[135]
-#define __pyx_n_u_dw __pyx_string_tab[136]
-#define __pyx_n_u_dx __pyx_string_tab[137]
-#define __pyx_n_u_dy __pyx_string_tab[138]
-#define __pyx_n_u_dy2 __pyx_string_tab[139]
-#define __pyx_n_u_empty __pyx_string_tab[140]
-#define __pyx_n_u_empty_like __pyx_string_tab[141]
-#define __pyx_n_u_encode __pyx_string_tab[142]
-#define __pyx_n_u_enumerate __pyx_string_tab[143]
-#define __pyx_n_u_eps __pyx_string_tab[144]
-#define __pyx_n_u_error __pyx_string_tab[145]
-#define __pyx_n_u_f __pyx_string_tab[146]
-#define __pyx_n_u_failed __pyx_string_tab[147]
-#define __pyx_n_u_flags __pyx_string_tab[148]
-#define __pyx_n_u_flat __pyx_string_tab[149]
-#define __pyx_n_u_float32 __pyx_string_tab[150]
-#define __pyx_n_u_format __pyx_string_tab[151]
-#define __pyx_n_u_fortran __pyx_string_tab[152]
-#define __pyx_n_u_found __pyx_string_tab[153]
-#define __pyx_n_u_function __pyx_string_tab[154]
-#define __pyx_n_u_geometry __pyx_string_tab[155]
-#define __pyx_n_u_get __pyx_string_tab[156]
-#define __pyx_n_u_glob __pyx_string_tab[157]
-#define __pyx_n_u_grad __pyx_string_tab[158]
-#define __pyx_n_u_h __pyx_string_tab[159]
-#define __pyx_n_u_id __pyx_string_tab[160]
-#define __pyx_n_u_image __pyx_string_tab[161]
-#define __pyx_n_u_image_grad __pyx_string_tab[162]
-#define __pyx_n_u_index __pyx_string_tab[163]
-#define __pyx_n_u_input_shape __pyx_string_tab[164]
-#define __pyx_n_u_int32 __pyx_string_tab[165]
-#define __pyx_n_u_int64 __pyx_string_tab[166]
-#define __pyx_n_u_items __pyx_string_tab[167]
-#define __pyx_n_u_itemsize __pyx_string_tab[168]
-#define __pyx_n_u_join __pyx_string_tab[169]
-#define __pyx_n_u_k __pyx_string_tab[170]
-#define __pyx_n_u_keep_grad __pyx_string_tab[171]
-#define __pyx_n_u_keep_square __pyx_string_tab[172]
-#define __pyx_n_u_kernel_size __pyx_string_tab[173]
-#define __pyx_n_u_kh __pyx_string_tab[174]
-#define __pyx_n_u_kw __pyx_string_tab[175]
-#define __pyx_n_u_lda __pyx_string_tab[176]
-#define __pyx_n_u_ldb __pyx_string_tab[177]
-#define __pyx_n_u_leaky_relu __pyx_string_tab[178]
-#define __pyx_n_u_leaky_relu_backward __pyx_string_tab[179]
-#define __pyx_n_u_left __pyx_string_tab[180]
-#define __pyx_n_u_library __pyx_string_tab[181]
-#define __pyx_n_u_local_2 __pyx_string_tab[182]
-#define __pyx_n_u_lr __pyx_string_tab[183]
-#define __pyx_n_u_m __pyx_string_tab[184]
-#define __pyx_n_u_matmul __pyx_string_tab[185]
-#define __pyx_n_u_maxpool2d_backward __pyx_string_tab[186]
-#define __pyx_n_u_maxpool2d_forward __pyx_string_tab[187]
-#define __pyx_n_u_memory_pool __pyx_string_tab[188]
-#define __pyx_n_u_memview __pyx_string_tab[189]
-#define __pyx_n_u_mode __pyx_string_tab[190]
-#define __pyx_n_u_n __pyx_string_tab[191]
-#define __pyx_n_u_name __pyx_string_tab[192]
-#define __pyx_n_u_ndim __pyx_string_tab[193]
-#define __pyx_n_u_next __pyx_string_tab[194]
-#define __pyx_n_u_np __pyx_string_tab[195]
-#define __pyx_n_u_numpy __pyx_string_tab[196]
-#define __pyx_n_u_obj __pyx_string_tab[197]
-#define __pyx_n_u_oh __pyx_string_tab[198]
-#define __pyx_n_u_openblas_set_num_threads_local __pyx_string_tab[199]
-#define __pyx_n_u_os __pyx_string_tab[200]
-#define __pyx_n_u_out __pyx_string_tab[201]
-#define __pyx_n_u_out_hw __pyx_string_tab[202]
-#define __pyx_n_u_ow __pyx_string_tab[203]
-#define __pyx_n_u_pa __pyx_string_tab[204]
-#define __pyx_n_u_pack __pyx_string_tab[205]
-#define __pyx_n_u_padding __pyx_string_tab[206]
-#define __pyx_n_u_param __pyx_string_tab[207]
-#define __pyx_n_u_part __pyx_string_tab[208]
-#define __pyx_n_u_partial __pyx_string_tab[209]
-#define __pyx_n_u_partial_db __pyx_string_tab[210]
-#define __pyx_n_u_patch __pyx_string_tab[211]
-#define __pyx_n_u_path __pyx_string_tab[212]
-#define __pyx_n_u_pb __pyx_string_tab[213]
-#define __pyx_n_u_pc __pyx_string_tab[214]
-#define __pyx_n_u_per_chunk __pyx_string_tab[215]
-#define __pyx_n_u_ph __pyx_string_tab[216]
-#define __pyx_n_u_pixels __pyx_string_tab[217]
-#define __pyx_n_u_pool_size __pyx_string_tab[218]
-#define __pyx_n_u_pop __pyx_string_tab[219]
-#define __pyx_n_u_prefix __pyx_string_tab[220]
-#define __pyx_n_u_previous __pyx_string_tab[221]
-#define __pyx_n_u_pw __pyx_string_tab[222]
-#define __pyx_n_u_register __pyx_string_tab[223]
-#define __pyx_n_u_reshape __pyx_string_tab[224]
-#define __pyx_n_u_role __pyx_string_tab[225]
-#define __pyx_n_u_root __pyx_string_tab[226]
-#define __pyx_n_u_rows __pyx_string_tab[227]
-#define __pyx_n_u_sched_getaffinity __pyx_string_tab[228]
-#define __pyx_n_u_scipy_cblas __pyx_string_tab[229]
-#define __pyx_n_u_send __pyx_string_tab[230]
-#define __pyx_n_u_setdefault __pyx_string_tab[231]
-#define __pyx_n_u_sgemm64 __pyx_string_tab[232]
-#define __pyx_n_u_sh __pyx_string_tab[233]
-#define __pyx_n_u_shape __pyx_string_tab[234]
-#define __pyx_n_u_single __pyx_string_tab[235]
-#define __pyx_n_u_size __pyx_string_tab[236]
-#define __pyx_n_u_slope __pyx_string_tab[237]
-#define __pyx_n_u_start __pyx_string_tab[238]
-#define __pyx_n_u_step __pyx_string_tab[239]
-#define __pyx_n_u_step_size __pyx_string_tab[240]
-#define __pyx_n_u_stop __pyx_string_tab[241]
-#define __pyx_n_u_stored_a __pyx_string_tab[242]
-#define __pyx_n_u_stored_b __pyx_string_tab[243]
-#define __pyx_n_u_stride __pyx_string_tab[244]
-#define __pyx_n_u_struct __pyx_string_tab[245]
-#define __pyx_n_u_sum __pyx_string_tab[246]
-#define __pyx_n_u_sw __pyx_string_tab[247]
-#define __pyx_n_u_ta __pyx_string_tab[248]
-#define __pyx_n_u_tb __pyx_string_tab[249]
-#define __pyx_n_u_thread_count __pyx_string_tab[250]
-#define __pyx_n_u_threading __pyx_string_tab[251]
-#define __pyx_n_u_throw __pyx_string_tab[252]
-#define __pyx_n_u_top __pyx_string_tab[253]
-#define __pyx_n_u_trans_a __pyx_string_tab[254]
-#define __pyx_n_u_trans_b __pyx_string_tab[255]
-#define __pyx_n_u_unpack __pyx_string_tab[256]
-#define __pyx_n_u_update __pyx_string_tab[257]
-#define __pyx_n_u_upstream __pyx_string_tab[258]
-#define __pyx_n_u_v __pyx_string_tab[259]
-#define __pyx_n_u_value __pyx_string_tab[260]
-#define __pyx_n_u_values __pyx_string_tab[261]
-#define __pyx_n_u_w __pyx_string_tab[262]
-#define __pyx_n_u_w2 __pyx_string_tab[263]
-#define __pyx_n_u_wanted __pyx_string_tab[264]
-#define __pyx_n_u_which __pyx_string_tab[265]
-#define __pyx_n_u_wrap __pyx_string_tab[266]
-#define __pyx_n_u_x __pyx_string_tab[267]
-#define __pyx_n_u_y __pyx_string_tab[268]
-#define __pyx_n_u_zeros __pyx_string_tab[269]
-#define __pyx_n_b_O __pyx_string_tab[270]
-#define __pyx_kp_b_iso88591__6 __pyx_string_tab[271]
-#define __pyx_kp_b_iso88591_q_as_Rs_V1Cs_CvQc_6_S_xwat7_5_v __pyx_string_tab[272]
-#define __pyx_kp_b_iso88591_q_a_s_q_q_F_6_AQ_3gQfAQ __pyx_string_tab[273]
-#define __pyx_kp_b_iso88591_s_XZt6_q_3c_QR_D_5_q_AQ_HCr_S_R __pyx_string_tab[274]
-#define __pyx_kp_b_iso88591_t7_Q_D_vS_S_Bb_q_r_A_ivWAQ_ivWA __pyx_string_tab[275]
-#define __pyx_kp_b_iso88591_t_9LA_4_HA_E_D_q_M_RvQa_HF_3b_a __pyx_string_tab[276]
-#define __pyx_kp_b_iso88591_uG5_D_as_Rs_uD_VSTTWWZZ_G_t6_d __pyx_string_tab[277]
-#define __pyx_kp_b_iso88591_z_4AS_Kq_q_s_A_AV1AXRt882T_HTVV __pyx_string_tab[278]
-#define __pyx_kp_b_iso88591_fG_MQ_C_HA_D_5_1D_HCr_S_Rq_7_HA __pyx_string_tab[279]
-#define __pyx_kp_b_iso88591_g_8_XQ_s_T_6_3b_Bd_r_2Q_XQ_ha_2 __pyx_string_tab[280]
-#define __pyx_kp_b_iso88591_4q_Q __pyx_string_tab[281]
-#define __pyx_kp_b_iso88591_6_M_Rs __pyx_string_tab[282]
-#define __pyx_kp_b_iso88591_fI_A_5_WD_wc_c_vRq_F_6_q_6_5_q __pyx_string_tab[283]
-#define __pyx_kp_b_iso88591_t5_WM_WAQ_xxq_at6_RvQd_Rs_AV1A __pyx_string_tab[284]
-#define __pyx_kp_b_iso88591_2U_2U_2Q_E_E_av_1_Qa_Ja_q_q_QXX __pyx_string_tab[285]
-#define __pyx_kp_b_iso88591_Bar_3a_wc_1G3j __pyx_string_tab[286]
-#define __pyx_kp_b_iso88591_xwk_Q_Kq_q_s_A_1F_1HBd_XRt1_1G1 __pyx_string_tab[287]
-#define __pyx_kp_b_iso88591_F_fD_g_q_a_t1F_4q_aq_T_T_q_XQj __pyx_string_tab[288]
-#define __pyx_kp_b_iso88591_6_Ct7_gWL_vS_4wgU_3d_E_1_b_RvS __pyx_string_tab[289]
-#define __pyx_kp_b_iso88591_A_T_Ct4t4uF_a __pyx_string_tab[290]
-#define __pyx_kp_b_iso88591_A_U_4t4t5_d __pyx_string_tab[291]
-#define __pyx_kp_b_iso88591_A_V4t4t5_d __pyx_string_tab[292]
-#define __pyx_kp_b_iso88591_A_D_D_E_t1 __pyx_string_tab[293]
-#define __pyx_kp_b_iso88591_A_s_L_Q __pyx_string_tab[294]
-#define __pyx_kp_b_iso88591_A_q_4vU_T_T_URXX_a __pyx_string_tab[295]
+#define __pyx_n_u_direct __pyx_string_tab[133]
+#define __pyx_n_u_dirname __pyx_string_tab[134]
+#define __pyx_n_u_dtype __pyx_string_tab[135]
+#define __pyx_n_u_dtype_is_object __pyx_string_tab[136]
+#define __pyx_n_u_dw __pyx_string_tab[137]
+#define __pyx_n_u_dx __pyx_string_tab[138]
+#define __pyx_n_u_dy __pyx_string_tab[139]
+#define __pyx_n_u_dy2 __pyx_string_tab[140]
+#define __pyx_n_u_empty __pyx_string_tab[141]
+#define __pyx_n_u_empty_like __pyx_string_tab[142]
+#define __pyx_n_u_encode __pyx_string_tab[143]
+#define __pyx_n_u_enumerate __pyx_string_tab[144]
+#define __pyx_n_u_eps __pyx_string_tab[145]
+#define __pyx_n_u_error __pyx_string_tab[146]
+#define __pyx_n_u_f __pyx_string_tab[147]
+#define __pyx_n_u_failed __pyx_string_tab[148]
+#define __pyx_n_u_flags __pyx_string_tab[149]
+#define __pyx_n_u_flat __pyx_string_tab[150]
+#define __pyx_n_u_float32 __pyx_string_tab[151]
+#define __pyx_n_u_format __pyx_string_tab[152]
+#define __pyx_n_u_fortran __pyx_string_tab[153]
+#define __pyx_n_u_found __pyx_string_tab[154]
+#define __pyx_n_u_function __pyx_string_tab[155]
+#define __pyx_n_u_geometry __pyx_string_tab[156]
+#define __pyx_n_u_get __pyx_string_tab[157]
+#define __pyx_n_u_glob __pyx_string_tab[158]
+#define __pyx_n_u_grad __pyx_string_tab[159]
+#define __pyx_n_u_h __pyx_string_tab[160]
+#define __pyx_n_u_id __pyx_string_tab[161]
+#define __pyx_n_u_image __pyx_string_tab[162]
+#define __pyx_n_u_image_grad __pyx_string_tab[163]
+#define __pyx_n_u_index __pyx_string_tab[164]
+#define __pyx_n_u_input_shape __pyx_string_tab[165]
+#define __pyx_n_u_int32 __pyx_string_tab[166]
+#define __pyx_n_u_int64 __pyx_string_tab[167]
+#define __pyx_n_u_items __pyx_string_tab[168]
+#define __pyx_n_u_itemsize __pyx_string_tab[169]
+#define __pyx_n_u_join __pyx_string_tab[170]
+#define __pyx_n_u_k __pyx_string_tab[171]
+#define __pyx_n_u_keep_grad __pyx_string_tab[172]
+#define __pyx_n_u_keep_square __pyx_string_tab[173]
+#define __pyx_n_u_kernel_size __pyx_string_tab[174]
+#define __pyx_n_u_kh __pyx_string_tab[175]
+#define __pyx_n_u_kw __pyx_string_tab[176]
+#define __pyx_n_u_lda __pyx_string_tab[177]
+#define __pyx_n_u_ldb __pyx_string_tab[178]
+#define __pyx_n_u_leaky_relu __pyx_string_tab[179]
+#define __pyx_n_u_leaky_relu_backward __pyx_string_tab[180]
+#define __pyx_n_u_left __pyx_string_tab[181]
+#define __pyx_n_u_library __pyx_string_tab[182]
+#define __pyx_n_u_local_2 __pyx_string_tab[183]
+#define __pyx_n_u_lr __pyx_string_tab[184]
+#define __pyx_n_u_m __pyx_string_tab[185]
+#define __pyx_n_u_matmul __pyx_string_tab[186]
+#define __pyx_n_u_maxpool2d_backward __pyx_string_tab[187]
+#define __pyx_n_u_maxpool2d_forward __pyx_string_tab[188]
+#define __pyx_n_u_memory_pool __pyx_string_tab[189]
+#define __pyx_n_u_memview __pyx_string_tab[190]
+#define __pyx_n_u_mode __pyx_string_tab[191]
+#define __pyx_n_u_n __pyx_string_tab[192]
+#define __pyx_n_u_name __pyx_string_tab[193]
+#define __pyx_n_u_ndim __pyx_string_tab[194]
+#define __pyx_n_u_next __pyx_string_tab[195]
+#define __pyx_n_u_np __pyx_string_tab[196]
+#define __pyx_n_u_numpy __pyx_string_tab[197]
+#define __pyx_n_u_obj __pyx_string_tab[198]
+#define __pyx_n_u_oh __pyx_string_tab[199]
+#define __pyx_n_u_openblas_set_num_threads_local __pyx_string_tab[200]
+#define __pyx_n_u_os __pyx_string_tab[201]
+#define __pyx_n_u_out __pyx_string_tab[202]
+#define __pyx_n_u_out_hw __pyx_string_tab[203]
+#define __pyx_n_u_ow __pyx_string_tab[204]
+#define __pyx_n_u_pa __pyx_string_tab[205]
+#define __pyx_n_u_pack __pyx_string_tab[206]
+#define __pyx_n_u_padding __pyx_string_tab[207]
+#define __pyx_n_u_param __pyx_string_tab[208]
+#define __pyx_n_u_part __pyx_string_tab[209]
+#define __pyx_n_u_partial __pyx_string_tab[210]
+#define __pyx_n_u_partial_db __pyx_string_tab[211]
+#define __pyx_n_u_patch __pyx_string_tab[212]
+#define __pyx_n_u_path __pyx_string_tab[213]
+#define __pyx_n_u_pb __pyx_string_tab[214]
+#define __pyx_n_u_pc __pyx_string_tab[215]
+#define __pyx_n_u_per_chunk __pyx_string_tab[216]
+#define __pyx_n_u_ph __pyx_string_tab[217]
+#define __pyx_n_u_pixels __pyx_string_tab[218]
+#define __pyx_n_u_pool_size __pyx_string_tab[219]
+#define __pyx_n_u_pop __pyx_string_tab[220]
+#define __pyx_n_u_prefix __pyx_string_tab[221]
+#define __pyx_n_u_previous __pyx_string_tab[222]
+#define __pyx_n_u_pw __pyx_string_tab[223]
+#define __pyx_n_u_register __pyx_string_tab[224]
+#define __pyx_n_u_reshape __pyx_string_tab[225]
+#define __pyx_n_u_role __pyx_string_tab[226]
+#define __pyx_n_u_root __pyx_string_tab[227]
+#define __pyx_n_u_rows __pyx_string_tab[228]
+#define __pyx_n_u_sched_getaffinity __pyx_string_tab[229]
+#define __pyx_n_u_scipy_cblas __pyx_string_tab[230]
+#define __pyx_n_u_send __pyx_string_tab[231]
+#define __pyx_n_u_setdefault __pyx_string_tab[232]
+#define __pyx_n_u_sgemm64 __pyx_string_tab[233]
+#define __pyx_n_u_sh __pyx_string_tab[234]
+#define __pyx_n_u_shape __pyx_string_tab[235]
+#define __pyx_n_u_single __pyx_string_tab[236]
+#define __pyx_n_u_size __pyx_string_tab[237]
+#define __pyx_n_u_slope __pyx_string_tab[238]
+#define __pyx_n_u_start __pyx_string_tab[239]
+#define __pyx_n_u_step __pyx_string_tab[240]
+#define __pyx_n_u_step_size __pyx_string_tab[241]
+#define __pyx_n_u_stop __pyx_string_tab[242]
+#define __pyx_n_u_stored_a __pyx_string_tab[243]
+#define __pyx_n_u_stored_b __pyx_string_tab[244]
+#define __pyx_n_u_stride __pyx_string_tab[245]
+#define __pyx_n_u_struct __pyx_string_tab[246]
+#define __pyx_n_u_sum __pyx_string_tab[247]
+#define __pyx_n_u_sw __pyx_string_tab[248]
+#define __pyx_n_u_ta __pyx_string_tab[249]
+#define __pyx_n_u_tb __pyx_string_tab[250]
+#define __pyx_n_u_thread_count __pyx_string_tab[251]
+#define __pyx_n_u_threading __pyx_string_tab[252]
+#define __pyx_n_u_throw __pyx_string_tab[253]
+#define __pyx_n_u_top __pyx_string_tab[254]
+#define __pyx_n_u_trans_a __pyx_string_tab[255]
+#define __pyx_n_u_trans_b __pyx_string_tab[256]
+#define __pyx_n_u_unpack __pyx_string_tab[257]
+#define __pyx_n_u_update __pyx_string_tab[258]
+#define __pyx_n_u_upstream __pyx_string_tab[259]
+#define __pyx_n_u_v __pyx_string_tab[260]
+#define __pyx_n_u_value __pyx_string_tab[261]
+#define __pyx_n_u_values __pyx_string_tab[262]
+#define __pyx_n_u_w __pyx_string_tab[263]
+#define __pyx_n_u_w2 __pyx_string_tab[264]
+#define __pyx_n_u_wanted __pyx_string_tab[265]
+#define __pyx_n_u_which __pyx_string_tab[266]
+#define __pyx_n_u_wrap __pyx_string_tab[267]
+#define __pyx_n_u_x __pyx_string_tab[268]
+#define __pyx_n_u_y __pyx_string_tab[269]
+#define __pyx_n_u_zeros __pyx_string_tab[270]
+#define __pyx_n_b_O __pyx_string_tab[271]
+#define __pyx_kp_b_iso88591__6 __pyx_string_tab[272]
+#define __pyx_kp_b_iso88591_q_as_Rs_V1Cs_CvQc_6_S_xwat7_5_v __pyx_string_tab[273]
+#define __pyx_kp_b_iso88591_q_a_s_q_q_F_6_AQ_3gQfAQ __pyx_string_tab[274]
+#define __pyx_kp_b_iso88591_s_XZt6_q_3c_QR_D_5_q_AQ_HCr_S_R __pyx_string_tab[275]
+#define __pyx_kp_b_iso88591_t7_Q_D_vS_S_Bb_q_r_A_ivWAQ_ivWA __pyx_string_tab[276]
+#define __pyx_kp_b_iso88591_t_9LA_4_HA_E_D_q_M_RvQa_HF_3b_a __pyx_string_tab[277]
+#define __pyx_kp_b_iso88591_uG5_D_as_Rs_uD_VSTTWWZZ_G_t6_d __pyx_string_tab[278]
+#define __pyx_kp_b_iso88591_z_4AS_Kq_q_s_A_AV1AXRt882T_HTVV __pyx_string_tab[279]
+#define __pyx_kp_b_iso88591_fG_MQ_C_HA_D_5_1D_HCr_S_Rq_7_HA __pyx_string_tab[280]
+#define __pyx_kp_b_iso88591_g_8_XQ_s_T_6_3b_Bd_r_2Q_XQ_ha_2 __pyx_string_tab[281]
+#define __pyx_kp_b_iso88591_4q_Q __pyx_string_tab[282]
+#define __pyx_kp_b_iso88591_6_M_Rs __pyx_string_tab[283]
+#define __pyx_kp_b_iso88591_fI_A_5_WD_wc_c_vRq_F_6_q_6_5_q __pyx_string_tab[284]
+#define __pyx_kp_b_iso88591_t5_WM_WAQ_xxq_at6_RvQd_Rs_AV1A __pyx_string_tab[285]
+#define __pyx_kp_b_iso88591_2U_2U_2Q_E_E_av_1_Qa_Ja_q_q_QXX __pyx_string_tab[286]
+#define __pyx_kp_b_iso88591_Bar_3a_wc_1G3j __pyx_string_tab[287]
+#define __pyx_kp_b_iso88591_xwk_Q_Kq_q_s_A_1F_1HBd_XRt1_1G1 __pyx_string_tab[288]
+#define __pyx_kp_b_iso88591_F_fD_g_q_a_t1F_4q_aq_T_T_q_XQj __pyx_string_tab[289]
+#define __pyx_kp_b_iso88591_6_Ct7_gWL_vS_4wgU_3d_E_1_b_RvS __pyx_string_tab[290]
+#define __pyx_kp_b_iso88591_A_T_Ct4t4uF_a __pyx_string_tab[291]
+#define __pyx_kp_b_iso88591_A_U_4t4t5_d __pyx_string_tab[292]
+#define __pyx_kp_b_iso88591_A_V4t4t5_d __pyx_string_tab[293]
+#define __pyx_kp_b_iso88591_A_D_D_E_t1 __pyx_string_tab[294]
+#define __pyx_kp_b_iso88591_A_s_L_Q __pyx_string_tab[295]
+#define __pyx_kp_b_iso88591_A_q_4vU_T_T_URXX_a __pyx_string_tab[296]
 #define __pyx_float_0_5 __pyx_number_tab[0]
 #define __pyx_float_1_0 __pyx_number_tab[1]
 #define __pyx_int_0 __pyx_number_tab[2]
@@ -5391,7 +5392,7 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_slice[i]); }
   for (int i=0; i<6; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
   for (int i=0; i<31; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<296; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<297; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<7; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -5474,7 +5475,7 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_slice[i]); }
   for (int i=0; i<6; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
   for (int i=0; i<31; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<296; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<297; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<7; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -38533,6 +38534,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   PyObject *__pyx_v_patch = NULL;
   PyObject *__pyx_v_dy2 = NULL;
   PyObject *__pyx_v_chunks = NULL;
+  PyObject *__pyx_v_direct = NULL;
   PyObject *__pyx_v_partial = NULL;
   PyObject *__pyx_v_dw = NULL;
   PyObject *__pyx_v_partial_db = NULL;
@@ -38818,7 +38820,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
  *     pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
  *     dy2 = dy.reshape(n * pixels, f)             # <<<<<<<<<<<<<<
  *     chunks = _chunk_count(n, pixels * patch * x.itemsize)
- *     if _direct_taken(patch, f) or _blas is not None:
+ *     direct = _direct_taken(patch, f)
 */
   __pyx_t_1 = __pyx_v_dy;
   __Pyx_INCREF(__pyx_t_1);
@@ -38840,8 +38842,8 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
  *     pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
  *     dy2 = dy.reshape(n * pixels, f)
  *     chunks = _chunk_count(n, pixels * patch * x.itemsize)             # <<<<<<<<<<<<<<
- *     if _direct_taken(patch, f) or _blas is not None:
- *         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
+ *     direct = _direct_taken(patch, f)
+ *     if direct or _blas is not None:
 */
   __pyx_t_6 = NULL;
   __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_chunk_count); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 642, __pyx_L1_error)
@@ -38881,9 +38883,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   /* "src/cnnc/_kernels.pyx":643
  *     dy2 = dy.reshape(n * pixels, f)
  *     chunks = _chunk_count(n, pixels * patch * x.itemsize)
- *     if _direct_taken(patch, f) or _blas is not None:             # <<<<<<<<<<<<<<
+ *     direct = _direct_taken(patch, f)             # <<<<<<<<<<<<<<
+ *     if direct or _blas is not None:
  *         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
- *         if _direct_taken(patch, f):
 */
   __pyx_t_1 = NULL;
   __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_direct_taken); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 643, __pyx_L1_error)
@@ -38908,8 +38910,17 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 643, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
-  __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(3, 643, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_v_direct = __pyx_t_3;
+  __pyx_t_3 = 0;
+
+  /* "src/cnnc/_kernels.pyx":644
+ *     chunks = _chunk_count(n, pixels * patch * x.itemsize)
+ *     direct = _direct_taken(patch, f)
+ *     if direct or _blas is not None:             # <<<<<<<<<<<<<<
+ *         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
+ *         if direct:
+*/
+  __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_v_direct); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(3, 644, __pyx_L1_error)
   if (!__pyx_t_12) {
 
   } else {
@@ -38918,7 +38929,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
 
     goto __pyx_L8_bool_binop_done;
   }
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_blas); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 643, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_blas); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 644, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_12 = (__pyx_t_3 != Py_None);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
@@ -38929,33 +38940,33 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   if (__pyx_t_11) {
 
 
-    /* "src/cnnc/_kernels.pyx":644
- *     chunks = _chunk_count(n, pixels * patch * x.itemsize)
- *     if _direct_taken(patch, f) or _blas is not None:
+    /* "src/cnnc/_kernels.pyx":645
+ *     direct = _direct_taken(patch, f)
+ *     if direct or _blas is not None:
  *         partial = np.zeros((_threads * patch, f), dtype=x.dtype)             # <<<<<<<<<<<<<<
- *         if _direct_taken(patch, f):
+ *         if direct:
  *             _run_direct(_GRAD_WEIGHT, x, None, None, dy2, partial, kernel_size, stride, padding,
 */
     __pyx_t_2 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 644, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 645, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 644, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 645, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 644, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 645, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_8 = __Pyx_PyNumber_Multiply_int_object(__pyx_t_1, __pyx_v_patch); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 644, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyNumber_Multiply_int_object(__pyx_t_1, __pyx_v_patch); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 645, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 644, __pyx_L1_error)
+    __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 645, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_GIVEREF(__pyx_t_8);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_t_8) != (0)) __PYX_ERR(3, 644, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_t_8) != (0)) __PYX_ERR(3, 645, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_f);
     __Pyx_GIVEREF(__pyx_v_f);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_f) != (0)) __PYX_ERR(3, 644, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_f) != (0)) __PYX_ERR(3, 645, __pyx_L1_error);
     __pyx_t_8 = 0;
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 644, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 645, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     #if CYTHON_VECTORCALL
     #endif
@@ -38975,13 +38986,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_1, __pyx_t_8};
       #if CYTHON_VECTORCALL
       __pyx_t_7 = __pyx_mstate_global->__pyx_tuple[3];
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 644, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 645, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_7);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_7 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 644, __pyx_L1_error)
+        if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 645, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_7);
       }
       #endif
@@ -38993,62 +39004,38 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 644, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 645, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_v_partial = __pyx_t_3;
     __pyx_t_3 = 0;
 
-    /* "src/cnnc/_kernels.pyx":645
- *     if _direct_taken(patch, f) or _blas is not None:
+    /* "src/cnnc/_kernels.pyx":646
+ *     if direct or _blas is not None:
  *         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
- *         if _direct_taken(patch, f):             # <<<<<<<<<<<<<<
+ *         if direct:             # <<<<<<<<<<<<<<
  *             _run_direct(_GRAD_WEIGHT, x, None, None, dy2, partial, kernel_size, stride, padding,
  *                         out_hw)
 */
-    __pyx_t_6 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_direct_taken); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 645, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_5 = 1;
-    #if CYTHON_UNPACK_METHODS
-    if (unlikely(PyMethod_Check(__pyx_t_7))) {
-      __pyx_t_6 = PyMethod_GET_SELF(__pyx_t_7);
-      assert(__pyx_t_6);
-      PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_7);
-      __Pyx_INCREF(__pyx_t_6);
-      __Pyx_INCREF(__pyx__function);
-      __Pyx_DECREF_SET(__pyx_t_7, __pyx__function);
-      __pyx_t_5 = 0;
-    }
-    #endif
-    {
-      PyObject *__pyx_callargs[3] = {__pyx_t_6, __pyx_v_patch, __pyx_v_f};
-      __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_7, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-      __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 645, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_3);
-    }
-    __pyx_t_11 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 645, __pyx_L1_error)
-    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __pyx_t_11 = __Pyx_PyObject_IsTrue(__pyx_v_direct); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 646, __pyx_L1_error)
     if (__pyx_t_11) {
 
 
-      /* "src/cnnc/_kernels.pyx":646
+      /* "src/cnnc/_kernels.pyx":647
  *         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
- *         if _direct_taken(patch, f):
+ *         if direct:
  *             _run_direct(_GRAD_WEIGHT, x, None, None, dy2, partial, kernel_size, stride, padding,             # <<<<<<<<<<<<<<
  *                         out_hw)
  *         else:
 */
-      __pyx_t_7 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_run_direct); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 646, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_8 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_WEIGHT); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 646, __pyx_L1_error)
+      __pyx_t_6 = NULL;
+      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_run_direct); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 647, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_7);
+      __pyx_t_8 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_WEIGHT); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 647, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
 
-      /* "src/cnnc/_kernels.pyx":647
- *         if _direct_taken(patch, f):
+      /* "src/cnnc/_kernels.pyx":648
+ *         if direct:
  *             _run_direct(_GRAD_WEIGHT, x, None, None, dy2, partial, kernel_size, stride, padding,
  *                         out_hw)             # <<<<<<<<<<<<<<
  *         else:
@@ -39056,38 +39043,38 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
 */
       __pyx_t_5 = 1;
       #if CYTHON_UNPACK_METHODS
-      if (unlikely(PyMethod_Check(__pyx_t_6))) {
-        __pyx_t_7 = PyMethod_GET_SELF(__pyx_t_6);
-        assert(__pyx_t_7);
-        PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_6);
-        __Pyx_INCREF(__pyx_t_7);
+      if (unlikely(PyMethod_Check(__pyx_t_7))) {
+        __pyx_t_6 = PyMethod_GET_SELF(__pyx_t_7);
+        assert(__pyx_t_6);
+        PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_7);
+        __Pyx_INCREF(__pyx_t_6);
         __Pyx_INCREF(__pyx__function);
-        __Pyx_DECREF_SET(__pyx_t_6, __pyx__function);
+        __Pyx_DECREF_SET(__pyx_t_7, __pyx__function);
         __pyx_t_5 = 0;
       }
       #endif
       {
-        PyObject *__pyx_callargs[11] = {__pyx_t_7, __pyx_t_8, __pyx_v_x, Py_None, Py_None, __pyx_v_dy2, __pyx_v_partial, __pyx_v_kernel_size, __pyx_v_stride, __pyx_v_padding, __pyx_v_out_hw};
-        __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_5, (11-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-        __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
+        PyObject *__pyx_callargs[11] = {__pyx_t_6, __pyx_t_8, __pyx_v_x, Py_None, Py_None, __pyx_v_dy2, __pyx_v_partial, __pyx_v_kernel_size, __pyx_v_stride, __pyx_v_padding, __pyx_v_out_hw};
+        __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_7, __pyx_callargs+__pyx_t_5, (11-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-        __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 646, __pyx_L1_error)
+        __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 647, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-      /* "src/cnnc/_kernels.pyx":645
- *     if _direct_taken(patch, f) or _blas is not None:
+      /* "src/cnnc/_kernels.pyx":646
+ *     if direct or _blas is not None:
  *         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
- *         if _direct_taken(patch, f):             # <<<<<<<<<<<<<<
+ *         if direct:             # <<<<<<<<<<<<<<
  *             _run_direct(_GRAD_WEIGHT, x, None, None, dy2, partial, kernel_size, stride, padding,
  *                         out_hw)
 */
       goto __pyx_L10;
     }
 
-    /* "src/cnnc/_kernels.pyx":649
+    /* "src/cnnc/_kernels.pyx":650
  *                         out_hw)
  *         else:
  *             _run_pass(_GRAD_WEIGHT, x, None, None, dy2, partial, None, kernel_size, stride,             # <<<<<<<<<<<<<<
@@ -39095,13 +39082,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
  *         dw = partial.reshape(_threads, patch, f).sum(axis=0)
 */
     /*else*/ {
-      __pyx_t_6 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_run_pass); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 649, __pyx_L1_error)
+      __pyx_t_7 = NULL;
+      __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_run_pass); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 650, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
-      __pyx_t_7 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_WEIGHT); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 649, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_7);
+      __pyx_t_6 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_WEIGHT); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 650, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_6);
 
-      /* "src/cnnc/_kernels.pyx":650
+      /* "src/cnnc/_kernels.pyx":651
  *         else:
  *             _run_pass(_GRAD_WEIGHT, x, None, None, dy2, partial, None, kernel_size, stride,
  *                       padding, out_hw, chunks)             # <<<<<<<<<<<<<<
@@ -39111,49 +39098,49 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       __pyx_t_5 = 1;
       #if CYTHON_UNPACK_METHODS
       if (unlikely(PyMethod_Check(__pyx_t_8))) {
-        __pyx_t_6 = PyMethod_GET_SELF(__pyx_t_8);
-        assert(__pyx_t_6);
+        __pyx_t_7 = PyMethod_GET_SELF(__pyx_t_8);
+        assert(__pyx_t_7);
         PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_8);
-        __Pyx_INCREF(__pyx_t_6);
+        __Pyx_INCREF(__pyx_t_7);
         __Pyx_INCREF(__pyx__function);
         __Pyx_DECREF_SET(__pyx_t_8, __pyx__function);
         __pyx_t_5 = 0;
       }
       #endif
       {
-        PyObject *__pyx_callargs[13] = {__pyx_t_6, __pyx_t_7, __pyx_v_x, Py_None, Py_None, __pyx_v_dy2, __pyx_v_partial, Py_None, __pyx_v_kernel_size, __pyx_v_stride, __pyx_v_padding, __pyx_v_out_hw, __pyx_v_chunks};
+        PyObject *__pyx_callargs[13] = {__pyx_t_7, __pyx_t_6, __pyx_v_x, Py_None, Py_None, __pyx_v_dy2, __pyx_v_partial, Py_None, __pyx_v_kernel_size, __pyx_v_stride, __pyx_v_padding, __pyx_v_out_hw, __pyx_v_chunks};
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_8, __pyx_callargs+__pyx_t_5, (13-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-        __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+        __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
+        __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 649, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 650, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     }
     __pyx_L10:;
 
-    /* "src/cnnc/_kernels.pyx":651
+    /* "src/cnnc/_kernels.pyx":652
  *             _run_pass(_GRAD_WEIGHT, x, None, None, dy2, partial, None, kernel_size, stride,
  *                       padding, out_hw, chunks)
  *         dw = partial.reshape(_threads, patch, f).sum(axis=0)             # <<<<<<<<<<<<<<
  *     else:
  *         dw = np.zeros((patch, f), dtype=x.dtype)
 */
-    __pyx_t_6 = __pyx_v_partial;
-    __Pyx_INCREF(__pyx_t_6);
-    __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 651, __pyx_L1_error)
+    __pyx_t_7 = __pyx_v_partial;
+    __Pyx_INCREF(__pyx_t_7);
+    __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 652, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __pyx_t_5 = 0;
     {
-      PyObject *__pyx_callargs[4] = {__pyx_t_6, __pyx_t_1, __pyx_v_patch, __pyx_v_f};
-      __pyx_t_7 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (4-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-      __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
+      PyObject *__pyx_callargs[4] = {__pyx_t_7, __pyx_t_1, __pyx_v_patch, __pyx_v_f};
+      __pyx_t_6 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (4-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 651, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_7);
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 652, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_6);
     }
-    __pyx_t_8 = __pyx_t_7;
+    __pyx_t_8 = __pyx_t_6;
     __Pyx_INCREF(__pyx_t_8);
     #if CYTHON_VECTORCALL
     #endif
@@ -39162,13 +39149,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_int_0};
       #if CYTHON_VECTORCALL
       __pyx_t_1 = __pyx_mstate_global->__pyx_tuple[5];
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 651, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 652, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_1);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_axis};
         __pyx_t_1 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 651, __pyx_L1_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 652, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       #endif
@@ -39177,24 +39164,24 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
       #if CYTHON_VECTORCALL
       #endif
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 651, __pyx_L1_error)
+      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 652, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_v_dw = __pyx_t_3;
     __pyx_t_3 = 0;
 
-    /* "src/cnnc/_kernels.pyx":643
- *     dy2 = dy.reshape(n * pixels, f)
+    /* "src/cnnc/_kernels.pyx":644
  *     chunks = _chunk_count(n, pixels * patch * x.itemsize)
- *     if _direct_taken(patch, f) or _blas is not None:             # <<<<<<<<<<<<<<
+ *     direct = _direct_taken(patch, f)
+ *     if direct or _blas is not None:             # <<<<<<<<<<<<<<
  *         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
- *         if _direct_taken(patch, f):
+ *         if direct:
 */
     goto __pyx_L7;
   }
 
-  /* "src/cnnc/_kernels.pyx":653
+  /* "src/cnnc/_kernels.pyx":654
  *         dw = partial.reshape(_threads, patch, f).sum(axis=0)
  *     else:
  *         dw = np.zeros((patch, f), dtype=x.dtype)             # <<<<<<<<<<<<<<
@@ -39202,65 +39189,65 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
  *                      chunks)
 */
   /*else*/ {
-    __pyx_t_7 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 653, __pyx_L1_error)
+    __pyx_t_6 = NULL;
+    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 654, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 653, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 654, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 653, __pyx_L1_error)
+    __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 654, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_INCREF(__pyx_v_patch);
     __Pyx_GIVEREF(__pyx_v_patch);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_patch) != (0)) __PYX_ERR(3, 653, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_patch) != (0)) __PYX_ERR(3, 654, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_f);
     __Pyx_GIVEREF(__pyx_v_f);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_f) != (0)) __PYX_ERR(3, 653, __pyx_L1_error);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 653, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_6);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_f) != (0)) __PYX_ERR(3, 654, __pyx_L1_error);
+    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 654, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_7);
     #if CYTHON_VECTORCALL
     #endif
     __pyx_t_5 = 1;
     #if CYTHON_UNPACK_METHODS
     if (unlikely(PyMethod_Check(__pyx_t_8))) {
-      __pyx_t_7 = PyMethod_GET_SELF(__pyx_t_8);
-      assert(__pyx_t_7);
+      __pyx_t_6 = PyMethod_GET_SELF(__pyx_t_8);
+      assert(__pyx_t_6);
       PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_8);
-      __Pyx_INCREF(__pyx_t_7);
+      __Pyx_INCREF(__pyx_t_6);
       __Pyx_INCREF(__pyx__function);
       __Pyx_DECREF_SET(__pyx_t_8, __pyx__function);
       __pyx_t_5 = 0;
     }
     #endif
     {
-      PyObject *__pyx_callargs[3] = {__pyx_t_7, __pyx_t_1, __pyx_t_6};
+      PyObject *__pyx_callargs[3] = {__pyx_t_6, __pyx_t_1, __pyx_t_7};
       #if CYTHON_VECTORCALL
       __pyx_t_2 = __pyx_mstate_global->__pyx_tuple[3];
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 653, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 654, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_2);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_2 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 653, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 654, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       #endif
       __pyx_t_3 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_8, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_2);
-      __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
+      __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       #if CYTHON_VECTORCALL
       #endif
-      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 653, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 654, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_v_dw = __pyx_t_3;
     __pyx_t_3 = 0;
 
-    /* "src/cnnc/_kernels.pyx":654
+    /* "src/cnnc/_kernels.pyx":655
  *     else:
  *         dw = np.zeros((patch, f), dtype=x.dtype)
  *         _matmul_pass(_GRAD_WEIGHT, x, None, dy2, dw, None, kernel_size, stride, padding, out_hw,             # <<<<<<<<<<<<<<
@@ -39268,12 +39255,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
  *     partial_db = np.zeros((_threads, f), dtype=x.dtype)
 */
     __pyx_t_8 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_matmul_pass); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 654, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_matmul_pass); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 655, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_6 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_WEIGHT); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 654, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_6);
+    __pyx_t_7 = __Pyx_PyLong_From_enum____pyx_t_4cnnc_13_kernels_avx2__Pass(__pyx_e_4cnnc_13_kernels_avx2__GRAD_WEIGHT); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 655, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_7);
 
-    /* "src/cnnc/_kernels.pyx":655
+    /* "src/cnnc/_kernels.pyx":656
  *         dw = np.zeros((patch, f), dtype=x.dtype)
  *         _matmul_pass(_GRAD_WEIGHT, x, None, dy2, dw, None, kernel_size, stride, padding, out_hw,
  *                      chunks)             # <<<<<<<<<<<<<<
@@ -39293,19 +39280,19 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     }
     #endif
     {
-      PyObject *__pyx_callargs[12] = {__pyx_t_8, __pyx_t_6, __pyx_v_x, Py_None, __pyx_v_dy2, __pyx_v_dw, Py_None, __pyx_v_kernel_size, __pyx_v_stride, __pyx_v_padding, __pyx_v_out_hw, __pyx_v_chunks};
+      PyObject *__pyx_callargs[12] = {__pyx_t_8, __pyx_t_7, __pyx_v_x, Py_None, __pyx_v_dy2, __pyx_v_dw, Py_None, __pyx_v_kernel_size, __pyx_v_stride, __pyx_v_padding, __pyx_v_out_hw, __pyx_v_chunks};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_2, __pyx_callargs+__pyx_t_5, (12-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
-      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 654, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 655, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   }
   __pyx_L7:;
 
-  /* "src/cnnc/_kernels.pyx":656
+  /* "src/cnnc/_kernels.pyx":657
  *         _matmul_pass(_GRAD_WEIGHT, x, None, dy2, dw, None, kernel_size, stride, padding, out_hw,
  *                      chunks)
  *     partial_db = np.zeros((_threads, f), dtype=x.dtype)             # <<<<<<<<<<<<<<
@@ -39313,23 +39300,23 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
  *         _sum_rows[float](dy2, partial_db)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 656, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 656, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 657, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_7);
+  __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 657, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
-  __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 656, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 656, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+  __pyx_t_7 = __Pyx_PyLong_From_int(__pyx_v_4cnnc_13_kernels_avx2__threads); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 657, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_7);
+  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 657, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __Pyx_GIVEREF(__pyx_t_6);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_t_6) != (0)) __PYX_ERR(3, 656, __pyx_L1_error);
+  __Pyx_GIVEREF(__pyx_t_7);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_t_7) != (0)) __PYX_ERR(3, 657, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_f);
   __Pyx_GIVEREF(__pyx_v_f);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_f) != (0)) __PYX_ERR(3, 656, __pyx_L1_error);
-  __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 656, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_6);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_f) != (0)) __PYX_ERR(3, 657, __pyx_L1_error);
+  __pyx_t_7 = 0;
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 657, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_7);
   #if CYTHON_VECTORCALL
   #endif
   __pyx_t_5 = 1;
@@ -39345,41 +39332,41 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   }
   #endif
   {
-    PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_1, __pyx_t_6};
+    PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_1, __pyx_t_7};
     #if CYTHON_VECTORCALL
-    __pyx_t_7 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 656, __pyx_L1_error)
-    __Pyx_INCREF(__pyx_t_7);
+    __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[3];
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 657, __pyx_L1_error)
+    __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
-      __pyx_t_7 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 656, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_7);
+      __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 657, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
-    __pyx_t_3 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_8, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_7);
+    __pyx_t_3 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_8, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_6);
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     #if CYTHON_VECTORCALL
     #endif
-    __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+    __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 656, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 657, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __pyx_v_partial_db = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":657
+  /* "src/cnnc/_kernels.pyx":658
  *                      chunks)
  *     partial_db = np.zeros((_threads, f), dtype=x.dtype)
  *     if f and x.dtype == np.float32:             # <<<<<<<<<<<<<<
  *         _sum_rows[float](dy2, partial_db)
  *     elif f:
 */
-  __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_v_f); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(3, 657, __pyx_L1_error)
+  __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_v_f); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(3, 658, __pyx_L1_error)
   if (__pyx_t_12) {
 
   } else {
@@ -39388,16 +39375,16 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
 
     goto __pyx_L12_bool_binop_done;
   }
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 657, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 658, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 657, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 658, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 657, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_7);
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 658, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-  __pyx_t_12 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_3, __pyx_t_7, Py_EQ); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(3, 657, __pyx_L1_error)
+  __pyx_t_12 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_3, __pyx_t_6, Py_EQ); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(3, 658, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+  __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
   __pyx_t_11 = __pyx_t_12;
 
@@ -39405,20 +39392,20 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   if (__pyx_t_11) {
 
 
-    /* "src/cnnc/_kernels.pyx":658
+    /* "src/cnnc/_kernels.pyx":659
  *     partial_db = np.zeros((_threads, f), dtype=x.dtype)
  *     if f and x.dtype == np.float32:
  *         _sum_rows[float](dy2, partial_db)             # <<<<<<<<<<<<<<
  *     elif f:
  *         _sum_rows[double](dy2, partial_db)
 */
-    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_float__const__(__pyx_v_dy2, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 658, __pyx_L1_error)
-    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_float(__pyx_v_partial_db, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 658, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_float__const__(__pyx_v_dy2, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 659, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_float(__pyx_v_partial_db, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 659, __pyx_L1_error)
     __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__pyx_t_13, __pyx_t_14);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_13, 1);; __pyx_t_13.memview = NULL; __pyx_t_13.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_14, 1);; __pyx_t_14.memview = NULL; __pyx_t_14.data = NULL;
 
-    /* "src/cnnc/_kernels.pyx":657
+    /* "src/cnnc/_kernels.pyx":658
  *                      chunks)
  *     partial_db = np.zeros((_threads, f), dtype=x.dtype)
  *     if f and x.dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -39428,31 +39415,31 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
     goto __pyx_L11;
   }
 
-  /* "src/cnnc/_kernels.pyx":659
+  /* "src/cnnc/_kernels.pyx":660
  *     if f and x.dtype == np.float32:
  *         _sum_rows[float](dy2, partial_db)
  *     elif f:             # <<<<<<<<<<<<<<
  *         _sum_rows[double](dy2, partial_db)
  *     return dw.reshape(kh, kw, c, f), partial_db.sum(axis=0)
 */
-  __pyx_t_11 = __Pyx_PyObject_IsTrue(__pyx_v_f); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 659, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_IsTrue(__pyx_v_f); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 660, __pyx_L1_error)
   if (__pyx_t_11) {
 
 
-    /* "src/cnnc/_kernels.pyx":660
+    /* "src/cnnc/_kernels.pyx":661
  *         _sum_rows[float](dy2, partial_db)
  *     elif f:
  *         _sum_rows[double](dy2, partial_db)             # <<<<<<<<<<<<<<
  *     return dw.reshape(kh, kw, c, f), partial_db.sum(axis=0)
  * 
 */
-    __pyx_t_15 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double__const__(__pyx_v_dy2, 0); if (unlikely(!__pyx_t_15.memview)) __PYX_ERR(3, 660, __pyx_L1_error)
-    __pyx_t_16 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(__pyx_v_partial_db, PyBUF_WRITABLE); if (unlikely(!__pyx_t_16.memview)) __PYX_ERR(3, 660, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double__const__(__pyx_v_dy2, 0); if (unlikely(!__pyx_t_15.memview)) __PYX_ERR(3, 661, __pyx_L1_error)
+    __pyx_t_16 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(__pyx_v_partial_db, PyBUF_WRITABLE); if (unlikely(!__pyx_t_16.memview)) __PYX_ERR(3, 661, __pyx_L1_error)
     __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__pyx_t_15, __pyx_t_16);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_15, 1);; __pyx_t_15.memview = NULL; __pyx_t_15.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_16, 1);; __pyx_t_16.memview = NULL; __pyx_t_16.data = NULL;
 
-    /* "src/cnnc/_kernels.pyx":659
+    /* "src/cnnc/_kernels.pyx":660
  *     if f and x.dtype == np.float32:
  *         _sum_rows[float](dy2, partial_db)
  *     elif f:             # <<<<<<<<<<<<<<
@@ -39462,7 +39449,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   }
   __pyx_L11:;
 
-  /* "src/cnnc/_kernels.pyx":661
+  /* "src/cnnc/_kernels.pyx":662
  *     elif f:
  *         _sum_rows[double](dy2, partial_db)
  *     return dw.reshape(kh, kw, c, f), partial_db.sum(axis=0)             # <<<<<<<<<<<<<<
@@ -39474,10 +39461,10 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   __pyx_t_5 = 0;
   {
     PyObject *__pyx_callargs[5] = {__pyx_t_3, __pyx_v_kh, __pyx_v_kw, __pyx_v_c, __pyx_v_f};
-    __pyx_t_7 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (5-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __pyx_t_6 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (5-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 661, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_7);
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 662, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_6);
   }
   __pyx_t_8 = __pyx_v_partial_db;
   __Pyx_INCREF(__pyx_t_8);
@@ -39487,42 +39474,42 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   {
     PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_mstate_global->__pyx_int_0};
     #if CYTHON_VECTORCALL
-    __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 661, __pyx_L1_error)
-    __Pyx_INCREF(__pyx_t_6);
+    __pyx_t_7 = __pyx_mstate_global->__pyx_tuple[5];
+    if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 662, __pyx_L1_error)
+    __Pyx_INCREF(__pyx_t_7);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_axis};
-      __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 661, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_6);
+      __pyx_t_7 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 662, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_7);
     }
     #endif
-    __pyx_t_3 = __Pyx_Object_VectorcallMethodKwds((PyObject*)__pyx_mstate_global->__pyx_n_u_sum, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_6);
+    __pyx_t_3 = __Pyx_Object_VectorcallMethodKwds((PyObject*)__pyx_mstate_global->__pyx_n_u_sum, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_7);
     __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
     #if CYTHON_VECTORCALL
     #endif
-    __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 661, __pyx_L1_error)
+    __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 662, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
-  __pyx_t_6 = PyTuple_New(2); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 661, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_6);
-  __Pyx_GIVEREF(__pyx_t_7);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_7) != (0)) __PYX_ERR(3, 661, __pyx_L1_error);
+  __pyx_t_7 = PyTuple_New(2); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 662, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_7);
+  __Pyx_GIVEREF(__pyx_t_6);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_t_6) != (0)) __PYX_ERR(3, 662, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_3);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_3) != (0)) __PYX_ERR(3, 661, __pyx_L1_error);
-  __pyx_t_7 = 0;
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_t_3) != (0)) __PYX_ERR(3, 662, __pyx_L1_error);
+  __pyx_t_6 = 0;
   __pyx_t_3 = 0;
   {
     PyObject *__pyx_temp;
     {
       __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_6;
+      __pyx_r = __pyx_t_7;
     }
     __Pyx_XDECREF(__pyx_temp);
   }
-  __pyx_t_6 = 0;
+  __pyx_t_7 = 0;
   goto __pyx_L0;
 
   /* "src/cnnc/_kernels.pyx":635
@@ -39560,6 +39547,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   __Pyx_XDECREF(__pyx_v_patch);
   __Pyx_XDECREF(__pyx_v_dy2);
   __Pyx_XDECREF(__pyx_v_chunks);
+  __Pyx_XDECREF(__pyx_v_direct);
   __Pyx_XDECREF(__pyx_v_partial);
   __Pyx_XDECREF(__pyx_v_dw);
   __Pyx_XDECREF(__pyx_v_partial_db);
@@ -39573,7 +39561,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_24conv2d_grad_params(CYTHON_UNUS
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":664
+/* "src/cnnc/_kernels.pyx":665
  * 
  * 
  * cdef void _add_to_rows(real[:, ::1] a, const real[::1] row_values) noexcept:             # <<<<<<<<<<<<<<
@@ -39590,7 +39578,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
   Py_ssize_t __pyx_t_5;
   Py_ssize_t __pyx_t_6;
 
-  /* "src/cnnc/_kernels.pyx":667
+  /* "src/cnnc/_kernels.pyx":668
  *     """a[row] += row_values for every row (NumPy's broadcast add is slow for short rows)."""
  *     cdef Py_ssize_t row
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -39603,7 +39591,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "src/cnnc/_kernels.pyx":668
+        /* "src/cnnc/_kernels.pyx":669
  *     cdef Py_ssize_t row
  *     with nogil:
  *         for row in range(a.shape[0]):             # <<<<<<<<<<<<<<
@@ -39617,7 +39605,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
         for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
           __pyx_v_row = __pyx_t_3;
 
-          /* "src/cnnc/_kernels.pyx":669
+          /* "src/cnnc/_kernels.pyx":670
  *     with nogil:
  *         for row in range(a.shape[0]):
  *             _add(&a[row, 0], &row_values[0], a.shape[1])             # <<<<<<<<<<<<<<
@@ -39632,7 +39620,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
 
       }
 
-      /* "src/cnnc/_kernels.pyx":667
+      /* "src/cnnc/_kernels.pyx":668
  *     """a[row] += row_values for every row (NumPy's broadcast add is slow for short rows)."""
  *     cdef Py_ssize_t row
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -39649,7 +39637,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":664
+  /* "src/cnnc/_kernels.pyx":665
  * 
  * 
  * cdef void _add_to_rows(real[:, ::1] a, const real[::1] row_values) noexcept:             # <<<<<<<<<<<<<<
@@ -39671,7 +39659,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
   Py_ssize_t __pyx_t_5;
   Py_ssize_t __pyx_t_6;
 
-  /* "src/cnnc/_kernels.pyx":667
+  /* "src/cnnc/_kernels.pyx":668
  *     """a[row] += row_values for every row (NumPy's broadcast add is slow for short rows)."""
  *     cdef Py_ssize_t row
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -39684,7 +39672,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "src/cnnc/_kernels.pyx":668
+        /* "src/cnnc/_kernels.pyx":669
  *     cdef Py_ssize_t row
  *     with nogil:
  *         for row in range(a.shape[0]):             # <<<<<<<<<<<<<<
@@ -39698,7 +39686,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
         for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
           __pyx_v_row = __pyx_t_3;
 
-          /* "src/cnnc/_kernels.pyx":669
+          /* "src/cnnc/_kernels.pyx":670
  *     with nogil:
  *         for row in range(a.shape[0]):
  *             _add(&a[row, 0], &row_values[0], a.shape[1])             # <<<<<<<<<<<<<<
@@ -39713,7 +39701,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
 
       }
 
-      /* "src/cnnc/_kernels.pyx":667
+      /* "src/cnnc/_kernels.pyx":668
  *     """a[row] += row_values for every row (NumPy's broadcast add is slow for short rows)."""
  *     cdef Py_ssize_t row
  *     with nogil:             # <<<<<<<<<<<<<<
@@ -39730,7 +39718,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":664
+  /* "src/cnnc/_kernels.pyx":665
  * 
  * 
  * cdef void _add_to_rows(real[:, ::1] a, const real[::1] row_values) noexcept:             # <<<<<<<<<<<<<<
@@ -39743,7 +39731,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__add_to_rows(__Pyx_memview
 
 }
 
-/* "src/cnnc/_kernels.pyx":672
+/* "src/cnnc/_kernels.pyx":673
  * 
  * 
  * cdef void _sum_rows(const real[:, ::1] a, real[:, ::1] partial) noexcept:             # <<<<<<<<<<<<<<
@@ -39767,7 +39755,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
   Py_ssize_t __pyx_t_9;
   Py_ssize_t __pyx_t_10;
 
-  /* "src/cnnc/_kernels.pyx":675
+  /* "src/cnnc/_kernels.pyx":676
  *     """partial[t] += the sum of the t-th of len(partial) even shares of a's rows."""
  *     cdef Py_ssize_t share, row
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]             # <<<<<<<<<<<<<<
@@ -39777,7 +39765,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
   __pyx_v_shares = (__pyx_v_partial.shape[0]);
   __pyx_v_rows = (__pyx_v_a.shape[0]);
 
-  /* "src/cnnc/_kernels.pyx":676
+  /* "src/cnnc/_kernels.pyx":677
  *     cdef Py_ssize_t share, row
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):             # <<<<<<<<<<<<<<
@@ -39812,7 +39800,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
                         {
                             __pyx_v_share = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":677
+                            /* "src/cnnc/_kernels.pyx":678
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):
  *         for row in range(share * rows // shares, (share + 1) * rows // shares):             # <<<<<<<<<<<<<<
@@ -39826,7 +39814,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
                             for (__pyx_t_6 = ((__pyx_v_share * __pyx_v_rows) / __pyx_v_shares); __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
                               __pyx_v_row = __pyx_t_6;
 
-                              /* "src/cnnc/_kernels.pyx":678
+                              /* "src/cnnc/_kernels.pyx":679
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):
  *         for row in range(share * rows // shares, (share + 1) * rows // shares):
  *             _add(&partial[share, 0], &a[row, 0], a.shape[1])             # <<<<<<<<<<<<<<
@@ -39854,7 +39842,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
 
       }
 
-      /* "src/cnnc/_kernels.pyx":676
+      /* "src/cnnc/_kernels.pyx":677
  *     cdef Py_ssize_t share, row
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):             # <<<<<<<<<<<<<<
@@ -39871,7 +39859,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":672
+  /* "src/cnnc/_kernels.pyx":673
  * 
  * 
  * cdef void _sum_rows(const real[:, ::1] a, real[:, ::1] partial) noexcept:             # <<<<<<<<<<<<<<
@@ -39903,7 +39891,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
   Py_ssize_t __pyx_t_9;
   Py_ssize_t __pyx_t_10;
 
-  /* "src/cnnc/_kernels.pyx":675
+  /* "src/cnnc/_kernels.pyx":676
  *     """partial[t] += the sum of the t-th of len(partial) even shares of a's rows."""
  *     cdef Py_ssize_t share, row
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]             # <<<<<<<<<<<<<<
@@ -39913,7 +39901,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
   __pyx_v_shares = (__pyx_v_partial.shape[0]);
   __pyx_v_rows = (__pyx_v_a.shape[0]);
 
-  /* "src/cnnc/_kernels.pyx":676
+  /* "src/cnnc/_kernels.pyx":677
  *     cdef Py_ssize_t share, row
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):             # <<<<<<<<<<<<<<
@@ -39948,7 +39936,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
                         {
                             __pyx_v_share = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":677
+                            /* "src/cnnc/_kernels.pyx":678
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):
  *         for row in range(share * rows // shares, (share + 1) * rows // shares):             # <<<<<<<<<<<<<<
@@ -39962,7 +39950,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
                             for (__pyx_t_6 = ((__pyx_v_share * __pyx_v_rows) / __pyx_v_shares); __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
                               __pyx_v_row = __pyx_t_6;
 
-                              /* "src/cnnc/_kernels.pyx":678
+                              /* "src/cnnc/_kernels.pyx":679
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):
  *         for row in range(share * rows // shares, (share + 1) * rows // shares):
  *             _add(&partial[share, 0], &a[row, 0], a.shape[1])             # <<<<<<<<<<<<<<
@@ -39990,7 +39978,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
 
       }
 
-      /* "src/cnnc/_kernels.pyx":676
+      /* "src/cnnc/_kernels.pyx":677
  *     cdef Py_ssize_t share, row
  *     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]
  *     for share in prange(shares, schedule="static", nogil=True, num_threads=shares):             # <<<<<<<<<<<<<<
@@ -40007,7 +39995,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":672
+  /* "src/cnnc/_kernels.pyx":673
  * 
  * 
  * cdef void _sum_rows(const real[:, ::1] a, real[:, ::1] partial) noexcept:             # <<<<<<<<<<<<<<
@@ -40023,7 +40011,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__sum_rows(__Pyx_memviewsli
 
 }
 
-/* "src/cnnc/_kernels.pyx":681
+/* "src/cnnc/_kernels.pyx":682
  * 
  * 
  * cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax,             # <<<<<<<<<<<<<<
@@ -40068,7 +40056,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
   int __pyx_t_20;
   int __pyx_t_21;
 
-  /* "src/cnnc/_kernels.pyx":690
+  /* "src/cnnc/_kernels.pyx":691
  *     """
  *     cdef Py_ssize_t n, i, j, r, q, c, h, w
  *     cdef Py_ssize_t width = x.shape[2], channels = x.shape[3]             # <<<<<<<<<<<<<<
@@ -40078,7 +40066,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
   __pyx_v_width = (__pyx_v_x.shape[2]);
   __pyx_v_channels = (__pyx_v_x.shape[3]);
 
-  /* "src/cnnc/_kernels.pyx":695
+  /* "src/cnnc/_kernels.pyx":696
  *     cdef int32_t* where
  *     cdef int32_t position
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -40113,7 +40101,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                         {
                             __pyx_v_n = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":696
+                            /* "src/cnnc/_kernels.pyx":697
  *     cdef int32_t position
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(y.shape[1]):             # <<<<<<<<<<<<<<
@@ -40127,7 +40115,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                             for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
                               __pyx_v_i = __pyx_t_6;
 
-                              /* "src/cnnc/_kernels.pyx":697
+                              /* "src/cnnc/_kernels.pyx":698
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(y.shape[1]):
  *             for j in range(y.shape[2]):             # <<<<<<<<<<<<<<
@@ -40141,7 +40129,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                               for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
                                 __pyx_v_j = __pyx_t_9;
 
-                                /* "src/cnnc/_kernels.pyx":698
+                                /* "src/cnnc/_kernels.pyx":699
  *         for i in range(y.shape[1]):
  *             for j in range(y.shape[2]):
  *                 best = &y[n, i, j, 0]             # <<<<<<<<<<<<<<
@@ -40154,7 +40142,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 __pyx_t_13 = 0;
                                 __pyx_v_best = (&(*((float *) ( /* dim=3 */ ((char *) (((float *) ( /* dim=2 */ (( /* dim=1 */ (( /* dim=0 */ (__pyx_v_y.data + __pyx_t_10 * __pyx_v_y.strides[0]) ) + __pyx_t_11 * __pyx_v_y.strides[1]) ) + __pyx_t_12 * __pyx_v_y.strides[2]) )) + __pyx_t_13)) ))));
 
-                                /* "src/cnnc/_kernels.pyx":699
+                                /* "src/cnnc/_kernels.pyx":700
  *             for j in range(y.shape[2]):
  *                 best = &y[n, i, j, 0]
  *                 where = &argmax[n, i, j, 0]             # <<<<<<<<<<<<<<
@@ -40167,7 +40155,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 __pyx_t_10 = 0;
                                 __pyx_v_where = (&(*((int32_t *) ( /* dim=3 */ ((char *) (((int32_t *) ( /* dim=2 */ (( /* dim=1 */ (( /* dim=0 */ (__pyx_v_argmax.data + __pyx_t_13 * __pyx_v_argmax.strides[0]) ) + __pyx_t_12 * __pyx_v_argmax.strides[1]) ) + __pyx_t_11 * __pyx_v_argmax.strides[2]) )) + __pyx_t_10)) ))));
 
-                                /* "src/cnnc/_kernels.pyx":700
+                                /* "src/cnnc/_kernels.pyx":701
  *                 best = &y[n, i, j, 0]
  *                 where = &argmax[n, i, j, 0]
  *                 src = &x[n, i * sh, j * sw, 0]             # <<<<<<<<<<<<<<
@@ -40180,7 +40168,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 __pyx_t_13 = 0;
                                 __pyx_v_src = (&(*((float const  *) ( /* dim=3 */ ((char *) (((float const  *) ( /* dim=2 */ (( /* dim=1 */ (( /* dim=0 */ (__pyx_v_x.data + __pyx_t_10 * __pyx_v_x.strides[0]) ) + __pyx_t_11 * __pyx_v_x.strides[1]) ) + __pyx_t_12 * __pyx_v_x.strides[2]) )) + __pyx_t_13)) ))));
 
-                                /* "src/cnnc/_kernels.pyx":701
+                                /* "src/cnnc/_kernels.pyx":702
  *                 where = &argmax[n, i, j, 0]
  *                 src = &x[n, i * sh, j * sw, 0]
  *                 position = <int32_t>(i * sh * width + j * sw)             # <<<<<<<<<<<<<<
@@ -40189,7 +40177,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                 __pyx_v_position = ((int32_t)(((__pyx_v_i * __pyx_v_sh) * __pyx_v_width) + (__pyx_v_j * __pyx_v_sw)));
 
-                                /* "src/cnnc/_kernels.pyx":702
+                                /* "src/cnnc/_kernels.pyx":703
  *                 src = &x[n, i * sh, j * sw, 0]
  *                 position = <int32_t>(i * sh * width + j * sw)
  *                 for c in range(channels):             # <<<<<<<<<<<<<<
@@ -40203,7 +40191,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 for (__pyx_t_16 = 0; __pyx_t_16 < __pyx_t_15; __pyx_t_16+=1) {
                                   __pyx_v_c = __pyx_t_16;
 
-                                  /* "src/cnnc/_kernels.pyx":703
+                                  /* "src/cnnc/_kernels.pyx":704
  *                 position = <int32_t>(i * sh * width + j * sw)
  *                 for c in range(channels):
  *                     best[c] = src[c]             # <<<<<<<<<<<<<<
@@ -40212,7 +40200,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                   (__pyx_v_best[__pyx_v_c]) = (__pyx_v_src[__pyx_v_c]);
 
-                                  /* "src/cnnc/_kernels.pyx":704
+                                  /* "src/cnnc/_kernels.pyx":705
  *                 for c in range(channels):
  *                     best[c] = src[c]
  *                     where[c] = position             # <<<<<<<<<<<<<<
@@ -40223,7 +40211,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 }
 
 
-                                /* "src/cnnc/_kernels.pyx":705
+                                /* "src/cnnc/_kernels.pyx":706
  *                     best[c] = src[c]
  *                     where[c] = position
  *                 for r in range(ph):             # <<<<<<<<<<<<<<
@@ -40237,7 +40225,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 for (__pyx_t_16 = 0; __pyx_t_16 < __pyx_t_15; __pyx_t_16+=1) {
                                   __pyx_v_r = __pyx_t_16;
 
-                                  /* "src/cnnc/_kernels.pyx":706
+                                  /* "src/cnnc/_kernels.pyx":707
  *                     where[c] = position
  *                 for r in range(ph):
  *                     h = i * sh + r             # <<<<<<<<<<<<<<
@@ -40246,7 +40234,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                   __pyx_v_h = ((__pyx_v_i * __pyx_v_sh) + __pyx_v_r);
 
-                                  /* "src/cnnc/_kernels.pyx":707
+                                  /* "src/cnnc/_kernels.pyx":708
  *                 for r in range(ph):
  *                     h = i * sh + r
  *                     for q in range(pw):             # <<<<<<<<<<<<<<
@@ -40260,7 +40248,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                   for (__pyx_t_19 = 0; __pyx_t_19 < __pyx_t_18; __pyx_t_19+=1) {
                                     __pyx_v_q = __pyx_t_19;
 
-                                    /* "src/cnnc/_kernels.pyx":708
+                                    /* "src/cnnc/_kernels.pyx":709
  *                     h = i * sh + r
  *                     for q in range(pw):
  *                         if r == 0 and q == 0:             # <<<<<<<<<<<<<<
@@ -40286,7 +40274,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                     if (__pyx_t_20) {
 
 
-                                      /* "src/cnnc/_kernels.pyx":709
+                                      /* "src/cnnc/_kernels.pyx":710
  *                     for q in range(pw):
  *                         if r == 0 and q == 0:
  *                             continue             # <<<<<<<<<<<<<<
@@ -40295,7 +40283,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                       goto __pyx_L18_continue;
 
-                                      /* "src/cnnc/_kernels.pyx":708
+                                      /* "src/cnnc/_kernels.pyx":709
  *                     h = i * sh + r
  *                     for q in range(pw):
  *                         if r == 0 and q == 0:             # <<<<<<<<<<<<<<
@@ -40304,7 +40292,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                     }
 
-                                    /* "src/cnnc/_kernels.pyx":710
+                                    /* "src/cnnc/_kernels.pyx":711
  *                         if r == 0 and q == 0:
  *                             continue
  *                         w = j * sw + q             # <<<<<<<<<<<<<<
@@ -40313,7 +40301,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                     __pyx_v_w = ((__pyx_v_j * __pyx_v_sw) + __pyx_v_q);
 
-                                    /* "src/cnnc/_kernels.pyx":711
+                                    /* "src/cnnc/_kernels.pyx":712
  *                             continue
  *                         w = j * sw + q
  *                         _keep_max(best, where, &x[n, h, w, 0], <int32_t>(h * width + w), channels)             # <<<<<<<<<<<<<<
@@ -40348,7 +40336,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 
       }
 
-      /* "src/cnnc/_kernels.pyx":695
+      /* "src/cnnc/_kernels.pyx":696
  *     cdef int32_t* where
  *     cdef int32_t position
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -40365,7 +40353,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":681
+  /* "src/cnnc/_kernels.pyx":682
  * 
  * 
  * cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax,             # <<<<<<<<<<<<<<
@@ -40428,7 +40416,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
   int __pyx_t_20;
   int __pyx_t_21;
 
-  /* "src/cnnc/_kernels.pyx":690
+  /* "src/cnnc/_kernels.pyx":691
  *     """
  *     cdef Py_ssize_t n, i, j, r, q, c, h, w
  *     cdef Py_ssize_t width = x.shape[2], channels = x.shape[3]             # <<<<<<<<<<<<<<
@@ -40438,7 +40426,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
   __pyx_v_width = (__pyx_v_x.shape[2]);
   __pyx_v_channels = (__pyx_v_x.shape[3]);
 
-  /* "src/cnnc/_kernels.pyx":695
+  /* "src/cnnc/_kernels.pyx":696
  *     cdef int32_t* where
  *     cdef int32_t position
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -40473,7 +40461,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                         {
                             __pyx_v_n = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":696
+                            /* "src/cnnc/_kernels.pyx":697
  *     cdef int32_t position
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(y.shape[1]):             # <<<<<<<<<<<<<<
@@ -40487,7 +40475,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                             for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
                               __pyx_v_i = __pyx_t_6;
 
-                              /* "src/cnnc/_kernels.pyx":697
+                              /* "src/cnnc/_kernels.pyx":698
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(y.shape[1]):
  *             for j in range(y.shape[2]):             # <<<<<<<<<<<<<<
@@ -40501,7 +40489,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                               for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
                                 __pyx_v_j = __pyx_t_9;
 
-                                /* "src/cnnc/_kernels.pyx":698
+                                /* "src/cnnc/_kernels.pyx":699
  *         for i in range(y.shape[1]):
  *             for j in range(y.shape[2]):
  *                 best = &y[n, i, j, 0]             # <<<<<<<<<<<<<<
@@ -40514,7 +40502,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 __pyx_t_13 = 0;
                                 __pyx_v_best = (&(*((double *) ( /* dim=3 */ ((char *) (((double *) ( /* dim=2 */ (( /* dim=1 */ (( /* dim=0 */ (__pyx_v_y.data + __pyx_t_10 * __pyx_v_y.strides[0]) ) + __pyx_t_11 * __pyx_v_y.strides[1]) ) + __pyx_t_12 * __pyx_v_y.strides[2]) )) + __pyx_t_13)) ))));
 
-                                /* "src/cnnc/_kernels.pyx":699
+                                /* "src/cnnc/_kernels.pyx":700
  *             for j in range(y.shape[2]):
  *                 best = &y[n, i, j, 0]
  *                 where = &argmax[n, i, j, 0]             # <<<<<<<<<<<<<<
@@ -40527,7 +40515,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 __pyx_t_10 = 0;
                                 __pyx_v_where = (&(*((int32_t *) ( /* dim=3 */ ((char *) (((int32_t *) ( /* dim=2 */ (( /* dim=1 */ (( /* dim=0 */ (__pyx_v_argmax.data + __pyx_t_13 * __pyx_v_argmax.strides[0]) ) + __pyx_t_12 * __pyx_v_argmax.strides[1]) ) + __pyx_t_11 * __pyx_v_argmax.strides[2]) )) + __pyx_t_10)) ))));
 
-                                /* "src/cnnc/_kernels.pyx":700
+                                /* "src/cnnc/_kernels.pyx":701
  *                 best = &y[n, i, j, 0]
  *                 where = &argmax[n, i, j, 0]
  *                 src = &x[n, i * sh, j * sw, 0]             # <<<<<<<<<<<<<<
@@ -40540,7 +40528,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 __pyx_t_13 = 0;
                                 __pyx_v_src = (&(*((double const  *) ( /* dim=3 */ ((char *) (((double const  *) ( /* dim=2 */ (( /* dim=1 */ (( /* dim=0 */ (__pyx_v_x.data + __pyx_t_10 * __pyx_v_x.strides[0]) ) + __pyx_t_11 * __pyx_v_x.strides[1]) ) + __pyx_t_12 * __pyx_v_x.strides[2]) )) + __pyx_t_13)) ))));
 
-                                /* "src/cnnc/_kernels.pyx":701
+                                /* "src/cnnc/_kernels.pyx":702
  *                 where = &argmax[n, i, j, 0]
  *                 src = &x[n, i * sh, j * sw, 0]
  *                 position = <int32_t>(i * sh * width + j * sw)             # <<<<<<<<<<<<<<
@@ -40549,7 +40537,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                 __pyx_v_position = ((int32_t)(((__pyx_v_i * __pyx_v_sh) * __pyx_v_width) + (__pyx_v_j * __pyx_v_sw)));
 
-                                /* "src/cnnc/_kernels.pyx":702
+                                /* "src/cnnc/_kernels.pyx":703
  *                 src = &x[n, i * sh, j * sw, 0]
  *                 position = <int32_t>(i * sh * width + j * sw)
  *                 for c in range(channels):             # <<<<<<<<<<<<<<
@@ -40563,7 +40551,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 for (__pyx_t_16 = 0; __pyx_t_16 < __pyx_t_15; __pyx_t_16+=1) {
                                   __pyx_v_c = __pyx_t_16;
 
-                                  /* "src/cnnc/_kernels.pyx":703
+                                  /* "src/cnnc/_kernels.pyx":704
  *                 position = <int32_t>(i * sh * width + j * sw)
  *                 for c in range(channels):
  *                     best[c] = src[c]             # <<<<<<<<<<<<<<
@@ -40572,7 +40560,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                   (__pyx_v_best[__pyx_v_c]) = (__pyx_v_src[__pyx_v_c]);
 
-                                  /* "src/cnnc/_kernels.pyx":704
+                                  /* "src/cnnc/_kernels.pyx":705
  *                 for c in range(channels):
  *                     best[c] = src[c]
  *                     where[c] = position             # <<<<<<<<<<<<<<
@@ -40583,7 +40571,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 }
 
 
-                                /* "src/cnnc/_kernels.pyx":705
+                                /* "src/cnnc/_kernels.pyx":706
  *                     best[c] = src[c]
  *                     where[c] = position
  *                 for r in range(ph):             # <<<<<<<<<<<<<<
@@ -40597,7 +40585,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                 for (__pyx_t_16 = 0; __pyx_t_16 < __pyx_t_15; __pyx_t_16+=1) {
                                   __pyx_v_r = __pyx_t_16;
 
-                                  /* "src/cnnc/_kernels.pyx":706
+                                  /* "src/cnnc/_kernels.pyx":707
  *                     where[c] = position
  *                 for r in range(ph):
  *                     h = i * sh + r             # <<<<<<<<<<<<<<
@@ -40606,7 +40594,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                   __pyx_v_h = ((__pyx_v_i * __pyx_v_sh) + __pyx_v_r);
 
-                                  /* "src/cnnc/_kernels.pyx":707
+                                  /* "src/cnnc/_kernels.pyx":708
  *                 for r in range(ph):
  *                     h = i * sh + r
  *                     for q in range(pw):             # <<<<<<<<<<<<<<
@@ -40620,7 +40608,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                   for (__pyx_t_19 = 0; __pyx_t_19 < __pyx_t_18; __pyx_t_19+=1) {
                                     __pyx_v_q = __pyx_t_19;
 
-                                    /* "src/cnnc/_kernels.pyx":708
+                                    /* "src/cnnc/_kernels.pyx":709
  *                     h = i * sh + r
  *                     for q in range(pw):
  *                         if r == 0 and q == 0:             # <<<<<<<<<<<<<<
@@ -40646,7 +40634,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
                                     if (__pyx_t_20) {
 
 
-                                      /* "src/cnnc/_kernels.pyx":709
+                                      /* "src/cnnc/_kernels.pyx":710
  *                     for q in range(pw):
  *                         if r == 0 and q == 0:
  *                             continue             # <<<<<<<<<<<<<<
@@ -40655,7 +40643,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                       goto __pyx_L18_continue;
 
-                                      /* "src/cnnc/_kernels.pyx":708
+                                      /* "src/cnnc/_kernels.pyx":709
  *                     h = i * sh + r
  *                     for q in range(pw):
  *                         if r == 0 and q == 0:             # <<<<<<<<<<<<<<
@@ -40664,7 +40652,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                     }
 
-                                    /* "src/cnnc/_kernels.pyx":710
+                                    /* "src/cnnc/_kernels.pyx":711
  *                         if r == 0 and q == 0:
  *                             continue
  *                         w = j * sw + q             # <<<<<<<<<<<<<<
@@ -40673,7 +40661,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 */
                                     __pyx_v_w = ((__pyx_v_j * __pyx_v_sw) + __pyx_v_q);
 
-                                    /* "src/cnnc/_kernels.pyx":711
+                                    /* "src/cnnc/_kernels.pyx":712
  *                             continue
  *                         w = j * sw + q
  *                         _keep_max(best, where, &x[n, h, w, 0], <int32_t>(h * width + w), channels)             # <<<<<<<<<<<<<<
@@ -40708,7 +40696,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 
       }
 
-      /* "src/cnnc/_kernels.pyx":695
+      /* "src/cnnc/_kernels.pyx":696
  *     cdef int32_t* where
  *     cdef int32_t position
  *     for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -40725,7 +40713,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":681
+  /* "src/cnnc/_kernels.pyx":682
  * 
  * 
  * cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax,             # <<<<<<<<<<<<<<
@@ -40751,7 +40739,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__Pyx_mem
 
 }
 
-/* "src/cnnc/_kernels.pyx":714
+/* "src/cnnc/_kernels.pyx":715
  * 
  * 
  * def maxpool2d_forward(x, pool_size, stride):             # <<<<<<<<<<<<<<
@@ -40801,38 +40789,38 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_pool_size,&__pyx_mstate_global->__pyx_n_u_stride,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 714, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 715, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 714, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 715, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 714, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 715, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 714, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 715, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "maxpool2d_forward", 0) < (0)) __PYX_ERR(3, 714, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "maxpool2d_forward", 0) < (0)) __PYX_ERR(3, 715, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("maxpool2d_forward", 1, 3, 3, i); __PYX_ERR(3, 714, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("maxpool2d_forward", 1, 3, 3, i); __PYX_ERR(3, 715, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 714, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 715, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 714, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 715, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 714, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 715, __pyx_L3_error)
     }
     __pyx_v_x = values[0];
     __pyx_v_pool_size = values[1];
@@ -40840,7 +40828,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("maxpool2d_forward", 1, 3, 3, __pyx_nargs); __PYX_ERR(3, 714, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("maxpool2d_forward", 1, 3, 3, __pyx_nargs); __PYX_ERR(3, 715, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -40900,7 +40888,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
   __Pyx_RefNannySetupContext("maxpool2d_forward", 0);
   __Pyx_INCREF(__pyx_v_x);
 
-  /* "src/cnnc/_kernels.pyx":720
+  /* "src/cnnc/_kernels.pyx":721
  *     any number.
  *     """
  *     x, (ph, pw), (sh, sw), (oh, ow) = _checks.maxpool2d_forward(x, pool_size, stride)             # <<<<<<<<<<<<<<
@@ -40908,9 +40896,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
  *     y = np.empty((n, oh, ow, c), dtype=x.dtype)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 720, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 721, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_maxpool2d_forward); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 720, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_maxpool2d_forward); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 721, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -40930,7 +40918,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (4-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 720, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 721, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -40939,7 +40927,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     if (unlikely(size != 4)) {
       if (size > 4) __Pyx_RaiseTooManyValuesError(4);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 720, __pyx_L1_error)
+      __PYX_ERR(3, 721, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -40953,16 +40941,16 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
       __Pyx_INCREF(__pyx_t_6);
     } else {
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 720, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 721, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 720, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 721, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 720, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 721, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
       __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 3, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 720, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 721, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_6);
     }
     #else
@@ -40970,7 +40958,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
       Py_ssize_t i;
       PyObject** temps[4] = {&__pyx_t_4,&__pyx_t_2,&__pyx_t_3,&__pyx_t_6};
       for (i=0; i < 4; i++) {
-        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 720, __pyx_L1_error)
+        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 721, __pyx_L1_error)
         __Pyx_GOTREF(item);
         *(temps[i]) = item;
       }
@@ -40980,7 +40968,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
   } else {
     Py_ssize_t index = -1;
     PyObject** temps[4] = {&__pyx_t_4,&__pyx_t_2,&__pyx_t_3,&__pyx_t_6};
-    __pyx_t_7 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 720, __pyx_L1_error)
+    __pyx_t_7 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 721, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_8 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_7);
@@ -40989,7 +40977,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
       __Pyx_GOTREF(item);
       *(temps[index]) = item;
     }
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_7), 4) < (0)) __PYX_ERR(3, 720, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_7), 4) < (0)) __PYX_ERR(3, 721, __pyx_L1_error)
     __pyx_t_8 = NULL;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     goto __pyx_L4_unpacking_done;
@@ -40997,7 +40985,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_8 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 720, __pyx_L1_error)
+    __PYX_ERR(3, 721, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
   __Pyx_DECREF_SET(__pyx_v_x, __pyx_t_4);
@@ -41008,7 +40996,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 720, __pyx_L1_error)
+      __PYX_ERR(3, 721, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -41018,22 +41006,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
       __Pyx_INCREF(__pyx_t_9);
     } else {
       __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 720, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 721, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_7);
       __pyx_t_9 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 720, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 721, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_9);
     }
     #else
-    __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 720, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 721, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 720, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 721, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     #endif
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_10 = PyObject_GetIter(__pyx_t_2); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 720, __pyx_L1_error)
+    __pyx_t_10 = PyObject_GetIter(__pyx_t_2); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 721, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_8 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_10);
@@ -41041,7 +41029,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_GOTREF(__pyx_t_7);
     index = 1; __pyx_t_9 = __pyx_t_8(__pyx_t_10); if (unlikely(!__pyx_t_9)) goto __pyx_L5_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_9);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_10), 2) < (0)) __PYX_ERR(3, 720, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_10), 2) < (0)) __PYX_ERR(3, 721, __pyx_L1_error)
     __pyx_t_8 = NULL;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     goto __pyx_L6_unpacking_done;
@@ -41049,7 +41037,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __pyx_t_8 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 720, __pyx_L1_error)
+    __PYX_ERR(3, 721, __pyx_L1_error)
     __pyx_L6_unpacking_done:;
   }
   __pyx_v_ph = __pyx_t_7;
@@ -41062,7 +41050,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 720, __pyx_L1_error)
+      __PYX_ERR(3, 721, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -41072,22 +41060,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
       __Pyx_INCREF(__pyx_t_7);
     } else {
       __pyx_t_9 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 720, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 721, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_9);
       __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 720, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 721, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_7);
     }
     #else
-    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 720, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 721, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 720, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 721, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     #endif
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_10 = PyObject_GetIter(__pyx_t_3); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 720, __pyx_L1_error)
+    __pyx_t_10 = PyObject_GetIter(__pyx_t_3); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 721, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_8 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_10);
@@ -41095,7 +41083,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_GOTREF(__pyx_t_9);
     index = 1; __pyx_t_7 = __pyx_t_8(__pyx_t_10); if (unlikely(!__pyx_t_7)) goto __pyx_L7_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_7);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_10), 2) < (0)) __PYX_ERR(3, 720, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_10), 2) < (0)) __PYX_ERR(3, 721, __pyx_L1_error)
     __pyx_t_8 = NULL;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     goto __pyx_L8_unpacking_done;
@@ -41103,7 +41091,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __pyx_t_8 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 720, __pyx_L1_error)
+    __PYX_ERR(3, 721, __pyx_L1_error)
     __pyx_L8_unpacking_done:;
   }
   __pyx_v_sh = __pyx_t_9;
@@ -41116,7 +41104,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 720, __pyx_L1_error)
+      __PYX_ERR(3, 721, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -41126,22 +41114,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
       __Pyx_INCREF(__pyx_t_9);
     } else {
       __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 720, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 721, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_7);
       __pyx_t_9 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 720, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 721, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_9);
     }
     #else
-    __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 720, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 721, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 720, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 721, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     #endif
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_10 = PyObject_GetIter(__pyx_t_6); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 720, __pyx_L1_error)
+    __pyx_t_10 = PyObject_GetIter(__pyx_t_6); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 721, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_8 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_10);
@@ -41149,7 +41137,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_GOTREF(__pyx_t_7);
     index = 1; __pyx_t_9 = __pyx_t_8(__pyx_t_10); if (unlikely(!__pyx_t_9)) goto __pyx_L9_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_9);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_10), 2) < (0)) __PYX_ERR(3, 720, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_8(__pyx_t_10), 2) < (0)) __PYX_ERR(3, 721, __pyx_L1_error)
     __pyx_t_8 = NULL;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     goto __pyx_L10_unpacking_done;
@@ -41157,7 +41145,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __pyx_t_8 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 720, __pyx_L1_error)
+    __PYX_ERR(3, 721, __pyx_L1_error)
     __pyx_L10_unpacking_done:;
   }
   __pyx_v_oh = __pyx_t_7;
@@ -41165,21 +41153,21 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
   __pyx_v_ow = __pyx_t_9;
   __pyx_t_9 = 0;
 
-  /* "src/cnnc/_kernels.pyx":721
+  /* "src/cnnc/_kernels.pyx":722
  *     """
  *     x, (ph, pw), (sh, sw), (oh, ow) = _checks.maxpool2d_forward(x, pool_size, stride)
  *     n, c = x.shape[0], x.shape[3]             # <<<<<<<<<<<<<<
  *     y = np.empty((n, oh, ow, c), dtype=x.dtype)
  *     argmax = _scratch("argmax", n * oh * ow, c, np.int32).reshape(n, oh, ow, c)
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 721, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 722, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_6 = __Pyx_GetItemInt(__pyx_t_1, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 721, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_GetItemInt(__pyx_t_1, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 722, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 721, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 722, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_3 = __Pyx_GetItemInt(__pyx_t_1, 3, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 721, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_GetItemInt(__pyx_t_1, 3, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 722, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_n = __pyx_t_6;
@@ -41187,7 +41175,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
   __pyx_v_c = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":722
+  /* "src/cnnc/_kernels.pyx":723
  *     x, (ph, pw), (sh, sw), (oh, ow) = _checks.maxpool2d_forward(x, pool_size, stride)
  *     n, c = x.shape[0], x.shape[3]
  *     y = np.empty((n, oh, ow, c), dtype=x.dtype)             # <<<<<<<<<<<<<<
@@ -41195,26 +41183,26 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
  *     if x.dtype == np.float32:
 */
   __pyx_t_6 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 722, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 723, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 722, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 723, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = PyTuple_New(4); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 722, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_New(4); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 723, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_INCREF(__pyx_v_n);
   __Pyx_GIVEREF(__pyx_v_n);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_n) != (0)) __PYX_ERR(3, 722, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_n) != (0)) __PYX_ERR(3, 723, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_oh);
   __Pyx_GIVEREF(__pyx_v_oh);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_oh) != (0)) __PYX_ERR(3, 722, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_v_oh) != (0)) __PYX_ERR(3, 723, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_ow);
   __Pyx_GIVEREF(__pyx_v_ow);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 2, __pyx_v_ow) != (0)) __PYX_ERR(3, 722, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 2, __pyx_v_ow) != (0)) __PYX_ERR(3, 723, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_c);
   __Pyx_GIVEREF(__pyx_v_c);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 3, __pyx_v_c) != (0)) __PYX_ERR(3, 722, __pyx_L1_error);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 722, __pyx_L1_error)
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 3, __pyx_v_c) != (0)) __PYX_ERR(3, 723, __pyx_L1_error);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 723, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_VECTORCALL
   #endif
@@ -41234,13 +41222,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     PyObject *__pyx_callargs[3] = {__pyx_t_6, __pyx_t_1, __pyx_t_4};
     #if CYTHON_VECTORCALL
     __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 722, __pyx_L1_error)
+    if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 723, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_9);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_9 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 722, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 723, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
     }
     #endif
@@ -41252,13 +41240,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 722, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 723, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __pyx_v_y = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":723
+  /* "src/cnnc/_kernels.pyx":724
  *     n, c = x.shape[0], x.shape[3]
  *     y = np.empty((n, oh, ow, c), dtype=x.dtype)
  *     argmax = _scratch("argmax", n * oh * ow, c, np.int32).reshape(n, oh, ow, c)             # <<<<<<<<<<<<<<
@@ -41266,16 +41254,16 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
  *         _maxpool_forward[float](x, y, argmax, ph, pw, sh, sw)
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_scratch); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 723, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_scratch); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 724, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_n, __pyx_v_oh); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 723, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_n, __pyx_v_oh); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 724, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_7 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_6, __pyx_v_ow); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 723, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_6, __pyx_v_ow); if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 724, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 723, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 724, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 723, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_int32); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 724, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __pyx_t_5 = 1;
@@ -41297,7 +41285,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 723, __pyx_L1_error)
+    if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 724, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
   }
   __pyx_t_2 = __pyx_t_9;
@@ -41308,46 +41296,46 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (5-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 723, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 724, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __pyx_v_argmax = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":724
+  /* "src/cnnc/_kernels.pyx":725
  *     y = np.empty((n, oh, ow, c), dtype=x.dtype)
  *     argmax = _scratch("argmax", n * oh * ow, c, np.int32).reshape(n, oh, ow, c)
  *     if x.dtype == np.float32:             # <<<<<<<<<<<<<<
  *         _maxpool_forward[float](x, y, argmax, ph, pw, sh, sw)
  *     else:
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 724, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 725, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 724, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 725, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 724, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 725, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-  __pyx_t_11 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_3, __pyx_t_2, Py_EQ); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 724, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_3, __pyx_t_2, Py_EQ); if (unlikely((__pyx_t_11 < 0))) __PYX_ERR(3, 725, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if (__pyx_t_11) {
 
 
-    /* "src/cnnc/_kernels.pyx":725
+    /* "src/cnnc/_kernels.pyx":726
  *     argmax = _scratch("argmax", n * oh * ow, c, np.int32).reshape(n, oh, ow, c)
  *     if x.dtype == np.float32:
  *         _maxpool_forward[float](x, y, argmax, ph, pw, sh, sw)             # <<<<<<<<<<<<<<
  *     else:
  *         _maxpool_forward[double](x, y, argmax, ph, pw, sh, sw)
 */
-    __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_float__const__(__pyx_v_x, 0); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(3, 725, __pyx_L1_error)
-    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_float(__pyx_v_y, PyBUF_WRITABLE); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 725, __pyx_L1_error)
-    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int32_t(__pyx_v_argmax, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 725, __pyx_L1_error)
-    __pyx_t_15 = __Pyx_PyIndex_AsSsize_t(__pyx_v_ph); if (unlikely((__pyx_t_15 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 725, __pyx_L1_error)
-    __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_pw); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 725, __pyx_L1_error)
-    __pyx_t_17 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sh); if (unlikely((__pyx_t_17 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 725, __pyx_L1_error)
-    __pyx_t_18 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sw); if (unlikely((__pyx_t_18 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 725, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_float__const__(__pyx_v_x, 0); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(3, 726, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_float(__pyx_v_y, PyBUF_WRITABLE); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 726, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int32_t(__pyx_v_argmax, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 726, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyIndex_AsSsize_t(__pyx_v_ph); if (unlikely((__pyx_t_15 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 726, __pyx_L1_error)
+    __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_pw); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 726, __pyx_L1_error)
+    __pyx_t_17 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sh); if (unlikely((__pyx_t_17 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 726, __pyx_L1_error)
+    __pyx_t_18 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sw); if (unlikely((__pyx_t_18 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 726, __pyx_L1_error)
     __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__pyx_t_12, __pyx_t_13, __pyx_t_14, __pyx_t_15, __pyx_t_16, __pyx_t_17, __pyx_t_18);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_12, 1);; __pyx_t_12.memview = NULL; __pyx_t_12.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_13, 1);; __pyx_t_13.memview = NULL; __pyx_t_13.data = NULL;
@@ -41357,7 +41345,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
 
 
 
-    /* "src/cnnc/_kernels.pyx":724
+    /* "src/cnnc/_kernels.pyx":725
  *     y = np.empty((n, oh, ow, c), dtype=x.dtype)
  *     argmax = _scratch("argmax", n * oh * ow, c, np.int32).reshape(n, oh, ow, c)
  *     if x.dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -41367,7 +41355,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     goto __pyx_L11;
   }
 
-  /* "src/cnnc/_kernels.pyx":727
+  /* "src/cnnc/_kernels.pyx":728
  *         _maxpool_forward[float](x, y, argmax, ph, pw, sh, sw)
  *     else:
  *         _maxpool_forward[double](x, y, argmax, ph, pw, sh, sw)             # <<<<<<<<<<<<<<
@@ -41375,13 +41363,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
  * 
 */
   /*else*/ {
-    __pyx_t_19 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_double__const__(__pyx_v_x, 0); if (unlikely(!__pyx_t_19.memview)) __PYX_ERR(3, 727, __pyx_L1_error)
-    __pyx_t_20 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_double(__pyx_v_y, PyBUF_WRITABLE); if (unlikely(!__pyx_t_20.memview)) __PYX_ERR(3, 727, __pyx_L1_error)
-    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int32_t(__pyx_v_argmax, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 727, __pyx_L1_error)
-    __pyx_t_18 = __Pyx_PyIndex_AsSsize_t(__pyx_v_ph); if (unlikely((__pyx_t_18 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 727, __pyx_L1_error)
-    __pyx_t_17 = __Pyx_PyIndex_AsSsize_t(__pyx_v_pw); if (unlikely((__pyx_t_17 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 727, __pyx_L1_error)
-    __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sh); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 727, __pyx_L1_error)
-    __pyx_t_15 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sw); if (unlikely((__pyx_t_15 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 727, __pyx_L1_error)
+    __pyx_t_19 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_double__const__(__pyx_v_x, 0); if (unlikely(!__pyx_t_19.memview)) __PYX_ERR(3, 728, __pyx_L1_error)
+    __pyx_t_20 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_double(__pyx_v_y, PyBUF_WRITABLE); if (unlikely(!__pyx_t_20.memview)) __PYX_ERR(3, 728, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int32_t(__pyx_v_argmax, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 728, __pyx_L1_error)
+    __pyx_t_18 = __Pyx_PyIndex_AsSsize_t(__pyx_v_ph); if (unlikely((__pyx_t_18 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 728, __pyx_L1_error)
+    __pyx_t_17 = __Pyx_PyIndex_AsSsize_t(__pyx_v_pw); if (unlikely((__pyx_t_17 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 728, __pyx_L1_error)
+    __pyx_t_16 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sh); if (unlikely((__pyx_t_16 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 728, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyIndex_AsSsize_t(__pyx_v_sw); if (unlikely((__pyx_t_15 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(3, 728, __pyx_L1_error)
     __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_forward(__pyx_t_19, __pyx_t_20, __pyx_t_14, __pyx_t_18, __pyx_t_17, __pyx_t_16, __pyx_t_15);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_19, 1);; __pyx_t_19.memview = NULL; __pyx_t_19.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_20, 1);; __pyx_t_20.memview = NULL; __pyx_t_20.data = NULL;
@@ -41393,7 +41381,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
   }
   __pyx_L11:;
 
-  /* "src/cnnc/_kernels.pyx":728
+  /* "src/cnnc/_kernels.pyx":729
  *     else:
  *         _maxpool_forward[double](x, y, argmax, ph, pw, sh, sw)
  *     return y, argmax.astype(np.int64)             # <<<<<<<<<<<<<<
@@ -41402,9 +41390,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
 */
   __pyx_t_3 = __pyx_v_argmax;
   __Pyx_INCREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 728, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 729, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 728, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 729, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
   __pyx_t_5 = 0;
@@ -41413,16 +41401,16 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
     __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_astype, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 728, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 729, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 728, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 729, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_INCREF(__pyx_v_y);
   __Pyx_GIVEREF(__pyx_v_y);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_y) != (0)) __PYX_ERR(3, 728, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_y) != (0)) __PYX_ERR(3, 729, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_2);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_t_2) != (0)) __PYX_ERR(3, 728, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_t_2) != (0)) __PYX_ERR(3, 729, __pyx_L1_error);
   __pyx_t_2 = 0;
   {
     PyObject *__pyx_temp;
@@ -41435,7 +41423,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":714
+  /* "src/cnnc/_kernels.pyx":715
  * 
  * 
  * def maxpool2d_forward(x, pool_size, stride):             # <<<<<<<<<<<<<<
@@ -41477,7 +41465,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_26maxpool2d_forward(CYTHON_UNUSE
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":731
+/* "src/cnnc/_kernels.pyx":732
  * 
  * 
  * cdef void _maxpool_backward(const real[:, :, :, ::1] dy, const int64_t[:, :, :, ::1] argmax,             # <<<<<<<<<<<<<<
@@ -41514,7 +41502,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
   Py_ssize_t __pyx_t_21;
   Py_ssize_t __pyx_t_22;
 
-  /* "src/cnnc/_kernels.pyx":735
+  /* "src/cnnc/_kernels.pyx":736
  *     """dx[n, argmax * C + c] += dy[n, i, j, c]; dx is (N, H*W*C), starting at 0."""
  *     cdef Py_ssize_t n, i, j, c
  *     cdef Py_ssize_t channels = dy.shape[3]             # <<<<<<<<<<<<<<
@@ -41523,7 +41511,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
 */
   __pyx_v_channels = (__pyx_v_dy.shape[3]);
 
-  /* "src/cnnc/_kernels.pyx":736
+  /* "src/cnnc/_kernels.pyx":737
  *     cdef Py_ssize_t n, i, j, c
  *     cdef Py_ssize_t channels = dy.shape[3]
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -41558,7 +41546,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                         {
                             __pyx_v_n = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":737
+                            /* "src/cnnc/_kernels.pyx":738
  *     cdef Py_ssize_t channels = dy.shape[3]
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(dy.shape[1]):             # <<<<<<<<<<<<<<
@@ -41572,7 +41560,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                             for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
                               __pyx_v_i = __pyx_t_6;
 
-                              /* "src/cnnc/_kernels.pyx":738
+                              /* "src/cnnc/_kernels.pyx":739
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(dy.shape[1]):
  *             for j in range(dy.shape[2]):             # <<<<<<<<<<<<<<
@@ -41586,7 +41574,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                               for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
                                 __pyx_v_j = __pyx_t_9;
 
-                                /* "src/cnnc/_kernels.pyx":739
+                                /* "src/cnnc/_kernels.pyx":740
  *         for i in range(dy.shape[1]):
  *             for j in range(dy.shape[2]):
  *                 for c in range(channels):             # <<<<<<<<<<<<<<
@@ -41600,7 +41588,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                                 for (__pyx_t_12 = 0; __pyx_t_12 < __pyx_t_11; __pyx_t_12+=1) {
                                   __pyx_v_c = __pyx_t_12;
 
-                                  /* "src/cnnc/_kernels.pyx":740
+                                  /* "src/cnnc/_kernels.pyx":741
  *             for j in range(dy.shape[2]):
  *                 for c in range(channels):
  *                     dx[n, argmax[n, i, j, c] * channels + c] += dy[n, i, j, c]             # <<<<<<<<<<<<<<
@@ -41638,7 +41626,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
 
       }
 
-      /* "src/cnnc/_kernels.pyx":736
+      /* "src/cnnc/_kernels.pyx":737
  *     cdef Py_ssize_t n, i, j, c
  *     cdef Py_ssize_t channels = dy.shape[3]
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -41655,7 +41643,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":731
+  /* "src/cnnc/_kernels.pyx":732
  * 
  * 
  * cdef void _maxpool_backward(const real[:, :, :, ::1] dy, const int64_t[:, :, :, ::1] argmax,             # <<<<<<<<<<<<<<
@@ -41701,7 +41689,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
   Py_ssize_t __pyx_t_21;
   Py_ssize_t __pyx_t_22;
 
-  /* "src/cnnc/_kernels.pyx":735
+  /* "src/cnnc/_kernels.pyx":736
  *     """dx[n, argmax * C + c] += dy[n, i, j, c]; dx is (N, H*W*C), starting at 0."""
  *     cdef Py_ssize_t n, i, j, c
  *     cdef Py_ssize_t channels = dy.shape[3]             # <<<<<<<<<<<<<<
@@ -41710,7 +41698,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
 */
   __pyx_v_channels = (__pyx_v_dy.shape[3]);
 
-  /* "src/cnnc/_kernels.pyx":736
+  /* "src/cnnc/_kernels.pyx":737
  *     cdef Py_ssize_t n, i, j, c
  *     cdef Py_ssize_t channels = dy.shape[3]
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -41745,7 +41733,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                         {
                             __pyx_v_n = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":737
+                            /* "src/cnnc/_kernels.pyx":738
  *     cdef Py_ssize_t channels = dy.shape[3]
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(dy.shape[1]):             # <<<<<<<<<<<<<<
@@ -41759,7 +41747,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                             for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
                               __pyx_v_i = __pyx_t_6;
 
-                              /* "src/cnnc/_kernels.pyx":738
+                              /* "src/cnnc/_kernels.pyx":739
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):
  *         for i in range(dy.shape[1]):
  *             for j in range(dy.shape[2]):             # <<<<<<<<<<<<<<
@@ -41773,7 +41761,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                               for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
                                 __pyx_v_j = __pyx_t_9;
 
-                                /* "src/cnnc/_kernels.pyx":739
+                                /* "src/cnnc/_kernels.pyx":740
  *         for i in range(dy.shape[1]):
  *             for j in range(dy.shape[2]):
  *                 for c in range(channels):             # <<<<<<<<<<<<<<
@@ -41787,7 +41775,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
                                 for (__pyx_t_12 = 0; __pyx_t_12 < __pyx_t_11; __pyx_t_12+=1) {
                                   __pyx_v_c = __pyx_t_12;
 
-                                  /* "src/cnnc/_kernels.pyx":740
+                                  /* "src/cnnc/_kernels.pyx":741
  *             for j in range(dy.shape[2]):
  *                 for c in range(channels):
  *                     dx[n, argmax[n, i, j, c] * channels + c] += dy[n, i, j, c]             # <<<<<<<<<<<<<<
@@ -41825,7 +41813,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
 
       }
 
-      /* "src/cnnc/_kernels.pyx":736
+      /* "src/cnnc/_kernels.pyx":737
  *     cdef Py_ssize_t n, i, j, c
  *     cdef Py_ssize_t channels = dy.shape[3]
  *     for n in prange(dy.shape[0], schedule="static", nogil=True, num_threads=_threads):             # <<<<<<<<<<<<<<
@@ -41842,7 +41830,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":731
+  /* "src/cnnc/_kernels.pyx":732
  * 
  * 
  * cdef void _maxpool_backward(const real[:, :, :, ::1] dy, const int64_t[:, :, :, ::1] argmax,             # <<<<<<<<<<<<<<
@@ -41859,7 +41847,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__Pyx_me
 
 }
 
-/* "src/cnnc/_kernels.pyx":743
+/* "src/cnnc/_kernels.pyx":744
  * 
  * 
  * def maxpool2d_backward(dy, argmax, input_shape):             # <<<<<<<<<<<<<<
@@ -41909,38 +41897,38 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_dy,&__pyx_mstate_global->__pyx_n_u_argmax,&__pyx_mstate_global->__pyx_n_u_input_shape,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 743, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 744, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 743, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 744, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 743, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 744, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 743, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 744, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "maxpool2d_backward", 0) < (0)) __PYX_ERR(3, 743, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "maxpool2d_backward", 0) < (0)) __PYX_ERR(3, 744, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("maxpool2d_backward", 1, 3, 3, i); __PYX_ERR(3, 743, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("maxpool2d_backward", 1, 3, 3, i); __PYX_ERR(3, 744, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 743, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 744, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 743, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 744, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 743, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 744, __pyx_L3_error)
     }
     __pyx_v_dy = values[0];
     __pyx_v_argmax = values[1];
@@ -41948,7 +41936,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("maxpool2d_backward", 1, 3, 3, __pyx_nargs); __PYX_ERR(3, 743, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("maxpool2d_backward", 1, 3, 3, __pyx_nargs); __PYX_ERR(3, 744, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -41999,7 +41987,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
   __Pyx_INCREF(__pyx_v_argmax);
   __Pyx_INCREF(__pyx_v_input_shape);
 
-  /* "src/cnnc/_kernels.pyx":745
+  /* "src/cnnc/_kernels.pyx":746
  * def maxpool2d_backward(dy, argmax, input_shape):
  *     """Scatter dy (N, OH, OW, C) back to the input positions recorded in argmax."""
  *     dy, argmax, input_shape = _checks.maxpool2d_backward(dy, argmax, input_shape)             # <<<<<<<<<<<<<<
@@ -42007,9 +41995,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
  *     dx = np.zeros((n, h * w * c), dtype=dy.dtype)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 745, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 746, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_maxpool2d_backward); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 745, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_maxpool2d_backward); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 746, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -42029,7 +42017,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (4-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 745, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 746, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -42038,7 +42026,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     if (unlikely(size != 3)) {
       if (size > 3) __Pyx_RaiseTooManyValuesError(3);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 745, __pyx_L1_error)
+      __PYX_ERR(3, 746, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -42050,27 +42038,27 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
       __Pyx_INCREF(__pyx_t_3);
     } else {
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 745, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 746, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 745, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 746, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 745, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 746, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
     }
     #else
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 745, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 746, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 745, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 746, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 745, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 746, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_6 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 745, __pyx_L1_error)
+    __pyx_t_6 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 746, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_7 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_6);
@@ -42080,7 +42068,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     __Pyx_GOTREF(__pyx_t_2);
     index = 2; __pyx_t_3 = __pyx_t_7(__pyx_t_6); if (unlikely(!__pyx_t_3)) goto __pyx_L3_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_3);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_7(__pyx_t_6), 3) < (0)) __PYX_ERR(3, 745, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_7(__pyx_t_6), 3) < (0)) __PYX_ERR(3, 746, __pyx_L1_error)
     __pyx_t_7 = NULL;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     goto __pyx_L4_unpacking_done;
@@ -42088,7 +42076,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_7 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 745, __pyx_L1_error)
+    __PYX_ERR(3, 746, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
   __Pyx_DECREF_SET(__pyx_v_dy, __pyx_t_4);
@@ -42098,7 +42086,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
   __Pyx_DECREF_SET(__pyx_v_input_shape, __pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":746
+  /* "src/cnnc/_kernels.pyx":747
  *     """Scatter dy (N, OH, OW, C) back to the input positions recorded in argmax."""
  *     dy, argmax, input_shape = _checks.maxpool2d_backward(dy, argmax, input_shape)
  *     n, h, w, c = input_shape             # <<<<<<<<<<<<<<
@@ -42111,7 +42099,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     if (unlikely(size != 4)) {
       if (size > 4) __Pyx_RaiseTooManyValuesError(4);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 746, __pyx_L1_error)
+      __PYX_ERR(3, 747, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -42125,16 +42113,16 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
       __Pyx_INCREF(__pyx_t_4);
     } else {
       __pyx_t_1 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 746, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 747, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_1);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 746, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 747, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 746, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 747, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 3, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 746, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 747, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
     }
     #else
@@ -42142,7 +42130,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
       Py_ssize_t i;
       PyObject** temps[4] = {&__pyx_t_1,&__pyx_t_3,&__pyx_t_2,&__pyx_t_4};
       for (i=0; i < 4; i++) {
-        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 746, __pyx_L1_error)
+        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 747, __pyx_L1_error)
         __Pyx_GOTREF(item);
         *(temps[i]) = item;
       }
@@ -42151,7 +42139,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
   } else {
     Py_ssize_t index = -1;
     PyObject** temps[4] = {&__pyx_t_1,&__pyx_t_3,&__pyx_t_2,&__pyx_t_4};
-    __pyx_t_6 = PyObject_GetIter(__pyx_v_input_shape); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 746, __pyx_L1_error)
+    __pyx_t_6 = PyObject_GetIter(__pyx_v_input_shape); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 747, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_7 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_6);
     for (index=0; index < 4; index++) {
@@ -42159,7 +42147,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
       __Pyx_GOTREF(item);
       *(temps[index]) = item;
     }
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_7(__pyx_t_6), 4) < (0)) __PYX_ERR(3, 746, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_7(__pyx_t_6), 4) < (0)) __PYX_ERR(3, 747, __pyx_L1_error)
     __pyx_t_7 = NULL;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     goto __pyx_L6_unpacking_done;
@@ -42167,7 +42155,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_7 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 746, __pyx_L1_error)
+    __PYX_ERR(3, 747, __pyx_L1_error)
     __pyx_L6_unpacking_done:;
   }
   __pyx_v_n = __pyx_t_1;
@@ -42179,7 +42167,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
   __pyx_v_c = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "src/cnnc/_kernels.pyx":747
+  /* "src/cnnc/_kernels.pyx":748
  *     dy, argmax, input_shape = _checks.maxpool2d_backward(dy, argmax, input_shape)
  *     n, h, w, c = input_shape
  *     dx = np.zeros((n, h * w * c), dtype=dy.dtype)             # <<<<<<<<<<<<<<
@@ -42187,25 +42175,25 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
  *         _maxpool_backward[float](dy, argmax, dx)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 747, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 748, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 747, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_zeros); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 748, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_h, __pyx_v_w); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 747, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyNumber_Multiply_object_object(__pyx_v_h, __pyx_v_w); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 748, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_3, __pyx_v_c); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 747, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyNumber_Multiply_object_object(__pyx_t_3, __pyx_v_c); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 748, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 747, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 748, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF(__pyx_v_n);
   __Pyx_GIVEREF(__pyx_v_n);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_n) != (0)) __PYX_ERR(3, 747, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_n) != (0)) __PYX_ERR(3, 748, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_6);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_t_6) != (0)) __PYX_ERR(3, 747, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_t_6) != (0)) __PYX_ERR(3, 748, __pyx_L1_error);
   __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 747, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 748, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   #if CYTHON_VECTORCALL
   #endif
@@ -42225,13 +42213,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_t_3, __pyx_t_6};
     #if CYTHON_VECTORCALL
     __pyx_t_8 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 747, __pyx_L1_error)
+    if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 748, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_8);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
       __pyx_t_8 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 747, __pyx_L1_error)
+      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 748, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
     }
     #endif
@@ -42243,48 +42231,48 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 747, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 748, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
   __pyx_v_dx = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "src/cnnc/_kernels.pyx":748
+  /* "src/cnnc/_kernels.pyx":749
  *     n, h, w, c = input_shape
  *     dx = np.zeros((n, h * w * c), dtype=dy.dtype)
  *     if dy.dtype == np.float32:             # <<<<<<<<<<<<<<
  *         _maxpool_backward[float](dy, argmax, dx)
  *     else:
 */
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 748, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_dy, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 749, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 748, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 749, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 748, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 749, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_9 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_4, __pyx_t_8, Py_EQ); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(3, 748, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_4, __pyx_t_8, Py_EQ); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(3, 749, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
   if (__pyx_t_9) {
 
 
-    /* "src/cnnc/_kernels.pyx":749
+    /* "src/cnnc/_kernels.pyx":750
  *     dx = np.zeros((n, h * w * c), dtype=dy.dtype)
  *     if dy.dtype == np.float32:
  *         _maxpool_backward[float](dy, argmax, dx)             # <<<<<<<<<<<<<<
  *     else:
  *         _maxpool_backward[double](dy, argmax, dx)
 */
-    __pyx_t_10 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_float__const__(__pyx_v_dy, 0); if (unlikely(!__pyx_t_10.memview)) __PYX_ERR(3, 749, __pyx_L1_error)
-    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int64_t__const__(__pyx_v_argmax, 0); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 749, __pyx_L1_error)
-    __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_float(__pyx_v_dx, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(3, 749, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_float__const__(__pyx_v_dy, 0); if (unlikely(!__pyx_t_10.memview)) __PYX_ERR(3, 750, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int64_t__const__(__pyx_v_argmax, 0); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 750, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_float(__pyx_v_dx, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(3, 750, __pyx_L1_error)
     __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__pyx_t_10, __pyx_t_11, __pyx_t_12);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_10, 1);; __pyx_t_10.memview = NULL; __pyx_t_10.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_11, 1);; __pyx_t_11.memview = NULL; __pyx_t_11.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_12, 1);; __pyx_t_12.memview = NULL; __pyx_t_12.data = NULL;
 
-    /* "src/cnnc/_kernels.pyx":748
+    /* "src/cnnc/_kernels.pyx":749
  *     n, h, w, c = input_shape
  *     dx = np.zeros((n, h * w * c), dtype=dy.dtype)
  *     if dy.dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -42294,7 +42282,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     goto __pyx_L7;
   }
 
-  /* "src/cnnc/_kernels.pyx":751
+  /* "src/cnnc/_kernels.pyx":752
  *         _maxpool_backward[float](dy, argmax, dx)
  *     else:
  *         _maxpool_backward[double](dy, argmax, dx)             # <<<<<<<<<<<<<<
@@ -42302,9 +42290,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
  * 
 */
   /*else*/ {
-    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_double__const__(__pyx_v_dy, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 751, __pyx_L1_error)
-    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int64_t__const__(__pyx_v_argmax, 0); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 751, __pyx_L1_error)
-    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(__pyx_v_dx, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 751, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_double__const__(__pyx_v_dy, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 752, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_d_d_d_dc_nn_int64_t__const__(__pyx_v_argmax, 0); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 752, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_d_dc_double(__pyx_v_dx, PyBUF_WRITABLE); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 752, __pyx_L1_error)
     __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__maxpool_backward(__pyx_t_13, __pyx_t_11, __pyx_t_14);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_13, 1);; __pyx_t_13.memview = NULL; __pyx_t_13.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_11, 1);; __pyx_t_11.memview = NULL; __pyx_t_11.data = NULL;
@@ -42312,7 +42300,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
   }
   __pyx_L7:;
 
-  /* "src/cnnc/_kernels.pyx":752
+  /* "src/cnnc/_kernels.pyx":753
  *     else:
  *         _maxpool_backward[double](dy, argmax, dx)
  *     return dx.reshape(input_shape)             # <<<<<<<<<<<<<<
@@ -42326,7 +42314,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
     PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_v_input_shape};
     __pyx_t_8 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 752, __pyx_L1_error)
+    if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 753, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
   }
   {
@@ -42340,7 +42328,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
   __pyx_t_8 = 0;
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":743
+  /* "src/cnnc/_kernels.pyx":744
  * 
  * 
  * def maxpool2d_backward(dy, argmax, input_shape):             # <<<<<<<<<<<<<<
@@ -42377,7 +42365,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":755
+/* "src/cnnc/_kernels.pyx":756
  * 
  * 
  * cdef inline real _fma(real a, real b, real c) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -42388,7 +42376,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_28maxpool2d_backward(CYTHON_UNUS
 static CYTHON_INLINE float __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__fma(float __pyx_v_a, float __pyx_v_b, float __pyx_v_c) {
   float __pyx_r;
 
-  /* "src/cnnc/_kernels.pyx":759
+  /* "src/cnnc/_kernels.pyx":760
  *     through float64: exact but for a double rounding about once in 2**29)."""
  *     if real is float:
  *         return <float>(<double>a * <double>b + <double>c)             # <<<<<<<<<<<<<<
@@ -42401,7 +42389,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__fma(float 
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":755
+  /* "src/cnnc/_kernels.pyx":756
  * 
  * 
  * cdef inline real _fma(real a, real b, real c) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -42417,7 +42405,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__fma(float 
 static CYTHON_INLINE double __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__fma(double __pyx_v_a, double __pyx_v_b, double __pyx_v_c) {
   double __pyx_r;
 
-  /* "src/cnnc/_kernels.pyx":761
+  /* "src/cnnc/_kernels.pyx":762
  *         return <float>(<double>a * <double>b + <double>c)
  *     else:
  *         return fma(a, b, c)             # <<<<<<<<<<<<<<
@@ -42430,7 +42418,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__fma(doubl
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":755
+  /* "src/cnnc/_kernels.pyx":756
  * 
  * 
  * cdef inline real _fma(real a, real b, real c) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -42443,7 +42431,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__fma(doubl
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":764
+/* "src/cnnc/_kernels.pyx":765
  * 
  * 
  * cdef inline void _adam_block(real* param, const real* grad, real* m, real* v, Py_ssize_t count,             # <<<<<<<<<<<<<<
@@ -42461,7 +42449,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
   Py_ssize_t __pyx_t_3;
   float __pyx_t_4;
 
-  /* "src/cnnc/_kernels.pyx":769
+  /* "src/cnnc/_kernels.pyx":770
  *     cdef Py_ssize_t k
  *     cdef real g, mk, vk
  *     for k in range(count):             # <<<<<<<<<<<<<<
@@ -42475,7 +42463,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":770
+    /* "src/cnnc/_kernels.pyx":771
  *     cdef real g, mk, vk
  *     for k in range(count):
  *         g = grad[k]             # <<<<<<<<<<<<<<
@@ -42484,7 +42472,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     __pyx_v_g = (__pyx_v_grad[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":771
+    /* "src/cnnc/_kernels.pyx":772
  *     for k in range(count):
  *         g = grad[k]
  *         mk = m[k]             # <<<<<<<<<<<<<<
@@ -42493,7 +42481,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     __pyx_v_mk = (__pyx_v_m[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":772
+    /* "src/cnnc/_kernels.pyx":773
  *         g = grad[k]
  *         mk = m[k]
  *         mk = _fma(coefficient, g - mk, mk if small else g)             # <<<<<<<<<<<<<<
@@ -42510,7 +42498,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
     __pyx_v_mk = __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__fma(__pyx_v_coefficient, (__pyx_v_g - __pyx_v_mk), __pyx_t_4);
 
 
-    /* "src/cnnc/_kernels.pyx":773
+    /* "src/cnnc/_kernels.pyx":774
  *         mk = m[k]
  *         mk = _fma(coefficient, g - mk, mk if small else g)
  *         vk = _fma(keep_square * g, g, v[k] * beta2)             # <<<<<<<<<<<<<<
@@ -42519,7 +42507,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     __pyx_v_vk = __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__fma((__pyx_v_keep_square * __pyx_v_g), __pyx_v_g, ((__pyx_v_v[__pyx_v_k]) * __pyx_v_beta2));
 
-    /* "src/cnnc/_kernels.pyx":774
+    /* "src/cnnc/_kernels.pyx":775
  *         mk = _fma(coefficient, g - mk, mk if small else g)
  *         vk = _fma(keep_square * g, g, v[k] * beta2)
  *         m[k] = mk             # <<<<<<<<<<<<<<
@@ -42528,7 +42516,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     (__pyx_v_m[__pyx_v_k]) = __pyx_v_mk;
 
-    /* "src/cnnc/_kernels.pyx":775
+    /* "src/cnnc/_kernels.pyx":776
  *         vk = _fma(keep_square * g, g, v[k] * beta2)
  *         m[k] = mk
  *         v[k] = vk             # <<<<<<<<<<<<<<
@@ -42537,7 +42525,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     (__pyx_v_v[__pyx_v_k]) = __pyx_v_vk;
 
-    /* "src/cnnc/_kernels.pyx":776
+    /* "src/cnnc/_kernels.pyx":777
  *         m[k] = mk
  *         v[k] = vk
  *         param[k] = param[k] - step_size * mk / (<real>sqrt(vk) / bias2_sqrt + eps)             # <<<<<<<<<<<<<<
@@ -42548,7 +42536,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam_block(
   }
 
 
-  /* "src/cnnc/_kernels.pyx":764
+  /* "src/cnnc/_kernels.pyx":765
  * 
  * 
  * cdef inline void _adam_block(real* param, const real* grad, real* m, real* v, Py_ssize_t count,             # <<<<<<<<<<<<<<
@@ -42573,7 +42561,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
   Py_ssize_t __pyx_t_3;
   double __pyx_t_4;
 
-  /* "src/cnnc/_kernels.pyx":769
+  /* "src/cnnc/_kernels.pyx":770
  *     cdef Py_ssize_t k
  *     cdef real g, mk, vk
  *     for k in range(count):             # <<<<<<<<<<<<<<
@@ -42587,7 +42575,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":770
+    /* "src/cnnc/_kernels.pyx":771
  *     cdef real g, mk, vk
  *     for k in range(count):
  *         g = grad[k]             # <<<<<<<<<<<<<<
@@ -42596,7 +42584,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     __pyx_v_g = (__pyx_v_grad[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":771
+    /* "src/cnnc/_kernels.pyx":772
  *     for k in range(count):
  *         g = grad[k]
  *         mk = m[k]             # <<<<<<<<<<<<<<
@@ -42605,7 +42593,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     __pyx_v_mk = (__pyx_v_m[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":772
+    /* "src/cnnc/_kernels.pyx":773
  *         g = grad[k]
  *         mk = m[k]
  *         mk = _fma(coefficient, g - mk, mk if small else g)             # <<<<<<<<<<<<<<
@@ -42622,7 +42610,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
     __pyx_v_mk = __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__fma(__pyx_v_coefficient, (__pyx_v_g - __pyx_v_mk), __pyx_t_4);
 
 
-    /* "src/cnnc/_kernels.pyx":773
+    /* "src/cnnc/_kernels.pyx":774
  *         mk = m[k]
  *         mk = _fma(coefficient, g - mk, mk if small else g)
  *         vk = _fma(keep_square * g, g, v[k] * beta2)             # <<<<<<<<<<<<<<
@@ -42631,7 +42619,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     __pyx_v_vk = __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__fma((__pyx_v_keep_square * __pyx_v_g), __pyx_v_g, ((__pyx_v_v[__pyx_v_k]) * __pyx_v_beta2));
 
-    /* "src/cnnc/_kernels.pyx":774
+    /* "src/cnnc/_kernels.pyx":775
  *         mk = _fma(coefficient, g - mk, mk if small else g)
  *         vk = _fma(keep_square * g, g, v[k] * beta2)
  *         m[k] = mk             # <<<<<<<<<<<<<<
@@ -42640,7 +42628,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     (__pyx_v_m[__pyx_v_k]) = __pyx_v_mk;
 
-    /* "src/cnnc/_kernels.pyx":775
+    /* "src/cnnc/_kernels.pyx":776
  *         vk = _fma(keep_square * g, g, v[k] * beta2)
  *         m[k] = mk
  *         v[k] = vk             # <<<<<<<<<<<<<<
@@ -42649,7 +42637,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 */
     (__pyx_v_v[__pyx_v_k]) = __pyx_v_vk;
 
-    /* "src/cnnc/_kernels.pyx":776
+    /* "src/cnnc/_kernels.pyx":777
  *         m[k] = mk
  *         v[k] = vk
  *         param[k] = param[k] - step_size * mk / (<real>sqrt(vk) / bias2_sqrt + eps)             # <<<<<<<<<<<<<<
@@ -42660,7 +42648,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
   }
 
 
-  /* "src/cnnc/_kernels.pyx":764
+  /* "src/cnnc/_kernels.pyx":765
  * 
  * 
  * cdef inline void _adam_block(real* param, const real* grad, real* m, real* v, Py_ssize_t count,             # <<<<<<<<<<<<<<
@@ -42675,7 +42663,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam_block(
 
 }
 
-/* "src/cnnc/_kernels.pyx":779
+/* "src/cnnc/_kernels.pyx":780
  * 
  * 
  * cdef void _adam(real[::1] param, const real[::1] grad, real[::1] m, real[::1] v, real keep_grad,             # <<<<<<<<<<<<<<
@@ -42702,7 +42690,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
   Py_ssize_t __pyx_t_10;
   int __pyx_t_11;
 
-  /* "src/cnnc/_kernels.pyx":782
+  /* "src/cnnc/_kernels.pyx":783
  *                 real beta2, real keep_square, real bias2_sqrt, real eps, real step_size) noexcept:
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = param.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK             # <<<<<<<<<<<<<<
@@ -42712,7 +42700,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
   __pyx_v_size = (__pyx_v_param.shape[0]);
   __pyx_v_blocks = (((__pyx_v_size + __pyx_v_4cnnc_13_kernels_avx2__BLOCK) - 1) / __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-  /* "src/cnnc/_kernels.pyx":783
+  /* "src/cnnc/_kernels.pyx":784
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = param.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight             # <<<<<<<<<<<<<<
@@ -42721,7 +42709,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
 */
   __pyx_v_small = (__pyx_v_keep_grad < 0.5);
 
-  /* "src/cnnc/_kernels.pyx":784
+  /* "src/cnnc/_kernels.pyx":785
  *     cdef Py_ssize_t size = param.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight
  *     cdef real coefficient = keep_grad if small else keep_grad - 1             # <<<<<<<<<<<<<<
@@ -42737,7 +42725,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
   }
   __pyx_v_coefficient = __pyx_t_1;
 
-  /* "src/cnnc/_kernels.pyx":785
+  /* "src/cnnc/_kernels.pyx":786
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight
  *     cdef real coefficient = keep_grad if small else keep_grad - 1
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -42774,7 +42762,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
                         {
                             __pyx_v_block = (Py_ssize_t)(0 + 1 * __pyx_t_3);
 
-                            /* "src/cnnc/_kernels.pyx":786
+                            /* "src/cnnc/_kernels.pyx":787
  *     cdef real coefficient = keep_grad if small else keep_grad - 1
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK             # <<<<<<<<<<<<<<
@@ -42783,7 +42771,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
 */
                             __pyx_v_start = (__pyx_v_block * __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-                            /* "src/cnnc/_kernels.pyx":787
+                            /* "src/cnnc/_kernels.pyx":788
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _adam_block(&param[start], &grad[start], &m[start], &v[start],             # <<<<<<<<<<<<<<
@@ -42795,7 +42783,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
                             __pyx_t_8 = __pyx_v_start;
                             __pyx_t_9 = __pyx_v_start;
 
-                            /* "src/cnnc/_kernels.pyx":788
+                            /* "src/cnnc/_kernels.pyx":789
  *         start = block * _BLOCK
  *         _adam_block(&param[start], &grad[start], &m[start], &v[start],
  *                     _BLOCK if start + _BLOCK <= size else size - start, small, coefficient,             # <<<<<<<<<<<<<<
@@ -42813,7 +42801,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
                             }
 
 
-                            /* "src/cnnc/_kernels.pyx":787
+                            /* "src/cnnc/_kernels.pyx":788
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _adam_block(&param[start], &grad[start], &m[start], &v[start],             # <<<<<<<<<<<<<<
@@ -42837,7 +42825,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
 
       }
 
-      /* "src/cnnc/_kernels.pyx":785
+      /* "src/cnnc/_kernels.pyx":786
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight
  *     cdef real coefficient = keep_grad if small else keep_grad - 1
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -42854,7 +42842,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":779
+  /* "src/cnnc/_kernels.pyx":780
  * 
  * 
  * cdef void _adam(real[::1] param, const real[::1] grad, real[::1] m, real[::1] v, real keep_grad,             # <<<<<<<<<<<<<<
@@ -42891,7 +42879,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
   Py_ssize_t __pyx_t_10;
   int __pyx_t_11;
 
-  /* "src/cnnc/_kernels.pyx":782
+  /* "src/cnnc/_kernels.pyx":783
  *                 real beta2, real keep_square, real bias2_sqrt, real eps, real step_size) noexcept:
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = param.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK             # <<<<<<<<<<<<<<
@@ -42901,7 +42889,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
   __pyx_v_size = (__pyx_v_param.shape[0]);
   __pyx_v_blocks = (((__pyx_v_size + __pyx_v_4cnnc_13_kernels_avx2__BLOCK) - 1) / __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-  /* "src/cnnc/_kernels.pyx":783
+  /* "src/cnnc/_kernels.pyx":784
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = param.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight             # <<<<<<<<<<<<<<
@@ -42910,7 +42898,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
 */
   __pyx_v_small = (__pyx_v_keep_grad < 0.5);
 
-  /* "src/cnnc/_kernels.pyx":784
+  /* "src/cnnc/_kernels.pyx":785
  *     cdef Py_ssize_t size = param.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight
  *     cdef real coefficient = keep_grad if small else keep_grad - 1             # <<<<<<<<<<<<<<
@@ -42926,7 +42914,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
   }
   __pyx_v_coefficient = __pyx_t_1;
 
-  /* "src/cnnc/_kernels.pyx":785
+  /* "src/cnnc/_kernels.pyx":786
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight
  *     cdef real coefficient = keep_grad if small else keep_grad - 1
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -42963,7 +42951,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
                         {
                             __pyx_v_block = (Py_ssize_t)(0 + 1 * __pyx_t_3);
 
-                            /* "src/cnnc/_kernels.pyx":786
+                            /* "src/cnnc/_kernels.pyx":787
  *     cdef real coefficient = keep_grad if small else keep_grad - 1
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK             # <<<<<<<<<<<<<<
@@ -42972,7 +42960,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
 */
                             __pyx_v_start = (__pyx_v_block * __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-                            /* "src/cnnc/_kernels.pyx":787
+                            /* "src/cnnc/_kernels.pyx":788
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _adam_block(&param[start], &grad[start], &m[start], &v[start],             # <<<<<<<<<<<<<<
@@ -42984,7 +42972,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
                             __pyx_t_8 = __pyx_v_start;
                             __pyx_t_9 = __pyx_v_start;
 
-                            /* "src/cnnc/_kernels.pyx":788
+                            /* "src/cnnc/_kernels.pyx":789
  *         start = block * _BLOCK
  *         _adam_block(&param[start], &grad[start], &m[start], &v[start],
  *                     _BLOCK if start + _BLOCK <= size else size - start, small, coefficient,             # <<<<<<<<<<<<<<
@@ -43002,7 +42990,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
                             }
 
 
-                            /* "src/cnnc/_kernels.pyx":787
+                            /* "src/cnnc/_kernels.pyx":788
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _adam_block(&param[start], &grad[start], &m[start], &v[start],             # <<<<<<<<<<<<<<
@@ -43026,7 +43014,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
 
       }
 
-      /* "src/cnnc/_kernels.pyx":785
+      /* "src/cnnc/_kernels.pyx":786
  *     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight
  *     cdef real coefficient = keep_grad if small else keep_grad - 1
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -43043,7 +43031,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":779
+  /* "src/cnnc/_kernels.pyx":780
  * 
  * 
  * cdef void _adam(real[::1] param, const real[::1] grad, real[::1] m, real[::1] v, real keep_grad,             # <<<<<<<<<<<<<<
@@ -43061,7 +43049,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam(__Pyx_memviewslice _
 
 }
 
-/* "src/cnnc/_kernels.pyx":792
+/* "src/cnnc/_kernels.pyx":793
  * 
  * 
  * def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):             # <<<<<<<<<<<<<<
@@ -43117,74 +43105,74 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_param,&__pyx_mstate_global->__pyx_n_u_grad,&__pyx_mstate_global->__pyx_n_u_m,&__pyx_mstate_global->__pyx_n_u_v,&__pyx_mstate_global->__pyx_n_u_lr,&__pyx_mstate_global->__pyx_n_u_beta1,&__pyx_mstate_global->__pyx_n_u_beta2,&__pyx_mstate_global->__pyx_n_u_eps,&__pyx_mstate_global->__pyx_n_u_step,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 792, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 793, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  9:
         values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 792, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 793, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  8:
         values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 792, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 793, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 792, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 793, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 792, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 793, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 792, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 793, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 792, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 793, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 792, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 793, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 792, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 793, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 792, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 793, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "adam_update", 0) < (0)) __PYX_ERR(3, 792, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "adam_update", 0) < (0)) __PYX_ERR(3, 793, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 9; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("adam_update", 1, 9, 9, i); __PYX_ERR(3, 792, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("adam_update", 1, 9, 9, i); __PYX_ERR(3, 793, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 9)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 792, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 793, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 792, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 793, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 792, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 793, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 792, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(3, 793, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 792, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(3, 793, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 792, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(3, 793, __pyx_L3_error)
       values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 792, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(3, 793, __pyx_L3_error)
       values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 792, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(3, 793, __pyx_L3_error)
       values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 792, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(3, 793, __pyx_L3_error)
     }
     __pyx_v_param = values[0];
     __pyx_v_grad = values[1];
@@ -43198,7 +43186,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("adam_update", 1, 9, 9, __pyx_nargs); __PYX_ERR(3, 792, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("adam_update", 1, 9, 9, __pyx_nargs); __PYX_ERR(3, 793, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -43255,7 +43243,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
   __Pyx_INCREF(__pyx_v_eps);
   __Pyx_INCREF(__pyx_v_step);
 
-  /* "src/cnnc/_kernels.pyx":800
+  /* "src/cnnc/_kernels.pyx":801
  *     PyTorch's to the bit nearly everywhere. `step` counts from 1.
  *     """
  *     param, grad, m, v, lr, beta1, beta2, eps, step = _checks.adam_update(             # <<<<<<<<<<<<<<
@@ -43263,13 +43251,13 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
  *     step_size = lr / (1.0 - beta1**step)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 800, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 801, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_adam_update); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 800, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_adam_update); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 801, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":801
+  /* "src/cnnc/_kernels.pyx":802
  *     """
  *     param, grad, m, v, lr, beta1, beta2, eps, step = _checks.adam_update(
  *         param, grad, m, v, lr, beta1, beta2, eps, step)             # <<<<<<<<<<<<<<
@@ -43293,7 +43281,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (10-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 800, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 801, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -43302,7 +43290,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
     if (unlikely(size != 9)) {
       if (size > 9) __Pyx_RaiseTooManyValuesError(9);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 800, __pyx_L1_error)
+      __PYX_ERR(3, 801, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -43326,31 +43314,31 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
       __Pyx_INCREF(__pyx_t_11);
     } else {
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 800, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 801, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 800, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 801, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 800, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 801, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
       __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 3, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 800, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 801, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_6);
       __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 4, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 800, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(3, 801, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_7);
       __pyx_t_8 = __Pyx_PyList_GET_ITEM_REF(sequence, 5, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 800, __pyx_L1_error)
+      if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 801, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_8);
       __pyx_t_9 = __Pyx_PyList_GET_ITEM_REF(sequence, 6, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 800, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 801, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_9);
       __pyx_t_10 = __Pyx_PyList_GET_ITEM_REF(sequence, 7, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 800, __pyx_L1_error)
+      if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 801, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_10);
       __pyx_t_11 = __Pyx_PyList_GET_ITEM_REF(sequence, 8, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 800, __pyx_L1_error)
+      if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 801, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_11);
     }
     #else
@@ -43358,7 +43346,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
       Py_ssize_t i;
       PyObject** temps[9] = {&__pyx_t_4,&__pyx_t_2,&__pyx_t_3,&__pyx_t_6,&__pyx_t_7,&__pyx_t_8,&__pyx_t_9,&__pyx_t_10,&__pyx_t_11};
       for (i=0; i < 9; i++) {
-        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 800, __pyx_L1_error)
+        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(3, 801, __pyx_L1_error)
         __Pyx_GOTREF(item);
         *(temps[i]) = item;
       }
@@ -43368,7 +43356,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
   } else {
     Py_ssize_t index = -1;
     PyObject** temps[9] = {&__pyx_t_4,&__pyx_t_2,&__pyx_t_3,&__pyx_t_6,&__pyx_t_7,&__pyx_t_8,&__pyx_t_9,&__pyx_t_10,&__pyx_t_11};
-    __pyx_t_12 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_12)) __PYX_ERR(3, 800, __pyx_L1_error)
+    __pyx_t_12 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_12)) __PYX_ERR(3, 801, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_13 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_12);
@@ -43377,7 +43365,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
       __Pyx_GOTREF(item);
       *(temps[index]) = item;
     }
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_13(__pyx_t_12), 9) < (0)) __PYX_ERR(3, 800, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_13(__pyx_t_12), 9) < (0)) __PYX_ERR(3, 801, __pyx_L1_error)
     __pyx_t_13 = NULL;
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     goto __pyx_L4_unpacking_done;
@@ -43385,11 +43373,11 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     __pyx_t_13 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 800, __pyx_L1_error)
+    __PYX_ERR(3, 801, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
 
-  /* "src/cnnc/_kernels.pyx":800
+  /* "src/cnnc/_kernels.pyx":801
  *     PyTorch's to the bit nearly everywhere. `step` counts from 1.
  *     """
  *     param, grad, m, v, lr, beta1, beta2, eps, step = _checks.adam_update(             # <<<<<<<<<<<<<<
@@ -43415,43 +43403,43 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
   __Pyx_DECREF_SET(__pyx_v_step, __pyx_t_11);
   __pyx_t_11 = 0;
 
-  /* "src/cnnc/_kernels.pyx":802
+  /* "src/cnnc/_kernels.pyx":803
  *     param, grad, m, v, lr, beta1, beta2, eps, step = _checks.adam_update(
  *         param, grad, m, v, lr, beta1, beta2, eps, step)
  *     step_size = lr / (1.0 - beta1**step)             # <<<<<<<<<<<<<<
  *     bias2_sqrt = (1.0 - beta2**step) ** 0.5
  *     flat = [a.reshape(-1) for a in (param, grad, m, v)]
 */
-  __pyx_t_1 = PyNumber_Power(__pyx_v_beta1, __pyx_v_step, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 802, __pyx_L1_error)
+  __pyx_t_1 = PyNumber_Power(__pyx_v_beta1, __pyx_v_step, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 803, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_11 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_t_1, 1.0, 0, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 802, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_t_1, 1.0, 0, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 803, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyNumber_Divide(__pyx_v_lr, __pyx_t_11); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 802, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyNumber_Divide(__pyx_v_lr, __pyx_t_11); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 803, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
   __pyx_v_step_size = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":803
+  /* "src/cnnc/_kernels.pyx":804
  *         param, grad, m, v, lr, beta1, beta2, eps, step)
  *     step_size = lr / (1.0 - beta1**step)
  *     bias2_sqrt = (1.0 - beta2**step) ** 0.5             # <<<<<<<<<<<<<<
  *     flat = [a.reshape(-1) for a in (param, grad, m, v)]
  *     if param.dtype == np.float32:
 */
-  __pyx_t_1 = PyNumber_Power(__pyx_v_beta2, __pyx_v_step, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 803, __pyx_L1_error)
+  __pyx_t_1 = PyNumber_Power(__pyx_v_beta2, __pyx_v_step, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 804, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_11 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_t_1, 1.0, 0, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 803, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_t_1, 1.0, 0, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 804, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = PyNumber_Power(__pyx_t_11, __pyx_mstate_global->__pyx_float_0_5, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 803, __pyx_L1_error)
+  __pyx_t_1 = PyNumber_Power(__pyx_t_11, __pyx_mstate_global->__pyx_float_0_5, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 804, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
   __pyx_v_bias2_sqrt = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":804
+  /* "src/cnnc/_kernels.pyx":805
  *     step_size = lr / (1.0 - beta1**step)
  *     bias2_sqrt = (1.0 - beta2**step) ** 0.5
  *     flat = [a.reshape(-1) for a in (param, grad, m, v)]             # <<<<<<<<<<<<<<
@@ -43459,22 +43447,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
  *         _adam[float](*flat, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, eps, step_size)
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 804, __pyx_L7_error)
+    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 805, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_11 = PyTuple_New(4); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 804, __pyx_L7_error)
+    __pyx_t_11 = PyTuple_New(4); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 805, __pyx_L7_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_INCREF(__pyx_v_param);
     __Pyx_GIVEREF(__pyx_v_param);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 0, __pyx_v_param) != (0)) __PYX_ERR(3, 804, __pyx_L7_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 0, __pyx_v_param) != (0)) __PYX_ERR(3, 805, __pyx_L7_error);
     __Pyx_INCREF(__pyx_v_grad);
     __Pyx_GIVEREF(__pyx_v_grad);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 1, __pyx_v_grad) != (0)) __PYX_ERR(3, 804, __pyx_L7_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 1, __pyx_v_grad) != (0)) __PYX_ERR(3, 805, __pyx_L7_error);
     __Pyx_INCREF(__pyx_v_m);
     __Pyx_GIVEREF(__pyx_v_m);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 2, __pyx_v_m) != (0)) __PYX_ERR(3, 804, __pyx_L7_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 2, __pyx_v_m) != (0)) __PYX_ERR(3, 805, __pyx_L7_error);
     __Pyx_INCREF(__pyx_v_v);
     __Pyx_GIVEREF(__pyx_v_v);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 3, __pyx_v_v) != (0)) __PYX_ERR(3, 804, __pyx_L7_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_11, 3, __pyx_v_v) != (0)) __PYX_ERR(3, 805, __pyx_L7_error);
     __pyx_t_10 = __pyx_t_11; __Pyx_INCREF(__pyx_t_10);
     __pyx_t_14 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
@@ -43486,7 +43474,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
       __pyx_t_11 = __Pyx_PySequence_ITEM(__pyx_t_10, __pyx_t_14);
       #endif
       ++__pyx_t_14;
-      if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 804, __pyx_L7_error)
+      if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 805, __pyx_L7_error)
       __Pyx_GOTREF(__pyx_t_11);
       __Pyx_XDECREF_SET(__pyx_8genexpr1__pyx_v_a, __pyx_t_11);
       __pyx_t_11 = 0;
@@ -43497,11 +43485,11 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
         PyObject *__pyx_callargs[2] = {__pyx_t_9, __pyx_mstate_global->__pyx_int_neg_1};
         __pyx_t_11 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
-        if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 804, __pyx_L7_error)
+        if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 805, __pyx_L7_error)
         __Pyx_GOTREF(__pyx_t_11);
       }
       __Pyx_GIVEREF(__pyx_t_11);
-      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_11))) __PYX_ERR(3, 804, __pyx_L7_error)
+      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_11))) __PYX_ERR(3, 805, __pyx_L7_error)
       __pyx_t_11 = 0;
     }
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
@@ -43515,72 +43503,72 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
   __pyx_v_flat = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":805
+  /* "src/cnnc/_kernels.pyx":806
  *     bias2_sqrt = (1.0 - beta2**step) ** 0.5
  *     flat = [a.reshape(-1) for a in (param, grad, m, v)]
  *     if param.dtype == np.float32:             # <<<<<<<<<<<<<<
  *         _adam[float](*flat, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, eps, step_size)
  *     else:
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_param, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 805, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_param, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 806, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 805, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 806, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
-  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 805, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 806, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-  __pyx_t_15 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, __pyx_t_11, Py_EQ); if (unlikely((__pyx_t_15 < 0))) __PYX_ERR(3, 805, __pyx_L1_error)
+  __pyx_t_15 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, __pyx_t_11, Py_EQ); if (unlikely((__pyx_t_15 < 0))) __PYX_ERR(3, 806, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
   if (__pyx_t_15) {
 
 
-    /* "src/cnnc/_kernels.pyx":806
+    /* "src/cnnc/_kernels.pyx":807
  *     flat = [a.reshape(-1) for a in (param, grad, m, v)]
  *     if param.dtype == np.float32:
  *         _adam[float](*flat, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, eps, step_size)             # <<<<<<<<<<<<<<
  *     else:
  *         _adam[double](*flat, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, eps, step_size)
 */
-    __pyx_t_11 = __Pyx_CFunc_58b662__4cnnc_13_kernels_avx2_void__lParenfloat__lArr___etc_to_py_125bc7__5param_4grad_1m_1v_9keep_grad_5beta2_11keep_sq__etc(__pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 806, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_CFunc_58b662__4cnnc_13_kernels_avx2_void__lParenfloat__lArr___etc_to_py_125bc7__5param_4grad_1m_1v_9keep_grad_5beta2_11keep_sq__etc(__pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__adam); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 807, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_1 = PySequence_Tuple(__pyx_v_flat); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 806, __pyx_L1_error)
+    __pyx_t_1 = PySequence_Tuple(__pyx_v_flat); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 807, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_10 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta1, 1.0, 0, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 806, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta1, 1.0, 0, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 807, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_9 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta2, 1.0, 0, 0); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 806, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta2, 1.0, 0, 0); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 807, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __pyx_t_8 = PyTuple_New(6); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 806, __pyx_L1_error)
+    __pyx_t_8 = PyTuple_New(6); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 807, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_GIVEREF(__pyx_t_10);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_t_10) != (0)) __PYX_ERR(3, 806, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_t_10) != (0)) __PYX_ERR(3, 807, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_beta2);
     __Pyx_GIVEREF(__pyx_v_beta2);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, __pyx_v_beta2) != (0)) __PYX_ERR(3, 806, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, __pyx_v_beta2) != (0)) __PYX_ERR(3, 807, __pyx_L1_error);
     __Pyx_GIVEREF(__pyx_t_9);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 2, __pyx_t_9) != (0)) __PYX_ERR(3, 806, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 2, __pyx_t_9) != (0)) __PYX_ERR(3, 807, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_bias2_sqrt);
     __Pyx_GIVEREF(__pyx_v_bias2_sqrt);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 3, __pyx_v_bias2_sqrt) != (0)) __PYX_ERR(3, 806, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 3, __pyx_v_bias2_sqrt) != (0)) __PYX_ERR(3, 807, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_eps);
     __Pyx_GIVEREF(__pyx_v_eps);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 4, __pyx_v_eps) != (0)) __PYX_ERR(3, 806, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 4, __pyx_v_eps) != (0)) __PYX_ERR(3, 807, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_step_size);
     __Pyx_GIVEREF(__pyx_v_step_size);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 5, __pyx_v_step_size) != (0)) __PYX_ERR(3, 806, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 5, __pyx_v_step_size) != (0)) __PYX_ERR(3, 807, __pyx_L1_error);
     __pyx_t_10 = 0;
     __pyx_t_9 = 0;
-    __pyx_t_9 = PyNumber_Add(__pyx_t_1, __pyx_t_8); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 806, __pyx_L1_error)
+    __pyx_t_9 = PyNumber_Add(__pyx_t_1, __pyx_t_8); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 807, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-    __pyx_t_8 = __Pyx_PyObject_Call(__pyx_t_11, __pyx_t_9, NULL); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 806, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_Call(__pyx_t_11, __pyx_t_9, NULL); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 807, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
 
-    /* "src/cnnc/_kernels.pyx":805
+    /* "src/cnnc/_kernels.pyx":806
  *     bias2_sqrt = (1.0 - beta2**step) ** 0.5
  *     flat = [a.reshape(-1) for a in (param, grad, m, v)]
  *     if param.dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -43590,7 +43578,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
     goto __pyx_L12;
   }
 
-  /* "src/cnnc/_kernels.pyx":808
+  /* "src/cnnc/_kernels.pyx":809
  *         _adam[float](*flat, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, eps, step_size)
  *     else:
  *         _adam[double](*flat, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, eps, step_size)             # <<<<<<<<<<<<<<
@@ -43598,39 +43586,39 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
  * 
 */
   /*else*/ {
-    __pyx_t_8 = __Pyx_CFunc_1bb2a3__4cnnc_13_kernels_avx2_void__lParendouble__lArr__etc_to_py_125bc7__5param_4grad_1m_1v_9keep_grad_5beta2_11keep_sq__etc(__pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 808, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_CFunc_1bb2a3__4cnnc_13_kernels_avx2_void__lParendouble__lArr__etc_to_py_125bc7__5param_4grad_1m_1v_9keep_grad_5beta2_11keep_sq__etc(__pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__adam); if (unlikely(!__pyx_t_8)) __PYX_ERR(3, 809, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
-    __pyx_t_9 = PySequence_Tuple(__pyx_v_flat); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 808, __pyx_L1_error)
+    __pyx_t_9 = PySequence_Tuple(__pyx_v_flat); if (unlikely(!__pyx_t_9)) __PYX_ERR(3, 809, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __pyx_t_11 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta1, 1.0, 0, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 808, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta1, 1.0, 0, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 809, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_1 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta2, 1.0, 0, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 808, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyFloat_SubtractCObj(__pyx_mstate_global->__pyx_float_1_0, __pyx_v_beta2, 1.0, 0, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 809, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_10 = PyTuple_New(6); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 808, __pyx_L1_error)
+    __pyx_t_10 = PyTuple_New(6); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 809, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_GIVEREF(__pyx_t_11);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 0, __pyx_t_11) != (0)) __PYX_ERR(3, 808, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 0, __pyx_t_11) != (0)) __PYX_ERR(3, 809, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_beta2);
     __Pyx_GIVEREF(__pyx_v_beta2);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 1, __pyx_v_beta2) != (0)) __PYX_ERR(3, 808, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 1, __pyx_v_beta2) != (0)) __PYX_ERR(3, 809, __pyx_L1_error);
     __Pyx_GIVEREF(__pyx_t_1);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 2, __pyx_t_1) != (0)) __PYX_ERR(3, 808, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 2, __pyx_t_1) != (0)) __PYX_ERR(3, 809, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_bias2_sqrt);
     __Pyx_GIVEREF(__pyx_v_bias2_sqrt);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 3, __pyx_v_bias2_sqrt) != (0)) __PYX_ERR(3, 808, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 3, __pyx_v_bias2_sqrt) != (0)) __PYX_ERR(3, 809, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_eps);
     __Pyx_GIVEREF(__pyx_v_eps);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 4, __pyx_v_eps) != (0)) __PYX_ERR(3, 808, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 4, __pyx_v_eps) != (0)) __PYX_ERR(3, 809, __pyx_L1_error);
     __Pyx_INCREF(__pyx_v_step_size);
     __Pyx_GIVEREF(__pyx_v_step_size);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 5, __pyx_v_step_size) != (0)) __PYX_ERR(3, 808, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 5, __pyx_v_step_size) != (0)) __PYX_ERR(3, 809, __pyx_L1_error);
     __pyx_t_11 = 0;
     __pyx_t_1 = 0;
-    __pyx_t_1 = PyNumber_Add(__pyx_t_9, __pyx_t_10); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 808, __pyx_L1_error)
+    __pyx_t_1 = PyNumber_Add(__pyx_t_9, __pyx_t_10); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 809, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    __pyx_t_10 = __Pyx_PyObject_Call(__pyx_t_8, __pyx_t_1, NULL); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 808, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_Call(__pyx_t_8, __pyx_t_1, NULL); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 809, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
@@ -43638,7 +43626,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
   }
   __pyx_L12:;
 
-  /* "src/cnnc/_kernels.pyx":792
+  /* "src/cnnc/_kernels.pyx":793
  * 
  * 
  * def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):             # <<<<<<<<<<<<<<
@@ -43682,7 +43670,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_30adam_update(CYTHON_UNUSED PyOb
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":813
+/* "src/cnnc/_kernels.pyx":814
  * 
  * 
  * cdef inline void _leaky_block(const real* x, real* out, Py_ssize_t count, real slope) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -43700,7 +43688,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_block
   float __pyx_t_4;
   int __pyx_t_5;
 
-  /* "src/cnnc/_kernels.pyx":816
+  /* "src/cnnc/_kernels.pyx":817
  *     cdef Py_ssize_t k
  *     cdef real value, product
  *     for k in range(count):             # <<<<<<<<<<<<<<
@@ -43714,7 +43702,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_block
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":817
+    /* "src/cnnc/_kernels.pyx":818
  *     cdef real value, product
  *     for k in range(count):
  *         value = x[k]             # <<<<<<<<<<<<<<
@@ -43723,7 +43711,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_block
 */
     __pyx_v_value = (__pyx_v_x[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":818
+    /* "src/cnnc/_kernels.pyx":819
  *     for k in range(count):
  *         value = x[k]
  *         product = value * slope             # <<<<<<<<<<<<<<
@@ -43732,7 +43720,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_block
 */
     __pyx_v_product = (__pyx_v_value * __pyx_v_slope);
 
-    /* "src/cnnc/_kernels.pyx":819
+    /* "src/cnnc/_kernels.pyx":820
  *         value = x[k]
  *         product = value * slope
  *         out[k] = value if (value > 0) | (product != product) else product             # <<<<<<<<<<<<<<
@@ -43754,7 +43742,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_block
   }
 
 
-  /* "src/cnnc/_kernels.pyx":813
+  /* "src/cnnc/_kernels.pyx":814
  * 
  * 
  * cdef inline void _leaky_block(const real* x, real* out, Py_ssize_t count, real slope) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -43778,7 +43766,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_block
   double __pyx_t_4;
   int __pyx_t_5;
 
-  /* "src/cnnc/_kernels.pyx":816
+  /* "src/cnnc/_kernels.pyx":817
  *     cdef Py_ssize_t k
  *     cdef real value, product
  *     for k in range(count):             # <<<<<<<<<<<<<<
@@ -43792,7 +43780,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_block
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":817
+    /* "src/cnnc/_kernels.pyx":818
  *     cdef real value, product
  *     for k in range(count):
  *         value = x[k]             # <<<<<<<<<<<<<<
@@ -43801,7 +43789,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_block
 */
     __pyx_v_value = (__pyx_v_x[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":818
+    /* "src/cnnc/_kernels.pyx":819
  *     for k in range(count):
  *         value = x[k]
  *         product = value * slope             # <<<<<<<<<<<<<<
@@ -43810,7 +43798,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_block
 */
     __pyx_v_product = (__pyx_v_value * __pyx_v_slope);
 
-    /* "src/cnnc/_kernels.pyx":819
+    /* "src/cnnc/_kernels.pyx":820
  *         value = x[k]
  *         product = value * slope
  *         out[k] = value if (value > 0) | (product != product) else product             # <<<<<<<<<<<<<<
@@ -43832,7 +43820,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_block
   }
 
 
-  /* "src/cnnc/_kernels.pyx":813
+  /* "src/cnnc/_kernels.pyx":814
  * 
  * 
  * cdef inline void _leaky_block(const real* x, real* out, Py_ssize_t count, real slope) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -43846,7 +43834,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_block
 
 }
 
-/* "src/cnnc/_kernels.pyx":822
+/* "src/cnnc/_kernels.pyx":823
  * 
  * 
  * cdef void _leaky_relu(const real[::1] x, real[::1] out, real slope) noexcept:             # <<<<<<<<<<<<<<
@@ -43868,7 +43856,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
   Py_ssize_t __pyx_t_7;
   int __pyx_t_8;
 
-  /* "src/cnnc/_kernels.pyx":824
+  /* "src/cnnc/_kernels.pyx":825
  * cdef void _leaky_relu(const real[::1] x, real[::1] out, real slope) noexcept:
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK             # <<<<<<<<<<<<<<
@@ -43878,7 +43866,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
   __pyx_v_size = (__pyx_v_x.shape[0]);
   __pyx_v_blocks = (((__pyx_v_size + __pyx_v_4cnnc_13_kernels_avx2__BLOCK) - 1) / __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-  /* "src/cnnc/_kernels.pyx":825
+  /* "src/cnnc/_kernels.pyx":826
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -43915,7 +43903,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
                         {
                             __pyx_v_block = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":826
+                            /* "src/cnnc/_kernels.pyx":827
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK             # <<<<<<<<<<<<<<
@@ -43924,7 +43912,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
 */
                             __pyx_v_start = (__pyx_v_block * __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-                            /* "src/cnnc/_kernels.pyx":827
+                            /* "src/cnnc/_kernels.pyx":828
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _leaky_block(&x[start], &out[start], _BLOCK if start + _BLOCK <= size else size - start, slope)             # <<<<<<<<<<<<<<
@@ -43960,7 +43948,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
 
       }
 
-      /* "src/cnnc/_kernels.pyx":825
+      /* "src/cnnc/_kernels.pyx":826
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -43977,7 +43965,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":822
+  /* "src/cnnc/_kernels.pyx":823
  * 
  * 
  * cdef void _leaky_relu(const real[::1] x, real[::1] out, real slope) noexcept:             # <<<<<<<<<<<<<<
@@ -44007,7 +43995,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
   Py_ssize_t __pyx_t_7;
   int __pyx_t_8;
 
-  /* "src/cnnc/_kernels.pyx":824
+  /* "src/cnnc/_kernels.pyx":825
  * cdef void _leaky_relu(const real[::1] x, real[::1] out, real slope) noexcept:
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK             # <<<<<<<<<<<<<<
@@ -44017,7 +44005,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
   __pyx_v_size = (__pyx_v_x.shape[0]);
   __pyx_v_blocks = (((__pyx_v_size + __pyx_v_4cnnc_13_kernels_avx2__BLOCK) - 1) / __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-  /* "src/cnnc/_kernels.pyx":825
+  /* "src/cnnc/_kernels.pyx":826
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -44054,7 +44042,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
                         {
                             __pyx_v_block = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":826
+                            /* "src/cnnc/_kernels.pyx":827
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK             # <<<<<<<<<<<<<<
@@ -44063,7 +44051,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
 */
                             __pyx_v_start = (__pyx_v_block * __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-                            /* "src/cnnc/_kernels.pyx":827
+                            /* "src/cnnc/_kernels.pyx":828
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _leaky_block(&x[start], &out[start], _BLOCK if start + _BLOCK <= size else size - start, slope)             # <<<<<<<<<<<<<<
@@ -44099,7 +44087,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
 
       }
 
-      /* "src/cnnc/_kernels.pyx":825
+      /* "src/cnnc/_kernels.pyx":826
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -44116,7 +44104,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":822
+  /* "src/cnnc/_kernels.pyx":823
  * 
  * 
  * cdef void _leaky_relu(const real[::1] x, real[::1] out, real slope) noexcept:             # <<<<<<<<<<<<<<
@@ -44132,7 +44120,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__Pyx_memviews
 
 }
 
-/* "src/cnnc/_kernels.pyx":830
+/* "src/cnnc/_kernels.pyx":831
  * 
  * 
  * def leaky_relu(x, slope):             # <<<<<<<<<<<<<<
@@ -44181,39 +44169,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_slope,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 830, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 831, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 830, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 831, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 830, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 831, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "leaky_relu", 0) < (0)) __PYX_ERR(3, 830, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "leaky_relu", 0) < (0)) __PYX_ERR(3, 831, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("leaky_relu", 1, 2, 2, i); __PYX_ERR(3, 830, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("leaky_relu", 1, 2, 2, i); __PYX_ERR(3, 831, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 830, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 831, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 830, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 831, __pyx_L3_error)
     }
     __pyx_v_x = values[0];
     __pyx_v_slope = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("leaky_relu", 1, 2, 2, __pyx_nargs); __PYX_ERR(3, 830, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("leaky_relu", 1, 2, 2, __pyx_nargs); __PYX_ERR(3, 831, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -44258,7 +44246,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
   __Pyx_INCREF(__pyx_v_x);
   __Pyx_INCREF(__pyx_v_slope);
 
-  /* "src/cnnc/_kernels.pyx":836
+  /* "src/cnnc/_kernels.pyx":837
  *     times a slope of 0), x is kept.
  *     """
  *     x, slope = _checks.leaky_relu(x, slope)             # <<<<<<<<<<<<<<
@@ -44266,9 +44254,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
  *     if x.dtype == np.float32:
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 836, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 837, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_leaky_relu); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 836, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_leaky_relu); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 837, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -44288,7 +44276,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 836, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 837, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -44297,7 +44285,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
     if (unlikely(size != 2)) {
       if (size > 2) __Pyx_RaiseTooManyValuesError(2);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 836, __pyx_L1_error)
+      __PYX_ERR(3, 837, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -44307,22 +44295,22 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
       __Pyx_INCREF(__pyx_t_2);
     } else {
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 836, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 837, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 836, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 837, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
     }
     #else
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 836, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 837, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 836, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 837, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_3 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 836, __pyx_L1_error)
+    __pyx_t_3 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 837, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_6 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_3);
@@ -44330,7 +44318,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
     __Pyx_GOTREF(__pyx_t_4);
     index = 1; __pyx_t_2 = __pyx_t_6(__pyx_t_3); if (unlikely(!__pyx_t_2)) goto __pyx_L3_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_2);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_3), 2) < (0)) __PYX_ERR(3, 836, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_6(__pyx_t_3), 2) < (0)) __PYX_ERR(3, 837, __pyx_L1_error)
     __pyx_t_6 = NULL;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     goto __pyx_L4_unpacking_done;
@@ -44338,7 +44326,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_6 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 836, __pyx_L1_error)
+    __PYX_ERR(3, 837, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
   __Pyx_DECREF_SET(__pyx_v_x, __pyx_t_4);
@@ -44346,7 +44334,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
   __Pyx_DECREF_SET(__pyx_v_slope, __pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "src/cnnc/_kernels.pyx":837
+  /* "src/cnnc/_kernels.pyx":838
  *     """
  *     x, slope = _checks.leaky_relu(x, slope)
  *     out = np.empty_like(x)             # <<<<<<<<<<<<<<
@@ -44354,9 +44342,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
  *         _leaky_relu[float](x.reshape(-1), out.reshape(-1), slope)
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 837, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 838, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty_like); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 837, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_empty_like); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 838, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_t_5 = 1;
@@ -44376,33 +44364,33 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 837, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 838, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __pyx_v_out = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":838
+  /* "src/cnnc/_kernels.pyx":839
  *     x, slope = _checks.leaky_relu(x, slope)
  *     out = np.empty_like(x)
  *     if x.dtype == np.float32:             # <<<<<<<<<<<<<<
  *         _leaky_relu[float](x.reshape(-1), out.reshape(-1), slope)
  *     else:
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 838, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 839, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 838, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 839, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 838, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 839, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_7 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, __pyx_t_2, Py_EQ); if (unlikely((__pyx_t_7 < 0))) __PYX_ERR(3, 838, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, __pyx_t_2, Py_EQ); if (unlikely((__pyx_t_7 < 0))) __PYX_ERR(3, 839, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   if (__pyx_t_7) {
 
 
-    /* "src/cnnc/_kernels.pyx":839
+    /* "src/cnnc/_kernels.pyx":840
  *     out = np.empty_like(x)
  *     if x.dtype == np.float32:
  *         _leaky_relu[float](x.reshape(-1), out.reshape(-1), slope)             # <<<<<<<<<<<<<<
@@ -44416,10 +44404,10 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 839, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 840, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
-    __pyx_t_8 = __Pyx_PyObject_to_MemoryviewSlice_dc_float__const__(__pyx_t_2, 0); if (unlikely(!__pyx_t_8.memview)) __PYX_ERR(3, 839, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_to_MemoryviewSlice_dc_float__const__(__pyx_t_2, 0); if (unlikely(!__pyx_t_8.memview)) __PYX_ERR(3, 840, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_1 = __pyx_v_out;
     __Pyx_INCREF(__pyx_t_1);
@@ -44428,18 +44416,18 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 839, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 840, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
-    __pyx_t_9 = __Pyx_PyObject_to_MemoryviewSlice_dc_float(__pyx_t_2, PyBUF_WRITABLE); if (unlikely(!__pyx_t_9.memview)) __PYX_ERR(3, 839, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_to_MemoryviewSlice_dc_float(__pyx_t_2, PyBUF_WRITABLE); if (unlikely(!__pyx_t_9.memview)) __PYX_ERR(3, 840, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_10 = __Pyx_PyFloat_AsFloat(__pyx_v_slope); if (unlikely((__pyx_t_10 == (float)-1) && PyErr_Occurred())) __PYX_ERR(3, 839, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyFloat_AsFloat(__pyx_v_slope); if (unlikely((__pyx_t_10 == (float)-1) && PyErr_Occurred())) __PYX_ERR(3, 840, __pyx_L1_error)
     __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__pyx_t_8, __pyx_t_9, __pyx_t_10);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_8, 1);; __pyx_t_8.memview = NULL; __pyx_t_8.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_9, 1);; __pyx_t_9.memview = NULL; __pyx_t_9.data = NULL;
 
 
-    /* "src/cnnc/_kernels.pyx":838
+    /* "src/cnnc/_kernels.pyx":839
  *     x, slope = _checks.leaky_relu(x, slope)
  *     out = np.empty_like(x)
  *     if x.dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -44449,7 +44437,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
     goto __pyx_L5;
   }
 
-  /* "src/cnnc/_kernels.pyx":841
+  /* "src/cnnc/_kernels.pyx":842
  *         _leaky_relu[float](x.reshape(-1), out.reshape(-1), slope)
  *     else:
  *         _leaky_relu[double](x.reshape(-1), out.reshape(-1), slope)             # <<<<<<<<<<<<<<
@@ -44464,10 +44452,10 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 841, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 842, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
-    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_t_2, 0); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 841, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_t_2, 0); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 842, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_1 = __pyx_v_out;
     __Pyx_INCREF(__pyx_t_1);
@@ -44476,12 +44464,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 841, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 842, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
-    __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_dc_double(__pyx_t_2, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(3, 841, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_to_MemoryviewSlice_dc_double(__pyx_t_2, PyBUF_WRITABLE); if (unlikely(!__pyx_t_12.memview)) __PYX_ERR(3, 842, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_13 = __Pyx_PyFloat_AsDouble(__pyx_v_slope); if (unlikely((__pyx_t_13 == (double)-1) && PyErr_Occurred())) __PYX_ERR(3, 841, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyFloat_AsDouble(__pyx_v_slope); if (unlikely((__pyx_t_13 == (double)-1) && PyErr_Occurred())) __PYX_ERR(3, 842, __pyx_L1_error)
     __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu(__pyx_t_11, __pyx_t_12, __pyx_t_13);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_11, 1);; __pyx_t_11.memview = NULL; __pyx_t_11.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_12, 1);; __pyx_t_12.memview = NULL; __pyx_t_12.data = NULL;
@@ -44489,7 +44477,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
   }
   __pyx_L5:;
 
-  /* "src/cnnc/_kernels.pyx":842
+  /* "src/cnnc/_kernels.pyx":843
  *     else:
  *         _leaky_relu[double](x.reshape(-1), out.reshape(-1), slope)
  *     return out             # <<<<<<<<<<<<<<
@@ -44507,7 +44495,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":830
+  /* "src/cnnc/_kernels.pyx":831
  * 
  * 
  * def leaky_relu(x, slope):             # <<<<<<<<<<<<<<
@@ -44536,7 +44524,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_32leaky_relu(CYTHON_UNUSED PyObj
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":845
+/* "src/cnnc/_kernels.pyx":846
  * 
  * 
  * cdef inline void _leaky_backward_block(const real* x, const real* upstream, real* out,             # <<<<<<<<<<<<<<
@@ -44555,7 +44543,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
   float __pyx_t_4;
   int __pyx_t_5;
 
-  /* "src/cnnc/_kernels.pyx":849
+  /* "src/cnnc/_kernels.pyx":850
  *     cdef Py_ssize_t k
  *     cdef real value, gradient, scaled
  *     for k in range(count):             # <<<<<<<<<<<<<<
@@ -44569,7 +44557,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":850
+    /* "src/cnnc/_kernels.pyx":851
  *     cdef real value, gradient, scaled
  *     for k in range(count):
  *         value = x[k]             # <<<<<<<<<<<<<<
@@ -44578,7 +44566,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
 */
     __pyx_v_value = (__pyx_v_x[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":851
+    /* "src/cnnc/_kernels.pyx":852
  *     for k in range(count):
  *         value = x[k]
  *         gradient = upstream[k]             # <<<<<<<<<<<<<<
@@ -44587,7 +44575,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
 */
     __pyx_v_gradient = (__pyx_v_upstream[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":852
+    /* "src/cnnc/_kernels.pyx":853
  *         value = x[k]
  *         gradient = upstream[k]
  *         scaled = gradient * slope   # unconditionally, so that the loop vectorizes             # <<<<<<<<<<<<<<
@@ -44596,7 +44584,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
 */
     __pyx_v_scaled = (__pyx_v_gradient * __pyx_v_slope);
 
-    /* "src/cnnc/_kernels.pyx":853
+    /* "src/cnnc/_kernels.pyx":854
  *         gradient = upstream[k]
  *         scaled = gradient * slope   # unconditionally, so that the loop vectorizes
  *         out[k] = gradient if value > 0 else scaled             # <<<<<<<<<<<<<<
@@ -44618,7 +44606,7 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
   }
 
 
-  /* "src/cnnc/_kernels.pyx":845
+  /* "src/cnnc/_kernels.pyx":846
  * 
  * 
  * cdef inline void _leaky_backward_block(const real* x, const real* upstream, real* out,             # <<<<<<<<<<<<<<
@@ -44644,7 +44632,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
   double __pyx_t_4;
   int __pyx_t_5;
 
-  /* "src/cnnc/_kernels.pyx":849
+  /* "src/cnnc/_kernels.pyx":850
  *     cdef Py_ssize_t k
  *     cdef real value, gradient, scaled
  *     for k in range(count):             # <<<<<<<<<<<<<<
@@ -44658,7 +44646,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_k = __pyx_t_3;
 
-    /* "src/cnnc/_kernels.pyx":850
+    /* "src/cnnc/_kernels.pyx":851
  *     cdef real value, gradient, scaled
  *     for k in range(count):
  *         value = x[k]             # <<<<<<<<<<<<<<
@@ -44667,7 +44655,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
 */
     __pyx_v_value = (__pyx_v_x[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":851
+    /* "src/cnnc/_kernels.pyx":852
  *     for k in range(count):
  *         value = x[k]
  *         gradient = upstream[k]             # <<<<<<<<<<<<<<
@@ -44676,7 +44664,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
 */
     __pyx_v_gradient = (__pyx_v_upstream[__pyx_v_k]);
 
-    /* "src/cnnc/_kernels.pyx":852
+    /* "src/cnnc/_kernels.pyx":853
  *         value = x[k]
  *         gradient = upstream[k]
  *         scaled = gradient * slope   # unconditionally, so that the loop vectorizes             # <<<<<<<<<<<<<<
@@ -44685,7 +44673,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
 */
     __pyx_v_scaled = (__pyx_v_gradient * __pyx_v_slope);
 
-    /* "src/cnnc/_kernels.pyx":853
+    /* "src/cnnc/_kernels.pyx":854
  *         gradient = upstream[k]
  *         scaled = gradient * slope   # unconditionally, so that the loop vectorizes
  *         out[k] = gradient if value > 0 else scaled             # <<<<<<<<<<<<<<
@@ -44707,7 +44695,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
   }
 
 
-  /* "src/cnnc/_kernels.pyx":845
+  /* "src/cnnc/_kernels.pyx":846
  * 
  * 
  * cdef inline void _leaky_backward_block(const real* x, const real* upstream, real* out,             # <<<<<<<<<<<<<<
@@ -44722,7 +44710,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_backw
 
 }
 
-/* "src/cnnc/_kernels.pyx":856
+/* "src/cnnc/_kernels.pyx":857
  * 
  * 
  * cdef void _leaky_relu_backward(const real[::1] x, const real[::1] upstream, real[::1] out,             # <<<<<<<<<<<<<<
@@ -44745,7 +44733,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
   Py_ssize_t __pyx_t_8;
   int __pyx_t_9;
 
-  /* "src/cnnc/_kernels.pyx":859
+  /* "src/cnnc/_kernels.pyx":860
  *                                real slope) noexcept:
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK             # <<<<<<<<<<<<<<
@@ -44755,7 +44743,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
   __pyx_v_size = (__pyx_v_x.shape[0]);
   __pyx_v_blocks = (((__pyx_v_size + __pyx_v_4cnnc_13_kernels_avx2__BLOCK) - 1) / __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-  /* "src/cnnc/_kernels.pyx":860
+  /* "src/cnnc/_kernels.pyx":861
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -44792,7 +44780,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
                         {
                             __pyx_v_block = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":861
+                            /* "src/cnnc/_kernels.pyx":862
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK             # <<<<<<<<<<<<<<
@@ -44801,7 +44789,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
 */
                             __pyx_v_start = (__pyx_v_block * __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-                            /* "src/cnnc/_kernels.pyx":862
+                            /* "src/cnnc/_kernels.pyx":863
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _leaky_backward_block(&x[start], &upstream[start], &out[start],             # <<<<<<<<<<<<<<
@@ -44812,7 +44800,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
                             __pyx_t_6 = __pyx_v_start;
                             __pyx_t_7 = __pyx_v_start;
 
-                            /* "src/cnnc/_kernels.pyx":863
+                            /* "src/cnnc/_kernels.pyx":864
  *         start = block * _BLOCK
  *         _leaky_backward_block(&x[start], &upstream[start], &out[start],
  *                               _BLOCK if start + _BLOCK <= size else size - start, slope)             # <<<<<<<<<<<<<<
@@ -44830,7 +44818,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
                             }
 
 
-                            /* "src/cnnc/_kernels.pyx":862
+                            /* "src/cnnc/_kernels.pyx":863
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _leaky_backward_block(&x[start], &upstream[start], &out[start],             # <<<<<<<<<<<<<<
@@ -44854,7 +44842,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
 
       }
 
-      /* "src/cnnc/_kernels.pyx":860
+      /* "src/cnnc/_kernels.pyx":861
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -44871,7 +44859,7 @@ static void __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":856
+  /* "src/cnnc/_kernels.pyx":857
  * 
  * 
  * cdef void _leaky_relu_backward(const real[::1] x, const real[::1] upstream, real[::1] out,             # <<<<<<<<<<<<<<
@@ -44902,7 +44890,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
   Py_ssize_t __pyx_t_8;
   int __pyx_t_9;
 
-  /* "src/cnnc/_kernels.pyx":859
+  /* "src/cnnc/_kernels.pyx":860
  *                                real slope) noexcept:
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK             # <<<<<<<<<<<<<<
@@ -44912,7 +44900,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
   __pyx_v_size = (__pyx_v_x.shape[0]);
   __pyx_v_blocks = (((__pyx_v_size + __pyx_v_4cnnc_13_kernels_avx2__BLOCK) - 1) / __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-  /* "src/cnnc/_kernels.pyx":860
+  /* "src/cnnc/_kernels.pyx":861
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -44949,7 +44937,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
                         {
                             __pyx_v_block = (Py_ssize_t)(0 + 1 * __pyx_t_2);
 
-                            /* "src/cnnc/_kernels.pyx":861
+                            /* "src/cnnc/_kernels.pyx":862
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK             # <<<<<<<<<<<<<<
@@ -44958,7 +44946,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
 */
                             __pyx_v_start = (__pyx_v_block * __pyx_v_4cnnc_13_kernels_avx2__BLOCK);
 
-                            /* "src/cnnc/_kernels.pyx":862
+                            /* "src/cnnc/_kernels.pyx":863
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _leaky_backward_block(&x[start], &upstream[start], &out[start],             # <<<<<<<<<<<<<<
@@ -44969,7 +44957,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
                             __pyx_t_6 = __pyx_v_start;
                             __pyx_t_7 = __pyx_v_start;
 
-                            /* "src/cnnc/_kernels.pyx":863
+                            /* "src/cnnc/_kernels.pyx":864
  *         start = block * _BLOCK
  *         _leaky_backward_block(&x[start], &upstream[start], &out[start],
  *                               _BLOCK if start + _BLOCK <= size else size - start, slope)             # <<<<<<<<<<<<<<
@@ -44987,7 +44975,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
                             }
 
 
-                            /* "src/cnnc/_kernels.pyx":862
+                            /* "src/cnnc/_kernels.pyx":863
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):
  *         start = block * _BLOCK
  *         _leaky_backward_block(&x[start], &upstream[start], &out[start],             # <<<<<<<<<<<<<<
@@ -45011,7 +44999,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
 
       }
 
-      /* "src/cnnc/_kernels.pyx":860
+      /* "src/cnnc/_kernels.pyx":861
  *     cdef Py_ssize_t block, start
  *     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
  *     for block in prange(blocks, schedule="static", nogil=True, num_threads=_team(blocks)):             # <<<<<<<<<<<<<<
@@ -45028,7 +45016,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
       }
   }
 
-  /* "src/cnnc/_kernels.pyx":856
+  /* "src/cnnc/_kernels.pyx":857
  * 
  * 
  * cdef void _leaky_relu_backward(const real[::1] x, const real[::1] upstream, real[::1] out,             # <<<<<<<<<<<<<<
@@ -45044,7 +45032,7 @@ static void __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__Pyx
 
 }
 
-/* "src/cnnc/_kernels.pyx":866
+/* "src/cnnc/_kernels.pyx":867
  * 
  * 
  * def leaky_relu_backward(x, upstream, slope):             # <<<<<<<<<<<<<<
@@ -45094,38 +45082,38 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_upstream,&__pyx_mstate_global->__pyx_n_u_slope,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 866, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(3, 867, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 866, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 867, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 866, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 867, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 866, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 867, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "leaky_relu_backward", 0) < (0)) __PYX_ERR(3, 866, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "leaky_relu_backward", 0) < (0)) __PYX_ERR(3, 867, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("leaky_relu_backward", 1, 3, 3, i); __PYX_ERR(3, 866, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("leaky_relu_backward", 1, 3, 3, i); __PYX_ERR(3, 867, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 866, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(3, 867, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 866, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(3, 867, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 866, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(3, 867, __pyx_L3_error)
     }
     __pyx_v_x = values[0];
     __pyx_v_upstream = values[1];
@@ -45133,7 +45121,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("leaky_relu_backward", 1, 3, 3, __pyx_nargs); __PYX_ERR(3, 866, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("leaky_relu_backward", 1, 3, 3, __pyx_nargs); __PYX_ERR(3, 867, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -45182,7 +45170,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
   __Pyx_INCREF(__pyx_v_upstream);
   __Pyx_INCREF(__pyx_v_slope);
 
-  /* "src/cnnc/_kernels.pyx":868
+  /* "src/cnnc/_kernels.pyx":869
  * def leaky_relu_backward(x, upstream, slope):
  *     """upstream where x > 0, slope * upstream elsewhere: the gradient through leaky_relu."""
  *     x, upstream, slope = _checks.leaky_relu_backward(x, upstream, slope)             # <<<<<<<<<<<<<<
@@ -45190,9 +45178,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
  *     if x.dtype == np.float32:
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 868, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_checks); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 869, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_leaky_relu_backward); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 868, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_leaky_relu_backward); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 869, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -45212,7 +45200,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (4-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 868, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 869, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if ((likely(PyTuple_CheckExact(__pyx_t_1))) || (PyList_CheckExact(__pyx_t_1))) {
@@ -45221,7 +45209,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
     if (unlikely(size != 3)) {
       if (size > 3) __Pyx_RaiseTooManyValuesError(3);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(3, 868, __pyx_L1_error)
+      __PYX_ERR(3, 869, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     if (likely(PyTuple_CheckExact(sequence))) {
@@ -45233,27 +45221,27 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
       __Pyx_INCREF(__pyx_t_3);
     } else {
       __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 868, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 869, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 868, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 869, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 868, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 869, __pyx_L1_error)
       __Pyx_XGOTREF(__pyx_t_3);
     }
     #else
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 868, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 869, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 868, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 869, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 868, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 869, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
     Py_ssize_t index = -1;
-    __pyx_t_6 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 868, __pyx_L1_error)
+    __pyx_t_6 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(3, 869, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __pyx_t_7 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_6);
@@ -45263,7 +45251,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
     __Pyx_GOTREF(__pyx_t_2);
     index = 2; __pyx_t_3 = __pyx_t_7(__pyx_t_6); if (unlikely(!__pyx_t_3)) goto __pyx_L3_unpacking_failed;
     __Pyx_GOTREF(__pyx_t_3);
-    if (__Pyx_IternextUnpackEndCheck(__pyx_t_7(__pyx_t_6), 3) < (0)) __PYX_ERR(3, 868, __pyx_L1_error)
+    if (__Pyx_IternextUnpackEndCheck(__pyx_t_7(__pyx_t_6), 3) < (0)) __PYX_ERR(3, 869, __pyx_L1_error)
     __pyx_t_7 = NULL;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     goto __pyx_L4_unpacking_done;
@@ -45271,7 +45259,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_7 = NULL;
     if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-    __PYX_ERR(3, 868, __pyx_L1_error)
+    __PYX_ERR(3, 869, __pyx_L1_error)
     __pyx_L4_unpacking_done:;
   }
   __Pyx_DECREF_SET(__pyx_v_x, __pyx_t_4);
@@ -45281,7 +45269,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
   __Pyx_DECREF_SET(__pyx_v_slope, __pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "src/cnnc/_kernels.pyx":869
+  /* "src/cnnc/_kernels.pyx":870
  *     """upstream where x > 0, slope * upstream elsewhere: the gradient through leaky_relu."""
  *     x, upstream, slope = _checks.leaky_relu_backward(x, upstream, slope)
  *     out = np.empty_like(x)             # <<<<<<<<<<<<<<
@@ -45289,9 +45277,9 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
  *         _leaky_relu_backward[float](x.reshape(-1), upstream.reshape(-1), out.reshape(-1), slope)
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 869, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 870, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_empty_like); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 869, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_empty_like); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 870, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_t_5 = 1;
@@ -45311,33 +45299,33 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 869, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 870, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __pyx_v_out = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "src/cnnc/_kernels.pyx":870
+  /* "src/cnnc/_kernels.pyx":871
  *     x, upstream, slope = _checks.leaky_relu_backward(x, upstream, slope)
  *     out = np.empty_like(x)
  *     if x.dtype == np.float32:             # <<<<<<<<<<<<<<
  *         _leaky_relu_backward[float](x.reshape(-1), upstream.reshape(-1), out.reshape(-1), slope)
  *     else:
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 870, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 871, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 870, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 871, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 870, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 871, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_8 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, __pyx_t_3, Py_EQ); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(3, 870, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, __pyx_t_3, Py_EQ); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(3, 871, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   if (__pyx_t_8) {
 
 
-    /* "src/cnnc/_kernels.pyx":871
+    /* "src/cnnc/_kernels.pyx":872
  *     out = np.empty_like(x)
  *     if x.dtype == np.float32:
  *         _leaky_relu_backward[float](x.reshape(-1), upstream.reshape(-1), out.reshape(-1), slope)             # <<<<<<<<<<<<<<
@@ -45351,10 +45339,10 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 871, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 872, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    __pyx_t_9 = __Pyx_PyObject_to_MemoryviewSlice_dc_float__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_9.memview)) __PYX_ERR(3, 871, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_to_MemoryviewSlice_dc_float__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_9.memview)) __PYX_ERR(3, 872, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_1 = __pyx_v_upstream;
     __Pyx_INCREF(__pyx_t_1);
@@ -45363,10 +45351,10 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 871, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 872, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    __pyx_t_10 = __Pyx_PyObject_to_MemoryviewSlice_dc_float__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_10.memview)) __PYX_ERR(3, 871, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_to_MemoryviewSlice_dc_float__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_10.memview)) __PYX_ERR(3, 872, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_1 = __pyx_v_out;
     __Pyx_INCREF(__pyx_t_1);
@@ -45375,19 +45363,19 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 871, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 872, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_dc_float(__pyx_t_3, PyBUF_WRITABLE); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 871, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_to_MemoryviewSlice_dc_float(__pyx_t_3, PyBUF_WRITABLE); if (unlikely(!__pyx_t_11.memview)) __PYX_ERR(3, 872, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __pyx_t_12 = __Pyx_PyFloat_AsFloat(__pyx_v_slope); if (unlikely((__pyx_t_12 == (float)-1) && PyErr_Occurred())) __PYX_ERR(3, 871, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyFloat_AsFloat(__pyx_v_slope); if (unlikely((__pyx_t_12 == (float)-1) && PyErr_Occurred())) __PYX_ERR(3, 872, __pyx_L1_error)
     __pyx_fuse_0__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__pyx_t_9, __pyx_t_10, __pyx_t_11, __pyx_t_12);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_9, 1);; __pyx_t_9.memview = NULL; __pyx_t_9.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_10, 1);; __pyx_t_10.memview = NULL; __pyx_t_10.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_11, 1);; __pyx_t_11.memview = NULL; __pyx_t_11.data = NULL;
 
 
-    /* "src/cnnc/_kernels.pyx":870
+    /* "src/cnnc/_kernels.pyx":871
  *     x, upstream, slope = _checks.leaky_relu_backward(x, upstream, slope)
  *     out = np.empty_like(x)
  *     if x.dtype == np.float32:             # <<<<<<<<<<<<<<
@@ -45397,7 +45385,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
     goto __pyx_L5;
   }
 
-  /* "src/cnnc/_kernels.pyx":873
+  /* "src/cnnc/_kernels.pyx":874
  *         _leaky_relu_backward[float](x.reshape(-1), upstream.reshape(-1), out.reshape(-1), slope)
  *     else:
  *         _leaky_relu_backward[double](x.reshape(-1), upstream.reshape(-1), out.reshape(-1), slope)             # <<<<<<<<<<<<<<
@@ -45412,10 +45400,10 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 873, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 874, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 873, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_13.memview)) __PYX_ERR(3, 874, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_1 = __pyx_v_upstream;
     __Pyx_INCREF(__pyx_t_1);
@@ -45424,10 +45412,10 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 873, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 874, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 873, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_to_MemoryviewSlice_dc_double__const__(__pyx_t_3, 0); if (unlikely(!__pyx_t_14.memview)) __PYX_ERR(3, 874, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_1 = __pyx_v_out;
     __Pyx_INCREF(__pyx_t_1);
@@ -45436,12 +45424,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_mstate_global->__pyx_int_neg_1};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 873, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(3, 874, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    __pyx_t_15 = __Pyx_PyObject_to_MemoryviewSlice_dc_double(__pyx_t_3, PyBUF_WRITABLE); if (unlikely(!__pyx_t_15.memview)) __PYX_ERR(3, 873, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyObject_to_MemoryviewSlice_dc_double(__pyx_t_3, PyBUF_WRITABLE); if (unlikely(!__pyx_t_15.memview)) __PYX_ERR(3, 874, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __pyx_t_16 = __Pyx_PyFloat_AsDouble(__pyx_v_slope); if (unlikely((__pyx_t_16 == (double)-1) && PyErr_Occurred())) __PYX_ERR(3, 873, __pyx_L1_error)
+    __pyx_t_16 = __Pyx_PyFloat_AsDouble(__pyx_v_slope); if (unlikely((__pyx_t_16 == (double)-1) && PyErr_Occurred())) __PYX_ERR(3, 874, __pyx_L1_error)
     __pyx_fuse_1__pyx_f_4cnnc_13_kernels_avx2__leaky_relu_backward(__pyx_t_13, __pyx_t_14, __pyx_t_15, __pyx_t_16);
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_13, 1);; __pyx_t_13.memview = NULL; __pyx_t_13.data = NULL;
     __PYX_XCLEAR_MEMVIEW(&__pyx_t_14, 1);; __pyx_t_14.memview = NULL; __pyx_t_14.data = NULL;
@@ -45450,7 +45438,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
   }
   __pyx_L5:;
 
-  /* "src/cnnc/_kernels.pyx":874
+  /* "src/cnnc/_kernels.pyx":875
  *     else:
  *         _leaky_relu_backward[double](x.reshape(-1), upstream.reshape(-1), out.reshape(-1), slope)
  *     return out             # <<<<<<<<<<<<<<
@@ -45468,7 +45456,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":866
+  /* "src/cnnc/_kernels.pyx":867
  * 
  * 
  * def leaky_relu_backward(x, upstream, slope):             # <<<<<<<<<<<<<<
@@ -45501,7 +45489,7 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_34leaky_relu_backward(CYTHON_UNU
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":920
+/* "src/cnnc/_kernels.pyx":921
  * 
  * 
  * cdef void *_pool_malloc(void *ctx, size_t size) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -45519,7 +45507,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   int __pyx_t_3;
   int __pyx_t_4;
 
-  /* "src/cnnc/_kernels.pyx":924
+  /* "src/cnnc/_kernels.pyx":925
  *     cdef size_t capacity
  *     cdef int i
  *     cdef char *base = NULL             # <<<<<<<<<<<<<<
@@ -45528,7 +45516,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   __pyx_v_base = NULL;
 
-  /* "src/cnnc/_kernels.pyx":925
+  /* "src/cnnc/_kernels.pyx":926
  *     cdef int i
  *     cdef char *base = NULL
  *     if size > (<size_t>-1) // 2:             # <<<<<<<<<<<<<<
@@ -45540,7 +45528,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":926
+    /* "src/cnnc/_kernels.pyx":927
  *     cdef char *base = NULL
  *     if size > (<size_t>-1) // 2:
  *         return NULL                 # no array is that large; refuse before any rounding wraps             # <<<<<<<<<<<<<<
@@ -45553,7 +45541,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":925
+    /* "src/cnnc/_kernels.pyx":926
  *     cdef int i
  *     cdef char *base = NULL
  *     if size > (<size_t>-1) // 2:             # <<<<<<<<<<<<<<
@@ -45562,7 +45550,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":927
+  /* "src/cnnc/_kernels.pyx":928
  *     if size > (<size_t>-1) // 2:
  *         return NULL                 # no array is that large; refuse before any rounding wraps
  *     if size < _POOL_MIN:             # <<<<<<<<<<<<<<
@@ -45574,7 +45562,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":928
+    /* "src/cnnc/_kernels.pyx":929
  *         return NULL                 # no array is that large; refuse before any rounding wraps
  *     if size < _POOL_MIN:
  *         base = <char *>malloc(size + _HEADER)             # <<<<<<<<<<<<<<
@@ -45583,7 +45571,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
     __pyx_v_base = ((char *)malloc((__pyx_v_size + __pyx_e_4cnnc_13_kernels_avx2__HEADER)));
 
-    /* "src/cnnc/_kernels.pyx":929
+    /* "src/cnnc/_kernels.pyx":930
  *     if size < _POOL_MIN:
  *         base = <char *>malloc(size + _HEADER)
  *         if base == NULL:             # <<<<<<<<<<<<<<
@@ -45595,7 +45583,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
     if (__pyx_t_1) {
 
 
-      /* "src/cnnc/_kernels.pyx":930
+      /* "src/cnnc/_kernels.pyx":931
  *         base = <char *>malloc(size + _HEADER)
  *         if base == NULL:
  *             return NULL             # <<<<<<<<<<<<<<
@@ -45608,7 +45596,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
       }
       goto __pyx_L0;
 
-      /* "src/cnnc/_kernels.pyx":929
+      /* "src/cnnc/_kernels.pyx":930
  *     if size < _POOL_MIN:
  *         base = <char *>malloc(size + _HEADER)
  *         if base == NULL:             # <<<<<<<<<<<<<<
@@ -45617,7 +45605,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
     }
 
-    /* "src/cnnc/_kernels.pyx":931
+    /* "src/cnnc/_kernels.pyx":932
  *         if base == NULL:
  *             return NULL
  *         (<_Header *>base).capacity = size             # <<<<<<<<<<<<<<
@@ -45626,7 +45614,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
     ((struct __pyx_t_4cnnc_13_kernels_avx2__Header *)__pyx_v_base)->capacity = __pyx_v_size;
 
-    /* "src/cnnc/_kernels.pyx":932
+    /* "src/cnnc/_kernels.pyx":933
  *             return NULL
  *         (<_Header *>base).capacity = size
  *         (<_Header *>base).pooled = 0             # <<<<<<<<<<<<<<
@@ -45635,7 +45623,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
     ((struct __pyx_t_4cnnc_13_kernels_avx2__Header *)__pyx_v_base)->pooled = 0;
 
-    /* "src/cnnc/_kernels.pyx":933
+    /* "src/cnnc/_kernels.pyx":934
  *         (<_Header *>base).capacity = size
  *         (<_Header *>base).pooled = 0
  *         return base + _HEADER             # <<<<<<<<<<<<<<
@@ -45648,7 +45636,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":927
+    /* "src/cnnc/_kernels.pyx":928
  *     if size > (<size_t>-1) // 2:
  *         return NULL                 # no array is that large; refuse before any rounding wraps
  *     if size < _POOL_MIN:             # <<<<<<<<<<<<<<
@@ -45657,7 +45645,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":934
+  /* "src/cnnc/_kernels.pyx":935
  *         (<_Header *>base).pooled = 0
  *         return base + _HEADER
  *     capacity = (size + _PAGE - 1) // _PAGE * _PAGE             # <<<<<<<<<<<<<<
@@ -45666,7 +45654,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   __pyx_v_capacity = ((((__pyx_v_size + __pyx_e_4cnnc_13_kernels_avx2__PAGE) - 1) / __pyx_e_4cnnc_13_kernels_avx2__PAGE) * __pyx_e_4cnnc_13_kernels_avx2__PAGE);
 
-  /* "src/cnnc/_kernels.pyx":935
+  /* "src/cnnc/_kernels.pyx":936
  *         return base + _HEADER
  *     capacity = (size + _PAGE - 1) // _PAGE * _PAGE
  *     PyThread_acquire_lock(_pool_lock, WAIT_LOCK)             # <<<<<<<<<<<<<<
@@ -45675,7 +45663,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   (void)(PyThread_acquire_lock(__pyx_v_4cnnc_13_kernels_avx2__pool_lock, WAIT_LOCK));
 
-  /* "src/cnnc/_kernels.pyx":936
+  /* "src/cnnc/_kernels.pyx":937
  *     capacity = (size + _PAGE - 1) // _PAGE * _PAGE
  *     PyThread_acquire_lock(_pool_lock, WAIT_LOCK)
  *     for i in range(_pool_count):             # <<<<<<<<<<<<<<
@@ -45689,7 +45677,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
     __pyx_v_i = __pyx_t_4;
 
-    /* "src/cnnc/_kernels.pyx":937
+    /* "src/cnnc/_kernels.pyx":938
  *     PyThread_acquire_lock(_pool_lock, WAIT_LOCK)
  *     for i in range(_pool_count):
  *         if _pool_sizes[i] == capacity:             # <<<<<<<<<<<<<<
@@ -45701,7 +45689,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
     if (__pyx_t_1) {
 
 
-      /* "src/cnnc/_kernels.pyx":938
+      /* "src/cnnc/_kernels.pyx":939
  *     for i in range(_pool_count):
  *         if _pool_sizes[i] == capacity:
  *             base = <char *>_pool_blocks[i]             # <<<<<<<<<<<<<<
@@ -45710,7 +45698,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
       __pyx_v_base = ((char *)(__pyx_v_4cnnc_13_kernels_avx2__pool_blocks[__pyx_v_i]));
 
-      /* "src/cnnc/_kernels.pyx":939
+      /* "src/cnnc/_kernels.pyx":940
  *         if _pool_sizes[i] == capacity:
  *             base = <char *>_pool_blocks[i]
  *             _pool_count -= 1             # <<<<<<<<<<<<<<
@@ -45719,7 +45707,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
       __pyx_v_4cnnc_13_kernels_avx2__pool_count = (__pyx_v_4cnnc_13_kernels_avx2__pool_count - 1);
 
-      /* "src/cnnc/_kernels.pyx":940
+      /* "src/cnnc/_kernels.pyx":941
  *             base = <char *>_pool_blocks[i]
  *             _pool_count -= 1
  *             _pool_blocks[i] = _pool_blocks[_pool_count]             # <<<<<<<<<<<<<<
@@ -45728,7 +45716,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
       (__pyx_v_4cnnc_13_kernels_avx2__pool_blocks[__pyx_v_i]) = (__pyx_v_4cnnc_13_kernels_avx2__pool_blocks[__pyx_v_4cnnc_13_kernels_avx2__pool_count]);
 
-      /* "src/cnnc/_kernels.pyx":941
+      /* "src/cnnc/_kernels.pyx":942
  *             _pool_count -= 1
  *             _pool_blocks[i] = _pool_blocks[_pool_count]
  *             _pool_sizes[i] = _pool_sizes[_pool_count]             # <<<<<<<<<<<<<<
@@ -45737,7 +45725,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
       (__pyx_v_4cnnc_13_kernels_avx2__pool_sizes[__pyx_v_i]) = (__pyx_v_4cnnc_13_kernels_avx2__pool_sizes[__pyx_v_4cnnc_13_kernels_avx2__pool_count]);
 
-      /* "src/cnnc/_kernels.pyx":942
+      /* "src/cnnc/_kernels.pyx":943
  *             _pool_blocks[i] = _pool_blocks[_pool_count]
  *             _pool_sizes[i] = _pool_sizes[_pool_count]
  *             _pool_bytes -= capacity             # <<<<<<<<<<<<<<
@@ -45746,7 +45734,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
       __pyx_v_4cnnc_13_kernels_avx2__pool_bytes = (__pyx_v_4cnnc_13_kernels_avx2__pool_bytes - __pyx_v_capacity);
 
-      /* "src/cnnc/_kernels.pyx":943
+      /* "src/cnnc/_kernels.pyx":944
  *             _pool_sizes[i] = _pool_sizes[_pool_count]
  *             _pool_bytes -= capacity
  *             break             # <<<<<<<<<<<<<<
@@ -45755,7 +45743,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
       goto __pyx_L7_break;
 
-      /* "src/cnnc/_kernels.pyx":937
+      /* "src/cnnc/_kernels.pyx":938
  *     PyThread_acquire_lock(_pool_lock, WAIT_LOCK)
  *     for i in range(_pool_count):
  *         if _pool_sizes[i] == capacity:             # <<<<<<<<<<<<<<
@@ -45767,7 +45755,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   __pyx_L7_break:;
 
 
-  /* "src/cnnc/_kernels.pyx":944
+  /* "src/cnnc/_kernels.pyx":945
  *             _pool_bytes -= capacity
  *             break
  *     PyThread_release_lock(_pool_lock)             # <<<<<<<<<<<<<<
@@ -45776,7 +45764,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   PyThread_release_lock(__pyx_v_4cnnc_13_kernels_avx2__pool_lock);
 
-  /* "src/cnnc/_kernels.pyx":945
+  /* "src/cnnc/_kernels.pyx":946
  *             break
  *     PyThread_release_lock(_pool_lock)
  *     if base == NULL:             # <<<<<<<<<<<<<<
@@ -45788,7 +45776,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":946
+    /* "src/cnnc/_kernels.pyx":947
  *     PyThread_release_lock(_pool_lock)
  *     if base == NULL:
  *         base = <char *>malloc(capacity + _HEADER)             # <<<<<<<<<<<<<<
@@ -45797,7 +45785,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
     __pyx_v_base = ((char *)malloc((__pyx_v_capacity + __pyx_e_4cnnc_13_kernels_avx2__HEADER)));
 
-    /* "src/cnnc/_kernels.pyx":947
+    /* "src/cnnc/_kernels.pyx":948
  *     if base == NULL:
  *         base = <char *>malloc(capacity + _HEADER)
  *         if base == NULL:             # <<<<<<<<<<<<<<
@@ -45809,7 +45797,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
     if (__pyx_t_1) {
 
 
-      /* "src/cnnc/_kernels.pyx":948
+      /* "src/cnnc/_kernels.pyx":949
  *         base = <char *>malloc(capacity + _HEADER)
  *         if base == NULL:
  *             return NULL             # <<<<<<<<<<<<<<
@@ -45822,7 +45810,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
       }
       goto __pyx_L0;
 
-      /* "src/cnnc/_kernels.pyx":947
+      /* "src/cnnc/_kernels.pyx":948
  *     if base == NULL:
  *         base = <char *>malloc(capacity + _HEADER)
  *         if base == NULL:             # <<<<<<<<<<<<<<
@@ -45831,7 +45819,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
     }
 
-    /* "src/cnnc/_kernels.pyx":945
+    /* "src/cnnc/_kernels.pyx":946
  *             break
  *     PyThread_release_lock(_pool_lock)
  *     if base == NULL:             # <<<<<<<<<<<<<<
@@ -45840,7 +45828,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":949
+  /* "src/cnnc/_kernels.pyx":950
  *         if base == NULL:
  *             return NULL
  *     (<_Header *>base).capacity = capacity             # <<<<<<<<<<<<<<
@@ -45849,7 +45837,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   ((struct __pyx_t_4cnnc_13_kernels_avx2__Header *)__pyx_v_base)->capacity = __pyx_v_capacity;
 
-  /* "src/cnnc/_kernels.pyx":950
+  /* "src/cnnc/_kernels.pyx":951
  *             return NULL
  *     (<_Header *>base).capacity = capacity
  *     (<_Header *>base).pooled = 1             # <<<<<<<<<<<<<<
@@ -45858,7 +45846,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
 */
   ((struct __pyx_t_4cnnc_13_kernels_avx2__Header *)__pyx_v_base)->pooled = 1;
 
-  /* "src/cnnc/_kernels.pyx":951
+  /* "src/cnnc/_kernels.pyx":952
  *     (<_Header *>base).capacity = capacity
  *     (<_Header *>base).pooled = 1
  *     return base + _HEADER             # <<<<<<<<<<<<<<
@@ -45871,7 +45859,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":920
+  /* "src/cnnc/_kernels.pyx":921
  * 
  * 
  * cdef void *_pool_malloc(void *ctx, size_t size) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -45887,7 +45875,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_malloc(CYTHON_UNUSED void *__py
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":954
+/* "src/cnnc/_kernels.pyx":955
  * 
  * 
  * cdef void _pool_free(void *ctx, void *ptr, size_t size) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -45903,7 +45891,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
   size_t __pyx_t_2;
   int __pyx_t_3;
 
-  /* "src/cnnc/_kernels.pyx":958
+  /* "src/cnnc/_kernels.pyx":959
  *     cdef char *base
  *     cdef size_t capacity
  *     cdef void *evicted = NULL             # <<<<<<<<<<<<<<
@@ -45912,7 +45900,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   __pyx_v_evicted = NULL;
 
-  /* "src/cnnc/_kernels.pyx":959
+  /* "src/cnnc/_kernels.pyx":960
  *     cdef size_t capacity
  *     cdef void *evicted = NULL
  *     if ptr == NULL:             # <<<<<<<<<<<<<<
@@ -45924,7 +45912,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":960
+    /* "src/cnnc/_kernels.pyx":961
  *     cdef void *evicted = NULL
  *     if ptr == NULL:
  *         return             # <<<<<<<<<<<<<<
@@ -45935,7 +45923,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":959
+    /* "src/cnnc/_kernels.pyx":960
  *     cdef size_t capacity
  *     cdef void *evicted = NULL
  *     if ptr == NULL:             # <<<<<<<<<<<<<<
@@ -45944,7 +45932,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":961
+  /* "src/cnnc/_kernels.pyx":962
  *     if ptr == NULL:
  *         return
  *     base = <char *>ptr - _HEADER             # <<<<<<<<<<<<<<
@@ -45953,7 +45941,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   __pyx_v_base = (((char *)__pyx_v_ptr) - __pyx_e_4cnnc_13_kernels_avx2__HEADER);
 
-  /* "src/cnnc/_kernels.pyx":962
+  /* "src/cnnc/_kernels.pyx":963
  *         return
  *     base = <char *>ptr - _HEADER
  *     capacity = (<_Header *>base).capacity             # <<<<<<<<<<<<<<
@@ -45964,7 +45952,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 
   __pyx_v_capacity = __pyx_t_2;
 
-  /* "src/cnnc/_kernels.pyx":963
+  /* "src/cnnc/_kernels.pyx":964
  *     base = <char *>ptr - _HEADER
  *     capacity = (<_Header *>base).capacity
  *     if not (<_Header *>base).pooled or capacity > _POOL_CAP:             # <<<<<<<<<<<<<<
@@ -45990,7 +45978,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":964
+    /* "src/cnnc/_kernels.pyx":965
  *     capacity = (<_Header *>base).capacity
  *     if not (<_Header *>base).pooled or capacity > _POOL_CAP:
  *         free(base)             # <<<<<<<<<<<<<<
@@ -45999,7 +45987,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
     free(__pyx_v_base);
 
-    /* "src/cnnc/_kernels.pyx":965
+    /* "src/cnnc/_kernels.pyx":966
  *     if not (<_Header *>base).pooled or capacity > _POOL_CAP:
  *         free(base)
  *         return             # <<<<<<<<<<<<<<
@@ -46010,7 +45998,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":963
+    /* "src/cnnc/_kernels.pyx":964
  *     base = <char *>ptr - _HEADER
  *     capacity = (<_Header *>base).capacity
  *     if not (<_Header *>base).pooled or capacity > _POOL_CAP:             # <<<<<<<<<<<<<<
@@ -46019,7 +46007,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":966
+  /* "src/cnnc/_kernels.pyx":967
  *         free(base)
  *         return
  *     PyThread_acquire_lock(_pool_lock, WAIT_LOCK)             # <<<<<<<<<<<<<<
@@ -46028,7 +46016,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   (void)(PyThread_acquire_lock(__pyx_v_4cnnc_13_kernels_avx2__pool_lock, WAIT_LOCK));
 
-  /* "src/cnnc/_kernels.pyx":967
+  /* "src/cnnc/_kernels.pyx":968
  *         return
  *     PyThread_acquire_lock(_pool_lock, WAIT_LOCK)
  *     while _pool_count > 0 and (_pool_count == _POOL_SLOTS or _pool_bytes + capacity > _POOL_CAP):             # <<<<<<<<<<<<<<
@@ -46065,7 +46053,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 
     if (!__pyx_t_1) break;
 
-    /* "src/cnnc/_kernels.pyx":968
+    /* "src/cnnc/_kernels.pyx":969
  *     PyThread_acquire_lock(_pool_lock, WAIT_LOCK)
  *     while _pool_count > 0 and (_pool_count == _POOL_SLOTS or _pool_bytes + capacity > _POOL_CAP):
  *         _pool_count -= 1            # drop the oldest block to make room             # <<<<<<<<<<<<<<
@@ -46074,7 +46062,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
     __pyx_v_4cnnc_13_kernels_avx2__pool_count = (__pyx_v_4cnnc_13_kernels_avx2__pool_count - 1);
 
-    /* "src/cnnc/_kernels.pyx":969
+    /* "src/cnnc/_kernels.pyx":970
  *     while _pool_count > 0 and (_pool_count == _POOL_SLOTS or _pool_bytes + capacity > _POOL_CAP):
  *         _pool_count -= 1            # drop the oldest block to make room
  *         _pool_bytes -= _pool_sizes[0]             # <<<<<<<<<<<<<<
@@ -46083,7 +46071,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
     __pyx_v_4cnnc_13_kernels_avx2__pool_bytes = (__pyx_v_4cnnc_13_kernels_avx2__pool_bytes - (__pyx_v_4cnnc_13_kernels_avx2__pool_sizes[0]));
 
-    /* "src/cnnc/_kernels.pyx":970
+    /* "src/cnnc/_kernels.pyx":971
  *         _pool_count -= 1            # drop the oldest block to make room
  *         _pool_bytes -= _pool_sizes[0]
  *         evicted = _pool_blocks[0]             # <<<<<<<<<<<<<<
@@ -46092,7 +46080,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
     __pyx_v_evicted = (__pyx_v_4cnnc_13_kernels_avx2__pool_blocks[0]);
 
-    /* "src/cnnc/_kernels.pyx":971
+    /* "src/cnnc/_kernels.pyx":972
  *         _pool_bytes -= _pool_sizes[0]
  *         evicted = _pool_blocks[0]
  *         _pool_blocks[0] = _pool_blocks[_pool_count]             # <<<<<<<<<<<<<<
@@ -46101,7 +46089,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
     (__pyx_v_4cnnc_13_kernels_avx2__pool_blocks[0]) = (__pyx_v_4cnnc_13_kernels_avx2__pool_blocks[__pyx_v_4cnnc_13_kernels_avx2__pool_count]);
 
-    /* "src/cnnc/_kernels.pyx":972
+    /* "src/cnnc/_kernels.pyx":973
  *         evicted = _pool_blocks[0]
  *         _pool_blocks[0] = _pool_blocks[_pool_count]
  *         _pool_sizes[0] = _pool_sizes[_pool_count]             # <<<<<<<<<<<<<<
@@ -46110,7 +46098,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
     (__pyx_v_4cnnc_13_kernels_avx2__pool_sizes[0]) = (__pyx_v_4cnnc_13_kernels_avx2__pool_sizes[__pyx_v_4cnnc_13_kernels_avx2__pool_count]);
 
-    /* "src/cnnc/_kernels.pyx":973
+    /* "src/cnnc/_kernels.pyx":974
  *         _pool_blocks[0] = _pool_blocks[_pool_count]
  *         _pool_sizes[0] = _pool_sizes[_pool_count]
  *         free(evicted)             # <<<<<<<<<<<<<<
@@ -46120,7 +46108,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
     free(__pyx_v_evicted);
   }
 
-  /* "src/cnnc/_kernels.pyx":974
+  /* "src/cnnc/_kernels.pyx":975
  *         _pool_sizes[0] = _pool_sizes[_pool_count]
  *         free(evicted)
  *     _pool_blocks[_pool_count] = base             # <<<<<<<<<<<<<<
@@ -46129,7 +46117,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   (__pyx_v_4cnnc_13_kernels_avx2__pool_blocks[__pyx_v_4cnnc_13_kernels_avx2__pool_count]) = __pyx_v_base;
 
-  /* "src/cnnc/_kernels.pyx":975
+  /* "src/cnnc/_kernels.pyx":976
  *         free(evicted)
  *     _pool_blocks[_pool_count] = base
  *     _pool_sizes[_pool_count] = capacity             # <<<<<<<<<<<<<<
@@ -46138,7 +46126,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   (__pyx_v_4cnnc_13_kernels_avx2__pool_sizes[__pyx_v_4cnnc_13_kernels_avx2__pool_count]) = __pyx_v_capacity;
 
-  /* "src/cnnc/_kernels.pyx":976
+  /* "src/cnnc/_kernels.pyx":977
  *     _pool_blocks[_pool_count] = base
  *     _pool_sizes[_pool_count] = capacity
  *     _pool_count += 1             # <<<<<<<<<<<<<<
@@ -46147,7 +46135,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_count = (__pyx_v_4cnnc_13_kernels_avx2__pool_count + 1);
 
-  /* "src/cnnc/_kernels.pyx":977
+  /* "src/cnnc/_kernels.pyx":978
  *     _pool_sizes[_pool_count] = capacity
  *     _pool_count += 1
  *     _pool_bytes += capacity             # <<<<<<<<<<<<<<
@@ -46156,7 +46144,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_bytes = (__pyx_v_4cnnc_13_kernels_avx2__pool_bytes + __pyx_v_capacity);
 
-  /* "src/cnnc/_kernels.pyx":978
+  /* "src/cnnc/_kernels.pyx":979
  *     _pool_count += 1
  *     _pool_bytes += capacity
  *     PyThread_release_lock(_pool_lock)             # <<<<<<<<<<<<<<
@@ -46165,7 +46153,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 */
   PyThread_release_lock(__pyx_v_4cnnc_13_kernels_avx2__pool_lock);
 
-  /* "src/cnnc/_kernels.pyx":954
+  /* "src/cnnc/_kernels.pyx":955
  * 
  * 
  * cdef void _pool_free(void *ctx, void *ptr, size_t size) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -46180,7 +46168,7 @@ static void __pyx_f_4cnnc_13_kernels_avx2__pool_free(CYTHON_UNUSED void *__pyx_v
 
 }
 
-/* "src/cnnc/_kernels.pyx":981
+/* "src/cnnc/_kernels.pyx":982
  * 
  * 
  * cdef void *_pool_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -46194,7 +46182,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "src/cnnc/_kernels.pyx":983
+  /* "src/cnnc/_kernels.pyx":984
  * cdef void *_pool_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:
  *     cdef void *ptr
  *     if elsize != 0 and nelem > (<size_t>-1 - _HEADER - _PAGE) // elsize:             # <<<<<<<<<<<<<<
@@ -46220,7 +46208,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":984
+    /* "src/cnnc/_kernels.pyx":985
  *     cdef void *ptr
  *     if elsize != 0 and nelem > (<size_t>-1 - _HEADER - _PAGE) // elsize:
  *         return NULL             # <<<<<<<<<<<<<<
@@ -46233,7 +46221,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":983
+    /* "src/cnnc/_kernels.pyx":984
  * cdef void *_pool_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:
  *     cdef void *ptr
  *     if elsize != 0 and nelem > (<size_t>-1 - _HEADER - _PAGE) // elsize:             # <<<<<<<<<<<<<<
@@ -46242,7 +46230,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":985
+  /* "src/cnnc/_kernels.pyx":986
  *     if elsize != 0 and nelem > (<size_t>-1 - _HEADER - _PAGE) // elsize:
  *         return NULL
  *     ptr = _pool_malloc(ctx, nelem * elsize)             # <<<<<<<<<<<<<<
@@ -46251,7 +46239,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
 */
   __pyx_v_ptr = __pyx_f_4cnnc_13_kernels_avx2__pool_malloc(__pyx_v_ctx, (__pyx_v_nelem * __pyx_v_elsize));
 
-  /* "src/cnnc/_kernels.pyx":986
+  /* "src/cnnc/_kernels.pyx":987
  *         return NULL
  *     ptr = _pool_malloc(ctx, nelem * elsize)
  *     if ptr != NULL:             # <<<<<<<<<<<<<<
@@ -46263,7 +46251,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":987
+    /* "src/cnnc/_kernels.pyx":988
  *     ptr = _pool_malloc(ctx, nelem * elsize)
  *     if ptr != NULL:
  *         memset(ptr, 0, nelem * elsize)             # <<<<<<<<<<<<<<
@@ -46272,7 +46260,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
 */
     (void)(memset(__pyx_v_ptr, 0, (__pyx_v_nelem * __pyx_v_elsize)));
 
-    /* "src/cnnc/_kernels.pyx":986
+    /* "src/cnnc/_kernels.pyx":987
  *         return NULL
  *     ptr = _pool_malloc(ctx, nelem * elsize)
  *     if ptr != NULL:             # <<<<<<<<<<<<<<
@@ -46281,7 +46269,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":988
+  /* "src/cnnc/_kernels.pyx":989
  *     if ptr != NULL:
  *         memset(ptr, 0, nelem * elsize)
  *     return ptr             # <<<<<<<<<<<<<<
@@ -46294,7 +46282,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":981
+  /* "src/cnnc/_kernels.pyx":982
  * 
  * 
  * cdef void *_pool_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -46308,7 +46296,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_calloc(void *__pyx_v_ctx, size_
   return __pyx_r;
 }
 
-/* "src/cnnc/_kernels.pyx":991
+/* "src/cnnc/_kernels.pyx":992
  * 
  * 
  * cdef void *_pool_realloc(void *ctx, void *ptr, size_t new_size) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -46323,7 +46311,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
   int __pyx_t_1;
   size_t __pyx_t_2;
 
-  /* "src/cnnc/_kernels.pyx":994
+  /* "src/cnnc/_kernels.pyx":995
  *     cdef void *moved
  *     cdef size_t old_capacity
  *     if ptr == NULL:             # <<<<<<<<<<<<<<
@@ -46335,7 +46323,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":995
+    /* "src/cnnc/_kernels.pyx":996
  *     cdef size_t old_capacity
  *     if ptr == NULL:
  *         return _pool_malloc(ctx, new_size)             # <<<<<<<<<<<<<<
@@ -46348,7 +46336,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":994
+    /* "src/cnnc/_kernels.pyx":995
  *     cdef void *moved
  *     cdef size_t old_capacity
  *     if ptr == NULL:             # <<<<<<<<<<<<<<
@@ -46357,7 +46345,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":996
+  /* "src/cnnc/_kernels.pyx":997
  *     if ptr == NULL:
  *         return _pool_malloc(ctx, new_size)
  *     old_capacity = (<_Header *>(<char *>ptr - _HEADER)).capacity             # <<<<<<<<<<<<<<
@@ -46368,7 +46356,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
 
   __pyx_v_old_capacity = __pyx_t_2;
 
-  /* "src/cnnc/_kernels.pyx":997
+  /* "src/cnnc/_kernels.pyx":998
  *         return _pool_malloc(ctx, new_size)
  *     old_capacity = (<_Header *>(<char *>ptr - _HEADER)).capacity
  *     moved = _pool_malloc(ctx, new_size)             # <<<<<<<<<<<<<<
@@ -46377,7 +46365,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
 */
   __pyx_v_moved = __pyx_f_4cnnc_13_kernels_avx2__pool_malloc(__pyx_v_ctx, __pyx_v_new_size);
 
-  /* "src/cnnc/_kernels.pyx":998
+  /* "src/cnnc/_kernels.pyx":999
  *     old_capacity = (<_Header *>(<char *>ptr - _HEADER)).capacity
  *     moved = _pool_malloc(ctx, new_size)
  *     if moved == NULL:             # <<<<<<<<<<<<<<
@@ -46389,7 +46377,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
   if (__pyx_t_1) {
 
 
-    /* "src/cnnc/_kernels.pyx":999
+    /* "src/cnnc/_kernels.pyx":1000
  *     moved = _pool_malloc(ctx, new_size)
  *     if moved == NULL:
  *         return NULL             # <<<<<<<<<<<<<<
@@ -46402,7 +46390,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
     }
     goto __pyx_L0;
 
-    /* "src/cnnc/_kernels.pyx":998
+    /* "src/cnnc/_kernels.pyx":999
  *     old_capacity = (<_Header *>(<char *>ptr - _HEADER)).capacity
  *     moved = _pool_malloc(ctx, new_size)
  *     if moved == NULL:             # <<<<<<<<<<<<<<
@@ -46411,7 +46399,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
 */
   }
 
-  /* "src/cnnc/_kernels.pyx":1000
+  /* "src/cnnc/_kernels.pyx":1001
  *     if moved == NULL:
  *         return NULL
  *     memcpy(moved, ptr, old_capacity if old_capacity < new_size else new_size)             # <<<<<<<<<<<<<<
@@ -46431,7 +46419,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
   (void)(memcpy(__pyx_v_moved, __pyx_v_ptr, __pyx_t_2));
 
 
-  /* "src/cnnc/_kernels.pyx":1001
+  /* "src/cnnc/_kernels.pyx":1002
  *         return NULL
  *     memcpy(moved, ptr, old_capacity if old_capacity < new_size else new_size)
  *     _pool_free(ctx, ptr, old_capacity)             # <<<<<<<<<<<<<<
@@ -46440,7 +46428,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
 */
   __pyx_f_4cnnc_13_kernels_avx2__pool_free(__pyx_v_ctx, __pyx_v_ptr, __pyx_v_old_capacity);
 
-  /* "src/cnnc/_kernels.pyx":1002
+  /* "src/cnnc/_kernels.pyx":1003
  *     memcpy(moved, ptr, old_capacity if old_capacity < new_size else new_size)
  *     _pool_free(ctx, ptr, old_capacity)
  *     return moved             # <<<<<<<<<<<<<<
@@ -46453,7 +46441,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
   }
   goto __pyx_L0;
 
-  /* "src/cnnc/_kernels.pyx":991
+  /* "src/cnnc/_kernels.pyx":992
  * 
  * 
  * cdef void *_pool_realloc(void *ctx, void *ptr, size_t new_size) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -46469,7 +46457,7 @@ static void *__pyx_f_4cnnc_13_kernels_avx2__pool_realloc(void *__pyx_v_ctx, void
 }
 static PyObject *__pyx_gb_4cnnc_13_kernels_avx2_38generator(__pyx_CoroutineObject *__pyx_generator, CYTHON_UNUSED PyThreadState *__pyx_tstate, PyObject *__pyx_sent_value); /* proto */
 
-/* "src/cnnc/_kernels.pyx":1015
+/* "src/cnnc/_kernels.pyx":1016
  * 
  * 
  * @contextlib.contextmanager             # <<<<<<<<<<<<<<
@@ -46506,12 +46494,12 @@ static PyObject *__pyx_pf_4cnnc_13_kernels_avx2_36memory_pool(CYTHON_UNUSED PyOb
   if (unlikely(!__pyx_cur_scope)) {
     __pyx_cur_scope = ((struct __pyx_obj_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool *)Py_None);
     __Pyx_INCREF(Py_None);
-    __PYX_ERR(3, 1015, __pyx_L1_error)
+    __PYX_ERR(3, 1016, __pyx_L1_error)
   } else {
     __Pyx_GOTREF((PyObject *)__pyx_cur_scope);
   }
   {
-    __pyx_CoroutineObject *gen = __Pyx_Generator_New((__pyx_coroutine_body_t) __pyx_gb_4cnnc_13_kernels_avx2_38generator, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12]), (PyObject *) __pyx_cur_scope, __pyx_mstate_global->__pyx_n_u_memory_pool, __pyx_mstate_global->__pyx_n_u_memory_pool, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2); if (unlikely(!gen)) __PYX_ERR(3, 1015, __pyx_L1_error)
+    __pyx_CoroutineObject *gen = __Pyx_Generator_New((__pyx_coroutine_body_t) __pyx_gb_4cnnc_13_kernels_avx2_38generator, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12]), (PyObject *) __pyx_cur_scope, __pyx_mstate_global->__pyx_n_u_memory_pool, __pyx_mstate_global->__pyx_n_u_memory_pool, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2); if (unlikely(!gen)) __PYX_ERR(3, 1016, __pyx_L1_error)
     __Pyx_DECREF(__pyx_cur_scope);
     __Pyx_RefNannyFinishContext();
     return (PyObject *) gen;
@@ -46557,26 +46545,26 @@ static PyObject *__pyx_gb_4cnnc_13_kernels_avx2_38generator(__pyx_CoroutineObjec
   __pyx_L3_first_run:;
   if (unlikely(__pyx_sent_value != Py_None)) {
     if (unlikely(__pyx_sent_value)) PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started generator");
-    __PYX_ERR(3, 1015, __pyx_L1_error)
+    __PYX_ERR(3, 1016, __pyx_L1_error)
   }
 
-  /* "src/cnnc/_kernels.pyx":1022
+  /* "src/cnnc/_kernels.pyx":1023
  *     they are freed. The pool keeps at most 1 GiB.
  *     """
  *     previous = PyDataMem_SetHandler(_pool_capsule)             # <<<<<<<<<<<<<<
  *     try:
  *         yield
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_pool_capsule); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 1022, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_pool_capsule); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 1023, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = PyDataMem_SetHandler(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 1022, __pyx_L1_error)
+  __pyx_t_2 = PyDataMem_SetHandler(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 1023, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_GIVEREF(__pyx_t_2);
   __pyx_cur_scope->__pyx_v_previous = __pyx_t_2;
   __pyx_t_2 = 0;
 
-  /* "src/cnnc/_kernels.pyx":1023
+  /* "src/cnnc/_kernels.pyx":1024
  *     """
  *     previous = PyDataMem_SetHandler(_pool_capsule)
  *     try:             # <<<<<<<<<<<<<<
@@ -46585,7 +46573,7 @@ static PyObject *__pyx_gb_4cnnc_13_kernels_avx2_38generator(__pyx_CoroutineObjec
 */
   /*try:*/ {
 
-    /* "src/cnnc/_kernels.pyx":1024
+    /* "src/cnnc/_kernels.pyx":1025
  *     previous = PyDataMem_SetHandler(_pool_capsule)
  *     try:
  *         yield             # <<<<<<<<<<<<<<
@@ -46600,17 +46588,17 @@ static PyObject *__pyx_gb_4cnnc_13_kernels_avx2_38generator(__pyx_CoroutineObjec
     __pyx_generator->resume_label = 1;
     return __pyx_r;
     __pyx_L7_resume_from_yield:;
-    if (unlikely(!__pyx_sent_value)) __PYX_ERR(3, 1024, __pyx_L5_error)
+    if (unlikely(!__pyx_sent_value)) __PYX_ERR(3, 1025, __pyx_L5_error)
   }
 
-  /* "src/cnnc/_kernels.pyx":1026
+  /* "src/cnnc/_kernels.pyx":1027
  *         yield
  *     finally:
  *         PyDataMem_SetHandler(previous)             # <<<<<<<<<<<<<<
 */
   /*finally:*/ {
     /*normal exit:*/{
-      __pyx_t_2 = PyDataMem_SetHandler(__pyx_cur_scope->__pyx_v_previous); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 1026, __pyx_L1_error)
+      __pyx_t_2 = PyDataMem_SetHandler(__pyx_cur_scope->__pyx_v_previous); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 1027, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       goto __pyx_L6;
@@ -46631,7 +46619,7 @@ static PyObject *__pyx_gb_4cnnc_13_kernels_avx2_38generator(__pyx_CoroutineObjec
       __Pyx_XGOTREF(__pyx_t_11);
       __pyx_t_3 = __pyx_lineno; __pyx_t_4 = __pyx_clineno; __pyx_t_5 = __pyx_filename;
       {
-        __pyx_t_2 = PyDataMem_SetHandler(__pyx_cur_scope->__pyx_v_previous); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 1026, __pyx_L9_error)
+        __pyx_t_2 = PyDataMem_SetHandler(__pyx_cur_scope->__pyx_v_previous); if (unlikely(!__pyx_t_2)) __PYX_ERR(3, 1027, __pyx_L9_error)
         __Pyx_GOTREF(__pyx_t_2);
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       }
@@ -46661,7 +46649,7 @@ static PyObject *__pyx_gb_4cnnc_13_kernels_avx2_38generator(__pyx_CoroutineObjec
   }
   CYTHON_MAYBE_UNUSED_VAR(__pyx_cur_scope);
 
-  /* "src/cnnc/_kernels.pyx":1015
+  /* "src/cnnc/_kernels.pyx":1016
  * 
  * 
  * @contextlib.contextmanager             # <<<<<<<<<<<<<<
@@ -50341,14 +50329,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_4cnnc_13_kernels_avx2___pyx_scope_str
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool", 0);
   /*--- Exttype __pyx_obj_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool)) __PYX_ERR(3, 1015, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool)) __PYX_ERR(3, 1016, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool = &__pyx_type_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool) < (0)) __PYX_ERR(3, 1015, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool) < (0)) __PYX_ERR(3, 1016, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_4cnnc_13_kernels_avx2___pyx_scope_struct__memory_pool);
@@ -52539,92 +52527,92 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_conv2d_grad_params, __pyx_t_10) < (0)) __PYX_ERR(3, 635, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":714
+  /* "src/cnnc/_kernels.pyx":715
  * 
  * 
  * def maxpool2d_forward(x, pool_size, stride):             # <<<<<<<<<<<<<<
  *     """Max over each window, and where it was: argmax holds h * W + w in the input plane.
  * 
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_27maxpool2d_forward, 0, __pyx_mstate_global->__pyx_n_u_maxpool2d_forward, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 714, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_27maxpool2d_forward, 0, __pyx_mstate_global->__pyx_n_u_maxpool2d_forward, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 715, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_maxpool2d_forward, __pyx_t_10) < (0)) __PYX_ERR(3, 714, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_maxpool2d_forward, __pyx_t_10) < (0)) __PYX_ERR(3, 715, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":743
+  /* "src/cnnc/_kernels.pyx":744
  * 
  * 
  * def maxpool2d_backward(dy, argmax, input_shape):             # <<<<<<<<<<<<<<
  *     """Scatter dy (N, OH, OW, C) back to the input positions recorded in argmax."""
  *     dy, argmax, input_shape = _checks.maxpool2d_backward(dy, argmax, input_shape)
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_29maxpool2d_backward, 0, __pyx_mstate_global->__pyx_n_u_maxpool2d_backward, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 743, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_29maxpool2d_backward, 0, __pyx_mstate_global->__pyx_n_u_maxpool2d_backward, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 744, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_maxpool2d_backward, __pyx_t_10) < (0)) __PYX_ERR(3, 743, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_maxpool2d_backward, __pyx_t_10) < (0)) __PYX_ERR(3, 744, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":792
+  /* "src/cnnc/_kernels.pyx":793
  * 
  * 
  * def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):             # <<<<<<<<<<<<<<
  *     """One Adam step with bias correction, in place on param, m and v.
  * 
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_31adam_update, 0, __pyx_mstate_global->__pyx_n_u_adam_update, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 792, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_31adam_update, 0, __pyx_mstate_global->__pyx_n_u_adam_update, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 793, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_adam_update, __pyx_t_10) < (0)) __PYX_ERR(3, 792, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_adam_update, __pyx_t_10) < (0)) __PYX_ERR(3, 793, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":830
+  /* "src/cnnc/_kernels.pyx":831
  * 
  * 
  * def leaky_relu(x, slope):             # <<<<<<<<<<<<<<
  *     """x where x > 0, slope * x elsewhere, for 0 <= slope <= 1 (slope 0 is ReLU).
  * 
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_33leaky_relu, 0, __pyx_mstate_global->__pyx_n_u_leaky_relu, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[29])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 830, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_33leaky_relu, 0, __pyx_mstate_global->__pyx_n_u_leaky_relu, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[29])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 831, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_leaky_relu, __pyx_t_10) < (0)) __PYX_ERR(3, 830, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_leaky_relu, __pyx_t_10) < (0)) __PYX_ERR(3, 831, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":866
+  /* "src/cnnc/_kernels.pyx":867
  * 
  * 
  * def leaky_relu_backward(x, upstream, slope):             # <<<<<<<<<<<<<<
  *     """upstream where x > 0, slope * upstream elsewhere: the gradient through leaky_relu."""
  *     x, upstream, slope = _checks.leaky_relu_backward(x, upstream, slope)
 */
-  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_35leaky_relu_backward, 0, __pyx_mstate_global->__pyx_n_u_leaky_relu_backward, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[30])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 866, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_35leaky_relu_backward, 0, __pyx_mstate_global->__pyx_n_u_leaky_relu_backward, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[30])); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 867, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_10);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_leaky_relu_backward, __pyx_t_10) < (0)) __PYX_ERR(3, 866, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_leaky_relu_backward, __pyx_t_10) < (0)) __PYX_ERR(3, 867, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":898
+  /* "src/cnnc/_kernels.pyx":899
  *     object PyDataMem_SetHandler(object handler)
  * 
  * cnp.import_array()             # <<<<<<<<<<<<<<
  * 
  * cdef enum:
 */
-  __pyx_t_18 = __pyx_f_5numpy_import_array(); if (unlikely(__pyx_t_18 == ((int)-1))) __PYX_ERR(3, 898, __pyx_L1_error)
+  __pyx_t_18 = __pyx_f_5numpy_import_array(); if (unlikely(__pyx_t_18 == ((int)-1))) __PYX_ERR(3, 899, __pyx_L1_error)
 
 
-  /* "src/cnnc/_kernels.pyx":906
+  /* "src/cnnc/_kernels.pyx":907
  *     _POOL_SLOTS = 64
  * 
  * cdef size_t _POOL_CAP = <size_t>1 << 30             # <<<<<<<<<<<<<<
@@ -52633,7 +52621,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__POOL_CAP = (((size_t)1) << 30);
 
-  /* "src/cnnc/_kernels.pyx":914
+  /* "src/cnnc/_kernels.pyx":915
  * cdef void *_pool_blocks[_POOL_SLOTS]
  * cdef size_t _pool_sizes[_POOL_SLOTS]
  * cdef int _pool_count = 0             # <<<<<<<<<<<<<<
@@ -52642,7 +52630,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_count = 0;
 
-  /* "src/cnnc/_kernels.pyx":915
+  /* "src/cnnc/_kernels.pyx":916
  * cdef size_t _pool_sizes[_POOL_SLOTS]
  * cdef int _pool_count = 0
  * cdef size_t _pool_bytes = 0             # <<<<<<<<<<<<<<
@@ -52651,7 +52639,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_bytes = 0;
 
-  /* "src/cnnc/_kernels.pyx":916
+  /* "src/cnnc/_kernels.pyx":917
  * cdef int _pool_count = 0
  * cdef size_t _pool_bytes = 0
  * cdef PyThread_type_lock _pool_lock = PyThread_allocate_lock()             # <<<<<<<<<<<<<<
@@ -52660,7 +52648,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_lock = PyThread_allocate_lock();
 
-  /* "src/cnnc/_kernels.pyx":1005
+  /* "src/cnnc/_kernels.pyx":1006
  * 
  * 
  * strncpy(_pool_handler.name, b"cnnc_memory_pool", 126)             # <<<<<<<<<<<<<<
@@ -52669,7 +52657,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   (void)(strncpy(__pyx_v_4cnnc_13_kernels_avx2__pool_handler.name, __pyx_k_cnnc_memory_pool, 0x7E));
 
-  /* "src/cnnc/_kernels.pyx":1006
+  /* "src/cnnc/_kernels.pyx":1007
  * 
  * strncpy(_pool_handler.name, b"cnnc_memory_pool", 126)
  * _pool_handler.version = 1             # <<<<<<<<<<<<<<
@@ -52678,7 +52666,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_handler.version = 1;
 
-  /* "src/cnnc/_kernels.pyx":1007
+  /* "src/cnnc/_kernels.pyx":1008
  * strncpy(_pool_handler.name, b"cnnc_memory_pool", 126)
  * _pool_handler.version = 1
  * _pool_handler.allocator.ctx = NULL             # <<<<<<<<<<<<<<
@@ -52687,7 +52675,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_handler.allocator.ctx = NULL;
 
-  /* "src/cnnc/_kernels.pyx":1008
+  /* "src/cnnc/_kernels.pyx":1009
  * _pool_handler.version = 1
  * _pool_handler.allocator.ctx = NULL
  * _pool_handler.allocator.malloc = _pool_malloc             # <<<<<<<<<<<<<<
@@ -52696,7 +52684,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_handler.allocator.malloc = __pyx_f_4cnnc_13_kernels_avx2__pool_malloc;
 
-  /* "src/cnnc/_kernels.pyx":1009
+  /* "src/cnnc/_kernels.pyx":1010
  * _pool_handler.allocator.ctx = NULL
  * _pool_handler.allocator.malloc = _pool_malloc
  * _pool_handler.allocator.calloc = _pool_calloc             # <<<<<<<<<<<<<<
@@ -52705,7 +52693,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_handler.allocator.calloc = __pyx_f_4cnnc_13_kernels_avx2__pool_calloc;
 
-  /* "src/cnnc/_kernels.pyx":1010
+  /* "src/cnnc/_kernels.pyx":1011
  * _pool_handler.allocator.malloc = _pool_malloc
  * _pool_handler.allocator.calloc = _pool_calloc
  * _pool_handler.allocator.realloc = _pool_realloc             # <<<<<<<<<<<<<<
@@ -52714,7 +52702,7 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_handler.allocator.realloc = __pyx_f_4cnnc_13_kernels_avx2__pool_realloc;
 
-  /* "src/cnnc/_kernels.pyx":1011
+  /* "src/cnnc/_kernels.pyx":1012
  * _pool_handler.allocator.calloc = _pool_calloc
  * _pool_handler.allocator.realloc = _pool_realloc
  * _pool_handler.allocator.free = _pool_free             # <<<<<<<<<<<<<<
@@ -52723,19 +52711,19 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
 */
   __pyx_v_4cnnc_13_kernels_avx2__pool_handler.allocator.free = __pyx_f_4cnnc_13_kernels_avx2__pool_free;
 
-  /* "src/cnnc/_kernels.pyx":1012
+  /* "src/cnnc/_kernels.pyx":1013
  * _pool_handler.allocator.realloc = _pool_realloc
  * _pool_handler.allocator.free = _pool_free
  * _pool_capsule = PyCapsule_New(&_pool_handler, b"mem_handler", NULL)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_10 = PyCapsule_New((&__pyx_v_4cnnc_13_kernels_avx2__pool_handler), __pyx_k_mem_handler, NULL); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 1012, __pyx_L1_error)
+  __pyx_t_10 = PyCapsule_New((&__pyx_v_4cnnc_13_kernels_avx2__pool_handler), __pyx_k_mem_handler, NULL); if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 1013, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pool_capsule, __pyx_t_10) < (0)) __PYX_ERR(3, 1012, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pool_capsule, __pyx_t_10) < (0)) __PYX_ERR(3, 1013, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
-  /* "src/cnnc/_kernels.pyx":1015
+  /* "src/cnnc/_kernels.pyx":1016
  * 
  * 
  * @contextlib.contextmanager             # <<<<<<<<<<<<<<
@@ -52743,12 +52731,12 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
  *     """Within the block, NumPy arrays reuse the memory of freed arrays of the same size.
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_contextlib); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 1015, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_contextlib); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 1016, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_contextmanager); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 1015, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_contextmanager); if (unlikely(!__pyx_t_11)) __PYX_ERR(3, 1016, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_37memory_pool, 0, __pyx_mstate_global->__pyx_n_u_memory_pool, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 1015, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_4cnnc_13_kernels_avx2_37memory_pool, 0, __pyx_mstate_global->__pyx_n_u_memory_pool, NULL, __pyx_mstate_global->__pyx_n_u_cnnc__kernels_avx2, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_4)) __PYX_ERR(3, 1016, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
@@ -52760,10 +52748,10 @@ __Pyx_RefNannySetupContext("PyInit__kernels_avx2", 0);
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-    if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 1015, __pyx_L1_error)
+    if (unlikely(!__pyx_t_10)) __PYX_ERR(3, 1016, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
   }
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_memory_pool, __pyx_t_10) < (0)) __PYX_ERR(3, 1015, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_memory_pool, __pyx_t_10) < (0)) __PYX_ERR(3, 1016, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
 
   /* "cnnc/_kernels_avx2.pyx":1
@@ -52930,7 +52918,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
 
-  /* "src/cnnc/_kernels.pyx":651
+  /* "src/cnnc/_kernels.pyx":652
  *             _run_pass(_GRAD_WEIGHT, x, None, None, dy2, partial, None, kernel_size, stride,
  *                       padding, out_hw, chunks)
  *         dw = partial.reshape(_threads, patch, f).sum(axis=0)             # <<<<<<<<<<<<<<
@@ -52939,7 +52927,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_axis};
-    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(3, 651, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(3, 652, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[5]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
@@ -53003,47 +52991,47 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{6},{8},{10},{1},{2},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{179},{8},{11},{5},{15},{7},{6},{2},{9},{50},{42},{39},{34},{10},{21},{30},{37},{0},{5},{4},{16},{8},{8},{1},{15},{12},{139},{151},{143},{135},{151},{135},{136},{139},{143},{151},{151},{136},{20},{12},{9},{17},{8},{8},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{5},{7},{12},{17},{13},{13},{7},{6},{12},{15},{13},{11},{9},{8},{1},{3},{11},{15},{6},{4},{17},{6},{18},{4},{1},{4},{5},{5},{10},{6},{7},{15},{1},{12},{8},{4},{6},{11},{6},{18},{5},{18},{4},{7},{10},{14},{14},{17},{18},{5},{9},{6},{8},{7},{5},{15},{2},{2},{2},{3},{5},{10},{6},{9},{3},{5},{1},{6},{5},{4},{7},{6},{7},{5},{8},{8},{3},{4},{4},{1},{2},{5},{10},{5},{11},{5},{5},{5},{8},{4},{1},{9},{11},{11},{2},{2},{3},{3},{10},{19},{4},{7},{5},{2},{1},{6},{18},{17},{11},{7},{4},{1},{4},{4},{4},{2},{5},{3},{2},{30},{2},{3},{6},{2},{2},{4},{7},{5},{4},{7},{10},{5},{4},{2},{2},{9},{2},{6},{9},{3},{6},{8},{2},{8},{7},{4},{4},{4},{17},{12},{4},{10},{8},{2},{5},{6},{4},{5},{5},{4},{9},{4},{8},{8},{6},{6},{3},{2},{2},{2},{12},{9},{5},{3},{7},{7},{6},{6},{8},{1},{5},{6},{1},{2},{6},{5},{4},{1},{1},{5}};
-    const struct { const unsigned int length: 9; } bytes_length_index[] = {{1},{2},{188},{81},{269},{266},{413},{159},{127},{247},{114},{14},{19},{98},{435},{150},{47},{102},{187},{184},{31},{29},{27},{27},{27},{45}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{6},{8},{10},{1},{2},{15},{23},{25},{32},{20},{22},{1},{1},{37},{45},{22},{179},{8},{11},{5},{15},{7},{6},{2},{9},{50},{42},{39},{34},{10},{21},{30},{37},{0},{5},{4},{16},{8},{8},{1},{15},{12},{139},{151},{143},{135},{151},{135},{136},{139},{143},{151},{151},{136},{20},{12},{9},{17},{8},{8},{8},{12},{10},{8},{10},{8},{7},{14},{11},{10},{19},{14},{12},{10},{17},{13},{12},{12},{19},{8},{5},{7},{12},{17},{13},{13},{7},{6},{12},{15},{13},{11},{9},{8},{1},{3},{11},{15},{6},{4},{17},{6},{18},{4},{1},{4},{5},{5},{10},{6},{7},{15},{1},{12},{8},{4},{6},{11},{6},{18},{5},{18},{4},{7},{10},{14},{14},{17},{18},{5},{9},{6},{8},{6},{7},{5},{15},{2},{2},{2},{3},{5},{10},{6},{9},{3},{5},{1},{6},{5},{4},{7},{6},{7},{5},{8},{8},{3},{4},{4},{1},{2},{5},{10},{5},{11},{5},{5},{5},{8},{4},{1},{9},{11},{11},{2},{2},{3},{3},{10},{19},{4},{7},{5},{2},{1},{6},{18},{17},{11},{7},{4},{1},{4},{4},{4},{2},{5},{3},{2},{30},{2},{3},{6},{2},{2},{4},{7},{5},{4},{7},{10},{5},{4},{2},{2},{9},{2},{6},{9},{3},{6},{8},{2},{8},{7},{4},{4},{4},{17},{12},{4},{10},{8},{2},{5},{6},{4},{5},{5},{4},{9},{4},{8},{8},{6},{6},{3},{2},{2},{2},{12},{9},{5},{3},{7},{7},{6},{6},{8},{1},{5},{6},{1},{2},{6},{5},{4},{1},{1},{5}};
+    const struct { const unsigned int length: 9; } bytes_length_index[] = {{1},{2},{188},{81},{269},{266},{412},{159},{127},{247},{114},{14},{19},{98},{435},{150},{47},{102},{187},{184},{31},{29},{27},{27},{27},{45}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 2 /* compression: bz2 (3746 bytes) */
-static const char cstring[] = "BZh91AY&SY\233\026\333\307\000\001z\377\377\377\377\377\377\377\377\377\377\277\377\377\377\377\377\377\366@@@@@@@@@@@@@\000@\000`\016|}\\<\323j\216\330ATJQu\245B\221\016\314Q\022g\200\000\000\363\303S\320\212)4z\206\200\033I\247\212?G\244\321\047\352\215\264\314 50D\236FL\024\3100\232=G\242h\030\206C\311\241\004\241\0021\004\320\320\214\214Q\222\237\251\032yFM\352@\000\000\000\007\250h\000\032\000h\000\r\000\321\006@\251\351\023\322\031\000\000\000\323\010\320\320\321\352\000\320\006@\000\003&\206@\006\365M\007\250\004\212&\232L\250\3652\03244\000h\031\000\321\240\000\000\000\000\000\006CC@442\002\014\000\023\000\00410L\000\001\030\0012`\2310\000##\023\021\200\206\000\000\022H& @\004jxF\251\372\251\373H\325=Ojjz!\372Hz\233\325\003\3244\365\000\032\000\000\000\003\3244\006F\231Bw\017\266\010\306\307\373\206:P\003\360\217\322\310(\203\310\213\221*\036L\047\tQ\"\244(\264d\205(\230\244\212JI\022\tH\242\245\374\376\214\006\330\333Cbm\r\202\033\033\020\332\t\242jjaUJ\313V\\V\354j\272\324\244H\366\313TU\241j\265f@\242\021#\020\241JZ\213\20430\303i\r\203ci\266\323m\274\325hl\n\312\324\346L)\273D\323\244_;l\244\317n\201\313R\301\047\301*\231\014\303\014\323\301L%\351a\030l\004\254\005z\214\250\252\241e3\034\242\217\302\014<Z\250\260h\316\304\232\256\021K\360\305\022\371\204\025/\013\320H\241\215\332\007\020W\212h\244\037\236\027P\252\315*P\260\255\037l\262Ql\001\366J\356U\260\"\021B\204\212\027\205\251\316\342\322\356\273\312\325*[e\326\222$\204\211!u\327xM3\231}\022\2110\264j\304\200\342\204.H)\236\202\251ll\320T\355T g\"F\r\202ffW\237<oss\2553>\274\346\305\004\220\314\361\250\023\341\031\262\334c\022\265\265\345\047\324\330\242\213Q\321^\256\374\266\335\273\213\213\227\264\326Td\215\342\216\223\334\2403Ta\361\360\323\303\203kD\021\344\364\025Q\250t`\307L\252|_Q\304\034(\002\305\200B\202\020BB\047\223\311I\006\315\002\004 \221\001WV\203Z\241R2! \240\220\004\022\002\272\356\270\304q\021(\214Y\t\024\250j\025\346\355\027q\266V\322\336i\364>\254\3722\2464\277\345q\315EPQ""\\\275c\235{q{\236\361\273u\002Z\363o\227\312K\350\233\372D\037\336i\331Y\026\261\353\264\206\005\261\0272\314\027\213RP\346\332\375.i3\270aB\343hl>\256\007rnQ\013<\266;\307\352\252\233,\047\365\206\004\022\272\02333N{\372\214\031AV\n\205\002\232\025j\206\317_A\266\260\014\375\301\304\030E\245\252\320\252W\253A\277\014s\241x\247R\211u\310V\264\241B\377\364k\337\306\265\022\271\\%\327]\250\3112&\312Nd\311\332q\217\235\351\033#\364\345y\351k\356\323\276\247~\033\242\273\317\024\001\0254\352K\357\227Gh\"\241#\257\360~\332x\212U\003\004\014\304\274\273\243\251\3171h\300\204\210\264C\220\047\000\210L\"\251\253\321t\013\337\353\271\366\371\256\356m\205\262\330\255\226a\341_\324\246\246\224\314\246#\370\036\226;iJ\024\273.|8AL\232\0479\220P Bs\344\250H\305#\034\tg?\313_\"\316tl\230\333*\036/S\323\352\267A\037O~9\230\370:\233\207\2049\002D\001\204\351\316\355\331\206(\203\301\360\3504m\261V\020\224]%\026\n\370\307\364\364\320;*\222\022\311\211bP\252z\211\217M\016+\256\245D\251P\255q\345\244\237\254T\333B\205\022\211\240\230k\347\212\364P\231m\270\230\245&j\347o\201\226xQ\047<\047e\241bXL\t)d\226\351\204\321\"\362\313\351n,\005\277\316\301\320\363\217F\022\333i:\257\363\323\372\025\205\nb\241\375B+\032\305\213\373^\313\ry=\212A\365\352B5\035\207!\351\2418\346\034\361\273\016\301\342\354\016q\335\016>\003\336\357X\n\000\300u\200\300<\240\304\210\001p)\220+=\220..(VL\036@o!0U\340\343\177\303#D-\236\303\201\022\355\260\354\365s\374,u7n>\323\310u\350\005x\"\376^L\317\304\316\314\343C&\315\206\177\311\324eN\372\222\003\3252,\212Y\232\250\242\316\212k\020\\\\-e\n\244\276c\261A\322\214\r\273^ck\346\221W\214\207\265e\227\332[<\230\2765Ah\004\234\032mJ\274\3308f\254p|$Q\337\303x&\212\210\217\323;\2644(\317 \350M\236?\312%$8\234\342\233\r\014*\366\313\034\371A_\006g\324\"\017\377}\047wg\374\325b(Vd\006\343\233V\214$\333+^r\353\3121\241\342f3R/ \315\242\273\322\257F\324\370T{!f\036\2231\030mj\230\027\370\250\274\235\310q<\316\266\304\235\335\333\346y\301\201j\261\013\334\340xc\350\202?""\2252\350\261\rQ\316\025d#\272N\230\254)m\330s\322\371\3603\302x,\307\002\253\336-5\221\203\025]\303\010\215LX\265,\361\367\373\216\367\003\203\302\036\024?\207G\216\036\233Jm!\243\037\006]^\217\242\035\336`\327\240\2529\337\362\311\0229\244\326@\263\253\327*x\270\321\231h\224\275\221x\324\227\025^\035n\321\2616\033\372\003\205\307m\003\024+MF-\260\200!\360\205\rK`&0\326\210\222\324\311\007m\204\263\014<\370\306[\005yc\234p\203\251\037\237H\264\306_\214\264\253\305\032\374^\000Vu\2706\316\361\r_\224s\3716\345\305\3515\212\233 \316\301\023H\240\267\262g\030\235\274\216I\310\343\331hM\n*\253\047G\203\261\204\333\316B\021\334\260a\224l\325\356\356v\314\313\037\244\333\023\225\250\266f\254\343\033\227l\272\340\367`\266\016\025h2\363}Ro\010\275\\$iWbx\375\003\227\223zo\016\341\305\032\321\352l\357x5\341f<:\315\372\266j<\335\034\373{\245\035c\231\272\331\236\317{\\\320fyj\\o\220\006\021\216I\253\354\006\245\263\"5\203Z\225\023\206\241\342\r\013G\000\264\177U\030P\355yTD5\324w\375f\245L%\256\005\t\026z\203\033y\342?\004\204`\313F\t\261\245\030.\017\271Rj\230\253{U\231\337=\255e\310\211\rS\262\351)\n\277S\257[\047\027\272\254\023V\205\274@\036\342\366qJ\254\351\013\232u\361\370\263*\341\277~\376\223\313\317\336\323\252\341\316\031o\307\221U\325\032\261\346\312\0312:\335\276\224`Fh/,\257\255u\013\250]S\236\024I`\367S\261i(]\247~O\326X\047Z\221\244$\032\004\321\277,\267\216u\372\274\000t\201\230\007\2509\030\034=7}h\223\324\242\355\354\023z\233]Z\273\252H\313\300:\025>\036\033 `\2102\021\370$\325q\240K\216\344\345\347\035\347^x\034x\245-\204\036\224\201\246\350\033o\323\346\316\357\013\021\230eWLB\313\253`\367\303\273\234\374\0269\333t.\210!\314\3512Un\256]t\277\301\350\234\374\363WMs\021:\000i\314UU\034\002\234\242a\203o-\021\030e8\315\332\264\2110ixl\201\216Sp\242\360r1\320\006M^\236\234\027\320\251~\033g\362b\027\275\330\205d\370\267\274\005E\256\311\217\275\300\253\007!3\235a\215\234\361^nm\376o\214\340H\205\210\3174M\023\263_)e/\016\275\033\252\017es\245\225\342\223\271""\362\337|\220\262(\304Ps\ry\271\317\340z\r*\303\007=\343\3070\300Z\252\3470\362\025\337\213\006z\223\022\031\t\220\235\312\316\232U\271\356L1\212I\047W\2222\205\254\211\263\016\206\224\224V[\254\271:fJ\312\346X\340\036\021Px\235\252V\360\240\376\022]\361\263\305\\\3032\265\204\262\245\202\231^ \303\215\210\236\200\036.)\rpl\223(\217\311\216\333\360a\217\226\257\0204\241n\200>vVh\214\014z\326\321\305\257q\004`\311\007\310\337zy\313\226\275\350[@\351\014\275\231\204\256;7\001\315\301P:\3017\".\035\321\365\346\235\336\320\317\r\233\240/\231\3229\263/5\0475l\223l\234\361_\243\047\315\254%\232\352\275-\337\027\356W\337sH\274\241H=(\tk0\276\026\016\330\243\226\235\327\274\364\257\213\3205\300H6F\316\375`N\324\211\314t\302\323!A\nHfU\232Q\2339\2223\003\203z\0246\3628\222l\215 \241\273b\257\225\004\016M+e\363\244F\005ld\362\200;\232\273P\022h\035eWz\305\025J\257\210\360p\3145V\217\021\234\333L\370!\267n\034\205\257\243M\216\252\234\3659A/\261\203a$\214^\2023\035\221\207\255V\266\016Q\325\341\007m|{m\245\047\331\235 \374+\016\232\033\370?C\0324\367\001\0227pk]<\007\216U\273\r/\tb\211\255S\215\232@\\\t,*\332`\347\256\036z-\260\213\310\346\23601JZ\315ikF\360\330\033\r\3624\351m\366C8\361q\345:\200q\313|\244t+\200\221i&X\270<\213\276<.`X\322 \017r[1\363y%DV{\212$\207\257>P\210\245\213\300 \215\325\277\016X\006\251\202\342\226^UujW\213ax\024\004\363\0174\014\265\251YENS\202\047\221\266;\0141d\261\332-+\3416\303T4\356[\267-\302\334\267\013\251s\0312a8\217\014Cb\014\215\n\215\241\276\022\203\3643?9\334h\262\037C\\v\035\2403\003]\305]\310\360\346\007tl\202\014\203\030\033Q\247F\217s\225x\206+\343\264\350\345\206\024\212\231\374\242W-\301\2707\006\020\334&4\310\005\356\016\326\330\007\020\030\177\027\213\313\310+\241\325o F\340\344\232\256Y&I\226I\277\277\244D\300\336\047J\t\212\241\265\373\336\341\231\206`~7\227\227\027m\264\317\260\232\265z\260\036\"\361\227y\237\244\233\311F&hq\252 o\355\351\047j\024\305\307:\314\306n\031\234g9\341\355~\2170\332?\177\235\306h\277\277\030\275\243""\006x\370\376\324#\3570S\004\030\220 \301\204\000\272o\306\027\226\047\354\010E\254Qg\331\204\322\3655\007\026\361r\324a\204\036\334\217\320\242\001\003\021|Z\2761\214\006B$G\300\242\013\340`\347w\336\000J8\206>\021|\201\316\003\236\235\376\253\221\331\340\364(sr\372\234>3q\035\335V\013\233\r\300\224@\3737\302\021S]\227l\350Xzh\321\2427\220&\216\207\321\344\013U\300\262 F\202m#\373\201\007\200\n\272\\tUCu\325\372PS\000\334\016\253\350\005\334\035\0209`n$\002\271\254\n\354\217Q\007\224\207\006\351>\"R0\2028\304o\204\036\203\371X@\020 E\177/+HrJ\322\216%\205\006./G\224/.\363\n\332V\t2X\022\007\252d\026b\313\214\">\025\374\222\310\236iD\273\005\305\364T%\n/H\001\004\240\025;\211\2654\234.?\331\310GY\265fkH-\251.y\201\240\361bkDm\332\266K\255\254\036T\027\025*\256\014\010\342\220\0214\302\331\344\270.(G\311\345$\tm\315e_h/\345qX (\036\353\300\244\266\355\334\274\327C\324=\222\362\007\226\005\034\364c\302\326\265\205\263mo\033\323\316\361\332\243\006n\223Z\035\"9\007\216r|\007\006\027\047u\250a\341\241C\225\376r\361\014N\302zh\227\323\261\207XkQ\203\210%\021\r\032%.`81\252\212\323\214x[\365\304\205[\032\263\033\242s>\004A\177\316W\013*8\275vl`v\3773\357\325\301\342\306\247\030\035\340h\030&\021\200\215LnG*\344\036\376\252+#\213\353^\027H\"\376\r\333\357lON3\005y\035|N\3045\047\276\212\216LW\340\270\030$\342\355\2438\336\366\322\263!\303\250U\003\325\2140A\255Z\027?\243l*2\356\253-\350OzW\021\267e=\204\264n$\031\342\342\370l\356Y\026W\260n\335R\251\275{Sna\342\263\347\266=\006{\266\355o8!=\271F\354\327\t\232\331z\344%\211\004\222nJ\305\225\344\244\323\027\315\033\246B\r\203\034\222A\350f\203MF\305\210\366c\225\202\231\222\020\231u\343\214\312l\265z\3375r\232dWe~\236\277z\207\3165\210\330\323M\203\037>\266\267\032t\254%Q\247\247[\030`\204W\253\321\255\244\250\210\rm\337^\255TH\205\255\335\035\006\032=\n\227\360\221\320\332\037--H\264\025J\021})l\221\020\316\366\266\263\351u\005\375D\353c\351\341\024\314]eL\350\260\375\334T\351\304)\336\t=\321\020\317\033$\366|1EO\252\016""\177V+\323\212\2253\256\n\202\232\257c\251O?=$\233:+&\230\262X\305\260&\251K7^)8\251\023\365f\305\021\326\315\003\267g3\034y\221\340\365r\262\261d\344\363\275o\245Cs\362\270\266\373\\\225\362\272|\335\271\344\270+\357\303/0I\227\231\301\253.:Q\212^\246\316->X\311\241C9\333\354\007\030G\r\356\311\034\307k\361\014\221z\370\230\324;\n\366{\334\334\341\002\211\216\001\354\305\342\010\244\262[\370B\0272\226\014\321\272f\315!Ci9^\214I\305V\304z\020\0324I\243\350\030ma\317\226\311\274)\261D\030lz\206!\301\313b\355\217\01782=-\335J+K\271iol\365E\322\240\230!\243\277K\264\026A\317\223\345\345\367x\325\350\177\361w$S\205\t\t\261m\274p";
-    PyObject *data = __Pyx_DecompressString(cstring, 3746, 2);
+    #if (CYTHON_COMPRESS_STRINGS) == 2 /* compression: bz2 (3764 bytes) */
+static const char cstring[] = "BZh91AY&SY\3269\037j\000\001z\177\377\377\377\377\377\377\377\377\377\277\377\377\377\377\377\377\366@@@@@@@@@@@@@\000@\000`\016|}W\036n\350KX\0331\022)kB@\326\225*\222\n\307\250\000\0008\032\236\210JI\352=C@\r\224\323\305\037\243\322#S\324m\246d\310\321\240\0212`\nd\033S\324\321\352<S@\331A\241\345<\210%\010\t\210\010\232\236\214\204\364M&Si<\223\324\333J4\320\320\007\250\r\032\0004\000\r\0004z\203@h\n\247\350\214\247\224\3655\r4\032\0004\031\000b\032\03224\032\032\003A\240\000\006\200\310b\014\230\217P\t\022\023JzQ\342C\312\236\246=HzOSjh\332L\004m\004h\302\001\352\030C&F!\246\0022ba20FA\200\002`\000\206&\t\200\000#\000&L\023&\000\004dbb0\020\300\000\002I\004\3112b\231\246BO\032S\325O\323\022\237\242jl\204h\017Sz\240\001\240\003\324\000\000\001\246\200\000\320\323LW\013\345\202;\376/\010x\205\000\177\210\361\257!8~I:\024\233\362\305b\223\245\250Rh\362\205\210\250\250\213\013\n\024\nP\235\253\317\377\014\006\330\333\023hm\r\202\033\033Hm\005QUUP\266\325{*\366\033\235\346\256\271JD\217d\255EV\025\252\326\244\n!\0221T\224\323Z3\210fa\206d\206\301\261\264\333i\266\336;\220\330\027\027*\324\250Y\230\212\250\251d\353\252\231\236\315!\266\205l\237\004\250\031\014\303\r;i\270\261+\206\032\322s\0076CM\264[{\031&2x)\004\307\246c\244Yu\252\346\360X\257\340\302\223\n\004\0250\014\020H\241\225\371\216 \257\024\316\260~\314o\251e\242X\2512\325}\322\321E\230\017\234\257\341i\204B(T\221S\000\271:/./\347\300\265\222\305\323\276\342I$$I\013\357\277\264j\245\014*\225(\027\rh\220\034T\205\361\231\200\032,\213jT\211e,\030\261\000C\002\214V\245\217\036l\346P\374\3112\010\347M\230C\224H(\000CH\213$\354\206\271\316v\020n!\027\334\006a$\313\002L\251\224\240E\327f\316\215R\001\220\221\240\025\022T1!Ln\303\016\363;3;9\344D\305\360z\352\312XD\250\331\354\326\311RV\031\341\002\230\274\263(S\241\024*\022\212\212\222\240\353\240\240\241\024R\022\227\032\016R%E9\221\230\220\221H\224\017g\331\317\341\242\334\\\227\036\235\n%,\262%\005~\317\262\355R\370R\333\313\305\3726rh\252\352\254\365r\301""\206`a\236\334\007\276\307e\007\302\003\273\327\202\246\006\2777\230\227\321;\235b\017\3554\353\331\025\261\346i\014\013z3\262\324\026\013\235(q\340\375ni\014\356\213j3\232\303\023\352\332u\255\214\"~i\277\316\377\214\30633}a\300\205_2\300\300\323\207.\302\333\301f\005IHS\212\314\2517\371\2618f\000\303\2708\203\010\254\255V\026Ksfo\307-\2250\024\346Q/\275\013Z\265*a\376\216-\375\233XKix\227\337~\263D\320\243)J\024J\\vc\341\365\216\304~\244\260=n.\356\255\366:\361\343\212\357<\310\002*j\274\262\311m\357\002dH\341\370}z\272J\253\002\324\030\n\303>\335\357\201s\250\211\031\017h\217\224N\002AP\222\262\336\246 ]\257\337/\261\373fe\337\013\367\305|\275\323\351hZ\255SJe\3471\353\236\216\212\351\246\222\234\367\341u\300\246M\023\234\310(\020!9\354\240TE#\034Il\247\347\267\201iJ\266\214m\225O3\330\365\371\256\314\217\257\277-\206]<\315\313\332\016\000\221\000a7l\277\217`d\210<\037\016C=\263U\204%\027IE\202\2761\375{\252\035VI\t:\t4\251d\366\023-\325;+\305b\302X\260Z\331p\324S\270\251\266\245J\245S2\201\305\321\222\362T\241u\331\031%hk\350\273\245\226\230\325)Li;\202i9\201$\226\251vf\023BF\005p\272\331\342[\370\324g\371G!\221k]8\341\345\273\371\024\013\213\263\270\376a\004\3213\317\372`\250\374\251\253\372\334\367Sr\010n=\023\214\353A\030\3403\207\242h\222\026\210f\221\260\203\177)G\320\006P\014\r\240\014\t\031C*L\014\340\246@\314{\000g3\224\231\211\203\310\r\345&\0135\275V|\0024\241o\376\256\004K\266\243\334\372\230{\375\0247n\216\323\312{lAX\010\263n\315O\346gjq\213\047`\303?\346k4\257]\211\001\355\032\023\212Ob\250\242\322\252q\010.N\026\322\205\221\023\324l\336\322\203\316~w\032.\023D#\357\007\373U\256\026-=Y\374h\205\200$\301\252\344\263\316\300\341\232\321\305\360\221Wyw\202ga\021\372\251~m\n\263\310:\024g\217\362\tI\016\0478\246\272\222\345c_\034/\005d\031\237@\210?\375u\235\375\377\357\236\244Rf4\203uj\347\306\342m{Xm\335x\306/\0231\252\230\274\20369\254K6<\023\341A\354\005Wu\232\210\303\203P\300\277\275\005\204\363\241\304\365:\272\222w\177\207\252\363\241\201_40s""\201\341\227\214\021\374+\247$\320\327\035\220\263!\0369:\202\260\245\327\343\321\251\364\3456cLV\203\201U\357\026\274D`\305\227\214a\021\253\223\027$\373\375~\367\302\340px\303\306\207\364t\373\250zM)\264\231\2321\361_\317\347\371\341\337\342\033\261(\216\017\371D\211\034d\323\211=\375\214\272r\251\316j\225V96U\222\311\233w\007\363b\261;\233Cvs\275P\\\212\352\274\271\330\221\004|1\202\366\230+\243\251%+\334\242\375q\226\001o\222\212%\210\317*\314u=\256\207\253t\026b\247\343,G\320\205=\017\000%|\366\016y\340 \264\362\014\356=\2722\202\314\3241\214\\\373R\3222\032\307,(\240\357\034N+\211\227E!\231\02533\226\336]\016\026\276\354\204Q\261\242\341\314;\006\203\372\337\216\004\341\244\327A\306\224\323\301\234\362\353\327l\271\340\367b\263\034*\325\032\235\020\262V!\047\253\204\225\246\354\216\377\210\341\340\336\233\303Zg\243\"7\272\357k\334\311\205\263m\220\327\3535\332\303Ka\233\352lL\250\275\r\355\033\223\224\236\235\315\270\047;\326\024\005\"\317\215e\014GG\332P\026Ss\243\202<\346\2017\022\263\302V\217e,(v\274\242\"\033=.\377\254\324\320\302[\240RH\253\335\214p\356\304}\262\021\216\231\342\235\206\224`\270\276\365J*d\255\350\255\016\272mi\336\210\220\327I\337%!g\353v\0139\301\315\034f\226\013w\000\034\306\n\305\321\257t/Y\323\271\361fG\253\247\247\247\272y:<\335\273\257\031\205N\2355${\320\216\234Z\303V\246\267?\212\017!4\014\n\323\317N\360\235\341;\323\236H\222\305\356\257R\326P\277V\375\037\304LNu#XH3\023=\372i\274s\260\327\322\006\3405\000\365\007\"\327\017M\341X\311\352Qw&\t\275M\263\346Y\373$\213\372\003\245U\361-\306%\251\016E\037\010\314\315uA,\266.>3\3228ai\226J\252c\030*\242i\276\006\3345y\324\277\264\304h\032Y\324D\047}\246=\360\356\364S\246nv\334\3278!\320n4Unn\034\365\303\247\306t{\223^\353l\0219\000jPUU\034\002\234\"c\213o.\021\030e;4v\275BP\032]\251\300\313J8Qy\\\214r\001\243[v\354W\305c\014\255?\223\000\301\315\230\225\237q|`\227\047-f;\006\004\2402\010\254\3254Vp\2578\333\177\235\3379I\020\2323\314\350\211\325\305\302ZK\265\305\237\035\201\354\256t""\264\300R\227\276[\360\222\023\2121\024\034\303`q\271\374\247\211\245hb\347\274x\346\030\013\225\\\350$N\353\371x1\330\231Q\2414(\325\270\265+\242P\230\314\272\244\242\355M*\373*\023U\031\373Q\022\t\256\372\336\2153U\nL\253\000\340\202=\3026\351[\252\221\375\022^\021\260\212\316\3032\255\204\257J\332ox\202\355\014D\366\200z\035I\rxv$\312#\364c\267\206,1\352+\304\rH]\230\036\256\223\31602\347[\207\027=\304\021\203D\037#~\t\341]8\267\241uCpi\356\214ey\325\306\007C\202\300p\005\261&\267\256\217\t\247g\246an;\"7\177\234{\260,/]\326v\205\256O\200\320\346\320\3724\311l]x%\333\342\3765~\027\264\214\n\225\203\322\240\2273\013\332`\355\305\034\265\353\351\371\211x\016\220<\340\"\0363\311\341^\214\251\214\2445\017},=\356\240u\352\256C\033\370\244j\007\007$(p\330\342I\264\264\202\223-\3536\321\0206k[\354\2351\030\022\320\223\213\200n\024\262\001%y\347\221\277\345\227$R?\021\300\302\250\261\260\3419\356\326a\271\032\365\333\304j\375\275X\276\266;\267\275\201Y7\006$\225\024A\t\316:#\0175Z\3509G[\226\016\332\370\366\356\255i\325\262\260~6\206\352\233\371_\233\031\352\356\201\0227\356u/\315i\001\354\331\355\323\000\225\311je\224\364\200\326\222h\326\3551|\032\337\"jc\027\221\325=\000sJ[\215\311nG%\2747\234\244k\326\334\252\206\003\305\325\264\354\001\347\r\362\221\310\256\002E\304\231b\340\360.\370\362\336\300\261\254@\036\344\272\203\350<\222\242+=\305RC\327\243\204\")5\345\010#so\307\206!\256\200\271$\360,\267\336\320\032e\200T\013\276x\000\321\251\212\345C\034sE/\023\261}\266\334\3457\363Rf\350\233]D5\344\262\311d,\226B\354\\M:n:\207\2070\334\301\245\241A\3009BP~,\317\300\3564Y\017\244\335\035\347h\014\300\331\372\226}\217\016 \356\235\360A\244b\326\3475\343\217\202\365\350\014f\352\340t\355\205\311\0243\366\211gY\006A\220\\\031\n\352\264\000\335a\336v d\003\210e\001\270\370\206|w\323\304\023\267=ff\320h\232\006\232&\376\275\302&&\3617 \231*\033_\275\356\031\230f\007\345\201\201y~\272L7\223U\257R\003\304X2\366\254\375d\336J15C\252\210\201\313\267\254\235hV\213?\032\304\314Y""\330\243\031\233?7WH~\227\363\335\203\025%\241JI\322nD\251\330\0229\355Y\010:\360C\006\020\006&\377@\326\336O\370\010\223]\221dk\244\322\3535\016Gg\004\372a\017vK\274N\002\016\272\3565\262;\346\345\221\"C\370g\001\333=\343W_\310\tF\020\323\312-\2201\200\354\247\217e\210\314\300s\240\354dkq\177Fdg\032\264.S\366\304Z\037\227$\206l\264\247.C\320\335\321\306\316\333O\276\010\331\350}>\022[T9\304\021;#\215\024\361\004\036@3\364:0\225C|\n\355\007\251xo\0133\374\345\234=\3000\300\333G\205cj\nmG({\212?\207p\236bR \202(\204N{\334\203\367W\274\026<\212\177\367[@t\325mQ\316\257\201\245\205\310\342\205\305\235B\226\205BLu\004a\312\230\205\255-[\341\034\245\364\374\265cH\304z\205\205\260(G\300\344x\017N\240\251\342M\211*\3610\377\047\021\031-id\254\202\272\222\307\027\300\341RJ\304y\266\353\314K&X\036T\026\025*\254\r\004tU\004K(\230\365X\026\025\210\352\275$\201$\322\326WW\034V\021B\002\201\254\234\024\222i\254N\333!\312\034\324\235\003\213AF9\032x\333_LLfU\235\047\265i\343\202\007\265\275\326\327\035\322:\207\226\321<\246\363\017\"\276\357\036\010:\337\346\035\361}\227\216\262%\315\373\332cO\t\314 \224D8P\024\263t\335\300\252)Z\030/7\364\276\205[\201Z\323`Oq-\" \267t\255\326\2521\313\257R\3437\272\377n\013\234\327\324\337\003\220\030\013\322\350\270E\253\354F*\342\037\036\004V\243\013\251Y\026\010\"\335\315\313nm\347\047Az\270\217\005\346^\026\247\266\212\214K\326\336\267\032\022qb\261\234n\373)I\250n\332*\201\312\322\373\217mj\302o\340\327\n\215]\305K/\236\315V\021\265*z\311X\314\217k\204\313\313[nQ*\370M\213\nU7l\332\332\220sK\346\256<\346{\025\353n\260!<\025F\344\223\023%r\345\304J\221\210\343\333\252\322\325q)$\205\322D\303 5\014Q\306\367!\221\355\223\n\245I5\342\252\320\246D{\344]H\2425L\255\247K\344\246SD\212mWh\352rA\362\215\"5tST\305\331\245\245\320\232u\023<h\350\322\276\032\020\212y\375\312Z\n\210\200\322\334\365s\363\321!\025\267;}\246\216\336vm\273\244gl\017\216\205\250{J\245\010\266\2245\310\204e\373\033\031\2245\205\273I\337\277\336\272(\230{\352\231p\335\3739""\350\321\204Q\262\022{\002\021\2305\311\337\345\206\032; \346l\303fq\233\233\2270\315\024U|:\324s3\02292\341\224\321\022\226\230uD\231\2642\265!\217\236\201?>T0\235,\2408%\311\277\026LW=<|{\330\270\270\336\247\314\241\275\234~}\257\257\246\236?{\261\265<s\n{\317\310\311\021\344d\360\340\253~\204B\207\245\257{G\014b\301\006[7\232\007@F\r\335\362:\354\324\347\030\242\315\261!\315:\252\346\271\314s\261\220\242_xsZ\\\036\212Jz\021aNyR\236\205b\355\356\254gerF\022\214\232U\272r\306\216\371\263;\021\254_a\225\314\265\3625`I\316\221FVt\206\202\315\362\307[@\202\316\343\347{\214${3\327M\334z\276\201\234\220LP\317\257S\263\047\007>O\227\326\364\362\263\320\377\342\356H\247\n\022\032\307#\355@";
+    PyObject *data = __Pyx_DecompressString(cstring, 3764, 2);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (3787 bytes) */
-static const char cstring[] = "x\332\305WKw\333\326\265.m\311\242l\331\265dY\262\333\333\204\224d)uc\305\244(\311N\343t\321\222\374Hc_Q\357\330N\320\203\007IX @\342\301GV\263V\206\034b\210!\206\030b\210!\207\034r\310\241~B\177B\277}@Jr\3324\355R\357\272ZK \036\347\261\367\267\277\375\355}R\314N=l\246\014\361\275\"\331_\3367\252\212.j\314\272\277\374y\352\213WJ\3050[\007\252\322H\031\305\324\027\222\241\333j\3111\034+\305t9%\253&M\371\351kU\037~\260lS\225\025\371\334\340\224a\376\313\357\037\276;\035\371\345\2376\230\256\033v\212Y\226Z\322S\266\2212\025&?0t\255\225\252p#\3530\362\245^g\232*\247*\206\254|\232R\232U\314\305RK\322\022\355\273T4L\333d\372\322\247\251\022\226\032\016\266\312\254\252`\253\024k\252V\352\265a+)\273\014L6Zv\331\320Sx\047+\232**&\263\025\354F\366aU\223\006\351\251\355\255\355\007\271G9n\255\251\020\202V\312rD\t\000Z\212E\240\211\216\252\331X\335nU\025k9\365\262\230j\031NJW`\027\274\250b\334\371\tvY\321S\226b\323Mj\211\373\314l\325\320\005LW\365\322\322\000&\265\256\320\354gL\263\224e&\313\002\306)R\321\321\245e\333\020\252-I\307\235dh\032\2155tk\231\211\222\254ZL\324\024E\247kIR\255\370N\326\r8Xd\216f\247\004\301TdGR\004!%;|\007\335\320\037\300\341\272\3124|\225T]\265\005l6\300<\005DS,\205\370\327\r\315\241\235\226,\270dK\345T\205aZSw*\325\326\262 \031\246\262\\\301\016*3M\206iL\325b\377\325J\025A9?\314\301\314\362\317\214@\030,\313\224>#\367>\023\216\025SW4k\271\332j:\334\025\032\3164\315\220\020\251T\274\223\314l\266\374O\276\306A\247\250\305|\263\226\363\273\033/_nl~\375\365\306\353\327\033\302\353\375W\302\336\213\235\255\374\346\356\226\246\251UK\265v\225\232\243\350\222\262G\351\260|\226\031\302\346\313\235\255\215=a/\277\275+\010\333\255\246\260\361\014\201\0202\353\362\252\234\021\204\034Y+dV\206\366\n\254\336\314\nuC\225\005A\333f\246\242\003X\304\310\026\212\232\301\004A\261%\201\007Q\3104\205l#+dD!\323\022\262\307e\3747\204\254\205_\253!\254\330FU\310iJ\321\026\262\006^\031\215\345/\3109\315\372r\271a\262\352\007\246\210b\226\255\374;\246\310\206\003\250\360\2247""\315\017L\311\256\212\322\272 \254V\231\311*B\256d2Y\310T\204L]x|\254(U\201\277X\025\025\233\301\340\014\177e\325\370\n\377\302,Y\314\346\344\013\"\264\"\267\262\302:\314\002\271\264\013\241\264\232+f\263\354?1\207\320\372\21199d\235u13\036\211kk\331\177\307\014B\303\036\306\352\377:Xk\312C\251X\274`\260.\216\316\272\230Y\315\\\2103\003\033\344\346\205\354x\364\360\361\243\307\322\005\311\362\337\311nQT\326\036?\272\240)\377\2754\2222\3539\366\263DQu\373\324\232m\324<2\251Ra\037\362\027K\254?\004\177\033eU*\013\253j\205\225\024!\3630\376\345\344%\344r\246\321\260\204\025\303\261\t\304\354/\360WZ\315)?\037\260\3777\263d)+3\361\"\301\273(\237\267[\233hh\204\327J\323\336Q\020\267A\323\201\"\200\0355\216\305\360\246\244\330\252\255T\350\205Ls\360WT5>\222z\017\372\305\020k8;.\335tWa\252\316\177\r\331\211\307\353\254\022\377\242\200\342\0175\\\220\312\212tl9\225\370i\260\n\335R\353\024\3379zU\225\216\261\302\226>\034W\267\231\030/Ys\2306\\v\330\307\234\336I\274\233;\367Bi\322\003Z\255SS\254s\246\237\336\237\315\263\025\213|\241\336x`*~\034\375\030aq\300\036\251\352\010e6\210[\021\324\211;5\301f\307\210\235jQw\003N\250\272\"h\254E\354\340\241\00046:#\201\032A\201w9\302\260\003\027\252\206\241\t\022\253Z\204\231\351\350\303%\351\226\217\267$\223\232-\206\356\216\311Pz\247\212~G\03169\202\350\024\213h[\315R\2055q\265\230u\326\251\363\366\210Y\004-\263Z\272\244\032\313\247\006Z\324\t\213\"\263\024*\021\031^\047D\225YYT\t\323\216W\215\257\226\330\002,BU1\005\236\005\222$\234m!\305\364\255J\330F\212a;\327\241\022t\226\244\021\036\340\006\372rI\021\231t,i\206\245\360\366\365\203L \216\343\337\251\350\334\007p\025\275\340\340\256\302tlmR\027\232\225\005\264\244\rf\312\203\047\236\225\252^u\354\363/x]\264x\334(l\361\ro\320\345\222R\251\254\345\010i\242\205L/\371\205\"\030\037\221\344\206\334\224[\220K\245R\265[\374\"h*\212\250.\341\330\241 \206\374\250\240T-\3054\r\263\030\267\262E\215\225,\\l^\264W\2620\023\221\037\234H\2120@&l\250\205.)FE\261\315\0262\251\244\031\"\031\\Ve\016""\357\231\322\340d\2444\271_\002oe\241_+Y\\\326r\224\240V|\371^yo\250\372\361i\311\037\024z\007j\022c+\320\230\343\362qC\223\231&#\215\330q\013\371\2419gw\002\005\205\000%\031\001\346\240S\213\023W3+1uA.\"*\260\035\016={3\010F|Z\340|\306-\235\324\350\204\246\023\3028\341Ut\004Q\257r\362\003b\243|\232\000<;\221\350v\231N{V\2341\206\005\226R\376\224\033F\243\312\252\330\264\212#\020NG<\254T\302\006elX\315d\221\237Ip)W\305\252Dl\345\364\253\226\253j\023\014\343yFPT\215j\325T\212j\023\327\272\n\nW\033\246RR-\034\367L\205\343l\032\032\376\r\2334\336\202\n\310$x\254X\244\203Q\313\222T\244\25740]\227a\376\340de\rhe\225\371*\026\214\325\024\332\321\322\340,\224\306\204\334\20016\005\210^C\271\361\017\251\022\330\340W\034\034Tl\323\301!\323\251X\r\350\223\030#\02338\276\307\322\2701\032X\201\250\205\364\211\177Dh\047\240\212%\302\301\352\030\\\251\343\010\354(\374b5\032\331\006CB\311\274\274Q}h\266\276\207\263\326\377\376\230\3701q22\366c\255}\245\315\332\226;\357\356\270\2267\357\035\370\031\177\303\267\202\271`#\250\207\205P\212\246\242\265\316dg\276\263\333M\364\223\343\375\221\233n\302\375\310k\372\215\200\005v\270\036\245\243\325N\242\217\245\352\355]w\334\233\366\n^\311\337\r.\005\351~r\326\255yW<\346Y\376\202/\0053A\255?\376kl6\3702\346\325\374\313~\016\273-\206\211\376\370\325\366\222{\313}\352\262~r\306en\035\013I\376m\277\030\344O\370\213\006_\350\236_\017\n\347l\357\047i\305%o\322[\364\023\376d\237\277\277\324^t\023\364\245\346\216\270\317\274\264\267\346O\372\351\376H\262}\251w\365\177\274\274W\350\217\\k\257\264Kn\301-\322c\274\240\325\236o\037\271o<\333_\013f\303_G\265\316\345\316JG\352\336\351\025vh\362H{\323\275\354\256z\to\006\246\217\370y\037\353L\264_\270\033\256\t\307w\375K\376\274\277\343\327\372#\343\355\311\366\047n\332]\367\342]a\317%w\016\316\225=\331_\014\022\001\014\275\336~\007\253\347\275C\377)\234|\n8kd\375\017n\336=\364\362\375\344-7\343~\005\010\246\201\346\225@\016\027B%z\324\371\274\273G\326\000\307\006!5\351N\272\367\275\r\257\356\357\001_""\013\203\344\350^\324\354|\337+\354\367\366\337\364\336\274=INc\3057<\006ED\325\016s\241\023\275\350|\325\225{;\207\275\303#\202\"\003\047\362\356\2567\342m\372\003f\330\355u\016\353<\300\032\215}O\270w\316\343L\001\037\305\244K\336\234\367\324\023\341\375=\370\016\324Mw\026\030\335\202\023#7\332*\"y\030C\365\301\303\020\225yw\217\303\231\240WW\332\357\275\353\376\267\341\375\350U\027{\374\306\373,\3708J\304A\035C\234\347\\\000s{\020\265=@\3636\274\036\025\"\245\263\332\275\326\333\375K\357/\254\307\304\376\357\346\374?\004\337rfR\000\331\t\237R\002\241d\200\240\205\017\020\331\321N\241\377\321\375\340AX\213F\243\375\316\247\335J\357\355\273\336;>\377\24349\010T\206H<\361\222\376xp7\\\352=\376\272\013\013\256\265s\355\037\274\027~>f\305\026x\273y\312\212W\341d\270\030%\242\351h\047\252w\n\035\026s\204h\270\002\224\256\370\314\267\203\225@\014/\207\331\020@\\m\317q\364w@\242;\376/\021c\003\201\\\014\306\360*9\0058\236\001\373\227\340\\\003\004\241M\047\311\270\047\260e\026\200NP\226\335\340\231W\017\367\243\337w\236\364\266\217zG\337\364\357\334=\231 Ht\344z=8\010W\243\361\316L\347\207\336\336~\177\346c\3446\026\277\336>t_\000\3447XZ\014G\302<\026H\237\340\365N\273\016S\033\247<\346\364\372\316_\201\251[\341tx\020=\351&{\333\337\364\276y\323\277=\323\037\231t\247\3345o\312\373\234\023\264\026\362`\232\355\351v\001\331G\334I\307$^\204\315\267=\006\031\210\237\211z\367\274\032\205!\213\244,\270\262\267\300\223\341\r\030\234\t\267\242\31188N\37392\222xK\300Z\301|\260\2034X\214\306\"\247\263\331\035\355\036\364v\367z{\3409\345\002\027\260\t\314\370\202\347\370m\200\266\334Iv\307\272\265\3366F\275\345\024\370\266\177\035\330Pd\307\335\0318\372>\270\006\231\233G4kd\332o\274\214\367\314O\373\217\202\314\311\340\3619D\363E\220\3474\355\047o\264\217a{:6\357{\244\314l/\225\003~\273\321\325N:\016\367\237\021\227\237\262\232d\211\3247\357\037\301\005;|\204d\317v\366\272\267\272/z{\007\275\2038\227i\024O \277\314\303\362\002\231\374\264#w\347\273G\275}xI.\234R7\331\276\314\251{5X""\010\212\341\363\336\037_u\013\375\344D{\343<ycI\273\206\2357c]\372eA\373E\306\212\341\240\"\034\222g1g\nn\005\220O\005\2318\276\017\270dM\007\373<V6\022\030\254\201\217\337\365\276\023\372S\267N\376q\026\361\354[\344\257\034\334\003\235\017\243M\344\360Q\367\315\300g\342\332\251\333I\367\206W\352\335{\304\263\360\010\231>\020\367=w\222\\\231j\257\201\225+\2568\220.\2422\325+\316\314Y\340\221E\374\223w\007Z7\215\200\024N\370\343\022\312\310\002\220gg\264d\264#\351A\255w\363\236_\210\237\326 \010\2570q\007\204\344D\270\321.\272/\275\267\000\370\267a\236&\257B\371\322\004\334!\224\343\022\355C\2737\332\222{\333\225 $u\016;\220\232\345_\257\242 ?\013\323\341Z4\023\361\234 \007V\021\332\204?\343\327\260\303\350x{\246m\343\325(\202\360*\274\023\315v\022\235\351\316a7\337\345\3367\333\315A-&\342O\3624\241\372.sb[\235\271N\276s\320\315@\334P\340a\032 \330%\212^?\227\247<#n\243\022[\274(@\177\322\000\261\010\000y\025\246\r\306Q\260E\250\2239\260` \017\007^\326;\362\367\341\004\027O\202\047\337\237\270\301\353\257\014]\\\367\347\300\276\021|\235@\315\356\337\374\030BJ\351\214R\017\365\213\203=\202t\036\351n\365\n\244`\047|\310\230_Ce\204<\206W\302R\264\007\177\367\272\323\335\375\336\016W\237\211\353\264W\246?1\014$Z\000^\330\257\300\353\205H\356,t\224\356zog\367db\030\3334\262\340Y\260\024\316\204v\224\003)s\035\247\373\034\002\362\017F\027\2417#\020\317Z\220\030\230<L_z\007u>\2719\314\324]\004}6L\234L\334rs@n\216*\254\017\361\372\333\225_\215N\200D\373\356\047@ \353\355\373\237\004\351 \033p\345I\242o\331\202Qs\336\026\020% \276\2132\204\370\"\002\\ \274\047\332_\271\2547\273\004\226\300\321\233wI\360\375\273\260}*|\322\031\353\324\272\343\034)\256zwS\240\327\255\351\376\315\311\376\004u\025\317HY\301\251\305\360j\264\004\324\336\361\376\206g\017Y5\211B\317\0331\244\367T\357\267\177@\261\002\341\251\341\220 \344$w+\376\373\360R\010f\377m\342W\243I\220\253\341\036\003\276y\277\360\363\372\026o\234\306\374\027P\t\031\014<\nw\2003T\224>=\307\207<H\262\303\213c9\024\243\221(?4""\n\273\214C\252\236\271\013\034\371+~\251\367\340O\274=\373c\227\365y\211\316\340k\032\010\307$\257}\330_L\243W\230\341\301\002\241)k\337C\331\346\020+\023\n\264\013W\226\242;\274\311%\376\024~b\370\235Ae\277\014\267\313\274\017\223\251\022\336\211\213\254\177\013\3134yW\005_\342\266\262\310\275AZ\300\364\233\024e\342\316\206k\203\347K(:%\360\371\353.\357O\353H\255\313^\316k\370%(a\232\222\3572rJ\346\201\237\362\261\336\024|\026\021\364\035H\302.9@\315Z\036NP\277\276\340)\240\334\363`-\274\025\362\362C\325\220t-A\252[\200!O9`\227\260\357,\252\305S\244\311\273\356\355.;I\306\211\275\203~l\017\033\255\2038\323\010G#\322\272\367\272\265\037\321r\223\342\223b\306\226\347\240\0339\337\201\010-\204\354\354\363\276\373\373\301\047;X\345\211\225>\373x\200p\3043Wy\003{\372i\021\354\336\3445{\304\337BW\200\202>\374\264\204\222K\362\362\026I\364\003P\032\355\026\350\023u\362\th\341\230\367\327 \307\233\231\371\363\371\016\242\243pS\373\367w\000\351w\337";
-    PyObject *data = __Pyx_DecompressString(cstring, 3787, 1);
+    #elif (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (3790 bytes) */
+static const char cstring[] = "x\332\305WKW\033W\266n\331`\204\215\335\006c\260\273\357M$\300\220v\307\304\022\002\354t\222^2\340Gn\354\213x\307\217T\237zH*S\252\222\352\241G\326\315Z\031jX\303\032\326\260\2065\254\241\206\032j\250!?\241\177\302\375\366)\tp\272\335\351^\364]\227\265(\325\343<\366\376\366\267\277\275O\212\331\251\207\315\224!\276W$\373\233\373FU\321E\215Y\367\227\277L}\365R\251\030f\353@U\032)\243\230\372J2t[-9\206c\245\230.\247d\325\244)\277|\255\352\303\017\226m\252\262\"\237\033\2342\314\177\370\375\303w\247#\277\371\363\006\323u\303N1\313RKz\3126R\246\302\344\007\206\256\265R\025nd\035F\276\320\353LS\345T\305\220\225\317SJ\263\212\271XjIZ\242}\227\212\206i\233L_\372<U\302R\303\301V\231U\025l\225bM\325J\2752l%e\227\201\311F\313.\033z\n\357dESE\305d\266\202\335\310>\254j\322 =\265\275\265\375 \367(\307\2555\025B\320JY\216(\001@K\261\0104\321Q5\033\253\333\255\252b-\247^\024S-\303I\351\n\354\202\027U\214;?\301.+z\312Rl\272I-q\237\231\255\032\272\200\351\252^Z\032\300\244\326\025\232\375\224i\226\262\314dY\3008E*:\272\264l\033B\265%\351\270\223\014M\243\261\206n-3Q\222U\213\211\232\242\350t-I\252\025\337\311\272\001\007\213\314\321\354\224 \230\212\354H\212 \244d\207\357\240\033\372\0038\\W\231\206\257\222\252\253\266\200\315\006\230\247\200h\212\245\020\377\272\2419\264\323\222\005\227l\251\234\2520Lk\352N\245\332Z\026$\303T\226+\330Ae\246\3110\215\251Z\354\277Z\251\"(\347\2079\230Y\376\310\010\204\301\262L\351\013r\357\013\341X1uE\263\226\253\255\246\303]\241\341L\323\014\t\221J\305;\311\314f\313\177\347k\034t\212Z\3147k9\277\273\361\342\305\306\346w\337m\274z\265!\274\332\177)\354=\337\331\312o\356ni\232Z\265TkW\2519\212.){\224\016\313g\231!l\276\330\331\332\330\023\366\362\333\273\202\260\335j\n\033O\021\010!\263.\257\312\031A\310\221\265Bfeh\257\300\352\315\254P7TY\020\264mf*:\200E\214l\241\250\031L\020\024[\022x\020\205LS\3106\262BF\0242-!{\\\306\177C\310Z\370\265\032\302\212mT\205\234\246\024m!k\340\225\321X\376\212\234\323\254o\226\033&\253~`\212(f\331\312?c\212l8\200\nOy""\323\374\300\224\354\252(\255\013\302j\225\231\254\"\344J&\223\205LE\310\324\205\307\307\212R\025\370\213UQ\261\031\014\316\360WV\215\257\360\017\314\222\305lN\276 B+r++\254\303,\220K\273\020J\253\271b6\313\376\025s\010\255_\230\223C\326Y\0273\343\221\270\266\226\375g\314 4\354a\254\376\257\203\265\246<\224\212\305\013\006\353\342\350\254\213\231\325\314\20583\260An^\310\216G\017\037?z,]\220,\377\236\354\026Ee\355\361\243\013\232\362\357K#)\263\236c\037%\212\252\333\247\326l\243\346\221I\225\n\373\220\277Xb\375!\370\333(\253RYXU+\254\244\010\231\207\361/\047/!\2273\215\206%\254\030\216M f\177\205\277\322jN\371x\300\376\337\314\222\245\254\314\304\213\004\357\242|\336nm\242\241\021^)M{GA\334\006M\007\212\000v\3248\026\303\233\222b\253\266R\241\0272\315\301_Q\325\370H\352=\350\027C\254\341\354\270t\323]\205\251:\3775d\047\036\257\263J\374\213\002\212?\324pA*+\322\261\345T\342\247\301*tK\255S|\347\350UU:\306\n[\372p\\\335fb\274d\315a\332p\331a\037sz\047\361n\356\334\013\245I\017h\265NM\261\316\231~z\1776\317V,\362\205z\343\201\251\370q\364c\204\305\001{\244\252#\224\331 nEP\047\356\324\004\233\035#v\252E\335\r8\241\352\212\240\261\026\261\203\207\002\320\330\350\214\004j\004\005\336\345\010\303\016\\\250\032\206&H\254j\021f\246\243\017\227\244[>\336\222Lj\266\030\272;&C\351\235*\372\035e\330\344\010\242S,\242m5K\025\326\304\325b\326Y\247\316\333#f\021\264\314j\351\222j,\237\032hQ\047,\212\314R\250Ddx\235\020UfeQ%L;^5\276Zb\013\260\010U\305\024x\026H\222p\266\205\024\323\267*a\033)\206\355\\\207J\320Y\222Fx\200\033\350\313%Ed\322\261\244\031\226\302\333\327\0172\2018\216\177\247\242s\037\300U\364\202\203\273\n\323\261\265I]hV\026\320\2226\230)\017\236xV\252z\325\261\317\277\340u\321\342q\243\260\3057\274A\227KJ\245\262\226\033 \215+\221C\246O\374Bq\214\017JrCn\312-\210\246R\251\332-~\0214\025\245T\227p\370P\020I~`P\252\226b\232\206Y\214\033\332\242\306J\026.6/\335+Y\030\213\370\017\316%E\230!\023B\324H\227\024\243\242\330f\013\371T\322\014\221\314.\2532\007\371Lop>R""\232\334;\2017\264P\261\225,.k9JS+\276\374\250\2747T\375\370\264\360\017\312\275\003M\211\021\026h\314q\371\270\241\311L\223\221L\354\270\205,\321\234\263;\201BC\260\222\230\000y\220\252\305\351\253\231\225\230\300\240\030\321\025\010\017\207\236\275\031\204$>3pV\343\226\316ktN\323\ta\234\363*:B\251Wy\n\000b\243|\232\006<G\221\356v\231\316|V\2347\206\005\256R\026\225\033F\243\312\252\330\264\212\203\020\316H<\270T\310\006\305lX\323d\221\237Lp)W\305\252D\234\345$\254\226\253j\023<\343\331FPT\215j\325T\212j\023\327\272\n\"W\033\246RR-\034\372L\205\343l\032\032\376\r\233\224\336\202\026\310${\254X\244\343Q\313\222T$\26140]\227a\376\340|e\r\310e\225\371*\026\214\325\024\332\321\322\340,\364\306\204\350\20016\005\210^C\277\361\017\301\022\330\340W\034\034Wl\323\301Q\323\251X\r\250\224\030#\023\3638\276\307\322\2701\032X\201\250\205$\212\177D((\240\212\205\302\301\352\030\\\251\343 \354(\374b5\032\331\006CZ\311\274\310Q\225h\266~\204\263\326\177\377\234\3709q22\366s\255}\245\315\332\226;\357\356\270\2267\357\035\370\031\177\303\267\202\271`#\250\207\205P\212\246\242\265\316dg\276\263\333M\364\223\343\375\221\233n\302\375\304k\372\215\200\005v\270\036\245\243\325N\242\217\245\352\355]w\334\233\366\n^\311\337\r.\005\351~r\326\255yW<\346Y\376\202/\0053A\255?\376[l6\3702\346\325\374\313~\016\273-\206\211\376\370\325\366\222{\313}\342\262~r\306en\035\013I\376m\277\030\344O\370\213\006_\350\236_\017\n\347l\357\047i\305%o\322[\364\023\376d\237\277\277\324^t\023\364\245\346\216\270O\275\264\267\346O\372\351\376H\262}\251w\365?\274\274W\350\217\\k\257\264Kn\301-\322c\274\240\325\236o\037\271\257=\333_\013f\303\337F\265\316\345\316JG\352\336\351\025vh\362H{\323\275\354\256z\to\006\246\217\370y\037\353L\264\237\273\033\256\t\307w\375K\376\274\277\343\327\372#\343\355\311\366gn\332]\367\342]a\317%w\016\316\225=\331_\014\022\001\014\275\336~\013\253\347\275C\377\t\234|\0028kd\375On\336=\364\362\375\344-7\343~\013\010\246\201\346\225@\016\027B%z\324\371\262\273G\326\000\307\006!5\351N""\272\367\275\r\257\356\357\001_\013\203\344\350^\324\354\374\330+\354\367\366_\367^\2779INc\305\327<\006ED\325\016s\241\023=\357|\333\225{;\207\275\303#\202\"\003\047\362\356\2567\342m\372\003f\330\355u\016\353<\300\032\215}O\270w\316\343L\001\037\305\244K\336\234\367\304\023\341\375=\370\016\324Mw\026\030\335\202\023#7\332*\"y\030C\365\301\303\020\225yw\217\303\231\240WW\332\357\275\353\376\273\360~\364\262\213=~\347}\021|\032%\342\240\216!\316s.\200\271=\210\332\036\240y\023^\217\n\221\322Y\355^\353\355\376\245\367\027\326cb\377?\347\374?\006\35783)\200\354\204O)\201P2@\320\302\007\210\354h\247\320\377\344~\360 \254E\243\321~\347\363n\245\367\346m\357-\237\377I\232\034\004*C$\276\366\222\376xp7\\\352=\376\256\013\013\256\265s\355\237\274\347~>f\305\026x\273y\312\212\227\341d\270\030%\242\351h\047\252w\n\035\026s\204h\270\002\224\256\370\314\267\203\225@\014/\207\331\020@\\m\317q\364w@\242;\376\307\210q\275\375\016\013\254\023\213\307~n\264%w\206\022\242\237\234\002&O\021\200\027 ^\003,\241\235\047\311\302L\177\202\222\354\006O\274z\270\037\375\241\363uo\373\250w\364}\377\316\335\223\tBDG\252\327\203\203p5\032\357\314t~\352\355\355\367g>Ej#\210\327\333\207\356s`\374\032\213\212\341H\230\307\002\351\023\274\336i\327ai\343\224\306\234]?\370+\260t+\234\016\017\242\257\273\311\336\366\367\275\357_\367o\317\364G&\335)w\315\233\362\276\344\374\254\205<\226f{\272]@\362\021u\3221\207\027\001\337m\3703~5~&\346\335\363j\024\205,r\262\340\312\336\002\317\205\327 p&\334\212&\343\3308\355gHH\242-\341j\005\363\301\016\262`1\032\213\234\316fw\264{\320\333\335\353\355\201\346\224\n\\\277&0\343+\236\342\267\001\327r\047\331\035\353\326z\333\030\365\2063\340]\377:\260\241\300\216s\214\337\007\327\240r\363\010f\215L\373\235\227\361\236\372i\377Q\2209\031<>\203f>\017\362\234\245\375\344\215\3661lO\307\346\375\210\214\231\355\245r\300o7\272\332I\307\321\376/\304\345\227\244&U\"\361\315\373Gp\301\016\037!\327\263\235\275\356\255\356\363\336\336A\357 Ne\032\305\363\307/\363\260<G\"?\351""\310\335\371\356Qo\037^\222\013\247\314M\266/s\346^\r\026\202b\370\254\367\247\227\335B?9\321\3368\317\335X\321\256a\347\315X\226~]\317~\225\260b8(\010\207\344Y\314\231\202[\001\344SA&\216\357\003\256X\323\301>\217\225\215\374\005k\340\343\017\275\037\204\376\324\255\223\277\235E<{\207\364\225\203{\240\363a\264\211\024>\352\276\036\370L\\;u;\351\336\360J\275{\217x\022\036!\321\007\332\276\347N\222+S\3555\260r\305\025\007\312ET\246r\305\2319\013<\262\210\177\362\356@\352\246\021\220\302\t\177\\B\025Y\000\362\354\214\226\214v$9\250\365n\336\363\013\361\323\032\364\340%&\356\200\220\234\0107\332E\367\205\367\006\000\377>\314\323\344U\010_\232\200;\204p\\\242}\206i}\333\225\240#u\016;\220\232\345_\257\242\036?\r\323\341Z4\023\361\234 \007V\021\332\204?\343\327\260\303\350x{\246m\343\325(\202\3602\274\023\315v\022\235\351\316a7\337\345\3367\333\315A)&\342O\3624\241\362.sb[\235\271N\276s\320\315@\333P\337a\032 \330%\212^?\227\247<#n\243\020[\274&@y\322\000\261\010\000y\021\246\r\306Q\257\305`,0\007\026\014\344\341\300\313zG\376>\234\340\332I\360\344\373\0237x\371\225\271\252\315\201}#\370:\201\222\335\277\371)t\224\322\031\225\036\342\027\007{\004\351<\322\335\352\025H\301N\370\2201\277\206\302\010u\014\257\204\245h\017\376\356u\247\273\373\275\035\256>\023\327\007*8\014$:\000^\327\257\300\353\205H\356,t\224\356zog\367db\030\3334\262\340i\260\024\316\204v\224\003)s\035\247\373\014\002\3627F\027\2417#\020\317Z\220\030\230<L_z7\026\324Nn\0163u\027A\237\r\023\047\023\267\334\034\220\233\243\002\353C\274\376z\3457\243\023 \321\276\373\031\020\310z\373\376gA:\310\006\\y\222h[\266`\324\234\267\005D\t\210\037\242\014!\276\210\000\027\010\357\211\366\267.\353\315.\201%p\364\346]o\026\313\336\205\355S\341\327\235\261N\255;\316\221\342\252w7\005z\335\232\356\337\234\354OPS\361\224\224\025\234Z\014\257FK@\355-oox\366\220U\223\250\363\274\017CzO\365~\377G\324*\020\236\372\r\tBNr\267\342\277\017/\205`\366_\047~3\232\004\271\032\3561\340\233\367\013\037\327\267x\3434\346?\207J\310`""\340Q\270\003\234\241\242\364\351\031>\344A\222\035^\033\313\241\030\215D\371\241Q\330e\034R\365\324]\340\310_\361K\275\007\177\346\335\331\237\272\254\317+t\006_\323@8&y\355\303\366b\032\255\302\014\017\026\010MY\373\036\3126\207X\231P\240]\270\262\024\335\341=.\361\247\360\013\303\357\014\n\373e\270]\346m\230L\225\220^\023\346\267\260L\2237U\360%\356*\213\334\033\244\005L\277IQ&\356l\2706x\276\204\242S\002\237\277\353\362\366\264\216\324\272\354\345\274\206_\202\022\246)\371.#\247d\036\370)\037\353M\301g\021A\337\201$\354\222\003\324\253\345\341\004\265\353\013\236\002\312=\013\326\302[!/?T\rI\327\022\244\272\005\030\362\204\003v\t\373\316\242Z<A\232\274\355\336\356\262\223d\234\330;h\307\366\260\321:\2103\215p4\"\255{\257[\373\031\0357)>)fly\016\272\221\363\035\210\320B\310\316>\357\273\177\030|\262\203U\236X\351\263\217\007\010G<s\225\367\257\247\237\026\301\356M^\263G\374-t\005(\350\303OK(\271$/o\220D?\001\245\321n\201>Q#\237\200\026\216y\377\023\344x33\177>\337At\024n\352\376\376\027\335Iy\333";
+    PyObject *data = __Pyx_DecompressString(cstring, 3790, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (5053 bytes) */
-static const char cstring[] = "\377 at 0x o\377bject>*o\377penblas*\377.: <Memo\377ryView o\377f <conti\377guous an\237d dir/\001\007\ri\375n\021\005stride\275d\"\010 or \004\031>\371<(\tA\006>?Can\377not assi\377gn to re\377ad-only \365m\240\002v\242\000Inva\377lid mode\237, exp\317\000|\000\047\373c\047t\001\047fort\177ran\047, gH\000\276%\005shape\222\000 \377axis Not\357e th\221 Cyt\357hon \021\000del\177iberatek\000\336\320\001cter!\001n \177PEP-484\212\"\373re\276!s sub\335c\276 ses\261!bu\357ilti\260\000ype\377s. If yoOu ne\224 \303\000p\316\000\376%\tthen se\335t\200\000e \047\357\002at\377ion_typi\267ng\047\355$iv\242\000o\377 False.a\367dd_\231 ecfu\377nc.to_py{cn\007\000coll\320@\376;\000s.abcdi\177sableen\002\001\357gcis\004\003dno\377 default\377 __reduc\277e__ du]\002n\367on-\302@vial~\033\000cinit_j\000\272\355$ \317  a \224`v\367olu\244\001\047s p\177atch ma\371@\377xnumpy._\277core.m_\000i\377array fa;il\372\003imp\222@\033\t\345u7\000h\013\024\204@ssr\373c/\333\001/_ker\377nels.pyx\371u\320\002\223aalloc\372\247@ d\003data.\360\013\020\357C\301\204\001\236\204\003s.AS\377CIICDLLC\377NNC_NUM_\377THREADSE\377llipsisS\377equenceT\372\213\205\001.\220\205\007_DIRE\377CT_TAPS_\177_Pyx_CF\206@\377_17d5d1_\273_4\211A_13\250\005_\377avx2_voi\377d__lPare\373n_\236 nst_f\377loa__etc\375_\300B_1x_2w\3772_1b_1y_\3672kh\001\000w_2s\376\005\000sw_3top\377_4left_2\275o\030\000ow.<\367\001l\177s>.wrap~\n\337bb2a3g!do\271u\241`\226\000Arr~\n2\3775bc7__5p\377aram_4gr\377ad_1m_1v\177_9keep_\014\002_5beta\256\0001\016\002\363sq\310\002|\030db24\375d\343\200<3dy2_7\336\224\000tial\351\200:54\217f22a\205\202)\252!\242L4\357colsI;8b6\02362\224\203!\254at\244E\254i\331\201Q?6e0cff\220\204<\334\200?\2377b151\367\202:\233Dd\375x\226\205:80989c\374\356\202<\230\206Cbbe698|\371\203<\375\204Gc174a\220v\367int\356\210\006Pass\236\370\210\001mma_\353\210\n@\0007\3770__5whic\377h_5image\307_10\002\003\366\207\002\224\211\0014r\377ows_3outz\237\211\0012\316\207\034c54e\227W~\036vdc2dab\271\2079\376\220\204=PyDi""ct_\377NextRef_\225_\356\217\004e\220@_\303\220\002\000\006_\177getitem\026\0019d0\001\263@fil%\002\370\217\001<.\001 \000stat9\002\327\216\003\336D\001main\003\002od\335u*\003nam]\002ne\375we\001pyx_ch\037ecksu\\\000\n\001?\004~\025\001type__\037\001\277unpicko\000E\315n \005vt\322\220\001\251\001qu#alO\005\300\220\005\311\220\006c\311\222\002\320\001\366\334\220\004ex\335\001set_\216\203\005set\262\006\003\006.\007t?est___\230\225\001\244\004\376\257\000unk_cou\377nt_cpu_h{as\330\216\003fma_\230\225\003\377_taken_i\375s\201\221\001outine\317_lay\261\204\001\251\216\002_m\277atmul_\205\223\001_\372\252\221\002_\372\225\005_pool\337_caps\260!ruqnK\005\007\001+\002scr\351\221\001\377aabcadam\177_update\373\220\005\377_buffera\337rgmax\003\000sa\331s\267\226\007\204\222\002as\327!as\377yncio.co\365r\233\003s\206\225\001bbas\365e\314\216\0011\320\216\002bias?2_sqrtP\003V\003\367sby\224 _per]_\240\206\002cc_\232\227\007c\337\220\003Kpcd\000c\261#\227\224\010h\270 \347scl\214!\231`tra\377cebackcl\307ose\272\224\002\243\221\n\322\215\001co\357lumn\277\002ext\367lib\213\230\001extm\277anager\202\224\0012\377d_forwar\371d\007\004\243\220\002input\204\005\t\300\220\002s\263B\263A\003\003\342as\177dgemm64\271A\302\236\204\001d\367a\000\002\276A\235\231\003dw\377dxdydy2e\357mpty\000\002_li\377keencode\357enum\246\227\002eps\277errorf\347\224\003f\257lags\002\000t\260\216\0023\1772format\213\230\004\345f\277`d\272\226\001\347\226\001geo\377metryget\357glob\346\221\001hid|\377\210\002\367\210\007index\323\002\375_\273\230\002int32i\257nt64\235\206\001s\000\002i\177zejoink\227\222\006\336\217\222\004uare\266\225\003_s\376!\000khkwlda\377ldbleaky__relu\000\007_\221A\\\315!\346\223\001lib\314`y\342\223\002\007lrm\265\204\003\332`\245\204\001\370 #\005p\010\007\206D\234\232\003\313\204\002mem\246\232\001\352\236\232\001n\200\207\001n\327\000nex\367tnp\247\227\002objo\371h\370\204\006\231\206\002um_th\366\352\232\001s_\333\224\002osou\375t\361\212\001hwowpa\375p\262`paddinag\227\224""\002\206\223\001\207\223\004\215\223\005db\217\230\002\377pathpbpc\372\252\204\001c\373aphpix\347els\343\205\002\207!pop\277prefix\003\000v\377iouspwre\257gist\307@e\243\233\002r\177oleroot\367\213\001\337sched\220\211\001af\375f\225\231\001yscipy\375_\345\204\003sendse\265t\323\231\004s\320dsh\351\233\002s\337ingle\371!sl\377opestartrb\000p\000\001\217Bsto\n\000Kor]\000a\t\000\004\001b\242\230\004\377tructsum?swtatb\224#\375\207\003\356\240#ing\254 owt\273op\351\234\001s_a\001\003b\323un\247!\235\207\003uh\000re\377amvvalue\376\000\002sww2wan\347ted\361\215\002\277\227\001xyz\376\352\000sO\200\001\200\001\340\377\004\007\200q\210\006\210a\377\210s\220#\220R\220s\377\230#\230V\2401\240C\377\240s\250\"\250C\250v\377\260Q\260c\270\022\2706\377\300\021\300#\300S\310\001\377\330\010\t\330\004\020\220\001\377\220\036\230x\240w\250a\377\250t\2607\270!\2705\367\300\001\330H\000v\210S\220\377\t\230\024\230Q\230g\240\377S\250\002\250!\330\010\027\377\220q\230\006\230a\230s\377\240$\240c\250\026\250q\347\330\t\017j\000\023\004\007\230q\357\240\003\2404k\000&\260\001\377\330\t\n\210\047\220\023\220\377B\220a\330\010\026\220a\373\220vF\000c\240\025\240f\327\250A\340\014\002wD\002%\240\267v\250Q\261\010\330\010N\001\047\377\230\021\230&\240\001\240\021~\205\001q\210\002\210&\220\253\000\377\017\210q\220\004\220F\230\377!\2306\240\021\240!\330\377\004\010\210\002\320\n\034\230\377A\230Q\330\004\013\2103?\210g\220Q\220f\013\001\207#\377s\210#\210X\220Z\230\377t\2406\250\027\260\017\270\377q\300\003\3003\300c\310\357\030\320QR9\001\004\210D\377\220\003\2205\230\001\230\026\336\270\000\004\240A\240E\000\014\210\337H\220C\220r\366\000S\240\377\002\240#\240R\240q\330\377\004\t\210\021\210(\220!\347\2207\230p\003\215\000\002\220\"\376\332\000h\230d\240&\250\001\335\250\246\000\r\210\\\263\000#\230\227W\240B\342\000B\314 6\000\007\377\200}\220A\220W\230A\377\330\010\023\2201\220J\230\367c\240\024\313 \006\250d\260\377$\260e\2708\300:\310\351T\212\001\305 w\246!\021\220\021\377\220*\230C""\230v\240T\372\335 s\"\000d\270%\270x\377\300z\320QU\320UZ\277\320Z[\340\010\024O\000Z\372\377\"f\323@t\2604\260u\377\270H\300J\310d\320R\257W\320WX\207!1\302\000A\177\220S\230\004\230D\240\223d\257t\2107\220\323!#\252 \005;\010\210\370\001\001\220\030\334)\355A\375\0052\000\002\230\"\230B\230\345b\373\000%\371\000\215@r\220\027z\241 \023\302\000\004\016\210i\307@\251W\245#\000\n\010\241B\002\367`T\374\312\"\301`\010\210\006\210j\230\377\r\240]\260*\270M\310~\311@\032\230/\250\037\270\331b\237q\210\007\210s\300 \226 \025\372\257DT\230 [\260\r\270Q\377\270e\3005\310\013\320S\377`\320`a\320ab\330?\035\"\240+\250]\225\204\002\275Awa\340\010/\001g\230Q\372 \337$\240l\260-\327@\005\300\377Q\330\036*\250-\260q\377\270\005\270U\300,\310m\337\320[\\\320\\;\002\036!\356\305a\013\2101\236\205\003t\210=\377\230\010\240\t\250\031\260\047\357\3209L\310\230@\013\2104\277\210}\230H\240A\220cE\357\220\023\220D\215fM\260\021\377\260&\270\001\270\024\270R\377\270v\300Q\300a\330\004\364\240a\203\204\0013\243 \006\240a\240\377t\2503\250b\260\003\260\3772\260Q\330\004\n\210\"\332\371\"R\302`\030\240\371]C\230\375s\276`\007\250q\330\010\022*\317`F\371 I\361`w\236`q\001\357\021\330\010\013\254\000\001\230\027\257\240\001\330\014\374\205\001\016\365\205\002v\377\260U\270)\300=\320P\377X\320XY\330\030\031\340\375\014\302!n\240C\240v\250\377V\2605\270\t\300\026\300\377}\320TU\330\026\037\230\375x\302A\r\210W\220H\230\337A\230Z\240w\250\000\004\260\375A>\000!\340\010\r\210R?\210v\220R\220w\277\204\006\332b\377^\2403\240f\250E\260\377\024\260V\270=\310\010\320\377PY\320YZ\330\025\026\377\330\004\021\220\022\2206\230\267\022\230:\234\204\002q\260\246\207\002r\277\210\024\210Q\210g\267b!\373\330\010\301\204\001&\230\001\230\025\237\230a\330\t\n\n\003\316\206\001%\373\230q\244\206\0012\210X\220Q\357\220d\230$\210\205\002Z\250t\277\2601\260E\270\021\273\210\003u\317\210G\2205\263\204\002\325!s\250\337#\250R\250s\375 \007\270\377u\300D\310\005\310V\320\177ST\320TW\320W\210\205\001\352\274\210\002""\014/\000<\337\206\002\025\250d\377\260.\300\010\310\007\310q\353\320P#\000[\376B]\330\r\334\337`\251\207\001\t\220\026\346\000j\250\237\013\2607\270#\313@\361 \021\377\220\032\2301\230F\240!\277\2408\2501\340\010\t\003G\277\2401\240H\250A\367\207\002\330\377\010\016\210k\230\021\230!\376\332\211\003z\220\030\230\027\320 }4\275 S\270\n\300!\351C\217K\220q\230\306\204\r\223\210\001\372\211\001A\373\240X\300\000t\2608\2708\377\3002\300T\310\023\310H\037\320TV\320V\306\206\003\271\210\001\311\205\002\373\240h\222BH\270H\300B\377\300d\310#\310X\320U\307W\320W\277\001\314\206\002\333\212\001\010\210\375\003\266\204\002\n\250$\250f\260\377G\320;M\310Q\330\010\347\014\210C\261\204\t\315\210\003\013\2401\243\240D\222\210\003\257\210\037\221\204\036b\341Cv\366\301`A\330\255dQ\220m\240_6\250\022\2501\352C-\256\210\002w\024\250U\247Bt\3005\262a\377Z\320Z^\320^_\330\347\022\023\340$\017\303\210\001]\240$\377\240d\250%\250v\260W\377\270D\300\005\300X\310Z\370\355\004\350a\253\206\004\010\210\010\220\016\337\230g\320%8\201\206\002X\300\271Q\233\214\001\331\212\001T\220\021\230\212\001\022\377\2106\220\022\2203\220b\361\230\265\210\003\217\212\001\254\214\001\004\007\200r\177\210\027\220\003\2202\220\245 u\031\315\213\004\024\216@Q\340\010\013\001_\047\240\021\240$\367 a\215\204\007\371a\304\215\001\214\207\001q\320\020%\240\372\225\214\002\013\\\000\023\220M\240\024\337\240R\240s\250\204b\016\210\377f\220I\230[\250\001\250\367\033\260A\370\213\0015\220\002\220\327!\330\004\342\205\001D\203\000&\240\376\276\215\002w\210c\220\025\220c\357\230\026\230v\303\213\002\010\021\220\375\027\031\002\n\250\"\250F\260?!\2606\270\026\270\217\205\002\275\001\3775\230\010\240\001\240\026\240\377q\200\001\340\005\t\210\026\377\210t\2205\230\005\230W\377\240M\260\030\270\027\300\001\177\300\024\300W\310A\310\371\002\047x\210x\205\216\004\331\214\001\021\242\205\002\334\216\001\375d\324\204\002s\300\"\300A\300\037V\3101\310A\335\216\001\230\000\200 \365S\237\204\001\r\235\206\010\004\010\210\tr""\234\000a\244\217\002\306`\022\220!\302 \237f\230B\230a\202\216\001]\001\t\377\240\025\240b\250\007\250r\366{\004\021\330\371\213\002V\2302\230\277X\240U\250\"\250\270\211\0026\177\220\023\220A\330\014\016\373\215\002\177d\230!\2307\240\"\373`\373\004\250\022\000\017\210q\330\020\357\037\230q\240\244\211\001v\250Q\373\250a\346D\004\300D\310\004\257\310E\320Q\276\210\001\340\036\002\007\357\240q\250\006\264\215\001\260\006\260\367g\270T\355\000T\310\024\310\267U\320R\371\207\002\014\r\210\211\0011\273\330\014\301E\021\240!\324\216\002\006\377\260d\270$\270d\300$\377\300e\3107\320RS\340\375\014\324E!\2401\240F\250\377\047\260\026\260t\2704\270\377t\3004\300u\310G\320\363ST\321\211\001\250\nf\230D\240w\004\240C}\000\001\330\014\256\002|\267\206\005\020\001\007\250q\340\020\242\206\005\377S\250\001\250\027\260\001\340\377\014\023\2204\220s\230\"\376\336\215\001\240\021\200\001\360\006\000\377\005\014\2102\210U\220(\373\230!\235 U\240(\250!\357\2502\250Q\243\220\001\010\220\004\377\220E\230\021\230\"\230E\377\240\025\240a\240v\250^\253\2701\356\212\001&\336@Q\354!\014\377\210J\220a\320\027\047\240\333q\330\346\000\020\031\355\212\001\240\031\376\271\000\022\260=\300\007\300q\363\310\t\245\"\361\210\002\031 \240\001\177\330\023\024\330\020\021\330\203\000\3771\220F\230%\230q\240\177\n\250&\260\n\270\047\243`q\\\333\220\002\353\214\002\222\001\021\220\001\203\222\003\377\220r\230\022\320\033+\250\3773\250a\330\004\017\210w\377\220c\230\022\2301\230G\377\2403\240j\260\002\260!~\302\000\014\000\005\010\200x\030\000\177k\240\021\240#\240Q\306\210\027\374\313\220\001\207\222\0011\230H\240B\240\177d\250#\250X\260R\345 \3731\340\345\220\002G\2301\230A\372\242`R\230\215\002h\260b\270\004\353\270A\303\210\004\360c\000\t\210\004\337\210F\220$\220\366!\006\240\357g\320-?\232\222\002;\310a.\370\223\001t\2101\033\000!\337 \353\223\003\371q\347\222\002\361\221\002#\220T\230\024\233\230T\244\205\001\250\001\356\205\001\311\213\001j\373\240\002\360`C\240r\250\024;\250S\310\000\047\270""\030\340\224\002\274a\364\251\207\002\344\217\010\030\351\222\004\003\2403\240}h\203\222\002d\270!\340\010\023\001\377\027\240\001\240\023\240C\240\313x\250\322\221\001t\240@\322\223\002f\220.\312\001B\230a\343@\020\342A\355\204\001\377C\220t\2307\240\047\250\177\025\250g\260W\270L\312\225\001\377\017\210v\220S\230\003\230\3774\230w\240g\250U\260}!\332\225\001\003\2203\220d\364B\277\022\2401\330\004\022\361\000b\177\230\005\230R\230v\240\310`\356\247\222\003A\210X\253\226\002$\230e\377\2401\240G\2506\260\023\246\323\207\001\007\200\212\215\001\324\210\001\001\362\211\001Q\257\210f\220B\254\"\002u\000\027\377\260\004\260B\260g\270\\\317\310\025\310a\305\216\001\375\215\001R\220\375v\230 \022\2407\250\047\260\375\024\214@w\270l\310%\310\337q\200A\340\010\277\224\001#\210\357T\220\023\220\266\0014\230t\377\2404\240u\250F\260${\260a\025\007U\220)\230\025\003\257t\2505\260\325\205\001!2\007V3\2204\361\0006\0015\250\275\224\001\022\006\337&\220\004\220D\347\223\002\004\240\347E\250\026\315\216\001j\005\047\220\026\276\203\230\002[\250\007\250}\243 \005\363\310Q\211\001\306\226\001\001\220\027\230\277\007\230|\2504\250\311\220\001#~\344\206\tX\320X\\\320\\\373\222\001";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 5053, 7418);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (5055 bytes) */
+static const char cstring[] = "\377 at 0x o\377bject>*o\377penblas*\377.: <Memo\377ryView o\377f <conti\377guous an\237d dir/\001\007\ri\375n\021\005stride\275d\"\010 or \004\031>\371<(\tA\006>?Can\377not assi\377gn to re\377ad-only \365m\240\002v\242\000Inva\377lid mode\237, exp\317\000|\000\047\373c\047t\001\047fort\177ran\047, gH\000\276%\005shape\222\000 \377axis Not\357e th\221 Cyt\357hon \021\000del\177iberatek\000\336\320\001cter!\001n \177PEP-484\212\"\373re\276!s sub\335c\276 ses\261!bu\357ilti\260\000ype\377s. If yoOu ne\224 \303\000p\316\000\376%\tthen se\335t\200\000e \047\357\002at\377ion_typi\267ng\047\355$iv\242\000o\377 False.a\367dd_\231 ecfu\377nc.to_py{cn\007\000coll\320@\376;\000s.abcdi\177sableen\002\001\357gcis\004\003dno\377 default\377 __reduc\277e__ du]\002n\367on-\302@vial~\033\000cinit_j\000\272\355$ \317  a \224`v\367olu\244\001\047s p\177atch ma\371@\377xnumpy._\277core.m_\000i\377array fa;il\372\003imp\222@\033\t\345u7\000h\013\024\204@ssr\373c/\333\001/_ker\377nels.pyx\371u\320\002\223aalloc\372\247@ d\003data.\360\013\020\357C\301\204\001\236\204\003s.AS\377CIICDLLC\377NNC_NUM_\377THREADSE\377llipsisS\377equenceT\372\213\205\001.\220\205\007_DIRE\377CT_TAPS_\177_Pyx_CF\206@\377_17d5d1_\273_4\211A_13\250\005_\377avx2_voi\377d__lPare\373n_\236 nst_f\377loa__etc\375_\300B_1x_2w\3772_1b_1y_\3672kh\001\000w_2s\376\005\000sw_3top\377_4left_2\275o\030\000ow.<\367\001l\177s>.wrap~\n\337bb2a3g!do\271u\241`\226\000Arr~\n2\3775bc7__5p\377aram_4gr\377ad_1m_1v\177_9keep_\014\002_5beta\256\0001\016\002\363sq\310\002|\030db24\375d\343\200<3dy2_7\336\224\000tial\351\200:54\217f22a\205\202)\252!\242L4\357colsI;8b6\02362\224\203!\254at\244E\254i\331\201Q?6e0cff\220\204<\334\200?\2377b151\367\202:\233Dd\375x\226\205:80989c\374\356\202<\230\206Cbbe698|\371\203<\375\204Gc174a\220v\367int\356\210\006Pass\236\370\210\001mma_\353\210\n@\0007\3770__5whic\377h_5image\307_10\002\003\366\207\002\224\211\0014r\377ows_3outz\237\211\0012\316\207\034c54e\227W~\036vdc2dab\271\2079\376\220\204=PyDi""ct_\377NextRef_\225_\356\217\004e\220@_\303\220\002\000\006_\177getitem\026\0019d0\001\263@fil%\002\370\217\001<.\001 \000stat9\002\327\216\003\336D\001main\003\002od\335u*\003nam]\002ne\375we\001pyx_ch\037ecksu\\\000\n\001?\004~\025\001type__\037\001\277unpicko\000E\315n \005vt\322\220\001\251\001qu#alO\005\300\220\005\311\220\006c\311\222\002\320\001\366\334\220\004ex\335\001set_\216\203\005set\262\006\003\006.\007t?est___\230\225\001\244\004\376\257\000unk_cou\377nt_cpu_h{as\330\216\003fma_\230\225\003\377_taken_i\375s\201\221\001outine\317_lay\261\204\001\251\216\002_m\277atmul_\205\223\001_\372\252\221\002_\372\225\005_pool\337_caps\260!ruqnK\005\007\001+\002scr\351\221\001\377aabcadam\177_update\373\220\005\377_buffera\337rgmax\003\000sa\331s\267\226\007\204\222\002as\327!as\377yncio.co\365r\233\003s\206\225\001bbas\365e\314\216\0011\320\216\002bias?2_sqrtP\003V\003\367sby\224 _per]_\240\206\002cc_\232\227\007c\337\220\003Kpcd\000c\261#\227\224\010h\270 \347scl\214!\231`tra\377cebackcl\307ose\272\224\002\243\221\n\322\215\001co\357lumn\277\002ext\367lib\213\230\001extm\277anager\202\224\0012\377d_forwar\371d\007\004\243\220\002input\204\005\t\300\220\002s\263B\263A\003\003\342as\177dgemm64\266D\027dir\244\204\001d\375a\000\002\304A\376\243\231\003dwdxdyd\177y2empty\000\002\377_likeenc\177odeenum\254\227\002\377epserror}f\355\224\003flags\002\000\375t\266\216\00232form+at\221\230\004f\305`d\300\226\001\355\226\001\377geometry\177getglob\354\221\001\347hid\205\211\002\375\210\007ind\353ex\331\002_\301\230\002int\17732int64\243\206\001\375s\000\002izejoi\363nk\235\222\006\225\222\004uare\366\274\225\003_s!\000khkw\377ldaldble\377aky_relu\342\000\007_\227A\323!\354\223\001lib:\322`y\350\223\002lrm\273\204\003\340`\200\253\204\001\376 #\005\010\007\214D\242\232\003\321\204\002mSem\254\232\001\244\232\001n\206\207\001n\327\000\277nextnp\255\227\002o\317bjoh\376\204\006\237\206\002um\267_th\360\232\001s_\341\224\002o\357sout\367\212\001hwo\357wpap\270`pad\017ding""\235\224\002\214\223\001\215\223\004\223\223\005\373db\225\230\002pathp\327bpc\260\204\001c\201\204\001ph?pixels\351\205\002\207!\377popprefi\375x\003\000viousp\177wregist\307@\375e\251\233\002rolero\373ot\375\213\001sched\356\226\211\001aff\233\231\001ysc\357ipy_\353\204\003sen\257dset\331\231\004s\326ds\375h\357\233\002single\376\371!slopest\227artb\000p\000\001\217Bs[to\n\000or]\000a\t\000\372\004\001b\250\230\004truct\377sumswtatqb\224#\203\210\003\240#ing\254 \337owtop\357\234\001s_\235a\001\003bun\247!\243\207\003u\376h\000reamvva\367lue\000\002sww2?wanted\367\215\002\305\227\001\367xyz\352\000sO\200\001\377\200\001\340\004\007\200q\210\377\006\210a\210s\220#\220\377R\220s\230#\230V\240\3771\240C\240s\250\"\250\377C\250v\260Q\260c\270\377\022\2706\300\021\300#\300\377S\310\001\330\010\t\330\004\377\020\220\001\220\036\230x\240\377w\250a\250t\2607\270\277!\2705\300\001\330H\000v\377\210S\220\t\230\024\230Q\377\230g\240S\250\002\250!\377\330\010\027\220q\230\006\230\377a\230s\240$\240c\250?\026\250q\330\t\017j\000\023\004\177\007\230q\240\003\2404k\000\377&\260\001\330\t\n\210\047\377\220\023\220B\220a\330\010\337\026\220a\220vF\000c\240\277\025\240f\250A\340\014\002w\276D\002%\240v\250Q\261\010\330\375\010N\001\047\230\021\230&\240\367\001\240\021\205\001q\210\002\210\373&\220\253\000\017\210q\220\004\377\220F\230!\2306\240\021\377\240!\330\004\010\210\002\320\377\n\034\230A\230Q\330\004\377\013\2103\210g\220Q\220\371f\013\001\207#s\210#\210X\377\220Z\230t\2406\250\027\377\260\017\270q\300\003\3003\177\300c\310\030\320QR9\001\377\004\210D\220\003\2205\230\367\001\230\026\270\000\004\240A\240\376E\000\014\210H\220C\220r\376\366\000S\240\002\240#\240R\377\240q\330\004\t\210\021\210?(\220!\2207\230p\003\215\000\367\002\220\"\332\000h\230d\240\357&\250\001\250\246\000\r\210\\\276\263\000#\230W\240B\342\000B\374\314 6\000\007\200}\220A\220\377W\230A\330\010\023\2201\277\220J\230c\240\024\313 \006\377\250d\260$\260e\2708O\300:\310T\212\001\305 w\246!\377\021\220\021""\220*\230C\230\327v\240T\335 s\"\000d\270\377%\270x\300z\320QU\377\320UZ\320Z[\340\010\325\024O\000Z\377\"f\323@t\260\3774\260u\270H\300J\310\177d\320RW\320WX\207!\3751\302\000A\220S\230\004\230{D\240\223dt\2107\220\323!\335#\252 \005\010\210\370\001\001\220\351\030\334)\355A\0052\000\002\230\"/\230B\230b\373\000%\371\000\215@\327r\220\027\241 \023\302\000\004\016K\210i\307@W\245#\000\n\010\241B\345\002\367`T\312\"\301`\010\210\006\377\210j\230\r\240]\260*\367\270M\310\311@\032\230/\250\373\037\270\331bq\210\007\210s\324\300 \226 \025\257DT\230 [\260\377\r\270Q\270e\3005\310\377\013\320S`\320`a\320\377ab\330\035\"\240+\250\271]\225\204\002\275Aa\340\010/\001g\373\230Q\372 $\240l\260-\376\327@\005\300Q\330\036*\250\377-\260q\270\005\270U\300\377,\310m\320[\\\320\\v;\002\036!\305a\013\2101\236\205\003\377t\210=\230\010\240\t\250\177\031\260\047\3209L\310\230@\377\013\2104\210}\230H\240}A\220cE\220\023\220D\215f\377M\260\021\260&\270\001\270\377\024\270R\270v\300Q\300\247a\330\004\240a\203\204\0013\243 \006\377\240a\240t\2503\250b\377\260\003\2602\260Q\330\004\327\n\210\"\371\"R\302`\030\240\376\201u\r\210]\230!\2307\376\302\204\001\007\200w\210c\220\026\177\220w\230a\330\010\022\324`\225F\376 I\366`w\243`v\001\021[\330\010\272\000\330\014\373\205\001\016\364\205\002\377v\260U\270)\300=\320\377PX\320XY\330\030\031\373\340\014\301!n\240C\240v\377\250V\2605\270\t\300\026\377\300}\320TU\330\026\037\373\230x\301A\r\210W\220H\277\230A\230Z\240w\247\000\004\373\260A>\000!\340\010\r\210\037R\210v\220Rx\000\277\204\005\331b\377^\2403\240f\250E\260\377\024\260V\270=\310\010\320\377PY\320YZ\330\025\026\377\330\004\021\220\022\2206\230\267\022\230:\233\204\002q\260\245\207\002r\277\210\024\210Q\210g\266b!\373\330\010\300\204\001&\230\001\230\025\346\315\000\t\n\n\003\315\206\001%\230q\376\243\206\0012\210X\220Q\220d\373\230$\207\205\002Z\250t\2601\357\260E\270\021\272\210\003u\210G\363\2205\262\204\002\324!s\250#\250\367R\250s\374 \007\270u\300\377D\310\005\310V\320ST\237\320TW""\320W\207\205\001\273\210\002\014\372/\000<\336\206\002\025\250d\260.\377\300\010\310\007\310q\320P:#\000[\375B]\330\r\336`\250\207\001\375\t\337\"j\250\013\2607\270\365#\312@q\247\001\032\2301\230\377F\240!\2408\2501\340\374\267\000\013\001G\2401\240H\250\375A\366\207\002\330\010\016\210k\230\367\021\230!\331\211\003z\220\030\230\357\027\320 4\275 S\270\n{\300!\350CK\220q\230\305\204\r\334\222\210\001\371\211\001A\240X\300\000t\260\3778\2708\3002\300T\310\377\023\310H\320TV\320V\330\305\206\003\270\210\001\310\205\002\240h\222BH\270\377H\300B\300d\310#\310?X\320UW\320W\277\001\313\206\002\356\332\212\001\010\210\003\265\204\002\n\250$\377\250f\260G\320;M\310?Q\330\010\014\210C\260\204\t\314\210\003\037\013\2401\240D\221\210\003\256\210\037\220\204\036\265b\341Cv\301`A\330\255dQ\377\220m\2406\250\022\2501\272\352C-\255\210\002\024\250U\247Bt\373\3005\262aZ\320Z^\320?^_\330\022\023\340$\017\302\210\001\377]\240$\240d\250%\250\377v\260W\270D\300\005\300\307X\310Z\355\004\350a\252\206\004\010\210\377\010\220\016\230g\320%8\316\200\206\002X\300Q\232\214\001\330\212\001T\220\375\021\227\212\001\022\2106\220\022\220\2173\220b\230\264\210\003\216\212\001\253\214\001\004\377\007\200r\210\027\220\003\220\2532\220\245 \031\314\213\004\024\216@Q\373\340\010\013\001\047\240\021\240$\312\367 a\215\204\007a\303\215\001\213\207\001q\320\327\020%\240\224\214\002\013\\\000\023\220\377M\240\024\240R\240s\250\376\204b\016\210f\220I\230[\277\250\001\250\033\260A\367\213\0015\277\220\002\220!\330\004\342\205\001D\346\203\000&\240\275\215\002\323\206\001\025\220c\357\230\026\230v\302\213\002\010\021\220\375\027\031\002\n\250\"\250F\260?!\2606\270\026\270\217\205\002\275\001\3775\230\010\240\001\240\026\240\377q\200\001\340\005\t\210\026\377\210t\2205\230\005\230W\377\240M\260\030\270\027\300\001\177\300\024\300W\310A\310\371\002\047x\210x\204\216\004\330\214\001\021\242\205\002\333\216\001\375d\324\204\002s\300\"\300A\300\037V\3101\310A\334\216\001\230\000\200 \365S\237\204\001\r\235""\206\010\004\010\210\t\317\220\025\220a\243\217\002\306`\022\220]!\302 f\230B\203\210\001\017\\\002\377\t\240\025\240b\250\007\250\355r{\004\021\330\370\213\002V\2302\177\230X\240U\250\"\250\267\211\002\3776\220\023\220A\330\014\016j\372\215\002d\321\210\002\"\373`\004\250\022\000\377\017\210q\330\020\037\230q}\240\243\211\001v\250Q\250a\346D\377\004\300D\310\004\310E\320\365Q\276\210\001\340\036\002\007\240q\250\375\006\263\215\001\260\006\260g\270T\376\355\000T\310\024\310U\320R\346\371\207\002\014\r\377\210\004\301E\021\240!\376\323\216\002\006\260d\270$\270d\377\300$\300e\3107\320R\367S\340\014\324E!\2401\240\377F\250\047\260\026\260t\270\3774\270t\3004\300u\310\317G\320ST\313\211\001\250\nf\230\337D\240\004\240C}\000\001\330\361\014\256\002\267\206\005\020\001\007\250q\340\375\020\242\206\005S\250\001\250\027\260\377\001\340\014\023\2204\220s\373\230\"\335\215\001\240\021\200\001\360\377\006\000\005\014\2102\210U\357\220(\230!\235 U\240(\277\250!\2502\250Q\242\220\001\010\377\220\004\220E\230\021\230\"\377\230E\240\025\240a\240v\257\250^\2701\350\212\001&\336@Q\376\363\212\001\014\210J\220a\320\027\357\047\240q\330\346\000\020\031\230\337\027\240\001\240\031\271\000\022\260\177=\300\007\300q\310\t\245\"\366\361\210\002\031 \334`\023\024\330\020\373\021\330\203\0001\220F\230%\377\230q\240\n\250&\260\n\213\270\047\243`\\\332\220\002\352\214\002\222\001\021\373\220\001\202\222\003\220r\230\022\320\377\033+\2503\250a\330\004\377\017\210w\220c\230\022\230\3771\230G\2403\240j\260\367\002\260!\302\000\014\000\005\010\373\200x\030\000k\240\021\240#\343\240Q\306\210\027\312\220\001\206\222\0011\230H\377\240B\240d\250#\250X\333\260R\345 1\340\344\220\002G\230\3271\230A\242`R\227\215\002h\260_b\270\004\270A\303\210\004\360c\000\377\t\210\004\210F\220$\220~\366!\006\240g\320-?\231\222\002w;\310a\367\223\001t\2101\033\000\311!\337 \352\223\003q\346\222\002\360\221\002#\220\337T\230\024\230T\244\205\001\250\001\374\356\205\001\311\213\001j\240\002\240\"\240\177C\240r\250""\024\250S\310\000\207\047\270\030\337\224\002\274a\251\207\002\343\217\010\030\276\350\222\004\003\2403\240h\202\222\002d\317\270!\340\010\023\001\360!\023\240/C\240x\250\321\221\001t\240@\321\223\002\273f\220\312\001B\230a\343@\020\374\342A\355\204\001C\220t\2307\240\377\047\250\025\250g\260W\270\375L\311\225\001\017\210v\220S\230\377\003\2304\230w\240g\250\367U\260!\331\225\001\003\2203\220\375d\364B\022\2401\330\004\022\376\361\000b\230\005\230R\230v\271\240\310`\246\222\003A\210X\252\226\002$\377\230e\2401\240G\2506\233\260\023\323\207\001\007\200\212\215\001\324\210\001\001\276\362\211\001Q\210f\220B\254\"\002\376u\000\027\260\004\260B\260g?\270\\\310\025\310a\305\216\001\375\215\001\367R\220v\230 \022\2407\250\367\047\260\024\214@w\270l\310\177%\310q\200A\340\010\276\224\001\277#\210T\220\023\220\266\0014\377\230t\2404\240u\250F\357\260$\260a\025\007U\220)\275\230\025\003t\2505\260\325\205\001!\3162\007V\2204\361\0006\0015\250|\274\224\001\022\006&\220\004\220D\346\223\002\237\004\240E\250\026\315\216\001j\005\047\373\220\026\202\230\002[\250\007\250}\316\243 \005\310Q\211\001\305\226\001\001\220\377\027\230\007\230|\2504\250\372\311\220\001#\344\206\tX\320X\\\320\001\\\372\222\001";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 5055, 7423);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (7418 bytes) */
-static const char bytes[] = " at 0x object>*openblas*.: <MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecfunc.to_pycnnc.collections.abcdisableenablegcisenabledno default __reduce__ due to non-trivial __cinit__no memory for a convolution\047s patch matrixnumpy._core.multiarray failed to importnumpy._core.umath failed to importnumpy.libssrc/cnnc/_kernels.pyxunable to allocate array data.unable to allocate shape and strides.ASCIICDLLCNNC_NUM_THREADSEllipsisSequenceTView.MemoryView_DIRECT_TAPS__Pyx_CFunc_17d5d1__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_1x_2w2_1b_1y_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_CFunc_1bb2a3__4cnnc_13_kernels_avx2_void__lParendouble__lArr__etc_to_py_125bc7__5param_4grad_1m_1v_9keep_grad_5beta2_11keep_sq__etc.<locals>.wrap__Pyx_CFunc_1db24d__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_1x_3dy2_7partial_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_CFunc_54f22a__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_1x_4cols_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_CFunc_58b662__4cnnc_13_kernels_avx2_void__lParenfloat__lArr___etc_to_py_125bc7__5param_4grad_1m_1v_9keep_grad_5beta2_11keep_sq__etc.<locals>.wrap__Pyx_CFunc_6e0cff__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_1x_4cols_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_CFunc_7b151d__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_4cols_2dx_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_CFunc_80989c__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_1x_2w2_1b_1y_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_""CFunc_bbe698__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_1x_3dy2_7partial_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_CFunc_c174af__4cnnc_13_kernels_avx2_int__lParen_Pass__comma___etc_to_py_1c1770__5which_5image_10image_grad_2w2_4rows_3out_1b_2__etc.<locals>.wrap__Pyx_CFunc_c54e9c__4cnnc_13_kernels_avx2_int__lParen_Pass__comma___etc_to_py_1c1770__5which_5image_10image_grad_2w2_4rows_3out_1b_2__etc.<locals>.wrap__Pyx_CFunc_dc2dab__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_4cols_2dx_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____file____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___blas_checks_chunk_count_cpu_has_avx2_fma_direct_taken_is_coroutine_layout_local_matmul_pass_numpy_openblas_pool_capsule_run_direct_run_pass_scratchaabcadam_updateallocate_bufferargmaxargsascontiguousarrayastypeasyncio.coroutinesaxisbbasebeta1beta2bias2_sqrtbufferbuffersbytes_per_imagecc_contiguousc_void_pcastcblas_cfunc.to_pychunkscline_in_tracebackclosecnnc._kernels_avx2colscolumnscontextlibcontextmanagerconv2d_forwardconv2d_grad_inputconv2d_grad_paramscountcpu_countctypesdgemm64_dirnamedtypedtype_is_objectdwdxdydy2emptyempty_likeencodeenumerateepserrorffailedflagsflatfloat32formatfortranfoundfunctiongeometrygetglobgradhidimageimage_gradindexinput_shapeint32int64itemsitemsizejoinkkeep_gradkeep_squarekernel_sizekhkwldaldbleaky_reluleaky_relu_backwardleftlibrarylocallrmmatmulmaxpool2d_backwardmaxpool2d_forwardmemory_poolmemviewmodennamendimnextnpnumpyobjohopenblas_set_num_threads_localosoutout_hwowpapackpaddingparampartpartialpartial_dbpatchpathpbpcper_chunkphpixelspool_sizepopprefixpreviouspwregisterreshaperolerootrowssched_getaffinityscipy_cblas_sendsetdefaultsgemm64_shshapesinglesizeslopestartstep""step_sizestopstored_astored_bstridestructsumswtatbthread_countthreadingthrowtoptrans_atrans_bunpackupdateupstreamvvaluevaluesww2wantedwhichwrapxyzerosO\200\001\200\001\340\004\007\200q\210\006\210a\210s\220#\220R\220s\230#\230V\2401\240C\240s\250\"\250C\250v\260Q\260c\270\022\2706\300\021\300#\300S\310\001\330\010\t\330\004\020\220\001\220\036\230x\240w\250a\250t\2607\270!\2705\300\001\330\004\007\200v\210S\220\t\230\024\230Q\230g\240S\250\002\250!\330\010\027\220q\230\006\230a\230s\240$\240c\250\026\250q\330\t\017\210s\220!\330\010\027\220q\230\007\230q\240\003\2404\240s\250&\260\001\330\t\n\210\047\220\023\220B\220a\330\010\026\220a\220v\230Q\230c\240\025\240f\250A\340\010\026\220a\220w\230a\230s\240%\240v\250Q\200\001\340\004\007\200q\210\006\210a\330\010\017\210s\220\047\230\021\230&\240\001\240\021\330\004\007\200q\210\002\210&\220\001\330\010\017\210q\220\004\220F\230!\2306\240\021\240!\330\004\010\210\002\320\n\034\230A\230Q\330\004\013\2103\210g\220Q\220f\230A\230Q\200\001\340\004\007\200s\210#\210X\220Z\230t\2406\250\027\260\017\270q\300\003\3003\300c\310\030\320QR\330\004\010\210\004\210D\220\003\2205\230\001\230\026\230q\240\004\240A\240Q\330\004\014\210H\220C\220r\230\024\230S\240\002\240#\240R\240q\330\004\t\210\021\210(\220!\2207\230!\330\004\010\210\002\210&\220\002\220\"\220B\220h\230d\240&\250\001\250\021\330\004\r\210\\\230\021\230#\230W\240B\240f\250B\250a\250q\330\004\007\200}\220A\220W\230A\330\010\023\2201\220J\230c\240\024\240S\250\006\250d\260$\260e\2708\300:\310T\320QR\330\t\017\210w\220a\330\010\021\220\021\220*\230C\230v\240T\250\026\250s\260$\260d\270%\270x\300z\320QU\320UZ\320Z[\340\010\024\220A\220Z\230s\240$\240f\250C\250t\2604\260u\270H\300J\310d\320RW\320WX\330\004\013\2101\210H\220A\220S\230\004\230D\240\001\200\001\340\004\007\200t\2107\220\047\230\021\230#\230Q\330\005\010\210\004\210D\220\001\220\030\230\021\230&\240\001\240\021\330\004\007\200v\210S\220\005\220S\230\002\230\"\230B\230b\240\002\240%\240q\330\010\017\210r\220\027""\230\001\230\023\230A\330\004\016\210i\220v\230W\240A\240Q\330\004\016\210i\220v\230W\240A\240Q\330\004\010\210\002\210&\220\002\220#\220T\230\026\230q\240\001\330\004\010\210\006\210j\230\r\240]\260*\270M\310\021\330\004\032\230/\250\037\270\001\330\004\007\200q\210\007\210s\220\"\220A\330\010\025\220Q\220f\230A\230T\240\024\240[\260\r\270Q\270e\3005\310\013\320S`\320`a\320ab\330\035\"\240+\250]\270!\2705\300\003\3003\300a\340\010\025\220Q\220g\230Q\230d\240$\240l\260-\270q\300\005\300Q\330\036*\250-\260q\270\005\270U\300,\310m\320[\\\320\\a\320ab\330\036!\240\021\330\004\013\2101\200\001\340\004\007\200t\210=\230\010\240\t\250\031\260\047\3209L\310A\330\010\013\2104\210}\230H\240A\330\004\010\210\004\210E\220\023\220D\230\001\230\026\230q\240\004\240M\260\021\260&\270\001\270\024\270R\270v\300Q\300a\330\004\014\210H\220F\230!\2303\230b\240\006\240a\240t\2503\250b\260\003\2602\260Q\330\004\n\210\"\210H\220A\220R\220r\230\030\240\021\330\004\r\210\\\230\021\230#\230W\240B\240f\250B\250a\250q\330\004\007\200}\220A\220W\230C\230s\240&\250\007\250q\330\010\022\220\"\220F\230\"\230I\240R\240w\250d\260&\270\001\270\021\330\010\013\210=\230\001\230\027\240\001\330\014\027\220q\230\016\240c\250\026\250v\260U\270)\300=\320PX\320XY\330\030\031\340\014\025\220Q\220n\240C\240v\250V\2605\270\t\300\026\300}\320TU\330\026\037\230x\240q\330\010\r\210W\220H\230A\230Z\240w\250b\260\004\260A\260U\270!\340\010\r\210R\210v\220R\220w\230d\240&\250\001\250\021\330\010\024\220A\220^\2403\240f\250E\260\024\260V\270=\310\010\320PY\320YZ\330\025\026\330\004\021\220\022\2206\230\022\230:\240T\250\026\250q\260\001\330\004\007\200r\210\024\210Q\210g\220S\230\002\230!\330\010\021\220\021\220&\230\001\230\025\230a\330\t\n\330\010\021\220\021\220\047\230\021\230%\230q\330\004\013\2102\210X\220Q\220d\230$\230c\240\024\240Z\250t\2601\260E\270\021\200\001\340\004\007\200u\210G\2205\230\004\230D\240\006\240a\240s\250#\250R\250s\260&\270\007\270u\300D\310\005\310V\320ST\320TW\320WZ\320Z[\330\010\t\330""\004\014\210G\220<\230t\2406\250\025\250d\260.\300\010\310\007\310q\320PT\320T[\320[\\\320\\]\330\r\025\220Q\330\004\010\210\t\220\026\220w\230j\250\013\2607\270#\270R\270q\330\010\021\220\032\2301\230F\240!\2408\2501\340\010\021\220\032\2301\230G\2401\240H\250A\330\004\007\200q\330\010\016\210k\230\021\230!\200\001\340\004\007\200z\220\030\230\027\320 4\260A\260S\270\n\300!\330\004\n\210\"\210K\220q\230\001\330\004\007\200q\210\007\210s\220\"\220A\330\010\034\230A\230V\2401\240A\240X\250R\250t\2608\2708\3002\300T\310\023\310H\320TV\320VZ\320Z[\340\010\034\230A\230W\240A\240Q\240h\250b\260\004\260H\270H\300B\300d\310#\310X\320UW\320W[\320[\\\330\004\013\2101\200\001\340\004\010\210\003\210=\230\010\240\n\250$\250f\260G\320;M\310Q\330\010\014\210C\210}\230H\240A\330\004\010\210\004\210D\220\003\2205\230\013\2401\240D\250\001\250\021\330\004\014\210H\220C\220r\230\024\230S\240\002\240#\240R\240q\330\004\t\210\021\210(\220!\2207\230!\330\004\n\210\"\210H\220A\220R\220r\230\030\240\021\330\004\r\210\\\230\021\230#\230W\240B\240f\250B\250b\260\001\330\004\007\200v\210W\220A\330\010\r\210R\210v\220Q\220m\2406\250\022\2501\330\010\021\220\021\220-\230v\240T\250\024\250U\260&\270\007\270t\3005\310\010\320PZ\320Z^\320^_\330\022\023\340\010\r\210R\210v\220Q\220m\2406\250\022\2501\330\010\024\220A\220]\240$\240d\250%\250v\260W\270D\300\005\300X\310Z\320W[\320[\\\330\025\026\330\004\013\2101\200\001\340\004\010\210\010\220\016\230g\320%8\270\001\270\024\270X\300Q\330\004\007\200s\210#\210T\220\021\330\004\t\210\022\2106\220\022\2203\220b\230\002\230\"\230B\230d\240&\250\002\250!\330\004\007\200r\210\027\220\003\2202\220Q\330\010\031\230\021\230&\240\001\240\024\240X\250Q\340\010\031\230\021\230\047\240\021\240$\240h\250a\330\004\013\2102\210X\220Q\220a\200\001\340\004\013\2104\210q\320\020%\240Q\200\001\340\004\013\2106\220\023\220M\240\024\240R\240s\250!\200\001\340\004\016\210f\220I\230[\250\001\250\033\260A\330\004\013\2105\220\002\220!\330\004\r\210W\220D\230\002\230&\240""\001\330\004\007\200w\210c\220\025\220c\230\026\230v\240R\240q\330\010\021\220\027\230\002\230&\240\n\250\"\250F\260!\2606\270\026\270q\330\004\013\2106\220\022\2205\230\010\240\001\240\026\240q\200\001\340\005\t\210\026\210t\2205\230\005\230W\240M\260\030\270\027\300\001\300\024\300W\310A\310Q\330\004\007\200x\210x\220q\230\006\230a\230t\2406\250\021\250#\250R\250v\260Q\260d\270#\270R\270s\300\"\300A\300V\3101\310A\330\004\020\220\002\220!\2202\220S\230\001\330\004\r\210Q\210g\220S\230\002\230!\330\004\010\210\t\220\025\220a\220s\230#\230Q\330\010\022\220!\2203\220f\230B\230a\330\010\017\210x\220q\230\t\240\025\240b\250\007\250r\260\030\270\027\300\001\300\021\330\010\024\220A\220V\2302\230X\240U\250\"\250A\330\010\013\2106\220\023\220A\330\014\016\210g\220Q\220d\230!\2307\240\"\240D\250\004\250A\330\014\017\210q\330\020\037\230q\240\006\240a\240v\250Q\250a\250v\260W\270D\300\004\300D\310\004\310E\320QX\320XY\340\020\037\230q\240\007\240q\250\006\250a\250q\260\006\260g\270T\300\024\300T\310\024\310U\320RY\320YZ\330\014\r\330\010\013\2101\330\014\031\230\021\230&\240\001\240\021\240!\2406\250\027\260\006\260d\270$\270d\300$\300e\3107\320RS\340\014\031\230\021\230\047\240\021\240!\2401\240F\250\047\260\026\260t\2704\270t\3004\300u\310G\320ST\330\010\013\2106\220\023\220A\330\014\016\210g\220Q\220f\230D\240\004\240C\240q\250\001\330\014\017\210q\330\020\034\230A\230V\2401\240C\240q\250\007\250q\340\020\034\230A\230W\240A\240S\250\001\250\027\260\001\340\014\023\2204\220s\230\"\230D\240\001\240\021\200\001\360\006\000\005\014\2102\210U\220(\230!\2302\230U\240(\250!\2502\250Q\330\004\010\210\010\220\004\220E\230\021\230\"\230E\240\025\240a\240v\250^\2701\330\010\022\220&\230\005\230Q\230a\330\010\014\210J\220a\320\027\047\240q\330\014\r\330\020\031\230\027\240\001\240\031\250\047\260\022\260=\300\007\300q\310\t\320QX\320XZ\320Z[\330\031 \240\001\330\023\024\330\020\021\330\014\023\2201\220F\230%\230q\240\n\250&\260\n\270\047\300\024\300\\\320QR\330\004\013\2101\200\001""\360\006\000\005\021\220\001\220\023\220B\220a\220r\230\022\320\033+\2503\250a\330\004\017\210w\220c\230\022\2301\230G\2403\240j\260\002\260!\200\001\360\014\000\005\010\200x\210w\220k\240\021\240#\240Q\330\004\n\210\"\210K\220q\230\001\330\004\007\200q\210\007\210s\220\"\220A\330\010\023\2201\220F\230!\2301\230H\240B\240d\250#\250X\260R\260t\2701\340\010\023\2201\220G\2301\230A\230X\240R\240t\2503\250h\260b\270\004\270A\330\004\013\2101\200\001\360\014\000\005\t\210\004\210F\220$\220f\230D\240\006\240g\320-?\270q\300\003\300;\310a\330\004\007\200t\2101\210F\220!\2204\220q\230\006\230a\230q\330\004\010\210\002\210&\220\002\220#\220T\230\024\230T\240\026\240q\250\001\330\004\r\210X\220Q\220j\240\002\240\"\240C\240r\250\024\250S\260\002\260\047\270\030\300\021\300#\300T\310\024\310Q\330\004\007\200q\210\007\210s\220\"\220A\330\010\030\230\001\230\026\230q\240\003\2403\240h\250d\260$\260d\270!\340\010\030\230\001\230\027\240\001\240\023\240C\240x\250t\2604\260t\2701\330\004\013\2103\210f\220G\2301\230B\230a\200\001\360\020\000\005\014\2106\220\023\220C\220t\2307\240\047\250\025\250g\260W\270L\310\001\330\010\017\210v\220S\230\003\2304\230w\240g\250U\260!\330\004\020\220\003\2203\220d\230\"\230E\240\022\2401\330\004\022\220$\220b\230\005\230R\230v\240S\250\001\330\004\013\2101\210A\210X\220R\220s\230$\230e\2401\240G\2506\260\023\260A\330\004\007\200u\210G\2203\220b\230\001\330\010\r\210Q\210f\220B\220f\230D\240\002\240\047\250\027\260\004\260B\260g\270\\\310\025\310a\340\010\r\210Q\210g\220R\220v\230T\240\022\2407\250\047\260\024\260R\260w\270l\310%\310q\200A\340\010\t\210\021\210#\210T\220\023\220C\220t\2304\230t\2404\240u\250F\260$\260a\200A\340\010\t\210\021\210#\210U\220)\2304\230t\2404\240t\2505\260\006\260d\270!\200A\340\010\t\210\021\210#\210V\2204\220t\2304\230t\2405\250\006\250d\260!\200A\340\010\t\210\021\210&\220\004\220D\230\004\230D\240\004\240E\250\026\250t\2601\200A\340\010\t\210\021\210\047\220\026\220s\230#\230[\250\007\250}\270L\310\005\310Q\200A\340""\010\017\210q\220\001\220\027\230\007\230|\2504\250v\260U\270#\270T\300\024\300T\310\024\310U\320RX\320X\\\320\\`\320`a";
+    #else /* compression: none (7423 bytes) */
+static const char bytes[] = " at 0x object>*openblas*.: <MemoryView of <contiguous and direct><contiguous and indirect><strided and direct or indirect><strided and direct><strided and indirect>>?Cannot assign to read-only memoryviewInvalid mode, expected \047c\047 or \047fortran\047, got Invalid shape in axis Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecfunc.to_pycnnc.collections.abcdisableenablegcisenabledno default __reduce__ due to non-trivial __cinit__no memory for a convolution\047s patch matrixnumpy._core.multiarray failed to importnumpy._core.umath failed to importnumpy.libssrc/cnnc/_kernels.pyxunable to allocate array data.unable to allocate shape and strides.ASCIICDLLCNNC_NUM_THREADSEllipsisSequenceTView.MemoryView_DIRECT_TAPS__Pyx_CFunc_17d5d1__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_1x_2w2_1b_1y_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_CFunc_1bb2a3__4cnnc_13_kernels_avx2_void__lParendouble__lArr__etc_to_py_125bc7__5param_4grad_1m_1v_9keep_grad_5beta2_11keep_sq__etc.<locals>.wrap__Pyx_CFunc_1db24d__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_1x_3dy2_7partial_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_CFunc_54f22a__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_1x_4cols_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_CFunc_58b662__4cnnc_13_kernels_avx2_void__lParenfloat__lArr___etc_to_py_125bc7__5param_4grad_1m_1v_9keep_grad_5beta2_11keep_sq__etc.<locals>.wrap__Pyx_CFunc_6e0cff__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_1x_4cols_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_CFunc_7b151d__4cnnc_13_kernels_avx2_void__lParen__const_floa__etc_to_py_4cols_2dx_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_CFunc_80989c__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_1x_2w2_1b_1y_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_""CFunc_bbe698__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_1x_3dy2_7partial_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_CFunc_c174af__4cnnc_13_kernels_avx2_int__lParen_Pass__comma___etc_to_py_1c1770__5which_5image_10image_grad_2w2_4rows_3out_1b_2__etc.<locals>.wrap__Pyx_CFunc_c54e9c__4cnnc_13_kernels_avx2_int__lParen_Pass__comma___etc_to_py_1c1770__5which_5image_10image_grad_2w2_4rows_3out_1b_2__etc.<locals>.wrap__Pyx_CFunc_dc2dab__4cnnc_13_kernels_avx2_void__lParen__const_doub__etc_to_py_4cols_2dx_2kh_2kw_2sh_2sw_3top_4left_2oh_2ow.<locals>.wrap__Pyx_PyDict_NextRef__annotate____class____class_getitem____dict____file____func____getstate____import____main____module____name____new____pyx_checksum__pyx_state__pyx_type__pyx_unpickle_Enum__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___blas_checks_chunk_count_cpu_has_avx2_fma_direct_taken_is_coroutine_layout_local_matmul_pass_numpy_openblas_pool_capsule_run_direct_run_pass_scratchaabcadam_updateallocate_bufferargmaxargsascontiguousarrayastypeasyncio.coroutinesaxisbbasebeta1beta2bias2_sqrtbufferbuffersbytes_per_imagecc_contiguousc_void_pcastcblas_cfunc.to_pychunkscline_in_tracebackclosecnnc._kernels_avx2colscolumnscontextlibcontextmanagerconv2d_forwardconv2d_grad_inputconv2d_grad_paramscountcpu_countctypesdgemm64_directdirnamedtypedtype_is_objectdwdxdydy2emptyempty_likeencodeenumerateepserrorffailedflagsflatfloat32formatfortranfoundfunctiongeometrygetglobgradhidimageimage_gradindexinput_shapeint32int64itemsitemsizejoinkkeep_gradkeep_squarekernel_sizekhkwldaldbleaky_reluleaky_relu_backwardleftlibrarylocallrmmatmulmaxpool2d_backwardmaxpool2d_forwardmemory_poolmemviewmodennamendimnextnpnumpyobjohopenblas_set_num_threads_localosoutout_hwowpapackpaddingparampartpartialpartial_dbpatchpathpbpcper_chunkphpixelspool_sizepopprefixpreviouspwregisterreshaperolerootrowssched_getaffinityscipy_cblas_sendsetdefaultsgemm64_shshapesinglesizeslopesta""rtstepstep_sizestopstored_astored_bstridestructsumswtatbthread_countthreadingthrowtoptrans_atrans_bunpackupdateupstreamvvaluevaluesww2wantedwhichwrapxyzerosO\200\001\200\001\340\004\007\200q\210\006\210a\210s\220#\220R\220s\230#\230V\2401\240C\240s\250\"\250C\250v\260Q\260c\270\022\2706\300\021\300#\300S\310\001\330\010\t\330\004\020\220\001\220\036\230x\240w\250a\250t\2607\270!\2705\300\001\330\004\007\200v\210S\220\t\230\024\230Q\230g\240S\250\002\250!\330\010\027\220q\230\006\230a\230s\240$\240c\250\026\250q\330\t\017\210s\220!\330\010\027\220q\230\007\230q\240\003\2404\240s\250&\260\001\330\t\n\210\047\220\023\220B\220a\330\010\026\220a\220v\230Q\230c\240\025\240f\250A\340\010\026\220a\220w\230a\230s\240%\240v\250Q\200\001\340\004\007\200q\210\006\210a\330\010\017\210s\220\047\230\021\230&\240\001\240\021\330\004\007\200q\210\002\210&\220\001\330\010\017\210q\220\004\220F\230!\2306\240\021\240!\330\004\010\210\002\320\n\034\230A\230Q\330\004\013\2103\210g\220Q\220f\230A\230Q\200\001\340\004\007\200s\210#\210X\220Z\230t\2406\250\027\260\017\270q\300\003\3003\300c\310\030\320QR\330\004\010\210\004\210D\220\003\2205\230\001\230\026\230q\240\004\240A\240Q\330\004\014\210H\220C\220r\230\024\230S\240\002\240#\240R\240q\330\004\t\210\021\210(\220!\2207\230!\330\004\010\210\002\210&\220\002\220\"\220B\220h\230d\240&\250\001\250\021\330\004\r\210\\\230\021\230#\230W\240B\240f\250B\250a\250q\330\004\007\200}\220A\220W\230A\330\010\023\2201\220J\230c\240\024\240S\250\006\250d\260$\260e\2708\300:\310T\320QR\330\t\017\210w\220a\330\010\021\220\021\220*\230C\230v\240T\250\026\250s\260$\260d\270%\270x\300z\320QU\320UZ\320Z[\340\010\024\220A\220Z\230s\240$\240f\250C\250t\2604\260u\270H\300J\310d\320RW\320WX\330\004\013\2101\210H\220A\220S\230\004\230D\240\001\200\001\340\004\007\200t\2107\220\047\230\021\230#\230Q\330\005\010\210\004\210D\220\001\220\030\230\021\230&\240\001\240\021\330\004\007\200v\210S\220\005\220S\230\002\230\"\230B\230b\240\002\240%\240q\330\010\017\210r""\220\027\230\001\230\023\230A\330\004\016\210i\220v\230W\240A\240Q\330\004\016\210i\220v\230W\240A\240Q\330\004\010\210\002\210&\220\002\220#\220T\230\026\230q\240\001\330\004\010\210\006\210j\230\r\240]\260*\270M\310\021\330\004\032\230/\250\037\270\001\330\004\007\200q\210\007\210s\220\"\220A\330\010\025\220Q\220f\230A\230T\240\024\240[\260\r\270Q\270e\3005\310\013\320S`\320`a\320ab\330\035\"\240+\250]\270!\2705\300\003\3003\300a\340\010\025\220Q\220g\230Q\230d\240$\240l\260-\270q\300\005\300Q\330\036*\250-\260q\270\005\270U\300,\310m\320[\\\320\\a\320ab\330\036!\240\021\330\004\013\2101\200\001\340\004\007\200t\210=\230\010\240\t\250\031\260\047\3209L\310A\330\010\013\2104\210}\230H\240A\330\004\010\210\004\210E\220\023\220D\230\001\230\026\230q\240\004\240M\260\021\260&\270\001\270\024\270R\270v\300Q\300a\330\004\014\210H\220F\230!\2303\230b\240\006\240a\240t\2503\250b\260\003\2602\260Q\330\004\n\210\"\210H\220A\220R\220r\230\030\240\021\330\004\r\210\\\230\021\230#\230W\240B\240f\250B\250a\250q\330\004\r\210]\230!\2307\240!\330\004\007\200w\210c\220\026\220w\230a\330\010\022\220\"\220F\230\"\230I\240R\240w\250d\260&\270\001\270\021\330\010\013\2101\330\014\027\220q\230\016\240c\250\026\250v\260U\270)\300=\320PX\320XY\330\030\031\340\014\025\220Q\220n\240C\240v\250V\2605\270\t\300\026\300}\320TU\330\026\037\230x\240q\330\010\r\210W\220H\230A\230Z\240w\250b\260\004\260A\260U\270!\340\010\r\210R\210v\220R\220w\230d\240&\250\001\250\021\330\010\024\220A\220^\2403\240f\250E\260\024\260V\270=\310\010\320PY\320YZ\330\025\026\330\004\021\220\022\2206\230\022\230:\240T\250\026\250q\260\001\330\004\007\200r\210\024\210Q\210g\220S\230\002\230!\330\010\021\220\021\220&\230\001\230\025\230a\330\t\n\330\010\021\220\021\220\047\230\021\230%\230q\330\004\013\2102\210X\220Q\220d\230$\230c\240\024\240Z\250t\2601\260E\270\021\200\001\340\004\007\200u\210G\2205\230\004\230D\240\006\240a\240s\250#\250R\250s\260&\270\007\270u\300D\310\005\310V\320ST\320TW\320WZ\320Z[\330\010\t\330""\004\014\210G\220<\230t\2406\250\025\250d\260.\300\010\310\007\310q\320PT\320T[\320[\\\320\\]\330\r\025\220Q\330\004\010\210\t\220\026\220w\230j\250\013\2607\270#\270R\270q\330\010\021\220\032\2301\230F\240!\2408\2501\340\010\021\220\032\2301\230G\2401\240H\250A\330\004\007\200q\330\010\016\210k\230\021\230!\200\001\340\004\007\200z\220\030\230\027\320 4\260A\260S\270\n\300!\330\004\n\210\"\210K\220q\230\001\330\004\007\200q\210\007\210s\220\"\220A\330\010\034\230A\230V\2401\240A\240X\250R\250t\2608\2708\3002\300T\310\023\310H\320TV\320VZ\320Z[\340\010\034\230A\230W\240A\240Q\240h\250b\260\004\260H\270H\300B\300d\310#\310X\320UW\320W[\320[\\\330\004\013\2101\200\001\340\004\010\210\003\210=\230\010\240\n\250$\250f\260G\320;M\310Q\330\010\014\210C\210}\230H\240A\330\004\010\210\004\210D\220\003\2205\230\013\2401\240D\250\001\250\021\330\004\014\210H\220C\220r\230\024\230S\240\002\240#\240R\240q\330\004\t\210\021\210(\220!\2207\230!\330\004\n\210\"\210H\220A\220R\220r\230\030\240\021\330\004\r\210\\\230\021\230#\230W\240B\240f\250B\250b\260\001\330\004\007\200v\210W\220A\330\010\r\210R\210v\220Q\220m\2406\250\022\2501\330\010\021\220\021\220-\230v\240T\250\024\250U\260&\270\007\270t\3005\310\010\320PZ\320Z^\320^_\330\022\023\340\010\r\210R\210v\220Q\220m\2406\250\022\2501\330\010\024\220A\220]\240$\240d\250%\250v\260W\270D\300\005\300X\310Z\320W[\320[\\\330\025\026\330\004\013\2101\200\001\340\004\010\210\010\220\016\230g\320%8\270\001\270\024\270X\300Q\330\004\007\200s\210#\210T\220\021\330\004\t\210\022\2106\220\022\2203\220b\230\002\230\"\230B\230d\240&\250\002\250!\330\004\007\200r\210\027\220\003\2202\220Q\330\010\031\230\021\230&\240\001\240\024\240X\250Q\340\010\031\230\021\230\047\240\021\240$\240h\250a\330\004\013\2102\210X\220Q\220a\200\001\340\004\013\2104\210q\320\020%\240Q\200\001\340\004\013\2106\220\023\220M\240\024\240R\240s\250!\200\001\340\004\016\210f\220I\230[\250\001\250\033\260A\330\004\013\2105\220\002\220!\330\004\r\210W\220D\230\002\230&\240""\001\330\004\007\200w\210c\220\025\220c\230\026\230v\240R\240q\330\010\021\220\027\230\002\230&\240\n\250\"\250F\260!\2606\270\026\270q\330\004\013\2106\220\022\2205\230\010\240\001\240\026\240q\200\001\340\005\t\210\026\210t\2205\230\005\230W\240M\260\030\270\027\300\001\300\024\300W\310A\310Q\330\004\007\200x\210x\220q\230\006\230a\230t\2406\250\021\250#\250R\250v\260Q\260d\270#\270R\270s\300\"\300A\300V\3101\310A\330\004\020\220\002\220!\2202\220S\230\001\330\004\r\210Q\210g\220S\230\002\230!\330\004\010\210\t\220\025\220a\220s\230#\230Q\330\010\022\220!\2203\220f\230B\230a\330\010\017\210x\220q\230\t\240\025\240b\250\007\250r\260\030\270\027\300\001\300\021\330\010\024\220A\220V\2302\230X\240U\250\"\250A\330\010\013\2106\220\023\220A\330\014\016\210g\220Q\220d\230!\2307\240\"\240D\250\004\250A\330\014\017\210q\330\020\037\230q\240\006\240a\240v\250Q\250a\250v\260W\270D\300\004\300D\310\004\310E\320QX\320XY\340\020\037\230q\240\007\240q\250\006\250a\250q\260\006\260g\270T\300\024\300T\310\024\310U\320RY\320YZ\330\014\r\330\010\013\2101\330\014\031\230\021\230&\240\001\240\021\240!\2406\250\027\260\006\260d\270$\270d\300$\300e\3107\320RS\340\014\031\230\021\230\047\240\021\240!\2401\240F\250\047\260\026\260t\2704\270t\3004\300u\310G\320ST\330\010\013\2106\220\023\220A\330\014\016\210g\220Q\220f\230D\240\004\240C\240q\250\001\330\014\017\210q\330\020\034\230A\230V\2401\240C\240q\250\007\250q\340\020\034\230A\230W\240A\240S\250\001\250\027\260\001\340\014\023\2204\220s\230\"\230D\240\001\240\021\200\001\360\006\000\005\014\2102\210U\220(\230!\2302\230U\240(\250!\2502\250Q\330\004\010\210\010\220\004\220E\230\021\230\"\230E\240\025\240a\240v\250^\2701\330\010\022\220&\230\005\230Q\230a\330\010\014\210J\220a\320\027\047\240q\330\014\r\330\020\031\230\027\240\001\240\031\250\047\260\022\260=\300\007\300q\310\t\320QX\320XZ\320Z[\330\031 \240\001\330\023\024\330\020\021\330\014\023\2201\220F\230%\230q\240\n\250&\260\n\270\047\300\024\300\\\320QR\330\004\013\2101\200\001""\360\006\000\005\021\220\001\220\023\220B\220a\220r\230\022\320\033+\2503\250a\330\004\017\210w\220c\230\022\2301\230G\2403\240j\260\002\260!\200\001\360\014\000\005\010\200x\210w\220k\240\021\240#\240Q\330\004\n\210\"\210K\220q\230\001\330\004\007\200q\210\007\210s\220\"\220A\330\010\023\2201\220F\230!\2301\230H\240B\240d\250#\250X\260R\260t\2701\340\010\023\2201\220G\2301\230A\230X\240R\240t\2503\250h\260b\270\004\270A\330\004\013\2101\200\001\360\014\000\005\t\210\004\210F\220$\220f\230D\240\006\240g\320-?\270q\300\003\300;\310a\330\004\007\200t\2101\210F\220!\2204\220q\230\006\230a\230q\330\004\010\210\002\210&\220\002\220#\220T\230\024\230T\240\026\240q\250\001\330\004\r\210X\220Q\220j\240\002\240\"\240C\240r\250\024\250S\260\002\260\047\270\030\300\021\300#\300T\310\024\310Q\330\004\007\200q\210\007\210s\220\"\220A\330\010\030\230\001\230\026\230q\240\003\2403\240h\250d\260$\260d\270!\340\010\030\230\001\230\027\240\001\240\023\240C\240x\250t\2604\260t\2701\330\004\013\2103\210f\220G\2301\230B\230a\200\001\360\020\000\005\014\2106\220\023\220C\220t\2307\240\047\250\025\250g\260W\270L\310\001\330\010\017\210v\220S\230\003\2304\230w\240g\250U\260!\330\004\020\220\003\2203\220d\230\"\230E\240\022\2401\330\004\022\220$\220b\230\005\230R\230v\240S\250\001\330\004\013\2101\210A\210X\220R\220s\230$\230e\2401\240G\2506\260\023\260A\330\004\007\200u\210G\2203\220b\230\001\330\010\r\210Q\210f\220B\220f\230D\240\002\240\047\250\027\260\004\260B\260g\270\\\310\025\310a\340\010\r\210Q\210g\220R\220v\230T\240\022\2407\250\047\260\024\260R\260w\270l\310%\310q\200A\340\010\t\210\021\210#\210T\220\023\220C\220t\2304\230t\2404\240u\250F\260$\260a\200A\340\010\t\210\021\210#\210U\220)\2304\230t\2404\240t\2505\260\006\260d\270!\200A\340\010\t\210\021\210#\210V\2204\220t\2304\230t\2405\250\006\250d\260!\200A\340\010\t\210\021\210&\220\004\220D\230\004\230D\240\004\240E\250\026\250t\2601\200A\340\010\t\210\021\210\047\220\026\220s\230#\230[\250\007\250}\270L\310\005\310Q\200A\340""\010\017\210q\220\001\220\027\230\007\230|\2504\250v\260U\270#\270T\300\024\300T\310\024\310U\320RX\320X\\\320\\`\320`a";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 270; i++) {
+    for (int i = 0; i < 271; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
       if (likely(string) && i >= 33) PyUnicode_InternInPlace(&string);
@@ -53054,8 +53042,8 @@ static const char bytes[] = " at 0x object>*openblas*.: <MemoryView of <contiguo
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 270; i < 296; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-270].length;
+    for (int i = 271; i < 297; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-271].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -53065,14 +53053,14 @@ static const char bytes[] = " at 0x object>*openblas*.: <MemoryView of <contiguo
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 296; i++) {
+    for (Py_ssize_t i = 0; i < 297; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 270;
+      PyObject **table = stringtab + 271;
       for (Py_ssize_t i=0; i<26; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
@@ -53228,7 +53216,7 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_cfunc_to_py, __pyx_mstate->__pyx_n_u_wrap, __pyx_mstate->__pyx_kp_b_iso88591_A_s_L_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_GENERATOR), 1015};
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_GENERATOR), 1016};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_previous};
     __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_memory_pool, __pyx_mstate->__pyx_kp_b_iso88591__6, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
   }
@@ -53293,32 +53281,32 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[24] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_conv2d_grad_input, __pyx_mstate->__pyx_kp_b_iso88591_fG_MQ_C_HA_D_5_1D_HCr_S_Rq_7_HA, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[24])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 18, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 635};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_dy, __pyx_mstate->__pyx_n_u_kernel_size, __pyx_mstate->__pyx_n_u_stride, __pyx_mstate->__pyx_n_u_padding, __pyx_mstate->__pyx_n_u_out_hw, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_kh, __pyx_mstate->__pyx_n_u_kw, __pyx_mstate->__pyx_n_u_c, __pyx_mstate->__pyx_n_u_f, __pyx_mstate->__pyx_n_u_pixels, __pyx_mstate->__pyx_n_u_patch, __pyx_mstate->__pyx_n_u_dy2, __pyx_mstate->__pyx_n_u_chunks, __pyx_mstate->__pyx_n_u_partial, __pyx_mstate->__pyx_n_u_dw, __pyx_mstate->__pyx_n_u_partial_db};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 19, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 635};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_dy, __pyx_mstate->__pyx_n_u_kernel_size, __pyx_mstate->__pyx_n_u_stride, __pyx_mstate->__pyx_n_u_padding, __pyx_mstate->__pyx_n_u_out_hw, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_kh, __pyx_mstate->__pyx_n_u_kw, __pyx_mstate->__pyx_n_u_c, __pyx_mstate->__pyx_n_u_f, __pyx_mstate->__pyx_n_u_pixels, __pyx_mstate->__pyx_n_u_patch, __pyx_mstate->__pyx_n_u_dy2, __pyx_mstate->__pyx_n_u_chunks, __pyx_mstate->__pyx_n_u_direct, __pyx_mstate->__pyx_n_u_partial, __pyx_mstate->__pyx_n_u_dw, __pyx_mstate->__pyx_n_u_partial_db};
     __pyx_mstate_global->__pyx_codeobj_tab[25] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_conv2d_grad_params, __pyx_mstate->__pyx_kp_b_iso88591_t_9LA_4_HA_E_D_q_M_RvQa_HF_3b_a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[25])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 13, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 714};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 13, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 715};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_pool_size, __pyx_mstate->__pyx_n_u_stride, __pyx_mstate->__pyx_n_u_ph, __pyx_mstate->__pyx_n_u_pw, __pyx_mstate->__pyx_n_u_sh, __pyx_mstate->__pyx_n_u_sw, __pyx_mstate->__pyx_n_u_oh, __pyx_mstate->__pyx_n_u_ow, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_c, __pyx_mstate->__pyx_n_u_y, __pyx_mstate->__pyx_n_u_argmax};
     __pyx_mstate_global->__pyx_codeobj_tab[26] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_maxpool2d_forward, __pyx_mstate->__pyx_kp_b_iso88591_F_fD_g_q_a_t1F_4q_aq_T_T_q_XQj, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[26])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 743};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 744};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_dy, __pyx_mstate->__pyx_n_u_argmax, __pyx_mstate->__pyx_n_u_input_shape, __pyx_mstate->__pyx_n_u_n, __pyx_mstate->__pyx_n_u_h, __pyx_mstate->__pyx_n_u_w, __pyx_mstate->__pyx_n_u_c, __pyx_mstate->__pyx_n_u_dx};
     __pyx_mstate_global->__pyx_codeobj_tab[27] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_maxpool2d_backward, __pyx_mstate->__pyx_kp_b_iso88591_g_8_XQ_s_T_6_3b_Bd_r_2Q_XQ_ha_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[27])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {9, 0, 0, 13, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 792};
+    const __Pyx_PyCode_New_function_description descr = {9, 0, 0, 13, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 793};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_param, __pyx_mstate->__pyx_n_u_grad, __pyx_mstate->__pyx_n_u_m, __pyx_mstate->__pyx_n_u_v, __pyx_mstate->__pyx_n_u_lr, __pyx_mstate->__pyx_n_u_beta1, __pyx_mstate->__pyx_n_u_beta2, __pyx_mstate->__pyx_n_u_eps, __pyx_mstate->__pyx_n_u_step, __pyx_mstate->__pyx_n_u_step_size, __pyx_mstate->__pyx_n_u_bias2_sqrt, __pyx_mstate->__pyx_n_u_flat, __pyx_mstate->__pyx_n_u_a};
     __pyx_mstate_global->__pyx_codeobj_tab[28] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_adam_update, __pyx_mstate->__pyx_kp_b_iso88591_6_Ct7_gWL_vS_4wgU_3d_E_1_b_RvS, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[28])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 830};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 831};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_slope, __pyx_mstate->__pyx_n_u_out};
     __pyx_mstate_global->__pyx_codeobj_tab[29] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_leaky_relu, __pyx_mstate->__pyx_kp_b_iso88591_xwk_Q_Kq_q_s_A_1F_1HBd_XRt1_1G1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[29])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 866};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 867};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_upstream, __pyx_mstate->__pyx_n_u_slope, __pyx_mstate->__pyx_n_u_out};
     __pyx_mstate_global->__pyx_codeobj_tab[30] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_src_cnnc__kernels_pyx, __pyx_mstate->__pyx_n_u_leaky_relu_backward, __pyx_mstate->__pyx_kp_b_iso88591_z_4AS_Kq_q_s_A_AV1AXRt882T_HTVV, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[30])) goto bad;
   }
