@@ -1,5 +1,13 @@
-"""Build cnnc. The compiled kernels are optional: where Cython or a C compiler is
-missing, the install still succeeds, says so, and cnnc runs on its NumPy kernels."""
+"""Build cnnc and its compiled kernels.
+
+The kernels are Cython sources, turned into C inside the build directory, so no generated
+file lives beside them. Where they cannot be built (no C compiler, a compile error) the
+install still succeeds, says so on the terminal, and cnnc runs on its NumPy kernels; the
+reason goes into the package for cnnc's import-time warning. Two switches:
+CNNC_REQUIRE_COMPILED=1 makes such a build fail instead (for packagers and CI), and
+CNNC_DEBUG_BUILD=1 keeps debug information, which release builds leave out.
+"""
+import glob
 import os
 import platform
 import sys
@@ -8,53 +16,161 @@ import tempfile
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = os.path.join("src", "cnnc", "_kernels.pyx")
+SOURCES = os.path.join("src", "cnnc")
+BASELINE = "cnnc._kernels"
 # The same kernels again for x86-64 CPUs with AVX2 and FMA, chosen at import where the CPU
 # has them: one wheel, no instruction the machine lacks, vectors twice as wide where it can.
-KERNELS_AVX2 = os.path.join("src", "cnnc", "_kernels_avx2.pyx")
+WITH_AVX2 = "cnnc._kernels_avx2"
 AVX2 = ["-mavx2", "-mfma"]
-AVX2_TEST = ("#include <immintrin.h>\nint main(void) { __m256 a = _mm256_set1_ps(1.0f);\n"
-             "return _mm256_cvtss_f32(_mm256_fmadd_ps(a, a, a)) == 2.0f ? 0 : 1; }\n")
+# Read by cnnc.kernels when the baseline extension is missing.
+FAILURE_NOTE = "_build_failure.txt"
+
 # Strict IEEE arithmetic: no fused multiply-adds the source does not write, so results do
 # not depend on the compiler's mood (and match the NumPy twin operation for operation).
 STRICT_MATH = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+OPENMP = {"unix": ["-fopenmp"], "msvc": ["/openmp"]}
+NUMPY_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION"),
+                ("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")]
+
+C_TEST = "int main(void) { return 0; }\n"
 OPENMP_TEST = "#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+AVX2_TEST = ("#include <immintrin.h>\nint main(void) { __m256 a = _mm256_set1_ps(1.0f);\n"
+             "return _mm256_cvtss_f32(_mm256_fmadd_ps(a, a, a)) == 2.0f ? 0 : 1; }\n")
 
 
-def _warn(message):
-    sys.stderr.write(f"\nWARNING (cnnc): {message}\ncnnc will run on its NumPy kernels.\n\n")
+def _tell(line):
+    """Print a line the user sees. pip shows a successful build's output only with -v, so
+    the line also goes straight to the terminal, where there is one."""
+    sys.stderr.write(line + "\n")
+    if sys.stderr.isatty():
+        return
+    try:
+        with open("/dev/tty", "w") as terminal:
+            terminal.write(line + "\n")
+    except OSError:
+        pass
 
 
-class OptionalBuildExt(build_ext):
-    """build_ext that adds OpenMP where the compiler has it and reports a failed build
-    instead of failing the install."""
+def _required():
+    return os.environ.get("CNNC_REQUIRE_COMPILED", "").strip() == "1"
+
+
+class KernelsNotBuilt(Exception):
+    """The compiled kernels could not be built and CNNC_REQUIRE_COMPILED=1 asks for them."""
+
+
+class BuildKernels(build_ext):
+    """build_ext for the kernels: OpenMP and the AVX2 build where the compiler has them,
+    release flags, C remade only when a Cython source changes, both builds compiled side by
+    side, and a failed build reported (or fatal under CNNC_REQUIRE_COMPILED=1)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1
 
     def run(self):
+        note = self._failure_note()
+        if os.path.exists(note):
+            os.remove(note)
         try:
             super().run()
-        except Exception as error:  # no compiler at all: setuptools fails before any file
-            _warn(f"the compiled kernels could not be built ({error}).")
+        except KernelsNotBuilt:
+            raise
+        except Exception as error:      # setuptools found no compiler before building anything
+            self._not_built(f"no C compiler could be set up ({error})")
 
     def build_extensions(self):
-        unix = self.compiler.compiler_type == "unix"
-        flags = STRICT_MATH if unix else []
-        openmp = ["-fopenmp"] if unix and self._compiles(OPENMP_TEST, ["-fopenmp"]) else []
-        avx2 = unix and platform.machine().lower() in ("x86_64", "amd64") and self._compiles(
-            AVX2_TEST, AVX2)
-        sys.stderr.write(f"cnnc: building the compiled kernels {'with' if openmp else 'without'} "
-                         f"OpenMP, {'with' if avx2 else 'without'} the AVX2 build\n")
-        if not avx2:
-            self.extensions = [ext for ext in self.extensions if ext.name != "cnnc._kernels_avx2"]
+        try:
+            import numpy
+            from Cython.Build import cythonize
+        except ImportError as error:
+            return self._not_built(f"Cython and NumPy are needed to build them ({error})")
+        kind = self.compiler.compiler_type
+        if not self._compiles(C_TEST, []):
+            compiler = getattr(self.compiler, "compiler_so", None) or [kind]
+            return self._not_built(f"the C compiler ({compiler[0]}) cannot compile a test program")
+        openmp = OPENMP.get(kind, [])
+        if not (openmp and self._compiles(OPENMP_TEST, openmp)):
+            openmp = []
+            _tell("WARNING (cnnc): the C compiler has no OpenMP; the compiled kernels will run "
+                  "on one core.")
+        if not (kind == "unix" and platform.machine().lower() in ("x86_64", "amd64")
+                and self._compiles(AVX2_TEST, AVX2)):
+            self.extensions = [ext for ext in self.extensions if ext.name != WITH_AVX2]
+        debug = self.debug or os.environ.get("CNNC_DEBUG_BUILD", "").strip() == "1"
+        compile_args, link_args = list(openmp), list(openmp)
+        if kind == "unix":
+            compile_args += STRICT_MATH + (["-g"] if debug else ["-g0"])
+            if sys.platform.startswith("linux") and not debug:
+                link_args.append("-s")          # no symbol table either: a third of the size
         for ext in self.extensions:
-            ext.extra_compile_args += flags + openmp + (AVX2 if ext.name == "cnnc._kernels_avx2" else [])
-            ext.extra_link_args += openmp
+            ext.include_dirs.append(numpy.get_include())
+            ext.define_macros += NUMPY_MACROS
+            ext.extra_compile_args += compile_args + (AVX2 if ext.name == WITH_AVX2 else [])
+            ext.extra_link_args += link_args
+        sys.stderr.write(f"cnnc: building {', '.join(ext.name for ext in self.extensions)} "
+                         f"({'with' if openmp else 'without'} OpenMP, "
+                         f"{'debug' if debug else 'release'})\n")
+        self._rebuild_if_flags_changed(compile_args + link_args)
+        self._cythonize(cythonize)
         super().build_extensions()
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as error:
-            _warn(f"building {ext.name} failed ({error}).")
+            reason = f"compiling {ext.name} failed ({error}; pip install -v shows the compiler's output)"
+            if ext.name == BASELINE:
+                self._not_built(reason)
+            elif _required():
+                raise KernelsNotBuilt(f"cnnc: {reason}") from error
+            else:
+                _tell(f"WARNING (cnnc): {reason}; cnnc will run its baseline build.")
+
+    def _not_built(self, reason):
+        """Fail under CNNC_REQUIRE_COMPILED=1; otherwise say so and leave the reason where
+        cnnc's import-time warning finds it."""
+        if _required():
+            raise KernelsNotBuilt(f"cnnc: the compiled kernels could not be built: {reason} "
+                                  "(CNNC_REQUIRE_COMPILED=1 makes that an error)")
+        _tell(f"WARNING (cnnc): the compiled kernels could not be built: {reason}. cnnc will run "
+              "on its NumPy kernels, several times slower.")
+        note = self._failure_note()
+        os.makedirs(os.path.dirname(note), exist_ok=True)
+        with open(note, "w") as handle:
+            handle.write(reason + "\n")
+
+    def _failure_note(self):
+        return os.path.join(os.path.dirname(self.get_ext_fullpath(BASELINE)), FAILURE_NOTE)
+
+    def _rebuild_if_flags_changed(self, flags):
+        """Compile everything again when the flags differ from the last build here (a debug
+        build after a release one, a compiler that gained OpenMP)."""
+        stamp = os.path.join(self.build_temp, "cnnc-flags.txt")
+        flags = " ".join(flags) + "\n"
+        if not os.path.exists(stamp) or open(stamp).read() != flags:
+            self.force = True
+            os.makedirs(self.build_temp, exist_ok=True)
+            with open(stamp, "w") as handle:
+                handle.write(flags)
+
+    def _cythonize(self, cythonize):
+        """Turn each .pyx into C in the build directory, again only when a Cython source of
+        cnnc changed. Cython would also count NumPy's .pxd files, which every isolated build
+        environment installs anew, and so recompile on every pip install."""
+        out = os.path.join(self.build_temp, "cython")
+        newest = max(os.path.getmtime(path) for path in glob.glob(os.path.join(SOURCES, "*.pyx")))
+
+        def c_file(ext):
+            return os.path.join(out, os.path.splitext(ext.sources[0])[0] + ".c")
+
+        if self.force or any(not os.path.exists(c_file(ext)) or os.path.getmtime(c_file(ext)) < newest
+                             for ext in self.extensions):
+            cythonize(self.extensions, build_dir=out, force=True, language_level=3,
+                      nthreads=self.parallel or 0)
+        for ext in self.extensions:
+            ext.sources = [c_file(ext)]
 
     def _compiles(self, source, flags):
         """Whether a C program compiles and links with these flags."""
@@ -70,20 +186,6 @@ class OptionalBuildExt(build_ext):
         return True
 
 
-def extensions():
-    if not os.path.exists(KERNELS):
-        return []
-    try:
-        import numpy
-        from Cython.Build import cythonize
-    except ImportError as error:
-        _warn(f"Cython and NumPy are needed to build the compiled kernels ({error}).")
-        return []
-    options = dict(include_dirs=[numpy.get_include()],
-                   define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION"),
-                                  ("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")])
-    return cythonize([Extension("cnnc._kernels", [KERNELS], **options),
-                      Extension("cnnc._kernels_avx2", [KERNELS_AVX2], **options)], language_level=3)
-
-
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+setup(ext_modules=[Extension(BASELINE, [os.path.join(SOURCES, "_kernels.pyx")]),
+                   Extension(WITH_AVX2, [os.path.join(SOURCES, "_kernels_avx2.pyx")])],
+      cmdclass={"build_ext": BuildKernels})

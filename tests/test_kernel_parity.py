@@ -908,14 +908,19 @@ def test_kernels_and_pool_are_safe_from_several_python_threads():
             np.testing.assert_array_equal(a, b)
 
 
-def numpy_ships_openblas():
+def numpy_ships_openblas_with_local_threads():
+    """Whether NumPy's wheel ships an OpenBLAS with openblas_set_num_threads_local (0.3.27 and
+    newer, as in NumPy 2.0 and newer), which the compiled kernels need to call it directly."""
+    import ctypes
     import glob
     import os
     root = os.path.dirname(os.path.dirname(np.__file__))
-    return bool(glob.glob(os.path.join(root, "numpy.libs", "*openblas*")))
+    return any(hasattr(ctypes.CDLL(path), "openblas_set_num_threads_local")
+               for path in glob.glob(os.path.join(root, "numpy.libs", "*openblas*")))
 
 
-@pytest.mark.skipif(not numpy_ships_openblas(), reason="this NumPy is not a wheel with its own OpenBLAS")
+@pytest.mark.skipif(not numpy_ships_openblas_with_local_threads(),
+                    reason="this NumPy does not ship an OpenBLAS 0.3.27 or newer")
 def test_numpy_wheels_openblas_is_found_for_direct_products():
     """Where NumPy ships its own OpenBLAS (its PyPI wheels), the compiled kernels use it."""
     assert compiled._blas is not None and all(compiled._blas)

@@ -1,7 +1,9 @@
 """The backend choice in cnnc.kernels (made at import, so each case runs in a fresh process)."""
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -14,23 +16,21 @@ KERNEL_NAMES = {"conv2d_forward", "conv2d_grad_input", "conv2d_grad_params", "ma
                 "memory_pool"}
 
 
-# Run in a fresh interpreter where importing cnnc._kernels fails, as on a machine where
-# the extension was never built.
-WITHOUT_EXTENSION = """
-import importlib.abc, sys
-class NoExtension(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "cnnc._kernels":
-            raise ImportError("cnnc._kernels blocked for this test")
-sys.meta_path.insert(0, NoExtension())
-"""
-
-
-def run_with_backend(value, code="import cnnc; print(cnnc.backend())", extension=True, avx2="1"):
+def run_with_backend(value, code="import cnnc; print(cnnc.backend())", avx2="1", package_dir=None):
+    """Run code in a fresh interpreter; package_dir, when given, holds the cnnc it imports."""
     env = dict(os.environ, CNNC_BACKEND=value, CNNC_AVX2=avx2)
-    code = code if extension else WITHOUT_EXTENSION + code
-    return subprocess.run([sys.executable, "-W", "always", "-c", code], env=env,
-                          capture_output=True, text=True)
+    if package_dir is not None:
+        env["PYTHONPATH"] = str(package_dir)
+    return subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, cwd=package_dir,
+                          capture_output=True, text=True, timeout=120)
+
+
+def cnnc_without_extension(tmp_path):
+    """A copy of cnnc without its compiled modules, as an install whose build failed has it;
+    returns the directory to import it from."""
+    shutil.copytree(os.path.dirname(cnnc.__file__), tmp_path / "cnnc", ignore=shutil.ignore_patterns(
+        "*.so", "*.pyd", "__pycache__", "_build_failure.txt"))
+    return tmp_path
 
 
 def compiled_is_built():
@@ -64,21 +64,45 @@ def test_auto_takes_the_compiled_kernels_when_built():
     assert result.stdout.strip() == ("compiled" if compiled_is_built() else "numpy")
 
 
-def test_compiled_without_the_extension_is_an_import_error_saying_how_to_build():
-    result = run_with_backend("compiled", extension=False)
+def test_compiled_without_the_extension_is_an_import_error_saying_how_to_build(tmp_path):
+    result = run_with_backend("compiled", package_dir=cnnc_without_extension(tmp_path))
     assert result.returncode != 0
     assert "ImportError" in result.stderr and "pip install" in result.stderr
+    assert "no compiled extension" in result.stderr
 
 
-def test_auto_without_the_extension_runs_on_numpy_and_says_so():
-    result = run_with_backend("auto", extension=False)
+def test_auto_without_the_extension_runs_on_numpy_and_says_why(tmp_path):
+    result = run_with_backend("auto", package_dir=cnnc_without_extension(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "numpy"
-    assert "RuntimeWarning" in result.stderr and "not built" in result.stderr
+    assert "RuntimeWarning" in result.stderr and "no compiled extension" in result.stderr
+    assert "circular import" not in result.stderr
 
 
-def test_numpy_chosen_explicitly_gives_no_warning():
-    result = run_with_backend("numpy", extension=False)
+def test_the_warning_gives_the_reason_the_build_recorded(tmp_path):
+    package_dir = cnnc_without_extension(tmp_path)
+    (package_dir / "cnnc" / "_build_failure.txt").write_text(
+        "the C compiler (cc) cannot compile a test program\n")
+    result = run_with_backend("auto", package_dir=package_dir)
+    assert result.returncode == 0 and result.stdout.strip() == "numpy", result.stderr
+    assert "the build could not make them: the C compiler (cc) cannot compile" in result.stderr
+
+
+@pytest.mark.parametrize("backend", ["auto", "compiled"])
+def test_an_extension_that_does_not_load_is_named_with_its_error(tmp_path, backend):
+    package_dir = cnnc_without_extension(tmp_path)
+    (package_dir / "cnnc" / ("_kernels" + sysconfig.get_config_var("EXT_SUFFIX"))).write_bytes(
+        b"not a shared library")
+    result = run_with_backend(backend, package_dir=package_dir)
+    assert "is there but does not load" in result.stderr
+    if backend == "auto":
+        assert result.returncode == 0 and result.stdout.strip() == "numpy", result.stderr
+    else:
+        assert result.returncode != 0 and "ImportError" in result.stderr
+
+
+def test_numpy_chosen_explicitly_gives_no_warning(tmp_path):
+    result = run_with_backend("numpy", package_dir=cnnc_without_extension(tmp_path))
     assert result.returncode == 0 and result.stdout.strip() == "numpy"
     assert "Warning" not in result.stderr
 

@@ -189,7 +189,9 @@ def leaky_relu_backward(x, upstream, slope):
 
 
 def matmul(a, b):
-    """Two 2-D float arrays of one dtype whose product is defined; transposed views stay as they are."""
+    """Two 2-D float arrays of one dtype whose product is defined. C- and Fortran-ordered ones
+    (transposed views) stay as they are; others are copied, because NumPy before 2.0 multiplies
+    them outside BLAS, in another order of sums, and so to other bits."""
     for name, m in (("a", a), ("b", b)):
         if not isinstance(m, np.ndarray):
             raise TypeError(f"{name} must be a NumPy array, got {type(m).__name__}")
@@ -201,4 +203,5 @@ def matmul(a, b):
         raise ValueError(f"a is {a.dtype} but b is {b.dtype}")
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"cannot multiply a {a.shape} by b {b.shape}")
-    return a, b
+    return tuple(m if m.flags.c_contiguous or m.flags.f_contiguous else np.ascontiguousarray(m)
+                 for m in (a, b))

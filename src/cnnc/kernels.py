@@ -9,8 +9,24 @@ NumPy, `compiled` insists on the extension. The extension comes in two builds of
 source: `_kernels_avx2` runs where the CPU has AVX2 and FMA (and CNNC_AVX2 is not 0),
 `_kernels` everywhere else. IMPLEMENTATION names the module that runs.
 """
+import importlib as _importlib
 import os as _os
 import warnings as _warnings
+
+# Written into the package by a build that could not compile the extension (see setup.py).
+_BUILD_FAILURE_NOTE = _os.path.join(_os.path.dirname(__file__), "_build_failure.txt")
+
+
+def _why_not_compiled(error):
+    """Why the compiled extension cannot run, as the build recorded it or as the import failed."""
+    if isinstance(error, ModuleNotFoundError) and error.name == "cnnc._kernels":
+        try:
+            with open(_BUILD_FAILURE_NOTE) as note:
+                return f"the build could not make them: {note.read().strip()}"
+        except OSError:
+            return "this installation of cnnc has no compiled extension in it"
+    return f"the compiled extension is there but does not load: {error}"
+
 
 _choice = _os.environ.get("CNNC_BACKEND", "auto").strip().lower() or "auto"
 if _choice not in ("auto", "compiled", "numpy"):
@@ -20,24 +36,25 @@ if _choice == "numpy":
     from . import _numpy_kernels as _impl
 else:
     try:
-        from . import _kernels as _impl
+        _impl = _importlib.import_module("cnnc._kernels")
     except ImportError as _error:
         if _choice == "compiled":
             raise ImportError(
-                "CNNC_BACKEND=compiled but the compiled extension cnnc._kernels is not built "
-                f"({_error}). Build it with a C compiler present: pip install --force-reinstall "
-                "--no-cache-dir . (or unset CNNC_BACKEND to run on NumPy)"
+                f"CNNC_BACKEND=compiled, but cnnc's compiled kernels cannot run: "
+                f"{_why_not_compiled(_error)}. Reinstall with a C compiler present: "
+                "pip install --force-reinstall --no-cache-dir cnnc (or unset CNNC_BACKEND to "
+                "run on NumPy)"
             ) from _error
         _warnings.warn(
-            f"cnnc's compiled kernels are not built ({_error}); running on the slower NumPy "
-            "kernels. Reinstall with a C compiler present to build them, or set "
-            "CNNC_BACKEND=numpy to choose NumPy without this warning.",
+            f"cnnc's compiled kernels cannot run ({_why_not_compiled(_error)}); running on "
+            "the slower NumPy kernels. Reinstall with a C compiler present to build them, or "
+            "set CNNC_BACKEND=numpy to choose NumPy without this warning.",
             RuntimeWarning, stacklevel=2)
         from . import _numpy_kernels as _impl
     if _impl.__name__.endswith("._kernels") and _impl._cpu_has_avx2_fma() and (
             _os.environ.get("CNNC_AVX2", "1").strip() != "0"):
         try:
-            from . import _kernels_avx2 as _impl
+            _impl = _importlib.import_module("cnnc._kernels_avx2")
         except ImportError:         # built without it (another CPU or compiler): baseline
             pass
 
@@ -55,4 +72,4 @@ leaky_relu = _impl.leaky_relu
 leaky_relu_backward = _impl.leaky_relu_backward
 memory_pool = _impl.memory_pool
 
-del _os, _warnings, _choice, _impl
+del _importlib, _os, _warnings, _choice, _impl
