@@ -113,7 +113,11 @@ class BuildKernels(build_ext):
                          f"({'with' if openmp else 'without'} OpenMP, "
                          f"{'debug' if debug else 'release'})\n")
         self._rebuild_if_flags_changed(compile_args + link_args)
-        self._cythonize(cythonize)
+        try:
+            self._cythonize(cythonize)
+        except Exception as error:
+            return self._not_built(f"Cython could not translate them ({type(error).__name__}: "
+                                   f"{error}; pip install -v shows Cython's messages)")
         super().build_extensions()
 
     def build_extension(self, ext):
@@ -167,8 +171,9 @@ class BuildKernels(build_ext):
 
         if self.force or any(not os.path.exists(c_file(ext)) or os.path.getmtime(c_file(ext)) < newest
                              for ext in self.extensions):
+            workers = min(self.parallel or 1, len(self.extensions))
             cythonize(self.extensions, build_dir=out, force=True, language_level=3,
-                      nthreads=self.parallel or 0)
+                      nthreads=workers if workers > 1 else 0)
         for ext in self.extensions:
             ext.sources = [c_file(ext)]
 

@@ -41,14 +41,15 @@ else:
         if _choice == "compiled":
             raise ImportError(
                 f"CNNC_BACKEND=compiled, but cnnc's compiled kernels cannot run: "
-                f"{_why_not_compiled(_error)}. Reinstall with a C compiler present: "
-                "pip install --force-reinstall --no-cache-dir cnnc (or unset CNNC_BACKEND to "
-                "run on NumPy)"
+                f"{_why_not_compiled(_error)}. Reinstall where they can be built (pip install "
+                "-v --force-reinstall --no-cache-dir cnnc shows the build), or unset "
+                "CNNC_BACKEND to run on NumPy"
             ) from _error
         _warnings.warn(
             f"cnnc's compiled kernels cannot run ({_why_not_compiled(_error)}); running on "
-            "the slower NumPy kernels. Reinstall with a C compiler present to build them, or "
-            "set CNNC_BACKEND=numpy to choose NumPy without this warning.",
+            "the NumPy kernels, several times slower. Reinstall where they can be built (pip "
+            "install -v shows the build), or set CNNC_BACKEND=numpy to choose NumPy without "
+            "this warning.",
             RuntimeWarning, stacklevel=2)
         from . import _numpy_kernels as _impl
     if _impl.__name__.endswith("._kernels") and _impl._cpu_has_avx2_fma() and (
