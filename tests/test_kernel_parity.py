@@ -908,22 +908,37 @@ def test_kernels_and_pool_are_safe_from_several_python_threads():
             np.testing.assert_array_equal(a, b)
 
 
-def numpy_ships_openblas_with_local_threads():
-    """Whether NumPy's wheel ships an OpenBLAS with openblas_set_num_threads_local (0.3.27 and
-    newer, as in NumPy 2.0 and newer), which the compiled kernels need to call it directly."""
-    import ctypes
+def numpy_ships_openblas():
     import glob
     import os
     root = os.path.dirname(os.path.dirname(np.__file__))
-    return any(hasattr(ctypes.CDLL(path), "openblas_set_num_threads_local")
-               for path in glob.glob(os.path.join(root, "numpy.libs", "*openblas*")))
+    return bool(glob.glob(os.path.join(root, "numpy.libs", "*openblas*")))
 
 
-@pytest.mark.skipif(not numpy_ships_openblas_with_local_threads(),
-                    reason="this NumPy does not ship an OpenBLAS 0.3.27 or newer")
+@pytest.mark.skipif(not numpy_ships_openblas(), reason="this NumPy is not a wheel with its own OpenBLAS")
 def test_numpy_wheels_openblas_is_found_for_direct_products():
     """Where NumPy ships its own OpenBLAS (its PyPI wheels), the compiled kernels use it."""
-    assert compiled._blas is not None and all(compiled._blas)
+    assert compiled._blas is not None and all(compiled._blas.values())
+
+
+@pytest.mark.skipif(compiled._blas is None, reason="NumPy's OpenBLAS is not called directly here")
+def test_openblas_keeps_its_thread_count_across_kernel_calls():
+    """The kernels run OpenBLAS on their own threads and give NumPy its thread count back."""
+    import ctypes
+    get_threads = ctypes.CFUNCTYPE(ctypes.c_int)(compiled._blas["get_threads"])
+    before = get_threads()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 20, 20, 8)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 8, 32)).astype(np.float32)
+    compiled.conv2d_forward(x, w, np.zeros(32, np.float32), (1, 1), (1, 1, 1, 1))
+    a = rng.standard_normal((300, 200))
+    np.testing.assert_allclose(compiled.matmul(a, a.T), a @ a.T, rtol=1e-12, atol=1e-9)
+    assert get_threads() == before
+    with compiled.memory_pool():        # where a Network computes: one thread throughout
+        assert get_threads() == 1
+        compiled.matmul(a, a.T)
+        assert get_threads() == 1
+    assert get_threads() == before
 
 
 # ====================================================================== 5. the two builds

@@ -167,33 +167,64 @@ ctypedef void (*_sgemm_t)(int, int, int, int64_t, int64_t, int64_t, float, const
                           const float*, int64_t, float, float*, int64_t) noexcept nogil
 ctypedef void (*_dgemm_t)(int, int, int, int64_t, int64_t, int64_t, double, const double*, int64_t,
                           const double*, int64_t, double, double*, int64_t) noexcept nogil
-ctypedef int (*_local_threads_t)(int) noexcept nogil
+ctypedef void (*_set_threads_t)(int) noexcept nogil
+ctypedef int (*_get_threads_t)() noexcept nogil
 cdef _sgemm_t _sgemm = NULL
 cdef _dgemm_t _dgemm = NULL
-cdef _local_threads_t _blas_local_threads = NULL
+cdef _set_threads_t _blas_set_threads = NULL
+cdef _get_threads_t _blas_get_threads = NULL
 
 
 def _numpy_openblas():
-    """Addresses of cblas_sgemm, cblas_dgemm (64-bit ints) and openblas_set_num_threads_local
-    in the OpenBLAS that NumPy's wheel ships, or None."""
+    """Addresses of cblas_sgemm and cblas_dgemm (64-bit ints), openblas_set_num_threads and
+    openblas_get_num_threads in the OpenBLAS that NumPy's wheel ships, or None."""
     root = os.path.dirname(os.path.dirname(np.__file__))
     for path in glob.glob(os.path.join(root, "numpy.libs", "*openblas*")):
         library = ctypes.CDLL(path)
-        for prefix in ("scipy_cblas_", "cblas_"):
+        for prefix in ("scipy_", ""):
+            names = {"sgemm": "cblas_sgemm64_", "dgemm": "cblas_dgemm64_",
+                     "set_threads": "openblas_set_num_threads64_",
+                     "get_threads": "openblas_get_num_threads64_"}
             try:
-                found = (getattr(library, prefix + "sgemm64_"), getattr(library, prefix + "dgemm64_"),
-                         library.openblas_set_num_threads_local)
+                return {key: ctypes.cast(getattr(library, prefix + name), ctypes.c_void_p).value
+                        for key, name in names.items()}
             except AttributeError:
                 continue
-            return [ctypes.cast(function, ctypes.c_void_p).value for function in found]
     return None
 
 
 _blas = _numpy_openblas()
 if _blas is not None:
-    _sgemm = <_sgemm_t><size_t>_blas[0]
-    _dgemm = <_dgemm_t><size_t>_blas[1]
-    _blas_local_threads = <_local_threads_t><size_t>_blas[2]
+    _sgemm = <_sgemm_t><size_t>_blas["sgemm"]
+    _dgemm = <_dgemm_t><size_t>_blas["dgemm"]
+    _blas_set_threads = <_set_threads_t><size_t>_blas["set_threads"]
+    _blas_get_threads = <_get_threads_t><size_t>_blas["get_threads"]
+
+# OpenBLAS's thread count is 1 while any kernel call multiplies from this module's threads,
+# and what it was once the last such call is done; a NumPy product in another Python thread
+# meanwhile runs on one thread too. (NumPy's OpenBLAS has no count per calling thread: its
+# openblas_set_num_threads_local sets the process-wide one.) Counted with the GIL held.
+cdef int _blas_callers = 0
+cdef int _blas_threads_before = 1
+
+
+cdef void _blas_on_calling_threads() noexcept:
+    """From here on, OpenBLAS computes each product on the thread that asks for it."""
+    global _blas_callers, _blas_threads_before
+    if _blas_set_threads != NULL:
+        if _blas_callers == 0:
+            _blas_threads_before = _blas_get_threads()
+            _blas_set_threads(1)
+        _blas_callers += 1
+
+
+cdef void _blas_threads_back() noexcept:
+    """Undoes _blas_on_calling_threads."""
+    global _blas_callers
+    if _blas_set_threads != NULL:
+        _blas_callers -= 1
+        if _blas_callers == 0:
+            _blas_set_threads(_blas_threads_before)
 
 # Bytes of patch matrix per chunk: per thread and in cache with direct BLAS (256 KiB to
 # 1 MiB measured alike on the seed CNN); through numpy.matmul, large enough for its own
@@ -236,9 +267,9 @@ cdef int _conv_pass(_Pass which, const real[:, :, :, ::1] image, real[:, :, :, :
     cdef Py_ssize_t largest = (images + chunks - 1) // chunks
     cdef Py_ssize_t chunk, n, start, stop, row
     cdef real* cols
-    cdef int previous, failed = 0
+    cdef int failed = 0
+    _blas_on_calling_threads()
     with nogil, parallel(num_threads=_threads):
-        previous = _blas_local_threads(1)
         cols = <real*>malloc(largest * pixels * patch * sizeof(real))
         for chunk in prange(chunks, schedule="static"):
             start = chunk * images // chunks
@@ -267,7 +298,7 @@ cdef int _conv_pass(_Pass which, const real[:, :, :, ::1] image, real[:, :, :, :
                     _unpatch(cols + (n - start) * pixels * patch, &image_grad[n, 0, 0, 0], height,
                              width, channels, kh, kw, sh, sw, top, left, oh, ow)
         free(cols)
-        _blas_local_threads(previous)
+    _blas_threads_back()
     return failed
 
 
@@ -549,9 +580,8 @@ cdef void _matmul_split(int transa, int transb, const real* a, int64_t lda, cons
     cdef int64_t side = m if by_rows else n
     cdef int64_t chunks = _threads if _threads < side else side
     cdef int64_t chunk, start, size
-    cdef int previous
+    _blas_on_calling_threads()
     with nogil, parallel(num_threads=chunks):
-        previous = _blas_local_threads(1)
         for chunk in prange(chunks, schedule="static"):
             start = chunk * side // chunks
             size = (chunk + 1) * side // chunks - start
@@ -561,7 +591,7 @@ cdef void _matmul_split(int transa, int transb, const real* a, int64_t lda, cons
             else:           # columns of op(b): likewise the other way round
                 _gemm(transa, transb, m, size, k, a, lda,
                       b + (start if transb == _NO_TRANS else start * ldb), ldb, 0, c + start, n)
-        _blas_local_threads(previous)
+    _blas_threads_back()
 
 
 def _layout(m):
@@ -1015,13 +1045,18 @@ _pool_capsule = PyCapsule_New(&_pool_handler, b"mem_handler", NULL)
 
 @contextlib.contextmanager
 def memory_pool():
-    """Within the block, NumPy arrays reuse the memory of freed arrays of the same size.
+    """Within the block, NumPy arrays reuse the memory of freed arrays of the same size,
+    and OpenBLAS computes every product, NumPy's included, on the thread that asks for it
+    (its own threads would keep spinning between products and take the cores from the
+    kernels' loops).
 
     Arrays made inside may outlive the block; their memory returns to the pool when
     they are freed. The pool keeps at most 1 GiB.
     """
     previous = PyDataMem_SetHandler(_pool_capsule)
+    _blas_on_calling_threads()
     try:
         yield
     finally:
+        _blas_threads_back()
         PyDataMem_SetHandler(previous)
