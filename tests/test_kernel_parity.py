@@ -793,7 +793,7 @@ def test_read_only_and_non_contiguous_inputs_give_the_same_result(module, name, 
 
 # Besides the kernels, memory_pool() is a context manager (a NumPy allocator on the
 # compiled backend, a plain block on NumPy); it is the one other callable allowed.
-OTHER_CALLABLES = {"memory_pool"}
+OTHER_CALLABLES = {"memory_pool", "set_num_threads", "get_num_threads"}
 
 
 def public_functions(module):

@@ -1,10 +1,12 @@
 """The backend choice in cnnc.kernels (made at import, so each case runs in a fresh process)."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
 
+import numpy as np
 import pytest
 
 import cnnc
@@ -13,7 +15,7 @@ from cnnc import _numpy_kernels, kernels
 PRINT_IMPLEMENTATION = "from cnnc import kernels; print(kernels.IMPLEMENTATION)"
 KERNEL_NAMES = {"conv2d_forward", "conv2d_grad_input", "conv2d_grad_params", "maxpool2d_forward",
                 "maxpool2d_backward", "adam_update", "matmul", "leaky_relu", "leaky_relu_backward",
-                "memory_pool"}
+                "memory_pool", "set_num_threads", "get_num_threads"}
 
 
 def run_with_backend(value, code="import cnnc; print(cnnc.backend())", avx2="1", package_dir=None):
@@ -150,3 +152,108 @@ def test_numpy_backend_names_its_module():
     result = run_with_backend("numpy", PRINT_IMPLEMENTATION)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "cnnc._numpy_kernels"
+
+
+FORKED_CHILDREN = """
+import multiprocessing, os, pickle
+import numpy as np
+import cnnc
+
+np.random.seed(0)
+net = cnnc.Network([cnnc.Conv((3, 3, 1, 16), activation=cnnc.relu, dtype=np.float64), cnnc.MaxPool(2),
+                    cnnc.Flatten((13, 13, 16)), cnnc.FullyConnected((13 * 13 * 16, 10), dtype=np.float64)],
+                   loss=cnnc.SoftmaxCrossEntropy())
+x, y = np.random.rand(64, 28, 28, 1), np.arange(64) % 10
+
+
+def work(_=None):
+    loss, grads = net.loss_and_grads(x, y)
+    return loss, [grads[0]["w"], grads[0]["b"], grads[3]["w"]], net.predict(x)
+
+
+parent = work()                     # the parent's threads exist from here on
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    with os.fdopen(write, "wb") as out:
+        pickle.dump(work(), out)
+    os._exit(0)
+os.close(write)
+with os.fdopen(read, "rb") as answer:
+    child = pickle.load(answer)
+os.waitpid(pid, 0)
+with multiprocessing.get_context("fork").Pool(2) as pool:
+    pooled = pool.map(work, range(2))
+for result in [child] + pooled:
+    assert abs(result[0] - parent[0]) <= 1e-12 * abs(parent[0]), (result[0], parent[0])
+    for got, want in zip(result[1] + [result[2]], parent[1] + [parent[2]]):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+print("children agree with the parent")
+"""
+
+
+FORK_TIMEOUT = 120   # seconds; the work takes about one
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+@pytest.mark.parametrize("backend", ["auto", "numpy"])
+def test_forked_children_compute_what_the_parent_computed(backend):
+    """A child forked after the kernels ran in threads (os.fork, a multiprocessing fork Pool)
+    neither hangs nor computes anything else."""
+    env = dict(os.environ, CNNC_BACKEND=backend, CNNC_NUM_THREADS="2")
+    process = subprocess.Popen([sys.executable, "-c", FORKED_CHILDREN], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=FORK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)      # the children too
+        process.communicate()
+        pytest.fail(f"a forked child hung: killed after {FORK_TIMEOUT} s")
+    assert process.returncode == 0, err
+    assert "children agree with the parent" in out
+
+
+@pytest.mark.parametrize("module", [cnnc, _numpy_kernels], ids=["cnnc", "numpy_kernels"])
+def test_the_thread_count_is_set_and_told_at_run_time(module):
+    before = module.get_num_threads()
+    try:
+        module.set_num_threads(3)
+        assert module.get_num_threads() == 3
+        module.set_num_threads(np.int64(1))
+        assert module.get_num_threads() == 1
+    finally:
+        module.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "2", True, None, 10**6, 2**64])
+def test_a_bad_thread_count_is_a_value_error(bad):
+    before = cnnc.get_num_threads()
+    with pytest.raises(ValueError, match="number of threads must be an int from 1 to"):
+        cnnc.set_num_threads(bad)
+    assert cnnc.get_num_threads() == before
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "2.5", "", "100000", "99999999999999999999"])
+@pytest.mark.parametrize("backend", ["auto", "numpy"])
+def test_a_bad_cnnc_num_threads_is_a_value_error_naming_it_at_import(value, backend):
+    env = dict(os.environ, CNNC_BACKEND=backend, CNNC_NUM_THREADS=value)
+    result = subprocess.run([sys.executable, "-c", "import cnnc"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0
+    assert "ValueError: CNNC_NUM_THREADS must be an int from 1 to" in result.stderr
+
+
+def test_results_do_not_depend_on_the_thread_count_beyond_rounding():
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((9, 11, 11, 3)), rng.standard_normal((9, 9, 9, 16))
+    before = cnnc.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            cnnc.set_num_threads(threads)
+            results.append(kernels.conv2d_grad_params(x, dy, (3, 3), (1, 1), (0, 0, 0, 0)))
+    finally:
+        cnnc.set_num_threads(before)
+    for dw, db in results[1:]:
+        np.testing.assert_allclose(dw, results[0][0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(db, results[0][1], rtol=1e-12, atol=1e-12)

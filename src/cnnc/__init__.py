@@ -15,9 +15,20 @@ def backend():
     return kernels.BACKEND
 
 
+def set_num_threads(n):
+    """Run cnnc's compiled loops on n threads from now on, as torch.set_num_threads does;
+    CNNC_NUM_THREADS sets the count at start-up (every core the process may use by default)."""
+    kernels.set_num_threads(n)
+
+
+def get_num_threads():
+    """How many threads cnnc's compiled loops run on."""
+    return kernels.get_num_threads()
+
+
 __all__ = [
     "AbstractActivation", "AdamOptimizer", "Conv", "Flatten", "FullyConnected", "MaxPool",
     "MeanSquaredError", "Network", "POOL", "SGDOptimizer", "SGDoptimizer", "SoftmaxCrossEntropy",
-    "backend", "datasets", "get_default_dtype", "init", "leaky_relu", "linear", "relu", "set_default_dtype",
-    "sigmoid", "tanh",
+    "backend", "datasets", "get_default_dtype", "get_num_threads", "init", "leaky_relu", "linear",
+    "relu", "set_default_dtype", "set_num_threads", "sigmoid", "tanh",
 ]

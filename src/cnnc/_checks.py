@@ -72,12 +72,28 @@ def output_size(name, size, window, stride, pad_before=0, pad_after=0):
     return (padded - window) // stride + 1
 
 
-def thread_count(variable, default):
-    """The positive int in environment variable `variable`, `default` when it is unset."""
-    value = os.environ.get(variable, str(default))
-    if not value.strip().isdigit() or int(value) < 1:
-        raise ValueError(f"{variable} must be a positive int, got {value!r}")
-    return int(value)
+MAX_THREADS = 1024
+
+
+def num_threads(n, name="the number of threads"):
+    """A thread count: an int from 1 to MAX_THREADS."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"{name} must be an int from 1 to {MAX_THREADS}, got {n!r}")
+    return int(n)
+
+
+def thread_count(variable):
+    """The thread count in environment variable `variable`; when it is unset, the cores this
+    process may run on."""
+    value = os.environ.get(variable)
+    if value is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return min(cores or 1, MAX_THREADS)
+    try:
+        n = int(value.strip())
+    except ValueError:
+        raise ValueError(f"{variable} must be an int from 1 to {MAX_THREADS}, got {value!r}") from None
+    return num_threads(n, variable)
 
 
 def expect_shape(name, shape, expected):

@@ -44,8 +44,43 @@ def _cpu_has_avx2_fma():
     return bool(cnnc_cpu_has_avx2_fma())
 
 # Threads for the loops over the batch: CNNC_NUM_THREADS, or every core.
-cdef int _threads = _checks.thread_count("CNNC_NUM_THREADS", len(os.sched_getaffinity(0))
-                                          if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+cdef int _threads = _checks.thread_count("CNNC_NUM_THREADS")
+
+# A child made by fork() has none of the parent's threads, and GNU OpenMP's pool does not
+# know it: the child's first parallel loop would wait forever for workers that are gone.
+# A team of one thread needs no pool, so the child computes on its own thread.
+cdef extern from *:
+    """
+    #if defined(_WIN32)
+    static int cnnc_at_fork_in_child(void (*handler)(void)) { (void)handler; return 0; }
+    #else
+    #include <pthread.h>
+    static int cnnc_at_fork_in_child(void (*handler)(void)) {
+        return pthread_atfork(NULL, NULL, handler);
+    }
+    #endif
+    """
+    int cnnc_at_fork_in_child(void (*handler)() noexcept nogil)
+
+
+cdef void _one_thread_after_fork() noexcept nogil:
+    global _threads
+    _threads = 1
+
+
+def set_num_threads(n):
+    """Run the loops on n threads from now on (CNNC_NUM_THREADS sets the first count)."""
+    global _threads
+    _threads = _checks.num_threads(n)
+
+
+def get_num_threads():
+    """How many threads the loops run on (1 in a child made by fork())."""
+    return _threads
+
+
+if cnnc_at_fork_in_child(_one_thread_after_fork) != 0:
+    raise ImportError("cnnc._kernels could not register its fork handler (pthread_atfork)")
 
 ctypedef fused real:
     float
@@ -268,8 +303,11 @@ cdef int _conv_pass(_Pass which, const real[:, :, :, ::1] image, real[:, :, :, :
     cdef Py_ssize_t chunk, n, start, stop, row
     cdef real* cols
     cdef int failed = 0
+    # the weight gradient's team is as large as its per-thread buffer, whatever
+    # set_num_threads did since that was made
+    cdef int team = <int>(out.shape[0] // patch) if which == _GRAD_WEIGHT else _threads
     _blas_on_calling_threads()
-    with nogil, parallel(num_threads=_threads):
+    with nogil, parallel(num_threads=team):
         cols = <real*>malloc(largest * pixels * patch * sizeof(real))
         for chunk in prange(chunks, schedule="static"):
             start = chunk * images // chunks
@@ -461,7 +499,8 @@ cdef void _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, rea
     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
     cdef Py_ssize_t f = dy2.shape[1], count = x.shape[0] * oh, patch = kh * kw * channels
     cdef Py_ssize_t row, n, i
-    for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):
+    cdef int team = <int>(partial.shape[0] // patch)     # one buffer row block per thread
+    for row in prange(count, schedule="static", nogil=True, num_threads=team):
         n = row // oh
         i = row - n * oh
         _direct_weight_row(&x[n, 0, 0, 0], &dy2[row * ow, 0], &partial[threadid() * patch, 0],
@@ -679,7 +718,7 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
         else:
             _run_pass(_GRAD_WEIGHT, x, None, None, dy2, partial, None, kernel_size, stride,
                       padding, out_hw, chunks)
-        dw = partial.reshape(_threads, patch, f).sum(axis=0)
+        dw = partial.reshape(-1, patch, f).sum(axis=0)
     else:
         dw = np.zeros((patch, f), dtype=x.dtype)
         _matmul_pass(_GRAD_WEIGHT, x, None, dy2, dw, None, kernel_size, stride, padding, out_hw,

@@ -155,3 +155,17 @@ def leaky_relu_backward(x, upstream, slope):
 def memory_pool():
     """A block in which NumPy allocates as it always does: pooling needs the compiled backend."""
     return contextlib.nullcontext()
+
+
+_threads = _checks.thread_count("CNNC_NUM_THREADS")
+
+
+def set_num_threads(n):
+    """Keep n as the thread count; the NumPy kernels run on NumPy's own threads."""
+    global _threads
+    _threads = _checks.num_threads(n)
+
+
+def get_num_threads():
+    """The thread count set last (CNNC_NUM_THREADS, or the cores, at first)."""
+    return _threads

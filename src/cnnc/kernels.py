@@ -1,7 +1,8 @@
 """The kernel functions of the running backend: compiled `_kernels` or `_numpy_kernels`.
 
 Besides the kernels, `memory_pool()` opens a block in which NumPy reuses the memory of
-freed arrays (compiled backend; a plain block on NumPy).
+freed arrays (compiled backend; a plain block on NumPy), and `set_num_threads(n)` /
+`get_num_threads()` set and tell how many threads the compiled loops run on.
 
 The environment variable CNNC_BACKEND chooses: `auto` (the default) takes the compiled
 extension when it is built and NumPy otherwise, with a warning, `numpy` always takes
@@ -72,5 +73,7 @@ matmul = _impl.matmul
 leaky_relu = _impl.leaky_relu
 leaky_relu_backward = _impl.leaky_relu_backward
 memory_pool = _impl.memory_pool
+set_num_threads = _impl.set_num_threads
+get_num_threads = _impl.get_num_threads
 
 del _importlib, _os, _warnings, _choice, _impl
