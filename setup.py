@@ -103,7 +103,7 @@ class BuildKernels(build_ext):
         if kind == "unix":
             compile_args += STRICT_MATH + (["-g"] if debug else ["-g0"])
             if sys.platform.startswith("linux") and not debug:
-                link_args.append("-s")          # no symbol table either: a third of the size
+                link_args.append("-s")          # nor a symbol table: Python finds PyInit_* by its dynamic one
         for ext in self.extensions:
             ext.include_dirs.append(numpy.get_include())
             ext.define_macros += NUMPY_MACROS
