@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc import _numpy_kernels, kernels
+from cnnc import _checks, _numpy_kernels, kernels
 
 PRINT_IMPLEMENTATION = "from cnnc import kernels; print(kernels.IMPLEMENTATION)"
 KERNEL_NAMES = {"conv2d_forward", "conv2d_grad_input", "conv2d_grad_params", "maxpool2d_forward",
@@ -234,9 +234,15 @@ def test_a_bad_thread_count_is_a_value_error(bad):
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "two", "2.5", "", "100000", "99999999999999999999"])
+def test_a_bad_cnnc_num_threads_is_a_value_error_naming_it(value, monkeypatch):
+    monkeypatch.setenv("CNNC_NUM_THREADS", value)
+    with pytest.raises(ValueError, match="CNNC_NUM_THREADS must be an int from 1 to"):
+        _checks.thread_count("CNNC_NUM_THREADS")
+
+
 @pytest.mark.parametrize("backend", ["auto", "numpy"])
-def test_a_bad_cnnc_num_threads_is_a_value_error_naming_it_at_import(value, backend):
-    env = dict(os.environ, CNNC_BACKEND=backend, CNNC_NUM_THREADS=value)
+def test_a_bad_cnnc_num_threads_stops_the_import(backend):
+    env = dict(os.environ, CNNC_BACKEND=backend, CNNC_NUM_THREADS="0")
     result = subprocess.run([sys.executable, "-c", "import cnnc"], env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode != 0
