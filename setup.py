@@ -153,7 +153,11 @@ class BuildKernels(build_ext):
         build after a release one, a compiler that gained OpenMP)."""
         stamp = os.path.join(self.build_temp, "cnnc-flags.txt")
         flags = " ".join(flags) + "\n"
-        if not os.path.exists(stamp) or open(stamp).read() != flags:
+        previous = None
+        if os.path.exists(stamp):
+            with open(stamp) as handle:
+                previous = handle.read()
+        if previous != flags:
             self.force = True
             os.makedirs(self.build_temp, exist_ok=True)
             with open(stamp, "w") as handle:

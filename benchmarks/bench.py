@@ -19,6 +19,7 @@ import numpy as np
 import cnnc
 from cnnc import (POOL, AdamOptimizer, Conv, Flatten, FullyConnected, Network, SoftmaxCrossEntropy,
                   _numpy_kernels, kernels, leaky_relu, relu)
+from common import cpu_name, table, torch_model
 
 # The compiled build cnnc runs here: AVX2 where the CPU has it, unless CNNC_AVX2=0.
 compiled_kernels = importlib.import_module(kernels.IMPLEMENTATION) if kernels.BACKEND == "compiled" else None
@@ -80,26 +81,6 @@ def seed_cnn():
     ], loss=SoftmaxCrossEntropy())
 
 
-def torch_seed_cnn(net):
-    """The same network in PyTorch (NCHW), with the same weights."""
-    nn = torch.nn
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 3), nn.LeakyReLU(0.01), nn.Conv2d(16, 32, 4, stride=2), nn.LeakyReLU(0.01),
-        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1152, 256), nn.ReLU(), nn.Linear(256, 10))
-    convs, linears = [model[0], model[2]], [model[6], model[8]]
-    with torch.no_grad():
-        for layer, conv in zip(net.layers[:2], convs):
-            conv.weight.copy_(torch.from_numpy(layer.params["w"].transpose(3, 2, 0, 1).copy()))
-            conv.bias.copy_(torch.from_numpy(layer.params["b"]))
-        # cnnc flattens NHWC, torch NCHW: permute the first FC's rows to match
-        w = net.layers[4].params["w"].reshape(6, 6, 32, 256).transpose(2, 0, 1, 3).reshape(1152, 256)
-        linears[0].weight.copy_(torch.from_numpy(w.T.copy()))
-        linears[0].bias.copy_(torch.from_numpy(net.layers[4].params["b"]))
-        linears[1].weight.copy_(torch.from_numpy(net.layers[5].params["w"].T.copy()))
-        linears[1].bias.copy_(torch.from_numpy(net.layers[5].params["b"]))
-    return model
-
-
 def kernel_cases(rng):
     """Each kernel on the seed CNN's shapes at batch 50, float32."""
     f32 = np.float32
@@ -139,7 +120,7 @@ def network_cases(rng):
             "numpy": lambda net=net, x=x, y=y: net.train_step(x, y, lr=1e-3),
         }
         if torch is not None:
-            model = torch_seed_cnn(net)
+            model = torch_model(torch, net, (28, 28, 1))
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
             tx, ty = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y)
 
@@ -158,7 +139,7 @@ def network_cases(rng):
     contenders = {"compiled": lambda: net.predict(x, batch_size=1000),
                   "numpy": lambda: net.predict(x, batch_size=1000)}
     if torch is not None:
-        model = torch_seed_cnn(net)
+        model = torch_model(torch, net, (28, 28, 1))
         tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
 
         def torch_predict():
@@ -171,29 +152,9 @@ def network_cases(rng):
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as info:
-            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
-        cpu = names[0] if names else cpu
     versions = f"NumPy {np.__version__}" + (f", PyTorch {torch.__version__}" if torch else "")
     threads = f", torch threads {torch.get_num_threads()}" if torch else ""
-    return f"{cpu}, {os.cpu_count()} cores{threads}; Python {platform.python_version()}, {versions}"
-
-
-def table(rows, columns, ratios, markdown):
-    """Times in ms per column, then each ratio (a, b) as time a / time b."""
-    header = ["case"] + [f"{c} ms" for c in columns] + [f"{a} / {b}" for a, b in ratios]
-    lines = [header]
-    for name, result in rows.items():
-        times = [f"{1e3 * result[c]:.2f}" for c in columns]
-        lines.append([name] + times + [f"{result[a] / result[b]:.2f}x" for a, b in ratios])
-    if markdown:
-        out = ["| " + " | ".join(line) + " |" for line in lines]
-        out.insert(1, "|" + "---|" * len(header))
-        return "\n".join(out)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines)
+    return f"{cpu_name()}, {os.cpu_count()} cores{threads}; Python {platform.python_version()}, {versions}"
 
 
 def main():

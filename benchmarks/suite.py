@@ -23,7 +23,7 @@ import numpy as np
 import cnnc
 from cnnc import (AdamOptimizer, Conv, Flatten, FullyConnected, MaxPool, Network, SGDOptimizer,
                   SoftmaxCrossEntropy, leaky_relu, linear, relu)
-from cnnc.activations import LeakyReLU, Linear, ReLU
+from common import cpu_name, table, torch_model
 
 LIBRARIES = ("cnnc", "torch")
 CASES = {"train": "train step", "infer": "inference, 2,000 images"}
@@ -88,49 +88,6 @@ def cnnc_network(arch):
     return Network(layers, loss=SoftmaxCrossEntropy())
 
 
-def torch_model(torch, net, input_shape):
-    """The same network in PyTorch (NCHW semantics), with cnnc's weights copied in.
-
-    Filters go from (kh, kw, c_in, c_out) to (c_out, c_in, kh, kw), FC weights from
-    (in, out) to (out, in); the FC after a Flatten also has its inputs reordered,
-    because cnnc flattens (H, W, C) and torch (C, H, W).
-    """
-    nn, shape, modules, flattened = torch.nn, input_shape, [], None
-    with torch.no_grad():
-        for layer in net.layers:
-            if isinstance(layer, Conv):
-                kh, kw, c_in, c_out = layer.fshape
-                top, bottom, left, right = layer.pads(*shape[:2])
-                if (top, left) != (bottom, right):
-                    raise SystemExit(f"{layer!r}: asymmetric padding has no nn.Conv2d equivalent")
-                module = nn.Conv2d(c_in, c_out, (kh, kw), stride=layer.strides, padding=(top, left))
-                filters = layer.params["w"].transpose(3, 2, 0, 1)
-                module.weight.copy_(torch.from_numpy(np.ascontiguousarray(filters)))
-            elif isinstance(layer, MaxPool):
-                module = nn.MaxPool2d(layer.pshape, layer.strides)
-            elif isinstance(layer, Flatten):
-                module, flattened = nn.Flatten(), layer.input_shape
-            else:
-                w = layer.params["w"]
-                if flattened is not None:
-                    order = np.arange(w.shape[0]).reshape(flattened)
-                    w = w[order.transpose(np.roll(np.arange(len(flattened)), 1)).ravel()]
-                module, flattened = nn.Linear(*layer.shape), None
-                module.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
-            if "b" in layer.params:
-                module.bias.copy_(torch.from_numpy(layer.params["b"]))
-            modules += [module] + torch_activation(nn, layer.activation)
-            shape = layer.output_shape(shape)
-    return nn.Sequential(*modules).to(memory_format=torch.channels_last)
-
-
-def torch_activation(nn, activation):
-    """The torch modules for one of the suite's cnnc activations: [] for linear."""
-    modules = {Linear: lambda: [], ReLU: lambda: [nn.ReLU()],
-               LeakyReLU: lambda: [nn.LeakyReLU(activation.slope)]}
-    return modules[type(activation)]()
-
-
 def torch_optimizer(torch, arch, model):
     """torch's counterpart of the optimizer cnnc_network gives each layer."""
     if arch.optimizer == "adam":
@@ -185,7 +142,8 @@ def cnnc_call(arch, case):
 def torch_call(arch, case):
     """The zero-argument call a torch worker times; it converts the NHWC array itself."""
     torch = load_torch()
-    model = torch_model(torch, cnnc_network(arch), arch.input_shape)
+    model = torch_model(torch, cnnc_network(arch), arch.input_shape).to(
+        memory_format=torch.channels_last)
     x, y = data(arch, arch.batch if case == "train" else INFERENCE_IMAGES)
     if case == "train":
         optimizer, loss_fn = torch_optimizer(torch, arch, model), torch.nn.CrossEntropyLoss()
@@ -207,7 +165,7 @@ def torch_call(arch, case):
 
 
 def worker(library, arch_key, case, calls):
-    """Time one library on one case; print the median in ms as the last line."""
+    """Time one library on one case; print the median in seconds as the last line."""
     call = (cnnc_call if library == "cnnc" else torch_call)(ARCHITECTURES[arch_key], case)
     for _ in range(UNTIMED_CALLS):
         call()
@@ -216,11 +174,11 @@ def worker(library, arch_key, case, calls):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    print(f"{1e3 * statistics.median(times):.4f}")
+    print(f"{statistics.median(times):.7f}")
 
 
 def run_worker(library, arch_key, case, calls):
-    """Milliseconds reported by a fresh worker process; abort loudly if it fails or hangs."""
+    """Seconds reported by a fresh worker process; abort loudly if it fails or hangs."""
     name = f"worker {library} {arch_key} {case}"
     command = [sys.executable, os.path.abspath(__file__), "--worker", library, arch_key, case,
                "--calls", str(calls)]
@@ -235,56 +193,30 @@ def run_worker(library, arch_key, case, calls):
 
 
 def measure(arch_keys, libraries, rounds, calls):
-    """Median ms over rounds for every (architecture, case) and library, taking turns."""
+    """Median seconds over rounds, a row per (architecture, case) and a column per library,
+    the libraries taking turns."""
     times = {(a, c): {lib: [] for lib in libraries} for a in arch_keys for c in CASES}
     for round_ in range(rounds):
         print(f"round {round_ + 1}/{rounds} ...", file=sys.stderr, flush=True)
         order = libraries if round_ % 2 == 0 else libraries[::-1]
         for (arch_key, case), per_library in times.items():
             for library in order:
-                ms = run_worker(library, arch_key, case, calls or DEFAULT_CALLS[case])
-                per_library[library].append(ms)
-    return {key: {lib: statistics.median(t) for lib, t in per.items()}
-            for key, per in times.items()}
+                seconds = run_worker(library, arch_key, case, calls or DEFAULT_CALLS[case])
+                per_library[library].append(seconds)
+    return {f"{ARCHITECTURES[a].name}, {CASES[c]}": {lib: statistics.median(t) for lib, t in per.items()}
+            for (a, c), per in times.items()}
 
 
 def header(torch, rounds, calls):
     """Machine, versions, threads and method, for the top of the report."""
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info
-                        if line.startswith("model name")), cpu)
     torch_version = f"PyTorch {torch.__version__}" if torch else "PyTorch not installed"
     calls = calls or " / ".join(f"{DEFAULT_CALLS[c]} ({c})" for c in CASES)
-    return (f"{cpu}, {os.cpu_count()} cores\n"
+    return (f"{cpu_name()}, {os.cpu_count()} cores\n"
             f"cnnc {cnnc.__version__} ({cnnc.kernels.IMPLEMENTATION}), "
             f"{cnnc.get_num_threads()} threads (torch set to the same); "
             f"Python {platform.python_version()}, NumPy {np.__version__}, {torch_version}\n"
             f"float32; median over {rounds} rounds of fresh worker processes taking turns, "
             f"each the median of {calls} timed calls after {UNTIMED_CALLS} untimed ones")
-
-
-def table(results, markdown):
-    """Rows of architecture, case, times and cnnc / torch; then the geometric mean ratio."""
-    lines = [["architecture", "case", "cnnc ms", "torch ms", "cnnc / torch"]]
-    ratios = []
-    for (arch_key, case), per in results.items():
-        torch_cells = ["-", "-"]
-        if "torch" in per:
-            ratios.append(per["cnnc"] / per["torch"])
-            torch_cells = [f"{per['torch']:.2f}", f"{ratios[-1]:.2f}x"]
-        lines.append([ARCHITECTURES[arch_key].name, CASES[case], f"{per['cnnc']:.2f}"]
-                     + torch_cells)
-    if markdown:
-        out = ["| " + " | ".join(line) + " |" for line in lines]
-        out.insert(1, "|" + "---|" * len(lines[0]))
-    else:
-        widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-        out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
-    if ratios:
-        out += ["", f"geometric mean of cnnc / torch: {np.exp(np.mean(np.log(ratios))):.2f}x"]
-    return "\n".join(out)
 
 
 def selected(only):
@@ -326,7 +258,12 @@ def main():
                   f"logits within {difference:.1e}")
     print()
     libraries = LIBRARIES if torch else LIBRARIES[:1]
-    print(table(measure(arch_keys, libraries, args.rounds, args.calls), args.markdown))
+    rows = measure(arch_keys, libraries, args.rounds, args.calls)
+    ratios = [("cnnc", "torch")] if torch else []
+    print(table(rows, list(libraries), ratios, args.markdown))
+    if torch:
+        mean = np.exp(np.mean([np.log(row["cnnc"] / row["torch"]) for row in rows.values()]))
+        print(f"\ngeometric mean of cnnc / torch: {mean:.2f}x")
 
 
 if __name__ == "__main__":
