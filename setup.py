@@ -164,11 +164,13 @@ class BuildKernels(build_ext):
                 handle.write(flags)
 
     def _cythonize(self, cythonize):
-        """Turn each .pyx into C in the build directory, again only when a Cython source of
-        cnnc changed. Cython would also count NumPy's .pxd files, which every isolated build
-        environment installs anew, and so recompile on every pip install."""
+        """Turn each .pyx into C in the build directory, again only when a source of cnnc's
+        kernels changed (Cython copies the headers there too). Cython would also count NumPy's
+        .pxd files, which every isolated build environment installs anew, and so recompile on
+        every pip install."""
         out = os.path.join(self.build_temp, "cython")
-        newest = max(os.path.getmtime(path) for path in glob.glob(os.path.join(SOURCES, "*.pyx")))
+        newest = max(os.path.getmtime(path) for pattern in ("*.pyx", "*.h")
+                     for path in glob.glob(os.path.join(SOURCES, pattern)))
 
         def c_file(ext):
             return os.path.join(out, os.path.splitext(ext.sources[0])[0] + ".c")
@@ -195,6 +197,10 @@ class BuildKernels(build_ext):
         return True
 
 
-setup(ext_modules=[Extension(BASELINE, [os.path.join(SOURCES, "_kernels.pyx")]),
-                   Extension(WITH_AVX2, [os.path.join(SOURCES, "_kernels_avx2.pyx")])],
+HEADERS = [os.path.join(SOURCES, "_direct_conv.h")]
+
+setup(ext_modules=[Extension(BASELINE, [os.path.join(SOURCES, "_kernels.pyx")],
+                             include_dirs=[SOURCES], depends=HEADERS),
+                   Extension(WITH_AVX2, [os.path.join(SOURCES, "_kernels_avx2.pyx")],
+                             include_dirs=[SOURCES], depends=HEADERS)],
       cmdclass={"build_ext": BuildKernels})

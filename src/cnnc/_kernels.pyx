@@ -20,7 +20,7 @@ from cpython.pythread cimport (WAIT_LOCK, PyThread_acquire_lock, PyThread_alloca
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport fma, sqrt
 from libc.stdint cimport int32_t, int64_t, uint8_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset, strncpy
 
 from . import _checks
@@ -341,25 +341,72 @@ cdef int _conv_pass(_Pass which, const real[:, :, :, ::1] image, real[:, :, :, :
 
 
 # ---------------------------------------------------------------------------------------
-# Direct convolution (forward and filter gradient), for filters with few taps and many
-# outputs, such as a first layer of 3x3 filters on one-channel images. There im2col copies
-# every input value kh*kw times to feed a product too thin for BLAS to run fast; instead
-# each output pixel's filters are summed in registers, _LANES at a time. Measured on the
-# seed CNN's first layer (batch 50): forward 0.24 ms against 0.33 ms through im2col and
-# sgemm (0.21 ms in the AVX2 build), filter gradient 0.27 against 0.36 ms. With more taps,
-# or fewer filters, BLAS won; the input gradient always takes the GEMM path.
+# Direct convolution (forward and filter gradient), for thin products: few filters, or few
+# taps. There im2col copies every input value kh*kw times to feed a product too thin for
+# BLAS to run fast; instead each output pixel's filters are summed in vector registers,
+# a block of 8 or 16 filters for a tile of pixels at a time (_direct_conv.h). The input
+# gradient always takes the GEMM path.
+
+cdef extern from "_direct_conv.h" nogil:
+    void cnnc_pixels_8x8_f(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                           const float*, Py_ssize_t, Py_ssize_t, const float*, float*,
+                           Py_ssize_t, Py_ssize_t)
+    void cnnc_pixels_16x4_f(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                            const float*, Py_ssize_t, Py_ssize_t, const float*, float*,
+                            Py_ssize_t, Py_ssize_t)
+    void cnnc_pixels_8x1_f(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                           const float*, Py_ssize_t, Py_ssize_t, const float*, float*,
+                           Py_ssize_t, Py_ssize_t)
+    void cnnc_pixels_16x1_f(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                            const float*, Py_ssize_t, Py_ssize_t, const float*, float*,
+                            Py_ssize_t, Py_ssize_t)
+    void cnnc_pixels_8x8_d(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                           const double*, Py_ssize_t, Py_ssize_t, const double*, double*,
+                           Py_ssize_t, Py_ssize_t)
+    void cnnc_pixels_16x4_d(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                            const double*, Py_ssize_t, Py_ssize_t, const double*, double*,
+                            Py_ssize_t, Py_ssize_t)
+    void cnnc_pixels_8x1_d(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                           const double*, Py_ssize_t, Py_ssize_t, const double*, double*,
+                           Py_ssize_t, Py_ssize_t)
+    void cnnc_pixels_16x1_d(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                            const double*, Py_ssize_t, Py_ssize_t, const double*, double*,
+                            Py_ssize_t, Py_ssize_t)
+    void cnnc_tap_sum_8_f(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t,
+                          Py_ssize_t, Py_ssize_t, Py_ssize_t, float*)
+    void cnnc_tap_sum_16_f(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t,
+                           Py_ssize_t, Py_ssize_t, Py_ssize_t, float*)
+    void cnnc_tap_sum_8_d(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t,
+                          Py_ssize_t, Py_ssize_t, Py_ssize_t, double*)
+    void cnnc_tap_sum_16_d(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t,
+                           Py_ssize_t, Py_ssize_t, Py_ssize_t, double*)
 
 cdef enum:
-    _LANES = 16
+    _LANES = 16         # filters per block
+    _HALF_LANES = 8     # for 8 filters or fewer
+    _TILE = 4           # pixels per tile of 16 filters
+    _HALF_TILE = 8      # pixels per tile of 8 filters
 
-# The largest kh*kw*C taken by the direct loops.
-_DIRECT_TAPS = 9
 
 
-cdef inline void _scaled_add(real* acc, real scale, const real* values, Py_ssize_t count) noexcept nogil:
-    cdef Py_ssize_t k
-    for k in range(count):
-        acc[k] = acc[k] + scale * values[k]
+def _direct_taken(patch, f):
+    """Whether the direct loops compute this convolution: products of patch = kh*kw*C taps
+    by f filters where im2col and BLAS measured slower (a few taps; or few filters)."""
+    return patch <= 9 or (f <= 16 and patch <= 75) or (f <= 32 and patch <= 25)
+
+
+def _padded_filters(f):
+    """The filter count the direct loops compute: whole lane blocks, the extra ones zero."""
+    return _HALF_LANES if f <= _HALF_LANES else -(-f // _LANES) * _LANES
+
+
+def _padded(a, width):
+    """a (rows, F) with zero columns appended up to width (a itself when already that wide)."""
+    if a.shape[1] == width:
+        return a
+    wide = np.zeros((a.shape[0], width), dtype=a.dtype)
+    wide[:, :a.shape[1]] = a
+    return wide
 
 
 cdef inline Py_ssize_t _clip(Py_ssize_t value, Py_ssize_t low, Py_ssize_t high) noexcept nogil:
@@ -378,84 +425,88 @@ cdef inline Py_ssize_t _end_inside(Py_ssize_t offset, Py_ssize_t stride, Py_ssiz
     return end if end < count else count
 
 
-cdef inline void _pixel_lanes(const real* image, const real* w, const real* b, real* y,
-                              Py_ssize_t width, Py_ssize_t channels, Py_ssize_t kw, Py_ssize_t h0,
-                              Py_ssize_t w0, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t q0,
-                              Py_ssize_t q1, Py_ssize_t f, Py_ssize_t lanes) noexcept nogil:
-    """y = b + the patch at (h0, w0) times `lanes` filters of w (patch, F), over the filter
-    rows r0 <= r < r1 and columns q0 <= q < q1 that fall inside the image."""
-    cdef real acc[_LANES]
-    cdef Py_ssize_t r, t
-    cdef Py_ssize_t run = (q1 - q0) * channels     # taps (q, c) in a row: contiguous in both
-    cdef const real* pixels
-    cdef const real* filters
-    _copy(acc, b, lanes)
-    for r in range(r0, r1):
-        pixels = image + ((h0 + r) * width + w0 + q0) * channels
-        filters = w + (r * kw + q0) * channels * f
-        for t in range(run):
-            _scaled_add(acc, pixels[t], filters + t * f, lanes)
-    _copy(y, acc, lanes)
+cdef inline void _pixel_tile(bint whole, const real* px, Py_ssize_t px_row, Py_ssize_t px_step,
+                             Py_ssize_t rows, Py_ssize_t run, const real* w, Py_ssize_t w_row,
+                             Py_ssize_t w_stride, const real* b, real* y, Py_ssize_t f,
+                             Py_ssize_t stored) noexcept nogil:
+    """A tile of pixels (whole) or one pixel, for one block of filters: _direct_conv.h."""
+    if real is float:
+        if w_stride == _HALF_LANES and whole:
+            cnnc_pixels_8x8_f(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
+        elif w_stride == _HALF_LANES:
+            cnnc_pixels_8x1_f(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
+        elif whole:
+            cnnc_pixels_16x4_f(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
+        else:
+            cnnc_pixels_16x1_f(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
+    else:
+        if w_stride == _HALF_LANES and whole:
+            cnnc_pixels_8x8_d(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
+        elif w_stride == _HALF_LANES:
+            cnnc_pixels_8x1_d(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
+        elif whole:
+            cnnc_pixels_16x4_d(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
+        else:
+            cnnc_pixels_16x1_d(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
 
 
 cdef void _direct_forward_row(const real* image, const real* w, const real* b, real* y,
                               Py_ssize_t height, Py_ssize_t width, Py_ssize_t channels,
                               Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t h0,
-                              Py_ssize_t left, Py_ssize_t ow, Py_ssize_t f) noexcept nogil:
-    """One output row y (OW, F) of one image, its top patch row at h0."""
+                              Py_ssize_t left, Py_ssize_t ow, Py_ssize_t f,
+                              Py_ssize_t w_stride) noexcept nogil:
+    """One output row y (OW, F) of one image, its top patch row at h0; w (patch, w_stride)
+    and b (w_stride,) are padded to whole blocks of filters."""
     cdef Py_ssize_t r0 = _clip(-h0, 0, kh), r1 = _clip(height - h0, 0, kh)
-    cdef Py_ssize_t j, w0, q0, q1, block, start
-    for j in range(ow):
+    cdef Py_ssize_t lanes = _HALF_LANES if w_stride == _HALF_LANES else _LANES
+    cdef Py_ssize_t tile = _HALF_TILE if w_stride == _HALF_LANES else _TILE
+    cdef Py_ssize_t run = kw * channels, px_row = width * channels
+    cdef Py_ssize_t j = 0, w0, q0, q1, block, start
+    cdef bint whole
+    while j < ow:
         w0 = j * sw - left
-        q0 = _clip(-w0, 0, kw)
-        q1 = _clip(width - w0, 0, kw)
-        for block in range(f // _LANES):        # whole blocks: a width the compiler knows
-            start = block * _LANES
-            _pixel_lanes(image, w + start, b + start, y + j * f + start, width, channels, kw, h0,
-                         w0, r0, r1, q0, q1, f, _LANES)
-        start = f - f % _LANES
-        if start < f:
-            _pixel_lanes(image, w + start, b + start, y + j * f + start, width, channels, kw, h0,
-                         w0, r0, r1, q0, q1, f, f - start)
+        whole = j + tile <= ow and w0 >= 0 and w0 + (tile - 1) * sw + kw <= width
+        q0 = 0 if whole else _clip(-w0, 0, kw)
+        q1 = kw if whole else _clip(width - w0, 0, kw)
+        for block in range(w_stride // lanes):
+            start = block * lanes
+            _pixel_tile(whole, image + ((h0 + r0) * width + w0 + q0) * channels, px_row,
+                        sw * channels, r1 - r0, (q1 - q0) * channels,
+                        w + ((r0 * kw + q0) * channels) * w_stride + start, run * w_stride,
+                        w_stride, b + start, y + j * f + start, f,
+                        lanes if f - start > lanes else f - start)
+        j += tile if whole else 1
 
 
-cdef inline void _tap_lanes(const real* image_row, const real* dy_row, real* dw_row,
-                            Py_ssize_t step, Py_ssize_t columns, Py_ssize_t f,
-                            Py_ssize_t lanes) noexcept nogil:
-    """dw_row += the sum over j < columns of image_row[j * step] * dy_row[j * f:], `lanes` wide,
-    in four interleaved partial sums (one would wait on the latency of each addition)."""
-    cdef real sum0[_LANES]
-    cdef real sum1[_LANES]
-    cdef real sum2[_LANES]
-    cdef real sum3[_LANES]
-    cdef Py_ssize_t j
-    _zero(sum0, lanes)
-    _zero(sum1, lanes)
-    _zero(sum2, lanes)
-    _zero(sum3, lanes)
-    for j in range(0, columns - 3, 4):
-        _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
-        _scaled_add(sum1, image_row[(j + 1) * step], dy_row + (j + 1) * f, lanes)
-        _scaled_add(sum2, image_row[(j + 2) * step], dy_row + (j + 2) * f, lanes)
-        _scaled_add(sum3, image_row[(j + 3) * step], dy_row + (j + 3) * f, lanes)
-    for j in range(columns - columns % 4, columns):
-        _scaled_add(sum0, image_row[j * step], dy_row + j * f, lanes)
-    _add(sum0, sum2, lanes)
-    _add(sum1, sum3, lanes)
-    _add(sum0, sum1, lanes)
-    _add(dw_row, sum0, lanes)
+cdef inline void _tap_sum(const real* x, Py_ssize_t x_row, Py_ssize_t x_step, const real* dy,
+                          Py_ssize_t dy_row, Py_ssize_t dy_stride, Py_ssize_t rows,
+                          Py_ssize_t columns, real* dw, Py_ssize_t lanes) noexcept nogil:
+    """One tap of the filter gradient over one image, one block of filters: _direct_conv.h."""
+    if real is float:
+        if lanes == _HALF_LANES:
+            cnnc_tap_sum_8_f(x, x_row, x_step, dy, dy_row, dy_stride, rows, columns, dw)
+        else:
+            cnnc_tap_sum_16_f(x, x_row, x_step, dy, dy_row, dy_stride, rows, columns, dw)
+    else:
+        if lanes == _HALF_LANES:
+            cnnc_tap_sum_8_d(x, x_row, x_step, dy, dy_row, dy_stride, rows, columns, dw)
+        else:
+            cnnc_tap_sum_16_d(x, x_row, x_step, dy, dy_row, dy_stride, rows, columns, dw)
 
 
-cdef void _direct_weight_row(const real* image, const real* dy, real* dw, Py_ssize_t height,
-                             Py_ssize_t width, Py_ssize_t channels, Py_ssize_t kh, Py_ssize_t kw,
-                             Py_ssize_t sw, Py_ssize_t h0, Py_ssize_t left, Py_ssize_t ow,
-                             Py_ssize_t f) noexcept nogil:
-    """dw (patch, F) += the filter gradient of one output row dy (OW, F), top patch row h0."""
-    cdef Py_ssize_t r, q, c, h, first, end, block, start, tap
-    cdef const real* pixels
+cdef void _direct_weight_image(const real* image, const real* dy, real* dw, Py_ssize_t height,
+                               Py_ssize_t width, Py_ssize_t channels, Py_ssize_t kh,
+                               Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t top,
+                               Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow,
+                               Py_ssize_t f) noexcept nogil:
+    """dw (patch, F) += the filter gradient of one image, given its dy (OH, OW, F); F is a
+    whole number of blocks of filters."""
+    cdef Py_ssize_t lanes = _HALF_LANES if f == _HALF_LANES else _LANES
+    cdef Py_ssize_t r, q, c, top_row, end_row, first, end, block, start, tap
     for r in range(kh):
-        h = h0 + r
-        if h < 0 or h >= height:
+        top_row = _first_inside(r - top, sh)
+        end_row = _end_inside(r - top, sh, height, oh)
+        if top_row >= end_row:
             continue
         for q in range(kw):
             first = _first_inside(q - left, sw)
@@ -464,67 +515,85 @@ cdef void _direct_weight_row(const real* image, const real* dy, real* dw, Py_ssi
                 continue
             for c in range(channels):
                 tap = (r * kw + q) * channels + c
-                pixels = image + (h * width + first * sw + q - left) * channels + c
-                for block in range(f // _LANES):
-                    start = block * _LANES
-                    _tap_lanes(pixels, dy + first * f + start, dw + tap * f + start,
-                               sw * channels, end - first, f, _LANES)
-                start = f - f % _LANES
-                if start < f:
-                    _tap_lanes(pixels, dy + first * f + start, dw + tap * f + start,
-                               sw * channels, end - first, f, f - start)
+                for block in range(f // lanes):
+                    start = block * lanes
+                    _tap_sum(image + ((top_row * sh + r - top) * width + first * sw + q - left)
+                             * channels + c, sh * width * channels, sw * channels,
+                             dy + (top_row * ow + first) * f + start, ow * f, f,
+                             end_row - top_row, end - first, dw + tap * f + start, lanes)
 
 
 cdef void _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, const real[::1] b,
                           real[:, ::1] y, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                           Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh,
                           Py_ssize_t ow) noexcept:
-    """y (N*OH*OW, F) = the convolution of x with w2 (patch, F) plus b, output row by output
-    row, rows shared among the threads."""
+    """y (N*OH*OW, F) = the convolution of x with w2 (patch, padded F) plus b (padded F),
+    output row by output row, rows shared among the threads."""
     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
-    cdef Py_ssize_t f = y.shape[1], count = x.shape[0] * oh
+    cdef Py_ssize_t f = y.shape[1], w_stride = w2.shape[1], count = x.shape[0] * oh
     cdef Py_ssize_t row, n, i
     for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):
         n = row // oh
         i = row - n * oh
         _direct_forward_row(&x[n, 0, 0, 0], &w2[0, 0], &b[0], &y[row * ow, 0], height, width,
-                            channels, kh, kw, sw, i * sh - top, left, ow, f)
+                            channels, kh, kw, sw, i * sh - top, left, ow, f, w_stride)
 
 
-cdef void _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real[:, ::1] partial,
-                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                         Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow) noexcept:
-    """partial (threads * patch, F) += each thread's share of the filter gradient, output row
-    by output row."""
+cdef int _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real[:, ::1] partial,
+                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow) noexcept:
+    """partial (threads * patch, padded F) += each thread's share of the filter gradient, image
+    by image, each image's dy copied into padded rows when F is not a whole number of
+    blocks. Returns how many images found no memory for that copy."""
     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
-    cdef Py_ssize_t f = dy2.shape[1], count = x.shape[0] * oh, patch = kh * kw * channels
-    cdef Py_ssize_t row, n, i
+    cdef Py_ssize_t f = dy2.shape[1], padded = partial.shape[1], pixels = oh * ow
+    cdef Py_ssize_t patch = kh * kw * channels, n, pixel
     cdef int team = <int>(partial.shape[0] // patch)     # one buffer row block per thread
-    for row in prange(count, schedule="static", nogil=True, num_threads=team):
-        n = row // oh
-        i = row - n * oh
-        _direct_weight_row(&x[n, 0, 0, 0], &dy2[row * ow, 0], &partial[threadid() * patch, 0],
-                           height, width, channels, kh, kw, sw, i * sh - top, left, ow, f)
+    cdef int failed = 0
+    cdef real* rows
+    with nogil, parallel(num_threads=team):
+        rows = <real*>calloc(pixels * padded, sizeof(real)) if padded != f else NULL
+        for n in prange(x.shape[0], schedule="static"):
+            if padded != f and rows == NULL:
+                failed += 1
+            elif padded != f:
+                for pixel in range(pixels):
+                    _copy(rows + pixel * padded, &dy2[n * pixels + pixel, 0], f)
+            if padded == f or rows != NULL:
+                _direct_weight_image(&x[n, 0, 0, 0], &dy2[n * pixels, 0] if padded == f else rows,
+                                     &partial[threadid() * patch, 0], height, width, channels,
+                                     kh, kw, sh, sw, top, left, oh, ow, padded)
+        free(rows)
+    return failed
 
 
-def _direct_taken(patch, f):
-    """Whether the direct loops compute this convolution: few taps, whole blocks of filters."""
-    return patch <= _DIRECT_TAPS and f >= _LANES
-
-
-def _run_direct(which, x, w2, b, dy2, out, kernel_size, stride, padding, out_hw):
-    """The forward pass into out = y, or the filter gradient into out = partial sums."""
-    if x.shape[0] == 0 or out.shape[1] == 0 or out_hw[0] * out_hw[1] == 0:
+def _direct_forward_pass(x, w2, b, y, kernel_size, stride, padding, out_hw):
+    """y (N*OH*OW, F) = the convolution of x with w2 (patch, F) plus b, by the direct loops."""
+    if x.shape[0] == 0 or y.shape[1] == 0 or out_hw[0] * out_hw[1] == 0:
         return
+    width = _padded_filters(y.shape[1])
+    w2, b = _padded(w2, width), _padded(b[None], width)[0]
     geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)
-    if which == _FORWARD and x.dtype == np.float32:
-        _direct_forward[float](x, w2, b, out, *geometry)
-    elif which == _FORWARD:
-        _direct_forward[double](x, w2, b, out, *geometry)
-    elif x.dtype == np.float32:
-        _direct_weight[float](x, dy2, out, *geometry)
+    if x.dtype == np.float32:
+        _direct_forward[float](x, w2, b, y, *geometry)
     else:
-        _direct_weight[double](x, dy2, out, *geometry)
+        _direct_forward[double](x, w2, b, y, *geometry)
+
+
+def _direct_weight_pass(x, dy2, kernel_size, stride, padding, out_hw):
+    """The filter gradient as (patch, F), by the direct loops."""
+    patch, f = kernel_size[0] * kernel_size[1] * x.shape[3], dy2.shape[1]
+    width = _padded_filters(f)
+    partial = np.zeros((_threads * patch, width), dtype=x.dtype)
+    if x.shape[0] and f and out_hw[0] * out_hw[1]:
+        geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)
+        if x.dtype == np.float32:
+            failed = _direct_weight[float](x, dy2, partial, *geometry)
+        else:
+            failed = _direct_weight[double](x, dy2, partial, *geometry)
+        if failed:
+            raise MemoryError("no memory for a convolution's padded gradient rows")
+    return partial.reshape(-1, patch, width).sum(axis=0)[:, :f]
 
 
 cdef void _patch_images(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw,
@@ -673,7 +742,7 @@ def conv2d_forward(x, w, b, stride, padding):
     y = np.empty((n * pixels, f), dtype=x.dtype)
     chunks = _chunk_count(n, pixels * patch * x.itemsize)
     if _direct_taken(patch, f):
-        _run_direct(_FORWARD, x, w2, b, None, y, (kh, kw), stride, padding, (oh, ow))
+        _direct_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow))
     elif _blas is not None:
         _run_pass(_FORWARD, x, None, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), chunks)
     else:
@@ -709,15 +778,12 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
     dy2 = dy.reshape(n * pixels, f)
     chunks = _chunk_count(n, pixels * patch * x.itemsize)
-    direct = _direct_taken(patch, f)
-    if direct or _blas is not None:
+    if _direct_taken(patch, f):
+        dw = _direct_weight_pass(x, dy2, kernel_size, stride, padding, out_hw)
+    elif _blas is not None:
         partial = np.zeros((_threads * patch, f), dtype=x.dtype)
-        if direct:
-            _run_direct(_GRAD_WEIGHT, x, None, None, dy2, partial, kernel_size, stride, padding,
-                        out_hw)
-        else:
-            _run_pass(_GRAD_WEIGHT, x, None, None, dy2, partial, None, kernel_size, stride,
-                      padding, out_hw, chunks)
+        _run_pass(_GRAD_WEIGHT, x, None, None, dy2, partial, None, kernel_size, stride, padding,
+                  out_hw, chunks)
         dw = partial.reshape(-1, patch, f).sum(axis=0)
     else:
         dw = np.zeros((patch, f), dtype=x.dtype)
