@@ -213,6 +213,39 @@ def test_forked_children_compute_what_the_parent_computed(backend):
     assert "children agree with the parent" in out
 
 
+IDLE_THREADS = """
+import os, time
+import numpy as np
+from cnnc import kernels
+assert kernels.BACKEND == "compiled" and kernels.get_num_threads() == 2
+assert os.environ.get("OMP_WAIT_POLICY") == {policy!r}, "the import changed the environment"
+x = np.random.default_rng(0).random((64, 28, 28, 8), dtype=np.float32)
+kernels.maxpool2d_forward(x, (2, 2), (2, 2))
+start = time.process_time()
+time.sleep(0.2)
+print(time.process_time() - start)
+"""
+
+
+@pytest.mark.skipif(not compiled_is_built(), reason="the compiled extension is not built")
+@pytest.mark.parametrize("policy, most, least", [(None, 0.002, 0.0), ("ACTIVE", None, 0.1)],
+                         ids=["default", "user_chose_active"])
+def test_idle_threads_sleep_instead_of_holding_a_core(policy, most, least):
+    """After a parallel loop, the threads of the compiled kernels use no CPU while the
+    program does something else (OpenMP's default lets them spin for milliseconds); a wait
+    policy set in the environment is the user's choice and stays as it is."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+                                                             "KMP_BLOCKTIME")}
+    env.update(CNNC_BACKEND="compiled", CNNC_NUM_THREADS="2")
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    done = subprocess.run([sys.executable, "-c", IDLE_THREADS.format(policy=policy)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    cpu_seconds = float(done.stdout)
+    assert cpu_seconds >= least and (most is None or cpu_seconds <= most), cpu_seconds
+
+
 @pytest.mark.parametrize("module", [cnnc, _numpy_kernels], ids=["cnnc", "numpy_kernels"])
 def test_the_thread_count_is_set_and_told_at_run_time(module):
     before = module.get_num_threads()

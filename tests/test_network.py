@@ -111,6 +111,28 @@ def test_whole_network_gradients_match_finite_differences():
             assert_grad_close(grad, numeric)
 
 
+def test_the_backward_pass_stops_at_the_first_layer_with_parameters(monkeypatch):
+    """Below it nothing is learned: its input gradient (an MLP's first product with its
+    weights' transpose, as large as the forward one) is never computed."""
+    np.random.seed(6)
+    rng = np.random.default_rng(6)
+    net = Network([MaxPool(2), Flatten((2, 2, 1)), FullyConnected((4, 3), activation=tanh,
+                                                                  dtype=np.float64),
+                   FullyConnected((3, 2), dtype=np.float64)], loss=SoftmaxCrossEntropy())
+    called = []
+    for layer in net.layers:
+        monkeypatch.setattr(layer, "backward", lambda err, layer=layer, inner=layer.backward:
+                            called.append(type(layer).__name__) or inner(err))
+    x, y = rng.normal(size=(5, 4, 4, 1)), np.array([0, 1, 1, 0, 1])
+    _, grads = net.loss_and_grads(x, y)
+    assert called == ["FullyConnected"]          # the last layer's, for the one before it
+    assert [sorted(g) for g in grads] == [[], [], ["b", "w"], ["b", "w"]]
+    for layer, layer_grads in zip(net.layers, grads):
+        for name, grad in layer_grads.items():
+            numeric = numerical_grad(lambda: net.loss_and_grads(x, y)[0], layer.params[name])
+            assert_grad_close(grad, numeric)
+
+
 def test_train_step_returns_the_loss_before_its_update():
     np.random.seed(4)
     x, y = bars(16)

@@ -29,6 +29,25 @@ def _why_not_compiled(error):
     return f"the compiled extension is there but does not load: {error}"
 
 
+# OpenMP lets an idle worker thread spin for milliseconds after each parallel loop, in case
+# another follows. On a busy machine that spinning holds a core the other work needs, and
+# the loops stall on threads the system had to set aside; sleeping costs only a wake-up.
+_WAIT_POLICY_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+def _import_compiled(name):
+    """Import a compiled build with its OpenMP threads sleeping while idle, unless the
+    environment chose a wait policy. OpenMP reads it once, as the extension loads it."""
+    chosen = any(variable in _os.environ for variable in _WAIT_POLICY_VARIABLES)
+    if not chosen:
+        _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        return _importlib.import_module(name)
+    finally:
+        if not chosen:
+            del _os.environ["OMP_WAIT_POLICY"]
+
+
 _choice = _os.environ.get("CNNC_BACKEND", "auto").strip().lower() or "auto"
 if _choice not in ("auto", "compiled", "numpy"):
     raise ImportError(f"CNNC_BACKEND must be 'auto', 'compiled' or 'numpy', got {_choice!r}")
@@ -37,7 +56,7 @@ if _choice == "numpy":
     from . import _numpy_kernels as _impl
 else:
     try:
-        _impl = _importlib.import_module("cnnc._kernels")
+        _impl = _import_compiled("cnnc._kernels")
     except ImportError as _error:
         if _choice == "compiled":
             raise ImportError(
@@ -56,7 +75,7 @@ else:
     if _impl.__name__.endswith("._kernels") and _impl._cpu_has_avx2_fma() and (
             _os.environ.get("CNNC_AVX2", "1").strip() != "0"):
         try:
-            _impl = _importlib.import_module("cnnc._kernels_avx2")
+            _impl = _import_compiled("cnnc._kernels_avx2")
         except ImportError:         # built without it (another CPU or compiler): baseline
             pass
 

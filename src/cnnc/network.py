@@ -56,13 +56,21 @@ class Network:
 
             upstream = self.loss.deriv(activation, y)
             grads = deque()
+            first = self._first_with_params()
             for depth, layer in reversed(list(enumerate(self.layers))):
                 inputs, z = z_stack.pop()
+                if depth < first:           # no parameters here or below: nothing to learn
+                    grads.appendleft({})
+                    continue
                 layer_err = layer.activation.backward(z, upstream)
                 grads.appendleft(layer.get_grad(inputs, layer_err))
-                if depth > 0:
+                if depth > first:
                     upstream = layer.backward(layer_err)
         return loss, list(grads), activation
+
+    def _first_with_params(self):
+        """The index of the first layer with parameters (the gradient stops there)."""
+        return next((i for i, layer in enumerate(self.layers) if layer.params), len(self.layers))
 
     def fit(self, x, y, epochs=1, batch_size=50, lr=1e-3, shuffle=True, seed=None,
             validation_data=None, progress=True):
