@@ -43,8 +43,21 @@ def _cpu_has_avx2_fma():
     """Whether this CPU (and its operating system) runs AVX2 and FMA instructions."""
     return bool(cnnc_cpu_has_avx2_fma())
 
-# Threads for the loops over the batch: CNNC_NUM_THREADS, or every core.
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define CNNC_HAS_OPENMP 1
+    #else
+    #define CNNC_HAS_OPENMP 0
+    #endif
+    """
+    bint CNNC_HAS_OPENMP
+
+# Threads for the loops over the batch: CNNC_NUM_THREADS, or every core (one where the
+# compiler had no OpenMP: the loops then run on the calling thread, whatever is asked).
 cdef int _threads = _checks.thread_count("CNNC_NUM_THREADS")
+if not CNNC_HAS_OPENMP:
+    _threads = 1
 
 # A child made by fork() has none of the parent's threads, and GNU OpenMP's pool does not
 # know it: the child's first parallel loop would wait forever for workers that are gone.
@@ -71,11 +84,13 @@ cdef void _one_thread_after_fork() noexcept nogil:
 def set_num_threads(n):
     """Run the loops on n threads from now on (CNNC_NUM_THREADS sets the first count)."""
     global _threads
-    _threads = _checks.num_threads(n)
+    n = _checks.num_threads(n)
+    _threads = n if CNNC_HAS_OPENMP else 1
 
 
 def get_num_threads():
-    """How many threads the loops run on (1 in a child made by fork())."""
+    """How many threads the loops run on (1 in a child made by fork(), and in a build
+    without OpenMP)."""
     return _threads
 
 
