@@ -33,7 +33,7 @@ static void NAME(const T* px, ptrdiff_t px_row, ptrdiff_t px_step, ptrdiff_t row
     enum { W = CNNC_WIDTH(V, T), VECTORS = LANES / CNNC_WIDTH(V, T) };                    \
     V acc[PIXELS][VECTORS], filters[VECTORS];                                             \
     T out[LANES];                                                                         \
-    ptrdiff_t r, t;                                                                       \
+    ptrdiff_t r, t, l;                                                                    \
     int k, v;                                                                             \
     for (v = 0; v < VECTORS; v++) memcpy(&filters[v], b + v * W, sizeof(V));              \
     for (k = 0; k < PIXELS; k++)                                                          \
@@ -51,7 +51,8 @@ static void NAME(const T* px, ptrdiff_t px_row, ptrdiff_t px_step, ptrdiff_t row
     }                                                                                     \
     for (k = 0; k < PIXELS; k++) {                                                        \
         for (v = 0; v < VECTORS; v++) memcpy(out + v * W, &acc[k][v], sizeof(V));         \
-        memcpy(y + k * f, out, (size_t)stored * sizeof(T));                               \
+        for (l = 0; l < LANES; l++)     /* not a memcpy call for a few floats */          \
+            if (l < stored) y[k * f + l] = out[l];                                        \
     }                                                                                     \
 }
 
