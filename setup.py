@@ -165,11 +165,11 @@ class BuildKernels(build_ext):
 
     def _cythonize(self, cythonize):
         """Turn each .pyx into C in the build directory, again only when a source of cnnc's
-        kernels changed (Cython copies the headers there too). Cython would also count NumPy's
-        .pxd files, which every isolated build environment installs anew, and so recompile on
-        every pip install."""
+        kernels changed: a .pyx, a Cython include (.pxi) or a C header (Cython copies the
+        headers there too). Cython would also count NumPy's .pxd files, which every isolated
+        build environment installs anew, and so recompile on every pip install."""
         out = os.path.join(self.build_temp, "cython")
-        newest = max(os.path.getmtime(path) for pattern in ("*.pyx", "*.h")
+        newest = max(os.path.getmtime(path) for pattern in ("*.pyx", "*.pxi", "*.h")
                      for path in glob.glob(os.path.join(SOURCES, pattern)))
 
         def c_file(ext):
@@ -197,7 +197,10 @@ class BuildKernels(build_ext):
         return True
 
 
-HEADERS = [os.path.join(SOURCES, "_direct_conv.h")]
+# What each build reads besides its .pyx: the direct convolution's C header, and the Cython
+# includes (.pxi) that _kernels.pyx is made of.
+HEADERS = ([os.path.join(SOURCES, "_direct_conv.h")]
+           + sorted(glob.glob(os.path.join(SOURCES, "*.pxi"))))
 
 setup(ext_modules=[Extension(BASELINE, [os.path.join(SOURCES, "_kernels.pyx")],
                              include_dirs=[SOURCES], depends=HEADERS),

@@ -40,9 +40,9 @@ sdist=$(ls "$out"/dist/cnnc-*.tar.gz)
 wheel=$(ls "$out"/dist/cnnc-*.whl)
 
 echo "== what each holds"
-"$out/venv-build/bin/python" - "$sdist" "$wheel" <<'PY'
-import fnmatch, platform, sys, tarfile, zipfile
-sdist, wheel = sys.argv[1:]
+"$out/venv-build/bin/python" - "$sdist" "$wheel" "$here" <<'PY'
+import fnmatch, glob, os, platform, sys, tarfile, zipfile
+sdist, wheel, here = sys.argv[1:]
 with tarfile.open(sdist) as archive:
     members = [name.split("/", 1)[1] for name in archive.getnames() if "/" in name]
 with zipfile.ZipFile(wheel) as archive:
@@ -51,9 +51,13 @@ with zipfile.ZipFile(wheel) as archive:
 def some(names, pattern):
     return [name for name in names if fnmatch.fnmatch(name, pattern)]
 
-for needed in ["src/cnnc/_kernels.pyx", "src/cnnc/_kernels_avx2.pyx", "tests/__init__.py",
-               "tests/gradcheck.py", "tests/test_kernels.py", "examples/mnist_cnn.py",
-               "src/cnnc/data/mnist_sample.npz", "benchmarks/bench.py", "LICENSE"]:
+# every source of the kernels: the .pyx files, the Cython includes (.pxi) and the C header
+kernel_sources = sorted(os.path.relpath(path, here) for pattern in ("*.pyx", "*.pxi", "*.h")
+                        for path in glob.glob(os.path.join(here, "src", "cnnc", pattern)))
+assert {"src/cnnc/_kernels.pyx", "src/cnnc/_kernels_avx2.pyx"} <= set(kernel_sources), here
+for needed in kernel_sources + ["tests/__init__.py", "tests/gradcheck.py",
+                                "tests/test_kernels.py", "examples/mnist_cnn.py",
+                                "src/cnnc/data/mnist_sample.npz", "benchmarks/bench.py", "LICENSE"]:
     assert needed in members, f"the sdist lacks {needed}"
 for generated in ["*.c", "*.so", "*.pyd", "*.pyc", "*_build_failure.txt"]:
     assert not some(members, generated), f"the sdist holds generated files: {some(members, generated)}"
@@ -61,9 +65,9 @@ assert not wheel.endswith("-none-any.whl"), f"{wheel} is a pure-Python wheel: no
 modules = {name.split("/")[-1].split(".")[0] for name in some(files, "cnnc/_kernels*.so")}
 expected = {"_kernels", "_kernels_avx2"} if platform.machine() in ("x86_64", "AMD64") else {"_kernels"}
 assert modules == expected, f"the wheel's compiled modules are {modules}, not {expected}"
-for unwanted in ["*.pyx", "*.c", "*_build_failure.txt", "tests/*"]:
+for unwanted in ["*.pyx", "*.pxi", "*.h", "*.c", "*_build_failure.txt", "tests/*"]:
     assert not some(files, unwanted), f"the wheel holds {some(files, unwanted)}"
-print(f"sdist: {len(members)} files, Cython sources, no generated C; "
+print(f"sdist: {len(members)} files, {len(kernel_sources)} kernel sources, no generated C; "
       f"wheel: {sorted(modules)}, no sources or notes")
 PY
 unzip -q -o "$wheel" 'cnnc/*.so' -d "$out/unpacked"

@@ -1,4 +1,4 @@
-/* The innermost loops of cnnc's direct convolution (_kernels.pyx, "Direct convolution"),
+/* The innermost loops of cnnc's direct convolution (_direct_convolution.pxi),
  * written with explicit vectors: a block of LANES filters is a few machine vectors, and a
  * tile of several output pixels keeps that many independent sums in flight. Compilers
  * without GCC's vector extensions get vectors of one element: the same loops, scalar.

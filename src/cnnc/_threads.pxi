@@ -1,0 +1,66 @@
+# The threads the loops run on: OpenMP where the compiler had it, how many threads
+# (CNNC_NUM_THREADS, set_num_threads), one thread in a child made by fork(), and how a
+# loop over a few pieces takes no more threads than it has pieces.
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define CNNC_HAS_OPENMP 1
+    #else
+    #define CNNC_HAS_OPENMP 0
+    #endif
+    """
+    bint CNNC_HAS_OPENMP
+
+# Threads for the loops over the batch: CNNC_NUM_THREADS, or every core (one where the
+# compiler had no OpenMP: the loops then run on the calling thread, whatever is asked).
+cdef int _threads = _checks.thread_count("CNNC_NUM_THREADS")
+if not CNNC_HAS_OPENMP:
+    _threads = 1
+
+# A child made by fork() has none of the parent's threads, and GNU OpenMP's pool does not
+# know it: the child's first parallel loop would wait forever for workers that are gone.
+# A team of one thread needs no pool, so the child computes on its own thread.
+cdef extern from *:
+    """
+    #if defined(_WIN32)
+    static int cnnc_at_fork_in_child(void (*handler)(void)) { (void)handler; return 0; }
+    #else
+    #include <pthread.h>
+    static int cnnc_at_fork_in_child(void (*handler)(void)) {
+        return pthread_atfork(NULL, NULL, handler);
+    }
+    #endif
+    """
+    int cnnc_at_fork_in_child(void (*handler)() noexcept nogil)
+
+
+cdef void _one_thread_after_fork() noexcept nogil:
+    global _threads
+    _threads = 1
+
+
+def set_num_threads(n):
+    """Run the loops on n threads from now on (CNNC_NUM_THREADS sets the first count)."""
+    global _threads
+    n = _checks.num_threads(n)
+    _threads = n if CNNC_HAS_OPENMP else 1
+
+
+def get_num_threads():
+    """How many threads the loops run on (1 in a child made by fork(), and in a build
+    without OpenMP)."""
+    return _threads
+
+
+if cnnc_at_fork_in_child(_one_thread_after_fork) != 0:
+    raise ImportError("cnnc._kernels could not register its fork handler (pthread_atfork)")
+
+
+# The elementwise kernels and Adam share out their arrays in blocks of this many elements.
+cdef Py_ssize_t _BLOCK = 16384
+
+
+cdef inline int _team(Py_ssize_t pieces) noexcept nogil:
+    """Threads for a loop over this many pieces: no more threads than pieces."""
+    return _threads if pieces >= _threads else (<int>pieces if pieces > 0 else 1)
