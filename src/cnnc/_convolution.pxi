@@ -72,35 +72,90 @@ def _chunk_count(n, bytes_per_image):
     return max(1, min(n, -(-wanted // _threads) * _threads))
 
 
-cdef enum _Pass:
-    _FORWARD = 0        # y = patches @ w2 + b
-    _GRAD_INPUT = 1     # dx = unpatch(dy @ w2.T)
-    _GRAD_WEIGHT = 2    # dw = patches.T @ dy, one partial sum per thread
+# The three passes through NumPy's OpenBLAS: the chunks shared among the threads, each
+# thread with a patch matrix of its own for the largest chunk. A thread that finds no
+# memory for it counts its chunks as failed, and the pass raises MemoryError.
 
-
-cdef int _conv_pass(_Pass which, const real[:, :, :, ::1] image, real[:, :, :, ::1] image_grad,
-                    const real[:, ::1] w2, const real[:, ::1] rows, real[:, ::1] out,
-                    const real[::1] b, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                    Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow,
-                    Py_ssize_t chunks) noexcept:
-    """One convolution pass over the batch, chunk by chunk, chunks shared among the threads.
-
-    `image` is x (forward, weight gradient) and `image_grad` dx (input gradient), both
-    (N, H, W, C); `w2` is the filter as (patch, F) (forward, input gradient); `rows` is dy
-    as (N*OH*OW, F) (gradients); `out` is y (forward) or the per-thread partial weight
-    gradients (threads * patch, F). Returns how many chunks found no memory.
-    """
-    cdef const real[:, :, :, ::1] batch = image if which != _GRAD_INPUT else image_grad
-    cdef Py_ssize_t images = batch.shape[0], height = batch.shape[1], width = batch.shape[2]
-    cdef Py_ssize_t channels = batch.shape[3], pixels = oh * ow, patch = kh * kw * channels
-    cdef Py_ssize_t f = w2.shape[1] if which == _FORWARD else rows.shape[1]
-    cdef Py_ssize_t largest = (images + chunks - 1) // chunks
+cdef int _gemm_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, const real[::1] b,
+                       real[:, ::1] y, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow,
+                       Py_ssize_t chunks) noexcept:
+    """y (N*OH*OW, F) = patches of x @ w2 (patch, F) + b, chunk by chunk. Returns how many
+    chunks found no memory."""
+    cdef Py_ssize_t images = x.shape[0], height = x.shape[1], width = x.shape[2]
+    cdef Py_ssize_t channels = x.shape[3], pixels = oh * ow, patch = kh * kw * channels
+    cdef Py_ssize_t f = w2.shape[1], largest = (images + chunks - 1) // chunks
     cdef Py_ssize_t chunk, n, start, stop, row
     cdef real* cols
     cdef int failed = 0
-    # the weight gradient's team is as large as its per-thread buffer, whatever
-    # set_num_threads did since that was made
-    cdef int team = <int>(out.shape[0] // patch) if which == _GRAD_WEIGHT else _threads
+    _blas_on_calling_threads()
+    with nogil, parallel(num_threads=_threads):
+        cols = <real*>malloc(largest * pixels * patch * sizeof(real))
+        for chunk in prange(chunks, schedule="static"):
+            start = chunk * images // chunks
+            stop = (chunk + 1) * images // chunks
+            if cols == NULL:
+                failed += 1
+            else:
+                for n in range(start, stop):
+                    _patches(&x[n, 0, 0, 0], cols + (n - start) * pixels * patch, height, width,
+                             channels, kh, kw, sh, sw, top, left, oh, ow)
+                _gemm(_NO_TRANS, _NO_TRANS, (stop - start) * pixels, f, patch, cols, patch,
+                      &w2[0, 0], f, 0, &y[start * pixels, 0], f)
+                for row in range(start * pixels, stop * pixels):
+                    _add(&y[row, 0], &b[0], f)
+        free(cols)
+    _blas_threads_back()
+    return failed
+
+
+cdef int _gemm_grad_input(const real[:, ::1] dy2, const real[:, ::1] w2, real[:, :, :, ::1] dx,
+                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                          Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow,
+                          Py_ssize_t chunks) noexcept:
+    """dx (N, H, W, C) = the patches of dy2 (N*OH*OW, F) @ w2.T added back where they came
+    from, chunk by chunk; each thread zeroes its own images first. Returns how many chunks
+    found no memory."""
+    cdef Py_ssize_t images = dx.shape[0], height = dx.shape[1], width = dx.shape[2]
+    cdef Py_ssize_t channels = dx.shape[3], pixels = oh * ow, patch = kh * kw * channels
+    cdef Py_ssize_t f = dy2.shape[1], largest = (images + chunks - 1) // chunks
+    cdef Py_ssize_t chunk, n, start, stop
+    cdef real* cols
+    cdef int failed = 0
+    _blas_on_calling_threads()
+    with nogil, parallel(num_threads=_threads):
+        cols = <real*>malloc(largest * pixels * patch * sizeof(real))
+        for chunk in prange(chunks, schedule="static"):
+            start = chunk * images // chunks
+            stop = (chunk + 1) * images // chunks
+            if cols == NULL:
+                failed += 1
+            else:
+                _gemm(_NO_TRANS, _TRANS, (stop - start) * pixels, patch, f, &dy2[start * pixels, 0],
+                      f, &w2[0, 0], f, 0, cols, patch)
+                _zero(&dx[start, 0, 0, 0], (stop - start) * height * width * channels)
+                for n in range(start, stop):
+                    _unpatch(cols + (n - start) * pixels * patch, &dx[n, 0, 0, 0], height, width,
+                             channels, kh, kw, sh, sw, top, left, oh, ow)
+        free(cols)
+    _blas_threads_back()
+    return failed
+
+
+cdef int _gemm_grad_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2,
+                           real[:, ::1] partial, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                           Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh,
+                           Py_ssize_t ow, Py_ssize_t chunks) noexcept:
+    """partial (threads * patch, F) += patches of x .T @ dy2 (N*OH*OW, F), chunk by chunk,
+    each thread into its own block of rows. Returns how many chunks found no memory."""
+    cdef Py_ssize_t images = x.shape[0], height = x.shape[1], width = x.shape[2]
+    cdef Py_ssize_t channels = x.shape[3], pixels = oh * ow, patch = kh * kw * channels
+    cdef Py_ssize_t f = dy2.shape[1], largest = (images + chunks - 1) // chunks
+    cdef Py_ssize_t chunk, n, start, stop
+    cdef real* cols
+    cdef int failed = 0
+    # as many threads as partial has blocks, whatever set_num_threads did since it was made
+    cdef int team = <int>(partial.shape[0] // patch)
     _blas_on_calling_threads()
     with nogil, parallel(num_threads=team):
         cols = <real*>malloc(largest * pixels * patch * sizeof(real))
@@ -109,45 +164,63 @@ cdef int _conv_pass(_Pass which, const real[:, :, :, ::1] image, real[:, :, :, :
             stop = (chunk + 1) * images // chunks
             if cols == NULL:
                 failed += 1
-            elif which == _FORWARD:
+            else:
                 for n in range(start, stop):
-                    _patches(&image[n, 0, 0, 0], cols + (n - start) * pixels * patch, height, width,
-                             channels, kh, kw, sh, sw, top, left, oh, ow)
-                _gemm(_NO_TRANS, _NO_TRANS, (stop - start) * pixels, f, patch, cols, patch,
-                      &w2[0, 0], f, 0, &out[start * pixels, 0], f)
-                for row in range(start * pixels, stop * pixels):
-                    _add(&out[row, 0], &b[0], f)
-            elif which == _GRAD_WEIGHT:
-                for n in range(start, stop):
-                    _patches(&image[n, 0, 0, 0], cols + (n - start) * pixels * patch, height, width,
+                    _patches(&x[n, 0, 0, 0], cols + (n - start) * pixels * patch, height, width,
                              channels, kh, kw, sh, sw, top, left, oh, ow)
                 _gemm(_TRANS, _NO_TRANS, patch, f, (stop - start) * pixels, cols, patch,
-                      &rows[start * pixels, 0], f, 1, &out[threadid() * patch, 0], f)
-            else:
-                _gemm(_NO_TRANS, _TRANS, (stop - start) * pixels, patch, f, &rows[start * pixels, 0],
-                      f, &w2[0, 0], f, 0, cols, patch)
-                _zero(&image_grad[start, 0, 0, 0], (stop - start) * height * width * channels)
-                for n in range(start, stop):
-                    _unpatch(cols + (n - start) * pixels * patch, &image_grad[n, 0, 0, 0], height,
-                             width, channels, kh, kw, sh, sw, top, left, oh, ow)
+                      &dy2[start * pixels, 0], f, 1, &partial[threadid() * patch, 0], f)
         free(cols)
     _blas_threads_back()
     return failed
 
 
-def _run_pass(which, image, image_grad, w2, rows, out, b, kernel_size, stride, padding, out_hw,
-              chunks):
-    if rows is not None and rows.shape[0] == 0 or image is not None and image.shape[0] == 0:
+def _gemm_forward_pass(x, w2, b, y, kernel_size, stride, padding, out_hw, chunks):
+    """y (N*OH*OW, F) = the convolution of x with w2 (patch, F) plus b, by NumPy's OpenBLAS."""
+    if x.shape[0] == 0:
         return                      # an empty batch: nothing to compute, nothing to allocate
-    args = (image, image_grad, w2, rows, out, b, *kernel_size, *stride, padding[0], padding[2],
-            *out_hw, chunks)
-    if (image if image is not None else image_grad).dtype == np.float32:
-        failed = _conv_pass[float](which, *args)
+    geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw, chunks)
+    if x.dtype == np.float32:
+        failed = _gemm_forward[float](x, w2, b, y, *geometry)
     else:
-        failed = _conv_pass[double](which, *args)
+        failed = _gemm_forward[double](x, w2, b, y, *geometry)
     if failed:
         raise MemoryError("no memory for a convolution's patch matrix")
 
+
+def _gemm_grad_input_pass(dy2, w2, input_shape, kernel_size, stride, padding, out_hw, chunks):
+    """The input gradient (N, H, W, C) of dy2 (N*OH*OW, F) through w2 (patch, F), by NumPy's
+    OpenBLAS."""
+    dx = np.empty(input_shape, dtype=dy2.dtype)     # each thread zeroes its own images
+    geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw, chunks)
+    if dx.dtype == np.float32:
+        failed = _gemm_grad_input[float](dy2, w2, dx, *geometry)
+    else:
+        failed = _gemm_grad_input[double](dy2, w2, dx, *geometry)
+    if failed:
+        raise MemoryError("no memory for a convolution's patch matrix")
+    return dx
+
+
+def _gemm_grad_weight_pass(x, dy2, kernel_size, stride, padding, out_hw, chunks):
+    """The filter gradient as (patch, F), by NumPy's OpenBLAS: one partial sum per thread,
+    added up at the end."""
+    patch, f = kernel_size[0] * kernel_size[1] * x.shape[3], dy2.shape[1]
+    partial = np.zeros((_threads * patch, f), dtype=x.dtype)
+    if x.shape[0]:                  # an empty batch: nothing to compute, nothing to allocate
+        geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw, chunks)
+        if x.dtype == np.float32:
+            failed = _gemm_grad_weight[float](x, dy2, partial, *geometry)
+        else:
+            failed = _gemm_grad_weight[double](x, dy2, partial, *geometry)
+        if failed:
+            raise MemoryError("no memory for a convolution's patch matrix")
+    return partial.reshape(-1, patch, f).sum(axis=0)
+
+
+# The same three passes through numpy.matmul, for NumPy builds without an OpenBLAS of their
+# own: a chunk of images at a time, the patch matrices built and added back by the loops
+# here, on all threads.
 
 cdef void _patch_images(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left,
@@ -181,35 +254,60 @@ cdef void _add_to_rows(real[:, ::1] a, const real[::1] row_values) noexcept:
             _add(&a[row, 0], &row_values[0], a.shape[1])
 
 
-def _matmul_pass(which, x, w2, rows, out, b, kernel_size, stride, padding, out_hw, chunks):
-    """The same passes through numpy.matmul, for NumPy builds without their own OpenBLAS."""
-    (kh, kw), (sh, sw), top, left = kernel_size, stride, padding[0], padding[2]
-    n, pixels, patch = x.shape[0], out_hw[0] * out_hw[1], kh * kw * x.shape[3]
+def _matmul_chunks(n, chunks):
+    """(start, stop) of each chunk of n images: ceil(n / chunks) images each, the last fewer."""
     per_chunk = -(-n // chunks)
+    return [(start, min(n, start + per_chunk)) for start in range(0, n, per_chunk)]
+
+
+def _matmul_forward_pass(x, w2, b, y, kernel_size, stride, padding, out_hw, chunks):
+    """y (N*OH*OW, F) = the convolution of x with w2 (patch, F) plus b, by numpy.matmul."""
+    geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)
+    pixels, patch = out_hw[0] * out_hw[1], kernel_size[0] * kernel_size[1] * x.shape[3]
     single = x.dtype == np.float32
-    for start in range(0, n, per_chunk):
-        stop = min(n, start + per_chunk)
+    for start, stop in _matmul_chunks(x.shape[0], chunks):
         cols = _scratch("cols", (stop - start) * pixels, patch, x.dtype)
-        part = slice(start * pixels, stop * pixels)
-        if which == _GRAD_INPUT:
-            np.matmul(rows[part], w2.T, out=cols)
-            if single:
-                _unpatch_images[float](cols, x[start:stop], kh, kw, sh, sw, top, left, *out_hw)
-            else:
-                _unpatch_images[double](cols, x[start:stop], kh, kw, sh, sw, top, left, *out_hw)
-            continue
+        rows = y[start * pixels:stop * pixels]
         if single:
-            _patch_images[float](x[start:stop], cols, kh, kw, sh, sw, top, left, *out_hw)
+            _patch_images[float](x[start:stop], cols, *geometry)
         else:
-            _patch_images[double](x[start:stop], cols, kh, kw, sh, sw, top, left, *out_hw)
-        if which == _FORWARD:
-            np.matmul(cols, w2, out=out[part])
-            if single:
-                _add_to_rows[float](out[part], b)
-            else:
-                _add_to_rows[double](out[part], b)
+            _patch_images[double](x[start:stop], cols, *geometry)
+        np.matmul(cols, w2, out=rows)
+        if single:
+            _add_to_rows[float](rows, b)
         else:
-            out += cols.T @ rows[part]
+            _add_to_rows[double](rows, b)
+
+
+def _matmul_grad_input_pass(dy2, w2, input_shape, kernel_size, stride, padding, out_hw, chunks):
+    """The input gradient (N, H, W, C) of dy2 (N*OH*OW, F) through w2 (patch, F), by
+    numpy.matmul."""
+    dx = np.zeros(input_shape, dtype=dy2.dtype)
+    geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)
+    pixels, patch = out_hw[0] * out_hw[1], kernel_size[0] * kernel_size[1] * input_shape[3]
+    for start, stop in _matmul_chunks(input_shape[0], chunks):
+        cols = _scratch("cols", (stop - start) * pixels, patch, dx.dtype)
+        np.matmul(dy2[start * pixels:stop * pixels], w2.T, out=cols)
+        if dx.dtype == np.float32:
+            _unpatch_images[float](cols, dx[start:stop], *geometry)
+        else:
+            _unpatch_images[double](cols, dx[start:stop], *geometry)
+    return dx
+
+
+def _matmul_grad_weight_pass(x, dy2, kernel_size, stride, padding, out_hw, chunks):
+    """The filter gradient as (patch, F), by numpy.matmul."""
+    geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)
+    pixels, patch = out_hw[0] * out_hw[1], kernel_size[0] * kernel_size[1] * x.shape[3]
+    dw = np.zeros((patch, dy2.shape[1]), dtype=x.dtype)
+    for start, stop in _matmul_chunks(x.shape[0], chunks):
+        cols = _scratch("cols", (stop - start) * pixels, patch, x.dtype)
+        if x.dtype == np.float32:
+            _patch_images[float](x[start:stop], cols, *geometry)
+        else:
+            _patch_images[double](x[start:stop], cols, *geometry)
+        dw += cols.T @ dy2[start * pixels:stop * pixels]
+    return dw
 
 
 # The entry points: the direct loops where _direct_taken says so, else the passes through
@@ -235,9 +333,9 @@ def conv2d_forward(x, w, b, stride, padding):
     if _direct_taken(patch, f):
         _direct_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow))
     elif _blas is not None:
-        _run_pass(_FORWARD, x, None, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), chunks)
+        _gemm_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow), chunks)
     else:
-        _matmul_pass(_FORWARD, x, w2, None, y, b, (kh, kw), stride, padding, (oh, ow), chunks)
+        _matmul_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow), chunks)
     return y.reshape(n, oh, ow, f)
 
 
@@ -251,14 +349,10 @@ def conv2d_grad_input(dy, w, input_shape, stride, padding):
     dy2 = dy.reshape(n * pixels, f)
     chunks = _chunk_count(n, pixels * patch * dy.itemsize)
     if _blas is not None:
-        dx = np.empty(input_shape, dtype=dy.dtype)   # each thread zeroes its own images
-        _run_pass(_GRAD_INPUT, None, dx, w2, dy2, None, None, (kh, kw), stride, padding, (oh, ow),
-                  chunks)
-    else:
-        dx = np.zeros(input_shape, dtype=dy.dtype)
-        _matmul_pass(_GRAD_INPUT, dx, w2, dy2, None, None, (kh, kw), stride, padding, (oh, ow),
-                     chunks)
-    return dx
+        return _gemm_grad_input_pass(dy2, w2, input_shape, (kh, kw), stride, padding, (oh, ow),
+                                     chunks)
+    return _matmul_grad_input_pass(dy2, w2, input_shape, (kh, kw), stride, padding, (oh, ow),
+                                   chunks)
 
 
 def conv2d_grad_params(x, dy, kernel_size, stride, padding):
@@ -272,14 +366,9 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     if _direct_taken(patch, f):
         dw = _direct_weight_pass(x, dy2, kernel_size, stride, padding, out_hw)
     elif _blas is not None:
-        partial = np.zeros((_threads * patch, f), dtype=x.dtype)
-        _run_pass(_GRAD_WEIGHT, x, None, None, dy2, partial, None, kernel_size, stride, padding,
-                  out_hw, chunks)
-        dw = partial.reshape(-1, patch, f).sum(axis=0)
+        dw = _gemm_grad_weight_pass(x, dy2, kernel_size, stride, padding, out_hw, chunks)
     else:
-        dw = np.zeros((patch, f), dtype=x.dtype)
-        _matmul_pass(_GRAD_WEIGHT, x, None, dy2, dw, None, kernel_size, stride, padding, out_hw,
-                     chunks)
+        dw = _matmul_grad_weight_pass(x, dy2, kernel_size, stride, padding, out_hw, chunks)
     partial_db = np.zeros((_threads, f), dtype=x.dtype)
     if f and x.dtype == np.float32:
         _sum_rows[float](dy2, partial_db)
