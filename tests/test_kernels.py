@@ -312,3 +312,37 @@ def test_results_do_not_depend_on_the_thread_count_beyond_rounding():
     for dw, db in results[1:]:
         np.testing.assert_allclose(dw, results[0][0], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(db, results[0][1], rtol=1e-12, atol=1e-12)
+
+
+def test_every_kernel_gives_the_same_bits_on_every_run_with_several_threads():
+    """Work handed out to threads as they come free still lands in the same place, and sums
+    over threads are added in a fixed order: one seed, one training run."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((37, 13, 11, 3)).astype(np.float32)
+    w_thin = rng.standard_normal((5, 5, 3, 6)).astype(np.float32)
+    w_wide = rng.standard_normal((3, 3, 3, 40)).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    param, grad = rng.standard_normal((2, 50000)).astype(np.float32)
+
+    def run():
+        out = []
+        for w in (w_thin, w_wide):
+            y = kernels.conv2d_forward(x, w, b[:w.shape[3]], (1, 2), (2, 1, 0, 2))
+            out += [y, *kernels.conv2d_grad_params(x, y, w.shape[:2], (1, 2), (2, 1, 0, 2)),
+                    kernels.conv2d_grad_input(y, w, x.shape, (1, 2), (2, 1, 0, 2))]
+        pooled, argmax = kernels.maxpool2d_forward(x, (2, 3), (2, 2))
+        p, m, v = param.copy(), np.zeros_like(param), np.zeros_like(param)
+        kernels.adam_update(p, grad, m, v, 1e-3, 0.9, 0.999, 1e-8, 1)
+        return out + [pooled, argmax, kernels.maxpool2d_backward(pooled, argmax, x.shape),
+                      p, m, v, kernels.leaky_relu(param, 0.01),
+                      kernels.leaky_relu_backward(param, grad, 0.01)]
+
+    before = cnnc.get_num_threads()
+    try:
+        cnnc.set_num_threads(3)
+        first = run()
+        for _ in range(5):
+            for a, b_ in zip(run(), first):
+                np.testing.assert_array_equal(a, b_)
+    finally:
+        cnnc.set_num_threads(before)

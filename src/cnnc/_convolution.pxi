@@ -67,8 +67,9 @@ cdef Py_ssize_t _CHUNK_BYTES = (1 << 20) if _blas is not None else (8 << 20)
 
 def _chunk_count(n, bytes_per_image):
     """Into how many chunks to cut n images: patch matrices of about _CHUNK_BYTES at most,
-    and a multiple of the threads, so that they share the work evenly."""
-    wanted = max(1, -(-n * bytes_per_image // _CHUNK_BYTES))
+    a multiple of the threads, and at least four each where there are images enough, so
+    that threads that come free take over the chunks of one the system holds up."""
+    wanted = max(4 * _threads, -(-n * bytes_per_image // _CHUNK_BYTES))
     return max(1, min(n, -(-wanted // _threads) * _threads))
 
 
@@ -91,7 +92,7 @@ cdef int _gemm_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, const 
     _blas_on_calling_threads()
     with nogil, parallel(num_threads=_threads):
         cols = <real*>malloc(largest * pixels * patch * sizeof(real))
-        for chunk in prange(chunks, schedule="static"):
+        for chunk in prange(chunks, schedule="dynamic"):
             start = chunk * images // chunks
             stop = (chunk + 1) * images // chunks
             if cols == NULL:
@@ -125,7 +126,7 @@ cdef int _gemm_grad_input(const real[:, ::1] dy2, const real[:, ::1] w2, real[:,
     _blas_on_calling_threads()
     with nogil, parallel(num_threads=_threads):
         cols = <real*>malloc(largest * pixels * patch * sizeof(real))
-        for chunk in prange(chunks, schedule="static"):
+        for chunk in prange(chunks, schedule="dynamic"):
             start = chunk * images // chunks
             stop = (chunk + 1) * images // chunks
             if cols == NULL:
@@ -159,6 +160,7 @@ cdef int _gemm_grad_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2,
     _blas_on_calling_threads()
     with nogil, parallel(num_threads=team):
         cols = <real*>malloc(largest * pixels * patch * sizeof(real))
+        # static: each thread sums its chunks in the same order on every run
         for chunk in prange(chunks, schedule="static"):
             start = chunk * images // chunks
             stop = (chunk + 1) * images // chunks
@@ -229,7 +231,7 @@ cdef void _patch_images(const real[:, :, :, ::1] x, real[:, ::1] cols, Py_ssize_
     the threads."""
     cdef Py_ssize_t n
     cdef Py_ssize_t pixels = oh * ow
-    for n in prange(x.shape[0], schedule="static", nogil=True, num_threads=_threads):
+    for n in prange(x.shape[0], schedule="dynamic", nogil=True, num_threads=_threads):
         _patches(&x[n, 0, 0, 0], &cols[n * pixels, 0], x.shape[1], x.shape[2], x.shape[3],
                  kh, kw, sh, sw, top, left, oh, ow)
 
@@ -241,7 +243,7 @@ cdef void _unpatch_images(const real[:, ::1] cols, real[:, :, :, ::1] dx, Py_ssi
     among the threads."""
     cdef Py_ssize_t n
     cdef Py_ssize_t pixels = oh * ow
-    for n in prange(dx.shape[0], schedule="static", nogil=True, num_threads=_threads):
+    for n in prange(dx.shape[0], schedule="dynamic", nogil=True, num_threads=_threads):
         _unpatch(&cols[n * pixels, 0], &dx[n, 0, 0, 0], dx.shape[1], dx.shape[2], dx.shape[3],
                  kh, kw, sh, sw, top, left, oh, ow)
 

@@ -22,13 +22,14 @@ typedef double cnnc_vd;
 #endif
 #define CNNC_WIDTH(V, T) ((int)(sizeof(V) / sizeof(T)))
 
-/* y[k * f + l] for k < PIXELS and l < stored: b[l] plus the sum over the patch rows
- * r < rows and the taps t < run of each row of px[r * px_row + k * px_step + t] times
- * w[r * w_row + t * w_stride + l], the filters of one lane block. */
+/* y[k * f + l] for k < pixels (at most PIXELS) and l < stored: b[l] plus the sum over
+ * the patch rows r < rows and the taps t < run of each row of
+ * px[r * px_row + k * px_step + t] times w[r * w_row + t * w_stride + l], the filters of
+ * one lane block. All PIXELS patches are read: the caller's rows are wide enough. */
 #define CNNC_PIXEL_TILE(NAME, T, V, LANES, PIXELS)                                        \
 static void NAME(const T* px, ptrdiff_t px_row, ptrdiff_t px_step, ptrdiff_t rows,        \
                  ptrdiff_t run, const T* w, ptrdiff_t w_row, ptrdiff_t w_stride,          \
-                 const T* b, T* y, ptrdiff_t f, ptrdiff_t stored)                         \
+                 const T* b, T* y, ptrdiff_t f, ptrdiff_t stored, ptrdiff_t pixels)       \
 {                                                                                         \
     enum { W = CNNC_WIDTH(V, T), VECTORS = LANES / CNNC_WIDTH(V, T) };                    \
     V acc[PIXELS][VECTORS], filters[VECTORS];                                             \
@@ -49,7 +50,7 @@ static void NAME(const T* px, ptrdiff_t px_row, ptrdiff_t px_step, ptrdiff_t row
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
-    for (k = 0; k < PIXELS; k++) {                                                        \
+    for (k = 0; k < PIXELS && k < pixels; k++) {                                          \
         for (v = 0; v < VECTORS; v++) memcpy(out + v * W, &acc[k][v], sizeof(V));         \
         for (l = 0; l < LANES; l++)     /* not a memcpy call for a few floats */          \
             if (l < stored) y[k * f + l] = out[l];                                        \
@@ -96,15 +97,11 @@ static void NAME(const T* x, ptrdiff_t x_row, ptrdiff_t x_step, const T* dy,    
 }
 
 /* Tiles: 8 filters by 8 pixels, 16 filters by 4 pixels (eight vectors of sums in
- * flight either way, in single precision with AVX), and single pixels for the edges. */
+ * flight either way, in single precision with AVX). */
 CNNC_PIXEL_TILE(cnnc_pixels_8x8_f, float, cnnc_vf, 8, 8)
 CNNC_PIXEL_TILE(cnnc_pixels_16x4_f, float, cnnc_vf, 16, 4)
-CNNC_PIXEL_TILE(cnnc_pixels_8x1_f, float, cnnc_vf, 8, 1)
-CNNC_PIXEL_TILE(cnnc_pixels_16x1_f, float, cnnc_vf, 16, 1)
 CNNC_PIXEL_TILE(cnnc_pixels_8x8_d, double, cnnc_vd, 8, 8)
 CNNC_PIXEL_TILE(cnnc_pixels_16x4_d, double, cnnc_vd, 16, 4)
-CNNC_PIXEL_TILE(cnnc_pixels_8x1_d, double, cnnc_vd, 8, 1)
-CNNC_PIXEL_TILE(cnnc_pixels_16x1_d, double, cnnc_vd, 16, 1)
 CNNC_TAP_SUM(cnnc_tap_sum_8_f, float, cnnc_vf, 8)
 CNNC_TAP_SUM(cnnc_tap_sum_16_f, float, cnnc_vf, 16)
 CNNC_TAP_SUM(cnnc_tap_sum_8_d, double, cnnc_vd, 8)

@@ -8,28 +8,16 @@
 cdef extern from "_direct_conv.h" nogil:
     void cnnc_pixels_8x8_f(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                            const float*, Py_ssize_t, Py_ssize_t, const float*, float*,
-                           Py_ssize_t, Py_ssize_t)
+                           Py_ssize_t, Py_ssize_t, Py_ssize_t)
     void cnnc_pixels_16x4_f(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                             const float*, Py_ssize_t, Py_ssize_t, const float*, float*,
-                            Py_ssize_t, Py_ssize_t)
-    void cnnc_pixels_8x1_f(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                           const float*, Py_ssize_t, Py_ssize_t, const float*, float*,
-                           Py_ssize_t, Py_ssize_t)
-    void cnnc_pixels_16x1_f(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                            const float*, Py_ssize_t, Py_ssize_t, const float*, float*,
-                            Py_ssize_t, Py_ssize_t)
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t)
     void cnnc_pixels_8x8_d(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                            const double*, Py_ssize_t, Py_ssize_t, const double*, double*,
-                           Py_ssize_t, Py_ssize_t)
+                           Py_ssize_t, Py_ssize_t, Py_ssize_t)
     void cnnc_pixels_16x4_d(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                             const double*, Py_ssize_t, Py_ssize_t, const double*, double*,
-                            Py_ssize_t, Py_ssize_t)
-    void cnnc_pixels_8x1_d(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                           const double*, Py_ssize_t, Py_ssize_t, const double*, double*,
-                           Py_ssize_t, Py_ssize_t)
-    void cnnc_pixels_16x1_d(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                            const double*, Py_ssize_t, Py_ssize_t, const double*, double*,
-                            Py_ssize_t, Py_ssize_t)
+                            Py_ssize_t, Py_ssize_t, Py_ssize_t)
     void cnnc_tap_sum_8_f(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t,
                           Py_ssize_t, Py_ssize_t, Py_ssize_t, float*)
     void cnnc_tap_sum_16_f(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t,
@@ -82,57 +70,68 @@ cdef inline Py_ssize_t _end_inside(Py_ssize_t offset, Py_ssize_t stride, Py_ssiz
     return end if end < count else count
 
 
-cdef inline void _pixel_tile(bint whole, const real* px, Py_ssize_t px_row, Py_ssize_t px_step,
+cdef inline void _pixel_tile(const real* px, Py_ssize_t px_row, Py_ssize_t px_step,
                              Py_ssize_t rows, Py_ssize_t run, const real* w, Py_ssize_t w_row,
                              Py_ssize_t w_stride, const real* b, real* y, Py_ssize_t f,
-                             Py_ssize_t stored) noexcept nogil:
-    """A tile of pixels (whole) or one pixel, for one block of filters: _direct_conv.h."""
+                             Py_ssize_t stored, Py_ssize_t pixels) noexcept nogil:
+    """A tile of pixels for one block of filters: _direct_conv.h."""
     if real is float:
-        if w_stride == _HALF_LANES and whole:
-            cnnc_pixels_8x8_f(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
-        elif w_stride == _HALF_LANES:
-            cnnc_pixels_8x1_f(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
-        elif whole:
-            cnnc_pixels_16x4_f(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
+        if w_stride == _HALF_LANES:
+            cnnc_pixels_8x8_f(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored,
+                              pixels)
         else:
-            cnnc_pixels_16x1_f(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
+            cnnc_pixels_16x4_f(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f,
+                               stored, pixels)
     else:
-        if w_stride == _HALF_LANES and whole:
-            cnnc_pixels_8x8_d(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
-        elif w_stride == _HALF_LANES:
-            cnnc_pixels_8x1_d(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
-        elif whole:
-            cnnc_pixels_16x4_d(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
+        if w_stride == _HALF_LANES:
+            cnnc_pixels_8x8_d(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored,
+                              pixels)
         else:
-            cnnc_pixels_16x1_d(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored)
+            cnnc_pixels_16x4_d(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f,
+                               stored, pixels)
 
 
-cdef void _direct_forward_row(const real* image, const real* w, const real* b, real* y,
-                              Py_ssize_t height, Py_ssize_t width, Py_ssize_t channels,
-                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t h0,
-                              Py_ssize_t left, Py_ssize_t ow, Py_ssize_t f,
+cdef inline Py_ssize_t _tile_of(Py_ssize_t w_stride) noexcept nogil:
+    """Pixels per tile for filters padded to w_stride."""
+    return _HALF_TILE if w_stride == _HALF_LANES else _TILE
+
+
+cdef void _fill_slab(const real* image, real* slab, Py_ssize_t height, Py_ssize_t width,
+                     Py_ssize_t channels, Py_ssize_t h0, Py_ssize_t r0, Py_ssize_t r1,
+                     Py_ssize_t left, Py_ssize_t slab_width) noexcept nogil:
+    """slab rows r0 <= r < r1 = image row h0 + r from column -left on, slab_width pixels
+    wide, zero outside the image: every tile then reads whole patches."""
+    cdef Py_ssize_t r, inside_start = _clip(left, 0, slab_width)
+    cdef Py_ssize_t inside_end = _clip(left + width, 0, slab_width)
+    cdef real* row
+    for r in range(r0, r1):
+        row = slab + r * slab_width * channels
+        _zero(row, inside_start * channels)
+        if inside_end > inside_start:
+            _copy(row + inside_start * channels,
+                  image + ((h0 + r) * width + inside_start - left) * channels,
+                  (inside_end - inside_start) * channels)
+        _zero(row + inside_end * channels, (slab_width - inside_end) * channels)
+
+
+cdef void _direct_forward_row(const real* slab, const real* w, const real* b, real* y,
+                              Py_ssize_t channels, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t r0,
+                              Py_ssize_t r1, Py_ssize_t slab_width, Py_ssize_t ow, Py_ssize_t f,
                               Py_ssize_t w_stride) noexcept nogil:
-    """One output row y (OW, F) of one image, its top patch row at h0; w (patch, w_stride)
-    and b (w_stride,) are padded to whole blocks of filters."""
-    cdef Py_ssize_t r0 = _clip(-h0, 0, kh), r1 = _clip(height - h0, 0, kh)
+    """One output row y (OW, F) from its slab of patch rows r0 <= r < r1; w (patch,
+    w_stride) and b (w_stride,) are padded to whole blocks of filters."""
     cdef Py_ssize_t lanes = _HALF_LANES if w_stride == _HALF_LANES else _LANES
-    cdef Py_ssize_t tile = _HALF_TILE if w_stride == _HALF_LANES else _TILE
-    cdef Py_ssize_t run = kw * channels, px_row = width * channels
-    cdef Py_ssize_t j = 0, w0, q0, q1, block, start
-    cdef bint whole
-    while j < ow:
-        w0 = j * sw - left
-        whole = j + tile <= ow and w0 >= 0 and w0 + (tile - 1) * sw + kw <= width
-        q0 = 0 if whole else _clip(-w0, 0, kw)
-        q1 = kw if whole else _clip(width - w0, 0, kw)
+    cdef Py_ssize_t tile = _tile_of(w_stride), run = kw * channels
+    cdef Py_ssize_t step, j, block, start
+    for step in range((ow + tile - 1) // tile):
+        j = step * tile
         for block in range(w_stride // lanes):
             start = block * lanes
-            _pixel_tile(whole, image + ((h0 + r0) * width + w0 + q0) * channels, px_row,
-                        sw * channels, r1 - r0, (q1 - q0) * channels,
-                        w + ((r0 * kw + q0) * channels) * w_stride + start, run * w_stride,
-                        w_stride, b + start, y + j * f + start, f,
-                        lanes if f - start > lanes else f - start)
-        j += tile if whole else 1
+            _pixel_tile(slab + (r0 * slab_width + j * sw) * channels, slab_width * channels,
+                        sw * channels, r1 - r0, run, w + r0 * run * w_stride + start,
+                        run * w_stride, w_stride, b + start, y + j * f + start, f,
+                        lanes if f - start > lanes else f - start,
+                        tile if ow - j > tile else ow - j)
 
 
 cdef inline void _tap_sum(const real* x, Py_ssize_t x_row, Py_ssize_t x_step, const real* dy,
@@ -180,20 +179,36 @@ cdef void _direct_weight_image(const real* image, const real* dy, real* dw, Py_s
                              end_row - top_row, end - first, dw + tap * f + start, lanes)
 
 
-cdef void _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, const real[::1] b,
-                          real[:, ::1] y, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-                          Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh,
-                          Py_ssize_t ow) noexcept:
+cdef int _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, const real[::1] b,
+                         real[:, ::1] y, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                         Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh,
+                         Py_ssize_t ow) noexcept:
     """y (N*OH*OW, F) = the convolution of x with w2 (patch, padded F) plus b (padded F),
-    output row by output row, rows shared among the threads."""
+    output row by output row, rows handed out to the threads as they come free. Returns
+    how many rows found no memory for their slab."""
     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
     cdef Py_ssize_t f = y.shape[1], w_stride = w2.shape[1], count = x.shape[0] * oh
-    cdef Py_ssize_t row, n, i
-    for row in prange(count, schedule="static", nogil=True, num_threads=_team(count)):
-        n = row // oh
-        i = row - n * oh
-        _direct_forward_row(&x[n, 0, 0, 0], &w2[0, 0], &b[0], &y[row * ow, 0], height, width,
-                            channels, kh, kw, sw, i * sh - top, left, ow, f, w_stride)
+    cdef Py_ssize_t tile = _tile_of(w_stride)
+    cdef Py_ssize_t slab_width = ((ow + tile - 1) // tile * tile - 1) * sw + kw
+    cdef Py_ssize_t row, n, h0, r0, r1
+    cdef int failed = 0
+    cdef real* slab
+    with nogil, parallel(num_threads=_team(count)):
+        slab = <real*>malloc(kh * slab_width * channels * sizeof(real))
+        for row in prange(count, schedule="dynamic", chunksize=4):
+            if slab == NULL:
+                failed += 1
+            else:
+                n = row // oh
+                h0 = (row - n * oh) * sh - top
+                r0 = _clip(-h0, 0, kh)
+                r1 = _clip(height - h0, 0, kh)
+                _fill_slab(&x[n, 0, 0, 0], slab, height, width, channels, h0, r0, r1, left,
+                           slab_width)
+                _direct_forward_row(slab, &w2[0, 0], &b[0], &y[row * ow, 0], channels, kw, sw, r0,
+                                    r1, slab_width, ow, f, w_stride)
+        free(slab)
+    return failed
 
 
 cdef int _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real[:, ::1] partial,
@@ -210,6 +225,7 @@ cdef int _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real
     cdef real* rows
     with nogil, parallel(num_threads=team):
         rows = <real*>calloc(pixels * padded, sizeof(real)) if padded != f else NULL
+        # static: each thread sums its images in the same order on every run
         for n in prange(x.shape[0], schedule="static"):
             if padded != f and rows == NULL:
                 failed += 1
@@ -232,9 +248,11 @@ def _direct_forward_pass(x, w2, b, y, kernel_size, stride, padding, out_hw):
     w2, b = _padded(w2, width), _padded(b[None], width)[0]
     geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)
     if x.dtype == np.float32:
-        _direct_forward[float](x, w2, b, y, *geometry)
+        failed = _direct_forward[float](x, w2, b, y, *geometry)
     else:
-        _direct_forward[double](x, w2, b, y, *geometry)
+        failed = _direct_forward[double](x, w2, b, y, *geometry)
+    if failed:
+        raise MemoryError("no memory for a convolution's rows of input")
 
 
 def _direct_weight_pass(x, dy2, kernel_size, stride, padding, out_hw):
