@@ -169,6 +169,13 @@ POOL_CASES = [
     (1, 5, 5, 2, (5, 5), (1, 1)),    # a single window
     (2, 6, 9, 2, (1, 1), (1, 1)),    # identity
     (1, 7, 9, 2, (2, 4), (3, 2)),    # stride > window: skipped rows
+    (2, 7, 6, 16, (3, 2), (2, 1)),   # as many channels as the compiled loops take a pixel at once
+    (1, 6, 8, 35, (2, 2), (2, 3)),
+    # the pooling layers of benchmarks/suite.py's networks, on a batch of two
+    (2, 28, 28, 6, (2, 2), (2, 2)),
+    (2, 10, 10, 16, (2, 2), (2, 2)),
+    (2, 26, 26, 32, (2, 2), (2, 2)),
+    (2, 16, 16, 64, (2, 2), (2, 2)),
 ]
 POOL_IDS = [f"{n}x{h}x{w}x{c}-k{p[0]}x{p[1]}-s{s[0]}{s[1]}" for n, h, w, c, p, s in POOL_CASES]
 POOL_KINDS = ["normal", "ties", "signed_zeros", "all_equal", "nan", "nan_ties", "all_nan",
