@@ -67,9 +67,11 @@ cdef Py_ssize_t _CHUNK_BYTES = (1 << 20) if _blas is not None else (8 << 20)
 
 def _chunk_count(n, bytes_per_image):
     """Into how many chunks to cut n images: patch matrices of about _CHUNK_BYTES at most,
-    a multiple of the threads, and at least four each where there are images enough, so
-    that threads that come free take over the chunks of one the system holds up."""
-    wanted = max(4 * _threads, -(-n * bytes_per_image // _CHUNK_BYTES))
+    a multiple of the threads, and with direct BLAS at least four each where there are
+    images enough, so that threads that come free take over the chunks of one the system
+    holds up (numpy.matmul takes a chunk at a time on its own threads)."""
+    wanted = max(4 * _threads if _blas is not None else 1,
+                 -(-n * bytes_per_image // _CHUNK_BYTES))
     return max(1, min(n, -(-wanted // _threads) * _threads))
 
 
