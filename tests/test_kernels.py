@@ -346,3 +346,31 @@ def test_every_kernel_gives_the_same_bits_on_every_run_with_several_threads():
                 np.testing.assert_array_equal(a, b_)
     finally:
         cnnc.set_num_threads(before)
+
+
+@pytest.mark.parametrize("files, cores", [
+    ({"cpu.max": "200000 100000\n"}, 2),
+    ({"cpu.max": "150000 100000\n"}, 2),            # a core and a half: two threads
+    ({"cpu.max": "50000 100000\n"}, 1),
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu.max": "garbage"}, None),
+    ({}, None),
+], ids=["v2_two", "v2_fraction", "v2_half", "v2_max", "v1_three", "v1_unlimited", "garbage", "none"])
+def test_a_containers_cpu_quota_is_read_from_its_cgroup(tmp_path, files, cores):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert _checks.cpu_quota(str(tmp_path)) == cores
+
+
+def test_the_default_thread_count_is_at_most_the_cores_this_process_may_use():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = _checks.cpu_quota()
+    assert _checks.cores_available() == min(cores, quota or cores)
+    env = {k: v for k, v in os.environ.items() if k != "CNNC_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", "import cnnc; print(cnnc.get_num_threads())"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert 1 <= int(done.stdout) <= _checks.cores_available()

@@ -82,13 +82,36 @@ def num_threads(n, name="the number of threads"):
     return int(n)
 
 
+def cpu_quota(root="/sys/fs/cgroup"):
+    """How many cores' worth of CPU time the container allows (a fraction counts as a whole
+    core), or None without a limit: cgroup v2's cpu.max, or v1's cfs quota and period."""
+    for files in (("cpu.max",), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            fields = []
+            for name in files:
+                with open(os.path.join(root, name)) as handle:
+                    fields += handle.read().split()
+            quota, period = int(fields[0]), int(fields[1])
+        except (OSError, ValueError, IndexError):       # absent, or "max": no limit here
+            continue
+        return -(-quota // period) if quota > 0 and period > 0 else None
+    return None
+
+
+def cores_available():
+    """The cores this process may run on, and may keep busy: its CPU affinity, capped by
+    a container's CPU quota (threads beyond it would only wait for their share)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = cpu_quota()
+    return max(1, min(cores or 1, quota or MAX_THREADS))
+
+
 def thread_count(variable):
     """The thread count in environment variable `variable`; when it is unset, the cores this
-    process may run on."""
+    process may use (cores_available)."""
     value = os.environ.get(variable)
     if value is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return min(cores or 1, MAX_THREADS)
+        return min(cores_available(), MAX_THREADS)
     try:
         value = int(value.strip())
     except ValueError:
