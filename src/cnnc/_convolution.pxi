@@ -326,12 +326,25 @@ cdef void _sum_rows(const real[:, ::1] a, real[:, ::1] partial) noexcept:
             _add(&partial[share, 0], &a[row, 0], a.shape[1])
 
 
+def _pointwise(kernel_size, stride, padding):
+    """Whether each output pixel is its input pixel times the filters (1x1, stride 1, no
+    padding): the image is its own patch matrix, and the passes are plain products."""
+    return tuple(kernel_size) == (1, 1) and tuple(stride) == (1, 1) and not any(padding)
+
+
 def conv2d_forward(x, w, b, stride, padding):
     """Cross-correlation of x (N, H, W, C) with w (kh, kw, C, F), plus bias b (F,)."""
     x, w, b, stride, padding, (oh, ow) = _checks.conv2d_forward(x, w, b, stride, padding)
     n, (kh, kw, c, f) = x.shape[0], w.shape
     pixels, patch = oh * ow, kh * kw * c
     w2 = w.reshape(patch, f)
+    if _pointwise((kh, kw), stride, padding) and not _direct_taken(patch, f):
+        y = matmul(x.reshape(n * pixels, c), w2)
+        if f and x.dtype == np.float32:
+            _add_to_rows[float](y, b)
+        elif f:
+            _add_to_rows[double](y, b)
+        return y.reshape(n, oh, ow, f)
     y = np.empty((n * pixels, f), dtype=x.dtype)
     chunks = _chunk_count(n, pixels * patch * x.itemsize)
     if _direct_taken(patch, f):
@@ -352,6 +365,8 @@ def conv2d_grad_input(dy, w, input_shape, stride, padding):
     w2 = w.reshape(patch, f)
     dy2 = dy.reshape(n * pixels, f)
     chunks = _chunk_count(n, pixels * patch * dy.itemsize)
+    if _pointwise((kh, kw), stride, padding):
+        return matmul(dy2, w2.T).reshape(input_shape)
     if _blas is not None:
         return _gemm_grad_input_pass(dy2, w2, input_shape, (kh, kw), stride, padding, (oh, ow),
                                      chunks)
@@ -369,6 +384,8 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     chunks = _chunk_count(n, pixels * patch * x.itemsize)
     if _direct_taken(patch, f):
         dw = _direct_weight_pass(x, dy2, kernel_size, stride, padding, out_hw)
+    elif _pointwise(kernel_size, stride, padding):
+        dw = matmul(x.reshape(n * pixels, c).T, dy2)
     elif _blas is not None:
         dw = _gemm_grad_weight_pass(x, dy2, kernel_size, stride, padding, out_hw, chunks)
     else:
