@@ -133,6 +133,22 @@ def test_conv2d_forward_parity(case, dtype):
 
 @pytest.mark.usefixtures("products")
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel, padding", [((3, 3), (1, 1, 1, 1)), ((1, 1), (0, 0, 0, 0)),
+                                             ((5, 5), (2, 2, 2, 2))], ids=["3x3", "1x1", "5x5"])
+def test_an_empty_batch_gives_empty_results_on_every_path(kernel, padding, dtype):
+    x = np.zeros((0, 9, 8, 3), dtype=dtype)
+    w = np.ones((*kernel, 3, 5), dtype=dtype)
+    b = np.ones(5, dtype=dtype)
+    expected = _numpy_kernels.conv2d_forward(x, w, b, (1, 1), padding)
+    actual = compiled.conv2d_forward(x, w, b, (1, 1), padding)
+    assert actual.shape == expected.shape == (0, 9, 8, 5) and actual.dtype == np.dtype(dtype)
+    dw, db = compiled.conv2d_grad_params(x, expected, kernel, (1, 1), padding)
+    np.testing.assert_array_equal(dw, np.zeros_like(w))
+    np.testing.assert_array_equal(db, np.zeros_like(b))
+
+
+@pytest.mark.usefixtures("products")
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
 def test_conv2d_grad_input_parity(case, dtype):
     x, w, b, dy = conv_inputs(case, dtype, seed=2)

@@ -259,8 +259,9 @@ cdef void _add_to_rows(real[:, ::1] a, const real[::1] row_values) noexcept:
 
 
 def _matmul_chunks(n, chunks):
-    """(start, stop) of each chunk of n images: ceil(n / chunks) images each, the last fewer."""
-    per_chunk = -(-n // chunks)
+    """(start, stop) of each chunk of n images: ceil(n / chunks) images each, the last fewer
+    (none for an empty batch)."""
+    per_chunk = max(1, -(-n // chunks))
     return [(start, min(n, start + per_chunk)) for start in range(0, n, per_chunk)]
 
 
