@@ -258,6 +258,14 @@ cdef void _add_to_rows(real[:, ::1] a, const real[::1] row_values) noexcept:
             _add(&a[row, 0], &row_values[0], a.shape[1])
 
 
+def _add_bias(rows, b):
+    """rows (M, F) += b (F,) in every row."""
+    if rows.size and rows.dtype == np.float32:
+        _add_to_rows[float](rows, b)
+    elif rows.size:
+        _add_to_rows[double](rows, b)
+
+
 def _matmul_chunks(n, chunks):
     """(start, stop) of each chunk of n images: ceil(n / chunks) images each, the last fewer
     (none for an empty batch)."""
@@ -269,19 +277,15 @@ def _matmul_forward_pass(x, w2, b, y, kernel_size, stride, padding, out_hw, chun
     """y (N*OH*OW, F) = the convolution of x with w2 (patch, F) plus b, by numpy.matmul."""
     geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)
     pixels, patch = out_hw[0] * out_hw[1], kernel_size[0] * kernel_size[1] * x.shape[3]
-    single = x.dtype == np.float32
     for start, stop in _matmul_chunks(x.shape[0], chunks):
         cols = _scratch("cols", (stop - start) * pixels, patch, x.dtype)
         rows = y[start * pixels:stop * pixels]
-        if single:
+        if x.dtype == np.float32:
             _patch_images[float](x[start:stop], cols, *geometry)
         else:
             _patch_images[double](x[start:stop], cols, *geometry)
         np.matmul(cols, w2, out=rows)
-        if single:
-            _add_to_rows[float](rows, b)
-        else:
-            _add_to_rows[double](rows, b)
+        _add_bias(rows, b)
 
 
 def _matmul_grad_input_pass(dy2, w2, input_shape, kernel_size, stride, padding, out_hw, chunks):
@@ -339,21 +343,19 @@ def conv2d_forward(x, w, b, stride, padding):
     n, (kh, kw, c, f) = x.shape[0], w.shape
     pixels, patch = oh * ow, kh * kw * c
     w2 = w.reshape(patch, f)
-    if _pointwise((kh, kw), stride, padding) and not _direct_taken(patch, f):
-        y = matmul(x.reshape(n * pixels, c), w2)
-        if f and x.dtype == np.float32:
-            _add_to_rows[float](y, b)
-        elif f:
-            _add_to_rows[double](y, b)
-        return y.reshape(n, oh, ow, f)
-    y = np.empty((n * pixels, f), dtype=x.dtype)
-    chunks = _chunk_count(n, pixels * patch * x.itemsize)
     if _direct_taken(patch, f):
+        y = np.empty((n * pixels, f), dtype=x.dtype)
         _direct_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow))
-    elif _blas is not None:
-        _gemm_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow), chunks)
+    elif _pointwise((kh, kw), stride, padding):
+        y = matmul(x.reshape(n * pixels, c), w2)
+        _add_bias(y, b)
     else:
-        _matmul_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow), chunks)
+        y = np.empty((n * pixels, f), dtype=x.dtype)
+        chunks = _chunk_count(n, pixels * patch * x.itemsize)
+        if _blas is not None:
+            _gemm_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow), chunks)
+        else:
+            _matmul_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow), chunks)
     return y.reshape(n, oh, ow, f)
 
 
@@ -365,9 +367,9 @@ def conv2d_grad_input(dy, w, input_shape, stride, padding):
     pixels, patch = oh * ow, kh * kw * c
     w2 = w.reshape(patch, f)
     dy2 = dy.reshape(n * pixels, f)
-    chunks = _chunk_count(n, pixels * patch * dy.itemsize)
     if _pointwise((kh, kw), stride, padding):
         return matmul(dy2, w2.T).reshape(input_shape)
+    chunks = _chunk_count(n, pixels * patch * dy.itemsize)
     if _blas is not None:
         return _gemm_grad_input_pass(dy2, w2, input_shape, (kh, kw), stride, padding, (oh, ow),
                                      chunks)
@@ -382,15 +384,16 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     n, (kh, kw), c, f = x.shape[0], kernel_size, x.shape[3], dy.shape[3]
     pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
     dy2 = dy.reshape(n * pixels, f)
-    chunks = _chunk_count(n, pixels * patch * x.itemsize)
     if _direct_taken(patch, f):
         dw = _direct_weight_pass(x, dy2, kernel_size, stride, padding, out_hw)
     elif _pointwise(kernel_size, stride, padding):
         dw = matmul(x.reshape(n * pixels, c).T, dy2)
     elif _blas is not None:
-        dw = _gemm_grad_weight_pass(x, dy2, kernel_size, stride, padding, out_hw, chunks)
+        dw = _gemm_grad_weight_pass(x, dy2, kernel_size, stride, padding, out_hw,
+                                    _chunk_count(n, pixels * patch * x.itemsize))
     else:
-        dw = _matmul_grad_weight_pass(x, dy2, kernel_size, stride, padding, out_hw, chunks)
+        dw = _matmul_grad_weight_pass(x, dy2, kernel_size, stride, padding, out_hw,
+                                      _chunk_count(n, pixels * patch * x.itemsize))
     partial_db = np.zeros((_threads, f), dtype=x.dtype)
     if f and x.dtype == np.float32:
         _sum_rows[float](dy2, partial_db)

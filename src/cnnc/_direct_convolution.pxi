@@ -91,6 +91,11 @@ cdef inline void _pixel_tile(const real* px, Py_ssize_t px_row, Py_ssize_t px_st
                                stored, pixels)
 
 
+cdef inline Py_ssize_t _lanes_of(Py_ssize_t w_stride) noexcept nogil:
+    """Filters per block for filters padded to w_stride (_padded_filters)."""
+    return _HALF_LANES if w_stride == _HALF_LANES else _LANES
+
+
 cdef inline Py_ssize_t _tile_of(Py_ssize_t w_stride) noexcept nogil:
     """Pixels per tile for filters padded to w_stride."""
     return _HALF_TILE if w_stride == _HALF_LANES else _TILE
@@ -120,7 +125,7 @@ cdef void _direct_forward_row(const real* slab, const real* w, const real* b, re
                               Py_ssize_t w_stride) noexcept nogil:
     """One output row y (OW, F) from its slab of patch rows r0 <= r < r1; w (patch,
     w_stride) and b (w_stride,) are padded to whole blocks of filters."""
-    cdef Py_ssize_t lanes = _HALF_LANES if w_stride == _HALF_LANES else _LANES
+    cdef Py_ssize_t lanes = _lanes_of(w_stride)
     cdef Py_ssize_t tile = _tile_of(w_stride), run = kw * channels
     cdef Py_ssize_t step, j, block, start
     for step in range((ow + tile - 1) // tile):
@@ -157,7 +162,7 @@ cdef void _direct_weight_image(const real* image, const real* dy, real* dw, Py_s
                                Py_ssize_t f) noexcept nogil:
     """dw (patch, F) += the filter gradient of one image, given its dy (OH, OW, F); F is a
     whole number of blocks of filters."""
-    cdef Py_ssize_t lanes = _HALF_LANES if f == _HALF_LANES else _LANES
+    cdef Py_ssize_t lanes = _lanes_of(f)
     cdef Py_ssize_t r, q, c, top_row, end_row, first, end, block, start, tap
     for r in range(kh):
         top_row = _first_inside(r - top, sh)
