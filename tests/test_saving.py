@@ -1,8 +1,17 @@
 """Network.save / Network.load (cnnc.saving): one .npz, no pickle, written atomically, and
 training resumes exactly where it stopped."""
+import io
 import json
 import os
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import textwrap
+import tracemalloc
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -117,7 +126,7 @@ def saved_arrays(tmp_path):
 def test_load_refuses_a_file_that_is_not_an_npz(tmp_path):
     path = tmp_path / "x.npz"
     path.write_bytes(b"\x80\x04 not an archive at all")
-    with pytest.raises(ValueError, match="not a cnnc network file"):
+    with pytest.raises(ValueError, match="not an .npz archive"):
         Network.load(path)
 
 
@@ -184,3 +193,288 @@ def test_save_refuses_what_it_could_not_build_again(tmp_path):
 def test_saved_file_is_a_zip_that_numpy_reads(tmp_path):
     varied_network().save(tmp_path / "net.npz")
     assert zipfile.is_zipfile(tmp_path / "net.npz")
+
+
+# ============================================================ damaged and crafted files
+
+def test_a_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Network.load(tmp_path / "nowhere.npz")
+
+
+def test_a_directory_is_a_value_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        Network.load(tmp_path)
+
+
+def damaged_copies(data, count, seed=0):
+    """Copies of data with bytes flipped, overwritten, cut off, removed or inserted."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        copy = bytearray(data)
+        kind = rng.integers(5)
+        at = int(rng.integers(len(copy)))
+        if kind == 0:
+            for spot in rng.integers(0, len(copy), int(rng.integers(1, 8))):
+                copy[spot] ^= 1 << int(rng.integers(8))
+        elif kind == 1:
+            span = int(rng.integers(1, 64))
+            copy[at:at + span] = rng.integers(0, 256, len(copy[at:at + span]), dtype=np.uint8).tobytes()
+        elif kind == 2:
+            del copy[at:]
+        elif kind == 3:
+            del copy[at:at + int(rng.integers(1, 64))]
+        else:
+            copy[at:at] = rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
+        yield bytes(copy)
+
+
+def test_every_damaged_copy_loads_whole_or_raises_a_value_error_naming_the_file(tmp_path):
+    good = tmp_path / "good.npz"
+    net = varied_network()
+    net.train_step(*bars(4), lr=1e-3)
+    net.save(good)
+    refused = 0
+    for number, data in enumerate(damaged_copies(good.read_bytes(), 400)):
+        path = tmp_path / f"damaged{number}.npz"
+        path.write_bytes(data)
+        try:
+            loaded = Network.load(path)
+        except ValueError as error:
+            assert str(path) in str(error), error
+            refused += 1
+        else:
+            assert_same_state(state_of(loaded), state_of(net))
+        path.unlink()
+    assert refused > 350        # the few others hit bytes no reader looks at (timestamps, comments)
+
+
+def npz_with_header(tmp_path, header, **arrays):
+    arrays[saving._HEADER] = np.array(json.dumps(header))
+    return write_npz(tmp_path / "crafted.npz", **arrays)
+
+
+def fc_header(n_in, n_out, steps=None):
+    optimizer = {"type": "AdamOptimizer", "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                 "steps": steps or {}}
+    return {"format": "cnnc-network", "version": 1, "dtype": "float32", "loss": {"type": "MeanSquaredError"},
+            "input_shape": None, "layers": [{"type": "FullyConnected", "shape": [n_in, n_out],
+                                             "activation": {"type": "Linear"}, "optimizer": optimizer}]}
+
+
+def npy_member(shape, dtype="<f4", data=b""):
+    """An .npy file's bytes: a header declaring shape, then data."""
+    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, header)
+    return out.getvalue() + data
+
+
+def crafted_files(directory):
+    """Small files that declare enormous arrays, in every place a size is declared."""
+    files = {}
+    small = {"layer0/w": np.zeros((2, 3), np.float32), "layer0/b": np.zeros(3, np.float32)}
+    for n in (20000, 50000):
+        files[f"architecture of {n} x {n}"] = npz_with_header(directory, fc_header(n, n), **small)
+        os.rename(files[f"architecture of {n} x {n}"], directory / f"architecture{n}.npz")
+        files[f"architecture of {n} x {n}"] = directory / f"architecture{n}.npz"
+
+    header = npy_member((), "<U200", json.dumps(fc_header(2, 3)).ljust(200).encode("utf-32-le"))
+    bias = npy_member((3,), data=b"\0" * 12)
+    files[".npy header of 10**12 elements"] = directory / "header.npz"
+    files[".npy header of 10**12 elements"].write_bytes(zip_bytes({
+        saving._HEADER + ".npy": stored(header), "layer0/b.npy": stored(bias),
+        "layer0/w.npy": stored(npy_member((10**6, 10**6), data=b"\0" * 24))}))
+    files["a member inflating to 1 GiB"] = directory / "bomb.npz"
+    files["a member inflating to 1 GiB"].write_bytes(zip_bytes({
+        saving._HEADER + ".npy": stored(header), "layer0/b.npy": stored(bias),
+        "layer0/w.npy": deflated_zeros(npy_member((2**28,)), 2**30)}))
+    return files
+
+
+def stored(data):
+    return 0, data, zlib.crc32(data), len(data)
+
+
+def deflated_zeros(head, count):
+    """A deflate stream of head and then count zero bytes (a multiple of 1 MiB), made fast:
+    after a full flush the compressor starts afresh, so one compressed MiB repeats."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    data = [compressor.compress(head) + compressor.flush(zlib.Z_FULL_FLUSH)]
+    block = compressor.compress(bytes(2**20)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    crc = zlib.crc32(head)
+    for _ in range(count // 2**20):
+        crc = zlib.crc32(bytes(2**20), crc)
+    data += [block] * (count // 2**20) + [compressor.flush()]
+    return 8, b"".join(data), crc, len(head) + count
+
+
+def zip_bytes(members):
+    """A zip archive of members given as name -> (method, compressed data, crc32, size)."""
+    local, central = bytearray(), bytearray()
+    for name, (method, data, crc, size) in members.items():
+        fields = struct.pack("<HHHHHIIIHH", 20, 0, method, 0, 0x21, crc, len(data), size, len(name), 0)
+        central += b"PK\1\2" + struct.pack("<H", 20) + fields + struct.pack("<HHHII", 0, 0, 0, 0, len(local))
+        central += name.encode()
+        local += b"PK\3\4" + fields + name.encode() + data
+    end = b"PK\5\6" + struct.pack("<HHHHIIH", 0, 0, len(members), len(members), len(central), len(local), 0)
+    return bytes(local + central + end)
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("crafted")
+    return directory, crafted_files(directory)
+
+
+def test_sizes_are_checked_before_anything_large_is_allocated(crafted):
+    files = crafted[1]
+    assert max(os.path.getsize(path) for path in files.values()) < 1.1 * 2**20
+    for case, path in files.items():
+        tracemalloc.start()
+        with pytest.raises(ValueError, match=str(path)):
+            Network.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 8 * 2**20, f"{case}: {peak:,} bytes allocated"
+
+
+def test_crafted_sizes_are_refused_under_a_memory_limit(crafted):
+    """In a process that cannot map 512 MiB more than it has, every crafted file is a ValueError."""
+    directory = crafted[0]
+    script = textwrap.dedent(f"""
+        import pathlib, resource
+        from cnnc import Network
+        with open("/proc/self/statm") as statm:
+            mapped = int(statm.read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + 2**29, resource.RLIM_INFINITY))
+        for path in sorted(pathlib.Path({str(directory)!r}).glob("*.npz")):
+            try:
+                Network.load(path)
+            except ValueError as error:
+                print("refused", path.name)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("refused") == 4, done.stdout + done.stderr
+
+
+def bad_header(change):
+    header = fc_header(2, 3, steps={"w": 1})
+    change(header)
+    return header
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda h: h["layers"].__setitem__(0, "FullyConnected"), "layer must be an object"),
+    (lambda h: h["layers"][0].__setitem__("optimizer", []), "optimizer must be an object"),
+    (lambda h: h["layers"][0]["optimizer"]["steps"].__setitem__("w", -1), "step count"),
+    (lambda h: h["layers"][0]["optimizer"]["steps"].__setitem__("w", 10**30), "step count"),
+    (lambda h: h["layers"][0]["optimizer"]["steps"].__setitem__("w", 1.0), "step count"),
+    (lambda h: h["layers"][0]["optimizer"]["steps"].__setitem__("w", True), "step count"),
+    (lambda h: h["layers"][0]["optimizer"]["steps"].__setitem__("z", 1), "unknown fields"),
+    (lambda h: h["layers"][0]["optimizer"].__setitem__("eps", "1e-8"), "eps must be a finite number"),
+    (lambda h: h["layers"][0]["optimizer"].__setitem__("beta1", 1.5), "beta1"),
+    (lambda h: h["layers"][0]["optimizer"].__setitem__("eps", -1.0), "eps"),
+    (lambda h: h["layers"][0]["optimizer"].update(type="SGDOptimizer", momentum=0.9, nesterov=1,
+                                                   **{"beta1": None}), "unknown fields|nesterov"),
+    (lambda h: h["layers"][0]["activation"].update(type="LeakyReLU", slope=2), "slope"),
+    (lambda h: h["layers"][0]["activation"].update(type="LeakyReLU"), "no slope"),
+    (lambda h: h.update(version=True), "version True"),
+    (lambda h: h.update(version="1"), "version '1'"),
+    (lambda h: h.update(dtype="int8"), "dtype"),
+    (lambda h: h.update(input_shape=[3]), "layer 0 does not take the saved input shape"),
+    (lambda h: h.update(input_shape=[0]), "input_shape"),
+    (lambda h: h.update(input_shape="(2,)"), "input_shape"),
+    (lambda h: h["layers"][0].update(shape=[2, 3.0]), "shape"),
+    (lambda h: h["layers"][0].update(shape=[2, 3, 4]), "shape"),
+    (lambda h: h["layers"][0].update(shape=[2, 2**40]), "shape"),
+    (lambda h: h["layers"].append({"type": "MaxPool", "pshape": [2, 2], "strides": [0, 1]}), "strides"),
+    (lambda h: h["layers"].append({"type": "Flatten", "input_shape": [[1]]}), "input_shape"),
+    (lambda h: h["layers"].append({"type": "Conv", "fshape": [3, 3, 1, 2], "strides": [1, 1],
+                                   "padding": "full", "activation": {"type": "Linear"},
+                                   "optimizer": h["layers"][0]["optimizer"]}), "padding"),
+    (lambda h: h.update(loss="MeanSquaredError"), "loss must be an object"),
+    (lambda h: h.update(loss={"type": "MeanSquaredError", "reduction": "sum"}), "unknown fields"),
+    (lambda h: h.update(layers={"0": {}}), "layers must be a list"),
+    (lambda h: h.pop("input_shape"), "has no input_shape"),
+])
+def test_every_header_value_is_checked_at_load(tmp_path, change, message):
+    arrays = {"layer0/w": np.zeros((2, 3), np.float32), "layer0/b": np.zeros(3, np.float32),
+              "layer0/optimizer/w/m": np.zeros((2, 3), np.float32),
+              "layer0/optimizer/w/v": np.zeros((2, 3), np.float32)}
+    path = npz_with_header(tmp_path, bad_header(change), **arrays)
+    with pytest.raises(ValueError, match=message) as caught:
+        Network.load(path)
+    assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("text", [
+    '{"format": "cnnc-network", "version": 1, "layers": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    '{"format": "cnnc-network", "version": 1, "x": Infinity}',
+    '{"format": "cnnc-network", "version": 1, "x": NaN}',
+    '{"format": "cnnc-network", "version": 1, "x": ' + "9" * 5000 + "}",
+])
+def test_headers_json_cannot_parse_are_value_errors(tmp_path, text):
+    arrays = saved_arrays(tmp_path)
+    arrays[saving._HEADER] = np.array(text)
+    with pytest.raises(ValueError, match="not JSON"):
+        Network.load(write_npz(tmp_path / "bad.npz", **arrays))
+
+
+# ============================================================================= save
+
+def test_saving_into_a_missing_directory_names_the_path_given(tmp_path):
+    path = tmp_path / "missing" / "net.npz"
+    with pytest.raises(FileNotFoundError) as caught:
+        varied_network().save(path)
+    assert caught.value.filename == str(path)
+
+
+def test_saved_files_get_the_permissions_numpy_gives(tmp_path):
+    np.savez(tmp_path / "numpy.npz", a=np.zeros(1))
+    varied_network().save(tmp_path / "net.npz")
+    assert stat.S_IMODE(os.stat(tmp_path / "net.npz").st_mode) == \
+        stat.S_IMODE(os.stat(tmp_path / "numpy.npz").st_mode)
+    os.chmod(tmp_path / "net.npz", 0o640)           # an existing file keeps its own
+    varied_network().save(tmp_path / "net.npz")
+    assert stat.S_IMODE(os.stat(tmp_path / "net.npz").st_mode) == 0o640
+
+
+def test_saving_through_a_symlink_writes_its_target(tmp_path):
+    (tmp_path / "models").mkdir()
+    target = tmp_path / "models" / "net.npz"
+    target.write_bytes(b"old")
+    link = tmp_path / "latest.npz"
+    link.symlink_to(target)
+    net = varied_network()
+    net.save(link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert sorted(os.listdir(tmp_path / "models")) == ["net.npz"]
+    np.testing.assert_array_equal(Network.load(target).layers[0].params["w"], net.layers[0].params["w"])
+
+
+def test_a_save_killed_midway_leaves_a_part_the_next_save_removes(tmp_path):
+    path = tmp_path / "net.npz"
+    script = textwrap.dedent(f"""
+        import os, signal
+        import numpy as np
+        from cnnc import saving
+        from tests.test_saving import varied_network
+        def savez_then_die(file, **arrays):
+            file.write(b"half a model")
+            file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        saving.np.savez = savez_then_die
+        varied_network().save({str(path)!r})
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (part,) = os.listdir(tmp_path)
+    assert part.startswith(".net.npz.") and part.endswith(".part")
+    live = tmp_path / f".net.npz.{os.getpid()}.abc123.part"     # a save under way here: kept
+    live.write_bytes(b"")
+    varied_network().save(path)
+    assert sorted(os.listdir(tmp_path)) == sorted(["net.npz", live.name])
