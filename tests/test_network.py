@@ -1,5 +1,10 @@
 import copy
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -424,3 +429,93 @@ def test_summary_knows_the_input_shape_once_the_network_has_seen_data(capsys):
     mlp = Network([Flatten((4, 4, 1)), FullyConnected((16, 3))], loss=SoftmaxCrossEntropy())
     assert "(None, 16)" in mlp.summary(file=open(os.devnull, "w"))
     capsys.readouterr()
+
+
+# ======================================================== interrupted and failed steps
+
+def interruptible_network():
+    """Adam and SGD with momentum, with updates large enough for interrupts to land in them."""
+    np.random.seed(3)
+    return Network([
+        Conv((3, 3, 1, 4), padding=1, activation=relu, optimizer=AdamOptimizer()),
+        Flatten((8, 8, 4)),
+        FullyConnected((256, 384), activation=relu, optimizer=SGDOptimizer(momentum=0.9)),
+        FullyConnected((384, 384), activation=relu, optimizer=AdamOptimizer()),
+        FullyConnected((384, 4), optimizer=AdamOptimizer()),
+    ], loss=SoftmaxCrossEntropy())
+
+
+def steps_taken(net):
+    """The step count every optimizer state agrees on; fails if they disagree."""
+    counts = {state.get("step", 0) if state else 0
+              for layer in net.layers if layer.params
+              for state in [layer.optimizer.state.get(name) for name in layer.params]}
+    assert len(counts) == 1, f"optimizer step counts disagree across layers: {counts}"
+    return counts.pop()
+
+
+def interrupt_fits_at_random_moments(trials, seed=0):
+    """Interrupt fit with SIGINT at random moments; check each time that the network is
+    exactly as after some whole number of steps. Prints the step counts interrupted at."""
+    x, y = bars(64, size=8)
+    reference = interruptible_network()
+    after = [state_of(reference)]
+    for start in range(0, 2 * len(x), 8):
+        reference.train_step(x[start % 64:start % 64 + 8], y[start % 64:start % 64 + 8], lr=1e-3)
+        after.append(state_of(reference))
+    started = time.perf_counter()
+    interruptible_network().fit(x, y, epochs=2, batch_size=8, shuffle=False, progress=False)
+    duration = time.perf_counter() - started
+    rng = np.random.default_rng(seed)
+    landed = []
+    for _ in range(trials):
+        net = interruptible_network()
+        timer = threading.Timer(rng.uniform(0, duration), os.kill, (os.getpid(), signal.SIGINT))
+        try:
+            timer.start()
+            try:
+                net.fit(x, y, epochs=2, batch_size=8, shuffle=False, progress=False)
+            finally:
+                timer.cancel()
+                timer.join()
+                time.sleep(0.001)           # a signal sent just now is handled here
+        except KeyboardInterrupt:
+            pass
+        steps = steps_taken(net)
+        assert_same_state(state_of(net), after[steps])
+        landed.append(steps)
+    print(" ".join(map(str, landed)))
+
+
+def test_an_interrupt_leaves_the_network_before_or_after_a_whole_step():
+    """Ctrl-C at 40 random moments of fit, each in a fresh process state (a subprocess, so a
+    stray SIGINT cannot reach the test runner)."""
+    script = "from tests.test_network import interrupt_fits_at_random_moments as run; run(40)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    landed = [int(steps) for steps in done.stdout.split()]
+    assert len(landed) == 40 and len(set(landed)) >= 6, landed
+
+
+def test_an_error_while_the_update_is_prepared_changes_nothing(monkeypatch):
+    x, y = bars(8, size=8)
+    net, fresh = interruptible_network(), interruptible_network()
+    before = state_of(net)
+    real_zeros_like, calls = np.zeros_like, []
+
+    def zeros_like_failing_at_the_fifth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise MemoryError("no memory for the optimizer state")
+        return real_zeros_like(*args, **kwargs)
+
+    monkeypatch.setattr(np, "zeros_like", zeros_like_failing_at_the_fifth)
+    with pytest.raises(MemoryError):
+        net.train_step(x, y)
+    monkeypatch.setattr(np, "zeros_like", real_zeros_like)
+    assert steps_taken(net) == 0
+    assert all(layer.optimizer.state == {} for layer in net.layers if layer.params)
+    assert_same_state(state_of(net), before)
+    assert net.train_step(x, y) == fresh.train_step(x, y)
+    assert_same_state(state_of(net), state_of(fresh))

@@ -42,6 +42,9 @@ class Layer:
     def get_grad(self, inputs, layer_err):
         return {}
 
+    def prepare_update(self, grads):
+        """Check and allocate what update(grads, lr) needs, changing no parameter."""
+
     def update(self, grads, lr):
         pass
 
@@ -63,6 +66,10 @@ class ParametricLayer(Layer):
         if value.shape != shape:
             raise ValueError(f"the {what} initializer returned shape {value.shape}, expected {shape}")
         return np.ascontiguousarray(value, dtype=self.dtype)
+
+    def prepare_update(self, grads):
+        for name, grad in grads.items():
+            self.optimizer.prepare(grad, key=name)
 
     def update(self, grads, lr):
         for name, grad in grads.items():

@@ -5,7 +5,7 @@ from collections import deque
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import dtypes, kernels, saving
+from . import _interrupts, dtypes, kernels, saving
 from .losses import class_ids
 
 
@@ -26,7 +26,9 @@ class Network:
     def train_step(self, x, y, lr=1e-3):
         """One forward, backward and optimizer update on a batch; returns the loss before it.
 
-        A non-finite loss or gradient raises FloatingPointError and changes nothing.
+        The step is whole or not at all: a non-finite loss or gradient raises
+        FloatingPointError and changes nothing, and an interrupt (Ctrl-C) or an error
+        leaves every parameter and optimizer state as it was before the step or after it.
         """
         return self._train_batch(x, y, _check_lr(lr))[0]
 
@@ -35,9 +37,24 @@ class Network:
         with kernels.memory_pool():
             loss, grads, outputs = self._loss_grads_outputs(x, y)
             _check_finite(loss, grads, self.layers)
+            self._update(grads, lr)
+        return loss, outputs
+
+    def _update(self, grads, lr):
+        """Update every layer or none: first each optimizer readies its state (what can fail),
+        then the updates run with Ctrl-C held back until the last one is done."""
+        optimizers = [layer.optimizer for layer in self.layers if hasattr(layer, "optimizer")]
+        states = [dict(optimizer.state) for optimizer in optimizers]
+        try:
+            for layer, layer_grads in zip(self.layers, grads):
+                layer.prepare_update(layer_grads)
+        except BaseException:
+            for optimizer, state in zip(optimizers, states):
+                optimizer.state = state
+            raise
+        with _interrupts.deferred():
             for layer, layer_grads in zip(self.layers, grads):
                 layer.update(layer_grads, lr)
-        return loss, outputs
 
     def loss_and_grads(self, x, y):
         """The loss on a batch and, per layer in order, a dict of its parameter gradients."""

@@ -24,6 +24,11 @@ class Optimizer:
         """Update param in place from its gradient dx."""
         param -= self.update(dx, lr, key)
 
+    def prepare(self, dx, key=None):
+        """Make the state of parameter `key` ready for a gradient like dx (checked, allocated),
+        so that the next apply only computes: a Network prepares every layer's update
+        before it applies any."""
+
     def _slots(self, key, dx, names):
         """The state arrays of parameter `key`, made as zeros on its first update."""
         state = self.state.get(key)
@@ -49,6 +54,10 @@ class SGDOptimizer(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum = momentum
         self.nesterov = nesterov
+
+    def prepare(self, dx, key=None):
+        if self.momentum != 0:
+            self._slots(key, dx, ("velocity",))
 
     def update(self, dx, lr=0.01, key=None):
         if self.momentum == 0:
@@ -84,6 +93,9 @@ class AdamOptimizer(Optimizer):
         self.beta1 = beta1
         self.beta2 = beta2
         self.eps = eps
+
+    def prepare(self, dx, key=None):
+        self._slots(key, dx, ("m", "v"))
 
     def apply(self, param, dx, lr, key=None):
         state = self._slots(key, dx, ("m", "v"))
