@@ -285,10 +285,13 @@ def crafted_files(directory):
     files[".npy header of 10**12 elements"].write_bytes(zip_bytes({
         saving._HEADER + ".npy": stored(header), "layer0/b.npy": stored(bias),
         "layer0/w.npy": stored(npy_member((10**6, 10**6), data=b"\0" * 24))}))
+    bomb = {saving._HEADER + ".npy": stored(header), "layer0/b.npy": stored(bias),
+            "layer0/w.npy": deflated_zeros(npy_member((2**28,)), 2**30)}
     files["a member inflating to 1 GiB"] = directory / "bomb.npz"
-    files["a member inflating to 1 GiB"].write_bytes(zip_bytes({
-        saving._HEADER + ".npy": stored(header), "layer0/b.npy": stored(bias),
-        "layer0/w.npy": deflated_zeros(npy_member((2**28,)), 2**30)}))
+    files["a member inflating to 1 GiB"].write_bytes(zip_bytes(bomb))
+    files["100 members sharing those bytes"] = directory / "overlapping.npz"
+    files["100 members sharing those bytes"].write_bytes(zip_bytes(bomb, [f"layer{depth}/w.npy"
+                                                                          for depth in range(1, 100)]))
     return files
 
 
@@ -309,15 +312,18 @@ def deflated_zeros(head, count):
     return 8, b"".join(data), crc, len(head) + count
 
 
-def zip_bytes(members):
-    """A zip archive of members given as name -> (method, compressed data, crc32, size)."""
+def zip_bytes(members, aliases=()):
+    """A zip archive of members given as name -> (method, compressed data, crc32, size), and
+    directory entries named in aliases that point at the bytes of the last member."""
     local, central = bytearray(), bytearray()
     for name, (method, data, crc, size) in members.items():
         fields = struct.pack("<HHHHHIIIHH", 20, 0, method, 0, 0x21, crc, len(data), size, len(name), 0)
-        central += b"PK\1\2" + struct.pack("<H", 20) + fields + struct.pack("<HHHII", 0, 0, 0, 0, len(local))
-        central += name.encode()
+        for entry in (name, *aliases) if name == list(members)[-1] else (name,):
+            central += (b"PK\1\2" + struct.pack("<H", 20) + fields[:-4] + struct.pack("<HH", len(entry), 0)
+                        + struct.pack("<HHHII", 0, 0, 0, 0, len(local)) + entry.encode())
         local += b"PK\3\4" + fields + name.encode() + data
-    end = b"PK\5\6" + struct.pack("<HHHHIIH", 0, 0, len(members), len(members), len(central), len(local), 0)
+    count = len(members) + len(aliases)
+    end = b"PK\5\6" + struct.pack("<HHHHIIH", 0, 0, count, count, len(central), len(local), 0)
     return bytes(local + central + end)
 
 
@@ -357,7 +363,7 @@ def test_crafted_sizes_are_refused_under_a_memory_limit(crafted):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("refused") == 4, done.stdout + done.stderr
+    assert done.stdout.count("refused") == 5, done.stdout + done.stderr
 
 
 def bad_header(change):

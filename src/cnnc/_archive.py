@@ -95,6 +95,10 @@ class Archive:
                 raise self.error(f"member {info.filename!r} declares {info.file_size:,} bytes, "
                                  f"more than its {info.compress_size:,} stored bytes can hold")
             index[name] = info
+        stored = sum(info.compress_size for info in members)
+        if stored > file_size:      # members that share their bytes: a zip bomb's trick
+            raise self.error(f"its members claim {stored:,} stored bytes, more than the file's "
+                             f"{file_size:,}")
         return index
 
     def describe(self, name):
