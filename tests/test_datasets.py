@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import os
 import threading
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -61,6 +62,9 @@ def bad_files():
         "truncated data": (good[:-1], "truncated"),
         "trailing data": (good + b"\0", "more data than the header declares"),
         "absurd size": (absurd, "more than MAX_IDX_BYTES"),
+        "65 dimensions": (bytes([0, 0, 0x08, 65]) + np.ones(65, dtype=">u4").tobytes() + b"\0",
+                          "declares 65 dimensions, more than"),
+        "255 dimensions": (bytes([0, 0, 0x08, 255]), "declares 255 dimensions"),
     }
 
 
@@ -84,8 +88,41 @@ def test_load_idx_refuses_corrupt_gzip(tmp_path):
 
 
 def test_load_idx_of_a_missing_file_is_file_not_found(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
         datasets.load_idx(tmp_path / "nothing-here")
+
+
+def test_load_idx_of_a_directory_is_a_value_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match="a directory, not an IDX file") as caught:
+        datasets.load_idx(tmp_path)
+    assert str(tmp_path) in str(caught.value)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux's /proc/self/mem")
+def test_load_idx_of_a_file_that_cannot_be_read_is_a_value_error_naming_it():
+    # /proc/self/mem opens, but reading its first bytes fails with an I/O error.
+    with pytest.raises(ValueError, match="/proc/self/mem: could not be read"):
+        datasets.load_idx("/proc/self/mem")
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gzip"])
+def test_load_idx_holds_one_copy_of_the_array(tmp_path, compress):
+    """16 MB of big-endian float32 read into native order: the peak is the array itself
+    plus a bounded buffer, not the two full copies of reading then converting."""
+    array = np.repeat(np.arange(4096, dtype=np.float32), 1024)   # compresses quickly
+    data = idx_bytes(array)
+    path = tmp_path / "big.idx"
+    path.write_bytes(gzip.compress(data, compresslevel=1) if compress else data)
+    del data
+    tracemalloc.start()
+    try:
+        loaded = datasets.load_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(loaded, array)
+    assert loaded.dtype.isnative
+    assert peak < 1.2 * array.nbytes + (4 << 20), f"peak {peak:,} bytes for a {array.nbytes:,}-byte array"
 
 
 # ============================================================================ mnist()
@@ -195,7 +232,8 @@ class Server:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                                       daemon=True)
         self.thread.start()
 
     def close(self):

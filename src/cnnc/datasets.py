@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 # Arrays larger than this are refused before anything is read.
 MAX_IDX_BYTES = 1 << 33
+# The most dimensions a NumPy array can have: 64 since NumPy 2.0, 32 before.
+_MAX_NDIM = 64 if int(np.__version__.split(".")[0]) >= 2 else 32
 _READ_CHUNK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -77,21 +79,29 @@ def load_idx(path):
     """The array in an IDX file (gzipped or raw), with the dimensions and element type
     its header declares.
 
-    A file that is not IDX, declares an unknown type, is truncated, or holds more data
-    than its header declares raises ValueError; so does a header declaring more than
-    MAX_IDX_BYTES, before anything is allocated.
+    A file that is not IDX, declares an unknown type or more dimensions than NumPy
+    supports, is truncated, holds more data than its header declares, is not a file or
+    cannot be read raises ValueError naming it; so does a header declaring more than
+    MAX_IDX_BYTES, before anything is allocated. A missing file is FileNotFoundError.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: a directory, not an IDX file")
     with open(path, "rb") as raw:
-        compressed = raw.read(2) == _GZIP_MAGIC
-    try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
-            return _read_idx(stream, path)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-        raise ValueError(f"{path}: corrupt gzip data ({error})") from None
+        try:
+            compressed = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            with (gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw) as stream:
+                return _read_idx(stream, path)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+            raise ValueError(f"{path}: corrupt gzip data ({error})") from None
+        except OSError as error:
+            raise ValueError(f"{path}: could not be read ({error})") from None
 
 
 def _read_idx(stream, path):
+    """The array an IDX stream holds, read straight into its final native-order array
+    (one copy of the data, plus a chunk at a time)."""
     header = stream.read(4)
     if len(header) < 4 or header[:2] != b"\x00\x00":
         raise ValueError(f"{path}: not an IDX file (it starts with {header[:4]!r}, "
@@ -102,6 +112,9 @@ def _read_idx(stream, path):
                          f"(known: {', '.join(f'0x{code:02x}' for code in IDX_TYPES)})")
     if ndim == 0:
         raise ValueError(f"{path}: the IDX header declares 0 dimensions")
+    if ndim > _MAX_NDIM:
+        raise ValueError(f"{path}: the IDX header declares {ndim} dimensions, more than the "
+                         f"{_MAX_NDIM} a NumPy array can have")
     dims_bytes = stream.read(4 * ndim)
     if len(dims_bytes) < 4 * ndim:
         raise ValueError(f"{path}: truncated IDX header ({ndim} dimensions declared)")
@@ -111,16 +124,20 @@ def _read_idx(stream, path):
     if expected > MAX_IDX_BYTES:
         raise ValueError(f"{path}: the header declares {shape} x {dtype.itemsize} bytes "
                          f"({expected:,} bytes), more than MAX_IDX_BYTES ({MAX_IDX_BYTES:,})")
-    data = bytearray()
-    while len(data) < expected:
-        chunk = stream.read(min(_READ_CHUNK, expected - len(data)))
-        if not chunk:
+    array = np.empty(shape, dtype=dtype.newbyteorder("="))
+    data = array.reshape(-1).view(np.uint8)     # the array's own bytes, filled in place
+    filled = 0
+    while filled < expected:
+        count = stream.readinto(data[filled:filled + _READ_CHUNK])
+        if not count:
             raise ValueError(f"{path}: truncated: the header declares {shape} "
-                             f"({expected:,} bytes of data), the file holds {len(data):,}")
-        data += chunk
+                             f"({expected:,} bytes of data), the file holds {filled:,}")
+        filled += count
     if stream.read(1):
         raise ValueError(f"{path}: more data than the header declares ({shape}, {expected:,} bytes)")
-    return np.frombuffer(data, dtype=dtype).astype(dtype.newbyteorder("="), copy=False).reshape(shape)
+    if not dtype.isnative:
+        array.byteswap(inplace=True)            # big-endian bytes to native values
+    return array
 
 
 def mnist(root=None, download=False):
