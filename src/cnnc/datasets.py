@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import os
 import tempfile
+import time
 import urllib.request
 import zlib
 from importlib import resources
@@ -26,13 +27,13 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 class Dataset:
-    """Where a dataset's four IDX files come from: file names with their SHA-256, and the
-    mirrors that serve them (tried in order)."""
+    """Where a dataset's four IDX files come from: file names with their exact size in
+    bytes and SHA-256, and the mirrors that serve them (tried in order)."""
 
     def __init__(self, name, mirrors, files, system_dirs=()):
         self.name = name
         self.mirrors = tuple(mirrors)
-        self.files = dict(files)        # role -> (file name, sha256)
+        self.files = dict(files)        # role -> (file name, size, sha256)
         self.system_dirs = tuple(system_dirs)
 
     def __repr__(self):
@@ -45,13 +46,13 @@ MNIST = Dataset(
              "https://storage.googleapis.com/cvdf-datasets/mnist/",
              "http://yann.lecun.com/exdb/mnist/"],
     files={
-        "train_images": ("train-images-idx3-ubyte.gz",
+        "train_images": ("train-images-idx3-ubyte.gz", 9_912_422,
                          "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-        "train_labels": ("train-labels-idx1-ubyte.gz",
+        "train_labels": ("train-labels-idx1-ubyte.gz", 28_881,
                          "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
-        "test_images": ("t10k-images-idx3-ubyte.gz",
+        "test_images": ("t10k-images-idx3-ubyte.gz", 1_648_877,
                         "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-        "test_labels": ("t10k-labels-idx1-ubyte.gz",
+        "test_labels": ("t10k-labels-idx1-ubyte.gz", 4_542,
                         "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
     },
 )
@@ -60,14 +61,17 @@ FASHION_MNIST = Dataset(
     "fashion-mnist",
     mirrors=["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
              "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"],
+    # Sizes and hashes of the files the mirrors serve. Debian's package gzips them without
+    # the file name in the gzip header (23 or 24 bytes shorter, other hashes); its copies
+    # are only read, never checked against this table.
     files={
-        "train_images": ("train-images-idx3-ubyte.gz",
+        "train_images": ("train-images-idx3-ubyte.gz", 26_421_880,
                          "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
-        "train_labels": ("train-labels-idx1-ubyte.gz",
+        "train_labels": ("train-labels-idx1-ubyte.gz", 29_515,
                          "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
-        "test_images": ("t10k-images-idx3-ubyte.gz",
+        "test_images": ("t10k-images-idx3-ubyte.gz", 4_422_102,
                         "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
-        "test_labels": ("t10k-labels-idx1-ubyte.gz",
+        "test_labels": ("t10k-labels-idx1-ubyte.gz", 5_148,
                         "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
     },
     # Debian and Ubuntu: apt-get install dataset-fashion-mnist
@@ -145,7 +149,7 @@ def mnist(root=None, download=False):
 
     The four standard files (gzipped or not) are read from `root` (default: the
     environment variable CNNC_DATA, else ~/.cache/cnnc/mnist). With download=True, the
-    missing ones are fetched first, checked against their published SHA-256.
+    missing ones are fetched first, checked against their published size and SHA-256.
     """
     return _load(MNIST, root, download)
 
@@ -183,12 +187,12 @@ def _load(dataset, root, download):
         root = next((d for d in candidates if _find_all(dataset, d) is not None), candidates[0])
     root = os.path.expanduser(os.fspath(root))
     if download:
-        for file_name, sha256 in dataset.files.values():
+        for file_name, size, sha256 in dataset.files.values():
             if _find(root, file_name) is None:
-                fetch(dataset.mirrors, file_name, sha256, root)
+                fetch(dataset.mirrors, file_name, size, sha256, root)
     paths = _find_all(dataset, root)
     if paths is None:
-        missing = [name for name, _ in dataset.files.values() if _find(root, name) is None]
+        missing = [name for name, _, _ in dataset.files.values() if _find(root, name) is None]
         raise FileNotFoundError(
             f"{dataset.name}: {', '.join(missing)} not found in {root}; pass download=True "
             f"to fetch them, or the directory that holds them as root")
@@ -205,7 +209,7 @@ def _find(root, file_name):
 
 
 def _find_all(dataset, root):
-    paths = {role: _find(root, name) for role, (name, _) in dataset.files.items()}
+    paths = {role: _find(root, name) for role, (name, _, _) in dataset.files.items()}
     return None if None in paths.values() else paths
 
 
@@ -220,13 +224,17 @@ def _images_and_labels(dataset, arrays, part):
     return images[..., np.newaxis], labels.astype(np.int64)
 
 
-def fetch(mirrors, file_name, sha256, root, timeout=30):
-    """Download file_name into root from the first mirror that serves it with this SHA-256;
-    returns its path.
+def fetch(mirrors, file_name, size, sha256, root, timeout=30, deadline=300):
+    """Download file_name into root from the first of mirrors (base URLs) that serves it
+    whole: size bytes with this SHA-256. Returns its path.
 
-    The file is written under a temporary name and renamed into place only once complete
-    and verified, so a failed or interrupted download leaves no file behind. Raises
-    OSError listing what each mirror did when none served a good copy.
+    A mirror gets `timeout` seconds for any one wait and `deadline` seconds for the whole
+    file, so one that stalls or trickles is abandoned. One that announces another size is
+    refused at once, and one that sends more than size bytes is abandoned as soon as it
+    does, so no mirror can fill the disk. The file is written under a temporary name and
+    renamed into place only once complete and verified, so a failed or interrupted download
+    leaves no file behind. Raises OSError listing what each mirror did when none served a
+    good copy.
     """
     os.makedirs(root, exist_ok=True)
     target = os.path.join(root, file_name)
@@ -234,34 +242,82 @@ def fetch(mirrors, file_name, sha256, root, timeout=30):
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + file_name
         try:
-            _download(url, target, sha256, timeout)
+            _download(url, target, size, sha256, timeout, deadline)
             return target
         except (OSError, ValueError, http.client.HTTPException) as error:
             failures.append(f"{url}: {error}")
     raise OSError(f"could not download {file_name}:\n  " + "\n  ".join(failures))
 
 
-def _download(url, target, sha256, timeout):
-    digest = hashlib.sha256()
+def _download(url, target, size, sha256, timeout, deadline):
+    """Download url to target, which appears only once it is size bytes with this SHA-256."""
+    clock = _Deadline(deadline)
     handle, partial = tempfile.mkstemp(dir=os.path.dirname(target),
                                        prefix=f".{os.path.basename(target)}.", suffix=".part")
     try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            size = response.headers.get("Content-Length")
-            with tqdm(total=int(size) if size and size.isdigit() else None, unit="B",
-                      unit_scale=True, unit_divisor=1024, desc=os.path.basename(target),
-                      leave=False) as progress:
-                while chunk := response.read(_READ_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    progress.update(len(chunk))
-            if size and size.isdigit() and out.tell() != int(size):
-                raise OSError(f"the connection closed after {out.tell():,} of {int(size):,} bytes")
+        with os.fdopen(handle, "wb") as out, \
+                urllib.request.urlopen(url, timeout=min(timeout, clock.left())) as response:
+            _check_length(response, size)
+            digest = _receive(response, out, size, timeout, clock, os.path.basename(target))
             out.flush()
             os.fsync(out.fileno())
-        if digest.hexdigest() != sha256:
-            raise ValueError(f"SHA-256 {digest.hexdigest()} is not the published {sha256}")
+        if digest != sha256:
+            raise ValueError(f"SHA-256 {digest} is not the published {sha256}")
         os.replace(partial, target)
     except BaseException:
         os.unlink(partial)
         raise
+
+
+def _check_length(response, size):
+    """Refuse a response whose Content-Length is not the file's size, before reading it."""
+    announced = response.headers.get("Content-Length")
+    if announced is not None and announced.strip() != str(size):
+        raise OSError(f"it announces {announced.strip()} bytes, the file has {size:,}")
+
+
+def _receive(response, out, size, timeout, clock, name):
+    """Copy the response body to out and return its SHA-256 (hex). At most size + 1
+    bytes are read, and every wait for the mirror ends at the deadline."""
+    digest = hashlib.sha256()
+    with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
+              leave=False) as progress:
+        while not response.isclosed():
+            _socket(response).settimeout(min(timeout, clock.left()))
+            try:
+                chunk = response.read1(min(_READ_CHUNK, size + 1 - out.tell()))
+            except OSError:
+                clock.left()        # a wait the deadline cut short says so
+                raise
+            if not chunk:
+                break
+            out.write(chunk)
+            digest.update(chunk)
+            progress.update(len(chunk))
+            if out.tell() > size:
+                raise OSError(f"it sends more than the file's {size:,} bytes")
+    if out.tell() < size:
+        raise OSError(f"the connection closed after {out.tell():,} of {size:,} bytes")
+    return digest.hexdigest()
+
+
+def _socket(response):
+    """The socket an http.client response reads its body from (http.client reads through
+    the socket's makefile(), whose raw SocketIO holds it): each wait's timeout is set on
+    it, cut to what the deadline leaves."""
+    return response.fp.raw._sock
+
+
+class _Deadline:
+    """The time one download may take, from now."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def left(self):
+        """Seconds left; TimeoutError once there are none."""
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"not finished within the {self.seconds:g} s deadline")
+        return left
