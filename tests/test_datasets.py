@@ -344,8 +344,9 @@ def known(data):
 @pytest.fixture
 def local_mnist(monkeypatch, server):
     """MNIST as served by the local server: its published sizes and hashes replaced by
-    those of the files this test generates."""
+    those of the files this test generates, its mirrors by the local server's."""
     files, arrays = fake_mnist()
+    monkeypatch.delenv("CNNC_MNIST_MIRRORS", raising=False)
     dataset = datasets.Dataset("mnist", mirrors=[server.url + "/good/"], files={
         role: (name, *known(files[name])) for role, (name, _, _) in datasets.MNIST.files.items()})
     monkeypatch.setattr(datasets, "MNIST", dataset)
@@ -499,6 +500,56 @@ def test_keyboard_interrupt_mid_download_leaves_nothing_and_stops(tmp_path, serv
     assert len(seen) == 1 and [name for name in seen[0] if name.endswith(".part")]
     assert os.listdir(tmp_path) == []
     assert server.requests == ["/a/f.gz"]
+
+
+@pytest.mark.parametrize("load, variable", [(datasets.mnist, "CNNC_MNIST_MIRRORS"),
+                                            (datasets.fashion_mnist, "CNNC_FASHION_MNIST_MIRRORS")],
+                         ids=["mnist", "fashion_mnist"])
+def test_mirrors_come_from_the_argument_else_the_variable_else_the_built_in_list(
+        tmp_path, server, monkeypatch, load, variable):
+    files, _ = fake_mnist()
+    name = "mnist" if load is datasets.mnist else "fashion-mnist"
+    dataset = datasets.Dataset(name, mirrors=[server.url + "/builtin/"], files={
+        role: (file_name, *known(files[file_name]))
+        for role, (file_name, _, _) in datasets.MNIST.files.items()})
+    monkeypatch.setattr(datasets, "MNIST" if name == "mnist" else "FASHION_MNIST", dataset)
+    assert dataset.mirrors_variable == variable
+    for where in ("builtin", "variable", "argument"):
+        for file_name, data in files.items():
+            server.files[f"/{where}/{file_name}"] = data
+
+    def used(root, **kwargs):
+        """Where a download into a new root fetched its four files from."""
+        server.requests.clear()
+        load(tmp_path / root, download=True, **kwargs)
+        return sorted({path.split("/")[1] for path in server.requests})
+
+    monkeypatch.delenv(variable, raising=False)
+    assert used("a") == ["builtin"]
+    monkeypatch.setenv(variable, f"{dead_port()},\n {server.url}/variable/ ")
+    assert used("b") == ["variable"]
+    assert used("c", mirrors=[server.url + "/argument/"]) == ["argument"]
+    assert used("d", mirrors=f"{server.url}/missing/ {server.url}/argument/") == ["argument", "missing"]
+
+
+@pytest.mark.parametrize("mirrors", [[], (), "", " , ", ["ftp://127.0.0.1/mnist/"], ["127.0.0.1/mnist/"],
+                                     ["http://"], ["http://[::1/"], [b"http://127.0.0.1/"],
+                                     "http://127.0.0.1/ file:///tmp/mnist/"])
+def test_mirrors_that_are_not_http_urls_are_refused_naming_the_argument(tmp_path, local_mnist,
+                                                                        server, mirrors):
+    with pytest.raises(ValueError, match="^mirrors: "):
+        datasets.mnist(tmp_path, download=True, mirrors=mirrors)
+    with pytest.raises(ValueError, match="^mirrors: "):
+        datasets.fetch(mirrors, "f.gz", 1, "0" * 64, tmp_path)
+    assert server.requests == [] and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("value", ["", " ", "ftp://127.0.0.1/mnist/", "http://127.0.0.1/,/tmp/mnist"])
+def test_a_bad_mirrors_variable_is_refused_naming_it(tmp_path, local_mnist, server, monkeypatch, value):
+    monkeypatch.setenv("CNNC_MNIST_MIRRORS", value)
+    with pytest.raises(ValueError, match="^CNNC_MNIST_MIRRORS: "):
+        datasets.mnist(tmp_path, download=True)
+    assert server.requests == [] and os.listdir(tmp_path) == []
 
 
 def test_published_sizes_and_hashes():

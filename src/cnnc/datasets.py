@@ -7,8 +7,10 @@ import gzip
 import hashlib
 import http.client
 import os
+import re
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import zlib
 from importlib import resources
@@ -35,6 +37,12 @@ class Dataset:
         self.mirrors = tuple(mirrors)
         self.files = dict(files)        # role -> (file name, size, sha256)
         self.system_dirs = tuple(system_dirs)
+
+    @property
+    def mirrors_variable(self):
+        """The environment variable whose URLs replace the built-in mirrors, such as
+        CNNC_MNIST_MIRRORS or CNNC_FASHION_MNIST_MIRRORS."""
+        return f"CNNC_{self.name.upper().replace('-', '_')}_MIRRORS"
 
     def __repr__(self):
         return f"Dataset({self.name!r})"
@@ -144,20 +152,25 @@ def _read_idx(stream, path):
     return array
 
 
-def mnist(root=None, download=False):
+def mnist(root=None, download=False, mirrors=None):
     """MNIST as ((x_train, y_train), (x_test, y_test)): NHWC uint8 images, int64 labels.
 
     The four standard files (gzipped or not) are read from `root` (default: the
     environment variable CNNC_DATA, else ~/.cache/cnnc/mnist). With download=True, the
-    missing ones are fetched first, checked against their published size and SHA-256.
+    missing ones are fetched first, checked against their published size and SHA-256,
+    from the first of `mirrors` that serves them: base URLs, as a list or one string
+    separated by commas or spaces. Without it they come from the environment variable
+    CNNC_MNIST_MIRRORS (same format), else from MNIST.mirrors. No URL, or one that is
+    not http(s), is a ValueError naming the argument or the variable.
     """
-    return _load(MNIST, root, download)
+    return _load(MNIST, root, download, mirrors)
 
 
-def fashion_mnist(root=None, download=False):
-    """Fashion-MNIST, as mnist() returns MNIST. Without a root it is also looked for where
-    Debian's dataset-fashion-mnist package puts it, /usr/share/datasets/fashion-mnist."""
-    return _load(FASHION_MNIST, root, download)
+def fashion_mnist(root=None, download=False, mirrors=None):
+    """Fashion-MNIST, as mnist() returns MNIST; its mirrors variable is
+    CNNC_FASHION_MNIST_MIRRORS. Without a root it is also looked for where Debian's
+    dataset-fashion-mnist package puts it, /usr/share/datasets/fashion-mnist."""
+    return _load(FASHION_MNIST, root, download, mirrors)
 
 
 def mnist_sample():
@@ -181,7 +194,9 @@ def default_root(dataset):
     return os.path.join(os.path.expanduser("~"), ".cache", "cnnc", dataset.name)
 
 
-def _load(dataset, root, download):
+def _load(dataset, root, download, mirrors):
+    if download:
+        mirrors = _mirrors(dataset, mirrors)
     if root is None:
         candidates = [default_root(dataset), *dataset.system_dirs]
         root = next((d for d in candidates if _find_all(dataset, d) is not None), candidates[0])
@@ -189,7 +204,7 @@ def _load(dataset, root, download):
     if download:
         for file_name, size, sha256 in dataset.files.values():
             if _find(root, file_name) is None:
-                fetch(dataset.mirrors, file_name, size, sha256, root)
+                fetch(mirrors, file_name, size, sha256, root)
     paths = _find_all(dataset, root)
     if paths is None:
         missing = [name for name, _, _ in dataset.files.values() if _find(root, name) is None]
@@ -198,6 +213,43 @@ def _load(dataset, root, download):
             f"to fetch them, or the directory that holds them as root")
     arrays = {role: load_idx(path) for role, path in paths.items()}
     return (_images_and_labels(dataset, arrays, "train"), _images_and_labels(dataset, arrays, "test"))
+
+
+def _mirrors(dataset, mirrors):
+    """The mirrors a download of dataset tries, in order: the mirrors argument, else the
+    URLs in dataset.mirrors_variable, else the built-in list."""
+    if mirrors is not None:
+        return _mirror_list(mirrors, "mirrors")
+    variable = dataset.mirrors_variable
+    if variable in os.environ:
+        return _mirror_list(os.environ[variable], variable)
+    return dataset.mirrors
+
+
+def _mirror_list(value, source):
+    """value as a tuple of mirror URLs: a list of them, or one string of them separated by
+    commas or whitespace. No URL, or one that is not http(s), is a ValueError naming
+    source, the argument or variable value came from."""
+    if isinstance(value, str):
+        value = [url for url in re.split(r"[\s,]+", value) if url]
+    urls = tuple(value)
+    if not urls:
+        raise ValueError(f"{source}: no mirror URL given")
+    for url in urls:
+        if not _is_http_url(url):
+            raise ValueError(f"{source}: {url!r} is not an http:// or https:// URL")
+    return urls
+
+
+def _is_http_url(url):
+    """Whether url is an http:// or https:// URL naming a host."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _find(root, file_name):
@@ -225,8 +277,8 @@ def _images_and_labels(dataset, arrays, part):
 
 
 def fetch(mirrors, file_name, size, sha256, root, timeout=30, deadline=300):
-    """Download file_name into root from the first of mirrors (base URLs) that serves it
-    whole: size bytes with this SHA-256. Returns its path.
+    """Download file_name into root from the first of mirrors (http(s) base URLs, as for
+    mnist()) that serves it whole: size bytes with this SHA-256. Returns its path.
 
     A mirror gets `timeout` seconds for any one wait and `deadline` seconds for the whole
     file, so one that stalls or trickles is abandoned. One that announces another size is
@@ -236,6 +288,7 @@ def fetch(mirrors, file_name, size, sha256, root, timeout=30, deadline=300):
     leaves no file behind. Raises OSError listing what each mirror did when none served a
     good copy.
     """
+    mirrors = _mirror_list(mirrors, "mirrors")
     os.makedirs(root, exist_ok=True)
     target = os.path.join(root, file_name)
     failures = []
