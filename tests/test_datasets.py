@@ -5,6 +5,8 @@ import hashlib
 import http.server
 import os
 import threading
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -61,6 +63,9 @@ def bad_files():
         "truncated data": (good[:-1], "truncated"),
         "trailing data": (good + b"\0", "more data than the header declares"),
         "absurd size": (absurd, "more than MAX_IDX_BYTES"),
+        "65 dimensions": (bytes([0, 0, 0x08, 65]) + np.ones(65, dtype=">u4").tobytes() + b"\0",
+                          "declares 65 dimensions, more than"),
+        "255 dimensions": (bytes([0, 0, 0x08, 255]), "declares 255 dimensions"),
     }
 
 
@@ -84,8 +89,41 @@ def test_load_idx_refuses_corrupt_gzip(tmp_path):
 
 
 def test_load_idx_of_a_missing_file_is_file_not_found(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
         datasets.load_idx(tmp_path / "nothing-here")
+
+
+def test_load_idx_of_a_directory_is_a_value_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match="a directory, not an IDX file") as caught:
+        datasets.load_idx(tmp_path)
+    assert str(tmp_path) in str(caught.value)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux's /proc/self/mem")
+def test_load_idx_of_a_file_that_cannot_be_read_is_a_value_error_naming_it():
+    # /proc/self/mem opens, but reading its first bytes fails with an I/O error.
+    with pytest.raises(ValueError, match="/proc/self/mem: could not be read"):
+        datasets.load_idx("/proc/self/mem")
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gzip"])
+def test_load_idx_holds_one_copy_of_the_array(tmp_path, compress):
+    """16 MB of big-endian float32 read into native order: the peak is the array itself
+    plus a bounded buffer, not the two full copies of reading then converting."""
+    array = np.repeat(np.arange(4096, dtype=np.float32), 1024)   # compresses quickly
+    data = idx_bytes(array)
+    path = tmp_path / "big.idx"
+    path.write_bytes(gzip.compress(data, compresslevel=1) if compress else data)
+    del data
+    tracemalloc.start()
+    try:
+        loaded = datasets.load_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(loaded, array)
+    assert loaded.dtype.isnative
+    assert peak < 1.2 * array.nbytes + (4 << 20), f"peak {peak:,} bytes for a {array.nbytes:,}-byte array"
 
 
 # ============================================================================ mnist()
@@ -167,8 +205,8 @@ def test_fashion_mnist_looks_where_debian_puts_it():
 # ============================================================================ downloads
 
 class Server:
-    """An HTTP server on 127.0.0.1 serving files from memory: path -> bytes. A path mapped
-    to ("cut", data) announces all of data but sends half and closes the connection."""
+    """An HTTP server on 127.0.0.1 serving files from memory: path -> bytes, or path -> a
+    function of the request handler that answers it in its own (mis)behaving way."""
 
     def __init__(self):
         self.files, self.requests = {}, []
@@ -180,25 +218,29 @@ class Server:
                 body = server.files.get(self.path)
                 if body is None:
                     self.send_error(404)
-                    return
-                cut = isinstance(body, tuple)
-                data = body[1] if cut else body
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data[: len(data) // 2] if cut else data)
-                if cut:
-                    self.close_connection = True
+                elif callable(body):
+                    try:
+                        body(self)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass                # the client gave up: what these tests expect
+                else:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
 
             def log_message(self, *args):
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.closing = threading.Event()      # ends the responses that wait
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                                       daemon=True)
         self.thread.start()
 
     def close(self):
+        self.httpd.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -210,6 +252,82 @@ def server():
     running.close()
 
 
+def start(request, length):
+    """Send a 200 status and headers announcing length bytes (None: no Content-Length, the
+    body ends when the connection closes)."""
+    request.send_response(200)
+    if length is not None:
+        request.send_header("Content-Length", str(length))
+    request.end_headers()
+
+
+def cut(data):
+    """Announces all of data, sends half and closes the connection."""
+    def respond(request):
+        start(request, len(data))
+        request.wfile.write(data[: len(data) // 2])
+        request.close_connection = True
+    return respond
+
+
+def announcing(length, data):
+    """Announces length bytes whatever it then sends: data."""
+    def respond(request):
+        start(request, length)
+        request.wfile.write(data)
+    return respond
+
+
+class Endless:
+    """A body with no announced length that never ends: data over and over, up to `cap`
+    bytes so that a client which never stops cannot keep the test running for long.
+    `sent` counts what the server got into the socket before the client hung up."""
+
+    def __init__(self, data, cap=256 << 20):
+        self.data, self.cap, self.sent = data, cap, 0
+        self.done = threading.Event()
+
+    def __call__(self, request):
+        try:
+            start(request, None)
+            while self.sent < self.cap:
+                request.wfile.write(self.data)
+                self.sent += len(self.data)
+        finally:
+            self.done.set()
+
+
+class Trickle:
+    """Announces all of data and sends it one byte every `every` seconds; `sent` counts
+    the bytes sent before the client hung up."""
+
+    def __init__(self, data, every):
+        self.data, self.every, self.sent = data, every, 0
+        self.done = threading.Event()
+
+    def __call__(self, request):
+        try:
+            start(request, len(self.data))
+            for byte in self.data:
+                if request.server.closing.wait(self.every):
+                    return
+                request.wfile.write(bytes([byte]))
+                request.wfile.flush()
+                self.sent += 1
+        finally:
+            self.done.set()
+
+
+def stalling(data, seconds=10):
+    """Announces all of data, sends half, then stays silent for `seconds`."""
+    def respond(request):
+        start(request, len(data))
+        request.wfile.write(data[: len(data) // 2])
+        request.wfile.flush()
+        request.server.closing.wait(seconds)
+    return respond
+
+
 def dead_port():
     """A URL on 127.0.0.1 where nothing listens."""
     import socket
@@ -218,14 +336,19 @@ def dead_port():
         return f"http://127.0.0.1:{sock.getsockname()[1]}/"
 
 
+def known(data):
+    """The size and SHA-256 that fetch checks a download of data against."""
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
 @pytest.fixture
 def local_mnist(monkeypatch, server):
-    """MNIST as served by the local server: its published hashes replaced by those of the
-    files this test generates."""
+    """MNIST as served by the local server: its published sizes and hashes replaced by
+    those of the files this test generates, its mirrors by the local server's."""
     files, arrays = fake_mnist()
+    monkeypatch.delenv("CNNC_MNIST_MIRRORS", raising=False)
     dataset = datasets.Dataset("mnist", mirrors=[server.url + "/good/"], files={
-        role: (name, hashlib.sha256(files[name]).hexdigest())
-        for role, (name, _) in datasets.MNIST.files.items()})
+        role: (name, *known(files[name])) for role, (name, _, _) in datasets.MNIST.files.items()})
     monkeypatch.setattr(datasets, "MNIST", dataset)
     return dataset, files, arrays
 
@@ -270,7 +393,7 @@ def test_when_every_mirror_fails_nothing_is_left_and_the_error_says_why(tmp_path
     dataset, files, _ = local_mnist
     name = "train-images-idx3-ubyte.gz"
     server.files[f"/corrupt/{name}"] = files[name][::-1]
-    server.files[f"/cut/{name}"] = ("cut", files[name])
+    server.files[f"/cut/{name}"] = cut(files[name])
     dataset.mirrors = (server.url + "/corrupt/", server.url + "/cut/", dead_port())
     with pytest.raises(OSError) as caught:
         datasets.mnist(tmp_path, download=True)
@@ -281,25 +404,166 @@ def test_when_every_mirror_fails_nothing_is_left_and_the_error_says_why(tmp_path
 
 def test_an_interrupted_download_leaves_no_partial_file(tmp_path, server):
     data = gzip.compress(idx_bytes(np.arange(100000, dtype=np.int32)))
-    server.files["/cut/f.gz"] = ("cut", data)
+    server.files["/cut/f.gz"] = cut(data)
     with pytest.raises(OSError, match="could not download f.gz"):
-        datasets.fetch([server.url + "/cut/"], "f.gz", hashlib.sha256(data).hexdigest(), tmp_path)
+        datasets.fetch([server.url + "/cut/"], "f.gz", *known(data), tmp_path)
     assert os.listdir(tmp_path) == []
 
 
 def test_fetch_returns_the_verified_file(tmp_path, server):
     data = b"any bytes at all"
     server.files["/m/f.bin"] = data
-    path = datasets.fetch([server.url + "/m"], "f.bin", hashlib.sha256(data).hexdigest(), tmp_path)
+    path = datasets.fetch([server.url + "/m"], "f.bin", *known(data), tmp_path)
     with open(path, "rb") as handle:
         assert handle.read() == data
 
 
-def test_published_hashes_are_sha256_hex():
+def test_an_endless_stream_is_abandoned_past_the_size_and_the_next_mirror_used(tmp_path, server):
+    data = os.urandom(5000)
+    endless = Endless(data)
+    server.files["/endless/f.gz"] = endless
+    server.files["/good/f.gz"] = data
+    with pytest.raises(OSError, match="sends more than the file's 5,000 bytes"):
+        datasets.fetch([server.url + "/endless/"], "f.gz", *known(data), tmp_path, deadline=20)
+    assert os.listdir(tmp_path) == []
+    assert endless.done.wait(10)
+    # Only what the sockets' buffers took before the client hung up, not the 256 MB cap.
+    assert endless.sent < 64 << 20, f"the server sent {endless.sent:,} bytes"
+    path = datasets.fetch([server.url + "/endless/", server.url + "/good/"], "f.gz",
+                          *known(data), tmp_path, deadline=20)
+    assert os.listdir(tmp_path) == ["f.gz"] and open(path, "rb").read() == data
+    assert server.requests == ["/endless/f.gz", "/endless/f.gz", "/good/f.gz"]
+
+
+@pytest.mark.parametrize("announced", [5001, 4999, 10 << 30])
+def test_a_content_length_that_is_not_the_size_is_refused_at_once(tmp_path, server, announced):
+    data = os.urandom(5000)
+    server.files["/wrong/f.gz"] = announcing(announced, data)
+    server.files["/good/f.gz"] = data
+    with pytest.raises(OSError, match=f"announces {announced} bytes, the file has 5,000"):
+        datasets.fetch([server.url + "/wrong/"], "f.gz", *known(data), tmp_path, deadline=20)
+    assert os.listdir(tmp_path) == []
+    datasets.fetch([server.url + "/wrong/", server.url + "/good/"], "f.gz", *known(data), tmp_path)
+    assert os.listdir(tmp_path) == ["f.gz"]
+
+
+def test_a_trickling_mirror_is_abandoned_at_the_deadline_and_the_next_mirror_used(tmp_path, server):
+    data = os.urandom(64)
+    trickle = Trickle(data, every=0.3)
+    server.files["/slow/f.gz"] = trickle
+    server.files["/good/f.gz"] = data
+    began = time.monotonic()
+    datasets.fetch([server.url + "/slow/", server.url + "/good/"], "f.gz", *known(data), tmp_path,
+                   deadline=1)
+    took = time.monotonic() - began
+    assert 1 <= took < 5, f"took {took:.1f} s with a 1 s deadline"
+    assert os.listdir(tmp_path) == ["f.gz"]
+    assert server.requests == ["/slow/f.gz", "/good/f.gz"]
+    assert trickle.done.wait(5) and trickle.sent < 10      # a few bytes of the 64, no more
+
+
+def test_a_silent_mirror_is_abandoned_at_the_deadline_not_after_the_read_timeout(tmp_path, server):
+    data = os.urandom(5000)
+    server.files["/silent/f.gz"] = stalling(data)
+    began = time.monotonic()
+    with pytest.raises(OSError, match="not finished within the 1 s deadline"):
+        datasets.fetch([server.url + "/silent/"], "f.gz", *known(data), tmp_path, timeout=30,
+                       deadline=1)
+    took = time.monotonic() - began
+    assert 1 <= took < 5, f"took {took:.1f} s with a 1 s deadline and a 30 s read timeout"
+    assert os.listdir(tmp_path) == []
+
+
+def test_keyboard_interrupt_mid_download_leaves_nothing_and_stops(tmp_path, server, monkeypatch):
+    data = os.urandom(200_000)
+    server.files["/a/f.gz"] = server.files["/b/f.gz"] = data
+    seen = []
+
+    class Interrupting:
+        """A progress bar whose first update is where the user presses Ctrl-C."""
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            return False
+
+        def update(self, count):
+            seen.append(os.listdir(tmp_path))
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(datasets, "tqdm", Interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        datasets.fetch([server.url + "/a/", server.url + "/b/"], "f.gz", *known(data), tmp_path)
+    assert len(seen) == 1 and [name for name in seen[0] if name.endswith(".part")]
+    assert os.listdir(tmp_path) == []
+    assert server.requests == ["/a/f.gz"]
+
+
+@pytest.mark.parametrize("load, variable", [(datasets.mnist, "CNNC_MNIST_MIRRORS"),
+                                            (datasets.fashion_mnist, "CNNC_FASHION_MNIST_MIRRORS")],
+                         ids=["mnist", "fashion_mnist"])
+def test_mirrors_come_from_the_argument_else_the_variable_else_the_built_in_list(
+        tmp_path, server, monkeypatch, load, variable):
+    files, _ = fake_mnist()
+    name = "mnist" if load is datasets.mnist else "fashion-mnist"
+    dataset = datasets.Dataset(name, mirrors=[server.url + "/builtin/"], files={
+        role: (file_name, *known(files[file_name]))
+        for role, (file_name, _, _) in datasets.MNIST.files.items()})
+    monkeypatch.setattr(datasets, "MNIST" if name == "mnist" else "FASHION_MNIST", dataset)
+    assert dataset.mirrors_variable == variable
+    for where in ("builtin", "variable", "argument"):
+        for file_name, data in files.items():
+            server.files[f"/{where}/{file_name}"] = data
+
+    def used(root, **kwargs):
+        """Where a download into a new root fetched its four files from."""
+        server.requests.clear()
+        load(tmp_path / root, download=True, **kwargs)
+        return sorted({path.split("/")[1] for path in server.requests})
+
+    monkeypatch.delenv(variable, raising=False)
+    assert used("a") == ["builtin"]
+    monkeypatch.setenv(variable, f"{dead_port()},\n {server.url}/variable/ ")
+    assert used("b") == ["variable"]
+    assert used("c", mirrors=[server.url + "/argument/"]) == ["argument"]
+    assert used("d", mirrors=f"{server.url}/missing/ {server.url}/argument/") == ["argument", "missing"]
+
+
+@pytest.mark.parametrize("mirrors", [[], (), "", " , ", ["ftp://127.0.0.1/mnist/"], ["127.0.0.1/mnist/"],
+                                     ["http://"], ["http://[::1/"], [b"http://127.0.0.1/"],
+                                     "http://127.0.0.1/ file:///tmp/mnist/"])
+def test_mirrors_that_are_not_http_urls_are_refused_naming_the_argument(tmp_path, local_mnist,
+                                                                        server, mirrors):
+    with pytest.raises(ValueError, match="^mirrors: "):
+        datasets.mnist(tmp_path, download=True, mirrors=mirrors)
+    with pytest.raises(ValueError, match="^mirrors: "):
+        datasets.fetch(mirrors, "f.gz", 1, "0" * 64, tmp_path)
+    assert server.requests == [] and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("value", ["", " ", "ftp://127.0.0.1/mnist/", "http://127.0.0.1/,/tmp/mnist"])
+def test_a_bad_mirrors_variable_is_refused_naming_it(tmp_path, local_mnist, server, monkeypatch, value):
+    monkeypatch.setenv("CNNC_MNIST_MIRRORS", value)
+    with pytest.raises(ValueError, match="^CNNC_MNIST_MIRRORS: "):
+        datasets.mnist(tmp_path, download=True)
+    assert server.requests == [] and os.listdir(tmp_path) == []
+
+
+def test_published_sizes_and_hashes():
+    sizes = {dataset.name: {name: size for name, size, _ in dataset.files.values()}
+             for dataset in (datasets.MNIST, datasets.FASHION_MNIST)}
+    assert sizes == {
+        "mnist": {"train-images-idx3-ubyte.gz": 9912422, "train-labels-idx1-ubyte.gz": 28881,
+                  "t10k-images-idx3-ubyte.gz": 1648877, "t10k-labels-idx1-ubyte.gz": 4542},
+        "fashion-mnist": {"train-images-idx3-ubyte.gz": 26421880, "train-labels-idx1-ubyte.gz": 29515,
+                          "t10k-images-idx3-ubyte.gz": 4422102, "t10k-labels-idx1-ubyte.gz": 5148},
+    }
     for dataset in (datasets.MNIST, datasets.FASHION_MNIST):
-        assert len(dataset.files) == 4
-        for name, sha256 in dataset.files.values():
-            assert name.endswith(".gz") and len(sha256) == 64 and int(sha256, 16) >= 0
+        for name, _, sha256 in dataset.files.values():
+            assert len(sha256) == 64 and int(sha256, 16) >= 0
 
 
 # ============================================================================ mnist_sample

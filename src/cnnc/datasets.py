@@ -7,7 +7,10 @@ import gzip
 import hashlib
 import http.client
 import os
+import re
 import tempfile
+import time
+import urllib.parse
 import urllib.request
 import zlib
 from importlib import resources
@@ -19,19 +22,27 @@ from tqdm.auto import tqdm
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 # Arrays larger than this are refused before anything is read.
 MAX_IDX_BYTES = 1 << 33
+# The most dimensions a NumPy array can have: 64 since NumPy 2.0, 32 before.
+_MAX_NDIM = 64 if int(np.__version__.split(".")[0]) >= 2 else 32
 _READ_CHUNK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
 class Dataset:
-    """Where a dataset's four IDX files come from: file names with their SHA-256, and the
-    mirrors that serve them (tried in order)."""
+    """Where a dataset's four IDX files come from: file names with their exact size in
+    bytes and SHA-256, and the mirrors that serve them (tried in order)."""
 
     def __init__(self, name, mirrors, files, system_dirs=()):
         self.name = name
         self.mirrors = tuple(mirrors)
-        self.files = dict(files)        # role -> (file name, sha256)
+        self.files = dict(files)        # role -> (file name, size, sha256)
         self.system_dirs = tuple(system_dirs)
+
+    @property
+    def mirrors_variable(self):
+        """The environment variable whose URLs replace the built-in mirrors, such as
+        CNNC_MNIST_MIRRORS or CNNC_FASHION_MNIST_MIRRORS."""
+        return f"CNNC_{self.name.upper().replace('-', '_')}_MIRRORS"
 
     def __repr__(self):
         return f"Dataset({self.name!r})"
@@ -43,13 +54,13 @@ MNIST = Dataset(
              "https://storage.googleapis.com/cvdf-datasets/mnist/",
              "http://yann.lecun.com/exdb/mnist/"],
     files={
-        "train_images": ("train-images-idx3-ubyte.gz",
+        "train_images": ("train-images-idx3-ubyte.gz", 9_912_422,
                          "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-        "train_labels": ("train-labels-idx1-ubyte.gz",
+        "train_labels": ("train-labels-idx1-ubyte.gz", 28_881,
                          "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
-        "test_images": ("t10k-images-idx3-ubyte.gz",
+        "test_images": ("t10k-images-idx3-ubyte.gz", 1_648_877,
                         "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-        "test_labels": ("t10k-labels-idx1-ubyte.gz",
+        "test_labels": ("t10k-labels-idx1-ubyte.gz", 4_542,
                         "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
     },
 )
@@ -58,14 +69,17 @@ FASHION_MNIST = Dataset(
     "fashion-mnist",
     mirrors=["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
              "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"],
+    # Sizes and hashes of the files the mirrors serve. Debian's package gzips them without
+    # the file name in the gzip header (23 or 24 bytes shorter, other hashes); its copies
+    # are only read, never checked against this table.
     files={
-        "train_images": ("train-images-idx3-ubyte.gz",
+        "train_images": ("train-images-idx3-ubyte.gz", 26_421_880,
                          "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
-        "train_labels": ("train-labels-idx1-ubyte.gz",
+        "train_labels": ("train-labels-idx1-ubyte.gz", 29_515,
                          "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
-        "test_images": ("t10k-images-idx3-ubyte.gz",
+        "test_images": ("t10k-images-idx3-ubyte.gz", 4_422_102,
                         "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
-        "test_labels": ("t10k-labels-idx1-ubyte.gz",
+        "test_labels": ("t10k-labels-idx1-ubyte.gz", 5_148,
                         "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
     },
     # Debian and Ubuntu: apt-get install dataset-fashion-mnist
@@ -77,21 +91,29 @@ def load_idx(path):
     """The array in an IDX file (gzipped or raw), with the dimensions and element type
     its header declares.
 
-    A file that is not IDX, declares an unknown type, is truncated, or holds more data
-    than its header declares raises ValueError; so does a header declaring more than
-    MAX_IDX_BYTES, before anything is allocated.
+    A file that is not IDX, declares an unknown type or more dimensions than NumPy
+    supports, is truncated, holds more data than its header declares, is not a file or
+    cannot be read raises ValueError naming it; so does a header declaring more than
+    MAX_IDX_BYTES, before anything is allocated. A missing file is FileNotFoundError.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: a directory, not an IDX file")
     with open(path, "rb") as raw:
-        compressed = raw.read(2) == _GZIP_MAGIC
-    try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
-            return _read_idx(stream, path)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-        raise ValueError(f"{path}: corrupt gzip data ({error})") from None
+        try:
+            compressed = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            with (gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw) as stream:
+                return _read_idx(stream, path)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+            raise ValueError(f"{path}: corrupt gzip data ({error})") from None
+        except OSError as error:
+            raise ValueError(f"{path}: could not be read ({error})") from None
 
 
 def _read_idx(stream, path):
+    """The array an IDX stream holds, read straight into its final native-order array
+    (one copy of the data, plus a chunk at a time)."""
     header = stream.read(4)
     if len(header) < 4 or header[:2] != b"\x00\x00":
         raise ValueError(f"{path}: not an IDX file (it starts with {header[:4]!r}, "
@@ -102,6 +124,9 @@ def _read_idx(stream, path):
                          f"(known: {', '.join(f'0x{code:02x}' for code in IDX_TYPES)})")
     if ndim == 0:
         raise ValueError(f"{path}: the IDX header declares 0 dimensions")
+    if ndim > _MAX_NDIM:
+        raise ValueError(f"{path}: the IDX header declares {ndim} dimensions, more than the "
+                         f"{_MAX_NDIM} a NumPy array can have")
     dims_bytes = stream.read(4 * ndim)
     if len(dims_bytes) < 4 * ndim:
         raise ValueError(f"{path}: truncated IDX header ({ndim} dimensions declared)")
@@ -111,32 +136,41 @@ def _read_idx(stream, path):
     if expected > MAX_IDX_BYTES:
         raise ValueError(f"{path}: the header declares {shape} x {dtype.itemsize} bytes "
                          f"({expected:,} bytes), more than MAX_IDX_BYTES ({MAX_IDX_BYTES:,})")
-    data = bytearray()
-    while len(data) < expected:
-        chunk = stream.read(min(_READ_CHUNK, expected - len(data)))
-        if not chunk:
+    array = np.empty(shape, dtype=dtype.newbyteorder("="))
+    data = array.reshape(-1).view(np.uint8)     # the array's own bytes, filled in place
+    filled = 0
+    while filled < expected:
+        count = stream.readinto(data[filled:filled + _READ_CHUNK])
+        if not count:
             raise ValueError(f"{path}: truncated: the header declares {shape} "
-                             f"({expected:,} bytes of data), the file holds {len(data):,}")
-        data += chunk
+                             f"({expected:,} bytes of data), the file holds {filled:,}")
+        filled += count
     if stream.read(1):
         raise ValueError(f"{path}: more data than the header declares ({shape}, {expected:,} bytes)")
-    return np.frombuffer(data, dtype=dtype).astype(dtype.newbyteorder("="), copy=False).reshape(shape)
+    if not dtype.isnative:
+        array.byteswap(inplace=True)            # big-endian bytes to native values
+    return array
 
 
-def mnist(root=None, download=False):
+def mnist(root=None, download=False, mirrors=None):
     """MNIST as ((x_train, y_train), (x_test, y_test)): NHWC uint8 images, int64 labels.
 
     The four standard files (gzipped or not) are read from `root` (default: the
     environment variable CNNC_DATA, else ~/.cache/cnnc/mnist). With download=True, the
-    missing ones are fetched first, checked against their published SHA-256.
+    missing ones are fetched first, checked against their published size and SHA-256,
+    from the first of `mirrors` that serves them: base URLs, as a list or one string
+    separated by commas or spaces. Without it they come from the environment variable
+    CNNC_MNIST_MIRRORS (same format), else from MNIST.mirrors. No URL, or one that is
+    not http(s), is a ValueError naming the argument or the variable.
     """
-    return _load(MNIST, root, download)
+    return _load(MNIST, root, download, mirrors)
 
 
-def fashion_mnist(root=None, download=False):
-    """Fashion-MNIST, as mnist() returns MNIST. Without a root it is also looked for where
-    Debian's dataset-fashion-mnist package puts it, /usr/share/datasets/fashion-mnist."""
-    return _load(FASHION_MNIST, root, download)
+def fashion_mnist(root=None, download=False, mirrors=None):
+    """Fashion-MNIST, as mnist() returns MNIST; its mirrors variable is
+    CNNC_FASHION_MNIST_MIRRORS. Without a root it is also looked for where Debian's
+    dataset-fashion-mnist package puts it, /usr/share/datasets/fashion-mnist."""
+    return _load(FASHION_MNIST, root, download, mirrors)
 
 
 def mnist_sample():
@@ -160,23 +194,62 @@ def default_root(dataset):
     return os.path.join(os.path.expanduser("~"), ".cache", "cnnc", dataset.name)
 
 
-def _load(dataset, root, download):
+def _load(dataset, root, download, mirrors):
+    if download:
+        mirrors = _mirrors(dataset, mirrors)
     if root is None:
         candidates = [default_root(dataset), *dataset.system_dirs]
         root = next((d for d in candidates if _find_all(dataset, d) is not None), candidates[0])
     root = os.path.expanduser(os.fspath(root))
     if download:
-        for file_name, sha256 in dataset.files.values():
+        for file_name, size, sha256 in dataset.files.values():
             if _find(root, file_name) is None:
-                fetch(dataset.mirrors, file_name, sha256, root)
+                fetch(mirrors, file_name, size, sha256, root)
     paths = _find_all(dataset, root)
     if paths is None:
-        missing = [name for name, _ in dataset.files.values() if _find(root, name) is None]
+        missing = [name for name, _, _ in dataset.files.values() if _find(root, name) is None]
         raise FileNotFoundError(
             f"{dataset.name}: {', '.join(missing)} not found in {root}; pass download=True "
             f"to fetch them, or the directory that holds them as root")
     arrays = {role: load_idx(path) for role, path in paths.items()}
     return (_images_and_labels(dataset, arrays, "train"), _images_and_labels(dataset, arrays, "test"))
+
+
+def _mirrors(dataset, mirrors):
+    """The mirrors a download of dataset tries, in order: the mirrors argument, else the
+    URLs in dataset.mirrors_variable, else the built-in list."""
+    if mirrors is not None:
+        return _mirror_list(mirrors, "mirrors")
+    variable = dataset.mirrors_variable
+    if variable in os.environ:
+        return _mirror_list(os.environ[variable], variable)
+    return dataset.mirrors
+
+
+def _mirror_list(value, source):
+    """value as a tuple of mirror URLs: a list of them, or one string of them separated by
+    commas or whitespace. No URL, or one that is not http(s), is a ValueError naming
+    source, the argument or variable value came from."""
+    if isinstance(value, str):
+        value = [url for url in re.split(r"[\s,]+", value) if url]
+    urls = tuple(value)
+    if not urls:
+        raise ValueError(f"{source}: no mirror URL given")
+    for url in urls:
+        if not _is_http_url(url):
+            raise ValueError(f"{source}: {url!r} is not an http:// or https:// URL")
+    return urls
+
+
+def _is_http_url(url):
+    """Whether url is an http:// or https:// URL naming a host."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _find(root, file_name):
@@ -188,7 +261,7 @@ def _find(root, file_name):
 
 
 def _find_all(dataset, root):
-    paths = {role: _find(root, name) for role, (name, _) in dataset.files.items()}
+    paths = {role: _find(root, name) for role, (name, _, _) in dataset.files.items()}
     return None if None in paths.values() else paths
 
 
@@ -203,48 +276,101 @@ def _images_and_labels(dataset, arrays, part):
     return images[..., np.newaxis], labels.astype(np.int64)
 
 
-def fetch(mirrors, file_name, sha256, root, timeout=30):
-    """Download file_name into root from the first mirror that serves it with this SHA-256;
-    returns its path.
+def fetch(mirrors, file_name, size, sha256, root, timeout=30, deadline=300):
+    """Download file_name into root from the first of mirrors (http(s) base URLs, as for
+    mnist()) that serves it whole: size bytes with this SHA-256. Returns its path.
 
-    The file is written under a temporary name and renamed into place only once complete
-    and verified, so a failed or interrupted download leaves no file behind. Raises
-    OSError listing what each mirror did when none served a good copy.
+    A mirror gets `timeout` seconds for any one wait and `deadline` seconds for the whole
+    file, so one that stalls or trickles is abandoned. One that announces another size is
+    refused at once, and one that sends more than size bytes is abandoned as soon as it
+    does, so no mirror can fill the disk. The file is written under a temporary name and
+    renamed into place only once complete and verified, so a failed or interrupted download
+    leaves no file behind. Raises OSError listing what each mirror did when none served a
+    good copy.
     """
+    mirrors = _mirror_list(mirrors, "mirrors")
     os.makedirs(root, exist_ok=True)
     target = os.path.join(root, file_name)
     failures = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + file_name
         try:
-            _download(url, target, sha256, timeout)
+            _download(url, target, size, sha256, timeout, deadline)
             return target
         except (OSError, ValueError, http.client.HTTPException) as error:
             failures.append(f"{url}: {error}")
     raise OSError(f"could not download {file_name}:\n  " + "\n  ".join(failures))
 
 
-def _download(url, target, sha256, timeout):
-    digest = hashlib.sha256()
+def _download(url, target, size, sha256, timeout, deadline):
+    """Download url to target, which appears only once it is size bytes with this SHA-256."""
+    clock = _Deadline(deadline)
     handle, partial = tempfile.mkstemp(dir=os.path.dirname(target),
                                        prefix=f".{os.path.basename(target)}.", suffix=".part")
     try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            size = response.headers.get("Content-Length")
-            with tqdm(total=int(size) if size and size.isdigit() else None, unit="B",
-                      unit_scale=True, unit_divisor=1024, desc=os.path.basename(target),
-                      leave=False) as progress:
-                while chunk := response.read(_READ_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    progress.update(len(chunk))
-            if size and size.isdigit() and out.tell() != int(size):
-                raise OSError(f"the connection closed after {out.tell():,} of {int(size):,} bytes")
+        with os.fdopen(handle, "wb") as out, \
+                urllib.request.urlopen(url, timeout=min(timeout, clock.left())) as response:
+            _check_length(response, size)
+            digest = _receive(response, out, size, timeout, clock, os.path.basename(target))
             out.flush()
             os.fsync(out.fileno())
-        if digest.hexdigest() != sha256:
-            raise ValueError(f"SHA-256 {digest.hexdigest()} is not the published {sha256}")
+        if digest != sha256:
+            raise ValueError(f"SHA-256 {digest} is not the published {sha256}")
         os.replace(partial, target)
     except BaseException:
         os.unlink(partial)
         raise
+
+
+def _check_length(response, size):
+    """Refuse a response whose Content-Length is not the file's size, before reading it."""
+    announced = response.headers.get("Content-Length")
+    if announced is not None and announced.strip() != str(size):
+        raise OSError(f"it announces {announced.strip()} bytes, the file has {size:,}")
+
+
+def _receive(response, out, size, timeout, clock, name):
+    """Copy the response body to out and return its SHA-256 (hex). At most size + 1
+    bytes are read, and every wait for the mirror ends at the deadline."""
+    digest = hashlib.sha256()
+    with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
+              leave=False) as progress:
+        while not response.isclosed():
+            _socket(response).settimeout(min(timeout, clock.left()))
+            try:
+                chunk = response.read1(min(_READ_CHUNK, size + 1 - out.tell()))
+            except OSError:
+                clock.left()        # a wait the deadline cut short says so
+                raise
+            if not chunk:
+                break
+            out.write(chunk)
+            digest.update(chunk)
+            progress.update(len(chunk))
+            if out.tell() > size:
+                raise OSError(f"it sends more than the file's {size:,} bytes")
+    if out.tell() < size:
+        raise OSError(f"the connection closed after {out.tell():,} of {size:,} bytes")
+    return digest.hexdigest()
+
+
+def _socket(response):
+    """The socket an http.client response reads its body from (http.client reads through
+    the socket's makefile(), whose raw SocketIO holds it): each wait's timeout is set on
+    it, cut to what the deadline leaves."""
+    return response.fp.raw._sock
+
+
+class _Deadline:
+    """The time one download may take, from now."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def left(self):
+        """Seconds left; TimeoutError once there are none."""
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"not finished within the {self.seconds:g} s deadline")
+        return left
