@@ -94,7 +94,7 @@ def test_load_idx_of_a_missing_file_is_file_not_found(tmp_path):
 
 
 def test_load_idx_of_a_directory_is_a_value_error_naming_it(tmp_path):
-    with pytest.raises(ValueError, match="a directory, not an IDX file") as caught:
+    with pytest.raises(ValueError, match="cannot be read \\(Is a directory\\)") as caught:
         datasets.load_idx(tmp_path)
     assert str(tmp_path) in str(caught.value)
 
@@ -472,6 +472,19 @@ def test_a_silent_mirror_is_abandoned_at_the_deadline_not_after_the_read_timeout
     took = time.monotonic() - began
     assert 1 <= took < 5, f"took {took:.1f} s with a 1 s deadline and a 30 s read timeout"
     assert os.listdir(tmp_path) == []
+
+
+def test_mnist_gives_its_deadline_to_every_download(tmp_path, server, local_mnist):
+    dataset, files, _ = local_mnist
+    for name, data in files.items():
+        server.files[f"/silent/{name}"] = stalling(data)
+        server.files[f"/good/{name}"] = data
+    dataset.mirrors = (server.url + "/silent/", server.url + "/good/")
+    began = time.monotonic()
+    datasets.mnist(tmp_path, download=True, deadline=0.5)
+    took = time.monotonic() - began
+    assert 2 <= took < 8, f"four files, each abandoned by one mirror at 0.5 s, took {took:.1f} s"
+    assert leftovers(tmp_path) == []
 
 
 def test_keyboard_interrupt_mid_download_leaves_nothing_and_stops(tmp_path, server, monkeypatch):

@@ -8,7 +8,6 @@ import hashlib
 import http.client
 import os
 import re
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -17,6 +16,8 @@ from importlib import resources
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from ._atomic_file import atomic_write
 
 # IDX type codes: the element type of the array that follows the header (big-endian).
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -97,9 +98,13 @@ def load_idx(path):
     MAX_IDX_BYTES, before anything is allocated. A missing file is FileNotFoundError.
     """
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ValueError(f"{path}: a directory, not an IDX file")
-    with open(path, "rb") as raw:
+    try:
+        raw = open(path, "rb")
+    except FileNotFoundError:
+        raise
+    except OSError as error:        # a directory, no permission, ...
+        raise ValueError(f"{path}: cannot be read ({error.strerror or error})") from None
+    with raw:
         try:
             compressed = raw.read(2) == _GZIP_MAGIC
             raw.seek(0)
@@ -152,7 +157,10 @@ def _read_idx(stream, path):
     return array
 
 
-def mnist(root=None, download=False, mirrors=None):
+DEFAULT_DEADLINE = 300      # seconds one file's download may take, from any one mirror
+
+
+def mnist(root=None, download=False, mirrors=None, deadline=DEFAULT_DEADLINE):
     """MNIST as ((x_train, y_train), (x_test, y_test)): NHWC uint8 images, int64 labels.
 
     The four standard files (gzipped or not) are read from `root` (default: the
@@ -161,16 +169,17 @@ def mnist(root=None, download=False, mirrors=None):
     from the first of `mirrors` that serves them: base URLs, as a list or one string
     separated by commas or spaces. Without it they come from the environment variable
     CNNC_MNIST_MIRRORS (same format), else from MNIST.mirrors. No URL, or one that is
-    not http(s), is a ValueError naming the argument or the variable.
+    not http(s), is a ValueError naming the argument or the variable. A mirror that has
+    not delivered a file within `deadline` seconds is abandoned for the next.
     """
-    return _load(MNIST, root, download, mirrors)
+    return _load(MNIST, root, download, mirrors, deadline)
 
 
-def fashion_mnist(root=None, download=False, mirrors=None):
+def fashion_mnist(root=None, download=False, mirrors=None, deadline=DEFAULT_DEADLINE):
     """Fashion-MNIST, as mnist() returns MNIST; its mirrors variable is
     CNNC_FASHION_MNIST_MIRRORS. Without a root it is also looked for where Debian's
     dataset-fashion-mnist package puts it, /usr/share/datasets/fashion-mnist."""
-    return _load(FASHION_MNIST, root, download, mirrors)
+    return _load(FASHION_MNIST, root, download, mirrors, deadline)
 
 
 def mnist_sample():
@@ -194,7 +203,7 @@ def default_root(dataset):
     return os.path.join(os.path.expanduser("~"), ".cache", "cnnc", dataset.name)
 
 
-def _load(dataset, root, download, mirrors):
+def _load(dataset, root, download, mirrors, deadline):
     if download:
         mirrors = _mirrors(dataset, mirrors)
     if root is None:
@@ -204,7 +213,7 @@ def _load(dataset, root, download, mirrors):
     if download:
         for file_name, size, sha256 in dataset.files.values():
             if _find(root, file_name) is None:
-                fetch(mirrors, file_name, size, sha256, root)
+                fetch(mirrors, file_name, size, sha256, root, deadline=deadline)
     paths = _find_all(dataset, root)
     if paths is None:
         missing = [name for name, _, _ in dataset.files.values() if _find(root, name) is None]
@@ -276,7 +285,7 @@ def _images_and_labels(dataset, arrays, part):
     return images[..., np.newaxis], labels.astype(np.int64)
 
 
-def fetch(mirrors, file_name, size, sha256, root, timeout=30, deadline=300):
+def fetch(mirrors, file_name, size, sha256, root, timeout=30, deadline=DEFAULT_DEADLINE):
     """Download file_name into root from the first of mirrors (http(s) base URLs, as for
     mnist()) that serves it whole: size bytes with this SHA-256. Returns its path.
 
@@ -305,25 +314,19 @@ def fetch(mirrors, file_name, size, sha256, root, timeout=30, deadline=300):
 def _download(url, target, size, sha256, timeout, deadline):
     """Download url to target, which appears only once it is size bytes with this SHA-256."""
     clock = _Deadline(deadline)
-    handle, partial = tempfile.mkstemp(dir=os.path.dirname(target),
-                                       prefix=f".{os.path.basename(target)}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out, \
-                urllib.request.urlopen(url, timeout=min(timeout, clock.left())) as response:
-            _check_length(response, size)
-            digest = _receive(response, out, size, timeout, clock, os.path.basename(target))
-            out.flush()
-            os.fsync(out.fileno())
+    with atomic_write(target) as out, \
+            urllib.request.urlopen(url, timeout=min(timeout, clock.left())) as response:
+        _check_response(response, size)
+        digest = _receive(response, out, size, timeout, clock, os.path.basename(target))
         if digest != sha256:
             raise ValueError(f"SHA-256 {digest} is not the published {sha256}")
-        os.replace(partial, target)
-    except BaseException:
-        os.unlink(partial)
-        raise
 
 
-def _check_length(response, size):
-    """Refuse a response whose Content-Length is not the file's size, before reading it."""
+def _check_response(response, size):
+    """Refuse a response that is not HTTP (a redirect elsewhere) or whose Content-Length is
+    not the file's size, before reading it."""
+    if not isinstance(response, http.client.HTTPResponse):
+        raise OSError(f"it redirects to {response.geturl()}, which is not an http(s) URL")
     announced = response.headers.get("Content-Length")
     if announced is not None and announced.strip() != str(size):
         raise OSError(f"it announces {announced.strip()} bytes, the file has {size:,}")
