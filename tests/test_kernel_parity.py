@@ -6,7 +6,8 @@ has AVX2 and FMA, cnnc._kernels otherwise or under CNNC_AVX2=0.
 1. Parity: every kernel of both modules on the same random inputs (odd sizes, strides,
    padding, ties, NaNs, float32 and float64).
 2. Safety: every bad call raises ValueError or TypeError in both, the same type in both,
-   and a refused Adam step leaves its arrays alone.
+   and a refused Adam step leaves its arrays alone, as it does when its in-place arrays
+   share memory with another argument.
 3. Read-only and non-contiguous inputs are accepted wherever they are only read.
 4. cnnc.kernels exposes exactly the kernel functions; both modules name them alike.
 5. The two builds of the compiled kernels compute the same numbers, to the bit.
@@ -441,6 +442,41 @@ def adam(**kw):
                                                "eps", "step"))
 
 
+def same(*names):
+    """Adam arguments in which the named ones are one and the same array."""
+    one = np.abs(arr(4, 5, seed=4))
+    return adam(**{name: one for name in names})
+
+
+def overlapping(*names, offset, start=0):
+    """Adam arguments in which the named ones are (4, 5) views of one buffer, each starting
+    `offset` bytes after the one before (from byte `start`): they share memory where
+    offset < 160, their size in bytes; a whole number of float64 or not."""
+    buffer = bytearray(start + 160 + (len(names) - 1) * offset)
+    views = [np.frombuffer(buffer, np.float64, 20, start + i * offset).reshape(4, 5)
+             for i in range(len(names))]
+    for i, view in enumerate(views):
+        view[...] = np.abs(arr(4, 5, seed=5 + i))
+    return adam(**dict(zip(names, views)))
+
+
+# Adam calls whose arrays share memory, and the two arguments the refusal names: the first
+# of param, m and v (updated in place) that overlaps another argument, and that argument.
+ALIASED = {
+    "m-is-v": (lambda: same("m", "v"), "m and v"),
+    "grad-is-v": (lambda: same("grad", "v"), "v and grad"),
+    "param-is-m": (lambda: same("param", "m"), "param and m"),
+    "param-is-grad": (lambda: same("param", "grad"), "param and grad"),
+    "param-m-v-one-array": (lambda: same("param", "m", "v"), "param and m"),
+    "m-v-views-of-the-same-memory": (lambda: overlapping("m", "v", offset=0), "m and v"),
+    "m-v-overlapping-slices": (lambda: overlapping("m", "v", offset=56), "m and v"),
+    "v-m-overlapping-by-one-value": (lambda: overlapping("v", "m", offset=152), "m and v"),
+    "param-grad-overlapping": (lambda: overlapping("grad", "param", offset=24), "param and grad"),
+    "param-v-half-a-value-apart": (lambda: overlapping("param", "v", offset=4, start=4),
+                                   "param and v"),
+}
+
+
 def leaky(**kw):
     a = dict(x=arr(2, 3, 4), slope=0.01)
     a.update(kw)
@@ -622,6 +658,7 @@ BAD_CALLS = {
     "adam-beta2-above-1": lambda: adam(beta2=1.5),
     "adam-eps-negative": lambda: adam(eps=-1e-8),
     "adam-eps-nan": lambda: adam(eps=float("nan")),
+    **{f"adam-aliased-{key}": maker for key, (maker, _) in ALIASED.items()},
 }
 BAD_IDS = list(BAD_CALLS)
 BAD_MAKERS = list(BAD_CALLS.values())
@@ -675,6 +712,41 @@ def test_valid_calls_behind_the_bad_ones_are_accepted():
             else:
                 outputs = result if isinstance(result, tuple) else (result,)
                 assert all(isinstance(o, np.ndarray) and o.size for o in outputs)
+
+
+@pytest.mark.parametrize("key", list(ALIASED))
+@pytest.mark.parametrize("module", MODULES)
+def test_adam_update_refuses_arrays_sharing_memory_and_names_them(module, key):
+    """With param, m or v sharing memory with another argument, each backend would compute
+    something else (and the threads of the compiled one race); both refuse alike."""
+    maker, names = ALIASED[key]
+    with pytest.raises(ValueError, match=f"^{names} share memory, but"):
+        call(module, maker)
+
+
+def disjoint_views(count, seed):
+    """`count` (4, 5) views, side by side in one buffer: one memory, nothing shared."""
+    buffer = np.abs(arr(20 * count, seed=seed))
+    return [buffer[20 * i:20 * (i + 1)].reshape(4, 5) for i in range(count)]
+
+
+def test_adam_update_takes_views_that_share_only_a_buffer_and_grads_it_copies():
+    """Neighbouring slices of one buffer share no memory; a non-contiguous grad over param
+    is copied before any update, so there is nothing shared left to refuse."""
+    for module in (_numpy_kernels, compiled):
+        for views in (disjoint_views(4, seed=6), disjoint_views(4, seed=6)[::-1]):
+            separate = [a.copy() for a in views]
+            module.adam_update(*views, 1e-2, 0.9, 0.999, 1e-8, 2)
+            module.adam_update(*separate, 1e-2, 0.9, 0.999, 1e-8, 2)
+            for got, want in zip(views, separate):
+                np.testing.assert_array_equal(got, want)
+        buffer = arr(4, 10, seed=7)
+        param, grad = buffer[:2].reshape(4, 5), buffer[:, ::2]
+        expected = param.copy(), grad.copy(), np.zeros((4, 5)), np.ones((4, 5))
+        module.adam_update(*expected, 1e-2, 0.9, 0.999, 1e-8, 2)
+        module.adam_update(param, grad, np.zeros((4, 5)), np.ones((4, 5)), 1e-2, 0.9, 0.999,
+                           1e-8, 2)
+        np.testing.assert_array_equal(param, expected[0])
 
 
 # Integers beyond the C range (Py_ssize_t) are accepted by the checks today; whatever the

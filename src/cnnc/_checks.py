@@ -203,12 +203,28 @@ def maxpool2d_backward(dy, argmax, input_shape):
     return dy, np.ascontiguousarray(argmax), input_shape
 
 
+def separate(updated, read=()):
+    """Refuse an array updated in place that shares memory with another argument: the
+    backends update in different orders (NumPy array by array, the compiled loops element
+    by element on several threads), so they would disagree. `updated` and `read` hold
+    (name, array) pairs of C-contiguous arrays: each is one run of bytes, so
+    np.may_share_memory, which compares the runs, is exact (and O(1))."""
+    arguments = (*updated, *read)
+    for i, (name, a) in enumerate(updated, 1):
+        for other, b in arguments[i:]:
+            if np.may_share_memory(a, b):
+                raise ValueError(f"{name} and {other} share memory, but {name} is updated in "
+                                 "place: give each its own array")
+
+
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
     param = in_place("param", param)
     grad = float_array("grad", grad, param.ndim, param.dtype)
     expect_shape("grad", grad.shape, param.shape)
     m = in_place("m", m, param)
     v = in_place("v", v, param)
+    # grad as the kernels read it: a copy, sharing nothing, if it was not C-contiguous
+    separate((("param", param), ("m", m), ("v", v)), (("grad", grad),))
     hyper = (number("lr", lr, 0), number("beta1", beta1, 0, 1), number("beta2", beta2, 0, 1),
              number("eps", eps, 0))
     if not isinstance(step, numbers.Integral) or step < 1:
