@@ -7,7 +7,7 @@ has AVX2 and FMA, cnnc._kernels otherwise or under CNNC_AVX2=0.
    padding, ties, NaNs, float32 and float64).
 2. Safety: every bad call raises ValueError or TypeError in both, the same type in both,
    and a refused Adam step leaves its arrays alone, as it does when its in-place arrays
-   share memory with another argument.
+   share memory with another argument; zero sizes are handled alike.
 3. Read-only and non-contiguous inputs are accepted wherever they are only read.
 4. cnnc.kernels exposes exactly the kernel functions; both modules name them alike.
 5. The two builds of the compiled kernels compute the same numbers, to the bit.
@@ -747,6 +747,75 @@ def test_adam_update_takes_views_that_share_only_a_buffer_and_grads_it_copies():
         module.adam_update(param, grad, np.zeros((4, 5)), np.ones((4, 5)), 1e-2, 0.9, 0.999,
                            1e-8, 2)
         np.testing.assert_array_equal(param, expected[0])
+
+
+# Zero sizes: every kernel with an empty batch, no channels or no filters, and what both
+# backends do: None where they accept the call (an empty batch, empty products and
+# elementwise arrays), else the start of the ValueError (any input or filter without
+# channels; any filter bank without filters, as for w so for conv2d_grad_params' dy; an
+# input_shape with an empty dimension).
+ZERO_SIZED = {
+    "fwd-batch-0": (lambda: fwd(x=arr(0, 7, 9, 3)), None),
+    "fwd-channels-0": (lambda: fwd(x=arr(2, 7, 9, 0), w=arr(3, 3, 0, 4)),
+                       "w must have no empty dimension"),
+    "fwd-filters-0": (lambda: fwd(w=arr(3, 3, 3, 0), b=arr(0)), "w must have no empty dimension"),
+    "gin-batch-0": (lambda: gin(dy=arr(0, 7, 9, 4), input_shape=(0, 7, 9, 3)),
+                    "input_shape must be 4 ints in"),
+    "gin-channels-0": (lambda: gin(w=arr(3, 3, 0, 4), input_shape=(2, 7, 9, 0)),
+                       "input_shape must be 4 ints in"),
+    "gin-filters-0": (lambda: gin(dy=arr(2, 7, 9, 0), w=arr(3, 3, 3, 0)),
+                      "w must have no empty dimension"),
+    "gpar-batch-0": (lambda: gpar(x=arr(0, 7, 9, 3), dy=arr(0, 7, 9, 4)), None),
+    "gpar-channels-0": (lambda: gpar(x=arr(2, 7, 9, 0)),
+                        "the input's height, width and channels must have no empty dimension"),
+    "gpar-filters-0": (lambda: gpar(dy=arr(2, 7, 9, 0)), "dy must have at least one filter"),
+    "gpar-filters-0-1x1": (lambda: gpar(dy=arr(2, 7, 9, 0), kernel_size=(1, 1),
+                                        padding=(0, 0, 0, 0)), "dy must have at least one filter"),
+    "gpar-batch-0-filters-0": (lambda: gpar(x=arr(0, 7, 9, 3), dy=arr(0, 7, 9, 0)),
+                               "dy must have at least one filter"),
+    "pfwd-batch-0": (lambda: pfwd(x=arr(0, 7, 9, 3)), None),
+    "pfwd-channels-0": (lambda: pfwd(x=arr(2, 7, 9, 0)),
+                        "the input's height, width and channels must have no empty dimension"),
+    "pbwd-batch-0": (lambda: pbwd(dy=arr(0, 3, 4, 3), argmax=valid_argmax((0, 3, 4, 3)),
+                                  input_shape=(0, 7, 9, 3)), "input_shape must be 4 ints in"),
+    "pbwd-channels-0": (lambda: pbwd(dy=arr(2, 3, 4, 0), argmax=valid_argmax((2, 3, 4, 0)),
+                                     input_shape=(2, 7, 9, 0)), "input_shape must be 4 ints in"),
+    "adam-empty": (lambda: adam(param=arr(0), grad=arr(0), m=arr(0), v=arr(0)), None),
+    "adam-3x0": (lambda: adam(param=arr(3, 0), grad=arr(3, 0), m=arr(3, 0), v=arr(3, 0)), None),
+    "matmul-no-rows": (lambda: mm(a=arr(0, 4)), None),
+    "matmul-no-inner": (lambda: mm(a=arr(5, 0), b=arr(0, 3)), None),
+    "matmul-no-columns": (lambda: mm(b=arr(4, 0)), None),
+    "leaky-empty": (lambda: leaky(x=arr(0, 3)), None),
+    "leaky-back-empty": (lambda: leaky_back(x=arr(0, 3), upstream=arr(0, 3)), None),
+}
+
+
+def outcome(module, maker):
+    """What the kernel gives (run: Adam's updated arrays), or the ValueError it raises."""
+    name, args = maker()
+    try:
+        return run(module, name, args)
+    except ValueError as error:
+        return error
+
+
+@pytest.mark.usefixtures("products")
+@pytest.mark.parametrize("key", list(ZERO_SIZED))
+def test_zero_sizes_give_the_same_result_or_the_same_error_in_both(key):
+    maker, refusal = ZERO_SIZED[key]
+    expected, actual = outcome(_numpy_kernels, maker), outcome(compiled, maker)
+    if refusal is not None:
+        for error in (expected, actual):
+            assert isinstance(error, ValueError), f"accepted: {error!r}"
+            assert str(error).startswith(refusal), str(error)
+        assert str(actual) == str(expected)
+        return
+    assert not isinstance(expected, ValueError) and not isinstance(actual, ValueError), (
+        expected, actual)
+    assert len(actual) == len(expected)
+    for got, want in zip(actual, expected):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
 
 
 # Integers beyond the C range (Py_ssize_t) are accepted by the checks today; whatever the

@@ -173,6 +173,8 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     stride, padding, (oh, ow) = _conv_geometry(x.shape, kernel_size, stride, padding)
     if dy.shape[:3] != (x.shape[0], oh, ow):
         raise ValueError(f"dy has shape {dy.shape}, expected ({x.shape[0]}, {oh}, {ow}, F)")
+    if dy.shape[3] == 0:    # as conv2d_forward and conv2d_grad_input refuse a w without filters
+        raise ValueError(f"dy must have at least one filter (F >= 1), got shape {dy.shape}")
     return x, dy, kernel_size, stride, padding, (oh, ow)
 
 
