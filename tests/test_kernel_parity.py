@@ -6,8 +6,8 @@ has AVX2 and FMA, cnnc._kernels otherwise or under CNNC_AVX2=0.
 1. Parity: every kernel of both modules on the same random inputs (odd sizes, strides,
    padding, ties, NaNs, float32 and float64).
 2. Safety: every bad call raises ValueError or TypeError in both, the same type in both,
-   and a refused Adam step leaves its arrays alone, as it does when its in-place arrays
-   share memory with another argument; zero sizes are handled alike.
+   and a refused Adam step leaves its arrays alone; Adam's in-place arrays sharing memory
+   with another argument, zero sizes and scalars beyond their C type are handled alike.
 3. Read-only and non-contiguous inputs are accepted wherever they are only read.
 4. cnnc.kernels exposes exactly the kernel functions; both modules name them alike.
 5. The two builds of the compiled kernels compute the same numbers, to the bit.
@@ -818,36 +818,118 @@ def test_zero_sizes_give_the_same_result_or_the_same_error_in_both(key):
         np.testing.assert_array_equal(got, want)
 
 
-# Integers beyond the C range (Py_ssize_t) are accepted by the checks today; whatever the
-# kernels do with them, both must do the same, and fail with ValueError or TypeError.
-HUGE = 2**63
-HUGE_CALLS = {
-    "fwd-stride-huge": lambda: fwd(stride=(HUGE, 1)),
-    "fwd-padding-huge": lambda: fwd(padding=(HUGE, 0, 0, 0)),
-    "gin-stride-huge": lambda: gin(dy=arr(2, 1, 9, 4), stride=(HUGE, 1)),
-    "gpar-stride-huge": lambda: gpar(dy=arr(2, 1, 9, 4), stride=(HUGE, 1)),
-    "pfwd-stride-huge": lambda: pfwd(stride=(HUGE, 2)),
-    "pbwd-input-shape-huge": lambda: pbwd(input_shape=(2, HUGE, 9, 3)),
+# Integer scalars outside the range of the C integer the compiled kernels make of them
+# (stride, padding and sizes: int32 and up; Adam's step: int64), bools, floats, NaN and
+# strings are ValueErrors naming the argument in both backends; NumPy's integers in range
+# are ints like Python's. Each argument with the value its call takes by default.
+INT_ARGUMENTS = {
+    "step": (lambda v: adam(step=v), 3, "step must be an int from 1 to 9223372036854775807"),
+    "conv-stride": (lambda v: fwd(stride=(1, v)), 1, "stride must be 2 ints"),
+    "conv-padding": (lambda v: fwd(padding=(1, 1, v, 1)), 1, "padding (top, bottom, left, right) "
+                                                             "must be 4 ints"),
+    "grad-input-stride": (lambda v: gin(stride=(v, 1)), 1, "stride must be 2 ints"),
+    "grad-input-shape": (lambda v: gin(input_shape=(v, 7, 9, 3)), 2, "input_shape must be 4 ints"),
+    "grad-params-kernel-size": (lambda v: gpar(kernel_size=(v, 3)), 3,
+                                "kernel_size must be 2 ints"),
+    "pool-size": (lambda v: pfwd(pool_size=(2, v)), 2, "pool_size must be 2 ints"),
+    "pool-stride": (lambda v: pfwd(stride=(v, 2)), 2, "stride must be 2 ints"),
+    "pool-backward-input-shape": (lambda v: pbwd(input_shape=(v, 7, 9, 3)), 2,
+                                  "input_shape must be 4 ints"),
 }
+# Each bad value made from the argument's default.
+BAD_INTEGERS = {
+    "10**400": lambda default: 10**400,
+    "10**5000": lambda default: 10**5000,           # more digits than Python prints
+    "2**63": lambda default: 2**63,
+    "2**64": lambda default: 2**64,
+    "uint64-max": lambda default: np.uint64(2**64 - 1),
+    "-1": lambda default: -1,
+    "True": lambda default: True,
+    "False": lambda default: False,
+    "numpy-bool": lambda default: np.True_,
+    "as-float": float,
+    "2.5": lambda default: 2.5,
+    "nan": lambda default: float("nan"),
+    "inf": lambda default: float("inf"),
+    "None": lambda default: None,
+    "as-string": str,
+}
+GOOD_INTEGERS = [np.int64, np.int8, np.uint16]
 
 
-@pytest.mark.parametrize("maker", list(HUGE_CALLS.values()), ids=list(HUGE_CALLS))
-def test_integers_beyond_the_c_range_behave_alike(maker):
-    outcomes = []
+@pytest.mark.parametrize("bad", list(BAD_INTEGERS))
+@pytest.mark.parametrize("argument", list(INT_ARGUMENTS))
+def test_bad_integer_scalars_are_value_errors_naming_the_argument_in_both(argument, bad):
+    make, default, refusal = INT_ARGUMENTS[argument]
+    value = BAD_INTEGERS[bad](default)
     for module in (_numpy_kernels, compiled):
-        try:
-            outcomes.append(call(module, maker))
-        except Exception as error:  # noqa: BLE001 - the type is what is compared
-            outcomes.append(error)
-    numpy_outcome, compiled_outcome = outcomes
-    if isinstance(numpy_outcome, Exception) or isinstance(compiled_outcome, Exception):
-        described = [repr(o) if isinstance(o, Exception) else "a result" for o in outcomes]
-        assert type(numpy_outcome) is type(compiled_outcome), (
-            f"NumPy gave {described[0]}; compiled gave {described[1]}")
-        assert isinstance(numpy_outcome, (ValueError, TypeError)), repr(numpy_outcome)
-    else:
-        for expected, actual in zip(np.atleast_1d(numpy_outcome), np.atleast_1d(compiled_outcome)):
-            np.testing.assert_allclose(actual, expected, rtol=1e-12)
+        name, args = make(value)
+        with pytest.raises(ValueError) as info:
+            getattr(module, name)(*args)
+        assert str(info.value).startswith(refusal), str(info.value)
+        assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize("kind", GOOD_INTEGERS, ids=lambda kind: kind.__name__)
+@pytest.mark.parametrize("argument", list(INT_ARGUMENTS))
+def test_numpy_integers_are_taken_as_ints_in_both(argument, kind):
+    make, default, _ = INT_ARGUMENTS[argument]
+    results = []
+    for module in (_numpy_kernels, compiled):
+        expected = run(module, *make(default))
+        results.append(run(module, *make(kind(default))))
+        for got, want in zip(results[-1], expected):
+            np.testing.assert_array_equal(got, want)
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_the_largest_step_is_taken_alike_in_both():
+    """At step 2**63 - 1, as from a few thousand steps on, beta**step is 0 and Adam's bias
+    corrections are 1."""
+    results = []
+    for module in (_numpy_kernels, compiled):
+        results.append(run(module, *adam(step=2**63 - 1)))
+        for got, want in zip(results[-1], run(module, *adam(step=10**6))):
+            np.testing.assert_array_equal(got, want)
+    for got, want in zip(*results):
+        assert_close(got, want, np.float64, ADAM_TOL[np.float64])
+
+
+FLOAT_ARGUMENTS = {
+    "lr": lambda v: adam(lr=v),
+    "beta1": lambda v: adam(beta1=v),
+    "beta2": lambda v: adam(beta2=v),
+    "eps": lambda v: adam(eps=v),
+    "slope": lambda v: leaky(slope=v),
+    "slope-backward": lambda v: leaky_back(slope=v),
+}
+BAD_FLOATS = {"10**400": 10**400, "-10**400": -(10**400), "True": True, "False": False,
+              "nan": float("nan"), "-inf": float("-inf"), "float32-inf": np.float32("inf"),
+              "None": None, "string": "0.25", "complex": 0.25j}
+
+
+@pytest.mark.parametrize("bad", list(BAD_FLOATS))
+@pytest.mark.parametrize("argument", list(FLOAT_ARGUMENTS))
+def test_bad_real_scalars_are_value_errors_naming_the_argument_in_both(argument, bad):
+    parameter = argument.split("-")[0]
+    for module in (_numpy_kernels, compiled):
+        name, args = FLOAT_ARGUMENTS[argument](BAD_FLOATS[bad])
+        with pytest.raises(ValueError, match=f"^{parameter} must be a finite number, got "):
+            getattr(module, name)(*args)
+
+
+@pytest.mark.parametrize("argument", list(FLOAT_ARGUMENTS))
+def test_numpy_and_python_numbers_of_one_value_are_alike_in_both(argument):
+    for module in (_numpy_kernels, compiled):
+        expected = run(module, *FLOAT_ARGUMENTS[argument](0.25))
+        for value in (np.float32(0.25), np.float64(0.25), 2**-2):
+            for got, want in zip(run(module, *FLOAT_ARGUMENTS[argument](value)), expected):
+                np.testing.assert_array_equal(got, want)
+        expected = run(module, *FLOAT_ARGUMENTS[argument](0.0))
+        for value in (0, np.int64(0), np.uint8(0)):
+            for got, want in zip(run(module, *FLOAT_ARGUMENTS[argument](value)), expected):
+                np.testing.assert_array_equal(got, want)
 
 
 # ================================================== 3. read-only and non-contiguous inputs
