@@ -71,7 +71,8 @@ def ints(name, values, count, minimum):
 
 
 def integer(name, value, minimum, maximum):
-    """value as a Python int from minimum to maximum: the range of the C integer it becomes."""
+    """value as a Python int from minimum to maximum, bounds a C integer of the kernels holds
+    (a thread count is a C int; Adam's step is bounded as an int64)."""
     if not _is_int(value) or not minimum <= int(value) <= maximum:
         raise ValueError(f"{name} must be an int from {minimum} to {maximum}, got {_shown(value)}")
     return int(value)
