@@ -6,7 +6,8 @@ has AVX2 and FMA, cnnc._kernels otherwise or under CNNC_AVX2=0.
 1. Parity: every kernel of both modules on the same random inputs (odd sizes, strides,
    padding, ties, NaNs, float32 and float64).
 2. Safety: every bad call raises ValueError or TypeError in both, the same type in both,
-   and a refused Adam step leaves its arrays alone.
+   and a refused Adam step leaves its arrays alone; Adam's in-place arrays sharing memory
+   with another argument, zero sizes and scalars beyond their C type are handled alike.
 3. Read-only and non-contiguous inputs are accepted wherever they are only read.
 4. cnnc.kernels exposes exactly the kernel functions; both modules name them alike.
 5. The two builds of the compiled kernels compute the same numbers, to the bit.
@@ -441,6 +442,41 @@ def adam(**kw):
                                                "eps", "step"))
 
 
+def same(*names):
+    """Adam arguments in which the named ones are one and the same array."""
+    one = np.abs(arr(4, 5, seed=4))
+    return adam(**{name: one for name in names})
+
+
+def overlapping(*names, offset, start=0):
+    """Adam arguments in which the named ones are (4, 5) views of one buffer, each starting
+    `offset` bytes after the one before (from byte `start`): they share memory where
+    offset < 160, their size in bytes; a whole number of float64 or not."""
+    buffer = bytearray(start + 160 + (len(names) - 1) * offset)
+    views = [np.frombuffer(buffer, np.float64, 20, start + i * offset).reshape(4, 5)
+             for i in range(len(names))]
+    for i, view in enumerate(views):
+        view[...] = np.abs(arr(4, 5, seed=5 + i))
+    return adam(**dict(zip(names, views)))
+
+
+# Adam calls whose arrays share memory, and the two arguments the refusal names: the first
+# of param, m and v (updated in place) that overlaps another argument, and that argument.
+ALIASED = {
+    "m-is-v": (lambda: same("m", "v"), "m and v"),
+    "grad-is-v": (lambda: same("grad", "v"), "v and grad"),
+    "param-is-m": (lambda: same("param", "m"), "param and m"),
+    "param-is-grad": (lambda: same("param", "grad"), "param and grad"),
+    "param-m-v-one-array": (lambda: same("param", "m", "v"), "param and m"),
+    "m-v-views-of-the-same-memory": (lambda: overlapping("m", "v", offset=0), "m and v"),
+    "m-v-overlapping-slices": (lambda: overlapping("m", "v", offset=56), "m and v"),
+    "v-m-overlapping-by-one-value": (lambda: overlapping("v", "m", offset=152), "m and v"),
+    "param-grad-overlapping": (lambda: overlapping("grad", "param", offset=24), "param and grad"),
+    "param-v-half-a-value-apart": (lambda: overlapping("param", "v", offset=4, start=4),
+                                   "param and v"),
+}
+
+
 def leaky(**kw):
     a = dict(x=arr(2, 3, 4), slope=0.01)
     a.update(kw)
@@ -622,6 +658,7 @@ BAD_CALLS = {
     "adam-beta2-above-1": lambda: adam(beta2=1.5),
     "adam-eps-negative": lambda: adam(eps=-1e-8),
     "adam-eps-nan": lambda: adam(eps=float("nan")),
+    **{f"adam-aliased-{key}": maker for key, (maker, _) in ALIASED.items()},
 }
 BAD_IDS = list(BAD_CALLS)
 BAD_MAKERS = list(BAD_CALLS.values())
@@ -677,36 +714,222 @@ def test_valid_calls_behind_the_bad_ones_are_accepted():
                 assert all(isinstance(o, np.ndarray) and o.size for o in outputs)
 
 
-# Integers beyond the C range (Py_ssize_t) are accepted by the checks today; whatever the
-# kernels do with them, both must do the same, and fail with ValueError or TypeError.
-HUGE = 2**63
-HUGE_CALLS = {
-    "fwd-stride-huge": lambda: fwd(stride=(HUGE, 1)),
-    "fwd-padding-huge": lambda: fwd(padding=(HUGE, 0, 0, 0)),
-    "gin-stride-huge": lambda: gin(dy=arr(2, 1, 9, 4), stride=(HUGE, 1)),
-    "gpar-stride-huge": lambda: gpar(dy=arr(2, 1, 9, 4), stride=(HUGE, 1)),
-    "pfwd-stride-huge": lambda: pfwd(stride=(HUGE, 2)),
-    "pbwd-input-shape-huge": lambda: pbwd(input_shape=(2, HUGE, 9, 3)),
+@pytest.mark.parametrize("key", list(ALIASED))
+@pytest.mark.parametrize("module", MODULES)
+def test_adam_update_refuses_arrays_sharing_memory_and_names_them(module, key):
+    """With param, m or v sharing memory with another argument, each backend would compute
+    something else (and the threads of the compiled one race); both refuse alike."""
+    maker, names = ALIASED[key]
+    with pytest.raises(ValueError, match=f"^{names} share memory, but"):
+        call(module, maker)
+
+
+def disjoint_views(count, seed):
+    """`count` (4, 5) views, side by side in one buffer: one memory, nothing shared."""
+    buffer = np.abs(arr(20 * count, seed=seed))
+    return [buffer[20 * i:20 * (i + 1)].reshape(4, 5) for i in range(count)]
+
+
+def test_adam_update_takes_views_that_share_only_a_buffer_and_grads_it_copies():
+    """Neighbouring slices of one buffer share no memory; a non-contiguous grad over param
+    is copied before any update, so there is nothing shared left to refuse."""
+    for module in (_numpy_kernels, compiled):
+        for views in (disjoint_views(4, seed=6), disjoint_views(4, seed=6)[::-1]):
+            separate = [a.copy() for a in views]
+            module.adam_update(*views, 1e-2, 0.9, 0.999, 1e-8, 2)
+            module.adam_update(*separate, 1e-2, 0.9, 0.999, 1e-8, 2)
+            for got, want in zip(views, separate):
+                np.testing.assert_array_equal(got, want)
+        buffer = arr(4, 10, seed=7)
+        param, grad = buffer[:2].reshape(4, 5), buffer[:, ::2]
+        expected = param.copy(), grad.copy(), np.zeros((4, 5)), np.ones((4, 5))
+        module.adam_update(*expected, 1e-2, 0.9, 0.999, 1e-8, 2)
+        module.adam_update(param, grad, np.zeros((4, 5)), np.ones((4, 5)), 1e-2, 0.9, 0.999,
+                           1e-8, 2)
+        np.testing.assert_array_equal(param, expected[0])
+
+
+# Zero sizes: every kernel with an empty batch, no channels or no filters, and what both
+# backends do: None where they accept the call (an empty batch, empty products and
+# elementwise arrays), else the start of the ValueError (any input or filter without
+# channels; any filter bank without filters, as for w so for conv2d_grad_params' dy; an
+# input_shape with an empty dimension).
+ZERO_SIZED = {
+    "fwd-batch-0": (lambda: fwd(x=arr(0, 7, 9, 3)), None),
+    "fwd-channels-0": (lambda: fwd(x=arr(2, 7, 9, 0), w=arr(3, 3, 0, 4)),
+                       "w must have no empty dimension"),
+    "fwd-filters-0": (lambda: fwd(w=arr(3, 3, 3, 0), b=arr(0)), "w must have no empty dimension"),
+    "gin-batch-0": (lambda: gin(dy=arr(0, 7, 9, 4), input_shape=(0, 7, 9, 3)),
+                    "input_shape must be 4 ints in"),
+    "gin-channels-0": (lambda: gin(w=arr(3, 3, 0, 4), input_shape=(2, 7, 9, 0)),
+                       "input_shape must be 4 ints in"),
+    "gin-filters-0": (lambda: gin(dy=arr(2, 7, 9, 0), w=arr(3, 3, 3, 0)),
+                      "w must have no empty dimension"),
+    "gpar-batch-0": (lambda: gpar(x=arr(0, 7, 9, 3), dy=arr(0, 7, 9, 4)), None),
+    "gpar-channels-0": (lambda: gpar(x=arr(2, 7, 9, 0)),
+                        "the input's height, width and channels must have no empty dimension"),
+    "gpar-filters-0": (lambda: gpar(dy=arr(2, 7, 9, 0)), "dy must have at least one filter"),
+    "gpar-filters-0-1x1": (lambda: gpar(dy=arr(2, 7, 9, 0), kernel_size=(1, 1),
+                                        padding=(0, 0, 0, 0)), "dy must have at least one filter"),
+    "gpar-batch-0-filters-0": (lambda: gpar(x=arr(0, 7, 9, 3), dy=arr(0, 7, 9, 0)),
+                               "dy must have at least one filter"),
+    "pfwd-batch-0": (lambda: pfwd(x=arr(0, 7, 9, 3)), None),
+    "pfwd-channels-0": (lambda: pfwd(x=arr(2, 7, 9, 0)),
+                        "the input's height, width and channels must have no empty dimension"),
+    "pbwd-batch-0": (lambda: pbwd(dy=arr(0, 3, 4, 3), argmax=valid_argmax((0, 3, 4, 3)),
+                                  input_shape=(0, 7, 9, 3)), "input_shape must be 4 ints in"),
+    "pbwd-channels-0": (lambda: pbwd(dy=arr(2, 3, 4, 0), argmax=valid_argmax((2, 3, 4, 0)),
+                                     input_shape=(2, 7, 9, 0)), "input_shape must be 4 ints in"),
+    "adam-empty": (lambda: adam(param=arr(0), grad=arr(0), m=arr(0), v=arr(0)), None),
+    "adam-3x0": (lambda: adam(param=arr(3, 0), grad=arr(3, 0), m=arr(3, 0), v=arr(3, 0)), None),
+    "matmul-no-rows": (lambda: mm(a=arr(0, 4)), None),
+    "matmul-no-inner": (lambda: mm(a=arr(5, 0), b=arr(0, 3)), None),
+    "matmul-no-columns": (lambda: mm(b=arr(4, 0)), None),
+    "leaky-empty": (lambda: leaky(x=arr(0, 3)), None),
+    "leaky-back-empty": (lambda: leaky_back(x=arr(0, 3), upstream=arr(0, 3)), None),
 }
 
 
-@pytest.mark.parametrize("maker", list(HUGE_CALLS.values()), ids=list(HUGE_CALLS))
-def test_integers_beyond_the_c_range_behave_alike(maker):
-    outcomes = []
+def outcome(module, maker):
+    """What the kernel gives (run: Adam's updated arrays), or the ValueError it raises."""
+    name, args = maker()
+    try:
+        return run(module, name, args)
+    except ValueError as error:
+        return error
+
+
+@pytest.mark.usefixtures("products")
+@pytest.mark.parametrize("key", list(ZERO_SIZED))
+def test_zero_sizes_give_the_same_result_or_the_same_error_in_both(key):
+    maker, refusal = ZERO_SIZED[key]
+    expected, actual = outcome(_numpy_kernels, maker), outcome(compiled, maker)
+    if refusal is not None:
+        for error in (expected, actual):
+            assert isinstance(error, ValueError), f"accepted: {error!r}"
+            assert str(error).startswith(refusal), str(error)
+        assert str(actual) == str(expected)
+        return
+    assert not isinstance(expected, ValueError) and not isinstance(actual, ValueError), (
+        expected, actual)
+    assert len(actual) == len(expected)
+    for got, want in zip(actual, expected):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+# Integer scalars outside the range of the C integer the compiled kernels make of them
+# (stride, padding and sizes: int32 and up; Adam's step: int64), bools, floats, NaN and
+# strings are ValueErrors naming the argument in both backends; NumPy's integers in range
+# are ints like Python's. Each argument with the value its call takes by default.
+INT_ARGUMENTS = {
+    "step": (lambda v: adam(step=v), 3, "step must be an int from 1 to 9223372036854775807"),
+    "conv-stride": (lambda v: fwd(stride=(1, v)), 1, "stride must be 2 ints"),
+    "conv-padding": (lambda v: fwd(padding=(1, 1, v, 1)), 1, "padding (top, bottom, left, right) "
+                                                             "must be 4 ints"),
+    "grad-input-stride": (lambda v: gin(stride=(v, 1)), 1, "stride must be 2 ints"),
+    "grad-input-shape": (lambda v: gin(input_shape=(v, 7, 9, 3)), 2, "input_shape must be 4 ints"),
+    "grad-params-kernel-size": (lambda v: gpar(kernel_size=(v, 3)), 3,
+                                "kernel_size must be 2 ints"),
+    "pool-size": (lambda v: pfwd(pool_size=(2, v)), 2, "pool_size must be 2 ints"),
+    "pool-stride": (lambda v: pfwd(stride=(v, 2)), 2, "stride must be 2 ints"),
+    "pool-backward-input-shape": (lambda v: pbwd(input_shape=(v, 7, 9, 3)), 2,
+                                  "input_shape must be 4 ints"),
+}
+# Each bad value made from the argument's default.
+BAD_INTEGERS = {
+    "10**400": lambda default: 10**400,
+    "10**5000": lambda default: 10**5000,           # more digits than Python prints
+    "2**63": lambda default: 2**63,
+    "2**64": lambda default: 2**64,
+    "uint64-max": lambda default: np.uint64(2**64 - 1),
+    "-1": lambda default: -1,
+    "True": lambda default: True,
+    "False": lambda default: False,
+    "numpy-bool": lambda default: np.True_,
+    "as-float": float,
+    "2.5": lambda default: 2.5,
+    "nan": lambda default: float("nan"),
+    "inf": lambda default: float("inf"),
+    "None": lambda default: None,
+    "as-string": str,
+}
+GOOD_INTEGERS = [np.int64, np.int8, np.uint16]
+
+
+@pytest.mark.parametrize("bad", list(BAD_INTEGERS))
+@pytest.mark.parametrize("argument", list(INT_ARGUMENTS))
+def test_bad_integer_scalars_are_value_errors_naming_the_argument_in_both(argument, bad):
+    make, default, refusal = INT_ARGUMENTS[argument]
+    value = BAD_INTEGERS[bad](default)
     for module in (_numpy_kernels, compiled):
-        try:
-            outcomes.append(call(module, maker))
-        except Exception as error:  # noqa: BLE001 - the type is what is compared
-            outcomes.append(error)
-    numpy_outcome, compiled_outcome = outcomes
-    if isinstance(numpy_outcome, Exception) or isinstance(compiled_outcome, Exception):
-        described = [repr(o) if isinstance(o, Exception) else "a result" for o in outcomes]
-        assert type(numpy_outcome) is type(compiled_outcome), (
-            f"NumPy gave {described[0]}; compiled gave {described[1]}")
-        assert isinstance(numpy_outcome, (ValueError, TypeError)), repr(numpy_outcome)
-    else:
-        for expected, actual in zip(np.atleast_1d(numpy_outcome), np.atleast_1d(compiled_outcome)):
-            np.testing.assert_allclose(actual, expected, rtol=1e-12)
+        name, args = make(value)
+        with pytest.raises(ValueError) as info:
+            getattr(module, name)(*args)
+        assert str(info.value).startswith(refusal), str(info.value)
+        assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize("kind", GOOD_INTEGERS, ids=lambda kind: kind.__name__)
+@pytest.mark.parametrize("argument", list(INT_ARGUMENTS))
+def test_numpy_integers_are_taken_as_ints_in_both(argument, kind):
+    make, default, _ = INT_ARGUMENTS[argument]
+    results = []
+    for module in (_numpy_kernels, compiled):
+        expected = run(module, *make(default))
+        results.append(run(module, *make(kind(default))))
+        for got, want in zip(results[-1], expected):
+            np.testing.assert_array_equal(got, want)
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_the_largest_step_is_taken_alike_in_both():
+    """At step 2**63 - 1, as from a few thousand steps on, beta**step is 0 and Adam's bias
+    corrections are 1."""
+    results = []
+    for module in (_numpy_kernels, compiled):
+        results.append(run(module, *adam(step=2**63 - 1)))
+        for got, want in zip(results[-1], run(module, *adam(step=10**6))):
+            np.testing.assert_array_equal(got, want)
+    for got, want in zip(*results):
+        assert_close(got, want, np.float64, ADAM_TOL[np.float64])
+
+
+FLOAT_ARGUMENTS = {
+    "lr": lambda v: adam(lr=v),
+    "beta1": lambda v: adam(beta1=v),
+    "beta2": lambda v: adam(beta2=v),
+    "eps": lambda v: adam(eps=v),
+    "slope": lambda v: leaky(slope=v),
+    "slope-backward": lambda v: leaky_back(slope=v),
+}
+BAD_FLOATS = {"10**400": 10**400, "-10**400": -(10**400), "True": True, "False": False,
+              "nan": float("nan"), "-inf": float("-inf"), "float32-inf": np.float32("inf"),
+              "None": None, "string": "0.25", "complex": 0.25j}
+
+
+@pytest.mark.parametrize("bad", list(BAD_FLOATS))
+@pytest.mark.parametrize("argument", list(FLOAT_ARGUMENTS))
+def test_bad_real_scalars_are_value_errors_naming_the_argument_in_both(argument, bad):
+    parameter = argument.split("-")[0]
+    for module in (_numpy_kernels, compiled):
+        name, args = FLOAT_ARGUMENTS[argument](BAD_FLOATS[bad])
+        with pytest.raises(ValueError, match=f"^{parameter} must be a finite number, got "):
+            getattr(module, name)(*args)
+
+
+@pytest.mark.parametrize("argument", list(FLOAT_ARGUMENTS))
+def test_numpy_and_python_numbers_of_one_value_are_alike_in_both(argument):
+    for module in (_numpy_kernels, compiled):
+        expected = run(module, *FLOAT_ARGUMENTS[argument](0.25))
+        for value in (np.float32(0.25), np.float64(0.25), 2**-2):
+            for got, want in zip(run(module, *FLOAT_ARGUMENTS[argument](value)), expected):
+                np.testing.assert_array_equal(got, want)
+        expected = run(module, *FLOAT_ARGUMENTS[argument](0.0))
+        for value in (0, np.int64(0), np.uint8(0)):
+            for got, want in zip(run(module, *FLOAT_ARGUMENTS[argument](value)), expected):
+                np.testing.assert_array_equal(got, want)
 
 
 # ================================================== 3. read-only and non-contiguous inputs

@@ -274,7 +274,8 @@ def test_the_thread_count_is_set_and_told_at_run_time(module):
         module.set_num_threads(before)
 
 
-@pytest.mark.parametrize("bad", [0, -2, 2.5, "2", True, None, 10**6, 2**64])
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "2", True, False, None, 10**6, 2**64, 10**400,
+                                 float("nan"), np.uint64(2**64 - 1)])
 def test_a_bad_thread_count_is_a_value_error(bad):
     before = cnnc.get_num_threads()
     with pytest.raises(ValueError, match="number of threads must be an int from 1 to"):

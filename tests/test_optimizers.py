@@ -217,6 +217,26 @@ def test_adam_invalid_hyperparameters_raise(kwargs):
         AdamOptimizer(**kwargs)
 
 
+# Values no hyperparameter takes: not numbers, not finite, or bools (True is no rate).
+NOT_FINITE_NUMBERS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"),
+                      "float32-nan": np.float32("nan"), "int-beyond-float": 10**400,
+                      "True": True, "False": False, "None": None, "string": "0.5",
+                      "complex": 0.5j, "list": [0.5], "array": np.array([0.5])}
+
+
+@pytest.mark.parametrize("bad", list(NOT_FINITE_NUMBERS))
+@pytest.mark.parametrize("name", ["beta1", "beta2", "eps"])
+def test_adam_refuses_hyperparameters_that_are_not_finite_numbers(name, bad):
+    with pytest.raises(ValueError, match=f"^{name} must be a finite number"):
+        AdamOptimizer(**{name: NOT_FINITE_NUMBERS[bad]})
+
+
+def test_adam_keeps_numpy_hyperparameters_as_python_floats():
+    opt = AdamOptimizer(beta1=np.float32(0.5), beta2=np.float64(0.25), eps=0)
+    assert (opt.beta1, opt.beta2, opt.eps) == (0.5, 0.25, 0.0)
+    assert all(type(value) is float for value in (opt.beta1, opt.beta2, opt.eps))
+
+
 def test_adam_defaults():
     opt = AdamOptimizer()
     assert (opt.beta1, opt.beta2, opt.eps) == (0.9, 0.999, 1e-8)
@@ -296,3 +316,23 @@ def test_sgd_momentum_per_parameter_state():
 def test_sgd_invalid_hyperparameters_raise(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         SGDOptimizer(**kwargs)
+
+
+@pytest.mark.parametrize("bad", list(NOT_FINITE_NUMBERS))
+def test_sgd_refuses_a_momentum_that_is_not_a_finite_number(bad):
+    """A NaN momentum used to be taken, and turned the weights into NaN within two steps."""
+    with pytest.raises(ValueError, match="^momentum must be a finite number"):
+        SGDOptimizer(momentum=NOT_FINITE_NUMBERS[bad])
+
+
+@pytest.mark.parametrize("bad", [1, 0, 1.0, np.int64(1), "True", None, [True]])
+def test_sgd_refuses_a_nesterov_that_is_not_a_bool(bad):
+    with pytest.raises(ValueError, match="^nesterov must be True or False"):
+        SGDOptimizer(momentum=0.9, nesterov=bad)
+
+
+def test_sgd_keeps_numpy_hyperparameters_as_python_ones():
+    opt = SGDOptimizer(momentum=np.float32(0.5), nesterov=np.True_)
+    assert type(opt.momentum) is float and opt.momentum == 0.5
+    assert opt.nesterov is True
+    assert SGDOptimizer(momentum=0).momentum == 0.0

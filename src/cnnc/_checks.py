@@ -4,6 +4,7 @@ The compiled kernels index raw memory with bounds checking off, so every call is
 checked here first: a wrong shape, dtype or index must be a Python exception, never a
 crash. The NumPy kernels run the same checks, so both backends fail the same way.
 """
+import math
 import numbers
 import os
 
@@ -11,6 +12,7 @@ import numpy as np
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _LARGEST = 2**31 - 1  # no size, stride or padding of a real network comes near it
+_INT64_MAX = 2**63 - 1  # Adam's step: a count of updates, never near it
 
 
 def float_array(name, a, ndim=None, dtype=None):
@@ -41,6 +43,21 @@ def in_place(name, a, like=None):
     return a
 
 
+def _shown(value, limit=60):
+    """repr(value) cut to about `limit` characters, for messages: the 400 digits of a huge int
+    say no more than its first ones."""
+    try:
+        text = repr(value)
+    except ValueError:          # an int past Python's limit on the digits it prints
+        return "a value too large to print"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _is_int(value):
+    """Whether value is an int (Python's or NumPy's) but not a bool: True is no size or count."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def ints(name, values, count, minimum):
     """values as a tuple of `count` Python ints, each in [minimum, 2**31)."""
     try:
@@ -48,19 +65,33 @@ def ints(name, values, count, minimum):
     except TypeError:
         items = None
     if (items is None or len(items) != count
-            or not all(isinstance(v, numbers.Integral) and minimum <= v <= _LARGEST for v in items)):
-        raise ValueError(f"{name} must be {count} ints in [{minimum}, 2**31), got {values!r}")
+            or not all(_is_int(v) and minimum <= int(v) <= _LARGEST for v in items)):
+        raise ValueError(f"{name} must be {count} ints in [{minimum}, 2**31), got {_shown(values)}")
     return tuple(int(v) for v in items)
 
 
+def integer(name, value, minimum, maximum):
+    """value as a Python int from minimum to maximum, bounds a C integer of the kernels holds
+    (a thread count is a C int; Adam's step is bounded as an int64)."""
+    if not _is_int(value) or not minimum <= int(value) <= maximum:
+        raise ValueError(f"{name} must be an int from {minimum} to {maximum}, got {_shown(value)}")
+    return int(value)
+
+
 def number(name, value, minimum=None, below=None):
-    """value as a finite Python float, optionally in [minimum, below)."""
-    if not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    """value as a finite Python float, optionally in [minimum, below). A bool is refused (True
+    is no rate), and so is an int too large for a float."""
+    try:
+        finite = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                  and math.isfinite(value))
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise ValueError(f"{name} must be a finite number, got {_shown(value)}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be >= {minimum}, got {_shown(value)}")
     if below is not None and value >= below:
-        raise ValueError(f"{name} must be < {below}, got {value!r}")
+        raise ValueError(f"{name} must be < {below}, got {_shown(value)}")
     return float(value)
 
 
@@ -77,9 +108,7 @@ MAX_THREADS = 1024
 
 def num_threads(n, name="the number of threads"):
     """A thread count: an int from 1 to MAX_THREADS."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= MAX_THREADS:
-        raise ValueError(f"{name} must be an int from 1 to {MAX_THREADS}, got {n!r}")
-    return int(n)
+    return integer(name, n, 1, MAX_THREADS)
 
 
 def cpu_quota(root="/sys/fs/cgroup"):
@@ -173,6 +202,8 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     stride, padding, (oh, ow) = _conv_geometry(x.shape, kernel_size, stride, padding)
     if dy.shape[:3] != (x.shape[0], oh, ow):
         raise ValueError(f"dy has shape {dy.shape}, expected ({x.shape[0]}, {oh}, {ow}, F)")
+    if dy.shape[3] == 0:    # as conv2d_forward and conv2d_grad_input refuse a w without filters
+        raise ValueError(f"dy must have at least one filter (F >= 1), got shape {dy.shape}")
     return x, dy, kernel_size, stride, padding, (oh, ow)
 
 
@@ -203,17 +234,31 @@ def maxpool2d_backward(dy, argmax, input_shape):
     return dy, np.ascontiguousarray(argmax), input_shape
 
 
+def separate(updated, read=()):
+    """Refuse an array updated in place that shares memory with another argument: the
+    backends update in different orders (NumPy array by array, the compiled loops element
+    by element on several threads), so they would disagree. `updated` and `read` hold
+    (name, array) pairs of C-contiguous arrays: each is one run of bytes, so
+    np.may_share_memory, which compares the runs, is exact (and O(1))."""
+    arguments = (*updated, *read)
+    for i, (name, a) in enumerate(updated, 1):
+        for other, b in arguments[i:]:
+            if np.may_share_memory(a, b):
+                raise ValueError(f"{name} and {other} share memory, but {name} is updated in "
+                                 "place: give each its own array")
+
+
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
     param = in_place("param", param)
     grad = float_array("grad", grad, param.ndim, param.dtype)
     expect_shape("grad", grad.shape, param.shape)
     m = in_place("m", m, param)
     v = in_place("v", v, param)
+    # grad as the kernels read it: a copy, sharing nothing, if it was not C-contiguous
+    separate((("param", param), ("m", m), ("v", v)), (("grad", grad),))
     hyper = (number("lr", lr, 0), number("beta1", beta1, 0, 1), number("beta2", beta2, 0, 1),
              number("eps", eps, 0))
-    if not isinstance(step, numbers.Integral) or step < 1:
-        raise ValueError(f"step must be an int >= 1, got {step!r}")
-    return (param, grad, m, v) + hyper + (int(step),)
+    return (param, grad, m, v) + hyper + (integer("step", step, 1, _INT64_MAX),)
 
 
 def leaky_relu(x, slope):

@@ -7,7 +7,7 @@ in place, which is what layers call.
 """
 import numpy as np
 
-from . import kernels
+from . import _checks, kernels
 
 
 class Optimizer:
@@ -47,13 +47,16 @@ class SGDOptimizer(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum, as torch.optim.SGD."""
 
     def __init__(self, momentum=0.0, nesterov=False):
+        """momentum: a finite number >= 0 (a NaN one would turn every weight into NaN within
+        two steps); nesterov: True or False."""
         super().__init__()
-        if momentum < 0:
-            raise ValueError(f"momentum must be >= 0, got {momentum}")
+        momentum = _checks.number("momentum", momentum, 0)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise ValueError(f"nesterov must be True or False, got {nesterov!r}")
         if nesterov and momentum == 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum = momentum
-        self.nesterov = nesterov
+        self.nesterov = bool(nesterov)
 
     def prepare(self, dx, key=None):
         if self.momentum != 0:
@@ -84,15 +87,12 @@ class AdamOptimizer(Optimizer):
     """Adam (Kingma and Ba, 2015) with bias correction; matches torch.optim.Adam."""
 
     def __init__(self, beta1=0.9, beta2=0.999, eps=1e-8):
+        """beta1, beta2: finite, in [0, 1); eps: finite, >= 0. Checked here, where a bad value
+        is given, not at the first update, which would fail far from it."""
         super().__init__()
-        for name, beta in (("beta1", beta1), ("beta2", beta2)):
-            if not 0 <= beta < 1:
-                raise ValueError(f"{name} must lie in [0, 1), got {beta}")
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        self.beta1 = beta1
-        self.beta2 = beta2
-        self.eps = eps
+        self.beta1 = _checks.number("beta1", beta1, 0, 1)
+        self.beta2 = _checks.number("beta2", beta2, 0, 1)
+        self.eps = _checks.number("eps", eps, 0)
 
     def prepare(self, dx, key=None):
         self._slots(key, dx, ("m", "v"))
