@@ -277,9 +277,14 @@ class TestBadInput:
         with pytest.raises(ValueError, match="numbers"):
             self.net.predict(np.array([["a"]]))
 
-    def test_bad_learning_rate_and_batch_size(self):
-        with pytest.raises(ValueError, match="lr"):
-            self.net.train_step(self.x, self.y, lr=float("nan"))
+    @pytest.mark.parametrize("lr", [float("nan"), float("inf"), -1e-3, "0.001", None, True, 10**400])
+    def test_a_bad_learning_rate_is_refused_before_anything_changes(self, lr):
+        before = state_of(self.net)
+        with pytest.raises(ValueError, match="lr must be"):
+            self.net.train_step(self.x, self.y, lr=lr)
+        assert_same_state(state_of(self.net), before)
+
+    def test_bad_batch_size(self):
         with pytest.raises(ValueError, match="batch_size"):
             self.net.predict(self.x, batch_size=0)
 

@@ -5,7 +5,7 @@ from collections import deque
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import _interrupts, dtypes, kernels, saving
+from . import _checks, _interrupts, dtypes, kernels, saving
 from .losses import class_ids
 
 
@@ -292,9 +292,7 @@ def _check_count(x, y):
 
 
 def _check_lr(lr):
-    if not np.isfinite(lr) or lr < 0:
-        raise ValueError(f"lr must be a finite number >= 0, got {lr}")
-    return lr
+    return _checks.number("lr", lr, 0)
 
 
 def _check_batch_size(batch_size):
