@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc import (POOL, Conv, Flatten, FullyConnected, MaxPool, leaky_relu, linear, relu,
+from cnnc import (POOL, Conv, Dropout, Flatten, FullyConnected, MaxPool, leaky_relu, linear, relu,
                   sigmoid, tanh)
 
 from .gradcheck import assert_grad_close, numerical_grad
@@ -420,7 +420,7 @@ def test_maxpool_bad_arguments_raise_value_error(kwargs):
         MaxPool(**kwargs)
 
 
-@pytest.mark.parametrize("shape", [(6, 0, 2), (6, -1), None, "abc"], ids=str)
+@pytest.mark.parametrize("shape", [(6, 0, 2), (6, -1), "abc"], ids=str)
 def test_flatten_bad_input_shape_raises_value_error(shape):
     with pytest.raises(ValueError, match="Flatten input_shape"):
         Flatten(shape)
@@ -638,3 +638,54 @@ def test_forward_and_backward_do_not_modify_their_arguments(layer, shape):
     np.testing.assert_array_equal(err, err0)
     np.testing.assert_array_equal(z, z0)
     np.testing.assert_array_equal(a, a0)
+
+
+# ============================================================================ Dropout
+
+def test_dropout_is_the_identity_unless_the_network_trains():
+    layer = Dropout(0.5, seed=0)
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype(np.float32)
+    z, a = layer.forward(x)
+    assert a is x and layer.backward(x) is x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_in_training_zeroes_rate_of_the_values_and_scales_the_rest(dtype):
+    layer = Dropout(0.25, seed=1)
+    layer.training = True
+    x = np.ones((200, 50), dtype=dtype)
+    _, a = layer.forward(x)
+    assert a.dtype == dtype
+    kept = a != 0
+    assert abs(kept.mean() - 0.75) < 0.01
+    np.testing.assert_allclose(a[kept], 1 / 0.75, rtol=1e-6)
+    upstream = np.random.default_rng(2).normal(size=x.shape).astype(dtype)
+    np.testing.assert_array_equal(layer.backward(upstream), upstream * (a / x))
+
+
+def test_dropout_with_a_seed_drops_the_same_values():
+    masks = []
+    for _ in range(2):
+        layer = Dropout(0.5, seed=7)
+        layer.training = True
+        masks.append(layer.forward(np.ones((8, 8)))[1])
+    np.testing.assert_array_equal(*masks)
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, float("nan"), "0.5", None])
+def test_dropout_rate_must_lie_in_0_to_1(rate):
+    with pytest.raises(ValueError, match="rate"):
+        Dropout(rate)
+
+
+# ======================================================================= Flatten()
+
+def test_flatten_without_a_shape_takes_the_first_it_sees_and_keeps_it():
+    layer = Flatten()
+    assert repr(layer) == "Flatten()"
+    assert layer.output_shape((3, 4, 2)) == (24,)
+    assert repr(layer) == "Flatten((3, 4, 2))"
+    with pytest.raises(ValueError, match="Flatten expects inputs of shape \\(N, 3, 4, 2\\)"):
+        layer.output_shape((4, 3, 2))
+    direct = Flatten()
+    assert direct.forward(np.zeros((5, 2, 3)))[1].shape == (5, 6)

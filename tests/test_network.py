@@ -524,3 +524,34 @@ def test_an_error_while_the_update_is_prepared_changes_nothing(monkeypatch):
     assert_same_state(state_of(net), before)
     assert net.train_step(x, y) == fresh.train_step(x, y)
     assert_same_state(state_of(net), state_of(fresh))
+
+
+# ================================================ training and inference modes, predict_proba
+
+def test_dropout_drops_while_training_and_never_while_predicting():
+    np.random.seed(0)
+    x, y = bars(16, size=8)
+    net = Network([Flatten((8, 8, 1)), cnnc.Dropout(0.5, seed=0), FullyConnected((64, 4))],
+                  loss=SoftmaxCrossEntropy())
+    first = net.predict(x)
+    np.testing.assert_array_equal(net.predict(x), first)      # inference: deterministic
+    losses = {net.loss_and_grads(x, y)[0] for _ in range(3)}
+    assert len(losses) == 3                                    # training: a new mask each pass
+    assert all(layer.training is False for layer in net.layers)
+    np.testing.assert_array_equal(net.predict(x), first)
+
+
+def test_predict_proba_is_the_softmax_of_predict():
+    x, _ = bars(10)
+    net = small_cnn(dtype=np.float64)
+    logits = net.predict(x)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    probabilities = net.predict_proba(x, batch_size=3)
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-12)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-12)
+
+
+def test_predict_proba_needs_a_softmax_network():
+    net = Network([Flatten((2,)), FullyConnected((2, 3))], loss=MeanSquaredError())
+    with pytest.raises(ValueError, match="predict_proba needs a network with a SoftmaxCrossEntropy"):
+        net.predict_proba(np.zeros((1, 2)))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc import AdamOptimizer, SGDoptimizer, SGDOptimizer
+from cnnc import AdamOptimizer, AdamWOptimizer, SGDoptimizer, SGDOptimizer
 
 
 def grads(n_steps, shape, seed=0):
@@ -336,3 +336,51 @@ def test_sgd_keeps_numpy_hyperparameters_as_python_ones():
     assert type(opt.momentum) is float and opt.momentum == 0.5
     assert opt.nesterov is True
     assert SGDOptimizer(momentum=0).momentum == 0.0
+
+
+# ================================================================ weight decay, AdamW
+
+@pytest.mark.parametrize("make", [lambda: AdamOptimizer(weight_decay=0.1), lambda: AdamWOptimizer(),
+                                  lambda: SGDOptimizer(weight_decay=0.1)], ids=["adam", "adamw", "sgd"])
+def test_update_without_the_parameter_refuses_weight_decay(make):
+    with pytest.raises(ValueError, match="weight_decay needs the parameter: call apply"):
+        make().update(np.ones(3), 0.1)
+
+
+def test_adam_weight_decay_is_the_gradient_plus_decay_times_the_weights():
+    w = np.array([1.0, -2.0, 3.0])
+    decayed, plain = AdamOptimizer(weight_decay=0.5), AdamOptimizer()
+    g = np.array([0.1, 0.2, -0.3])
+    w1, w2 = w.copy(), w.copy()
+    decayed.apply(w1, g, 0.01, key="w")
+    plain.apply(w2, g + 0.5 * w, 0.01, key="w")
+    np.testing.assert_array_equal(w1, w2)
+
+
+def test_adamw_shrinks_the_weights_before_the_adam_step():
+    w = np.array([1.0, -2.0, 3.0])
+    g = np.array([0.1, 0.2, -0.3])
+    decoupled, plain = AdamWOptimizer(weight_decay=0.1), AdamOptimizer()
+    w1, w2 = w.copy(), w * (1 - 0.01 * 0.1)
+    decoupled.apply(w1, g, 0.01, key="w")
+    plain.apply(w2, g, 0.01, key="w")
+    np.testing.assert_array_equal(w1, w2)
+
+
+def test_adamw_refuses_a_bad_lr_before_the_weights_change():
+    w = np.ones(3)
+    with pytest.raises(ValueError, match="lr"):
+        AdamWOptimizer().apply(w, np.ones(3), float("nan"), key="w")
+    np.testing.assert_array_equal(w, np.ones(3))
+
+
+@pytest.mark.parametrize("make", [AdamOptimizer, AdamWOptimizer, SGDOptimizer])
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.1", None, True])
+def test_weight_decay_must_be_a_finite_number_at_least_0(make, bad):
+    with pytest.raises(ValueError, match="weight_decay"):
+        make(weight_decay=bad)
+
+
+def test_optimizers_show_their_weight_decay():
+    assert repr(AdamWOptimizer()) == "AdamWOptimizer(beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.01)"
+    assert "weight_decay=0.2" in repr(SGDOptimizer(momentum=0.9, weight_decay=0.2))

@@ -14,6 +14,7 @@ F = torch.nn.functional
 
 from cnnc import (  # noqa: E402
     AdamOptimizer,
+    AdamWOptimizer,
     Conv,
     Flatten,
     FullyConnected,
@@ -500,6 +501,48 @@ def test_plain_sgd_matches_torch_sgd(dtype):
         tw.grad = torch.from_numpy(g.copy())
         topt.step()
     np.testing.assert_allclose(w, tw.detach().numpy(), rtol=1e-13 if dtype == np.float64 else 1e-6)
+
+
+DECAYED = [
+    (lambda: AdamOptimizer(weight_decay=0.1), lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1)),
+    (lambda: AdamOptimizer(0.8, 0.99, 1e-6, weight_decay=0.5),
+     lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.5)),
+    (lambda: AdamWOptimizer(), lambda p: torch.optim.AdamW(p, lr=0.01)),
+    (lambda: AdamWOptimizer(weight_decay=0.3), lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.3)),
+    (lambda: SGDOptimizer(weight_decay=0.2), lambda p: torch.optim.SGD(p, lr=0.01, weight_decay=0.2)),
+    (lambda: SGDOptimizer(momentum=0.9, nesterov=True, weight_decay=0.2),
+     lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.2)),
+]
+
+
+@pytest.mark.parametrize("ours, theirs", DECAYED,
+                         ids=["adam", "adam_betas", "adamw", "adamw_03", "sgd", "sgd_nesterov"])
+def test_weight_decay_matches_torch_optim(ours, theirs):
+    """float64, 30 steps through apply (what layers call) against torch.optim, to 1e-9."""
+    rng = np.random.default_rng(33)
+    start = rng.normal(size=(5, 6))
+    w, opt = start.copy(), ours()
+    tw = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    topt = theirs([tw])
+    for _ in range(30):
+        g = rng.normal(size=start.shape)
+        opt.apply(w, g.copy(), 0.01, key="w")
+        tw.grad = torch.from_numpy(g)
+        topt.step()
+        np.testing.assert_allclose(w, tw.detach().numpy(), rtol=1e-9, atol=1e-12)
+    assert not np.allclose(w, start)
+
+
+def test_cosine_schedule_is_torch_cosine_annealing():
+    from cnnc import schedules
+    schedule = schedules.cosine(0.1, total_steps=17)
+    tw = torch.nn.Parameter(torch.zeros(1))
+    topt = torch.optim.SGD([tw], lr=0.1)
+    tsched = torch.optim.lr_scheduler.CosineAnnealingLR(topt, T_max=17)
+    for step in range(18):
+        assert schedule(step) == pytest.approx(topt.param_groups[0]["lr"], rel=1e-12, abs=1e-15)
+        topt.step()
+        tsched.step()
 
 
 # ---------------------------------------------------------------- the seed CNN

@@ -1,11 +1,12 @@
 """cnnc: a readable convolutional-network library on NumPy, with compiled kernels."""
-from . import datasets, init, kernels
+from . import datasets, init, kernels, schedules
 from .activations import AbstractActivation, leaky_relu, linear, relu, sigmoid, tanh
 from .dtypes import get_default_dtype, set_default_dtype
-from .layers import POOL, Conv, Flatten, FullyConnected, MaxPool
+from .layers import (POOL, AvgPool, BatchNorm, Conv, Dropout, Flatten, FullyConnected,
+                     GlobalAvgPool, MaxPool)
 from .losses import MeanSquaredError, SoftmaxCrossEntropy
 from .network import Network
-from .optimizers import AdamOptimizer, SGDoptimizer, SGDOptimizer
+from .optimizers import AdamOptimizer, AdamWOptimizer, SGDoptimizer, SGDOptimizer
 
 __version__ = "0.1.0"
 
@@ -27,8 +28,9 @@ def get_num_threads():
 
 
 __all__ = [
-    "AbstractActivation", "AdamOptimizer", "Conv", "Flatten", "FullyConnected", "MaxPool",
-    "MeanSquaredError", "Network", "POOL", "SGDOptimizer", "SGDoptimizer", "SoftmaxCrossEntropy",
-    "backend", "datasets", "get_default_dtype", "get_num_threads", "init", "leaky_relu", "linear",
-    "relu", "set_default_dtype", "set_num_threads", "sigmoid", "tanh",
+    "AbstractActivation", "AdamOptimizer", "AdamWOptimizer", "AvgPool", "BatchNorm", "Conv",
+    "Dropout", "Flatten", "FullyConnected", "GlobalAvgPool", "MaxPool", "MeanSquaredError",
+    "Network", "POOL", "SGDOptimizer", "SGDoptimizer", "SoftmaxCrossEntropy", "backend",
+    "datasets", "get_default_dtype", "get_num_threads", "init", "leaky_relu", "linear", "relu",
+    "schedules", "set_default_dtype", "set_num_threads", "sigmoid", "tanh",
 ]

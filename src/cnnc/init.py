@@ -54,3 +54,8 @@ def he_uniform(shape):
 def zeros(shape):
     """All zeros: the bias default."""
     return np.zeros(shape)
+
+
+def ones(shape):
+    """All ones: BatchNorm's scale starts there (the identity)."""
+    return np.ones(shape)

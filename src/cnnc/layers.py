@@ -11,7 +11,7 @@ ValueError that says what was expected.
 """
 import numpy as np
 
-from . import dtypes, init, kernels
+from . import _checks, dtypes, init, kernels
 from .activations import linear
 from .optimizers import AdamOptimizer
 
@@ -32,15 +32,24 @@ def _ints(value, count, name, minimum=1, repeat=False):
 
 
 class Layer:
-    """A layer without parameters; subclasses with parameters fill `params`."""
+    """A layer without parameters; subclasses with parameters fill `params`.
+
+    `training` is set by the Network for each pass: True while it trains (Dropout drops,
+    BatchNorm uses the batch's statistics), False when it predicts.
+    """
 
     activation = linear
+    training = False
 
     def __init__(self):
         self.params = {}
 
     def get_grad(self, inputs, layer_err):
         return {}
+
+    def commit_statistics(self):
+        """Fold what the last training pass measured (BatchNorm's batch statistics) into the
+        layer's state: the Network does it with the step's updates, so both happen or neither."""
 
     def prepare_update(self, grads):
         """Check and allocate what update(grads, lr) needs, changing no parameter."""
@@ -184,22 +193,106 @@ class MaxPool(Layer):
 POOL = MaxPool
 
 
-class Flatten(Layer):
-    """(N, *input_shape) -> (N, prod(input_shape)), in C order."""
+class AvgPool(MaxPool):
+    """Average pooling over pshape windows moved by strides (default: pshape, no overlap),
+    without padding; windows that would run past the edge are dropped, as in PyTorch."""
 
-    def __init__(self, input_shape):
+    def forward(self, inputs):
+        self._input_shape = inputs.shape
+        outputs = kernels.avgpool2d_forward(inputs, self.pshape, self.strides)
+        return outputs, outputs
+
+    def backward(self, layer_err):
+        return kernels.avgpool2d_backward(layer_err, self._input_shape, self.pshape, self.strides)
+
+    def __repr__(self):
+        return f"AvgPool(pshape={self.pshape}, strides={self.strides})"
+
+
+class GlobalAvgPool(Layer):
+    """(N, H, W, C) -> (N, C): the mean of each channel over the whole image."""
+
+    def __init__(self):
         super().__init__()
+        self._input_shape = None
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"GlobalAvgPool expects images (N, H, W, C), got {len(input_shape) + 1}-D "
+                             "input")
+        return (input_shape[2],)
+
+    def forward(self, inputs):
+        self._input_shape = inputs.shape
+        window = inputs.shape[1:3]
+        outputs = kernels.avgpool2d_forward(inputs, window, window).reshape(len(inputs), -1)
+        return outputs, outputs
+
+    def backward(self, layer_err):
+        n, h, w, c = self._input_shape
+        return kernels.avgpool2d_backward(layer_err.reshape(n, 1, 1, c), self._input_shape, (h, w), (h, w))
+
+    def __repr__(self):
+        return "GlobalAvgPool()"
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, each value is zeroed with probability `rate` and the
+    others are scaled by 1 / (1 - rate), so that inference needs no change (identity)."""
+
+    def __init__(self, rate, seed=None):
+        super().__init__()
+        self.rate = _checks.number("rate", rate, 0, 1)
+        self.seed = seed
+        self._random = np.random.default_rng(seed)
+        self._mask = None
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def forward(self, inputs):
+        if not self.training or self.rate == 0:
+            self._mask = None
+            return inputs, inputs
+        kept = self._random.random(inputs.shape, dtype=inputs.dtype) >= self.rate
+        self._mask = kept.astype(inputs.dtype)
+        self._mask *= inputs.dtype.type(1 / (1 - self.rate))
+        outputs = inputs * self._mask
+        return outputs, outputs
+
+    def backward(self, layer_err):
+        return layer_err if self._mask is None else layer_err * self._mask
+
+    def __repr__(self):
+        return f"Dropout({self.rate})"
+
+
+class Flatten(Layer):
+    """(N, *input_shape) -> (N, prod(input_shape)), in C order. Without input_shape, the
+    shape of the first inputs it sees fixes it."""
+
+    def __init__(self, input_shape=None):
+        super().__init__()
+        self.input_shape = self.size = None
+        if input_shape is not None:
+            self._fix(input_shape)
+
+    def _fix(self, input_shape):
         shape = (input_shape,) if np.ndim(input_shape) == 0 else tuple(input_shape)
         self.input_shape = _ints(shape, len(shape), "Flatten input_shape")
         self.size = int(np.prod(self.input_shape))
 
     def output_shape(self, input_shape):
+        if self.input_shape is None:
+            self._fix(input_shape)
         if tuple(input_shape) != self.input_shape:
             raise ValueError(f"Flatten expects inputs of shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got (N, {', '.join(map(str, input_shape))})")
         return (self.size,)
 
     def forward(self, inputs):
+        if self.input_shape is None:
+            self._fix(inputs.shape[1:])
         flat = inputs.reshape(inputs.shape[0], self.size)
         return flat, flat
 
@@ -207,7 +300,7 @@ class Flatten(Layer):
         return layer_err.reshape((layer_err.shape[0],) + self.input_shape)
 
     def __repr__(self):
-        return f"Flatten({self.input_shape})"
+        return "Flatten()" if self.input_shape is None else f"Flatten({self.input_shape})"
 
 
 class FullyConnected(ParametricLayer):
@@ -239,3 +332,72 @@ class FullyConnected(ParametricLayer):
 
     def __repr__(self):
         return f"FullyConnected({self.shape}, activation={self.activation!r})"
+
+
+class BatchNorm(ParametricLayer):
+    """Batch normalization of the last axis (channels) of (N, H, W, C) or (N, F) inputs, as
+    torch.nn.BatchNorm2d / BatchNorm1d: z = (x - mean) / sqrt(var + eps) * w + b.
+
+    In training, mean and var are the batch's (biased variance), and the running ones move
+    towards them by `momentum` (with the unbiased variance, torch's convention); in
+    inference, the running ones are used. The scale "w" starts at 1, the shift "b" at 0.
+    """
+
+    def __init__(self, num_features, momentum=0.1, eps=1e-5, activation=linear, optimizer=None,
+                 dtype=None):
+        (self.num_features,) = _ints((num_features,), 1, "BatchNorm num_features")
+        self.momentum = _checks.number("momentum", momentum, 0, 1.0000001)
+        self.eps = _checks.number("eps", eps, 0)
+        if self.eps == 0:
+            raise ValueError("BatchNorm eps must be > 0: a channel of equal values would divide by 0")
+        shape = (self.num_features,)
+        super().__init__(shape, shape, activation, optimizer, init.ones, init.zeros, dtype)
+        self.running_mean = np.zeros(shape, dtype=self.dtype)
+        self.running_var = np.ones(shape, dtype=self.dtype)
+        self._inputs = self._batch = self._pending = self._input_grad = None
+
+    def output_shape(self, input_shape):
+        if len(input_shape) not in (1, 3) or input_shape[-1] != self.num_features:
+            raise ValueError(f"BatchNorm({self.num_features}) expects inputs (N, H, W, "
+                             f"{self.num_features}) or (N, {self.num_features}), got "
+                             f"(N, {', '.join(map(str, input_shape))})")
+        return tuple(input_shape)
+
+    def forward(self, inputs):
+        rows = inputs.reshape(-1, self.num_features)
+        w, b = self.params["w"], self.params["b"]
+        if self.training:
+            if len(rows) < 2:
+                raise ValueError(f"BatchNorm in training needs more than one value per channel, "
+                                 f"got inputs of shape {inputs.shape}")
+            z, mean, var = kernels.batchnorm_forward(rows, w, b, self.eps)
+            self._inputs, self._batch, self._input_grad = inputs, (mean, var), None
+            self._pending = (mean, var * (len(rows) / (len(rows) - 1)))
+        else:
+            z = kernels.batchnorm_inference(rows, w, b, self.running_mean, self.running_var, self.eps)
+        z = z.reshape(inputs.shape)
+        return z, self.activation.compute(z)
+
+    def get_grad(self, inputs, layer_err):
+        dx, dw, db = kernels.batchnorm_backward(
+            inputs.reshape(-1, self.num_features), layer_err.reshape(-1, self.num_features),
+            self.params["w"], *self._batch, self.eps)
+        self._input_grad = (layer_err, dx.reshape(inputs.shape))
+        return {"w": dw, "b": db}
+
+    def backward(self, layer_err):
+        if self._input_grad is None or self._input_grad[0] is not layer_err:
+            self.get_grad(self._inputs, layer_err)
+        return self._input_grad[1]
+
+    def commit_statistics(self):
+        if self._pending is None:
+            return
+        (mean, var), self._pending = self._pending, None
+        for running, batch in ((self.running_mean, mean), (self.running_var, var)):
+            running *= 1 - self.momentum
+            running += self.momentum * batch
+
+    def __repr__(self):
+        return (f"BatchNorm({self.num_features}, momentum={self.momentum}, eps={self.eps}, "
+                f"activation={self.activation!r})")

@@ -76,6 +76,13 @@ class SoftmaxCrossEntropy:
         probs *= t.sum(axis=1, keepdims=True)
         return (probs - t) / outputs.dtype.type(outputs.shape[0])
 
+    def probabilities(self, outputs):
+        """The softmax of the logits: each row sums to 1."""
+        _check_outputs(outputs)
+        probs = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        return probs
+
     def __repr__(self):
         return "SoftmaxCrossEntropy()"
 

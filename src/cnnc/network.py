@@ -1,4 +1,5 @@
 """Network: a stack of layers trained step by step, as in the seed report."""
+import contextlib
 import sys
 from collections import deque
 
@@ -55,14 +56,31 @@ class Network:
         with _interrupts.deferred():
             for layer, layer_grads in zip(self.layers, grads):
                 layer.update(layer_grads, lr)
+                layer.commit_statistics()
 
     def loss_and_grads(self, x, y):
-        """The loss on a batch and, per layer in order, a dict of its parameter gradients."""
-        return self._loss_grads_outputs(x, y)[:2]
+        """The loss on a batch and, per layer in order, a dict of its parameter gradients.
+        A pass in training mode: BatchNorm's running statistics take in this batch."""
+        loss, grads, _ = self._loss_grads_outputs(x, y)
+        for layer in self.layers:
+            layer.commit_statistics()
+        return loss, grads
+
+    @contextlib.contextmanager
+    def _mode(self, training):
+        """Run the block with every layer in training mode (Dropout drops, BatchNorm uses
+        the batch's statistics) or in inference mode, then back in inference mode."""
+        for layer in self.layers:
+            layer.training = training
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                layer.training = False
 
     def _loss_grads_outputs(self, x, y):
         x, y = self._batch(x, y)
-        with kernels.memory_pool():
+        with kernels.memory_pool(), self._mode(training=True):
             z_stack = deque()
             activation = x
             for layer in self.layers:
@@ -93,13 +111,15 @@ class Network:
             validation_data=None, progress=True):
         """Train for `epochs` passes over (x, y), batch_size samples per step.
 
+        lr is a number, or a schedule: a callable step -> lr (see cnnc.schedules), called
+        once per batch with the 0-based step count of this call, counting on across epochs.
         Shuffles the samples every epoch (reproducibly, given a seed) and shows a progress
         bar with the running loss and accuracy and the speed. Returns the history: per
         epoch, the mean training "loss" and "accuracy" over the epoch's steps (each taken
         before that step's update) and, given validation_data = (x_val, y_val),
         "val_loss" and "val_accuracy" after the epoch.
         """
-        lr = _check_lr(lr)
+        schedule = lr if callable(lr) else _constant(_check_lr(lr))
         batch_size = _check_batch_size(batch_size)
         if int(epochs) != epochs or epochs < 0:
             raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
@@ -122,7 +142,8 @@ class Network:
             order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
             with tqdm(total=len(x), unit="sample", desc=f"epoch {epoch + 1}/{epochs}",
                       disable=not progress, file=sys.stderr) as bar:
-                loss, accuracy = self._train_epoch(x, y, ids, order, batch_size, lr, bar)
+                loss, accuracy = self._train_epoch(x, y, ids, order, batch_size, schedule,
+                                                   epoch * -(-len(x) // batch_size), bar)
                 history["loss"].append(loss)
                 history["accuracy"].append(accuracy)
                 if validation_data is not None:
@@ -134,12 +155,13 @@ class Network:
                                     val_loss=f"{val_loss:.4f}", val_acc=f"{val_accuracy:.4f}")
         return history
 
-    def _train_epoch(self, x, y, ids, order, batch_size, lr, bar):
-        """One pass over the samples in this order; the mean loss and the accuracy of its steps."""
+    def _train_epoch(self, x, y, ids, order, batch_size, schedule, first_step, bar):
+        """One pass over the samples in this order, its steps counted from first_step; the
+        mean loss and the accuracy of its steps."""
         total_loss, correct, seen = 0.0, 0, 0
-        for start in range(0, len(order), batch_size):
+        for step, start in enumerate(range(0, len(order), batch_size), first_step):
             batch = order[start : start + batch_size]
-            loss, outputs = self._train_batch(x[batch], y[batch], lr)
+            loss, outputs = self._train_batch(x[batch], y[batch], _scheduled(schedule, step))
             total_loss += loss * len(batch)
             correct += int((outputs.argmax(axis=1) == ids[batch]).sum())
             seen += len(batch)
@@ -206,6 +228,15 @@ class Network:
             for start in range(0, len(x), batch_size):
                 outputs[start : start + batch_size] = self._forward(x[start : start + batch_size])
         return outputs
+
+    def predict_proba(self, x, batch_size=1000):
+        """Class probabilities for every sample: the softmax of predict's logits, for a
+        network trained with SoftmaxCrossEntropy."""
+        probabilities = getattr(self.loss, "probabilities", None)
+        if probabilities is None:
+            raise ValueError(f"predict_proba needs a network with a SoftmaxCrossEntropy loss; "
+                             f"this one has {self.loss!r}, whose outputs are not logits")
+        return probabilities(self.predict(x, batch_size))
 
     def evaluate(self, x, y, batch_size=1000):
         """The fraction of samples whose largest output is their label's class."""
@@ -292,7 +323,22 @@ def _check_count(x, y):
 
 
 def _check_lr(lr):
+    if callable(lr):
+        raise ValueError("train_step takes lr as a number; a schedule (a callable step -> lr) "
+                         "is for fit, which counts the steps")
     return _checks.number("lr", lr, 0)
+
+
+def _constant(lr):
+    return lambda step: lr
+
+
+def _scheduled(schedule, step):
+    """The schedule's lr for this step, checked as a given lr would be."""
+    try:
+        return _checks.number("lr", schedule(step), 0)
+    except ValueError as error:
+        raise ValueError(f"the lr schedule at step {step}: {error}") from None
 
 
 def _check_batch_size(batch_size):

@@ -44,11 +44,13 @@ class Optimizer:
 
 
 class SGDOptimizer(Optimizer):
-    """Stochastic gradient descent with optional (Nesterov) momentum, as torch.optim.SGD."""
+    """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay,
+    as torch.optim.SGD."""
 
-    def __init__(self, momentum=0.0, nesterov=False):
+    def __init__(self, momentum=0.0, nesterov=False, weight_decay=0.0):
         """momentum: a finite number >= 0 (a NaN one would turn every weight into NaN within
-        two steps); nesterov: True or False."""
+        two steps); nesterov: True or False; weight_decay: finite, >= 0, added to the
+        gradient as weight_decay * w."""
         super().__init__()
         momentum = _checks.number("momentum", momentum, 0)
         if not isinstance(nesterov, (bool, np.bool_)):
@@ -57,12 +59,22 @@ class SGDOptimizer(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum = momentum
         self.nesterov = bool(nesterov)
+        self.weight_decay = _checks.number("weight_decay", weight_decay, 0)
 
     def prepare(self, dx, key=None):
         if self.momentum != 0:
             self._slots(key, dx, ("velocity",))
 
     def update(self, dx, lr=0.01, key=None):
+        _without_decay(self)
+        return self._step(dx, lr, key)
+
+    def apply(self, param, dx, lr, key=None):
+        if self.weight_decay:
+            dx = dx + self.weight_decay * param
+        param -= self._step(dx, lr, key)
+
+    def _step(self, dx, lr, key):
         if self.momentum == 0:
             return lr * dx
         state = self._slots(key, dx, ("velocity",))
@@ -77,27 +89,35 @@ class SGDOptimizer(Optimizer):
         return lr * direction
 
     def __repr__(self):
-        return f"SGDOptimizer(momentum={self.momentum}, nesterov={self.nesterov})"
+        return (f"SGDOptimizer(momentum={self.momentum}, nesterov={self.nesterov}, "
+                f"weight_decay={self.weight_decay})")
 
 
 SGDoptimizer = SGDOptimizer
 
 
 class AdamOptimizer(Optimizer):
-    """Adam (Kingma and Ba, 2015) with bias correction; matches torch.optim.Adam."""
+    """Adam (Kingma and Ba, 2015) with bias correction and optional L2 weight decay (added
+    to the gradient); matches torch.optim.Adam."""
 
-    def __init__(self, beta1=0.9, beta2=0.999, eps=1e-8):
-        """beta1, beta2: finite, in [0, 1); eps: finite, >= 0. Checked here, where a bad value
-        is given, not at the first update, which would fail far from it."""
+    def __init__(self, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        """beta1, beta2: finite, in [0, 1); eps, weight_decay: finite, >= 0. Checked here,
+        where a bad value is given, not at the first update, which would fail far from it."""
         super().__init__()
         self.beta1 = _checks.number("beta1", beta1, 0, 1)
         self.beta2 = _checks.number("beta2", beta2, 0, 1)
         self.eps = _checks.number("eps", eps, 0)
+        self.weight_decay = _checks.number("weight_decay", weight_decay, 0)
 
     def prepare(self, dx, key=None):
         self._slots(key, dx, ("m", "v"))
 
     def apply(self, param, dx, lr, key=None):
+        if self.weight_decay:
+            dx = dx + self.weight_decay * param
+        self._adam(param, dx, lr, key)
+
+    def _adam(self, param, dx, lr, key):
         state = self._slots(key, dx, ("m", "v"))
         state["step"] += 1
         kernels.adam_update(
@@ -105,9 +125,33 @@ class AdamOptimizer(Optimizer):
         )
 
     def update(self, dx, lr=0.001, key=None):
+        _without_decay(self)
         moved = np.zeros_like(dx)
-        self.apply(moved, dx, lr, key)
+        self._adam(moved, dx, lr, key)
         return -moved
 
     def __repr__(self):
-        return f"AdamOptimizer(beta1={self.beta1}, beta2={self.beta2}, eps={self.eps})"
+        return (f"{type(self).__name__}(beta1={self.beta1}, beta2={self.beta2}, eps={self.eps}, "
+                f"weight_decay={self.weight_decay})")
+
+
+class AdamWOptimizer(AdamOptimizer):
+    """Adam with decoupled weight decay (Loshchilov and Hutter, 2019): the weights shrink by
+    lr * weight_decay before each Adam step; matches torch.optim.AdamW."""
+
+    def __init__(self, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01):
+        super().__init__(beta1, beta2, eps, weight_decay)
+
+    def apply(self, param, dx, lr, key=None):
+        lr = _checks.number("lr", lr, 0)       # before the weights change
+        if self.weight_decay:
+            param *= 1 - lr * self.weight_decay
+        self._adam(param, dx, lr, key)
+
+
+def _without_decay(optimizer):
+    """update(dx, lr) sees the gradient only: weight decay, which needs the weights, is
+    applied by apply(param, dx, lr), which the layers call."""
+    if optimizer.weight_decay:
+        raise ValueError(f"{type(optimizer).__name__} with weight_decay needs the parameter: "
+                         "call apply(param, dx, lr, key), which updates it in place")

@@ -21,8 +21,12 @@ _ACTIVATIONS = {cls.__name__: cls for cls in (activations.Linear, activations.Re
                                               activations.LeakyReLU, activations.Sigmoid,
                                               activations.Tanh)}
 _LOSSES = {cls.__name__: cls for cls in (losses.SoftmaxCrossEntropy, losses.MeanSquaredError)}
-_OPTIMIZERS = {"SGDOptimizer": optimizers.SGDOptimizer, "AdamOptimizer": optimizers.AdamOptimizer}
-_OPTIMIZER_SLOTS = {"SGDOptimizer": ("velocity",), "AdamOptimizer": ("m", "v")}
+_OPTIMIZERS = {cls.__name__: cls for cls in (optimizers.SGDOptimizer, optimizers.AdamOptimizer,
+                                              optimizers.AdamWOptimizer)}
+_OPTIMIZER_SLOTS = {"SGDOptimizer": ("velocity",), "AdamOptimizer": ("m", "v"),
+                    "AdamWOptimizer": ("m", "v")}
+# Arrays a layer holds besides its parameters, saved beside them.
+_STATISTICS = {"BatchNorm": ("running_mean", "running_var")}
 
 
 def save(network, path):
@@ -71,6 +75,8 @@ def _describe(network):
         spec = _layer_spec(layer, depth)
         for name, value in layer.params.items():
             arrays[f"layer{depth}/{name}"] = value
+        for name in _STATISTICS.get(spec["type"], ()):
+            arrays[f"layer{depth}/{name}"] = getattr(layer, name)
         optimizer = getattr(layer, "optimizer", None)
         if optimizer is not None:
             spec["optimizer"] = _optimizer_spec(optimizer, depth)
@@ -97,13 +103,20 @@ def _layer_spec(layer, depth):
                 "padding": layer.padding}
     elif type(layer) is layers.FullyConnected:
         spec = {"type": "FullyConnected", "shape": layer.shape}
-    elif type(layer) is layers.MaxPool:
-        return {"type": "MaxPool", "pshape": layer.pshape, "strides": layer.strides}
+    elif type(layer) is layers.BatchNorm:
+        spec = {"type": "BatchNorm", "num_features": layer.num_features, "momentum": layer.momentum,
+                "eps": layer.eps}
+    elif type(layer) in (layers.MaxPool, layers.AvgPool):
+        return {"type": type(layer).__name__, "pshape": layer.pshape, "strides": layer.strides}
     elif type(layer) is layers.Flatten:
         return {"type": "Flatten", "input_shape": layer.input_shape}
+    elif type(layer) is layers.Dropout:
+        return {"type": "Dropout", "rate": layer.rate, "seed": layer.seed}
+    elif type(layer) is layers.GlobalAvgPool:
+        return {"type": "GlobalAvgPool"}
     else:
         raise ValueError(f"cannot save layer {depth} ({type(layer).__name__}): cnnc saves its own "
-                         "layers only (Conv, MaxPool, Flatten, FullyConnected)")
+                         f"layers only ({', '.join(_LAYER_FIELDS)})")
     activation = type(layer.activation).__name__
     if _ACTIVATIONS.get(activation) is not type(layer.activation):
         raise ValueError(f"cannot save layer {depth}: activation {layer.activation!r} is not one "
@@ -119,9 +132,11 @@ def _optimizer_spec(optimizer, depth):
     if _OPTIMIZERS.get(kind) is not type(optimizer):
         raise ValueError(f"cannot save layer {depth}: optimizer {optimizer!r} is not one of "
                          f"cnnc's ({', '.join(_OPTIMIZERS)})")
-    if kind == "AdamOptimizer":
-        return {"type": kind, "beta1": optimizer.beta1, "beta2": optimizer.beta2, "eps": optimizer.eps}
-    return {"type": kind, "momentum": optimizer.momentum, "nesterov": optimizer.nesterov}
+    if kind == "SGDOptimizer":
+        return {"type": kind, "momentum": optimizer.momentum, "nesterov": optimizer.nesterov,
+                "weight_decay": optimizer.weight_decay}
+    return {"type": kind, "beta1": optimizer.beta1, "beta2": optimizer.beta2, "eps": optimizer.eps,
+            "weight_decay": optimizer.weight_decay}
 
 
 # Sizes a header may declare: NumPy's limit for dimensions, a C int for the rest.
@@ -170,9 +185,13 @@ def _check_header(header):
 
 _LAYER_FIELDS = {"Conv": ("fshape", "strides", "padding", "activation", "optimizer"),
                  "FullyConnected": ("shape", "activation", "optimizer"),
-                 "MaxPool": ("pshape", "strides"), "Flatten": ("input_shape",)}
-_OPTIMIZER_FIELDS = {"AdamOptimizer": ("beta1", "beta2", "eps", "steps"),
-                     "SGDOptimizer": ("momentum", "nesterov", "steps")}
+                 "BatchNorm": ("num_features", "momentum", "eps", "activation", "optimizer"),
+                 "MaxPool": ("pshape", "strides"), "AvgPool": ("pshape", "strides"),
+                 "GlobalAvgPool": (), "Flatten": ("input_shape",), "Dropout": ("rate", "seed")}
+# Each optimizer's fields; weight_decay is optional, as files from before it have none.
+_OPTIMIZER_FIELDS = {"AdamOptimizer": ("beta1", "beta2", "eps", "weight_decay"),
+                     "AdamWOptimizer": ("beta1", "beta2", "eps", "weight_decay"),
+                     "SGDOptimizer": ("momentum", "nesterov", "weight_decay")}
 
 
 def _check_layer(spec, where):
@@ -185,11 +204,20 @@ def _check_layer(spec, where):
             _ints(spec["padding"], f"{where} padding", count=2, minimum=0)
     elif kind == "FullyConnected":
         _ints(spec["shape"], f"{where} shape", count=2, minimum=1)
-    elif kind == "MaxPool":
+    elif kind == "BatchNorm":
+        _integer(spec["num_features"], f"{where} num_features", 1, _LARGEST)
+        _real(spec["momentum"], f"{where} momentum")
+        _real(spec["eps"], f"{where} eps")
+    elif kind in ("MaxPool", "AvgPool"):
         _ints(spec["pshape"], f"{where} pshape", count=2, minimum=1)
         _ints(spec["strides"], f"{where} strides", count=2, minimum=1)
-    else:
-        _ints(spec["input_shape"], f"{where} input_shape", minimum=1)
+    elif kind == "Flatten":
+        if spec["input_shape"] is not None:
+            _ints(spec["input_shape"], f"{where} input_shape", minimum=1)
+    elif kind == "Dropout":
+        _real(spec["rate"], f"{where} rate")
+        if spec["seed"] is not None:
+            _integer(spec["seed"], f"{where} seed", 0, _MAX_STEP)
     if "activation" in spec:
         activation = spec["activation"]
         name = _kind_of(activation, where, "activation", _ACTIVATIONS)
@@ -203,8 +231,10 @@ def _check_layer(spec, where):
 def _check_optimizer(spec, layer):
     kind = _kind_of(spec, layer, "optimizer", _OPTIMIZER_FIELDS)
     where = f"{layer} optimizer"
-    _fields(spec, where, ("type",) + _OPTIMIZER_FIELDS[kind])
-    for name in _OPTIMIZER_FIELDS[kind][:-1]:
+    _fields(spec, where, ("type", "steps") + _OPTIMIZER_FIELDS[kind][:-1], optional=("weight_decay",))
+    for name in _OPTIMIZER_FIELDS[kind]:
+        if name not in spec:
+            continue
         if name == "nesterov":
             if not isinstance(spec[name], bool):
                 raise _Malformed(f"{where} nesterov must be true or false, got {spec[name]!r}")
@@ -266,10 +296,14 @@ def _expected_arrays(header):
             shapes = {"w": tuple(spec["fshape"]), "b": (spec["fshape"][3],)}
         elif spec["type"] == "FullyConnected":
             shapes = {"w": tuple(spec["shape"]), "b": (spec["shape"][1],)}
+        elif spec["type"] == "BatchNorm":
+            shapes = {"w": (spec["num_features"],), "b": (spec["num_features"],)}
         else:
             continue
         for name, shape in shapes.items():
             arrays[f"layer{depth}/{name}"] = shape
+        for name in _STATISTICS.get(spec["type"], ()):
+            arrays[f"layer{depth}/{name}"] = shapes["w"]
         optimizer = spec["optimizer"]
         for key in optimizer["steps"]:
             for slot in _OPTIMIZER_SLOTS[optimizer["type"]]:
@@ -314,13 +348,20 @@ def _build(known, spec):
 
 def _build_layer(spec, dtype):
     kind = spec["type"]
-    if kind == "MaxPool":
-        return layers.MaxPool(spec["pshape"], spec["strides"])
+    if kind in ("MaxPool", "AvgPool"):
+        return getattr(layers, kind)(spec["pshape"], spec["strides"])
     if kind == "Flatten":
         return layers.Flatten(spec["input_shape"])
-    common = dict(activation=_build(_ACTIVATIONS, spec["activation"]),
-                  optimizer=_build(_OPTIMIZERS, spec["optimizer"]),
-                  bias_init=init.zeros, dtype=dtype)
+    if kind == "Dropout":
+        return layers.Dropout(spec["rate"], spec["seed"])
+    if kind == "GlobalAvgPool":
+        return layers.GlobalAvgPool()
+    activation = _build(_ACTIVATIONS, spec["activation"])
+    optimizer = _build(_OPTIMIZERS, spec["optimizer"])
+    if kind == "BatchNorm":
+        return layers.BatchNorm(spec["num_features"], spec["momentum"], spec["eps"], activation,
+                                optimizer, dtype)
+    common = dict(activation=activation, optimizer=optimizer, bias_init=init.zeros, dtype=dtype)
     if kind == "Conv":   # zeros, not random filters: loading must not draw from np.random
         padding = spec["padding"] if isinstance(spec["padding"], str) else tuple(spec["padding"])
         return layers.Conv(spec["fshape"], spec["strides"], padding, filter_init=init.zeros, **common)
@@ -332,6 +373,8 @@ def _restore(network, header, archive):
     for depth, (layer, spec) in enumerate(zip(network.layers, header["layers"])):
         for name, param in layer.params.items():
             archive.read_into(f"layer{depth}/{name}", param)
+        for name in _STATISTICS.get(spec["type"], ()):
+            archive.read_into(f"layer{depth}/{name}", getattr(layer, name))
         if not layer.params:
             continue
         optimizer = layer.optimizer
