@@ -5,7 +5,7 @@ import platform
 
 import numpy as np
 
-from cnnc import Conv, Flatten, MaxPool
+from cnnc import AvgPool, BatchNorm, Conv, Dropout, Flatten, GlobalAvgPool, MaxPool
 from cnnc.activations import LeakyReLU, Linear, ReLU
 
 
@@ -52,10 +52,22 @@ def torch_model(torch, net, input_shape):
                 module = nn.Conv2d(c_in, c_out, (kh, kw), stride=layer.strides, padding=(top, left))
                 filters = layer.params["w"].transpose(3, 2, 0, 1)
                 module.weight.copy_(torch.from_numpy(np.ascontiguousarray(filters)))
+            elif isinstance(layer, AvgPool):
+                module = nn.AvgPool2d(layer.pshape, layer.strides)
             elif isinstance(layer, MaxPool):
                 module = nn.MaxPool2d(layer.pshape, layer.strides)
+            elif isinstance(layer, GlobalAvgPool):
+                module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            elif isinstance(layer, Dropout):
+                module = nn.Dropout(layer.rate)
             elif isinstance(layer, Flatten):
-                module, flattened = nn.Flatten(), layer.input_shape
+                module, flattened = nn.Flatten(), tuple(shape)
+            elif isinstance(layer, BatchNorm):
+                kind = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
+                module = kind(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+                module.weight.copy_(torch.from_numpy(layer.params["w"]))
+                module.running_mean.copy_(torch.from_numpy(layer.running_mean))
+                module.running_var.copy_(torch.from_numpy(layer.running_var))
             else:
                 w = layer.params["w"]
                 if flattened is not None:
