@@ -55,3 +55,30 @@ def test_reproduce_report_without_matplotlib_still_prints_the_table(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "| 3 | MLP, ReLU + Adam | 2 | 88.68% |" in result.stdout
     assert "no PNG: matplotlib is not installed" in result.stdout
+
+
+def fake_fashion_mnist(directory, train=256, test=64):
+    """The four Fashion-MNIST files, holding random images of the right shape and type."""
+    import gzip
+
+    import numpy as np
+    rng = np.random.default_rng(0)
+    directory.mkdir()
+    for part, count in (("train", train), ("t10k", test)):
+        for kind, array in (("images-idx3", rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)),
+                            ("labels-idx1", rng.integers(0, 10, count, dtype=np.uint8))):
+            header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+            with gzip.open(directory / f"{part}-{kind}-ubyte.gz", "wb") as out:
+                out.write(header + array.tobytes())
+    return directory
+
+
+def test_fashion_mnist_trains_the_next_network_saves_it_and_plots(tmp_path):
+    data = fake_fashion_mnist(tmp_path / "fashion")
+    args = ["--epochs", "1", "--data", str(data), "--save", "net.npz", "--plot", "curves.png"]
+    out = run_example("fashion_mnist.py", *args, tmp_path=tmp_path)
+    assert "256 training and 64 test images" in out
+    assert "BatchNorm(32" in out and "Dropout(0.5)" in out and "total parameters: 431,146" in out
+    assert "epoch 1: loss" in out and "loaded back: the same predictions" in out
+    assert (tmp_path / "net.npz").exists()
+    assert (tmp_path / "curves.png").exists() or "no plot: matplotlib is not installed" in out

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc import (POOL, Conv, Dropout, Flatten, FullyConnected, MaxPool, leaky_relu, linear, relu,
+from cnnc import (POOL, AvgPool, BatchNorm, Conv, Dropout, Flatten, FullyConnected, GlobalAvgPool,
+                  MaxPool, leaky_relu, linear, relu,
                   sigmoid, tanh)
 
 from .gradcheck import assert_grad_close, numerical_grad
@@ -689,3 +690,95 @@ def test_flatten_without_a_shape_takes_the_first_it_sees_and_keeps_it():
         layer.output_shape((4, 3, 2))
     direct = Flatten()
     assert direct.forward(np.zeros((5, 2, 3)))[1].shape == (5, 6)
+
+
+# ========================================================== BatchNorm, AvgPool, GlobalAvgPool
+
+def _batchnorm64(features, activation=linear, seed=0):
+    layer = BatchNorm(features, activation=activation, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    layer.params["w"][...] = rng.uniform(0.5, 1.5, features)
+    layer.params["b"][...] = rng.normal(size=features)
+    return layer
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5, 2), (2, 3, 1, 3), (7, 4), (2, 1)], ids=str)
+@pytest.mark.parametrize("activation", [linear, relu, tanh], ids=repr)
+def test_batchnorm_training_gradients_match_central_differences(shape, activation):
+    layer = _batchnorm64(shape[-1], activation, seed=len(shape))
+    layer.training = True
+    x = np.random.default_rng(sum(shape)).normal(2.0, 3.0, shape)
+    _check_layer_grads(layer, x, seed=3)
+
+
+def test_batchnorm_in_training_normalizes_with_the_batch_statistics():
+    layer = _batchnorm64(3)
+    layer.training = True
+    x = np.random.default_rng(1).normal(5.0, 2.0, (4, 6, 6, 3))
+    z, _ = layer.forward(x)
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    expected = (x - mean) / np.sqrt(var + 1e-5) * layer.params["w"] + layer.params["b"]
+    np.testing.assert_allclose(z, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_batchnorm_running_statistics_move_by_momentum_when_committed():
+    layer = _batchnorm64(2)
+    layer.training = True
+    x = np.random.default_rng(2).normal(3.0, 2.0, (10, 2))
+    layer.forward(x)
+    np.testing.assert_array_equal(layer.running_mean, [0, 0])     # nothing until committed
+    layer.commit_statistics()
+    np.testing.assert_allclose(layer.running_mean, 0.1 * x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(layer.running_var, 0.9 + 0.1 * x.var(axis=0, ddof=1), rtol=1e-12)
+    layer.commit_statistics()                                     # committed once only
+    np.testing.assert_allclose(layer.running_mean, 0.1 * x.mean(axis=0), rtol=1e-12)
+
+
+def test_batchnorm_in_inference_uses_the_running_statistics():
+    layer = _batchnorm64(3, activation=relu)
+    layer.running_mean[...] = [1.0, -2.0, 0.5]
+    layer.running_var[...] = [4.0, 0.25, 1.0]
+    x = np.random.default_rng(3).normal(size=(2, 3, 3, 3))
+    z, a = layer.forward(x)
+    expected = (x - layer.running_mean) / np.sqrt(layer.running_var + 1e-5) * layer.params["w"] \
+        + layer.params["b"]
+    np.testing.assert_allclose(z, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(a, np.maximum(z, 0))
+
+
+def test_batchnorm_refuses_what_it_cannot_normalize():
+    layer = BatchNorm(4)
+    with pytest.raises(ValueError, match=r"BatchNorm\(4\) expects inputs \(N, H, W, 4\) or \(N, 4\)"):
+        layer.output_shape((5, 5, 3))
+    layer.training = True
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        layer.forward(np.zeros((1, 4), np.float32))
+    for kwargs in ({"momentum": 1.5}, {"momentum": float("nan")}, {"eps": 0}, {"eps": -1e-5}):
+        with pytest.raises(ValueError, match="momentum|eps"):
+            BatchNorm(4, **kwargs)
+    with pytest.raises(ValueError, match="num_features"):
+        BatchNorm(0)
+
+
+@pytest.mark.parametrize("case", [((2, 6, 6, 3), 2, None), ((1, 7, 5, 2), 3, 2), ((2, 5, 4, 1), (3, 2), 1)],
+                         ids=str)
+def test_avgpool_gradient_matches_central_differences(case):
+    shape, pshape, strides = case
+    layer = AvgPool(pshape, strides)
+    x = np.random.default_rng(len(shape)).normal(size=shape)
+    _check_layer_grads(layer, x)
+    z, _ = layer.forward(x)
+    (ph, pw), (sh, sw) = layer.pshape, layer.strides
+    np.testing.assert_allclose(z[:, 0, 0], x[:, :ph, :pw].mean(axis=(1, 2)), rtol=1e-12)
+    assert z.shape[1:] == layer.output_shape(shape[1:])
+
+
+def test_global_avgpool_is_the_mean_over_the_image_and_checks_its_gradient():
+    layer = GlobalAvgPool()
+    x = np.random.default_rng(4).normal(size=(3, 5, 4, 6))
+    z, _ = layer.forward(x)
+    np.testing.assert_allclose(z, x.mean(axis=(1, 2)), rtol=1e-12)
+    assert layer.output_shape((5, 4, 6)) == (6,)
+    _check_layer_grads(layer, x)
+    with pytest.raises(ValueError, match="GlobalAvgPool expects images"):
+        layer.output_shape((5, 6))

@@ -16,7 +16,8 @@ import zlib
 import numpy as np
 import pytest
 
-from cnnc import (AbstractActivation, AdamOptimizer, Conv, Flatten, FullyConnected, MaxPool,
+from cnnc import (AbstractActivation, AdamOptimizer, AdamWOptimizer, AvgPool, BatchNorm, Conv,
+                  Dropout, Flatten, FullyConnected, GlobalAvgPool, MaxPool,
                   MeanSquaredError, Network, SGDOptimizer, SoftmaxCrossEntropy, leaky_relu, relu,
                   saving, sigmoid, tanh)
 from cnnc.activations import LeakyReLU
@@ -484,3 +485,45 @@ def test_a_save_killed_midway_leaves_a_part_the_next_save_removes(tmp_path):
     live.write_bytes(b"")
     varied_network().save(path)
     assert sorted(os.listdir(tmp_path)) == sorted(["net.npz", live.name])
+
+
+# ===================================================== the next network's layers and optimizers
+
+def next_network():
+    np.random.seed(2)
+    return Network([
+        Conv((3, 3, 1, 4), padding="same", optimizer=AdamWOptimizer(weight_decay=0.05)),
+        BatchNorm(4, momentum=0.3, activation=relu, optimizer=SGDOptimizer(0.9, True, 1e-3)),
+        AvgPool(2), Dropout(0.25, seed=5),
+        Conv((3, 3, 4, 6), padding=1, optimizer=AdamOptimizer(weight_decay=1e-2)),
+        GlobalAvgPool(), BatchNorm(6), Flatten(), FullyConnected((6, 4)),
+    ], loss=SoftmaxCrossEntropy())
+
+
+def test_the_next_networks_layers_and_optimizers_save_and_load(tmp_path):
+    x, y = bars(40)
+    net = next_network()
+    for start in range(0, 40, 10):
+        net.train_step(x[start:start + 10], y[start:start + 10], lr=1e-2)
+    net.save(tmp_path / "next.npz")
+    loaded = Network.load(tmp_path / "next.npz")
+    assert [repr(layer) for layer in loaded.layers] == [repr(layer) for layer in net.layers]
+    assert [repr(getattr(layer, "optimizer", None)) for layer in loaded.layers] == \
+        [repr(getattr(layer, "optimizer", None)) for layer in net.layers]
+    assert_same_state(state_of(loaded), state_of(net))
+    for ours, theirs in zip(loaded.layers, net.layers):
+        if isinstance(ours, BatchNorm):
+            np.testing.assert_array_equal(ours.running_mean, theirs.running_mean)
+            np.testing.assert_array_equal(ours.running_var, theirs.running_var)
+            assert not np.all(ours.running_var == 1)
+    np.testing.assert_array_equal(loaded.predict(x), net.predict(x))
+
+
+def test_files_written_before_weight_decay_still_load(tmp_path):
+    arrays = saved_arrays(tmp_path)
+    header = json.loads(str(arrays.pop(saving._HEADER)))
+    for spec in header["layers"]:
+        if "optimizer" in spec:
+            del spec["optimizer"]["weight_decay"]
+    path = npz_with_header(tmp_path, header, **arrays)
+    assert Network.load(path).layers[0].optimizer.weight_decay == 0.0

@@ -683,3 +683,95 @@ def test_seed_cnn_five_adam_steps_match_torch(dtype):
             assert loose.mean() < 1e-4, (depth, name, int(loose.sum()), loose.size)
             np.testing.assert_allclose(ours, value, rtol=1e-4, atol=0.02 * 5 * 1e-3,
                                        err_msg=f"layer {depth} {name}")
+
+
+# ---------------------------------------------------------- BatchNorm and average pooling
+
+@pytest.mark.parametrize("shape", [(4, 5, 3, 6), (9, 5)], ids=["2d", "1d"])
+def test_batchnorm_training_forward_backward_and_statistics_match_torch(shape):
+    from cnnc import BatchNorm
+    rng = np.random.default_rng(41)
+    layer = BatchNorm(shape[-1], momentum=0.2, eps=1e-4, dtype=np.float64)
+    layer.params["w"][...] = rng.uniform(0.5, 2, shape[-1])
+    layer.params["b"][...] = rng.normal(size=shape[-1])
+    kind = torch.nn.BatchNorm2d if len(shape) == 4 else torch.nn.BatchNorm1d
+    module = kind(shape[-1], eps=1e-4, momentum=0.2).double()
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(layer.params["w"]))
+        module.bias.copy_(torch.from_numpy(layer.params["b"]))
+    to_torch = nhwc_to_torch if len(shape) == 4 else torch.from_numpy
+    from_torch = torch_to_nhwc if len(shape) == 4 else (lambda t: t.detach().numpy())
+    layer.training = True
+    for _ in range(3):
+        x = rng.normal(2.0, 3.0, shape)
+        r = rng.normal(size=shape)
+        z, _ = layer.forward(x)
+        tx = to_torch(x).requires_grad_(True)
+        tz = module(tx)
+        (tz * to_torch(r)).sum().backward()
+        assert_close(z, from_torch(tz), 1e-12)
+        grads = layer.get_grad(x, r)
+        assert_close(layer.backward(r), from_torch(tx.grad), 1e-10)
+        assert_close(grads["w"], module.weight.grad.numpy(), 1e-10)
+        assert_close(grads["b"], module.bias.grad.numpy(), 1e-10)
+        module.weight.grad = module.bias.grad = None
+        layer.commit_statistics()
+        assert_close(layer.running_mean, module.running_mean.numpy(), 1e-12)
+        assert_close(layer.running_var, module.running_var.numpy(), 1e-12)
+    layer.training = False
+    module.eval()
+    x = rng.normal(size=shape)
+    assert_close(layer.forward(x)[0], from_torch(module(to_torch(x))), 1e-12)
+
+
+@pytest.mark.parametrize("case", [((2, 7, 6, 3), 2, 2), ((3, 9, 9, 2), 3, 2), ((1, 5, 7, 4), (2, 3), 1)],
+                         ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_avgpool_forward_and_gradient_match_torch(case, dtype):
+    from cnnc import AvgPool
+    shape, pshape, strides = case
+    rng = np.random.default_rng(42)
+    layer = AvgPool(pshape, strides)
+    x = rng.normal(size=shape).astype(dtype)
+    z, _ = layer.forward(x)
+    tx = nhwc_to_torch(x).requires_grad_(True)
+    tz = F.avg_pool2d(tx, layer.pshape, layer.strides)
+    dy = rng.normal(size=z.shape).astype(dtype)
+    (tz * nhwc_to_torch(dy)).sum().backward()
+    rtol = TOL[dtype]
+    assert_close(z, torch_to_nhwc(tz), rtol)
+    assert_close(layer.backward(dy), torch_to_nhwc(tx.grad), rtol)
+
+
+def test_conv_batchnorm_network_takes_torchs_adam_steps():
+    """Conv -> BatchNorm(relu) -> GlobalAvgPool -> FC with Adam, float64: three training
+    steps give torch's weights and running statistics, then the same inference output."""
+    from cnnc import BatchNorm, GlobalAvgPool
+    rng = np.random.default_rng(43)
+    np.random.seed(43)
+    net = Network([Conv((3, 3, 2, 4), padding="same", dtype=np.float64),
+                   BatchNorm(4, activation=relu, dtype=np.float64), GlobalAvgPool(),
+                   FullyConnected((4, 3), dtype=np.float64)], loss=SoftmaxCrossEntropy())
+    conv, norm, _, fc = net.layers
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 3)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(filters_to_torch(conv.params["w"]))
+        model[0].bias.copy_(torch.from_numpy(conv.params["b"]))
+        model[5].weight.copy_(torch.from_numpy(fc.params["w"].T.copy()))
+        model[5].bias.copy_(torch.from_numpy(fc.params["b"]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        x, y = rng.normal(size=(6, 5, 5, 2)), rng.integers(0, 3, 6)
+        net.train_step(x, y, lr=1e-2)
+        optimizer.zero_grad()
+        F.cross_entropy(model(nhwc_to_torch(x)), torch.from_numpy(y)).backward()
+        optimizer.step()
+    assert_close(conv.params["w"], filters_from_torch(model[0].weight.detach()), 1e-9)
+    assert_close(norm.params["w"], model[1].weight.detach().numpy(), 1e-9)
+    assert_close(norm.running_var, model[1].running_var.numpy(), 1e-9)
+    assert_close(fc.params["w"], model[5].weight.detach().numpy().T, 1e-9)
+    model.eval()
+    x = rng.normal(size=(4, 5, 5, 2))
+    assert_close(net.predict(x), model(nhwc_to_torch(x)).detach().numpy(), 1e-9)
