@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc import (POOL, Conv, Flatten, FullyConnected, MaxPool, leaky_relu, linear, relu,
-                  sigmoid, tanh)
+from cnnc import (POOL, AdamOptimizer, Conv, Flatten, FullyConnected, MaxPool, SGDOptimizer,
+                  leaky_relu, linear, relu, sigmoid, tanh)
+from cnnc.activations import LeakyReLU, Linear, ReLU, Sigmoid
 
 from .gradcheck import assert_grad_close, numerical_grad
 
@@ -428,6 +429,39 @@ def test_flatten_bad_input_shape_raises_value_error(shape):
 
 def test_flatten_takes_an_int_shape():
     assert Flatten(784).output_shape((784,)) == (784,)
+
+
+def test_activation_names_and_classes_are_taken_where_an_activation_is():
+    conv = Conv((3, 3, 1, 2), activation="relu")
+    fc = FullyConnected((4, 2), activation="Leaky_ReLU")
+    assert type(conv.activation) is ReLU and type(fc.activation) is LeakyReLU
+    assert fc.activation.slope == 0.01
+    assert type(FullyConnected((4, 2), activation=Sigmoid).activation) is Sigmoid
+    assert type(Conv((3, 3, 1, 2), activation=None).activation) is Linear
+    assert repr(conv) == "Conv((3, 3, 1, 2), strides=(1, 1), padding=(0, 0), activation=ReLU())"
+
+
+def test_optimizer_classes_are_made_with_their_defaults_one_per_layer():
+    a, b = (FullyConnected((4, 2), optimizer=SGDOptimizer) for _ in range(2))
+    assert type(a.optimizer) is SGDOptimizer and a.optimizer.momentum == 0.0
+    assert a.optimizer is not b.optimizer
+    assert type(Conv((3, 3, 1, 2), optimizer=AdamOptimizer).optimizer) is AdamOptimizer
+
+
+@pytest.mark.parametrize("make", [lambda **kw: Conv((3, 3, 1, 2), **kw),
+                                  lambda **kw: FullyConnected((4, 2), **kw)], ids=["Conv", "FullyConnected"])
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(activation="swish"), "unknown activation 'swish'.*'relu', 'leaky_relu'"),
+    (dict(activation=np.tanh), "activation must be an activation"),
+    (dict(activation=SGDOptimizer), "activation must be an activation"),
+    (dict(optimizer="adam"), "optimizer must be an optimizer"),
+    (dict(optimizer=relu), "optimizer must be an optimizer"),
+    (dict(optimizer=ReLU), "optimizer must be an optimizer"),
+], ids=["unknown_name", "function", "class_of_optimizer", "optimizer_name", "activation_as_optimizer",
+        "activation_class_as_optimizer"])
+def test_what_is_not_an_activation_or_optimizer_is_refused_when_the_layer_is_made(make, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make(**kwargs)
 
 
 def _message(excinfo):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc import AdamOptimizer, SGDoptimizer, SGDOptimizer
+from cnnc import AdamOptimizer, SGDoptimizer, SGDOptimizer, optimizers
 
 
 def grads(n_steps, shape, seed=0):
@@ -336,3 +336,17 @@ def test_sgd_keeps_numpy_hyperparameters_as_python_ones():
     assert type(opt.momentum) is float and opt.momentum == 0.5
     assert opt.nesterov is True
     assert SGDOptimizer(momentum=0).momentum == 0.0
+
+
+def test_get_takes_an_optimizer_as_it_is_and_a_class_with_its_defaults():
+    adam = AdamOptimizer(beta1=0.5)
+    assert optimizers.get(adam) is adam
+    made = optimizers.get(SGDOptimizer)
+    assert type(made) is SGDOptimizer and made.momentum == 0.0
+    assert type(optimizers.get(AdamOptimizer)) is AdamOptimizer
+
+
+@pytest.mark.parametrize("value", ["adam", None, 0.01, optimizers.Optimizer.update, cnnc.relu, object])
+def test_get_refuses_what_is_not_an_optimizer(value):
+    with pytest.raises(ValueError, match="optimizer must be an optimizer such as AdamOptimizer()"):
+        optimizers.get(value)
