@@ -1,5 +1,6 @@
 import copy
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -325,6 +326,46 @@ def test_one_optimizer_shared_by_two_layers_is_refused():
     with pytest.raises(ValueError, match="layers 0 and 1 share one optimizer"):
         Network([FullyConnected((4, 3), optimizer=shared), FullyConnected((3, 2), optimizer=shared)],
                 loss=SoftmaxCrossEntropy())
+
+
+def test_loss_and_optimizer_classes_are_made_with_their_defaults():
+    net = Network([FullyConnected((4, 3), activation="relu", optimizer=SGDOptimizer),
+                   FullyConnected((3, 2), activation=cnnc.activations.Tanh, optimizer=AdamOptimizer)],
+                  loss=SoftmaxCrossEntropy)
+    assert type(net.loss) is SoftmaxCrossEntropy
+    assert [type(layer.optimizer) for layer in net.layers] == [SGDOptimizer, AdamOptimizer]
+    assert np.isfinite(net.train_step(np.ones((2, 4)), [0, 1]))
+    assert type(Network([FullyConnected((4, 1))], loss=MeanSquaredError).loss) is MeanSquaredError
+
+
+@pytest.mark.parametrize("layer, fix", [(Conv, "Conv(fshape, ...)"), (Flatten, "Flatten(input_shape)"),
+                                        (FullyConnected, "FullyConnected(shape, ...)"), (POOL, "MaxPool(...)")])
+def test_a_layer_class_in_the_list_is_refused_with_the_fix(layer, fix):
+    message = f"layer 1 is the class {layer.__name__}, not a layer: write {fix}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        Network([Flatten((4,)), layer, FullyConnected((4, 2))], loss=SoftmaxCrossEntropy())
+
+
+@pytest.mark.parametrize("layers, message", [
+    ([], "^a Network needs at least one layer$"),
+    ([FullyConnected((4, 2)), relu], r"^layer 1 is ReLU\(\), not a layer such as Conv\(...\)"),
+    ([np.tanh], "^layer 0 is <ufunc 'tanh'>, not a layer"),
+    (FullyConnected((4, 2)), "^layers must be a list of layers, got FullyConnected"),
+    (None, "^layers must be a list of layers, got None"),
+], ids=["empty", "activation", "function", "one_layer_not_in_a_list", "none"])
+def test_what_is_not_a_list_of_layers_is_refused(layers, message):
+    with pytest.raises(ValueError, match=message):
+        Network(layers, loss=SoftmaxCrossEntropy())
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", None, relu, cnnc.activations.ReLU, Conv,
+                                  lambda outputs, labels: 0.0, AdamOptimizer()],
+                         ids=["name", "none", "activation", "activation_class", "layer_class",
+                              "function", "optimizer"])
+def test_what_is_not_a_loss_is_refused(loss):
+    with pytest.raises(ValueError, match=r"^loss must be a loss such as SoftmaxCrossEntropy\(\) or "
+                                         r"MeanSquaredError\(\) \(an object with compute"):
+        Network([FullyConnected((4, 2))], loss=loss)
 
 
 def test_network_without_parameters_uses_the_default_dtype():

@@ -1,4 +1,5 @@
 """Network: a stack of layers trained step by step, as in the seed report."""
+import inspect
 import sys
 from collections import deque
 
@@ -6,6 +7,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _checks, _interrupts, dtypes, kernels, saving
+from .activations import AbstractActivation
+from .layers import Layer
 from .losses import class_ids
 
 
@@ -13,12 +16,12 @@ class Network:
     """Layers applied in order, and the loss on the last one's output.
 
     The network computes in the dtype of its parameters (one for all layers); inputs
-    are cast to it.
+    are cast to it. A loss given as a class is made with its defaults.
     """
 
     def __init__(self, layers, loss):
-        self.layers = list(layers)
-        self.loss = loss
+        self.layers = _check_layers(layers)
+        self.loss = _check_loss(loss)
         self.dtype = _common_dtype(self.layers)
         _check_own_optimizers(self.layers)
         self.input_shape = None     # one sample's shape, once the network has seen one
@@ -261,6 +264,46 @@ class Network:
             raise ValueError(f"the last layer must output (N, classes), it outputs (N, {shape})")
         self.input_shape = tuple(x.shape[1:])
         return tuple(shape)
+
+
+def _check_layers(layers):
+    """layers as a list of at least one layer; a class in it (Conv for Conv(...)) or anything
+    else is refused here, with what to write, rather than at the first forward pass."""
+    try:
+        layers = list(layers)
+    except TypeError:
+        raise ValueError(f"layers must be a list of layers, got {layers!r}") from None
+    if not layers:
+        raise ValueError("a Network needs at least one layer")
+    for depth, layer in enumerate(layers):
+        if isinstance(layer, type) and issubclass(layer, Layer):
+            raise ValueError(f"layer {depth} is the class {layer.__name__}, not a layer: "
+                             f"write {_call(layer)}")
+        if not isinstance(layer, Layer):
+            raise ValueError(f"layer {depth} is {layer!r}, not a layer such as Conv(...), MaxPool(...), "
+                             "Flatten(...) or FullyConnected(...)")
+    return layers
+
+
+def _call(cls):
+    """How a call of cls reads: its required arguments, then "..." if it takes more."""
+    parameters = inspect.signature(cls).parameters.values()
+    required = [p.name for p in parameters
+                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    more = ["..."] if len(required) < len(parameters) else []
+    return f"{cls.__name__}({', '.join(required + more)})"
+
+
+def _check_loss(loss):
+    """The loss, made with its defaults if given as a class (loss=SoftmaxCrossEntropy); anything
+    without compute and deriv, or an activation, is refused."""
+    kind = loss if isinstance(loss, type) else type(loss)
+    if (not (callable(getattr(loss, "compute", None)) and callable(getattr(loss, "deriv", None)))
+            or issubclass(kind, AbstractActivation)):
+        raise ValueError("loss must be a loss such as SoftmaxCrossEntropy() or MeanSquaredError() "
+                         "(an object with compute(outputs, labels) and deriv(outputs, labels)), "
+                         f"got {loss!r}")
+    return loss() if isinstance(loss, type) else loss
 
 
 def _common_dtype(layers):
