@@ -242,6 +242,51 @@ class TestBadInput:
         with pytest.raises(ValueError, match=r"layer 0 \(Conv\).*\(N, H, W, C\).*3-D"):
             self.net.train_step(self.x[..., 0], self.y)
 
+    @pytest.mark.parametrize("call", ["predict", "train_step", "evaluate", "fit", "loss_and_grads"])
+    def test_one_image_instead_of_a_batch_says_to_add_the_batch_axis(self, call):
+        image = self.x[0]
+        args = (image,) if call == "predict" else (image, self.y[:1])
+        kwargs = {"progress": False} if call == "fit" else {}
+        message = ("layer 0 (Conv): inputs of shape (28, 28, 1) look like one image, not a batch "
+                   "(N, 28, 28, 1): pass x[None] (or x[np.newaxis]), a batch of one")
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            getattr(self.net, call)(*args, **kwargs)
+        assert self.net.predict(image[None]).shape == (1, 10)
+
+    def test_one_sample_of_an_mlp_says_to_add_the_batch_axis(self):
+        mlp = Network([FullyConnected((784, 10))], loss=SoftmaxCrossEntropy())
+        with pytest.raises(ValueError, match=re.escape("inputs of shape (784,) look like one sample, not "
+                                                       "a batch (N, 784): pass x[None]")):
+            mlp.predict(self.x[0].ravel())
+        with pytest.raises(ValueError, match=r"^inputs must be a batch \(N, ...\), got shape \(\)$"):
+            mlp.predict(np.float32(1))
+
+    @pytest.mark.parametrize("size", [28, 32])
+    def test_nchw_images_say_to_transpose(self, size):
+        nchw = np.zeros((2, 1, size, size))
+        with pytest.raises(ValueError, match=r"^layer 0 \(Conv\): .*expects 1 input channels, got "
+                                             rf"{size}.*NHWC.*NCHW.*: pass x\.transpose\(0, 2, 3, 1\)$"):
+            self.net.predict(nchw)
+        mlp = Network([Flatten((28, 28, 1)), FullyConnected((784, 2))], loss=SoftmaxCrossEntropy())
+        with pytest.raises(ValueError, match=r"^layer 0 \(Flatten\).*x\.transpose\(0, 2, 3, 1\)$"):
+            mlp.predict(np.zeros((2, 1, 28, 28)))
+
+    def test_images_without_channel_axis_say_to_add_it(self):
+        with pytest.raises(ValueError, match=r"^layer 0 \(Conv\): Conv expects images \(N, H, W, C\), got "
+                                             r"3-D input \(N, 28, 28\); .*pass x\[\.\.\., None\] "
+                                             r"\(or x\[\.\.\., np\.newaxis\]\)$"):
+            self.net.predict(self.x[..., 0])
+
+    def test_no_hint_where_no_reading_of_the_input_fits_better(self):
+        rgb = Network([Conv((3, 3, 3, 4)), Flatten((30, 30, 4))], loss=SoftmaxCrossEntropy())
+        with pytest.raises(ValueError) as excinfo:
+            rgb.predict(np.zeros((2, 32, 32)))        # one channel added would still not be 3
+        assert "None]" not in str(excinfo.value) and "transpose" not in str(excinfo.value)
+        with pytest.raises(ValueError) as excinfo:
+            self.net.predict(np.zeros((2, 30, 30, 1)))
+        assert str(excinfo.value) == ("layer 2 (Flatten): Flatten expects inputs of shape "
+                                      "(N, 13, 13, 16), got (N, 14, 14, 16)")
+
     def test_wrong_channel_count_names_expected_and_received(self):
         with pytest.raises(ValueError, match=r"layer 0 \(Conv\).*expects 1 input channels, got 3"):
             self.net.predict(np.zeros((2, 28, 28, 3)))

@@ -249,21 +249,47 @@ class Network:
         return np.ascontiguousarray(x, dtype=self.dtype), y
 
     def _check_input(self, x, one_d_output=False):
-        """Check x against every layer; return the shape of one sample's output."""
+        """Check x against every layer; return the shape of one sample's output.
+
+        A refusal names the layer and, for one sample instead of a batch, NCHW images or
+        images without their channel axis, says what to write instead."""
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
             raise ValueError(f"inputs must be numbers, got dtype {x.dtype}")
-        if x.ndim < 2:
-            raise ValueError(f"inputs must be a batch (N, ...), got shape {x.shape}")
-        shape = x.shape[1:]
+        depth, result = self._trace(x.shape[1:]) if x.ndim >= 2 else (0, None)
+        if depth < len(self.layers):
+            raise ValueError(self._refusal(x.shape, depth, result))
+        if one_d_output and len(result) != 1:
+            raise ValueError(f"the last layer must output (N, classes), it outputs (N, {result})")
+        self.input_shape = tuple(x.shape[1:])
+        return tuple(result)
+
+    def _trace(self, shape):
+        """Follow one sample's shape through the layers: (len(layers), the output shape) if
+        every layer takes it, else (depth, error) of the first that refuses it."""
         for depth, layer in enumerate(self.layers):
             try:
                 shape = layer.output_shape(shape)
             except ValueError as error:
-                raise ValueError(f"layer {depth} ({type(layer).__name__}): {error}") from None
-        if one_d_output and len(shape) != 1:
-            raise ValueError(f"the last layer must output (N, classes), it outputs (N, {shape})")
-        self.input_shape = tuple(x.shape[1:])
-        return tuple(shape)
+                return depth, error
+        return len(self.layers), shape
+
+    def _refusal(self, shape, depth, error):
+        """Why inputs of this shape are refused by layer `depth` with error (None: they are not
+        a batch) and, when they read as a common mistake that gets further, what to write."""
+        where = "" if error is None else f"layer {depth} ({type(self.layers[depth]).__name__}): "
+        if self._trace(shape)[0] > depth:
+            kind = "image" if len(shape) == 3 else "sample"
+            return (f"{where}inputs of shape {shape} look like one {kind}, not a batch "
+                    f"(N, {', '.join(map(str, shape))}): pass x[None] (or x[np.newaxis]), a batch of one")
+        if error is None:
+            return f"inputs must be a batch (N, ...), got shape {shape}"
+        message = f"{where}{error}"
+        if len(shape) == 4 and self._trace(shape[2:] + shape[1:2])[0] > depth:
+            message += ("; cnnc images are NHWC (N, H, W, C) and these look like NCHW (N, C, H, W): "
+                        "pass x.transpose(0, 2, 3, 1)")
+        elif len(shape) == 3 and self._trace(shape[1:] + (1,))[0] > depth:
+            message += "; for images of one channel, pass x[..., None] (or x[..., np.newaxis])"
+        return message
 
 
 def _check_layers(layers):
