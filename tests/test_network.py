@@ -96,6 +96,81 @@ def test_mean_squared_error_regression_converges():
     np.testing.assert_allclose(net.layers[0].params["w"].ravel(), [1.0, -2.0, 0.5], atol=1e-3)
 
 
+def linear_data(n=200, outputs=1, seed=2):
+    """x (n, 3) and float targets of a linear map: (n,) for one output, else (n, outputs)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    y = x @ rng.normal(size=(3, outputs)) + 0.3
+    return x, (y[:, 0] if outputs == 1 else y)
+
+
+def test_mean_squared_error_takes_float_targets_of_shape_n_and_evaluates_to_the_mse():
+    np.random.seed(2)
+    x, y = linear_data()
+    net = Network([FullyConnected((3, 1), dtype=np.float64)], loss=MeanSquaredError())
+    twin = copy.deepcopy(net)
+    assert net.train_step(x, y, lr=0.05) == twin.train_step(x, y[:, None], lr=0.05)
+    expected = np.mean((net.predict(x)[:, 0] - y) ** 2)
+    assert net.evaluate(x, y, batch_size=7) == pytest.approx(expected, rel=1e-12)
+    assert net.evaluate(x, y[:, None]) == pytest.approx(expected, rel=1e-12)
+    for _ in range(300):
+        net.train_step(x, y, lr=0.05)
+    assert net.evaluate(x, y) < 1e-6
+
+
+def test_mean_squared_error_with_several_outputs_evaluates_to_the_mse_over_all_of_them():
+    np.random.seed(3)
+    x, y = linear_data(outputs=2)
+    net = Network([FullyConnected((3, 8), activation="tanh", dtype=np.float64),
+                   FullyConnected((8, 2), dtype=np.float64)], loss=MeanSquaredError())
+    expected = np.mean((net.predict(x) - y) ** 2)
+    assert net.evaluate(x, y, batch_size=64) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match=r"one output, this one has 2: pass targets of shape \(N, 2\)"):
+        net.evaluate(x, y[:, 0])
+
+
+def test_fit_on_mean_squared_error_reports_the_loss_only(capsys):
+    np.random.seed(4)
+    x, y = linear_data(seed=4)
+    x_val, y_val = linear_data(50, seed=5)
+    net = Network([FullyConnected((3, 1), dtype=np.float64)], loss=MeanSquaredError())
+    history = net.fit(x, y, epochs=3, batch_size=20, lr=0.05, seed=0, validation_data=(x_val, y_val))
+    assert set(history) == {"loss", "val_loss"} and all(len(v) == 3 for v in history.values())
+    assert history["loss"][-1] < history["loss"][0]
+    assert history["val_loss"][-1] == pytest.approx(net.evaluate(x_val, y_val), rel=1e-12)
+    err = capsys.readouterr().err
+    assert "loss=" in err and "val_loss=" in err and "accuracy" not in err
+
+
+def test_fit_checks_regression_targets_before_the_first_step():
+    np.random.seed(5)
+    x, y = linear_data(outputs=2)
+    net = Network([FullyConnected((3, 2))], loss=MeanSquaredError())
+    before = state_of(net)
+    with pytest.raises(ValueError, match="one output, this one has 2"):
+        net.fit(x, y[:, 0], progress=False)
+    with pytest.raises(ValueError, match="one output, this one has 2"):
+        net.fit(x, y, validation_data=(x[:10], y[:10, 0]), progress=False)
+    assert_same_state(state_of(net), before)
+
+
+def test_a_loss_that_does_not_say_is_taken_as_a_classification_loss():
+    class Halved:
+        def compute(self, outputs, labels):
+            return SoftmaxCrossEntropy().compute(outputs, labels) / 2
+
+        def deriv(self, outputs, labels):
+            return SoftmaxCrossEntropy().deriv(outputs, labels) / 2
+
+    np.random.seed(6)
+    x, y = bars(20)
+    net = small_cnn()
+    reference = net.evaluate(x, y)
+    net.loss = Halved()
+    assert net.evaluate(x, y) == reference
+    assert set(net.fit(x, y, progress=False)) == {"loss", "accuracy"}
+
+
 def test_whole_network_gradients_match_finite_differences():
     np.random.seed(3)
     rng = np.random.default_rng(3)
@@ -472,11 +547,12 @@ def test_fit_with_a_seed_is_reproducible_and_shuffles():
     assert not np.array_equal(runs[0], runs[2]) and not np.array_equal(runs[0], runs[3])
 
 
-def test_fit_shows_a_progress_bar_with_loss_and_speed(capsys):
+def test_fit_shows_a_progress_bar_with_loss_accuracy_and_speed(capsys):
     x, y = bars(30)
-    small_cnn().fit(x, y, epochs=2, batch_size=10)
+    small_cnn().fit(x, y, epochs=2, batch_size=10, validation_data=(x[:10], y[:10]))
     err = capsys.readouterr().err
-    assert "epoch 1/2" in err and "epoch 2/2" in err and "loss=" in err and "sample/s" in err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "sample/s" in err
+    assert all(f"{name}=" in err for name in ("loss", "accuracy", "val_loss", "val_accuracy"))
     small_cnn().fit(x, y, epochs=1, batch_size=10, progress=False)
     assert capsys.readouterr().err == ""
 
@@ -484,11 +560,15 @@ def test_fit_shows_a_progress_bar_with_loss_and_speed(capsys):
 @pytest.mark.parametrize("kwargs, message", [
     ({"epochs": -1}, "epochs"), ({"epochs": 1.5}, "epochs"), ({"batch_size": 0}, "batch_size"),
     ({"lr": float("nan")}, "lr"), ({"validation_data": (np.zeros((2, 5, 5, 1)), [0, 1])}, "layer 2 \\(Flatten\\)"),
+    ({"validation_data": (np.zeros((2, 12, 12, 1)), [0, 4])}, r"class ids must lie in \[0, 4\)"),
 ])
-def test_fit_refuses_bad_arguments(kwargs, message):
+def test_fit_refuses_bad_arguments_before_the_first_step(kwargs, message):
     x, y = bars(8)
+    net = small_cnn()
+    before = state_of(net)
     with pytest.raises(ValueError, match=message):
-        small_cnn().fit(x, y, progress=False, **kwargs)
+        net.fit(x, y, progress=False, **kwargs)
+    assert_same_state(state_of(net), before)
 
 
 def test_fit_with_zero_epochs_changes_nothing():

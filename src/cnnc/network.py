@@ -100,55 +100,73 @@ class Network:
         bar with the running loss and accuracy and the speed. Returns the history: per
         epoch, the mean training "loss" and "accuracy" over the epoch's steps (each taken
         before that step's update) and, given validation_data = (x_val, y_val),
-        "val_loss" and "val_accuracy" after the epoch.
+        "val_loss" and "val_accuracy" after the epoch. Accuracy is for classification
+        losses (SoftmaxCrossEntropy); a MeanSquaredError network reports its loss only.
+        Labels are checked, those of validation_data too, before the first step.
         """
         lr = _check_lr(lr)
         batch_size = _check_batch_size(batch_size)
         if int(epochs) != epochs or epochs < 0:
             raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
         x = np.asarray(x)
-        (classes,) = self._check_input(x, one_d_output=True)
-        ids = class_ids(_check_count(x, y), classes)
+        (width,) = self._check_input(x, one_d_output=True)
+        ids = self._check_labels(_check_count(x, y), width)
         if len(x) == 0:
             raise ValueError("fit needs at least one sample")
         if validation_data is not None:
             x_val, y_val = validation_data
             x_val = np.asarray(x_val)
             self._check_input(x_val, one_d_output=True)
-            _check_count(x_val, y_val)
+            self._check_labels(_check_count(x_val, y_val), width)
         rng = np.random.default_rng(seed)
-        history = {"loss": [], "accuracy": []}
+        names = ("loss", "accuracy") if self._classifies else ("loss",)
+        history = {name: [] for name in names}
         if validation_data is not None:
-            history.update(val_loss=[], val_accuracy=[])
+            history.update({f"val_{name}": [] for name in names})
         y = np.asarray(y)
         for epoch in range(int(epochs)):
             order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
             with tqdm(total=len(x), unit="sample", desc=f"epoch {epoch + 1}/{epochs}",
                       disable=not progress, file=sys.stderr) as bar:
-                loss, accuracy = self._train_epoch(x, y, ids, order, batch_size, lr, bar)
-                history["loss"].append(loss)
-                history["accuracy"].append(accuracy)
+                for name, value in zip(names, self._train_epoch(x, y, ids, order, batch_size, lr, bar)):
+                    history[name].append(value)
                 if validation_data is not None:
-                    val_loss, val_accuracy = self._loss_and_accuracy(x_val, y_val, 1000)
-                    history["val_loss"].append(val_loss)
-                    history["val_accuracy"].append(val_accuracy)
-                    bar.set_postfix(loss=f"{history['loss'][-1]:.4f}",
-                                    acc=f"{history['accuracy'][-1]:.4f}",
-                                    val_loss=f"{val_loss:.4f}", val_acc=f"{val_accuracy:.4f}")
+                    scores = self._loss_and_accuracy(x_val, y_val, 1000, with_accuracy=self._classifies)
+                    for name, value in zip(names, scores):
+                        history[f"val_{name}"].append(value)
+                    bar.set_postfix({name: f"{values[-1]:.4f}" for name, values in history.items()})
         return history
 
     def _train_epoch(self, x, y, ids, order, batch_size, lr, bar):
-        """One pass over the samples in this order; the mean loss and the accuracy of its steps."""
+        """One pass over the samples in this order; the mean loss of its steps and, given
+        class ids, their accuracy (else None)."""
         total_loss, correct, seen = 0.0, 0, 0
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             loss, outputs = self._train_batch(x[batch], y[batch], lr)
             total_loss += loss * len(batch)
-            correct += int((outputs.argmax(axis=1) == ids[batch]).sum())
             seen += len(batch)
+            shown = {"loss": f"{total_loss / seen:.4f}"}
+            if ids is not None:
+                correct += int((outputs.argmax(axis=1) == ids[batch]).sum())
+                shown["accuracy"] = f"{correct / seen:.4f}"
             bar.update(len(batch))
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
-        return total_loss / seen, correct / seen
+            bar.set_postfix(shown, refresh=False)
+        return total_loss / seen, (correct / seen if ids is not None else None)
+
+    @property
+    def _classifies(self):
+        """Whether fit and evaluate report accuracy: as the loss's `classification` says
+        (SoftmaxCrossEntropy: yes, MeanSquaredError: no; a loss that does not say: yes)."""
+        return getattr(self.loss, "classification", True)
+
+    def _check_labels(self, labels, width):
+        """Labels checked before any step: for a classifier, the class ids (N,) its accuracy
+        needs; for other losses None, once the loss has taken them (against zero outputs)."""
+        if self._classifies:
+            return class_ids(labels, width)
+        self.loss.compute(np.zeros((len(labels), width), self.dtype), labels)
+        return None
 
     def summary(self, input_shape=None, file=None):
         """Print each layer's output shape and parameter count (to file, default stdout),
@@ -211,27 +229,33 @@ class Network:
         return outputs
 
     def evaluate(self, x, y, batch_size=1000):
-        """The fraction of samples whose largest output is their label's class."""
-        return self._loss_and_accuracy(x, y, batch_size, with_loss=False)[1]
+        """What fits the loss, over (x, y): for a classification loss (SoftmaxCrossEntropy) the
+        accuracy, the fraction of samples whose largest output is their label's class; for
+        MeanSquaredError the mean squared error (the mean loss over all samples)."""
+        classifies = self._classifies
+        loss, accuracy = self._loss_and_accuracy(x, y, batch_size, with_loss=not classifies,
+                                                 with_accuracy=classifies)
+        return accuracy if classifies else loss
 
-    def _loss_and_accuracy(self, x, y, batch_size, with_loss=True):
-        """The mean loss (or None) and the accuracy over (x, y), batch_size samples at a time."""
+    def _loss_and_accuracy(self, x, y, batch_size, with_loss=True, with_accuracy=True):
+        """The mean loss and the accuracy over (x, y), batch_size samples at a time (None for
+        either one not asked for)."""
         x = np.asarray(x)
         (classes,) = self._check_input(x, one_d_output=True)
         labels = _check_count(x, y)
-        ids = class_ids(labels, classes)
+        ids = class_ids(labels, classes) if with_accuracy else None
         batch_size = _check_batch_size(batch_size)
         correct, total_loss = 0, 0.0
         with kernels.memory_pool():
             for start in range(0, len(x), batch_size):
                 part = slice(start, start + batch_size)
                 outputs = self._forward(x[part])
-                correct += int((outputs.argmax(axis=1) == ids[part]).sum())
+                if with_accuracy:
+                    correct += int((outputs.argmax(axis=1) == ids[part]).sum())
                 if with_loss:
                     total_loss += self.loss.compute(outputs, labels[part]) * len(outputs)
-        if not len(x):
-            return (0.0 if with_loss else None), 0.0
-        return (total_loss / len(x) if with_loss else None), correct / len(x)
+        count = max(len(x), 1)
+        return (total_loss / count if with_loss else None), (correct / count if with_accuracy else None)
 
     def _forward(self, x):
         activation = np.ascontiguousarray(x, dtype=self.dtype)
