@@ -672,3 +672,23 @@ def test_forward_and_backward_do_not_modify_their_arguments(layer, shape):
     np.testing.assert_array_equal(err, err0)
     np.testing.assert_array_equal(z, z0)
     np.testing.assert_array_equal(a, a0)
+
+
+@pytest.mark.parametrize("layer, expected", [
+    (Conv((3, 3, 1, 8), strides=2, padding="same", activation="leaky_relu"),
+     "Conv((3, 3, 1, 8), strides=(2, 2), padding='same', activation=LeakyReLU(slope=0.01))"),
+    (MaxPool(2, strides=1), "MaxPool(pshape=(2, 2), strides=(1, 1))"),
+    (POOL(3), "MaxPool(pshape=(3, 3), strides=(3, 3))"),
+    (Flatten((6, 6, 32)), "Flatten((6, 6, 32))"),
+    (FullyConnected((256, 10), activation=tanh), "FullyConnected((256, 10), activation=Tanh())"),
+], ids=["Conv", "MaxPool", "POOL", "Flatten", "FullyConnected"])
+def test_every_layer_reads_as_the_call_that_makes_it(layer, expected):
+    assert repr(layer) == expected
+
+
+def test_a_layer_without_its_own_repr_shows_its_class():
+    class Identity(cnnc.layers.Layer):
+        def output_shape(self, input_shape):
+            return input_shape
+
+    assert repr(Identity()) == "Identity()"

@@ -242,3 +242,8 @@ def test_softmax_ce_still_reads_float_labels_of_shape_n_as_a_mistake():
 def test_losses_say_whether_a_network_reports_accuracy_for_them():
     assert SoftmaxCrossEntropy.classification is True
     assert MeanSquaredError.classification is False
+
+
+def test_losses_read_as_the_call_that_makes_them():
+    assert repr(SoftmaxCrossEntropy()) == "SoftmaxCrossEntropy()"
+    assert repr(MeanSquaredError()) == "MeanSquaredError()"

@@ -488,6 +488,19 @@ def test_what_is_not_a_loss_is_refused(loss):
         Network([FullyConnected((4, 2))], loss=loss)
 
 
+def test_repr_shows_the_layers_one_per_line_and_the_loss():
+    net = Network([Conv((3, 3, 1, 8), padding=1, activation="relu"), MaxPool(2), Flatten((6, 6, 8)),
+                   FullyConnected((288, 4))], loss=SoftmaxCrossEntropy)
+    assert repr(net) == """Network([
+    Conv((3, 3, 1, 8), strides=(1, 1), padding=(1, 1), activation=ReLU()),
+    MaxPool(pshape=(2, 2), strides=(2, 2)),
+    Flatten((6, 6, 8)),
+    FullyConnected((288, 4), activation=Linear()),
+], loss=SoftmaxCrossEntropy())"""
+    one = Network([FullyConnected((3, 1))], loss=MeanSquaredError())
+    assert repr(one) == "Network([FullyConnected((3, 1), activation=Linear())], loss=MeanSquaredError())"
+
+
 def test_network_without_parameters_uses_the_default_dtype():
     net = Network([Flatten((2, 2, 1))], loss=SoftmaxCrossEntropy())
     assert net.dtype == cnnc.get_default_dtype()

@@ -48,6 +48,9 @@ class Layer:
     def update(self, grads, lr):
         pass
 
+    def __repr__(self):
+        return type(self).__name__ + "()"
+
 
 class ParametricLayer(Layer):
     """A layer with a weight "w" and a bias "b", an activation and its own optimizer.

@@ -26,6 +26,15 @@ class Network:
         _check_own_optimizers(self.layers)
         self.input_shape = None     # one sample's shape, once the network has seen one
 
+    def __repr__(self):
+        """The layers one per line when there are several, as torch.nn.Sequential shows them."""
+        layers = [repr(layer) for layer in self.layers]
+        if len(layers) > 1:
+            listing = "\n" + "".join(f"    {layer},\n" for layer in layers)
+        else:
+            listing = "".join(layers)
+        return f"Network([{listing}], loss={self.loss!r})"
+
     def train_step(self, x, y, lr=1e-3):
         """One forward, backward and optimizer update on a batch; returns the loss before it.
 
