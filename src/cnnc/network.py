@@ -178,8 +178,10 @@ class Network:
         return None
 
     def summary(self, input_shape=None, file=None):
-        """Print each layer's output shape and parameter count (to file, default stdout),
-        and return the same table as a string.
+        """Print each layer's output shape and parameter count to file (default stdout).
+
+        Returns None, as Keras's model.summary() does, so that a REPL shows the table
+        once; file=io.StringIO() captures it as text.
 
         The input shape is that of one sample, e.g. (28, 28, 1); by default the one the
         network last saw, or what its first layer fixes (Flatten, FullyConnected).
@@ -199,9 +201,7 @@ class Network:
         lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
         lines.insert(1, "-" * len(lines[0]))
         lines += ["-" * len(lines[0]), f"total parameters: {total:,} ({np.dtype(self.dtype).name})"]
-        table = "\n".join(lines)
-        print(table, file=sys.stdout if file is None else file)
-        return table
+        print("\n".join(lines), file=sys.stdout if file is None else file)
 
     def _summary_input_shape(self, input_shape):
         if input_shape is not None:
