@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc import leaky_relu, linear, relu, sigmoid, tanh
+from cnnc import activations, leaky_relu, linear, relu, sigmoid, tanh
 from cnnc.activations import AbstractActivation, LeakyReLU, Linear, ReLU, Sigmoid, Tanh
 
 from .gradcheck import assert_grad_close, numerical_grad
@@ -217,3 +217,36 @@ def test_abstract_activation_methods_are_not_implemented():
         act.compute(x)
     with pytest.raises(NotImplementedError):
         act.deriv(x)
+
+
+# ======================================================= names and classes for activations
+
+@pytest.mark.parametrize("name, cls", [("relu", ReLU), ("leaky_relu", LeakyReLU), ("sigmoid", Sigmoid),
+                                       ("tanh", Tanh), ("linear", Linear), ("ReLU", ReLU),
+                                       ("Leaky_ReLU", LeakyReLU), ("TANH", Tanh)])
+def test_get_takes_a_name_in_any_case(name, cls):
+    act = activations.get(name)
+    assert type(act) is cls
+    assert act is not activations.get(name)     # a fresh one each time: no state shared by layers
+
+
+def test_get_takes_an_instance_as_it_is_and_a_class_with_its_defaults():
+    custom = LeakyReLU(0.2)
+    assert activations.get(custom) is custom
+    made = activations.get(LeakyReLU)
+    assert type(made) is LeakyReLU and made.slope == 0.01
+    assert type(activations.get(Square)) is Square
+    assert type(activations.get(None)) is Linear
+
+
+def test_get_refuses_an_unknown_name_listing_the_known_ones():
+    with pytest.raises(ValueError, match="unknown activation 'relu6'.*'linear', 'relu', 'leaky_relu', "
+                                         "'sigmoid', 'tanh'$"):
+        activations.get("relu6")
+
+
+@pytest.mark.parametrize("value", [np.tanh, lambda x: x, 1, object, cnnc.AdamOptimizer, cnnc.AdamOptimizer()],
+                         ids=["numpy_function", "lambda", "int", "object", "optimizer_class", "optimizer"])
+def test_get_refuses_what_is_not_an_activation(value):
+    with pytest.raises(ValueError, match="activation must be an activation.*AbstractActivation.*'relu'"):
+        activations.get(value)

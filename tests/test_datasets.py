@@ -597,6 +597,20 @@ def test_mnist_sample_is_real_digits_split_400_and_100_per_class():
     assert not any(row.tobytes() in train_rows for row in x_test)
 
 
+def test_mnist_sample_comes_shuffled_with_the_bundled_digits_and_their_labels():
+    """The file holds the digits sorted by class; a first batch must hold every class."""
+    (x_train, y_train), (x_test, y_test) = datasets.mnist_sample()
+    for labels in (y_train, y_test):
+        assert set(labels[:50]) == set(range(10)) and (np.diff(labels) < 0).any()
+    bundled = os.path.join(os.path.dirname(datasets.__file__), "data", "mnist_sample.npz")
+    with np.load(bundled) as npz:
+        for images, labels, part in ((x_train, y_train, "train"), (x_test, y_test, "test")):
+            stored_images, stored_labels = npz[f"x_{part}"], npz[f"y_{part}"]
+            assert (np.diff(stored_labels) >= 0).all()
+            assert (sorted(zip((row.tobytes() for row in images), labels.tolist()))
+                    == sorted(zip((row.tobytes() for row in stored_images), stored_labels.tolist())))
+
+
 def test_mnist_sample_is_the_same_every_time():
     (a, _), (b, _) = datasets.mnist_sample()
     (c, _), (d, _) = datasets.mnist_sample()

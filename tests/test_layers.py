@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc import (POOL, AvgPool, BatchNorm, Conv, Dropout, Flatten, FullyConnected, GlobalAvgPool,
-                  MaxPool, leaky_relu, linear, relu,
-                  sigmoid, tanh)
+from cnnc import (POOL, AdamOptimizer, AvgPool, BatchNorm, Conv, Dropout, Flatten, FullyConnected,
+                  GlobalAvgPool, MaxPool, SGDOptimizer, leaky_relu, linear, relu, sigmoid, tanh)
+from cnnc.activations import LeakyReLU, Linear, ReLU, Sigmoid
 
 from .gradcheck import assert_grad_close, numerical_grad
 
@@ -431,6 +431,39 @@ def test_flatten_takes_an_int_shape():
     assert Flatten(784).output_shape((784,)) == (784,)
 
 
+def test_activation_names_and_classes_are_taken_where_an_activation_is():
+    conv = Conv((3, 3, 1, 2), activation="relu")
+    fc = FullyConnected((4, 2), activation="Leaky_ReLU")
+    assert type(conv.activation) is ReLU and type(fc.activation) is LeakyReLU
+    assert fc.activation.slope == 0.01
+    assert type(FullyConnected((4, 2), activation=Sigmoid).activation) is Sigmoid
+    assert type(Conv((3, 3, 1, 2), activation=None).activation) is Linear
+    assert repr(conv) == "Conv((3, 3, 1, 2), strides=(1, 1), padding=(0, 0), activation=ReLU())"
+
+
+def test_optimizer_classes_are_made_with_their_defaults_one_per_layer():
+    a, b = (FullyConnected((4, 2), optimizer=SGDOptimizer) for _ in range(2))
+    assert type(a.optimizer) is SGDOptimizer and a.optimizer.momentum == 0.0
+    assert a.optimizer is not b.optimizer
+    assert type(Conv((3, 3, 1, 2), optimizer=AdamOptimizer).optimizer) is AdamOptimizer
+
+
+@pytest.mark.parametrize("make", [lambda **kw: Conv((3, 3, 1, 2), **kw),
+                                  lambda **kw: FullyConnected((4, 2), **kw)], ids=["Conv", "FullyConnected"])
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(activation="swish"), "unknown activation 'swish'.*'relu', 'leaky_relu'"),
+    (dict(activation=np.tanh), "activation must be an activation"),
+    (dict(activation=SGDOptimizer), "activation must be an activation"),
+    (dict(optimizer="adam"), "optimizer must be an optimizer"),
+    (dict(optimizer=relu), "optimizer must be an optimizer"),
+    (dict(optimizer=ReLU), "optimizer must be an optimizer"),
+], ids=["unknown_name", "function", "class_of_optimizer", "optimizer_name", "activation_as_optimizer",
+        "activation_class_as_optimizer"])
+def test_what_is_not_an_activation_or_optimizer_is_refused_when_the_layer_is_made(make, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make(**kwargs)
+
+
 def _message(excinfo):
     return str(excinfo.value)
 
@@ -782,3 +815,23 @@ def test_global_avgpool_is_the_mean_over_the_image_and_checks_its_gradient():
     _check_layer_grads(layer, x)
     with pytest.raises(ValueError, match="GlobalAvgPool expects images"):
         layer.output_shape((5, 6))
+
+
+@pytest.mark.parametrize("layer, expected", [
+    (Conv((3, 3, 1, 8), strides=2, padding="same", activation="leaky_relu"),
+     "Conv((3, 3, 1, 8), strides=(2, 2), padding='same', activation=LeakyReLU(slope=0.01))"),
+    (MaxPool(2, strides=1), "MaxPool(pshape=(2, 2), strides=(1, 1))"),
+    (POOL(3), "MaxPool(pshape=(3, 3), strides=(3, 3))"),
+    (Flatten((6, 6, 32)), "Flatten((6, 6, 32))"),
+    (FullyConnected((256, 10), activation=tanh), "FullyConnected((256, 10), activation=Tanh())"),
+], ids=["Conv", "MaxPool", "POOL", "Flatten", "FullyConnected"])
+def test_every_layer_reads_as_the_call_that_makes_it(layer, expected):
+    assert repr(layer) == expected
+
+
+def test_a_layer_without_its_own_repr_shows_its_class():
+    class Identity(cnnc.layers.Layer):
+        def output_shape(self, input_shape):
+            return input_shape
+
+    assert repr(Identity()) == "Identity()"

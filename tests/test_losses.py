@@ -197,3 +197,53 @@ def test_bad_labels_raise_value_error(loss, method, labels, pattern):
 def test_outputs_must_be_2d(loss):
     with pytest.raises(ValueError, match="shape"):
         loss.compute(np.zeros((2, 3, 4)), np.array([0, 1]))
+
+
+# ==================================================== regression targets for MeanSquaredError
+
+def test_mse_takes_targets_of_shape_n_for_one_output_as_n_by_1():
+    x = logits(13, classes=1)
+    values = np.random.default_rng(14).normal(size=N)
+    loss = MeanSquaredError()
+    assert loss.compute(x, values) == pytest.approx(np.mean((x[:, 0] - values) ** 2), rel=1e-14)
+    assert loss.compute(x, values) == loss.compute(x, values[:, None])
+    np.testing.assert_array_equal(loss.deriv(x, values), loss.deriv(x, values[:, None]))
+    numeric = numerical_grad(lambda: loss.compute(x, values), x)
+    assert_grad_close(loss.deriv(x, values), numeric)
+    # integers too are values here, not class ids (one output has no class 3)
+    ints = np.array([0, 3, -1, 2, 1])
+    assert loss.compute(x, ints) == pytest.approx(np.mean((x[:, 0] - ints) ** 2), rel=1e-14)
+    assert loss.deriv(x.astype(np.float32), values).dtype == np.float32
+
+
+@pytest.mark.parametrize("labels, pattern", [
+    (np.zeros(N), r"targets of shape \(N,\) fit a network with one output, this one has 4: pass targets "
+                  r"of shape \(N, 4\)"),
+    (np.zeros(N, dtype=bool), r"one output"),
+], ids=["float", "bool"])
+def test_mse_refuses_targets_of_shape_n_for_several_outputs(labels, pattern):
+    for method in ("compute", "deriv"):
+        with pytest.raises(ValueError, match=pattern):
+            getattr(MeanSquaredError(), method)(logits(15), labels)
+
+
+@pytest.mark.parametrize("labels, pattern", [(np.zeros(N - 1), f"{N} samples"),
+                                             (np.array(["a"] * N), "numbers")], ids=["count", "strings"])
+def test_mse_checks_targets_of_shape_n(labels, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        MeanSquaredError().compute(logits(16, classes=1), labels)
+
+
+def test_softmax_ce_still_reads_float_labels_of_shape_n_as_a_mistake():
+    with pytest.raises(ValueError, match="class-id labels must be integers"):
+        SoftmaxCrossEntropy().compute(logits(17, classes=1), np.zeros(N))
+
+
+def test_losses_say_whether_a_network_reports_accuracy_for_them():
+    assert SoftmaxCrossEntropy.classification is True
+    assert MeanSquaredError.classification is False
+
+
+def test_losses_read_as_the_call_that_makes_them():
+    assert repr(SoftmaxCrossEntropy()) == "SoftmaxCrossEntropy()"
+    assert repr(MeanSquaredError()) == "MeanSquaredError()"

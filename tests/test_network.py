@@ -1,5 +1,7 @@
 import copy
+import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -93,6 +95,81 @@ def test_mean_squared_error_regression_converges():
         loss = net.train_step(x, target, lr=0.05)
     assert loss < 1e-6
     np.testing.assert_allclose(net.layers[0].params["w"].ravel(), [1.0, -2.0, 0.5], atol=1e-3)
+
+
+def linear_data(n=200, outputs=1, seed=2):
+    """x (n, 3) and float targets of a linear map: (n,) for one output, else (n, outputs)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    y = x @ rng.normal(size=(3, outputs)) + 0.3
+    return x, (y[:, 0] if outputs == 1 else y)
+
+
+def test_mean_squared_error_takes_float_targets_of_shape_n_and_evaluates_to_the_mse():
+    np.random.seed(2)
+    x, y = linear_data()
+    net = Network([FullyConnected((3, 1), dtype=np.float64)], loss=MeanSquaredError())
+    twin = copy.deepcopy(net)
+    assert net.train_step(x, y, lr=0.05) == twin.train_step(x, y[:, None], lr=0.05)
+    expected = np.mean((net.predict(x)[:, 0] - y) ** 2)
+    assert net.evaluate(x, y, batch_size=7) == pytest.approx(expected, rel=1e-12)
+    assert net.evaluate(x, y[:, None]) == pytest.approx(expected, rel=1e-12)
+    for _ in range(300):
+        net.train_step(x, y, lr=0.05)
+    assert net.evaluate(x, y) < 1e-6
+
+
+def test_mean_squared_error_with_several_outputs_evaluates_to_the_mse_over_all_of_them():
+    np.random.seed(3)
+    x, y = linear_data(outputs=2)
+    net = Network([FullyConnected((3, 8), activation="tanh", dtype=np.float64),
+                   FullyConnected((8, 2), dtype=np.float64)], loss=MeanSquaredError())
+    expected = np.mean((net.predict(x) - y) ** 2)
+    assert net.evaluate(x, y, batch_size=64) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match=r"one output, this one has 2: pass targets of shape \(N, 2\)"):
+        net.evaluate(x, y[:, 0])
+
+
+def test_fit_on_mean_squared_error_reports_the_loss_only(capsys):
+    np.random.seed(4)
+    x, y = linear_data(seed=4)
+    x_val, y_val = linear_data(50, seed=5)
+    net = Network([FullyConnected((3, 1), dtype=np.float64)], loss=MeanSquaredError())
+    history = net.fit(x, y, epochs=3, batch_size=20, lr=0.05, seed=0, validation_data=(x_val, y_val))
+    assert set(history) == {"loss", "val_loss"} and all(len(v) == 3 for v in history.values())
+    assert history["loss"][-1] < history["loss"][0]
+    assert history["val_loss"][-1] == pytest.approx(net.evaluate(x_val, y_val), rel=1e-12)
+    err = capsys.readouterr().err
+    assert "loss=" in err and "val_loss=" in err and "accuracy" not in err
+
+
+def test_fit_checks_regression_targets_before_the_first_step():
+    np.random.seed(5)
+    x, y = linear_data(outputs=2)
+    net = Network([FullyConnected((3, 2))], loss=MeanSquaredError())
+    before = state_of(net)
+    with pytest.raises(ValueError, match="one output, this one has 2"):
+        net.fit(x, y[:, 0], progress=False)
+    with pytest.raises(ValueError, match="one output, this one has 2"):
+        net.fit(x, y, validation_data=(x[:10], y[:10, 0]), progress=False)
+    assert_same_state(state_of(net), before)
+
+
+def test_a_loss_that_does_not_say_is_taken_as_a_classification_loss():
+    class Halved:
+        def compute(self, outputs, labels):
+            return SoftmaxCrossEntropy().compute(outputs, labels) / 2
+
+        def deriv(self, outputs, labels):
+            return SoftmaxCrossEntropy().deriv(outputs, labels) / 2
+
+    np.random.seed(6)
+    x, y = bars(20)
+    net = small_cnn()
+    reference = net.evaluate(x, y)
+    net.loss = Halved()
+    assert net.evaluate(x, y) == reference
+    assert set(net.fit(x, y, progress=False)) == {"loss", "accuracy"}
 
 
 def test_whole_network_gradients_match_finite_differences():
@@ -241,6 +318,51 @@ class TestBadInput:
         with pytest.raises(ValueError, match=r"layer 0 \(Conv\).*\(N, H, W, C\).*3-D"):
             self.net.train_step(self.x[..., 0], self.y)
 
+    @pytest.mark.parametrize("call", ["predict", "train_step", "evaluate", "fit", "loss_and_grads"])
+    def test_one_image_instead_of_a_batch_says_to_add_the_batch_axis(self, call):
+        image = self.x[0]
+        args = (image,) if call == "predict" else (image, self.y[:1])
+        kwargs = {"progress": False} if call == "fit" else {}
+        message = ("layer 0 (Conv): inputs of shape (28, 28, 1) look like one image, not a batch "
+                   "(N, 28, 28, 1): pass x[None] (or x[np.newaxis]), a batch of one")
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            getattr(self.net, call)(*args, **kwargs)
+        assert self.net.predict(image[None]).shape == (1, 10)
+
+    def test_one_sample_of_an_mlp_says_to_add_the_batch_axis(self):
+        mlp = Network([FullyConnected((784, 10))], loss=SoftmaxCrossEntropy())
+        with pytest.raises(ValueError, match=re.escape("inputs of shape (784,) look like one sample, not "
+                                                       "a batch (N, 784): pass x[None]")):
+            mlp.predict(self.x[0].ravel())
+        with pytest.raises(ValueError, match=r"^inputs must be a batch \(N, ...\), got shape \(\)$"):
+            mlp.predict(np.float32(1))
+
+    @pytest.mark.parametrize("size", [28, 32])
+    def test_nchw_images_say_to_transpose(self, size):
+        nchw = np.zeros((2, 1, size, size))
+        with pytest.raises(ValueError, match=r"^layer 0 \(Conv\): .*expects 1 input channels, got "
+                                             rf"{size}.*NHWC.*NCHW.*: pass x\.transpose\(0, 2, 3, 1\)$"):
+            self.net.predict(nchw)
+        mlp = Network([Flatten((28, 28, 1)), FullyConnected((784, 2))], loss=SoftmaxCrossEntropy())
+        with pytest.raises(ValueError, match=r"^layer 0 \(Flatten\).*x\.transpose\(0, 2, 3, 1\)$"):
+            mlp.predict(np.zeros((2, 1, 28, 28)))
+
+    def test_images_without_channel_axis_say_to_add_it(self):
+        with pytest.raises(ValueError, match=r"^layer 0 \(Conv\): Conv expects images \(N, H, W, C\), got "
+                                             r"3-D input \(N, 28, 28\); .*pass x\[\.\.\., None\] "
+                                             r"\(or x\[\.\.\., np\.newaxis\]\)$"):
+            self.net.predict(self.x[..., 0])
+
+    def test_no_hint_where_no_reading_of_the_input_fits_better(self):
+        rgb = Network([Conv((3, 3, 3, 4)), Flatten((30, 30, 4))], loss=SoftmaxCrossEntropy())
+        with pytest.raises(ValueError) as excinfo:
+            rgb.predict(np.zeros((2, 32, 32)))        # one channel added would still not be 3
+        assert "None]" not in str(excinfo.value) and "transpose" not in str(excinfo.value)
+        with pytest.raises(ValueError) as excinfo:
+            self.net.predict(np.zeros((2, 30, 30, 1)))
+        assert str(excinfo.value) == ("layer 2 (Flatten): Flatten expects inputs of shape "
+                                      "(N, 13, 13, 16), got (N, 14, 14, 16)")
+
     def test_wrong_channel_count_names_expected_and_received(self):
         with pytest.raises(ValueError, match=r"layer 0 \(Conv\).*expects 1 input channels, got 3"):
             self.net.predict(np.zeros((2, 28, 28, 3)))
@@ -327,6 +449,59 @@ def test_one_optimizer_shared_by_two_layers_is_refused():
                 loss=SoftmaxCrossEntropy())
 
 
+def test_loss_and_optimizer_classes_are_made_with_their_defaults():
+    net = Network([FullyConnected((4, 3), activation="relu", optimizer=SGDOptimizer),
+                   FullyConnected((3, 2), activation=cnnc.activations.Tanh, optimizer=AdamOptimizer)],
+                  loss=SoftmaxCrossEntropy)
+    assert type(net.loss) is SoftmaxCrossEntropy
+    assert [type(layer.optimizer) for layer in net.layers] == [SGDOptimizer, AdamOptimizer]
+    assert np.isfinite(net.train_step(np.ones((2, 4)), [0, 1]))
+    assert type(Network([FullyConnected((4, 1))], loss=MeanSquaredError).loss) is MeanSquaredError
+
+
+@pytest.mark.parametrize("layer, fix", [(Conv, "Conv(fshape, ...)"), (Flatten, "Flatten(...)"),
+                                        (FullyConnected, "FullyConnected(shape, ...)"), (POOL, "MaxPool(...)")])
+def test_a_layer_class_in_the_list_is_refused_with_the_fix(layer, fix):
+    message = f"layer 1 is the class {layer.__name__}, not a layer: write {fix}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        Network([Flatten((4,)), layer, FullyConnected((4, 2))], loss=SoftmaxCrossEntropy())
+
+
+@pytest.mark.parametrize("layers, message", [
+    ([], "^a Network needs at least one layer$"),
+    ([FullyConnected((4, 2)), relu], r"^layer 1 is ReLU\(\), not a layer such as Conv\(...\)"),
+    ([np.tanh], "^layer 0 is <ufunc 'tanh'>, not a layer"),
+    (FullyConnected((4, 2)), "^layers must be a list of layers, got FullyConnected"),
+    (None, "^layers must be a list of layers, got None"),
+], ids=["empty", "activation", "function", "one_layer_not_in_a_list", "none"])
+def test_what_is_not_a_list_of_layers_is_refused(layers, message):
+    with pytest.raises(ValueError, match=message):
+        Network(layers, loss=SoftmaxCrossEntropy())
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", None, relu, cnnc.activations.ReLU, Conv,
+                                  lambda outputs, labels: 0.0, AdamOptimizer()],
+                         ids=["name", "none", "activation", "activation_class", "layer_class",
+                              "function", "optimizer"])
+def test_what_is_not_a_loss_is_refused(loss):
+    with pytest.raises(ValueError, match=r"^loss must be a loss such as SoftmaxCrossEntropy\(\) or "
+                                         r"MeanSquaredError\(\) \(an object with compute"):
+        Network([FullyConnected((4, 2))], loss=loss)
+
+
+def test_repr_shows_the_layers_one_per_line_and_the_loss():
+    net = Network([Conv((3, 3, 1, 8), padding=1, activation="relu"), MaxPool(2), Flatten((6, 6, 8)),
+                   FullyConnected((288, 4))], loss=SoftmaxCrossEntropy)
+    assert repr(net) == """Network([
+    Conv((3, 3, 1, 8), strides=(1, 1), padding=(1, 1), activation=ReLU()),
+    MaxPool(pshape=(2, 2), strides=(2, 2)),
+    Flatten((6, 6, 8)),
+    FullyConnected((288, 4), activation=Linear()),
+], loss=SoftmaxCrossEntropy())"""
+    one = Network([FullyConnected((3, 1))], loss=MeanSquaredError())
+    assert repr(one) == "Network([FullyConnected((3, 1), activation=Linear())], loss=MeanSquaredError())"
+
+
 def test_network_without_parameters_uses_the_default_dtype():
     net = Network([Flatten((2, 2, 1))], loss=SoftmaxCrossEntropy())
     assert net.dtype == cnnc.get_default_dtype()
@@ -386,11 +561,12 @@ def test_fit_with_a_seed_is_reproducible_and_shuffles():
     assert not np.array_equal(runs[0], runs[2]) and not np.array_equal(runs[0], runs[3])
 
 
-def test_fit_shows_a_progress_bar_with_loss_and_speed(capsys):
+def test_fit_shows_a_progress_bar_with_loss_accuracy_and_speed(capsys):
     x, y = bars(30)
-    small_cnn().fit(x, y, epochs=2, batch_size=10)
+    small_cnn().fit(x, y, epochs=2, batch_size=10, validation_data=(x[:10], y[:10]))
     err = capsys.readouterr().err
-    assert "epoch 1/2" in err and "epoch 2/2" in err and "loss=" in err and "sample/s" in err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "sample/s" in err
+    assert all(f"{name}=" in err for name in ("loss", "accuracy", "val_loss", "val_accuracy"))
     small_cnn().fit(x, y, epochs=1, batch_size=10, progress=False)
     assert capsys.readouterr().err == ""
 
@@ -398,11 +574,15 @@ def test_fit_shows_a_progress_bar_with_loss_and_speed(capsys):
 @pytest.mark.parametrize("kwargs, message", [
     ({"epochs": -1}, "epochs"), ({"epochs": 1.5}, "epochs"), ({"batch_size": 0}, "batch_size"),
     ({"lr": float("nan")}, "lr"), ({"validation_data": (np.zeros((2, 5, 5, 1)), [0, 1])}, "layer 2 \\(Flatten\\)"),
+    ({"validation_data": (np.zeros((2, 12, 12, 1)), [0, 4])}, r"class ids must lie in \[0, 4\)"),
 ])
-def test_fit_refuses_bad_arguments(kwargs, message):
+def test_fit_refuses_bad_arguments_before_the_first_step(kwargs, message):
     x, y = bars(8)
+    net = small_cnn()
+    before = state_of(net)
     with pytest.raises(ValueError, match=message):
-        small_cnn().fit(x, y, progress=False, **kwargs)
+        net.fit(x, y, progress=False, **kwargs)
+    assert_same_state(state_of(net), before)
 
 
 def test_fit_with_zero_epochs_changes_nothing():
@@ -413,10 +593,11 @@ def test_fit_with_zero_epochs_changes_nothing():
     assert_same_state(state_of(net), before)
 
 
-def test_summary_lists_output_shapes_and_parameter_counts(capsys):
+def test_summary_prints_output_shapes_and_parameter_counts_once(capsys):
     net = seed_cnn()
-    table = net.summary(input_shape=(28, 28, 1))
-    assert capsys.readouterr().out.strip() == table.strip()
+    assert net.summary(input_shape=(28, 28, 1)) is None      # a REPL shows only the print
+    table = capsys.readouterr().out
+    assert table.count("total parameters") == 1
     lines = table.splitlines()
     for shape, count in [("(None, 26, 26, 16)", "160"), ("(None, 12, 12, 32)", "8,224"),
                          ("(None, 6, 6, 32)", "0"), ("(None, 1152)", "0"),
@@ -430,10 +611,12 @@ def test_summary_knows_the_input_shape_once_the_network_has_seen_data(capsys):
     with pytest.raises(ValueError, match="input_shape"):
         net.summary()
     net.predict(bars(2)[0])
-    assert "(None, 4)" in net.summary()
+    net.summary()
+    assert "(None, 4)" in capsys.readouterr().out
     mlp = Network([Flatten((4, 4, 1)), FullyConnected((16, 3))], loss=SoftmaxCrossEntropy())
-    assert "(None, 16)" in mlp.summary(file=open(os.devnull, "w"))
-    capsys.readouterr()
+    text = io.StringIO()
+    mlp.summary(file=text)
+    assert "(None, 16)" in text.getvalue() and capsys.readouterr().out == ""
 
 
 # ======================================================== interrupted and failed steps

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc import AdamOptimizer, AdamWOptimizer, SGDoptimizer, SGDOptimizer
+from cnnc import AdamOptimizer, AdamWOptimizer, SGDoptimizer, SGDOptimizer, optimizers
 
 
 def grads(n_steps, shape, seed=0):
@@ -384,3 +384,17 @@ def test_weight_decay_must_be_a_finite_number_at_least_0(make, bad):
 def test_optimizers_show_their_weight_decay():
     assert repr(AdamWOptimizer()) == "AdamWOptimizer(beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.01)"
     assert "weight_decay=0.2" in repr(SGDOptimizer(momentum=0.9, weight_decay=0.2))
+
+
+def test_get_takes_an_optimizer_as_it_is_and_a_class_with_its_defaults():
+    adam = AdamOptimizer(beta1=0.5)
+    assert optimizers.get(adam) is adam
+    made = optimizers.get(SGDOptimizer)
+    assert type(made) is SGDOptimizer and made.momentum == 0.0
+    assert type(optimizers.get(AdamOptimizer)) is AdamOptimizer
+
+
+@pytest.mark.parametrize("value", ["adam", None, 0.01, optimizers.Optimizer.update, cnnc.relu, object])
+def test_get_refuses_what_is_not_an_optimizer(value):
+    with pytest.raises(ValueError, match="optimizer must be an optimizer such as AdamOptimizer()"):
+        optimizers.get(value)

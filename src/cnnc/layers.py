@@ -11,7 +11,7 @@ ValueError that says what was expected.
 """
 import numpy as np
 
-from . import _checks, dtypes, init, kernels
+from . import _checks, activations, dtypes, init, kernels, optimizers
 from .activations import linear
 from .optimizers import AdamOptimizer
 
@@ -57,14 +57,21 @@ class Layer:
     def update(self, grads, lr):
         pass
 
+    def __repr__(self):
+        return type(self).__name__ + "()"
+
 
 class ParametricLayer(Layer):
-    """A layer with a weight "w" and a bias "b", an activation and its own optimizer."""
+    """A layer with a weight "w" and a bias "b", an activation and its own optimizer.
+
+    activation: an activation, its class or its name ("relu", ...; see activations.get);
+    optimizer: an optimizer or its class, made with its defaults (None: AdamOptimizer()).
+    """
 
     def __init__(self, w_shape, b_shape, activation, optimizer, weight_init, bias_init, dtype):
         self.dtype = dtypes.resolve(dtype)
-        self.activation = linear if activation is None else activation
-        self.optimizer = AdamOptimizer() if optimizer is None else optimizer
+        self.activation = activations.get(activation)
+        self.optimizer = AdamOptimizer() if optimizer is None else optimizers.get(optimizer)
         self.params = {
             "w": self._initial(weight_init or init.he_normal, w_shape, "weight"),
             "b": self._initial(bias_init or init.zeros, b_shape, "bias"),

@@ -2,7 +2,9 @@
 `deriv(outputs, labels)` its gradient w.r.t. the outputs.
 
 Labels are integer class ids of shape (N,) or targets of shape (N, classes), one-hot
-or any distribution over the classes.
+or any distribution over the classes; MeanSquaredError also takes targets of shape (N,)
+for a network with one output. A loss's `classification` says whether a Network reports
+accuracy for it (a loss that does not say is taken as a classification loss).
 """
 import numpy as np
 
@@ -52,6 +54,23 @@ def class_ids(labels, classes):
     return labels
 
 
+def regression_targets(labels, outputs):
+    """Targets as an (N, outputs) array in the outputs' dtype: as targets() reads them, and
+    (N,) numbers for a network with one output, read as (N, 1) as Keras does."""
+    labels = np.asarray(labels)
+    n, width = outputs.shape
+    if labels.ndim != 1 or (width > 1 and np.issubdtype(labels.dtype, np.integer)):
+        return targets(labels, outputs)
+    if width > 1:
+        raise ValueError(f"targets of shape (N,) fit a network with one output, this one has {width}: "
+                         f"pass targets of shape (N, {width}) (or integer class ids)")
+    if labels.shape != (n,):
+        raise ValueError(f"expected labels for {n} samples, got labels of shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.number) and labels.dtype != np.bool_:
+        raise ValueError(f"labels must be numbers, got dtype {labels.dtype}")
+    return labels.reshape(n, 1).astype(outputs.dtype, copy=False)
+
+
 def _check_outputs(outputs):
     if outputs.ndim != 2:
         raise ValueError(f"the loss expects network outputs of shape (N, classes), got {outputs.shape}")
@@ -59,6 +78,8 @@ def _check_outputs(outputs):
 
 class SoftmaxCrossEntropy:
     """Softmax followed by cross-entropy, fused: takes logits, cannot overflow."""
+
+    classification = True
 
     def compute(self, outputs, labels):
         _check_outputs(outputs)
@@ -88,16 +109,22 @@ class SoftmaxCrossEntropy:
 
 
 class MeanSquaredError:
-    """Mean of (output - target)^2 over all elements, as torch.nn.MSELoss."""
+    """Mean of (output - target)^2 over all elements, as torch.nn.MSELoss.
+
+    Targets are (N, outputs), (N,) for a network with one output, or integer class ids
+    (N,) standing for their one-hot rows.
+    """
+
+    classification = False
 
     def compute(self, outputs, labels):
         _check_outputs(outputs)
-        diff = outputs - targets(labels, outputs)
+        diff = outputs - regression_targets(labels, outputs)
         return float(np.mean(diff * diff))
 
     def deriv(self, outputs, labels):
         _check_outputs(outputs)
-        diff = outputs - targets(labels, outputs)
+        diff = outputs - regression_targets(labels, outputs)
         return diff * outputs.dtype.type(2.0 / diff.size)
 
     def __repr__(self):

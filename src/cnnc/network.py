@@ -1,5 +1,6 @@
 """Network: a stack of layers trained step by step, as in the seed report."""
 import contextlib
+import inspect
 import sys
 from collections import deque
 
@@ -7,6 +8,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _checks, _interrupts, dtypes, kernels, saving
+from .activations import AbstractActivation
+from .layers import Layer
 from .losses import class_ids
 
 
@@ -14,15 +17,24 @@ class Network:
     """Layers applied in order, and the loss on the last one's output.
 
     The network computes in the dtype of its parameters (one for all layers); inputs
-    are cast to it.
+    are cast to it. A loss given as a class is made with its defaults.
     """
 
     def __init__(self, layers, loss):
-        self.layers = list(layers)
-        self.loss = loss
+        self.layers = _check_layers(layers)
+        self.loss = _check_loss(loss)
         self.dtype = _common_dtype(self.layers)
         _check_own_optimizers(self.layers)
         self.input_shape = None     # one sample's shape, once the network has seen one
+
+    def __repr__(self):
+        """The layers one per line when there are several, as torch.nn.Sequential shows them."""
+        layers = [repr(layer) for layer in self.layers]
+        if len(layers) > 1:
+            listing = "\n" + "".join(f"    {layer},\n" for layer in layers)
+        else:
+            listing = "".join(layers)
+        return f"Network([{listing}], loss={self.loss!r})"
 
     def train_step(self, x, y, lr=1e-3):
         """One forward, backward and optimizer update on a batch; returns the loss before it.
@@ -117,61 +129,81 @@ class Network:
         bar with the running loss and accuracy and the speed. Returns the history: per
         epoch, the mean training "loss" and "accuracy" over the epoch's steps (each taken
         before that step's update) and, given validation_data = (x_val, y_val),
-        "val_loss" and "val_accuracy" after the epoch.
+        "val_loss" and "val_accuracy" after the epoch. Accuracy is for classification
+        losses (SoftmaxCrossEntropy); a MeanSquaredError network reports its loss only.
+        Labels are checked, those of validation_data too, before the first step.
         """
         schedule = lr if callable(lr) else _constant(_check_lr(lr))
         batch_size = _check_batch_size(batch_size)
         if int(epochs) != epochs or epochs < 0:
             raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
         x = np.asarray(x)
-        (classes,) = self._check_input(x, one_d_output=True)
-        ids = class_ids(_check_count(x, y), classes)
+        (width,) = self._check_input(x, one_d_output=True)
+        ids = self._check_labels(_check_count(x, y), width)
         if len(x) == 0:
             raise ValueError("fit needs at least one sample")
         if validation_data is not None:
             x_val, y_val = validation_data
             x_val = np.asarray(x_val)
             self._check_input(x_val, one_d_output=True)
-            _check_count(x_val, y_val)
+            self._check_labels(_check_count(x_val, y_val), width)
         rng = np.random.default_rng(seed)
-        history = {"loss": [], "accuracy": []}
+        names = ("loss", "accuracy") if self._classifies else ("loss",)
+        history = {name: [] for name in names}
         if validation_data is not None:
-            history.update(val_loss=[], val_accuracy=[])
+            history.update({f"val_{name}": [] for name in names})
         y = np.asarray(y)
         for epoch in range(int(epochs)):
             order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
             with tqdm(total=len(x), unit="sample", desc=f"epoch {epoch + 1}/{epochs}",
                       disable=not progress, file=sys.stderr) as bar:
-                loss, accuracy = self._train_epoch(x, y, ids, order, batch_size, schedule,
-                                                   epoch * -(-len(x) // batch_size), bar)
-                history["loss"].append(loss)
-                history["accuracy"].append(accuracy)
+                scores = self._train_epoch(x, y, ids, order, batch_size, schedule,
+                                           epoch * -(-len(x) // batch_size), bar)
+                for name, value in zip(names, scores):
+                    history[name].append(value)
                 if validation_data is not None:
-                    val_loss, val_accuracy = self._loss_and_accuracy(x_val, y_val, 1000)
-                    history["val_loss"].append(val_loss)
-                    history["val_accuracy"].append(val_accuracy)
-                    bar.set_postfix(loss=f"{history['loss'][-1]:.4f}",
-                                    acc=f"{history['accuracy'][-1]:.4f}",
-                                    val_loss=f"{val_loss:.4f}", val_acc=f"{val_accuracy:.4f}")
+                    scores = self._loss_and_accuracy(x_val, y_val, 1000, with_accuracy=self._classifies)
+                    for name, value in zip(names, scores):
+                        history[f"val_{name}"].append(value)
+                    bar.set_postfix({name: f"{values[-1]:.4f}" for name, values in history.items()})
         return history
 
     def _train_epoch(self, x, y, ids, order, batch_size, schedule, first_step, bar):
         """One pass over the samples in this order, its steps counted from first_step; the
-        mean loss and the accuracy of its steps."""
+        mean loss of its steps and, given class ids, their accuracy (else None)."""
         total_loss, correct, seen = 0.0, 0, 0
         for step, start in enumerate(range(0, len(order), batch_size), first_step):
             batch = order[start : start + batch_size]
             loss, outputs = self._train_batch(x[batch], y[batch], _scheduled(schedule, step))
             total_loss += loss * len(batch)
-            correct += int((outputs.argmax(axis=1) == ids[batch]).sum())
             seen += len(batch)
+            shown = {"loss": f"{total_loss / seen:.4f}"}
+            if ids is not None:
+                correct += int((outputs.argmax(axis=1) == ids[batch]).sum())
+                shown["accuracy"] = f"{correct / seen:.4f}"
             bar.update(len(batch))
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
-        return total_loss / seen, correct / seen
+            bar.set_postfix(shown, refresh=False)
+        return total_loss / seen, (correct / seen if ids is not None else None)
+
+    @property
+    def _classifies(self):
+        """Whether fit and evaluate report accuracy: as the loss's `classification` says
+        (SoftmaxCrossEntropy: yes, MeanSquaredError: no; a loss that does not say: yes)."""
+        return getattr(self.loss, "classification", True)
+
+    def _check_labels(self, labels, width):
+        """Labels checked before any step: for a classifier, the class ids (N,) its accuracy
+        needs; for other losses None, once the loss has taken them (against zero outputs)."""
+        if self._classifies:
+            return class_ids(labels, width)
+        self.loss.compute(np.zeros((len(labels), width), self.dtype), labels)
+        return None
 
     def summary(self, input_shape=None, file=None):
-        """Print each layer's output shape and parameter count (to file, default stdout),
-        and return the same table as a string.
+        """Print each layer's output shape and parameter count to file (default stdout).
+
+        Returns None, as Keras's model.summary() does, so that a REPL shows the table
+        once; file=io.StringIO() captures it as text.
 
         The input shape is that of one sample, e.g. (28, 28, 1); by default the one the
         network last saw, or what its first layer fixes (Flatten, FullyConnected).
@@ -191,9 +223,7 @@ class Network:
         lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
         lines.insert(1, "-" * len(lines[0]))
         lines += ["-" * len(lines[0]), f"total parameters: {total:,} ({np.dtype(self.dtype).name})"]
-        table = "\n".join(lines)
-        print(table, file=sys.stdout if file is None else file)
-        return table
+        print("\n".join(lines), file=sys.stdout if file is None else file)
 
     def _summary_input_shape(self, input_shape):
         if input_shape is not None:
@@ -239,27 +269,33 @@ class Network:
         return probabilities(self.predict(x, batch_size))
 
     def evaluate(self, x, y, batch_size=1000):
-        """The fraction of samples whose largest output is their label's class."""
-        return self._loss_and_accuracy(x, y, batch_size, with_loss=False)[1]
+        """What fits the loss, over (x, y): for a classification loss (SoftmaxCrossEntropy) the
+        accuracy, the fraction of samples whose largest output is their label's class; for
+        MeanSquaredError the mean squared error (the mean loss over all samples)."""
+        classifies = self._classifies
+        loss, accuracy = self._loss_and_accuracy(x, y, batch_size, with_loss=not classifies,
+                                                 with_accuracy=classifies)
+        return accuracy if classifies else loss
 
-    def _loss_and_accuracy(self, x, y, batch_size, with_loss=True):
-        """The mean loss (or None) and the accuracy over (x, y), batch_size samples at a time."""
+    def _loss_and_accuracy(self, x, y, batch_size, with_loss=True, with_accuracy=True):
+        """The mean loss and the accuracy over (x, y), batch_size samples at a time (None for
+        either one not asked for)."""
         x = np.asarray(x)
         (classes,) = self._check_input(x, one_d_output=True)
         labels = _check_count(x, y)
-        ids = class_ids(labels, classes)
+        ids = class_ids(labels, classes) if with_accuracy else None
         batch_size = _check_batch_size(batch_size)
         correct, total_loss = 0, 0.0
         with kernels.memory_pool():
             for start in range(0, len(x), batch_size):
                 part = slice(start, start + batch_size)
                 outputs = self._forward(x[part])
-                correct += int((outputs.argmax(axis=1) == ids[part]).sum())
+                if with_accuracy:
+                    correct += int((outputs.argmax(axis=1) == ids[part]).sum())
                 if with_loss:
                     total_loss += self.loss.compute(outputs, labels[part]) * len(outputs)
-        if not len(x):
-            return (0.0 if with_loss else None), 0.0
-        return (total_loss / len(x) if with_loss else None), correct / len(x)
+        count = max(len(x), 1)
+        return (total_loss / count if with_loss else None), (correct / count if with_accuracy else None)
 
     def _forward(self, x):
         activation = np.ascontiguousarray(x, dtype=self.dtype)
@@ -277,21 +313,87 @@ class Network:
         return np.ascontiguousarray(x, dtype=self.dtype), y
 
     def _check_input(self, x, one_d_output=False):
-        """Check x against every layer; return the shape of one sample's output."""
+        """Check x against every layer; return the shape of one sample's output.
+
+        A refusal names the layer and, for one sample instead of a batch, NCHW images or
+        images without their channel axis, says what to write instead."""
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
             raise ValueError(f"inputs must be numbers, got dtype {x.dtype}")
-        if x.ndim < 2:
-            raise ValueError(f"inputs must be a batch (N, ...), got shape {x.shape}")
-        shape = x.shape[1:]
+        depth, result = self._trace(x.shape[1:]) if x.ndim >= 2 else (0, None)
+        if depth < len(self.layers):
+            raise ValueError(self._refusal(x.shape, depth, result))
+        if one_d_output and len(result) != 1:
+            raise ValueError(f"the last layer must output (N, classes), it outputs (N, {result})")
+        self.input_shape = tuple(x.shape[1:])
+        return tuple(result)
+
+    def _trace(self, shape):
+        """Follow one sample's shape through the layers: (len(layers), the output shape) if
+        every layer takes it, else (depth, error) of the first that refuses it."""
         for depth, layer in enumerate(self.layers):
             try:
                 shape = layer.output_shape(shape)
             except ValueError as error:
-                raise ValueError(f"layer {depth} ({type(layer).__name__}): {error}") from None
-        if one_d_output and len(shape) != 1:
-            raise ValueError(f"the last layer must output (N, classes), it outputs (N, {shape})")
-        self.input_shape = tuple(x.shape[1:])
-        return tuple(shape)
+                return depth, error
+        return len(self.layers), shape
+
+    def _refusal(self, shape, depth, error):
+        """Why inputs of this shape are refused by layer `depth` with error (None: they are not
+        a batch) and, when they read as a common mistake that gets further, what to write."""
+        where = "" if error is None else f"layer {depth} ({type(self.layers[depth]).__name__}): "
+        if self._trace(shape)[0] > depth:
+            kind = "image" if len(shape) == 3 else "sample"
+            return (f"{where}inputs of shape {shape} look like one {kind}, not a batch "
+                    f"(N, {', '.join(map(str, shape))}): pass x[None] (or x[np.newaxis]), a batch of one")
+        if error is None:
+            return f"inputs must be a batch (N, ...), got shape {shape}"
+        message = f"{where}{error}"
+        if len(shape) == 4 and self._trace(shape[2:] + shape[1:2])[0] > depth:
+            message += ("; cnnc images are NHWC (N, H, W, C) and these look like NCHW (N, C, H, W): "
+                        "pass x.transpose(0, 2, 3, 1)")
+        elif len(shape) == 3 and self._trace(shape[1:] + (1,))[0] > depth:
+            message += "; for images of one channel, pass x[..., None] (or x[..., np.newaxis])"
+        return message
+
+
+def _check_layers(layers):
+    """layers as a list of at least one layer; a class in it (Conv for Conv(...)) or anything
+    else is refused here, with what to write, rather than at the first forward pass."""
+    try:
+        layers = list(layers)
+    except TypeError:
+        raise ValueError(f"layers must be a list of layers, got {layers!r}") from None
+    if not layers:
+        raise ValueError("a Network needs at least one layer")
+    for depth, layer in enumerate(layers):
+        if isinstance(layer, type) and issubclass(layer, Layer):
+            raise ValueError(f"layer {depth} is the class {layer.__name__}, not a layer: "
+                             f"write {_call(layer)}")
+        if not isinstance(layer, Layer):
+            raise ValueError(f"layer {depth} is {layer!r}, not a layer such as Conv(...), MaxPool(...), "
+                             "Flatten(...) or FullyConnected(...)")
+    return layers
+
+
+def _call(cls):
+    """How a call of cls reads: its required arguments, then "..." if it takes more."""
+    parameters = inspect.signature(cls).parameters.values()
+    required = [p.name for p in parameters
+                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    more = ["..."] if len(required) < len(parameters) else []
+    return f"{cls.__name__}({', '.join(required + more)})"
+
+
+def _check_loss(loss):
+    """The loss, made with its defaults if given as a class (loss=SoftmaxCrossEntropy); anything
+    without compute and deriv, or an activation, is refused."""
+    kind = loss if isinstance(loss, type) else type(loss)
+    if (not (callable(getattr(loss, "compute", None)) and callable(getattr(loss, "deriv", None)))
+            or issubclass(kind, AbstractActivation)):
+        raise ValueError("loss must be a loss such as SoftmaxCrossEntropy() or MeanSquaredError() "
+                         "(an object with compute(outputs, labels) and deriv(outputs, labels)), "
+                         f"got {loss!r}")
+    return loss() if isinstance(loss, type) else loss
 
 
 def _common_dtype(layers):

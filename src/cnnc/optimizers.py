@@ -43,6 +43,17 @@ class Optimizer:
         return state
 
 
+def get(value):
+    """The optimizer `value` stands for: an Optimizer as it is, or a subclass of Optimizer
+    made with its defaults (optimizer=AdamOptimizer means AdamOptimizer())."""
+    if isinstance(value, Optimizer):
+        return value
+    if isinstance(value, type) and issubclass(value, Optimizer):
+        return value()
+    raise ValueError("optimizer must be an optimizer such as AdamOptimizer() or "
+                     f"SGDOptimizer(momentum=0.9), or one of their classes; got {value!r}")
+
+
 class SGDOptimizer(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay,
     as torch.optim.SGD."""
