@@ -10,6 +10,7 @@ import pytest
 import cnnc
 from cnnc import (POOL, AdamOptimizer, AvgPool, BatchNorm, Conv, Dropout, Flatten, FullyConnected,
                   GlobalAvgPool, MaxPool, SGDOptimizer, leaky_relu, linear, relu, sigmoid, tanh)
+from cnnc import Network, SoftmaxCrossEntropy
 from cnnc.activations import LeakyReLU, Linear, ReLU, Sigmoid
 
 from .gradcheck import assert_grad_close, numerical_grad
@@ -714,15 +715,21 @@ def test_dropout_rate_must_lie_in_0_to_1(rate):
 
 # ======================================================================= Flatten()
 
-def test_flatten_without_a_shape_takes_the_first_it_sees_and_keeps_it():
+def test_flatten_without_a_shape_takes_the_first_inputs_through_it_and_keeps_it():
     layer = Flatten()
     assert repr(layer) == "Flatten()"
-    assert layer.output_shape((3, 4, 2)) == (24,)
+    assert layer.output_shape((3, 4, 2)) == (24,) and layer.output_shape((5, 5)) == (25,)
+    assert layer.forward(np.zeros((2, 3, 4, 2)))[1].shape == (2, 24)
     assert repr(layer) == "Flatten((3, 4, 2))"
     with pytest.raises(ValueError, match="Flatten expects inputs of shape \\(N, 3, 4, 2\\)"):
         layer.output_shape((4, 3, 2))
-    direct = Flatten()
-    assert direct.forward(np.zeros((5, 2, 3)))[1].shape == (5, 6)
+
+
+def test_a_refused_input_does_not_fix_the_shape_of_a_flatten():
+    net = Network([Flatten(), FullyConnected((12, 2))], loss=SoftmaxCrossEntropy())
+    with pytest.raises(ValueError):
+        net.predict(np.zeros((2, 3, 5)))
+    assert net.predict(np.zeros((2, 3, 4))).shape == (2, 2)
 
 
 # ========================================================== BatchNorm, AvgPool, GlobalAvgPool

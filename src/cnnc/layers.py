@@ -276,7 +276,7 @@ class Dropout(Layer):
 
 class Flatten(Layer):
     """(N, *input_shape) -> (N, prod(input_shape)), in C order. Without input_shape, the
-    shape of the first inputs it sees fixes it."""
+    shape of the first inputs that pass through it fixes it."""
 
     def __init__(self, input_shape=None):
         super().__init__()
@@ -290,8 +290,8 @@ class Flatten(Layer):
         self.size = int(np.prod(self.input_shape))
 
     def output_shape(self, input_shape):
-        if self.input_shape is None:
-            self._fix(input_shape)
+        if self.input_shape is None:        # not fixed until inputs pass through
+            return (int(np.prod(input_shape)),)
         if tuple(input_shape) != self.input_shape:
             raise ValueError(f"Flatten expects inputs of shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got (N, {', '.join(map(str, input_shape))})")
