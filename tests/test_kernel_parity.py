@@ -28,8 +28,8 @@ baseline = pytest.importorskip(
 compiled = importlib.import_module(kernels.IMPLEMENTATION) if kernels.BACKEND == "compiled" else baseline
 
 KERNEL_NAMES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_params",
-                "maxpool2d_forward", "maxpool2d_backward", "adam_update", "matmul", "leaky_relu",
-                "leaky_relu_backward")
+                "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
+                "adam_update", "matmul", "leaky_relu", "leaky_relu_backward")
 MODULES = [pytest.param(_numpy_kernels, id="numpy"), pytest.param(compiled, id="compiled")]
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 # Relative error, to the largest magnitude of the reference, per dtype.
@@ -385,6 +385,36 @@ def test_leaky_relu_parity_is_bitwise(dtype, slope):
     np.testing.assert_array_equal(backward[1][~positive], upstream[~positive] * dtype(slope))
 
 
+# Average pooling: the max pooling cases, and windows as large as the image (global
+# average pooling), overlapping ones, and more channels than a vector holds.
+AVGPOOL_CASES = POOL_CASES + [
+    (3, 7, 9, 35, (7, 9), (1, 1)),   # global average pooling
+    (2, 4, 4, 1, (4, 4), (2, 2)),    # global, with a stride larger than what is left
+    (3, 11, 9, 16, (3, 3), (2, 2)),  # overlapping
+    (2, 9, 7, 3, (3, 2), (1, 1)),    # overlapping, non-square
+    (1, 13, 11, 35, (5, 4), (2, 3)),
+]
+AVGPOOL_IDS = [f"{n}x{h}x{w}x{c}-k{p[0]}x{p[1]}-s{s[0]}{s[1]}"
+               for n, h, w, c, p, s in AVGPOOL_CASES]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", AVGPOOL_CASES, ids=AVGPOOL_IDS)
+def test_avgpool2d_parity(case, dtype):
+    n, h, w, c, pool_size, stride = case
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((n, h, w, c)) + 3).astype(dtype)
+    expected = _numpy_kernels.avgpool2d_forward(x, pool_size, stride)
+    assert expected.shape == (n, out_size(h, pool_size[0], stride[0]),
+                              out_size(w, pool_size[1], stride[1]), c)
+    assert_close(compiled.avgpool2d_forward(x, pool_size, stride), expected, dtype, TOL[dtype])
+    dy = rng.standard_normal(expected.shape).astype(dtype)
+    expected_dx = _numpy_kernels.avgpool2d_backward(dy, x.shape, pool_size, stride)
+    assert expected_dx.shape == x.shape
+    assert_close(compiled.avgpool2d_backward(dy, x.shape, pool_size, stride), expected_dx, dtype,
+                 TOL[dtype])
+
+
 # =========================================================================== 2. safety
 
 
@@ -487,6 +517,18 @@ def leaky_back(**kw):
     a = dict(x=arr(2, 3, 4), upstream=arr(2, 3, 4, seed=1), slope=0.01)
     a.update(kw)
     return "leaky_relu_backward", (a["x"], a["upstream"], a["slope"])
+
+
+def avgf(**kw):
+    a = dict(x=arr(2, 7, 9, 3), pool_size=(2, 2), stride=(2, 2))
+    a.update(kw)
+    return "avgpool2d_forward", (a["x"], a["pool_size"], a["stride"])
+
+
+def avgb(**kw):
+    a = dict(dy=arr(2, 3, 4, 3), input_shape=(2, 7, 9, 3), pool_size=(2, 2), stride=(2, 2))
+    a.update(kw)
+    return "avgpool2d_backward", (a["dy"], a["input_shape"], a["pool_size"], a["stride"])
 
 
 def mm(**kw):
@@ -622,6 +664,35 @@ BAD_CALLS = {
     "pbwd-input-shape-zero-height": lambda: pbwd(input_shape=(2, 0, 9, 3)),
     "pbwd-input-shape-zero-width": lambda: pbwd(input_shape=(2, 7, 0, 3)),
     "pbwd-input-shape-too-small": lambda: pbwd(input_shape=(2, 7, 8, 3)),  # plane 56 <= max index 62
+    # avgpool2d_forward
+    "avgf-x-3d": lambda: avgf(x=arr(7, 9, 3)),
+    "avgf-x-int": lambda: avgf(x=np.ones((2, 7, 9, 3), np.int64)),
+    "avgf-x-float16": lambda: avgf(x=arr(2, 7, 9, 3, dtype=np.float16)),
+    "avgf-x-list": lambda: avgf(x=arr(2, 7, 9, 3).tolist()),
+    "avgf-pool-0": lambda: avgf(pool_size=(0, 2)),
+    "avgf-pool-3-long": lambda: avgf(pool_size=(2, 2, 2)),
+    "avgf-stride-0": lambda: avgf(stride=(2, 0)),
+    "avgf-stride-negative": lambda: avgf(stride=(-2, 2)),
+    "avgf-window-too-tall": lambda: avgf(pool_size=(8, 2)),
+    "avgf-window-too-wide": lambda: avgf(pool_size=(2, 10)),
+    "avgf-x-zero-height": lambda: avgf(x=arr(2, 0, 9, 3)),
+    "avgf-x-zero-channels": lambda: avgf(x=arr(2, 7, 9, 0)),
+    # avgpool2d_backward
+    "avgb-dy-wrong-height": lambda: avgb(dy=arr(2, 4, 4, 3)),
+    "avgb-dy-wrong-width": lambda: avgb(dy=arr(2, 3, 5, 3)),
+    "avgb-dy-wrong-batch": lambda: avgb(dy=arr(1, 3, 4, 3)),
+    "avgb-dy-wrong-channels": lambda: avgb(dy=arr(2, 3, 4, 2)),
+    "avgb-dy-3d": lambda: avgb(dy=arr(3, 4, 3)),
+    "avgb-dy-int": lambda: avgb(dy=np.ones((2, 3, 4, 3), np.int32)),
+    "avgb-dy-list": lambda: avgb(dy=arr(2, 3, 4, 3).tolist()),
+    "avgb-input-shape-3-long": lambda: avgb(input_shape=(7, 9, 3)),
+    "avgb-input-shape-zero-width": lambda: avgb(input_shape=(2, 7, 0, 3)),
+    "avgb-input-shape-negative": lambda: avgb(input_shape=(2, -7, 9, 3)),
+    "avgb-input-shape-float": lambda: avgb(input_shape=(2, 7, 9.0, 3)),
+    "avgb-window-too-big": lambda: avgb(pool_size=(8, 2)),
+    "avgb-pool-0": lambda: avgb(pool_size=(2, 0)),
+    "avgb-stride-negative": lambda: avgb(stride=(2, -1)),
+    "avgb-stride-None": lambda: avgb(stride=None),
     # adam_update
     "adam-param-transposed": lambda: adam(param=arr(5, 4).T),
     "adam-param-strided": lambda: adam(param=arr(4, 10)[:, ::2]),
@@ -703,7 +774,7 @@ def test_refused_adam_update_leaves_param_m_and_v_unchanged(module, maker):
 
 def test_valid_calls_behind_the_bad_ones_are_accepted():
     """The bad calls differ from these in one argument only, so each one tests its check."""
-    for maker in (fwd, gin, gpar, pfwd, pbwd, adam, mm, leaky, leaky_back):
+    for maker in (fwd, gin, gpar, pfwd, pbwd, avgf, avgb, adam, mm, leaky, leaky_back):
         for module in (_numpy_kernels, compiled):
             name, args = maker()
             result = getattr(module, name)(*args)
@@ -780,6 +851,13 @@ ZERO_SIZED = {
                                   input_shape=(0, 7, 9, 3)), "input_shape must be 4 ints in"),
     "pbwd-channels-0": (lambda: pbwd(dy=arr(2, 3, 4, 0), argmax=valid_argmax((2, 3, 4, 0)),
                                      input_shape=(2, 7, 9, 0)), "input_shape must be 4 ints in"),
+    "avgf-batch-0": (lambda: avgf(x=arr(0, 7, 9, 3)), None),
+    "avgf-channels-0": (lambda: avgf(x=arr(2, 7, 9, 0)),
+                        "the input's height, width and channels must have no empty dimension"),
+    "avgb-batch-0": (lambda: avgb(dy=arr(0, 3, 4, 3), input_shape=(0, 7, 9, 3)),
+                     "input_shape must be 4 ints in"),
+    "avgb-channels-0": (lambda: avgb(dy=arr(2, 3, 4, 0), input_shape=(2, 7, 9, 0)),
+                        "input_shape must be 4 ints in"),
     "adam-empty": (lambda: adam(param=arr(0), grad=arr(0), m=arr(0), v=arr(0)), None),
     "adam-3x0": (lambda: adam(param=arr(3, 0), grad=arr(3, 0), m=arr(3, 0), v=arr(3, 0)), None),
     "matmul-no-rows": (lambda: mm(a=arr(0, 4)), None),
@@ -835,6 +913,11 @@ INT_ARGUMENTS = {
     "pool-stride": (lambda v: pfwd(stride=(v, 2)), 2, "stride must be 2 ints"),
     "pool-backward-input-shape": (lambda v: pbwd(input_shape=(v, 7, 9, 3)), 2,
                                   "input_shape must be 4 ints"),
+    "avgpool-size": (lambda v: avgf(pool_size=(v, 2)), 2, "pool_size must be 2 ints"),
+    "avgpool-stride": (lambda v: avgf(stride=(2, v)), 2, "stride must be 2 ints"),
+    "avgpool-backward-input-shape": (lambda v: avgb(input_shape=(v, 7, 9, 3)), 2,
+                                     "input_shape must be 4 ints"),
+    "avgpool-backward-stride": (lambda v: avgb(stride=(v, 2)), 2, "stride must be 2 ints"),
 }
 # Each bad value made from the argument's default.
 BAD_INTEGERS = {
@@ -994,6 +1077,10 @@ def read_only_inputs(name, dtype):
         x = r(2, 7, 9, 3)
         _, argmax = _numpy_kernels.maxpool2d_forward(x, (3, 3), (2, 2))
         return (r(*argmax.shape), argmax, x.shape), (0, 1)
+    if name == "avgpool2d_forward":
+        return (r(2, 7, 9, 3), (3, 3), (2, 2)), (0,)
+    if name == "avgpool2d_backward":
+        return (r(2, 3, 4, 3), (2, 7, 9, 3), (3, 3), (2, 2)), (0,)
     if name == "adam_update":
         return (r(4, 5), r(4, 5), r(4, 5), np.abs(r(4, 5)), 1e-2, 0.9, 0.999, 1e-8, 2), (1,)
     if name == "matmul":
@@ -1109,10 +1196,12 @@ def pool_workload(dtype, seed):
     dw, db = compiled.conv2d_grad_params(x, y, (3, 3), (1, 1), (1, 1, 1, 1))
     pooled, argmax = compiled.maxpool2d_forward(x, (3, 3), (2, 2))
     dpool = compiled.maxpool2d_backward(pooled, argmax, x.shape)
+    averaged = compiled.avgpool2d_forward(x, (3, 3), (2, 2))
+    daverage = compiled.avgpool2d_backward(averaged, x.shape, (3, 3), (2, 2))
     param, m, v = x.copy(), np.zeros_like(x), np.zeros_like(x)
     for step in (1, 2):
         compiled.adam_update(param, y[..., :1].repeat(8, axis=3), m, v, 1e-3, 0.9, 0.999, 1e-8, step)
-    return [y, dx, dw, db, pooled, argmax, dpool, param, m, v]
+    return [y, dx, dw, db, pooled, argmax, dpool, averaged, daverage, param, m, v]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -1224,9 +1313,11 @@ def every_kernel_once(module, dtype, seed):
     m, v = np.zeros_like(param), np.zeros_like(param)
     for step in range(1, 4):
         module.adam_update(param, grad, m, v, 1e-3, 0.9, 0.999, 1e-8, step)
+    averaged = module.avgpool2d_forward(y1, (3, 3), (2, 1))
     return [y1, y2, *module.conv2d_grad_params(x2, y2, (4, 4), (2, 1), (1, 2, 0, 1)),
             module.conv2d_grad_input(y2, w2, x2.shape, (2, 1), (1, 2, 0, 1)), pooled, argmax,
-            module.maxpool2d_backward(pooled, argmax, y2.shape), param, m, v,
+            module.maxpool2d_backward(pooled, argmax, y2.shape), averaged,
+            module.avgpool2d_backward(averaged, y1.shape, (3, 3), (2, 1)), param, m, v,
             module.matmul(x2.reshape(-1, 4).T, x2.reshape(-1, 4)),
             module.leaky_relu(y1, 0.01), module.leaky_relu_backward(y1, y1, 0.01)]
 

@@ -14,8 +14,9 @@ from cnnc import _checks, _numpy_kernels, kernels
 
 PRINT_IMPLEMENTATION = "from cnnc import kernels; print(kernels.IMPLEMENTATION)"
 KERNEL_NAMES = {"conv2d_forward", "conv2d_grad_input", "conv2d_grad_params", "maxpool2d_forward",
-                "maxpool2d_backward", "adam_update", "matmul", "leaky_relu", "leaky_relu_backward",
-                "memory_pool", "set_num_threads", "get_num_threads"}
+                "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward", "adam_update",
+                "matmul", "leaky_relu", "leaky_relu_backward", "memory_pool", "set_num_threads",
+                "get_num_threads"}
 
 
 def run_with_backend(value, code="import cnnc; print(cnnc.backend())", avx2="1", package_dir=None):
@@ -332,6 +333,9 @@ def test_every_kernel_gives_the_same_bits_on_every_run_with_several_threads():
             out += [y, *kernels.conv2d_grad_params(x, y, w.shape[:2], (1, 2), (2, 1, 0, 2)),
                     kernels.conv2d_grad_input(y, w, x.shape, (1, 2), (2, 1, 0, 2))]
         pooled, argmax = kernels.maxpool2d_forward(x, (2, 3), (2, 2))
+        for window, stride in (((3, 3), (2, 1)), ((13, 11), (1, 1))):    # overlapping; global
+            averaged = kernels.avgpool2d_forward(x, window, stride)
+            out += [averaged, kernels.avgpool2d_backward(averaged, x.shape, window, stride)]
         p, m, v = param.copy(), np.zeros_like(param), np.zeros_like(param)
         kernels.adam_update(p, grad, m, v, 1e-3, 0.9, 0.999, 1e-8, 1)
         return out + [pooled, argmax, kernels.maxpool2d_backward(pooled, argmax, x.shape),
@@ -347,6 +351,27 @@ def test_every_kernel_gives_the_same_bits_on_every_run_with_several_threads():
                 np.testing.assert_array_equal(a, b_)
     finally:
         cnnc.set_num_threads(before)
+
+
+def test_average_pooling_gives_the_same_bits_with_any_thread_count():
+    """Each output is computed by one thread: the thread count changes no bit."""
+    x = np.random.default_rng(2).standard_normal((5, 13, 11, 3)).astype(np.float32)
+
+    def run():
+        averaged = kernels.avgpool2d_forward(x, (3, 2), (1, 1))
+        return [averaged, kernels.avgpool2d_backward(averaged, x.shape, (3, 2), (1, 1))]
+
+    before = cnnc.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3, 8):
+            cnnc.set_num_threads(threads)
+            results.append(run())
+    finally:
+        cnnc.set_num_threads(before)
+    for result in results[1:]:
+        for a, b in zip(result, results[0]):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("files, cores", [

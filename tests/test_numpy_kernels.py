@@ -1,8 +1,11 @@
-"""The NumPy kernels against naive nested-loop references computed in float64."""
+"""The NumPy kernels against naive nested-loop references computed in float64, finite
+differences for the gradients, and PyTorch where it is installed."""
 import numpy as np
 import pytest
 
 from cnnc import _numpy_kernels as nk
+
+from .gradcheck import assert_grad_close, numerical_grad
 
 DTYPES = [np.float32, np.float64]
 # Relative tolerance (to the largest reference magnitude) per dtype.
@@ -356,3 +359,110 @@ def test_adam_update_float32_stays_float32_and_tracks_textbook():
         np.testing.assert_allclose(param, ref_p, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(m, ref_m, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(v, ref_v, rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- average pooling
+
+
+def ref_avgpool_forward(x, pool_size, stride):
+    n, h, w, c = x.shape
+    (ph, pw), (sh, sw) = pool_size, stride
+    oh, ow = (h - ph) // sh + 1, (w - pw) // sw + 1
+    y = np.zeros((n, oh, ow, c))
+    for i in range(oh):
+        for j in range(ow):
+            for di in range(ph):
+                for dj in range(pw):
+                    y[:, i, j] += x[:, i * sh + di, j * sw + dj]
+    return y / (ph * pw)
+
+
+def ref_avgpool_backward(dy, input_shape, pool_size, stride):
+    (ph, pw), (sh, sw) = pool_size, stride
+    dx = np.zeros(input_shape)
+    for i in range(dy.shape[1]):
+        for j in range(dy.shape[2]):
+            for di in range(ph):
+                for dj in range(pw):
+                    dx[:, i * sh + di, j * sw + dj] += dy[:, i, j] / (ph * pw)
+    return dx
+
+
+AVGPOOL_CASES = POOL_CASES + [
+    (2, 7, 9, 3, (7, 9), (1, 1)),   # global average pooling
+    (1, 8, 7, 2, (3, 3), (1, 2)),   # overlapping rows, pixels in no window at the right
+    (2, 6, 6, 1, (2, 2), (3, 3)),   # stride > window: rows and columns in no window
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", AVGPOOL_CASES)
+def test_avgpool2d_matches_naive(case, dtype):
+    n, h, w, c, pool, stride = case
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((n, h, w, c)).astype(dtype)
+    x0 = x.copy()
+    y = nk.avgpool2d_forward(x, pool, stride)
+    assert y.dtype == np.dtype(dtype)
+    assert_close(y, ref_avgpool_forward(x, pool, stride), dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dy0 = dy.copy()
+    dx = nk.avgpool2d_backward(dy, x.shape, pool, stride)
+    assert dx.dtype == np.dtype(dtype) and dx.shape == x.shape
+    assert_close(dx, ref_avgpool_backward(dy, x.shape, pool, stride), dtype)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(dy, dy0)
+
+
+@pytest.mark.parametrize("case", [(2, 5, 6, 2, (3, 3), (2, 1)), (1, 4, 5, 3, (4, 5), (1, 1)),
+                                  (1, 7, 7, 1, (2, 2), (3, 3))])
+def test_avgpool2d_backward_is_the_gradient_of_the_forward(case):
+    n, h, w, c, pool, stride = case
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((n, h, w, c))
+    dy = rng.standard_normal(nk.avgpool2d_forward(x, pool, stride).shape)
+    numeric = numerical_grad(lambda: np.sum(nk.avgpool2d_forward(x, pool, stride) * dy), x)
+    assert_grad_close(nk.avgpool2d_backward(dy, x.shape, pool, stride), numeric)
+
+
+def test_avgpool2d_on_an_empty_batch_is_empty():
+    y = nk.avgpool2d_forward(np.zeros((0, 5, 4, 3), np.float32), (2, 2), (2, 2))
+    assert y.shape == (0, 2, 2, 3) and y.dtype == np.float32
+
+
+# --------------------------------------------------------------------------- PyTorch
+
+
+@pytest.fixture
+def torch():
+    """PyTorch on one thread, or the test skipped where it is not installed."""
+    torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(previous)
+
+
+def assert_matches(actual, expected, tol):
+    """max |actual - expected| <= tol * max(max |expected|, 1)."""
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape
+    scale = max(np.abs(expected).max(initial=0.0), 1.0)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=tol * scale)
+
+
+@pytest.mark.parametrize("case", [(2, 7, 9, 3, (2, 2), (2, 2)), (2, 9, 7, 4, (3, 3), (2, 2)),
+                                  (1, 8, 6, 2, (3, 2), (1, 1)), (3, 5, 7, 2, (5, 7), (1, 1))])
+def test_avgpool2d_matches_torch(torch, case):
+    n, h, w, c, pool, stride = case
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((n, h, w, c))
+    tx = torch.tensor(x.transpose(0, 3, 1, 2).copy(), requires_grad=True)
+    ty = torch.nn.functional.avg_pool2d(tx, pool, stride)
+    dy = rng.standard_normal(ty.shape)
+    ty.backward(torch.tensor(dy))
+    dy = dy.transpose(0, 2, 3, 1)       # NCHW -> NHWC
+    assert_matches(nk.avgpool2d_forward(x, pool, stride), ty.detach().numpy().transpose(0, 2, 3, 1),
+                   1e-12)
+    assert_matches(nk.avgpool2d_backward(dy, x.shape, pool, stride),
+                   tx.grad.numpy().transpose(0, 2, 3, 1), 1e-10)

@@ -234,6 +234,29 @@ def maxpool2d_backward(dy, argmax, input_shape):
     return dy, np.ascontiguousarray(argmax), input_shape
 
 
+def _pool_geometry(input_shape, pool_size, stride):
+    """pool_size and stride as pairs of ints >= 1, and the output's (OH, OW)."""
+    pool_size = ints("pool_size", pool_size, 2, 1)
+    stride = ints("stride", stride, 2, 1)
+    oh = output_size("pool height", input_shape[1], pool_size[0], stride[0])
+    ow = output_size("pool width", input_shape[2], pool_size[1], stride[1])
+    return pool_size, stride, (oh, ow)
+
+
+def avgpool2d_forward(x, pool_size, stride):
+    x = float_array("x", x, 4)
+    positive_dims("the input's height, width and channels", x.shape[1:])
+    return (x, *_pool_geometry(x.shape, pool_size, stride))
+
+
+def avgpool2d_backward(dy, input_shape, pool_size, stride):
+    dy = float_array("dy", dy, 4)
+    input_shape = ints("input_shape", input_shape, 4, 1)
+    pool_size, stride, (oh, ow) = _pool_geometry(input_shape, pool_size, stride)
+    expect_shape("dy", dy.shape, (input_shape[0], oh, ow, input_shape[3]))
+    return dy, input_shape, pool_size, stride, (oh, ow)
+
+
 def separate(updated, read=()):
     """Refuse an array updated in place that shares memory with another argument: the
     backends update in different orders (NumPy array by array, the compiled loops element
@@ -289,3 +312,4 @@ def matmul(a, b):
         raise ValueError(f"cannot multiply a {a.shape} by b {b.shape}")
     return tuple(m if m.flags.c_contiguous or m.flags.f_contiguous else np.ascontiguousarray(m)
                  for m in (a, b))
+

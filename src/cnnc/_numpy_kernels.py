@@ -99,6 +99,26 @@ def maxpool2d_backward(dy, argmax, input_shape):
     return dx.astype(dy.dtype, copy=False).reshape(input_shape)
 
 
+def avgpool2d_forward(x, pool_size, stride):
+    """Mean over each window: the sum in float64 times 1 / (ph * pw), then rounded."""
+    x, (ph, pw), stride, (oh, ow) = _checks.avgpool2d_forward(x, pool_size, stride)
+    windows = _windows(x, (ph, pw), stride, (oh, ow))
+    means = windows.sum(axis=(3, 4), dtype=np.float64) * (1.0 / (ph * pw))
+    return means.astype(x.dtype, copy=False)
+
+
+def avgpool2d_backward(dy, input_shape, pool_size, stride):
+    """Each dy (N, OH, OW, C) spread equally over its window; overlapping windows add up."""
+    dy, input_shape, (ph, pw), (sh, sw), (oh, ow) = _checks.avgpool2d_backward(
+        dy, input_shape, pool_size, stride)
+    dx = np.zeros(input_shape, dtype=dy.dtype)
+    for r in range(ph):
+        for q in range(pw):
+            dx[:, r : r + (oh - 1) * sh + 1 : sh, q : q + (ow - 1) * sw + 1 : sw] += dy
+    dx *= dx.dtype.type(1.0 / (ph * pw))
+    return dx
+
+
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
     """One Adam step with bias correction, in place on param, m and v.
 
