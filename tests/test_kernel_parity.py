@@ -29,7 +29,8 @@ compiled = importlib.import_module(kernels.IMPLEMENTATION) if kernels.BACKEND ==
 
 KERNEL_NAMES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_params",
                 "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
-                "adam_update", "matmul", "leaky_relu", "leaky_relu_backward")
+                "batchnorm_forward", "batchnorm_backward", "batchnorm_inference", "adam_update",
+                "matmul", "leaky_relu", "leaky_relu_backward")
 MODULES = [pytest.param(_numpy_kernels, id="numpy"), pytest.param(compiled, id="compiled")]
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 # Relative error, to the largest magnitude of the reference, per dtype.
@@ -415,6 +416,63 @@ def test_avgpool2d_parity(case, dtype):
                  TOL[dtype])
 
 
+# (M, C): rows and channels; the compiled sums over rows go in chunks of 16384 values, or
+# 16 rows of more channels, so the larger ones take several chunks, the last one short.
+BN_SHAPES = [(m, c) for m in (1, 2, 7, 1000) for c in (1, 3, 16, 35)] + [
+    (20001, 1), (3001, 16), (2 * 14 * 14, 64), (50, 2000)]
+
+
+def bn_inputs(shape, dtype, seed):
+    """x far from zero mean (as the accuracy of a one-pass variance would suffer), gamma,
+    beta and dy."""
+    rng = np.random.default_rng(seed)
+    m, c = shape
+    x = (rng.standard_normal(shape) * rng.uniform(0.1, 3, c) + rng.uniform(-20, 20, c))
+    gamma, beta = rng.standard_normal(c), rng.standard_normal(c)
+    dy = rng.standard_normal(shape)
+    return tuple(a.astype(dtype) for a in (x, gamma, beta, dy))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_batchnorm_parity(shape, dtype):
+    x, gamma, beta, dy = bn_inputs(shape, dtype, seed=12)
+    expected = _numpy_kernels.batchnorm_forward(x, gamma, beta, 1e-5)
+    actual = compiled.batchnorm_forward(x, gamma, beta, 1e-5)
+    for got, want in zip(actual, expected):
+        assert_close(got, want, dtype, TOL[dtype])
+    _, mean, var = expected
+    expected = _numpy_kernels.batchnorm_backward(x, dy, gamma, mean, var, 1e-5)
+    actual = compiled.batchnorm_backward(x, dy, gamma, mean, var, 1e-5)
+    for got, want in zip(actual, expected):
+        assert_close(got, want, dtype, TOL[dtype])
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_batchnorm_statistics_are_accurate_far_from_zero(module):
+    """Two passes: a mean of 1e4 does not swamp a variance of 1e-2, which one pass, E[x^2] -
+    E[x]^2, would lose entirely in float32 (here over several chunks of rows)."""
+    deviations = np.random.default_rng(15).standard_normal((20000, 2)) * 0.1
+    x = (1e4 + deviations).astype(np.float32)
+    _, mean, var = module.batchnorm_forward(x, np.ones(2, np.float32), np.zeros(2, np.float32), 1e-5)
+    exact = x.astype(np.float64)
+    np.testing.assert_allclose(mean, exact.mean(axis=0), rtol=1e-7)
+    np.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (7, 35), (3001, 16)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_batchnorm_inference_parity(shape, dtype):
+    x, gamma, beta, _ = bn_inputs(shape, dtype, seed=13)
+    rng = np.random.default_rng(14)
+    mean = rng.uniform(-20, 20, shape[1]).astype(dtype)
+    var = rng.uniform(0.01, 9, shape[1]).astype(dtype)
+    expected = _numpy_kernels.batchnorm_inference(x, gamma, beta, mean, var, 1e-3)
+    assert expected.shape == shape
+    assert_close(compiled.batchnorm_inference(x, gamma, beta, mean, var, 1e-3), expected, dtype,
+                 TOL[dtype])
+
+
 # =========================================================================== 2. safety
 
 
@@ -529,6 +587,26 @@ def avgb(**kw):
     a = dict(dy=arr(2, 3, 4, 3), input_shape=(2, 7, 9, 3), pool_size=(2, 2), stride=(2, 2))
     a.update(kw)
     return "avgpool2d_backward", (a["dy"], a["input_shape"], a["pool_size"], a["stride"])
+
+
+def bnf(**kw):
+    a = dict(x=arr(6, 3), gamma=arr(3, seed=1), beta=arr(3, seed=2), eps=1e-5)
+    a.update(kw)
+    return "batchnorm_forward", (a["x"], a["gamma"], a["beta"], a["eps"])
+
+
+def bnb(**kw):
+    a = dict(x=arr(6, 3), dy=arr(6, 3, seed=1), gamma=arr(3, seed=2), mean=arr(3, seed=3),
+             var=np.abs(arr(3, seed=4)), eps=1e-5)
+    a.update(kw)
+    return "batchnorm_backward", (a["x"], a["dy"], a["gamma"], a["mean"], a["var"], a["eps"])
+
+
+def bni(**kw):
+    a = dict(x=arr(6, 3), gamma=arr(3, seed=1), beta=arr(3, seed=2), mean=arr(3, seed=3),
+             var=np.abs(arr(3, seed=4)), eps=1e-5)
+    a.update(kw)
+    return "batchnorm_inference", (a["x"], a["gamma"], a["beta"], a["mean"], a["var"], a["eps"])
 
 
 def mm(**kw):
@@ -693,6 +771,43 @@ BAD_CALLS = {
     "avgb-pool-0": lambda: avgb(pool_size=(2, 0)),
     "avgb-stride-negative": lambda: avgb(stride=(2, -1)),
     "avgb-stride-None": lambda: avgb(stride=None),
+    # batchnorm_forward
+    "bnf-x-1d": lambda: bnf(x=arr(6)),
+    "bnf-x-4d": lambda: bnf(x=arr(2, 3, 1, 3)),
+    "bnf-x-int": lambda: bnf(x=np.ones((6, 3), np.int64)),
+    "bnf-x-list": lambda: bnf(x=arr(6, 3).tolist()),
+    "bnf-x-no-rows": lambda: bnf(x=arr(0, 3)),
+    "bnf-x-no-channels": lambda: bnf(x=arr(6, 0), gamma=arr(0), beta=arr(0)),
+    "bnf-gamma-short": lambda: bnf(gamma=arr(2)),
+    "bnf-gamma-2d": lambda: bnf(gamma=arr(1, 3)),
+    "bnf-gamma-float32": lambda: bnf(gamma=arr(3, dtype=np.float32)),
+    "bnf-beta-long": lambda: bnf(beta=arr(4)),
+    "bnf-beta-list": lambda: bnf(beta=[0.0, 0.0, 0.0]),
+    "bnf-x32-gamma64": lambda: bnf(x=arr(6, 3, dtype=np.float32)),
+    "bnf-eps-0": lambda: bnf(eps=0.0),
+    "bnf-eps-negative": lambda: bnf(eps=-1e-5),
+    "bnf-eps-nan": lambda: bnf(eps=float("nan")),
+    "bnf-eps-None": lambda: bnf(eps=None),
+    # batchnorm_backward
+    "bnb-dy-wrong-shape": lambda: bnb(dy=arr(6, 4)),
+    "bnb-dy-wrong-rows": lambda: bnb(dy=arr(5, 3)),
+    "bnb-dy-float32": lambda: bnb(dy=arr(6, 3, dtype=np.float32)),
+    "bnb-dy-1d": lambda: bnb(dy=arr(18)),
+    "bnb-x-no-rows": lambda: bnb(x=arr(0, 3), dy=arr(0, 3)),
+    "bnb-mean-short": lambda: bnb(mean=arr(2)),
+    "bnb-var-float32": lambda: bnb(var=np.abs(arr(3, dtype=np.float32))),
+    "bnb-gamma-list": lambda: bnb(gamma=[1.0, 1.0, 1.0]),
+    "bnb-eps-0": lambda: bnb(eps=0),
+    "bnb-eps-inf": lambda: bnb(eps=float("inf")),
+    # batchnorm_inference
+    "bni-x-3d": lambda: bni(x=arr(2, 3, 3)),
+    "bni-x-no-channels": lambda: bni(x=arr(6, 0), gamma=arr(0), beta=arr(0), mean=arr(0),
+                                     var=arr(0)),
+    "bni-mean-long": lambda: bni(mean=arr(4)),
+    "bni-var-2d": lambda: bni(var=np.abs(arr(3, 1))),
+    "bni-beta-int": lambda: bni(beta=np.zeros(3, np.int64)),
+    "bni-eps-negative": lambda: bni(eps=-1.0),
+    "bni-eps-string": lambda: bni(eps="1e-5"),
     # adam_update
     "adam-param-transposed": lambda: adam(param=arr(5, 4).T),
     "adam-param-strided": lambda: adam(param=arr(4, 10)[:, ::2]),
@@ -774,7 +889,7 @@ def test_refused_adam_update_leaves_param_m_and_v_unchanged(module, maker):
 
 def test_valid_calls_behind_the_bad_ones_are_accepted():
     """The bad calls differ from these in one argument only, so each one tests its check."""
-    for maker in (fwd, gin, gpar, pfwd, pbwd, avgf, avgb, adam, mm, leaky, leaky_back):
+    for maker in (fwd, gin, gpar, pfwd, pbwd, avgf, avgb, bnf, bnb, bni, adam, mm, leaky, leaky_back):
         for module in (_numpy_kernels, compiled):
             name, args = maker()
             result = getattr(module, name)(*args)
@@ -858,6 +973,14 @@ ZERO_SIZED = {
                      "input_shape must be 4 ints in"),
     "avgb-channels-0": (lambda: avgb(dy=arr(2, 3, 4, 0), input_shape=(2, 7, 9, 0)),
                         "input_shape must be 4 ints in"),
+    "bnf-rows-0": (lambda: bnf(x=arr(0, 3)), "batch statistics need at least one row of x"),
+    "bnf-channels-0": (lambda: bnf(x=arr(6, 0), gamma=arr(0), beta=arr(0)),
+                       "x must have at least one channel"),
+    "bnb-rows-0": (lambda: bnb(x=arr(0, 3), dy=arr(0, 3)),
+                   "batch statistics need at least one row of x"),
+    "bni-rows-0": (lambda: bni(x=arr(0, 3)), None),
+    "bni-channels-0": (lambda: bni(x=arr(6, 0), gamma=arr(0), beta=arr(0), mean=arr(0),
+                                   var=arr(0)), "x must have at least one channel"),
     "adam-empty": (lambda: adam(param=arr(0), grad=arr(0), m=arr(0), v=arr(0)), None),
     "adam-3x0": (lambda: adam(param=arr(3, 0), grad=arr(3, 0), m=arr(3, 0), v=arr(3, 0)), None),
     "matmul-no-rows": (lambda: mm(a=arr(0, 4)), None),
@@ -1015,6 +1138,31 @@ def test_numpy_and_python_numbers_of_one_value_are_alike_in_both(argument):
                 np.testing.assert_array_equal(got, want)
 
 
+EPS_CALLS = {"forward": lambda v: bnf(eps=v), "backward": lambda v: bnb(eps=v),
+             "inference": lambda v: bni(eps=v)}
+
+
+@pytest.mark.parametrize("bad", list(BAD_FLOATS) + ["0", "-1e-5", "-0.0"])
+@pytest.mark.parametrize("kernel", list(EPS_CALLS))
+def test_an_eps_that_is_not_a_finite_number_above_0_is_a_value_error_naming_it_in_both(kernel, bad):
+    value = {"0": 0, "-1e-5": -1e-5, "-0.0": -0.0}.get(bad, BAD_FLOATS.get(bad))
+    for module in (_numpy_kernels, compiled):
+        name, args = EPS_CALLS[kernel](value)
+        with pytest.raises(ValueError, match="^eps must be "):
+            getattr(module, name)(*args)
+
+
+@pytest.mark.parametrize("kernel", list(EPS_CALLS))
+def test_numpy_and_python_numbers_for_eps_are_alike_in_both(kernel):
+    for module in (_numpy_kernels, compiled):
+        for plain, others in ((0.25, (np.float32(0.25), np.float64(0.25), 2**-2)),
+                              (1.0, (1, np.int64(1), np.uint8(1)))):
+            expected = run(module, *EPS_CALLS[kernel](plain))
+            for value in others:
+                for got, want in zip(run(module, *EPS_CALLS[kernel](value)), expected):
+                    np.testing.assert_array_equal(got, want)
+
+
 # ================================================== 3. read-only and non-contiguous inputs
 
 
@@ -1081,6 +1229,12 @@ def read_only_inputs(name, dtype):
         return (r(2, 7, 9, 3), (3, 3), (2, 2)), (0,)
     if name == "avgpool2d_backward":
         return (r(2, 3, 4, 3), (2, 7, 9, 3), (3, 3), (2, 2)), (0,)
+    if name == "batchnorm_forward":
+        return (r(50, 3), r(3), r(3), 1e-5), (0, 1, 2)
+    if name == "batchnorm_backward":
+        return (r(50, 3), r(50, 3), r(3), r(3), np.abs(r(3)), 1e-5), (0, 1, 2, 3, 4)
+    if name == "batchnorm_inference":
+        return (r(50, 3), r(3), r(3), r(3), np.abs(r(3)), 1e-5), (0, 1, 2, 3, 4)
     if name == "adam_update":
         return (r(4, 5), r(4, 5), r(4, 5), np.abs(r(4, 5)), 1e-2, 0.9, 0.999, 1e-8, 2), (1,)
     if name == "matmul":
@@ -1198,10 +1352,13 @@ def pool_workload(dtype, seed):
     dpool = compiled.maxpool2d_backward(pooled, argmax, x.shape)
     averaged = compiled.avgpool2d_forward(x, (3, 3), (2, 2))
     daverage = compiled.avgpool2d_backward(averaged, x.shape, (3, 3), (2, 2))
+    normalized = compiled.batchnorm_forward(y.reshape(-1, 6), b, b, 1e-5)
+    dnormal = compiled.batchnorm_backward(y.reshape(-1, 6), y.reshape(-1, 6), b, *normalized[1:], 1e-5)
     param, m, v = x.copy(), np.zeros_like(x), np.zeros_like(x)
     for step in (1, 2):
         compiled.adam_update(param, y[..., :1].repeat(8, axis=3), m, v, 1e-3, 0.9, 0.999, 1e-8, step)
-    return [y, dx, dw, db, pooled, argmax, dpool, averaged, daverage, param, m, v]
+    return [y, dx, dw, db, pooled, argmax, dpool, averaged, daverage, *normalized, *dnormal,
+            param, m, v]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -1314,10 +1471,14 @@ def every_kernel_once(module, dtype, seed):
     for step in range(1, 4):
         module.adam_update(param, grad, m, v, 1e-3, 0.9, 0.999, 1e-8, step)
     averaged = module.avgpool2d_forward(y1, (3, 3), (2, 1))
+    rows = y1.reshape(-1, 35)
+    y, mean, var = module.batchnorm_forward(rows, b, b[::-1].copy(), 1e-5)
     return [y1, y2, *module.conv2d_grad_params(x2, y2, (4, 4), (2, 1), (1, 2, 0, 1)),
             module.conv2d_grad_input(y2, w2, x2.shape, (2, 1), (1, 2, 0, 1)), pooled, argmax,
             module.maxpool2d_backward(pooled, argmax, y2.shape), averaged,
-            module.avgpool2d_backward(averaged, y1.shape, (3, 3), (2, 1)), param, m, v,
+            module.avgpool2d_backward(averaged, y1.shape, (3, 3), (2, 1)), y, mean, var,
+            *module.batchnorm_backward(rows, y, b, mean, var, 1e-5),
+            module.batchnorm_inference(rows, b, b, mean, var, 1e-3), param, m, v,
             module.matmul(x2.reshape(-1, 4).T, x2.reshape(-1, 4)),
             module.leaky_relu(y1, 0.01), module.leaky_relu_backward(y1, y1, 0.01)]
 

@@ -313,3 +313,47 @@ def matmul(a, b):
     return tuple(m if m.flags.c_contiguous or m.flags.f_contiguous else np.ascontiguousarray(m)
                  for m in (a, b))
 
+
+def epsilon(eps):
+    """eps as a finite float > 0: it keeps 1 / sqrt(var + eps) finite where a channel is constant."""
+    eps = number("eps", eps, 0)
+    if eps == 0:
+        raise ValueError("eps must be > 0, got 0.0")
+    return eps
+
+
+def batch_rows(x, statistics):
+    """x as a float (M, C) array with C >= 1, and M >= 1 where batch statistics are taken."""
+    x = float_array("x", x, 2)
+    if x.shape[1] == 0:
+        raise ValueError(f"x must have at least one channel (C >= 1), got shape {x.shape}")
+    if statistics and x.shape[0] == 0:
+        raise ValueError(f"batch statistics need at least one row of x (M >= 1), got shape {x.shape}")
+    return x
+
+
+def channel_vectors(x, **vectors):
+    """Each named array as a float (C,) vector of x's dtype, C being x's last axis."""
+    checked = []
+    for name, v in vectors.items():
+        v = float_array(name, v, 1, x.dtype)
+        expect_shape(name, v.shape, (x.shape[1],))
+        checked.append(v)
+    return checked
+
+
+def batchnorm_forward(x, gamma, beta, eps):
+    x = batch_rows(x, statistics=True)
+    return (x, *channel_vectors(x, gamma=gamma, beta=beta), epsilon(eps))
+
+
+def batchnorm_backward(x, dy, gamma, mean, var, eps):
+    x = batch_rows(x, statistics=True)
+    dy = float_array("dy", dy, 2, x.dtype)
+    expect_shape("dy", dy.shape, x.shape)
+    return (x, dy, *channel_vectors(x, gamma=gamma, mean=mean, var=var), epsilon(eps))
+
+
+def batchnorm_inference(x, gamma, beta, mean, var, eps):
+    x = batch_rows(x, statistics=False)
+    return (x, *channel_vectors(x, gamma=gamma, beta=beta, mean=mean, var=var), epsilon(eps))
