@@ -28,8 +28,9 @@ baseline = pytest.importorskip(
 compiled = importlib.import_module(kernels.IMPLEMENTATION) if kernels.BACKEND == "compiled" else baseline
 
 KERNEL_NAMES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_params",
-                "maxpool2d_forward", "maxpool2d_backward", "adam_update", "matmul", "leaky_relu",
-                "leaky_relu_backward")
+                "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
+                "batchnorm_forward", "batchnorm_backward", "batchnorm_inference", "adam_update",
+                "matmul", "leaky_relu", "leaky_relu_backward")
 MODULES = [pytest.param(_numpy_kernels, id="numpy"), pytest.param(compiled, id="compiled")]
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 # Relative error, to the largest magnitude of the reference, per dtype.
@@ -385,6 +386,93 @@ def test_leaky_relu_parity_is_bitwise(dtype, slope):
     np.testing.assert_array_equal(backward[1][~positive], upstream[~positive] * dtype(slope))
 
 
+# Average pooling: the max pooling cases, and windows as large as the image (global
+# average pooling), overlapping ones, and more channels than a vector holds.
+AVGPOOL_CASES = POOL_CASES + [
+    (3, 7, 9, 35, (7, 9), (1, 1)),   # global average pooling
+    (2, 4, 4, 1, (4, 4), (2, 2)),    # global, with a stride larger than what is left
+    (3, 11, 9, 16, (3, 3), (2, 2)),  # overlapping
+    (2, 9, 7, 3, (3, 2), (1, 1)),    # overlapping, non-square
+    (1, 13, 11, 35, (5, 4), (2, 3)),
+]
+AVGPOOL_IDS = [f"{n}x{h}x{w}x{c}-k{p[0]}x{p[1]}-s{s[0]}{s[1]}"
+               for n, h, w, c, p, s in AVGPOOL_CASES]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", AVGPOOL_CASES, ids=AVGPOOL_IDS)
+def test_avgpool2d_parity(case, dtype):
+    n, h, w, c, pool_size, stride = case
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((n, h, w, c)) + 3).astype(dtype)
+    expected = _numpy_kernels.avgpool2d_forward(x, pool_size, stride)
+    assert expected.shape == (n, out_size(h, pool_size[0], stride[0]),
+                              out_size(w, pool_size[1], stride[1]), c)
+    assert_close(compiled.avgpool2d_forward(x, pool_size, stride), expected, dtype, TOL[dtype])
+    dy = rng.standard_normal(expected.shape).astype(dtype)
+    expected_dx = _numpy_kernels.avgpool2d_backward(dy, x.shape, pool_size, stride)
+    assert expected_dx.shape == x.shape
+    assert_close(compiled.avgpool2d_backward(dy, x.shape, pool_size, stride), expected_dx, dtype,
+                 TOL[dtype])
+
+
+# (M, C): rows and channels; the compiled sums over rows go in chunks of 16384 values, or
+# 16 rows of more channels, so the larger ones take several chunks, the last one short.
+BN_SHAPES = [(m, c) for m in (1, 2, 7, 1000) for c in (1, 3, 16, 35)] + [
+    (20001, 1), (3001, 16), (2 * 14 * 14, 64), (50, 2000)]
+
+
+def bn_inputs(shape, dtype, seed):
+    """x far from zero mean (as the accuracy of a one-pass variance would suffer), gamma,
+    beta and dy."""
+    rng = np.random.default_rng(seed)
+    m, c = shape
+    x = (rng.standard_normal(shape) * rng.uniform(0.1, 3, c) + rng.uniform(-20, 20, c))
+    gamma, beta = rng.standard_normal(c), rng.standard_normal(c)
+    dy = rng.standard_normal(shape)
+    return tuple(a.astype(dtype) for a in (x, gamma, beta, dy))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_batchnorm_parity(shape, dtype):
+    x, gamma, beta, dy = bn_inputs(shape, dtype, seed=12)
+    expected = _numpy_kernels.batchnorm_forward(x, gamma, beta, 1e-5)
+    actual = compiled.batchnorm_forward(x, gamma, beta, 1e-5)
+    for got, want in zip(actual, expected):
+        assert_close(got, want, dtype, TOL[dtype])
+    _, mean, var = expected
+    expected = _numpy_kernels.batchnorm_backward(x, dy, gamma, mean, var, 1e-5)
+    actual = compiled.batchnorm_backward(x, dy, gamma, mean, var, 1e-5)
+    for got, want in zip(actual, expected):
+        assert_close(got, want, dtype, TOL[dtype])
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_batchnorm_statistics_are_accurate_far_from_zero(module):
+    """Two passes: a mean of 1e4 does not swamp a variance of 1e-2, which one pass, E[x^2] -
+    E[x]^2, would lose entirely in float32 (here over several chunks of rows)."""
+    deviations = np.random.default_rng(15).standard_normal((20000, 2)) * 0.1
+    x = (1e4 + deviations).astype(np.float32)
+    _, mean, var = module.batchnorm_forward(x, np.ones(2, np.float32), np.zeros(2, np.float32), 1e-5)
+    exact = x.astype(np.float64)
+    np.testing.assert_allclose(mean, exact.mean(axis=0), rtol=1e-7)
+    np.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (7, 35), (3001, 16)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_batchnorm_inference_parity(shape, dtype):
+    x, gamma, beta, _ = bn_inputs(shape, dtype, seed=13)
+    rng = np.random.default_rng(14)
+    mean = rng.uniform(-20, 20, shape[1]).astype(dtype)
+    var = rng.uniform(0.01, 9, shape[1]).astype(dtype)
+    expected = _numpy_kernels.batchnorm_inference(x, gamma, beta, mean, var, 1e-3)
+    assert expected.shape == shape
+    assert_close(compiled.batchnorm_inference(x, gamma, beta, mean, var, 1e-3), expected, dtype,
+                 TOL[dtype])
+
+
 # =========================================================================== 2. safety
 
 
@@ -487,6 +575,38 @@ def leaky_back(**kw):
     a = dict(x=arr(2, 3, 4), upstream=arr(2, 3, 4, seed=1), slope=0.01)
     a.update(kw)
     return "leaky_relu_backward", (a["x"], a["upstream"], a["slope"])
+
+
+def avgf(**kw):
+    a = dict(x=arr(2, 7, 9, 3), pool_size=(2, 2), stride=(2, 2))
+    a.update(kw)
+    return "avgpool2d_forward", (a["x"], a["pool_size"], a["stride"])
+
+
+def avgb(**kw):
+    a = dict(dy=arr(2, 3, 4, 3), input_shape=(2, 7, 9, 3), pool_size=(2, 2), stride=(2, 2))
+    a.update(kw)
+    return "avgpool2d_backward", (a["dy"], a["input_shape"], a["pool_size"], a["stride"])
+
+
+def bnf(**kw):
+    a = dict(x=arr(6, 3), gamma=arr(3, seed=1), beta=arr(3, seed=2), eps=1e-5)
+    a.update(kw)
+    return "batchnorm_forward", (a["x"], a["gamma"], a["beta"], a["eps"])
+
+
+def bnb(**kw):
+    a = dict(x=arr(6, 3), dy=arr(6, 3, seed=1), gamma=arr(3, seed=2), mean=arr(3, seed=3),
+             var=np.abs(arr(3, seed=4)), eps=1e-5)
+    a.update(kw)
+    return "batchnorm_backward", (a["x"], a["dy"], a["gamma"], a["mean"], a["var"], a["eps"])
+
+
+def bni(**kw):
+    a = dict(x=arr(6, 3), gamma=arr(3, seed=1), beta=arr(3, seed=2), mean=arr(3, seed=3),
+             var=np.abs(arr(3, seed=4)), eps=1e-5)
+    a.update(kw)
+    return "batchnorm_inference", (a["x"], a["gamma"], a["beta"], a["mean"], a["var"], a["eps"])
 
 
 def mm(**kw):
@@ -622,6 +742,72 @@ BAD_CALLS = {
     "pbwd-input-shape-zero-height": lambda: pbwd(input_shape=(2, 0, 9, 3)),
     "pbwd-input-shape-zero-width": lambda: pbwd(input_shape=(2, 7, 0, 3)),
     "pbwd-input-shape-too-small": lambda: pbwd(input_shape=(2, 7, 8, 3)),  # plane 56 <= max index 62
+    # avgpool2d_forward
+    "avgf-x-3d": lambda: avgf(x=arr(7, 9, 3)),
+    "avgf-x-int": lambda: avgf(x=np.ones((2, 7, 9, 3), np.int64)),
+    "avgf-x-float16": lambda: avgf(x=arr(2, 7, 9, 3, dtype=np.float16)),
+    "avgf-x-list": lambda: avgf(x=arr(2, 7, 9, 3).tolist()),
+    "avgf-pool-0": lambda: avgf(pool_size=(0, 2)),
+    "avgf-pool-3-long": lambda: avgf(pool_size=(2, 2, 2)),
+    "avgf-stride-0": lambda: avgf(stride=(2, 0)),
+    "avgf-stride-negative": lambda: avgf(stride=(-2, 2)),
+    "avgf-window-too-tall": lambda: avgf(pool_size=(8, 2)),
+    "avgf-window-too-wide": lambda: avgf(pool_size=(2, 10)),
+    "avgf-x-zero-height": lambda: avgf(x=arr(2, 0, 9, 3)),
+    "avgf-x-zero-channels": lambda: avgf(x=arr(2, 7, 9, 0)),
+    # avgpool2d_backward
+    "avgb-dy-wrong-height": lambda: avgb(dy=arr(2, 4, 4, 3)),
+    "avgb-dy-wrong-width": lambda: avgb(dy=arr(2, 3, 5, 3)),
+    "avgb-dy-wrong-batch": lambda: avgb(dy=arr(1, 3, 4, 3)),
+    "avgb-dy-wrong-channels": lambda: avgb(dy=arr(2, 3, 4, 2)),
+    "avgb-dy-3d": lambda: avgb(dy=arr(3, 4, 3)),
+    "avgb-dy-int": lambda: avgb(dy=np.ones((2, 3, 4, 3), np.int32)),
+    "avgb-dy-list": lambda: avgb(dy=arr(2, 3, 4, 3).tolist()),
+    "avgb-input-shape-3-long": lambda: avgb(input_shape=(7, 9, 3)),
+    "avgb-input-shape-zero-width": lambda: avgb(input_shape=(2, 7, 0, 3)),
+    "avgb-input-shape-negative": lambda: avgb(input_shape=(2, -7, 9, 3)),
+    "avgb-input-shape-float": lambda: avgb(input_shape=(2, 7, 9.0, 3)),
+    "avgb-window-too-big": lambda: avgb(pool_size=(8, 2)),
+    "avgb-pool-0": lambda: avgb(pool_size=(2, 0)),
+    "avgb-stride-negative": lambda: avgb(stride=(2, -1)),
+    "avgb-stride-None": lambda: avgb(stride=None),
+    # batchnorm_forward
+    "bnf-x-1d": lambda: bnf(x=arr(6)),
+    "bnf-x-4d": lambda: bnf(x=arr(2, 3, 1, 3)),
+    "bnf-x-int": lambda: bnf(x=np.ones((6, 3), np.int64)),
+    "bnf-x-list": lambda: bnf(x=arr(6, 3).tolist()),
+    "bnf-x-no-rows": lambda: bnf(x=arr(0, 3)),
+    "bnf-x-no-channels": lambda: bnf(x=arr(6, 0), gamma=arr(0), beta=arr(0)),
+    "bnf-gamma-short": lambda: bnf(gamma=arr(2)),
+    "bnf-gamma-2d": lambda: bnf(gamma=arr(1, 3)),
+    "bnf-gamma-float32": lambda: bnf(gamma=arr(3, dtype=np.float32)),
+    "bnf-beta-long": lambda: bnf(beta=arr(4)),
+    "bnf-beta-list": lambda: bnf(beta=[0.0, 0.0, 0.0]),
+    "bnf-x32-gamma64": lambda: bnf(x=arr(6, 3, dtype=np.float32)),
+    "bnf-eps-0": lambda: bnf(eps=0.0),
+    "bnf-eps-negative": lambda: bnf(eps=-1e-5),
+    "bnf-eps-nan": lambda: bnf(eps=float("nan")),
+    "bnf-eps-None": lambda: bnf(eps=None),
+    # batchnorm_backward
+    "bnb-dy-wrong-shape": lambda: bnb(dy=arr(6, 4)),
+    "bnb-dy-wrong-rows": lambda: bnb(dy=arr(5, 3)),
+    "bnb-dy-float32": lambda: bnb(dy=arr(6, 3, dtype=np.float32)),
+    "bnb-dy-1d": lambda: bnb(dy=arr(18)),
+    "bnb-x-no-rows": lambda: bnb(x=arr(0, 3), dy=arr(0, 3)),
+    "bnb-mean-short": lambda: bnb(mean=arr(2)),
+    "bnb-var-float32": lambda: bnb(var=np.abs(arr(3, dtype=np.float32))),
+    "bnb-gamma-list": lambda: bnb(gamma=[1.0, 1.0, 1.0]),
+    "bnb-eps-0": lambda: bnb(eps=0),
+    "bnb-eps-inf": lambda: bnb(eps=float("inf")),
+    # batchnorm_inference
+    "bni-x-3d": lambda: bni(x=arr(2, 3, 3)),
+    "bni-x-no-channels": lambda: bni(x=arr(6, 0), gamma=arr(0), beta=arr(0), mean=arr(0),
+                                     var=arr(0)),
+    "bni-mean-long": lambda: bni(mean=arr(4)),
+    "bni-var-2d": lambda: bni(var=np.abs(arr(3, 1))),
+    "bni-beta-int": lambda: bni(beta=np.zeros(3, np.int64)),
+    "bni-eps-negative": lambda: bni(eps=-1.0),
+    "bni-eps-string": lambda: bni(eps="1e-5"),
     # adam_update
     "adam-param-transposed": lambda: adam(param=arr(5, 4).T),
     "adam-param-strided": lambda: adam(param=arr(4, 10)[:, ::2]),
@@ -703,7 +889,7 @@ def test_refused_adam_update_leaves_param_m_and_v_unchanged(module, maker):
 
 def test_valid_calls_behind_the_bad_ones_are_accepted():
     """The bad calls differ from these in one argument only, so each one tests its check."""
-    for maker in (fwd, gin, gpar, pfwd, pbwd, adam, mm, leaky, leaky_back):
+    for maker in (fwd, gin, gpar, pfwd, pbwd, avgf, avgb, bnf, bnb, bni, adam, mm, leaky, leaky_back):
         for module in (_numpy_kernels, compiled):
             name, args = maker()
             result = getattr(module, name)(*args)
@@ -780,6 +966,21 @@ ZERO_SIZED = {
                                   input_shape=(0, 7, 9, 3)), "input_shape must be 4 ints in"),
     "pbwd-channels-0": (lambda: pbwd(dy=arr(2, 3, 4, 0), argmax=valid_argmax((2, 3, 4, 0)),
                                      input_shape=(2, 7, 9, 0)), "input_shape must be 4 ints in"),
+    "avgf-batch-0": (lambda: avgf(x=arr(0, 7, 9, 3)), None),
+    "avgf-channels-0": (lambda: avgf(x=arr(2, 7, 9, 0)),
+                        "the input's height, width and channels must have no empty dimension"),
+    "avgb-batch-0": (lambda: avgb(dy=arr(0, 3, 4, 3), input_shape=(0, 7, 9, 3)),
+                     "input_shape must be 4 ints in"),
+    "avgb-channels-0": (lambda: avgb(dy=arr(2, 3, 4, 0), input_shape=(2, 7, 9, 0)),
+                        "input_shape must be 4 ints in"),
+    "bnf-rows-0": (lambda: bnf(x=arr(0, 3)), "batch statistics need at least one row of x"),
+    "bnf-channels-0": (lambda: bnf(x=arr(6, 0), gamma=arr(0), beta=arr(0)),
+                       "x must have at least one channel"),
+    "bnb-rows-0": (lambda: bnb(x=arr(0, 3), dy=arr(0, 3)),
+                   "batch statistics need at least one row of x"),
+    "bni-rows-0": (lambda: bni(x=arr(0, 3)), None),
+    "bni-channels-0": (lambda: bni(x=arr(6, 0), gamma=arr(0), beta=arr(0), mean=arr(0),
+                                   var=arr(0)), "x must have at least one channel"),
     "adam-empty": (lambda: adam(param=arr(0), grad=arr(0), m=arr(0), v=arr(0)), None),
     "adam-3x0": (lambda: adam(param=arr(3, 0), grad=arr(3, 0), m=arr(3, 0), v=arr(3, 0)), None),
     "matmul-no-rows": (lambda: mm(a=arr(0, 4)), None),
@@ -835,6 +1036,11 @@ INT_ARGUMENTS = {
     "pool-stride": (lambda v: pfwd(stride=(v, 2)), 2, "stride must be 2 ints"),
     "pool-backward-input-shape": (lambda v: pbwd(input_shape=(v, 7, 9, 3)), 2,
                                   "input_shape must be 4 ints"),
+    "avgpool-size": (lambda v: avgf(pool_size=(v, 2)), 2, "pool_size must be 2 ints"),
+    "avgpool-stride": (lambda v: avgf(stride=(2, v)), 2, "stride must be 2 ints"),
+    "avgpool-backward-input-shape": (lambda v: avgb(input_shape=(v, 7, 9, 3)), 2,
+                                     "input_shape must be 4 ints"),
+    "avgpool-backward-stride": (lambda v: avgb(stride=(v, 2)), 2, "stride must be 2 ints"),
 }
 # Each bad value made from the argument's default.
 BAD_INTEGERS = {
@@ -932,6 +1138,31 @@ def test_numpy_and_python_numbers_of_one_value_are_alike_in_both(argument):
                 np.testing.assert_array_equal(got, want)
 
 
+EPS_CALLS = {"forward": lambda v: bnf(eps=v), "backward": lambda v: bnb(eps=v),
+             "inference": lambda v: bni(eps=v)}
+
+
+@pytest.mark.parametrize("bad", list(BAD_FLOATS) + ["0", "-1e-5", "-0.0"])
+@pytest.mark.parametrize("kernel", list(EPS_CALLS))
+def test_an_eps_that_is_not_a_finite_number_above_0_is_a_value_error_naming_it_in_both(kernel, bad):
+    value = {"0": 0, "-1e-5": -1e-5, "-0.0": -0.0}.get(bad, BAD_FLOATS.get(bad))
+    for module in (_numpy_kernels, compiled):
+        name, args = EPS_CALLS[kernel](value)
+        with pytest.raises(ValueError, match="^eps must be "):
+            getattr(module, name)(*args)
+
+
+@pytest.mark.parametrize("kernel", list(EPS_CALLS))
+def test_numpy_and_python_numbers_for_eps_are_alike_in_both(kernel):
+    for module in (_numpy_kernels, compiled):
+        for plain, others in ((0.25, (np.float32(0.25), np.float64(0.25), 2**-2)),
+                              (1.0, (1, np.int64(1), np.uint8(1)))):
+            expected = run(module, *EPS_CALLS[kernel](plain))
+            for value in others:
+                for got, want in zip(run(module, *EPS_CALLS[kernel](value)), expected):
+                    np.testing.assert_array_equal(got, want)
+
+
 # ================================================== 3. read-only and non-contiguous inputs
 
 
@@ -994,6 +1225,16 @@ def read_only_inputs(name, dtype):
         x = r(2, 7, 9, 3)
         _, argmax = _numpy_kernels.maxpool2d_forward(x, (3, 3), (2, 2))
         return (r(*argmax.shape), argmax, x.shape), (0, 1)
+    if name == "avgpool2d_forward":
+        return (r(2, 7, 9, 3), (3, 3), (2, 2)), (0,)
+    if name == "avgpool2d_backward":
+        return (r(2, 3, 4, 3), (2, 7, 9, 3), (3, 3), (2, 2)), (0,)
+    if name == "batchnorm_forward":
+        return (r(50, 3), r(3), r(3), 1e-5), (0, 1, 2)
+    if name == "batchnorm_backward":
+        return (r(50, 3), r(50, 3), r(3), r(3), np.abs(r(3)), 1e-5), (0, 1, 2, 3, 4)
+    if name == "batchnorm_inference":
+        return (r(50, 3), r(3), r(3), r(3), np.abs(r(3)), 1e-5), (0, 1, 2, 3, 4)
     if name == "adam_update":
         return (r(4, 5), r(4, 5), r(4, 5), np.abs(r(4, 5)), 1e-2, 0.9, 0.999, 1e-8, 2), (1,)
     if name == "matmul":
@@ -1109,10 +1350,15 @@ def pool_workload(dtype, seed):
     dw, db = compiled.conv2d_grad_params(x, y, (3, 3), (1, 1), (1, 1, 1, 1))
     pooled, argmax = compiled.maxpool2d_forward(x, (3, 3), (2, 2))
     dpool = compiled.maxpool2d_backward(pooled, argmax, x.shape)
+    averaged = compiled.avgpool2d_forward(x, (3, 3), (2, 2))
+    daverage = compiled.avgpool2d_backward(averaged, x.shape, (3, 3), (2, 2))
+    normalized = compiled.batchnorm_forward(y.reshape(-1, 6), b, b, 1e-5)
+    dnormal = compiled.batchnorm_backward(y.reshape(-1, 6), y.reshape(-1, 6), b, *normalized[1:], 1e-5)
     param, m, v = x.copy(), np.zeros_like(x), np.zeros_like(x)
     for step in (1, 2):
         compiled.adam_update(param, y[..., :1].repeat(8, axis=3), m, v, 1e-3, 0.9, 0.999, 1e-8, step)
-    return [y, dx, dw, db, pooled, argmax, dpool, param, m, v]
+    return [y, dx, dw, db, pooled, argmax, dpool, averaged, daverage, *normalized, *dnormal,
+            param, m, v]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -1224,9 +1470,15 @@ def every_kernel_once(module, dtype, seed):
     m, v = np.zeros_like(param), np.zeros_like(param)
     for step in range(1, 4):
         module.adam_update(param, grad, m, v, 1e-3, 0.9, 0.999, 1e-8, step)
+    averaged = module.avgpool2d_forward(y1, (3, 3), (2, 1))
+    rows = y1.reshape(-1, 35)
+    y, mean, var = module.batchnorm_forward(rows, b, b[::-1].copy(), 1e-5)
     return [y1, y2, *module.conv2d_grad_params(x2, y2, (4, 4), (2, 1), (1, 2, 0, 1)),
             module.conv2d_grad_input(y2, w2, x2.shape, (2, 1), (1, 2, 0, 1)), pooled, argmax,
-            module.maxpool2d_backward(pooled, argmax, y2.shape), param, m, v,
+            module.maxpool2d_backward(pooled, argmax, y2.shape), averaged,
+            module.avgpool2d_backward(averaged, y1.shape, (3, 3), (2, 1)), y, mean, var,
+            *module.batchnorm_backward(rows, y, b, mean, var, 1e-5),
+            module.batchnorm_inference(rows, b, b, mean, var, 1e-3), param, m, v,
             module.matmul(x2.reshape(-1, 4).T, x2.reshape(-1, 4)),
             module.leaky_relu(y1, 0.01), module.leaky_relu_backward(y1, y1, 0.01)]
 

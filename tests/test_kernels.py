@@ -14,8 +14,9 @@ from cnnc import _checks, _numpy_kernels, kernels
 
 PRINT_IMPLEMENTATION = "from cnnc import kernels; print(kernels.IMPLEMENTATION)"
 KERNEL_NAMES = {"conv2d_forward", "conv2d_grad_input", "conv2d_grad_params", "maxpool2d_forward",
-                "maxpool2d_backward", "adam_update", "matmul", "leaky_relu", "leaky_relu_backward",
-                "memory_pool", "set_num_threads", "get_num_threads"}
+                "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward", "batchnorm_forward",
+                "batchnorm_backward", "batchnorm_inference", "adam_update", "matmul", "leaky_relu",
+                "leaky_relu_backward", "memory_pool", "set_num_threads", "get_num_threads"}
 
 
 def run_with_backend(value, code="import cnnc; print(cnnc.backend())", avx2="1", package_dir=None):
@@ -324,6 +325,8 @@ def test_every_kernel_gives_the_same_bits_on_every_run_with_several_threads():
     w_wide = rng.standard_normal((3, 3, 3, 40)).astype(np.float32)
     b = rng.standard_normal(40).astype(np.float32)
     param, grad = rng.standard_normal((2, 50000)).astype(np.float32)
+    rows, dy_rows = (rng.standard_normal((2, 20011, 16)) + 3).astype(np.float32)  # 20 chunks of rows
+    gamma, beta = rng.standard_normal((2, 16)).astype(np.float32)
 
     def run():
         out = []
@@ -332,6 +335,12 @@ def test_every_kernel_gives_the_same_bits_on_every_run_with_several_threads():
             out += [y, *kernels.conv2d_grad_params(x, y, w.shape[:2], (1, 2), (2, 1, 0, 2)),
                     kernels.conv2d_grad_input(y, w, x.shape, (1, 2), (2, 1, 0, 2))]
         pooled, argmax = kernels.maxpool2d_forward(x, (2, 3), (2, 2))
+        for window, stride in (((3, 3), (2, 1)), ((13, 11), (1, 1))):    # overlapping; global
+            averaged = kernels.avgpool2d_forward(x, window, stride)
+            out += [averaged, kernels.avgpool2d_backward(averaged, x.shape, window, stride)]
+        y, mean, var = kernels.batchnorm_forward(rows, gamma, beta, 1e-5)
+        out += [y, mean, var, *kernels.batchnorm_backward(rows, dy_rows, gamma, mean, var, 1e-5),
+                kernels.batchnorm_inference(rows, gamma, beta, mean, var, 1e-5)]
         p, m, v = param.copy(), np.zeros_like(param), np.zeros_like(param)
         kernels.adam_update(p, grad, m, v, 1e-3, 0.9, 0.999, 1e-8, 1)
         return out + [pooled, argmax, kernels.maxpool2d_backward(pooled, argmax, x.shape),
@@ -347,6 +356,33 @@ def test_every_kernel_gives_the_same_bits_on_every_run_with_several_threads():
                 np.testing.assert_array_equal(a, b_)
     finally:
         cnnc.set_num_threads(before)
+
+
+def test_batch_norm_and_average_pooling_give_the_same_bits_with_any_thread_count():
+    """Their sums over the batch go by chunks fixed by the shape, added in chunk order, and
+    each output is computed by one thread: the thread count changes no bit."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 13, 11, 3)).astype(np.float32)
+    rows, dy_rows = (rng.standard_normal((2, 20011, 16)) + 3).astype(np.float32)
+    gamma, beta = rng.standard_normal((2, 16)).astype(np.float32)
+
+    def run():
+        averaged = kernels.avgpool2d_forward(x, (3, 2), (1, 1))
+        y, mean, var = kernels.batchnorm_forward(rows, gamma, beta, 1e-5)
+        return [averaged, kernels.avgpool2d_backward(averaged, x.shape, (3, 2), (1, 1)), y, mean,
+                var, *kernels.batchnorm_backward(rows, dy_rows, gamma, mean, var, 1e-5)]
+
+    before = cnnc.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3, 8):
+            cnnc.set_num_threads(threads)
+            results.append(run())
+    finally:
+        cnnc.set_num_threads(before)
+    for result in results[1:]:
+        for a, b in zip(result, results[0]):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("files, cores", [

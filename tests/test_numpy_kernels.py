@@ -1,8 +1,11 @@
-"""The NumPy kernels against naive nested-loop references computed in float64."""
+"""The NumPy kernels against naive nested-loop references computed in float64, finite
+differences for the gradients, and PyTorch where it is installed."""
 import numpy as np
 import pytest
 
 from cnnc import _numpy_kernels as nk
+
+from .gradcheck import assert_grad_close, numerical_grad
 
 DTYPES = [np.float32, np.float64]
 # Relative tolerance (to the largest reference magnitude) per dtype.
@@ -356,3 +359,221 @@ def test_adam_update_float32_stays_float32_and_tracks_textbook():
         np.testing.assert_allclose(param, ref_p, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(m, ref_m, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(v, ref_v, rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- average pooling
+
+
+def ref_avgpool_forward(x, pool_size, stride):
+    n, h, w, c = x.shape
+    (ph, pw), (sh, sw) = pool_size, stride
+    oh, ow = (h - ph) // sh + 1, (w - pw) // sw + 1
+    y = np.zeros((n, oh, ow, c))
+    for i in range(oh):
+        for j in range(ow):
+            for di in range(ph):
+                for dj in range(pw):
+                    y[:, i, j] += x[:, i * sh + di, j * sw + dj]
+    return y / (ph * pw)
+
+
+def ref_avgpool_backward(dy, input_shape, pool_size, stride):
+    (ph, pw), (sh, sw) = pool_size, stride
+    dx = np.zeros(input_shape)
+    for i in range(dy.shape[1]):
+        for j in range(dy.shape[2]):
+            for di in range(ph):
+                for dj in range(pw):
+                    dx[:, i * sh + di, j * sw + dj] += dy[:, i, j] / (ph * pw)
+    return dx
+
+
+AVGPOOL_CASES = POOL_CASES + [
+    (2, 7, 9, 3, (7, 9), (1, 1)),   # global average pooling
+    (1, 8, 7, 2, (3, 3), (1, 2)),   # overlapping rows, pixels in no window at the right
+    (2, 6, 6, 1, (2, 2), (3, 3)),   # stride > window: rows and columns in no window
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", AVGPOOL_CASES)
+def test_avgpool2d_matches_naive(case, dtype):
+    n, h, w, c, pool, stride = case
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((n, h, w, c)).astype(dtype)
+    x0 = x.copy()
+    y = nk.avgpool2d_forward(x, pool, stride)
+    assert y.dtype == np.dtype(dtype)
+    assert_close(y, ref_avgpool_forward(x, pool, stride), dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dy0 = dy.copy()
+    dx = nk.avgpool2d_backward(dy, x.shape, pool, stride)
+    assert dx.dtype == np.dtype(dtype) and dx.shape == x.shape
+    assert_close(dx, ref_avgpool_backward(dy, x.shape, pool, stride), dtype)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(dy, dy0)
+
+
+@pytest.mark.parametrize("case", [(2, 5, 6, 2, (3, 3), (2, 1)), (1, 4, 5, 3, (4, 5), (1, 1)),
+                                  (1, 7, 7, 1, (2, 2), (3, 3))])
+def test_avgpool2d_backward_is_the_gradient_of_the_forward(case):
+    n, h, w, c, pool, stride = case
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((n, h, w, c))
+    dy = rng.standard_normal(nk.avgpool2d_forward(x, pool, stride).shape)
+    numeric = numerical_grad(lambda: np.sum(nk.avgpool2d_forward(x, pool, stride) * dy), x)
+    assert_grad_close(nk.avgpool2d_backward(dy, x.shape, pool, stride), numeric)
+
+
+def test_avgpool2d_on_an_empty_batch_is_empty():
+    y = nk.avgpool2d_forward(np.zeros((0, 5, 4, 3), np.float32), (2, 2), (2, 2))
+    assert y.shape == (0, 2, 2, 3) and y.dtype == np.float32
+
+
+# --------------------------------------------------------------------------- batch normalization
+
+
+def ref_batchnorm_forward(x, gamma, beta, eps):
+    """Per channel, in float64: the mean, the mean squared deviation from it, then y."""
+    x = x.astype(np.float64)
+    m, c = x.shape
+    y, mean, var = np.zeros((m, c)), np.zeros(c), np.zeros(c)
+    for k in range(c):
+        column = x[:, k]
+        mean[k] = sum(column) / m
+        var[k] = sum((v - mean[k]) ** 2 for v in column) / m
+        y[:, k] = (column - mean[k]) / np.sqrt(var[k] + eps) * float(gamma[k]) + float(beta[k])
+    return y, mean, var
+
+
+def ref_batchnorm_backward(x, dy, gamma, mean, var, eps):
+    """The textbook formulas, in float64."""
+    x, dy, gamma, mean, var = (a.astype(np.float64) for a in (x, dy, gamma, mean, var))
+    m = x.shape[0]
+    inv_std = 1 / np.sqrt(var + eps)
+    x_hat = (x - mean) * inv_std
+    dbeta = dy.sum(axis=0)
+    dgamma = (dy * x_hat).sum(axis=0)
+    dx = gamma * inv_std / m * (m * dy - dbeta - x_hat * dgamma)
+    return dx, dgamma, dbeta
+
+
+BN_SHAPES = [(1, 1), (1, 3), (2, 1), (7, 3), (40, 16), (300, 35)]
+
+
+def bn_inputs(shape, dtype, seed=10):
+    rng = np.random.default_rng(seed)
+    m, c = shape
+    x = rng.standard_normal(shape) * rng.uniform(0.5, 2, c) + rng.uniform(-5, 5, c)
+    gamma, beta, dy = rng.standard_normal(c), rng.standard_normal(c), rng.standard_normal(shape)
+    return tuple(a.astype(dtype) for a in (x, gamma, beta, dy))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batchnorm_forward_and_backward_match_the_formulas(shape, dtype):
+    x, gamma, beta, dy = bn_inputs(shape, dtype)
+    before = [a.copy() for a in (x, gamma, beta, dy)]
+    y, mean, var = nk.batchnorm_forward(x, gamma, beta, 1e-5)
+    for got, want in zip((y, mean, var), ref_batchnorm_forward(x, gamma, beta, 1e-5)):
+        assert got.dtype == np.dtype(dtype)
+        assert_close(got, want, dtype)
+    grads = nk.batchnorm_backward(x, dy, gamma, mean, var, 1e-5)
+    for got, want in zip(grads, ref_batchnorm_backward(x, dy, gamma, mean, var, 1e-5)):
+        assert got.dtype == np.dtype(dtype)
+        assert_close(got, want, dtype)
+    for after, snapshot in zip((x, gamma, beta, dy), before):
+        np.testing.assert_array_equal(after, snapshot)
+
+
+@pytest.mark.parametrize("shape", [(5, 2), (9, 3)])
+def test_batchnorm_backward_is_the_gradient_of_the_forward(shape):
+    x, gamma, beta, dy = bn_inputs(shape, np.float64, seed=12)
+    _, mean, var = nk.batchnorm_forward(x, gamma, beta, 1e-3)
+    dx, dgamma, dbeta = nk.batchnorm_backward(x, dy, gamma, mean, var, 1e-3)
+
+    def loss():
+        return np.sum(nk.batchnorm_forward(x, gamma, beta, 1e-3)[0] * dy)
+
+    for analytic, wrt in ((dx, x), (dgamma, gamma), (dbeta, beta)):
+        assert_grad_close(analytic, numerical_grad(loss, wrt))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (40, 16)])
+def test_batchnorm_inference_matches_the_formula(shape, dtype):
+    x, gamma, beta, _ = bn_inputs(shape, dtype, seed=13)
+    rng = np.random.default_rng(14)
+    mean = rng.uniform(-5, 5, shape[1]).astype(dtype)
+    var = rng.uniform(0.1, 4, shape[1]).astype(dtype)
+    y = nk.batchnorm_inference(x, gamma, beta, mean, var, 1e-3)
+    expected = ((x.astype(np.float64) - mean) / np.sqrt(var.astype(np.float64) + 1e-3) * gamma
+                + beta)
+    assert y.dtype == np.dtype(dtype) and y.shape == shape
+    assert_close(y, expected, dtype)
+
+
+# --------------------------------------------------------------------------- PyTorch
+
+
+@pytest.fixture
+def torch():
+    """PyTorch on one thread, or the test skipped where it is not installed."""
+    torch = pytest.importorskip("torch", reason="PyTorch is an optional test dependency")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(previous)
+
+
+def assert_matches(actual, expected, tol):
+    """max |actual - expected| <= tol * max(max |expected|, 1)."""
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape
+    scale = max(np.abs(expected).max(initial=0.0), 1.0)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=tol * scale)
+
+
+@pytest.mark.parametrize("shape", [(2, 1), (7, 3), (300, 35)])
+def test_batchnorm_matches_torch_in_training_mode(torch, shape):
+    x, gamma, beta, dy = bn_inputs(shape, np.float64, seed=15)
+    m = shape[0]
+    tx, tgamma, tbeta = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
+    running_mean, running_var = torch.zeros(shape[1], dtype=torch.float64), torch.ones(
+        shape[1], dtype=torch.float64)
+    ty = torch.nn.functional.batch_norm(tx, running_mean, running_var, tgamma, tbeta,
+                                        training=True, momentum=1.0, eps=1e-5)
+    ty.backward(torch.tensor(dy))
+    y, mean, var = nk.batchnorm_forward(x, gamma, beta, 1e-5)
+    assert_matches(y, ty.detach().numpy(), 1e-12)
+    assert_matches(mean, running_mean.numpy(), 1e-12)
+    assert_matches(var, running_var.numpy() * (m - 1) / m, 1e-12)   # torch keeps the unbiased one
+    dx, dgamma, dbeta = nk.batchnorm_backward(x, dy, gamma, mean, var, 1e-5)
+    for got, want in ((dx, tx.grad), (dgamma, tgamma.grad), (dbeta, tbeta.grad)):
+        assert_matches(got, want.numpy(), 1e-10)
+
+
+def test_batchnorm_inference_matches_torch(torch):
+    x, gamma, beta, _ = bn_inputs((50, 6), np.float64, seed=16)
+    mean, var = np.linspace(-1, 1, 6), np.linspace(0.5, 2, 6)
+    ty = torch.nn.functional.batch_norm(torch.tensor(x), torch.tensor(mean), torch.tensor(var),
+                                        torch.tensor(gamma), torch.tensor(beta), training=False,
+                                        eps=1e-5)
+    assert_matches(nk.batchnorm_inference(x, gamma, beta, mean, var, 1e-5), ty.numpy(), 1e-12)
+
+
+@pytest.mark.parametrize("case", [(2, 7, 9, 3, (2, 2), (2, 2)), (2, 9, 7, 4, (3, 3), (2, 2)),
+                                  (1, 8, 6, 2, (3, 2), (1, 1)), (3, 5, 7, 2, (5, 7), (1, 1))])
+def test_avgpool2d_matches_torch(torch, case):
+    n, h, w, c, pool, stride = case
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((n, h, w, c))
+    tx = torch.tensor(x.transpose(0, 3, 1, 2).copy(), requires_grad=True)
+    ty = torch.nn.functional.avg_pool2d(tx, pool, stride)
+    dy = rng.standard_normal(ty.shape)
+    ty.backward(torch.tensor(dy))
+    dy = dy.transpose(0, 2, 3, 1)       # NCHW -> NHWC
+    assert_matches(nk.avgpool2d_forward(x, pool, stride), ty.detach().numpy().transpose(0, 2, 3, 1),
+                   1e-12)
+    assert_matches(nk.avgpool2d_backward(dy, x.shape, pool, stride),
+                   tx.grad.numpy().transpose(0, 2, 3, 1), 1e-10)

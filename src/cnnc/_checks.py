@@ -234,6 +234,29 @@ def maxpool2d_backward(dy, argmax, input_shape):
     return dy, np.ascontiguousarray(argmax), input_shape
 
 
+def _pool_geometry(input_shape, pool_size, stride):
+    """pool_size and stride as pairs of ints >= 1, and the output's (OH, OW)."""
+    pool_size = ints("pool_size", pool_size, 2, 1)
+    stride = ints("stride", stride, 2, 1)
+    oh = output_size("pool height", input_shape[1], pool_size[0], stride[0])
+    ow = output_size("pool width", input_shape[2], pool_size[1], stride[1])
+    return pool_size, stride, (oh, ow)
+
+
+def avgpool2d_forward(x, pool_size, stride):
+    x = float_array("x", x, 4)
+    positive_dims("the input's height, width and channels", x.shape[1:])
+    return (x, *_pool_geometry(x.shape, pool_size, stride))
+
+
+def avgpool2d_backward(dy, input_shape, pool_size, stride):
+    dy = float_array("dy", dy, 4)
+    input_shape = ints("input_shape", input_shape, 4, 1)
+    pool_size, stride, (oh, ow) = _pool_geometry(input_shape, pool_size, stride)
+    expect_shape("dy", dy.shape, (input_shape[0], oh, ow, input_shape[3]))
+    return dy, input_shape, pool_size, stride, (oh, ow)
+
+
 def separate(updated, read=()):
     """Refuse an array updated in place that shares memory with another argument: the
     backends update in different orders (NumPy array by array, the compiled loops element
@@ -289,3 +312,48 @@ def matmul(a, b):
         raise ValueError(f"cannot multiply a {a.shape} by b {b.shape}")
     return tuple(m if m.flags.c_contiguous or m.flags.f_contiguous else np.ascontiguousarray(m)
                  for m in (a, b))
+
+
+def epsilon(eps):
+    """eps as a finite float > 0: it keeps 1 / sqrt(var + eps) finite where a channel is constant."""
+    eps = number("eps", eps, 0)
+    if eps == 0:
+        raise ValueError("eps must be > 0, got 0.0")
+    return eps
+
+
+def batch_rows(x, statistics):
+    """x as a float (M, C) array with C >= 1, and M >= 1 where batch statistics are taken."""
+    x = float_array("x", x, 2)
+    if x.shape[1] == 0:
+        raise ValueError(f"x must have at least one channel (C >= 1), got shape {x.shape}")
+    if statistics and x.shape[0] == 0:
+        raise ValueError(f"batch statistics need at least one row of x (M >= 1), got shape {x.shape}")
+    return x
+
+
+def channel_vectors(x, **vectors):
+    """Each named array as a float (C,) vector of x's dtype, C being x's last axis."""
+    checked = []
+    for name, v in vectors.items():
+        v = float_array(name, v, 1, x.dtype)
+        expect_shape(name, v.shape, (x.shape[1],))
+        checked.append(v)
+    return checked
+
+
+def batchnorm_forward(x, gamma, beta, eps):
+    x = batch_rows(x, statistics=True)
+    return (x, *channel_vectors(x, gamma=gamma, beta=beta), epsilon(eps))
+
+
+def batchnorm_backward(x, dy, gamma, mean, var, eps):
+    x = batch_rows(x, statistics=True)
+    dy = float_array("dy", dy, 2, x.dtype)
+    expect_shape("dy", dy.shape, x.shape)
+    return (x, dy, *channel_vectors(x, gamma=gamma, mean=mean, var=var), epsilon(eps))
+
+
+def batchnorm_inference(x, gamma, beta, mean, var, eps):
+    x = batch_rows(x, statistics=False)
+    return (x, *channel_vectors(x, gamma=gamma, beta=beta, mean=mean, var=var), epsilon(eps))

@@ -33,12 +33,13 @@ ctypedef fused real:
 # The module is these files, each included in order after those it uses.
 include "_cpu.pxi"                  # whether the CPU runs AVX2 and FMA
 include "_threads.pxi"              # how many threads the loops run on; fork safety
-include "_loops.pxi"                # copy, zero, add: vectorized runs shared by the kernels
+include "_loops.pxi"                # copy, zero, add, sum in float64: vectorized runs shared by the kernels
 include "_scratch.pxi"              # work arrays each Python thread reuses
 include "_blas.pxi"                 # NumPy's OpenBLAS called from these threads; matmul
 include "_direct_convolution.pxi"   # direct convolution loops for thin products
 include "_convolution.pxi"          # im2col + GEMM convolution; conv2d_forward and gradients
-include "_pooling.pxi"              # max pooling, forward and backward
+include "_pooling.pxi"              # max and average pooling, forward and backward
+include "_batchnorm.pxi"            # batch normalization: training forward and backward, inference
 include "_adam.pxi"                 # adam_update
 include "_elementwise.pxi"          # leaky_relu and its gradient
 include "_memory_pool.pxi"          # NumPy allocator that reuses freed arrays; memory_pool

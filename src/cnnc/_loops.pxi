@@ -19,3 +19,10 @@ cdef inline void _add(real* dst, const real* src, Py_ssize_t count) noexcept nog
     cdef Py_ssize_t k
     for k in range(count):
         dst[k] += src[k]
+
+
+cdef inline void _accumulate(double* total, const real* src, Py_ssize_t count) noexcept nogil:
+    """total += src, in float64 whatever the type of src."""
+    cdef Py_ssize_t k
+    for k in range(count):
+        total[k] += src[k]

@@ -99,6 +99,65 @@ def maxpool2d_backward(dy, argmax, input_shape):
     return dx.astype(dy.dtype, copy=False).reshape(input_shape)
 
 
+def avgpool2d_forward(x, pool_size, stride):
+    """Mean over each window: the sum in float64 times 1 / (ph * pw), then rounded."""
+    x, (ph, pw), stride, (oh, ow) = _checks.avgpool2d_forward(x, pool_size, stride)
+    windows = _windows(x, (ph, pw), stride, (oh, ow))
+    means = windows.sum(axis=(3, 4), dtype=np.float64) * (1.0 / (ph * pw))
+    return means.astype(x.dtype, copy=False)
+
+
+def avgpool2d_backward(dy, input_shape, pool_size, stride):
+    """Each dy (N, OH, OW, C) spread equally over its window; overlapping windows add up."""
+    dy, input_shape, (ph, pw), (sh, sw), (oh, ow) = _checks.avgpool2d_backward(
+        dy, input_shape, pool_size, stride)
+    dx = np.zeros(input_shape, dtype=dy.dtype)
+    for r in range(ph):
+        for q in range(pw):
+            dx[:, r : r + (oh - 1) * sh + 1 : sh, q : q + (ow - 1) * sw + 1 : sw] += dy
+    dx *= dx.dtype.type(1.0 / (ph * pw))
+    return dx
+
+
+def _normalize(x, mean, scale, shift):
+    """(x - mean) * scale + shift per channel, in x's dtype, the vectors rounded to it."""
+    dtype = x.dtype
+    return (x - mean.astype(dtype)) * scale.astype(dtype) + shift.astype(dtype)
+
+
+def batchnorm_forward(x, gamma, beta, eps):
+    """Batch normalization of x (M, C) over its rows: y = (x - mean) / sqrt(var + eps) * gamma
+    + beta, with the batch's mean and biased variance (returned as well), both taken in
+    float64 in two passes: the mean, then the squared deviations from it."""
+    x, gamma, beta, eps = _checks.batchnorm_forward(x, gamma, beta, eps)
+    mean = x.mean(axis=0, dtype=np.float64)
+    var = np.square(x - mean).mean(axis=0)
+    y = _normalize(x, mean, gamma / np.sqrt(var + eps), beta)
+    return y, mean.astype(x.dtype), var.astype(x.dtype)
+
+
+def batchnorm_backward(x, dy, gamma, mean, var, eps):
+    """Gradients through batchnorm_forward: dx, dgamma = sum(dy * x_hat), dbeta = sum(dy),
+    where dx = gamma / sqrt(var + eps) * (dy - mean(dy) - x_hat * mean(dy * x_hat)) and
+    x_hat = (x - mean) / sqrt(var + eps), the sums taken in float64."""
+    x, dy, gamma, mean, var, eps = _checks.batchnorm_backward(x, dy, gamma, mean, var, eps)
+    rows = x.shape[0]
+    inv_std = 1.0 / np.sqrt(var.astype(np.float64) + eps)
+    centered = x - mean
+    dbeta = dy.sum(axis=0, dtype=np.float64)
+    dgamma = (dy.astype(np.float64) * centered).sum(axis=0) * inv_std
+    # dy - (x - mean) * (inv_std * dgamma / M) - dbeta / M, times gamma * inv_std
+    tilt, offset = (inv_std * dgamma / rows).astype(x.dtype), (dbeta / rows).astype(x.dtype)
+    dx = (dy - (centered * tilt + offset)) * (gamma * inv_std).astype(x.dtype)
+    return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+
+
+def batchnorm_inference(x, gamma, beta, mean, var, eps):
+    """y = (x - mean) / sqrt(var + eps) * gamma + beta with the given (running) mean and var."""
+    x, gamma, beta, mean, var, eps = _checks.batchnorm_inference(x, gamma, beta, mean, var, eps)
+    return _normalize(x, mean, gamma / np.sqrt(var.astype(np.float64) + eps), beta)
+
+
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
     """One Adam step with bias correction, in place on param, m and v.
 

@@ -1,5 +1,6 @@
-# Max pooling over NHWC windows, forward (the maxima and where they were) and backward
-# (each gradient back to its maximum's position).
+# Pooling over NHWC windows. Max pooling: forward (the maxima and where they were) and
+# backward (each gradient back to its maximum's position). Average pooling: forward (each
+# window's mean) and backward (each gradient spread over its window).
 
 cdef inline void _keep_max(real* best, int32_t* where, const real* src, int32_t position,
                            Py_ssize_t count) noexcept nogil:
@@ -87,3 +88,119 @@ def maxpool2d_backward(dy, argmax, input_shape):
     else:
         _maxpool_backward[double](dy, argmax, dx)
     return dx.reshape(input_shape)
+
+
+cdef inline void _window_mean(real* out, double* total, const real* corner, Py_ssize_t ph,
+                              Py_ssize_t pw, Py_ssize_t row_stride, Py_ssize_t channels,
+                              double reciprocal) noexcept nogil:
+    """out = the sum of the ph x pw pixels from corner on, in float64 in row-major window
+    order, times reciprocal (1 / (ph * pw))."""
+    cdef Py_ssize_t r, q, c
+    for c in range(channels):
+        total[c] = corner[c]
+    for r in range(ph):
+        for q in range(pw):
+            if r or q:
+                _accumulate(total, corner + r * row_stride + q * channels, channels)
+    for c in range(channels):
+        out[c] = <real>(total[c] * reciprocal)
+
+
+cdef void _avgpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, double[:, ::1] totals,
+                           Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw) noexcept:
+    """y = the window means, output rows handed out to the threads as they come free, each
+    thread summing into its own row of totals."""
+    cdef Py_ssize_t oh = y.shape[1], ow = y.shape[2], channels = x.shape[3]
+    cdef Py_ssize_t row_stride = x.shape[2] * channels, count = x.shape[0] * oh
+    cdef Py_ssize_t row, n, i, j
+    cdef double reciprocal = 1.0 / (ph * pw)
+    cdef double* total
+    for row in prange(count, schedule="dynamic", nogil=True, num_threads=<int>totals.shape[0]):
+        n = row // oh
+        i = row - n * oh
+        total = &totals[threadid(), 0]
+        for j in range(ow):
+            _window_mean(&y[n, i, j, 0], total, &x[n, i * sh, j * sw, 0], ph, pw, row_stride,
+                         channels, reciprocal)
+
+
+def avgpool2d_forward(x, pool_size, stride):
+    """Mean over each window: the sum in float64 times 1 / (ph * pw), then rounded."""
+    x, (ph, pw), (sh, sw), (oh, ow) = _checks.avgpool2d_forward(x, pool_size, stride)
+    n, c = x.shape[0], x.shape[3]
+    y = np.empty((n, oh, ow, c), dtype=x.dtype)
+    totals = _rows_apart(_team(n * oh), c)
+    if x.dtype == np.float32:
+        _avgpool_forward[float](x, y, totals, ph, pw, sh, sw)
+    else:
+        _avgpool_forward[double](x, y, totals, ph, pw, sh, sw)
+    return y
+
+
+cdef inline Py_ssize_t _first_window(Py_ssize_t position, Py_ssize_t window,
+                                     Py_ssize_t stride) noexcept nogil:
+    """The first window (moved by stride) that holds position: the first i with
+    i * stride + window > position."""
+    return 0 if position < window else (position - window) // stride + 1
+
+
+cdef inline Py_ssize_t _windows_end(Py_ssize_t position, Py_ssize_t stride,
+                                    Py_ssize_t windows) noexcept nogil:
+    """One past the last window (of `windows`) that holds position: i * stride <= position."""
+    return position // stride + 1 if position // stride + 1 < windows else windows
+
+
+cdef inline void _scale(real* dst, const real* src, real factor, Py_ssize_t count) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(count):
+        dst[k] = src[k] * factor
+
+
+cdef inline void _pixel_gradient(real* out, const real* dy, Py_ssize_t i0, Py_ssize_t i1,
+                                 Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t ow, Py_ssize_t channels,
+                                 real reciprocal) noexcept nogil:
+    """out = the sum of dy over windows [i0, i1) x [j0, j1) of one image, times reciprocal."""
+    cdef Py_ssize_t i, j
+    if i0 >= i1 or j0 >= j1:
+        _zero(out, channels)
+        return
+    if i1 - i0 == 1 and j1 - j0 == 1:       # windows that do not overlap: in one pass
+        _scale(out, dy + (i0 * ow + j0) * channels, reciprocal, channels)
+        return
+    _copy(out, dy + (i0 * ow + j0) * channels, channels)
+    for i in range(i0, i1):
+        for j in range(j0, j1):
+            if i != i0 or j != j0:
+                _add(out, dy + (i * ow + j) * channels, channels)
+    _scale(out, out, reciprocal, channels)
+
+
+cdef void _avgpool_backward(const real[:, :, :, ::1] dy, real[:, :, :, ::1] dx, Py_ssize_t ph,
+                            Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw) noexcept:
+    """dx pixel by pixel: the sum of dy over the windows that hold it, times 1 / (ph * pw).
+    One thread writes each pixel, adding in window order, so overlapping windows race for
+    nothing and every run gives the same bits."""
+    cdef Py_ssize_t height = dx.shape[1], width = dx.shape[2], channels = dx.shape[3]
+    cdef Py_ssize_t oh = dy.shape[1], ow = dy.shape[2], count = dx.shape[0] * height
+    cdef Py_ssize_t row, n, h, w, i0, i1
+    cdef real reciprocal = 1.0 / (ph * pw)
+    for row in prange(count, schedule="dynamic", nogil=True, num_threads=_team(count)):
+        n = row // height
+        h = row - n * height
+        i0 = _first_window(h, ph, sh)
+        i1 = _windows_end(h, sh, oh)
+        for w in range(width):
+            _pixel_gradient(&dx[n, h, w, 0], &dy[n, 0, 0, 0], i0, i1, _first_window(w, pw, sw),
+                            _windows_end(w, sw, ow), ow, channels, reciprocal)
+
+
+def avgpool2d_backward(dy, input_shape, pool_size, stride):
+    """Each dy (N, OH, OW, C) spread equally over its window; overlapping windows add up."""
+    dy, input_shape, (ph, pw), (sh, sw), _ = _checks.avgpool2d_backward(
+        dy, input_shape, pool_size, stride)
+    dx = np.empty(input_shape, dtype=dy.dtype)
+    if dy.dtype == np.float32:
+        _avgpool_backward[float](dy, dx, ph, pw, sh, sw)
+    else:
+        _avgpool_backward[double](dy, dx, ph, pw, sh, sw)
+    return dx

@@ -64,3 +64,10 @@ cdef Py_ssize_t _BLOCK = 16384
 cdef inline int _team(Py_ssize_t pieces) noexcept nogil:
     """Threads for a loop over this many pieces: no more threads than pieces."""
     return _threads if pieces >= _threads else (<int>pieces if pieces > 0 else 1)
+
+
+def _rows_apart(rows, count):
+    """Zeros (rows, n), n >= count float64, each row's first count values a cache line or more
+    from the next row's: threads adding into rows of their own then never write to a line
+    another thread is using, which would pass it back and forth between their cores."""
+    return np.zeros((rows, (count + 7) // 8 * 8 + 8))
