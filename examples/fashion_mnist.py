@@ -16,6 +16,7 @@ import numpy as np
 import cnnc
 from cnnc import (BatchNorm, Conv, Dropout, Flatten, FullyConnected, MaxPool,
                   Network, SoftmaxCrossEntropy, datasets)
+from plotting import pyplot
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
            "Bag", "Ankle boot"]
@@ -52,12 +53,8 @@ def load(root, download):
 
 
 def plot(history, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(no plot: matplotlib is not installed; pip install '.[examples]')")
+    plt = pyplot()
+    if plt is None:
         return
     epochs = np.arange(1, len(history["loss"]) + 1)
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))

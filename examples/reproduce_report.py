@@ -21,6 +21,7 @@ from cnnc import (POOL, AdamOptimizer, Conv, Flatten, FullyConnected, SGDoptimiz
 
 import mnist_data
 from mnist_mlp import seed_mlp, train
+from plotting import pyplot
 
 
 def seed_cnn(pooling, fc_activation=relu):
@@ -58,12 +59,8 @@ EXPERIMENTS = [
 
 def plot(curves, path):
     """Loss curves, smoothed over 10 steps, MLPs and CNNs side by side."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("\n(no PNG: matplotlib is not installed; pip install '.[examples]')")
+    plt = pyplot()
+    if plt is None:
         return
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for label, losses in curves:

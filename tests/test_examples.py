@@ -81,4 +81,4 @@ def test_fashion_mnist_trains_the_next_network_saves_it_and_plots(tmp_path):
     assert "BatchNorm(32" in out and "Dropout(0.5)" in out and "total parameters: 431,146" in out
     assert "epoch 1: loss" in out and "loaded back: the same predictions" in out
     assert (tmp_path / "net.npz").exists()
-    assert (tmp_path / "curves.png").exists() or "no plot: matplotlib is not installed" in out
+    assert (tmp_path / "curves.png").exists() or "no PNG: matplotlib is not installed" in out
