@@ -1,5 +1,5 @@
 """cnnc: a readable convolutional-network library on NumPy, with compiled kernels."""
-from . import datasets, init, kernels, schedules
+from . import datasets, export, init, kernels, schedules
 from .activations import AbstractActivation, leaky_relu, linear, relu, sigmoid, tanh
 from .dtypes import get_default_dtype, set_default_dtype
 from .layers import (POOL, AvgPool, BatchNorm, Conv, Dropout, Flatten, FullyConnected,
@@ -31,6 +31,6 @@ __all__ = [
     "AbstractActivation", "AdamOptimizer", "AdamWOptimizer", "AvgPool", "BatchNorm", "Conv",
     "Dropout", "Flatten", "FullyConnected", "GlobalAvgPool", "MaxPool", "MeanSquaredError",
     "Network", "POOL", "SGDOptimizer", "SGDoptimizer", "SoftmaxCrossEntropy", "backend",
-    "datasets", "get_default_dtype", "get_num_threads", "init", "leaky_relu", "linear", "relu",
-    "schedules", "set_default_dtype", "set_num_threads", "sigmoid", "tanh",
+    "datasets", "export", "get_default_dtype", "get_num_threads", "init", "leaky_relu",
+    "linear", "relu", "schedules", "set_default_dtype", "set_num_threads", "sigmoid", "tanh",
 ]

@@ -1,0 +1,2 @@
+"""Handing a cnnc network over to ONNX Runtime and PyTorch, with nothing lost."""
+from ._onnx import to_onnx
