@@ -31,6 +31,6 @@ __all__ = [
     "AbstractActivation", "AdamOptimizer", "AdamWOptimizer", "AvgPool", "BatchNorm", "Conv",
     "Dropout", "Flatten", "FullyConnected", "GlobalAvgPool", "MaxPool", "MeanSquaredError",
     "Network", "POOL", "SGDOptimizer", "SGDoptimizer", "SoftmaxCrossEntropy", "backend",
-    "datasets", "export", "get_default_dtype", "get_num_threads", "init", "leaky_relu", "linear", "relu",
-    "schedules", "set_default_dtype", "set_num_threads", "sigmoid", "tanh",
+    "datasets", "export", "get_default_dtype", "get_num_threads", "init", "leaky_relu",
+    "linear", "relu", "schedules", "set_default_dtype", "set_num_threads", "sigmoid", "tanh",
 ]
