@@ -57,7 +57,8 @@ kernel_sources = sorted(os.path.relpath(path, here) for pattern in ("*.pyx", "*.
 assert {"src/cnnc/_kernels.pyx", "src/cnnc/_kernels_avx2.pyx"} <= set(kernel_sources), here
 for needed in kernel_sources + ["tests/__init__.py", "tests/gradcheck.py",
                                 "tests/test_kernels.py", "examples/mnist_cnn.py",
-                                "src/cnnc/data/mnist_sample.npz", "benchmarks/bench.py", "LICENSE"]:
+                                "src/cnnc/data/mnist_sample.npz", "benchmarks/bench.py", "LICENSE",
+                                "README.md"]:
     assert needed in members, f"the sdist lacks {needed}"
 for generated in ["*.c", "*.so", "*.pyd", "*.pyc", "*_build_failure.txt"]:
     assert not some(members, generated), f"the sdist holds generated files: {some(members, generated)}"
