@@ -59,9 +59,8 @@ cdef void _unpatch(const real* cols, real* image, Py_ssize_t height, Py_ssize_t 
                             _add(image + (h * width + w) * channels, src + q * channels, channels)
 
 
-# Bytes of patch matrix per chunk: per thread and in cache with direct BLAS (256 KiB to
-# 1 MiB measured alike on the seed CNN); through numpy.matmul, large enough for its own
-# threads to pay off (8 MiB beat 1, 4, 16 and 64 MiB).
+# Bytes of patch matrix per chunk: with direct BLAS, a chunk per thread that stays in
+# cache; through numpy.matmul, chunks large enough for its own threads to pay off.
 cdef Py_ssize_t _CHUNK_BYTES = (1 << 20) if _blas is not None else (8 << 20)
 
 

@@ -93,10 +93,16 @@ class ParametricLayer(Layer):
 
 
 class Conv(ParametricLayer):
-    """2-D convolution (cross-correlation, as in PyTorch) with filters (kh, kw, c_in, c_out).
+    """2-D convolution (cross-correlation, as in PyTorch) of NHWC images, then an activation.
 
+    fshape: the filters' shape (kh, kw, c_in, c_out).
+    strides: an int or (sh, sw).
     padding: an int or (ph, pw) of symmetric zero padding, "valid" (none) or "same"
-    (output size ceil(input / stride); any odd pixel of padding goes bottom/right).
+        (output size ceil(input / stride); any odd pixel of padding goes bottom/right).
+    activation: applied last; an activation, its class or its name ("relu", ...).
+    optimizer: this layer's own optimizer, or its class (None: a fresh AdamOptimizer()).
+    filter_init, bias_init: callables shape -> array (None: init.he_normal, init.zeros).
+    dtype: float32 or float64 (None: cnnc.get_default_dtype()).
     """
 
     def __init__(self, fshape, strides=1, padding=0, activation=linear, optimizer=None,
@@ -311,7 +317,11 @@ class Flatten(Layer):
 
 
 class FullyConnected(ParametricLayer):
-    """z = x @ w + b with w of shape (n_in, n_out)."""
+    """z = x @ w + b with w of shape (n_in, n_out), then an activation.
+
+    shape: (n_in, n_out). activation, optimizer and dtype as for Conv; weight_init and
+    bias_init: callables shape -> array (None: init.he_normal, init.zeros).
+    """
 
     def __init__(self, shape, activation=linear, optimizer=None, weight_init=None, bias_init=None,
                  dtype=None):
