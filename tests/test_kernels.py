@@ -234,10 +234,13 @@ from cnnc import kernels
 assert kernels.BACKEND == "compiled" and kernels.get_num_threads() == 2
 assert os.environ.get("OMP_WAIT_POLICY") == {policy!r}, "the import changed the environment"
 x = np.random.default_rng(0).random((64, 28, 28, 8), dtype=np.float32)
-kernels.maxpool2d_forward(x, (2, 2), (2, 2))
-start = time.process_time()
-time.sleep(0.2)
-print(time.process_time() - start)
+idle = []
+for _ in range(5):     # the least of five: other work on the machine adds, spinning never stops
+    kernels.maxpool2d_forward(x, (2, 2), (2, 2))
+    start = time.process_time()
+    time.sleep(0.2)
+    idle.append(time.process_time() - start)
+print(min(idle))
 """
 
 
