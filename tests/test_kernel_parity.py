@@ -9,7 +9,8 @@ has AVX2 and FMA, cnnc._kernels otherwise or under CNNC_AVX2=0.
    and a refused Adam step leaves its arrays alone; Adam's in-place arrays sharing memory
    with another argument, zero sizes and scalars beyond their C type are handled alike.
 3. Read-only and non-contiguous inputs are accepted wherever they are only read.
-4. cnnc.kernels exposes exactly the kernel functions; both modules name them alike.
+4. cnnc.kernels takes every kernel from one backend; both modules name them alike
+   (test_kernels checks that it exposes exactly the kernel functions).
 5. The two builds of the compiled kernels compute the same numbers, to the bit.
 """
 import importlib
@@ -1298,13 +1299,6 @@ def public_functions(module):
     return {name for name, value in vars(module).items()
             if not name.startswith("_") and callable(value)
             and getattr(value, "__module__", None) == module.__name__}
-
-
-def test_kernels_module_exposes_the_kernel_functions_and_nothing_else_callable():
-    public_callables = {name for name in dir(kernels)
-                        if not name.startswith("_") and callable(getattr(kernels, name))}
-    assert set(KERNEL_NAMES) <= public_callables
-    assert public_callables - set(KERNEL_NAMES) <= OTHER_CALLABLES
 
 
 def test_kernels_module_functions_come_from_one_backend():
