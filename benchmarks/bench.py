@@ -17,9 +17,10 @@ import time
 import numpy as np
 
 import cnnc
+from cnnc import export
 from cnnc import (POOL, AdamOptimizer, Conv, Flatten, FullyConnected, Network, SoftmaxCrossEntropy,
                   _numpy_kernels, kernels, leaky_relu, relu)
-from common import cpu_name, table, torch_model
+from common import cpu_name, table
 
 # The compiled build cnnc runs here: AVX2 where the CPU has it, unless CNNC_AVX2=0.
 compiled_kernels = importlib.import_module(kernels.IMPLEMENTATION) if kernels.BACKEND == "compiled" else None
@@ -120,7 +121,7 @@ def network_cases(rng):
             "numpy": lambda net=net, x=x, y=y: net.train_step(x, y, lr=1e-3),
         }
         if torch is not None:
-            model = torch_model(torch, net, (28, 28, 1))
+            model = export.to_torch(net, (28, 28, 1))
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
             tx, ty = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y)
 
@@ -139,7 +140,7 @@ def network_cases(rng):
     contenders = {"compiled": lambda: net.predict(x, batch_size=1000),
                   "numpy": lambda: net.predict(x, batch_size=1000)}
     if torch is not None:
-        model = torch_model(torch, net, (28, 28, 1))
+        model = export.to_torch(net, (28, 28, 1))
         tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
 
         def torch_predict():

@@ -19,7 +19,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "examples"))
 
 import cnnc  # noqa: E402
-from common import cpu_name, torch_model  # noqa: E402
+from cnnc import export  # noqa: E402
+from common import cpu_name  # noqa: E402
 from fashion_mnist import fashion_cnn, load  # noqa: E402
 
 BATCH, LR = 64, 1e-3
@@ -50,7 +51,7 @@ def train_torch(data, epochs):
     torch.manual_seed(0)
     (x, y), (x_test, y_test) = data
     np.random.seed(0)
-    model = torch_model(torch, fashion_cnn(), (28, 28, 1)).to(memory_format=torch.channels_last)
+    model = export.to_torch(fashion_cnn(), (28, 28, 1)).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     loss_fn = torch.nn.CrossEntropyLoss()
     for epoch in range(epochs):

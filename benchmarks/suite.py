@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 import cnnc
+from cnnc import export
 from cnnc import (AdamOptimizer, Conv, Flatten, FullyConnected, MaxPool, Network, SGDOptimizer,
                   SoftmaxCrossEntropy, leaky_relu, linear, relu)
-from common import cpu_name, table, torch_model
+from common import cpu_name, table
 
 LIBRARIES = ("cnnc", "torch")
 CASES = {"train": "train step", "infer": "inference, 2,000 images"}
@@ -115,7 +116,7 @@ def check_pair(torch, arch):
     """Abort unless cnnc's network and its torch copy have the same parameter count and
     logits; return the count and the largest logit difference."""
     net = cnnc_network(arch)
-    model = torch_model(torch, net, arch.input_shape).eval()
+    model = export.to_torch(net, arch.input_shape).eval()
     ours = sum(p.size for layer in net.layers for p in layer.params.values())
     theirs = sum(p.numel() for p in model.parameters())
     if ours != theirs:
@@ -142,7 +143,7 @@ def cnnc_call(arch, case):
 def torch_call(arch, case):
     """The zero-argument call a torch worker times; it converts the NHWC array itself."""
     torch = load_torch()
-    model = torch_model(torch, cnnc_network(arch), arch.input_shape).to(
+    model = export.to_torch(cnnc_network(arch), arch.input_shape).to(
         memory_format=torch.channels_last)
     x, y = data(arch, arch.batch if case == "train" else INFERENCE_IMAGES)
     if case == "train":
