@@ -1,5 +1,5 @@
 """cnnc: a readable convolutional-network library on NumPy, with compiled kernels."""
-from . import datasets, export, init, kernels, schedules
+from . import datasets, export, init, kernels, models, schedules
 from .activations import AbstractActivation, leaky_relu, linear, relu, sigmoid, tanh
 from .dtypes import get_default_dtype, set_default_dtype
 from .layers import (POOL, AvgPool, BatchNorm, Conv, Dropout, Flatten, FullyConnected,
@@ -32,5 +32,5 @@ __all__ = [
     "Dropout", "Flatten", "FullyConnected", "GlobalAvgPool", "MaxPool", "MeanSquaredError",
     "Network", "POOL", "SGDOptimizer", "SGDoptimizer", "SoftmaxCrossEntropy", "backend",
     "datasets", "export", "get_default_dtype", "get_num_threads", "init", "leaky_relu",
-    "linear", "relu", "schedules", "set_default_dtype", "set_num_threads", "sigmoid", "tanh",
+    "linear", "models", "relu", "schedules", "set_default_dtype", "set_num_threads", "sigmoid", "tanh",
 ]
