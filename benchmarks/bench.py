@@ -18,8 +18,8 @@ import numpy as np
 
 import cnnc
 from cnnc import export
-from cnnc import (POOL, AdamOptimizer, Conv, Flatten, FullyConnected, Network, SoftmaxCrossEntropy,
-                  _numpy_kernels, kernels, leaky_relu, relu)
+from cnnc import _numpy_kernels, kernels
+from cnnc.models import course_cnn
 from common import cpu_name, table
 
 # The compiled build cnnc runs here: AVX2 where the CPU has it, unless CNNC_AVX2=0.
@@ -71,19 +71,8 @@ def medians(contenders, rounds, block=4, untimed=2, pause=0.1):
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def seed_cnn():
-    return Network([
-        Conv((3, 3, 1, 16), strides=1, activation=leaky_relu, optimizer=AdamOptimizer()),
-        Conv((4, 4, 16, 32), strides=2, activation=leaky_relu, optimizer=AdamOptimizer()),
-        POOL(pshape=2),
-        Flatten((6, 6, 32)),
-        FullyConnected((6 * 6 * 32, 256), activation=relu, optimizer=AdamOptimizer()),
-        FullyConnected((256, 10), optimizer=AdamOptimizer()),
-    ], loss=SoftmaxCrossEntropy())
-
-
 def kernel_cases(rng):
-    """Each kernel on the seed CNN's shapes at batch 50, float32."""
+    """Each kernel on the course CNN's shapes at batch 50, float32."""
     f32 = np.float32
     x1 = rng.random((50, 28, 28, 1), dtype=f32)
     w1 = rng.standard_normal((3, 3, 1, 16), dtype=f32)
@@ -115,7 +104,7 @@ def network_cases(rng):
     for batch in (50, 256):
         x = rng.random((batch, 28, 28, 1), dtype=np.float32)
         y = rng.integers(0, 10, batch)
-        net = seed_cnn()
+        net = course_cnn()
         contenders = {
             "compiled": lambda net=net, x=x, y=y: net.train_step(x, y, lr=1e-3),
             "numpy": lambda net=net, x=x, y=y: net.train_step(x, y, lr=1e-3),
@@ -136,7 +125,7 @@ def network_cases(rng):
         cases[f"train step, batch {batch}"] = contenders
 
     x = rng.random((10000, 28, 28, 1), dtype=np.float32)
-    net = seed_cnn()
+    net = course_cnn()
     contenders = {"compiled": lambda: net.predict(x, batch_size=1000),
                   "numpy": lambda: net.predict(x, batch_size=1000)}
     if torch is not None:

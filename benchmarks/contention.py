@@ -1,6 +1,6 @@
 """Training steps on an idle machine and with another process keeping one core busy.
 
-    python benchmarks/contention.py [--rounds 5] [--only seed,lenet5] [--markdown]
+    python benchmarks/contention.py [--rounds 5] [--only course,lenet5] [--markdown]
 
 A laptop is rarely idle: a browser or a second experiment takes a core. With one of
 every core's worth of work taken away, the ideal step takes cores / (cores - 1) of its

@@ -1,4 +1,4 @@
-"""Inference on 10,000 images of the seed CNN: cnnc's predict against ONNX Runtime running
+"""Inference on 10,000 images of the course CNN: cnnc's predict against ONNX Runtime running
 the model cnnc.export.to_onnx writes.
 
     python benchmarks/onnx_inference.py [--rounds 5] [--markdown]
@@ -46,11 +46,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
-    arch = ARCHITECTURES["seed"]
+    arch = ARCHITECTURES["course"]
     net = cnnc_network(arch)
     x, _ = data(arch, IMAGES)
     with tempfile.TemporaryDirectory() as directory:
-        path = cnnc.export.to_onnx(net, os.path.join(directory, "seed.onnx"), arch.input_shape)
+        path = cnnc.export.to_onnx(net, os.path.join(directory, "course_cnn.onnx"), arch.input_shape)
         calls = contenders(net, x, path)
     times = {name: [] for name in calls}
     for _ in range(args.rounds + 1):        # the first round warms up, untimed

@@ -23,7 +23,8 @@ import numpy as np
 import cnnc
 from cnnc import export
 from cnnc import (AdamOptimizer, Conv, Flatten, FullyConnected, MaxPool, Network, SGDOptimizer,
-                  SoftmaxCrossEntropy, leaky_relu, linear, relu)
+                  SoftmaxCrossEntropy, linear, relu)
+from cnnc.models import course_cnn
 from common import cpu_name, table
 
 LIBRARIES = ("cnnc", "torch")
@@ -38,19 +39,19 @@ PAUSE = 0.5             # seconds of rest before each worker, so the machine set
 @dataclass
 class Architecture:
     """A network both libraries build: layers as ("conv", fshape, stride, padding,
-    activation), ("pool", size), ("flatten",) or ("fc", (n_in, n_out), activation)."""
+    activation), ("pool", size), ("flatten",) or ("fc", (n_in, n_out), activation), or
+    the Network that `build` returns (its layers each with their own Adam)."""
     name: str
     input_shape: tuple
     batch: int
     optimizer: str      # "adam", or "sgd" with momentum 0.9
     lr: float
-    layers: list
+    layers: list = None
+    build: object = None
 
 
 ARCHITECTURES = {
-    "seed": Architecture("seed CNN", (28, 28, 1), 50, "adam", 1e-3, [
-        ("conv", (3, 3, 1, 16), 1, 0, leaky_relu), ("conv", (4, 4, 16, 32), 2, 0, leaky_relu),
-        ("pool", 2), ("flatten",), ("fc", (1152, 256), relu), ("fc", (256, 10), linear)]),
+    "course": Architecture("course CNN", (28, 28, 1), 50, "adam", 1e-3, build=course_cnn),
     "lenet5": Architecture("LeNet-5", (28, 28, 1), 64, "sgd", 0.01, [
         ("conv", (5, 5, 1, 6), 1, 2, relu), ("pool", 2), ("conv", (5, 5, 6, 16), 1, 0, relu),
         ("pool", 2), ("flatten",), ("fc", (400, 120), relu), ("fc", (120, 84), relu),
@@ -72,6 +73,8 @@ ARCHITECTURES = {
 def cnnc_network(arch):
     """The architecture as a cnnc Network, its weights drawn from a fixed seed."""
     np.random.seed(0)
+    if arch.build is not None:
+        return arch.build()
     shape, layers = arch.input_shape, []
     for kind, *args in arch.layers:
         optimizer = AdamOptimizer() if arch.optimizer == "adam" else SGDOptimizer(momentum=0.9)

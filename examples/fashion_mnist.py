@@ -1,4 +1,4 @@
-"""The next network after the seed CNN: 3x3 "same" convolutions with batch normalization,
+"""The next network after the course CNN: 3x3 "same" convolutions with batch normalization,
 max pooling, dropout and a classifier head, trained on full Fashion-MNIST.
 
     python examples/fashion_mnist.py [--epochs 3] [--data DIR] [--download]

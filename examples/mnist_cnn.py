@@ -1,4 +1,4 @@
-"""The seed report's CNN on real MNIST digits, with and without max pooling, trained with
+"""The course report's CNN on real MNIST digits, with and without max pooling, trained with
 Network.fit: a progress bar, a summary, a history, and the trained network saved.
 
     python examples/mnist_cnn.py [--epochs 3] [--data DIR] [--save cnn.npz]
@@ -14,28 +14,9 @@ import time
 import numpy as np
 
 import cnnc
-from cnnc import (POOL, AdamOptimizer, Conv, Flatten, FullyConnected, Network, SoftmaxCrossEntropy,
-                  init, leaky_relu, linear, relu)
+from cnnc import Network
 
 import mnist_data
-
-
-def seed_cnn(pooling):
-    """Conv-LReLU-Conv-LReLU-[POOL]-Flatten-FC-ReLU-FC, as in the report, with fan-in taken
-    from the filters (He) instead of the image size."""
-    side = 6 if pooling else 12
-    return Network([
-        Conv((3, 3, 1, 16), strides=1, activation=leaky_relu, optimizer=AdamOptimizer(),
-             filter_init=init.he_normal),
-        Conv((4, 4, 16, 32), strides=2, activation=leaky_relu, optimizer=AdamOptimizer(),
-             filter_init=init.he_normal),
-        *([POOL(pshape=2)] if pooling else []),
-        Flatten((side, side, 32)),
-        FullyConnected((side * side * 32, 256), activation=relu, optimizer=AdamOptimizer(),
-                       weight_init=init.he_normal),
-        FullyConnected((256, 10), activation=linear, optimizer=AdamOptimizer(),
-                       weight_init=init.xavier_normal),
-    ], loss=SoftmaxCrossEntropy())
 
 
 def main():
@@ -51,8 +32,8 @@ def main():
 
     for pooling in (False, True):
         np.random.seed(0)
-        net = seed_cnn(pooling)
-        print(f"## the seed CNN {'with' if pooling else 'without'} max pooling")
+        net = cnnc.models.course_cnn(pooling)
+        print(f"## the course CNN {'with' if pooling else 'without'} max pooling")
         net.summary(input_shape=(28, 28, 1))
         start = time.perf_counter()
         history = net.fit(x_train, y_train, epochs=args.epochs, batch_size=50, lr=args.lr,
@@ -65,7 +46,7 @@ def main():
         print(f"{args.epochs} epochs in {seconds:.1f} s\n")
 
     with tempfile.TemporaryDirectory() as scratch:
-        path = args.save or os.path.join(scratch, "seed_cnn.npz")
+        path = args.save or os.path.join(scratch, "course_cnn.npz")
         net.save(path)
         restored = Network.load(path)
         same = np.array_equal(restored.predict(x_test), net.predict(x_test))

@@ -1,4 +1,4 @@
-"""The seed report's MLP experiments on real MNIST digits: sigmoid + SGD, ReLU + SGD,
+"""The course report's MLP experiments on real MNIST digits: sigmoid + SGD, ReLU + SGD,
 ReLU + Adam, with the report's layers, its learning rate (0.01) and its batches of 50.
 
     python examples/mnist_mlp.py [--iterations 100] [--data DIR]
@@ -17,7 +17,7 @@ from cnnc import (AdamOptimizer, Flatten, FullyConnected, Network, SGDoptimizer,
 import mnist_data
 
 
-def seed_mlp(activation, optimizer):
+def report_mlp(activation, optimizer):
     """The report's simple MLP, as its code blocks write it."""
     return [
         Flatten((28, 28, 1)),
@@ -57,12 +57,12 @@ def main():
                                                   ("ReLU + Adam", relu, AdamOptimizer, 88.68)]:
         print(f"## {name}")
         np.random.seed(0)
-        net, _ = train(seed_mlp(activation, optimizer), x_train, y_train, args.iterations)
+        net, _ = train(report_mlp(activation, optimizer), x_train, y_train, args.iterations)
         accuracy = 100 * net.evaluate(x_test, y_test)
         print(f"Accuracy over all test set {accuracy:.2f}\n")
         results.append((name, reported, accuracy))
 
-    print(f"{'experiment':<16}{'seed report':>12}{'cnnc':>8}")
+    print(f"{'experiment':<16}{'course report':>12}{'cnnc':>8}")
     for name, reported, accuracy in results:
         print(f"{name:<16}{reported:>11.2f}%{accuracy:>7.2f}%")
 

@@ -1,4 +1,4 @@
-"""Rerun every experiment of the seed report on cnnc, with the report's own layer code,
+"""Rerun every experiment of the course report on cnnc, with the report's own layer code,
 and print the report's accuracy beside cnnc's.
 
     python examples/reproduce_report.py [--data DIR] [--plot reproduce_report.png]
@@ -16,44 +16,37 @@ import argparse
 import numpy as np
 
 import cnnc
-from cnnc import (POOL, AdamOptimizer, Conv, Flatten, FullyConnected, SGDoptimizer, leaky_relu,
-                  linear, relu, sigmoid)
+from cnnc import AdamOptimizer, SGDoptimizer, leaky_relu, relu, sigmoid
+from cnnc.models import course_cnn
 
 import mnist_data
-from mnist_mlp import seed_mlp, train
+from mnist_mlp import report_mlp, train
 from plotting import pyplot
 
 
-def seed_cnn(pooling, fc_activation=relu):
-    """The report's CNN (sections 4-6), as its code blocks write it."""
+def report_cnn(pooling, fc_activation=relu):
+    """The course CNN (sections 4-6) with the report's initializers: the fan-in of the
+    convolutions taken from the image size, as its code blocks write them."""
     side = 6 if pooling else 12
-    return [
-        Conv((3, 3, 1, 16), strides=1, activation=leaky_relu, optimizer=AdamOptimizer(),
-             filter_init=lambda shp: np.random.normal(size=shp) * np.sqrt(2.0 / (28*28))),
-        Conv((4, 4, 16, 32), strides=2, activation=leaky_relu, optimizer=AdamOptimizer(),
-             filter_init=lambda shp: np.random.normal(size=shp) * np.sqrt(2.0 / (16*26*26))),
-        *([POOL(pshape=2)] if pooling else []),
-        Flatten((side, side, 32)),
-        FullyConnected((side*side*32, 256), activation=fc_activation,
-                       optimizer=AdamOptimizer(),
-                       weight_init=lambda shp: np.random.normal(size=shp) * np.sqrt(2.0 / (side*side*32))),
-        FullyConnected((256, 10), activation=linear,
-                       optimizer=AdamOptimizer(),
-                       weight_init=lambda shp: np.random.normal(size=shp) * np.sqrt(2.0 / (256.))),
-    ]
+
+    def normal(fan_in):
+        return lambda shp: np.random.normal(size=shp) * np.sqrt(2.0 / fan_in)
+
+    inits = (normal(28 * 28), normal(16 * 26 * 26), normal(side * side * 32), normal(256.))
+    return course_cnn(pooling, dense_activation=fc_activation, inits=inits).layers
 
 
 # (section of the report, experiment, layers, iterations, the report's accuracy or None)
 EXPERIMENTS = [
-    ("2", "MLP, sigmoid + SGD", lambda: seed_mlp(sigmoid, SGDoptimizer), 100, 10.46),
-    ("2", "MLP, ReLU + SGD", lambda: seed_mlp(relu, SGDoptimizer), 100, 46.58),
-    ("3", "MLP, ReLU + Adam", lambda: seed_mlp(relu, AdamOptimizer), 100, 88.68),
-    ("4", "CNN, FC with leaky ReLU (1 step*)", lambda: seed_cnn(False, leaky_relu), 1, 13.58),
-    ("5", "CNN without pooling", lambda: seed_cnn(False), 100, 43.57),
-    ("5", "CNN with pooling", lambda: seed_cnn(True), 100, 18.71),
-    ("5", "CNN without pooling", lambda: seed_cnn(False), 2000, 89.81),
-    ("6", "CNN with pooling (1 step*)", lambda: seed_cnn(True), 1, 10.40),
-    ("-", "CNN with pooling", lambda: seed_cnn(True), 2000, None),
+    ("2", "MLP, sigmoid + SGD", lambda: report_mlp(sigmoid, SGDoptimizer), 100, 10.46),
+    ("2", "MLP, ReLU + SGD", lambda: report_mlp(relu, SGDoptimizer), 100, 46.58),
+    ("3", "MLP, ReLU + Adam", lambda: report_mlp(relu, AdamOptimizer), 100, 88.68),
+    ("4", "CNN, FC with leaky ReLU (1 step*)", lambda: report_cnn(False, leaky_relu), 1, 13.58),
+    ("5", "CNN without pooling", lambda: report_cnn(False), 100, 43.57),
+    ("5", "CNN with pooling", lambda: report_cnn(True), 100, 18.71),
+    ("5", "CNN without pooling", lambda: report_cnn(False), 2000, 89.81),
+    ("6", "CNN with pooling (1 step*)", lambda: report_cnn(True), 1, 10.40),
+    ("-", "CNN with pooling", lambda: report_cnn(True), 2000, None),
 ]
 
 
@@ -101,11 +94,11 @@ def main():
         rows.append((section, name, iterations, reported, accuracy))
         curves.append((label, losses))
 
-    print("| section | experiment | iterations | seed report | cnnc |")
+    print("| section | experiment | iterations | course report | cnnc |")
     print("|---|---|---|---|---|")
     for section, name, iterations, reported, accuracy in rows:
-        seed = f"{reported:.2f}%" if reported is not None else "-"
-        print(f"| {section} | {name} | {iterations} | {seed} | {accuracy:.2f}% |")
+        theirs = f"{reported:.2f}%" if reported is not None else "-"
+        print(f"| {section} | {name} | {iterations} | {theirs} | {accuracy:.2f}% |")
     print("\n* The report's log for these runs ends at iteration 0: one step, read as such.")
     plot(curves, args.plot)
 
