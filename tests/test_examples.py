@@ -84,10 +84,10 @@ def test_fashion_mnist_trains_the_next_network_saves_it_and_plots(tmp_path):
     assert (tmp_path / "curves.png").exists() or "no PNG: matplotlib is not installed" in out
 
 
-def test_export_hands_the_seed_cnn_to_onnx_runtime_and_torch(tmp_path):
+def test_export_hands_the_course_cnn_to_onnx_runtime_and_torch(tmp_path):
     pytest.importorskip("onnxruntime", reason="the export needs pip install 'cnnc[onnx]'")
     pytest.importorskip("torch", reason="the export needs pip install 'cnnc[torch]'")
     out = run_example("export.py", "--epochs", "1", "--out", str(tmp_path), tmp_path=tmp_path)
     assert "ONNX Runtime" in out and "same classes for 100.00% of images" in out
     assert out.count("same classes for 100.00%") == 2 and "and back to cnnc: the same predictions" in out
-    assert (tmp_path / "seed_cnn.onnx").exists()
+    assert (tmp_path / "course_cnn.onnx").exists()
