@@ -27,7 +27,9 @@ class ElementCheck:
     analytic: the gradient the network computed; numeric: the central difference.
     abs_error: |analytic - numeric| (at a kink: the distance from analytic to the
         interval between the one-sided differences).
-    rel_error: abs_error / (|numeric| + atol / rtol); the element passes when it is <= rtol.
+    rel_error: abs_error / (|numeric| + atol / rtol), which is <= rtol exactly when
+        |analytic - numeric| <= atol + rtol * |numeric|: the element passes then. (At a
+        kink, the one-sided difference nearest to analytic stands for numeric.)
     kink: the loss is not differentiable here at the scale of eps (the one-sided
         differences disagree), e.g. a ReLU input or a max-pool tie within eps of the kink.
     """
@@ -249,7 +251,8 @@ def _check_param(depth, layer, name, param, analytic, indices, loss, base, eps, 
         numeric[i] = (up - down) / (2 * eps)
         right[i], left[i] = (up - base) / eps, (base - down) / eps
     values = analytic.reshape(-1)[indices]
-    # The loss's own tolerance at each element decides whether the sides disagree.
+    # At a smooth point the sides differ by about eps * |second derivative|, far below the
+    # tolerance; a larger gap means the step crossed a kink.
     kinks = np.abs(right - left) > atol + rtol * np.abs(numeric)
     nearest = np.where(kinks, np.clip(values, np.minimum(left, right), np.maximum(left, right)),
                        numeric)
