@@ -91,3 +91,53 @@ def test_export_hands_the_course_cnn_to_onnx_runtime_and_torch(tmp_path):
     assert "ONNX Runtime" in out and "same classes for 100.00% of images" in out
     assert out.count("same classes for 100.00%") == 2 and "and back to cnnc: the same predictions" in out
     assert (tmp_path / "course_cnn.onnx").exists()
+
+
+def png_size(path):
+    """(width, height) of a PNG file, read from its header after checking its signature."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+VISUALIZE_PNGS = ("first_conv_filters.png", "feature_maps.png", "confusion_matrix.png")
+
+
+def test_visualize_trains_and_draws_filters_feature_maps_and_confusion_matrix(tmp_path):
+    pytest.importorskip("matplotlib", reason="the PNGs need matplotlib (pip install '.[examples]')")
+    out = run_example("visualize.py", "--epochs", "1", "--out", "pictures", tmp_path=tmp_path)
+    assert "course_cnn() trained for 1 epochs on the 4,000 digits bundled with cnnc" in out
+    accuracy = float(out.split("held-out accuracy: ")[1].split("%")[0])
+    assert accuracy > 85 and "on 1,000 digits" in out
+    for name in VISUALIZE_PNGS:
+        path = tmp_path / "pictures" / name
+        assert os.path.join("pictures", name) in out
+        width, height = png_size(path)
+        assert width >= 400 and height >= 100 and path.stat().st_size > 5000, (name, width, height)
+    width, height = png_size(tmp_path / "pictures" / "feature_maps.png")
+    assert height > 600          # the input and six layers, one row each at least
+
+
+def test_visualize_draws_a_saved_network(tmp_path):
+    pytest.importorskip("matplotlib", reason="the PNGs need matplotlib (pip install '.[examples]')")
+    import cnnc
+    cnnc.models.course_cnn(pooling=False).save(str(tmp_path / "untrained.npz"))
+    out = run_example("visualize.py", "--model", "untrained.npz", "--index", "3",
+                      "--out", str(tmp_path / "out"), tmp_path=tmp_path)
+    assert "the network saved in untrained.npz" in out and "held-out digit 3" in out
+    assert "held-out accuracy: " in out
+    for name in VISUALIZE_PNGS:
+        png_size(tmp_path / "out" / name)
+
+
+def test_visualize_without_matplotlib_says_what_to_install(tmp_path):
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "matplotlib.py").write_text("raise ImportError('matplotlib blocked for this test')\n")
+    env_path = os.pathsep.join([str(block), os.environ.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, os.path.join(EXAMPLES, "visualize.py")], cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=env_path), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1
+    assert "no PNG: matplotlib is not installed; pip install '.[examples]'" in result.stdout
+    assert not list(tmp_path.glob("*.png"))

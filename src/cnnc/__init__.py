@@ -2,6 +2,7 @@
 from . import datasets, export, init, kernels, models, schedules
 from .activations import AbstractActivation, leaky_relu, linear, relu, sigmoid, tanh
 from .dtypes import get_default_dtype, set_default_dtype
+from .gradient_check import gradcheck
 from .layers import (POOL, AvgPool, BatchNorm, Conv, Dropout, Flatten, FullyConnected,
                      GlobalAvgPool, MaxPool)
 from .losses import MeanSquaredError, SoftmaxCrossEntropy
@@ -31,6 +32,6 @@ __all__ = [
     "AbstractActivation", "AdamOptimizer", "AdamWOptimizer", "AvgPool", "BatchNorm", "Conv",
     "Dropout", "Flatten", "FullyConnected", "GlobalAvgPool", "MaxPool", "MeanSquaredError",
     "Network", "POOL", "SGDOptimizer", "SGDoptimizer", "SoftmaxCrossEntropy", "backend",
-    "datasets", "export", "get_default_dtype", "get_num_threads", "init", "leaky_relu",
+    "datasets", "export", "get_default_dtype", "get_num_threads", "gradcheck", "init", "leaky_relu",
     "linear", "models", "relu", "schedules", "set_default_dtype", "set_num_threads", "sigmoid", "tanh",
 ]
