@@ -17,7 +17,7 @@ def run_example(name, *args, tmp_path):
     return result.stdout
 
 
-def test_mnist_mlp_runs_the_seed_experiments_with_the_seed_log(tmp_path):
+def test_mnist_mlp_runs_the_report_experiments_with_the_report_log(tmp_path):
     out = run_example("mnist_mlp.py", "--iterations", "20", tmp_path=tmp_path)
     assert "the MNIST sample bundled with cnnc" in out
     assert out.count("Iteration: 0, loss : ") == 3 and "Iteration: 10, loss : " in out
