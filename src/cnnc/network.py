@@ -172,9 +172,8 @@ class Network:
         validation_data: (x_val, y_val), scored after every epoch (None: no validation).
         progress: show a progress bar on stderr with the running loss, accuracy and speed.
 
-        Returns the history: per
-        epoch, the mean training "loss" and "accuracy" over the epoch's steps (each taken
-        before that step's update) and, given validation_data = (x_val, y_val),
+        Returns the history: per epoch, the mean training "loss" and "accuracy" over the
+        epoch's steps (each taken before that step's update) and, given validation_data,
         "val_loss" and "val_accuracy" after the epoch. Accuracy is for classification
         losses (SoftmaxCrossEntropy); a MeanSquaredError network reports its loss only.
         Labels are checked, those of validation_data too, before the first step; a bad
