@@ -51,6 +51,7 @@ class Dataset:
         (file name, size in bytes, SHA-256 hex digest).
     system_dirs: directories a system package installs the files into, looked in when
         no root is given.
+
     Each is kept as the attribute of its name (mirrors and system_dirs as tuples).
     """
 
