@@ -58,7 +58,7 @@ assert {"src/cnnc/_kernels.pyx", "src/cnnc/_kernels_avx2.pyx"} <= set(kernel_sou
 for needed in kernel_sources + ["tests/__init__.py", "tests/gradcheck.py",
                                 "tests/test_kernels.py", "examples/mnist_cnn.py",
                                 "src/cnnc/data/mnist_sample.npz", "benchmarks/bench.py", "LICENSE",
-                                "README.md"]:
+                                "README.md", "src/cnnc/py.typed"]:
     assert needed in members, f"the sdist lacks {needed}"
 for generated in ["*.c", "*.so", "*.pyd", "*.pyc", "*_build_failure.txt"]:
     assert not some(members, generated), f"the sdist holds generated files: {some(members, generated)}"
@@ -66,10 +66,12 @@ assert not wheel.endswith("-none-any.whl"), f"{wheel} is a pure-Python wheel: no
 modules = {name.split("/")[-1].split(".")[0] for name in some(files, "cnnc/_kernels*.so")}
 expected = {"_kernels", "_kernels_avx2"} if platform.machine() in ("x86_64", "AMD64") else {"_kernels"}
 assert modules == expected, f"the wheel's compiled modules are {modules}, not {expected}"
+# PEP 561: without the marker, type checkers ignore the hints of an installed cnnc
+assert "cnnc/py.typed" in files, "the wheel lacks cnnc/py.typed"
 for unwanted in ["*.pyx", "*.pxi", "*.h", "*.c", "*_build_failure.txt", "tests/*"]:
     assert not some(files, unwanted), f"the wheel holds {some(files, unwanted)}"
 print(f"sdist: {len(members)} files, {len(kernel_sources)} kernel sources, no generated C; "
-      f"wheel: {sorted(modules)}, no sources or notes")
+      f"wheel: {sorted(modules)} and py.typed, no sources or notes")
 PY
 unzip -q -o "$wheel" 'cnnc/*.so' -d "$out/unpacked"
 for library in "$out"/unpacked/cnnc/*.so; do

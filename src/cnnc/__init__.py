@@ -1,4 +1,6 @@
 """cnnc: a readable convolutional-network library on NumPy, with compiled kernels."""
+from __future__ import annotations
+
 from . import datasets, export, init, kernels, models, schedules
 from .activations import AbstractActivation, leaky_relu, linear, relu, sigmoid, tanh
 from .dtypes import get_default_dtype, set_default_dtype
@@ -12,18 +14,22 @@ from .optimizers import AdamOptimizer, AdamWOptimizer, SGDoptimizer, SGDOptimize
 __version__ = "0.1.0"
 
 
-def backend():
-    """Which kernels run: "compiled" (the Cython extension) or "numpy"."""
+def backend() -> str:
+    """Which kernels run: "compiled" (the Cython extension) or "numpy" (its pure-NumPy twin,
+    when the extension is not built). The environment variable CNNC_BACKEND=numpy|compiled
+    forces the choice at import."""
     return kernels.BACKEND
 
 
-def set_num_threads(n):
-    """Run cnnc's compiled loops on n threads from now on, as torch.set_num_threads does;
-    CNNC_NUM_THREADS sets the count at start-up (every core the process may use by default)."""
+def set_num_threads(n: int) -> None:
+    """Run cnnc's compiled loops on n threads (an int >= 1) from now on, as
+    torch.set_num_threads does; CNNC_NUM_THREADS sets the count at start-up (every core
+    the process may use by default). The NumPy backend only records n: its kernels run on
+    NumPy's own threads. A bad n is a ValueError."""
     kernels.set_num_threads(n)
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """How many threads cnnc's compiled loops run on."""
     return kernels.get_num_threads()
 

@@ -3,6 +3,8 @@
 Images come as NHWC uint8 arrays (N, 28, 28, 1) and labels as int64 class ids; scale the
 images yourself (x / 255) to the range the network should see.
 """
+from __future__ import annotations
+
 import gzip
 import hashlib
 import http.client
@@ -13,11 +15,20 @@ import urllib.parse
 import urllib.request
 import zlib
 from importlib import resources
+from typing import Iterable, Mapping, Tuple, Union
 
 import numpy as np
+from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from ._atomic_file import atomic_write
+
+# (x_train, y_train), (x_test, y_test): NHWC uint8 images and int64 class ids
+Split = Tuple[Tuple[NDArray[np.uint8], NDArray[np.int64]], Tuple[NDArray[np.uint8], NDArray[np.int64]]]
+# a file system path, as open() takes it
+FilePath = Union[str, os.PathLike]
+# mirror base URLs: a list, or one string of them separated by commas or whitespace
+Mirrors = Union[str, Iterable[str]]
 
 # IDX type codes: the element type of the array that follows the header (big-endian).
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -31,16 +42,28 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 class Dataset:
     """Where a dataset's four IDX files come from: file names with their exact size in
-    bytes and SHA-256, and the mirrors that serve them (tried in order)."""
+    bytes and SHA-256, and the mirrors that serve them (tried in order).
 
-    def __init__(self, name, mirrors, files, system_dirs=()):
+    name: the dataset's name, e.g. "mnist"; the directory under the data root and the
+        stem of its mirrors variable.
+    mirrors: base URLs serving the files, tried in order.
+    files: role ("train_images", "train_labels", "test_images", "test_labels") ->
+        (file name, size in bytes, SHA-256 hex digest).
+    system_dirs: directories a system package installs the files into, looked in when
+        no root is given.
+
+    Each is kept as the attribute of its name (mirrors and system_dirs as tuples).
+    """
+
+    def __init__(self, name: str, mirrors: Iterable[str],
+                 files: Mapping[str, tuple[str, int, str]], system_dirs: Iterable[str] = ()) -> None:
         self.name = name
         self.mirrors = tuple(mirrors)
         self.files = dict(files)        # role -> (file name, size, sha256)
         self.system_dirs = tuple(system_dirs)
 
     @property
-    def mirrors_variable(self):
+    def mirrors_variable(self) -> str:
         """The environment variable whose URLs replace the built-in mirrors, such as
         CNNC_MNIST_MIRRORS or CNNC_FASHION_MNIST_MIRRORS."""
         return f"CNNC_{self.name.upper().replace('-', '_')}_MIRRORS"
@@ -88,9 +111,9 @@ FASHION_MNIST = Dataset(
 )
 
 
-def load_idx(path):
-    """The array in an IDX file (gzipped or raw), with the dimensions and element type
-    its header declares.
+def load_idx(path: FilePath) -> NDArray:
+    """The array in the IDX file at path (gzipped or raw), with the dimensions and element
+    type its header declares, in native byte order.
 
     A file that is not IDX, declares an unknown type or more dimensions than NumPy
     supports, is truncated, holds more data than its header declares, is not a file or
@@ -160,29 +183,36 @@ def _read_idx(stream, path):
 DEFAULT_DEADLINE = 300      # seconds one file's download may take, from any one mirror
 
 
-def mnist(root=None, download=False, mirrors=None, deadline=DEFAULT_DEADLINE):
-    """MNIST as ((x_train, y_train), (x_test, y_test)): NHWC uint8 images, int64 labels.
+def mnist(root: FilePath | None = None, download: bool = False, mirrors: Mirrors | None = None,
+          deadline: float = DEFAULT_DEADLINE) -> Split:
+    """MNIST as ((x_train, y_train), (x_test, y_test)): NHWC uint8 images (N, 28, 28, 1),
+    int64 labels (N,).
 
-    The four standard files (gzipped or not) are read from `root` (default: the
-    environment variable CNNC_DATA, else ~/.cache/cnnc/mnist). With download=True, the
-    missing ones are fetched first, checked against their published size and SHA-256,
-    from the first of `mirrors` that serves them: base URLs, as a list or one string
-    separated by commas or spaces. Without it they come from the environment variable
-    CNNC_MNIST_MIRRORS (same format), else from MNIST.mirrors. No URL, or one that is
-    not http(s), is a ValueError naming the argument or the variable. A mirror that has
-    not delivered a file within `deadline` seconds is abandoned for the next.
+    root: the directory holding the four standard files, gzipped or not (None: the
+        environment variable CNNC_DATA's mnist/ directory, else ~/.cache/cnnc/mnist).
+    download: fetch the missing files first, each checked against its published size
+        and SHA-256 (False: a missing file is FileNotFoundError).
+    mirrors: base URLs to download from, tried in order: a list or one string separated
+        by commas or spaces (None: the environment variable CNNC_MNIST_MIRRORS, same
+        format, else MNIST.mirrors). No URL, or one that is not http(s), is a ValueError
+        naming the argument or the variable.
+    deadline: seconds a mirror has to deliver one file before the next is tried.
+
+    Raises OSError when no mirror delivers a good copy, ValueError for a corrupt file.
     """
     return _load(MNIST, root, download, mirrors, deadline)
 
 
-def fashion_mnist(root=None, download=False, mirrors=None, deadline=DEFAULT_DEADLINE):
-    """Fashion-MNIST, as mnist() returns MNIST; its mirrors variable is
+def fashion_mnist(root: FilePath | None = None, download: bool = False,
+                  mirrors: Mirrors | None = None, deadline: float = DEFAULT_DEADLINE) -> Split:
+    """Fashion-MNIST, as mnist() returns MNIST; root, download, mirrors and deadline as
+    for mnist(), with ~/.cache/cnnc/fashion-mnist and the mirrors variable
     CNNC_FASHION_MNIST_MIRRORS. Without a root it is also looked for where Debian's
     dataset-fashion-mnist package puts it, /usr/share/datasets/fashion-mnist."""
     return _load(FASHION_MNIST, root, download, mirrors, deadline)
 
 
-def mnist_sample():
+def mnist_sample() -> Split:
     """5,000 real MNIST digits shipped with cnnc, as ((x_train, y_train), (x_test, y_test)):
     400 per class for training and 100 per class for testing, NHWC uint8 and int64.
 
@@ -199,11 +229,12 @@ def mnist_sample():
                 images, labels = npz[f"x_{part}"], npz[f"y_{part}"].astype(np.int64)
                 order = rng.permutation(len(labels))
                 parts.append((images[order], labels[order]))
-    return tuple(parts)
+    return parts[0], parts[1]
 
 
-def default_root(dataset):
-    """Where a dataset is read from and downloaded to when no root is given."""
+def default_root(dataset: Dataset) -> str:
+    """Where dataset (MNIST, FASHION_MNIST) is read from and downloaded to when no root is
+    given: $CNNC_DATA/<name> if that variable is set, else ~/.cache/cnnc/<name>."""
     base = os.environ.get("CNNC_DATA")
     if base:
         return os.path.join(os.path.expanduser(base), dataset.name)
@@ -292,9 +323,11 @@ def _images_and_labels(dataset, arrays, part):
     return images[..., np.newaxis], labels.astype(np.int64)
 
 
-def fetch(mirrors, file_name, size, sha256, root, timeout=30, deadline=DEFAULT_DEADLINE):
-    """Download file_name into root from the first of mirrors (http(s) base URLs, as for
-    mnist()) that serves it whole: size bytes with this SHA-256. Returns its path.
+def fetch(mirrors: Mirrors, file_name: str, size: int, sha256: str, root: FilePath,
+          timeout: float = 30, deadline: float = DEFAULT_DEADLINE) -> str:
+    """Download file_name into the directory root (made if need be) from the first of
+    mirrors (http(s) base URLs, as for mnist()) that serves it whole: size bytes whose
+    SHA-256 is the hex digest sha256. Returns its path.
 
     A mirror gets `timeout` seconds for any one wait and `deadline` seconds for the whole
     file, so one that stalls or trickles is abandoned. One that announces another size is

@@ -1,10 +1,15 @@
 """Network: a stack of layers trained step by step, as in the seed report."""
+from __future__ import annotations
+
 import contextlib
 import inspect
+import os
 import sys
 from collections import deque
+from typing import Callable, Dict, List, Protocol, Sequence, TextIO, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from tqdm.auto import tqdm
 
 from . import _checks, _interrupts, dtypes, kernels, saving
@@ -13,19 +18,45 @@ from .layers import Layer
 from .losses import class_ids
 
 
+class Loss(Protocol):
+    """What a Network needs of its loss (SoftmaxCrossEntropy and MeanSquaredError have it)."""
+
+    def compute(self, outputs: NDArray, labels: NDArray) -> float:
+        """The mean loss of a batch of outputs (N, ...) against its labels."""
+
+    def deriv(self, outputs: NDArray, labels: NDArray) -> NDArray:
+        """d loss / d outputs, of the outputs' shape."""
+
+
+# lr for fit: a number, or a schedule step -> lr (see cnnc.schedules)
+LearningRate = Union[float, Callable[[int], float]]
+# one dict per layer, parameter name ("w", "b") -> its gradient; {} for a layer without
+Gradients = List[Dict[str, NDArray]]
+
+
 class Network:
     """Layers applied in order, and the loss on the last one's output.
 
-    The network computes in the dtype of its parameters (one for all layers); inputs
-    are cast to it. A loss given as a class is made with its defaults.
+    layers: the layers, first to last (Conv, MaxPool, Flatten, FullyConnected, ...); each
+        parametric layer must have its own optimizer instance.
+    loss: the loss on the last layer's output, such as SoftmaxCrossEntropy(); a class
+        (loss=SoftmaxCrossEntropy) is made with its defaults.
+
+    State: `layers` (the list, in order), `loss`, `dtype` (the dtype of the layers'
+    parameters: one for all of them, else ValueError; inputs are cast to it) and
+    `input_shape` (one sample's shape, once the network has seen data; None before).
+    The weights live in each layer's `params` and the optimizer state in each layer's
+    optimizer: train_step and fit change both, and BatchNorm's running statistics;
+    predict, predict_proba and evaluate change nothing but `input_shape`.
+    Invalid layers or loss raise ValueError here, not at the first step.
     """
 
-    def __init__(self, layers, loss):
+    def __init__(self, layers: Sequence[Layer], loss: Loss | type[Loss]) -> None:
         self.layers = _check_layers(layers)
         self.loss = _check_loss(loss)
         self.dtype = _common_dtype(self.layers)
         _check_own_optimizers(self.layers)
-        self.input_shape = None     # one sample's shape, once the network has seen one
+        self.input_shape: tuple[int, ...] | None = None     # one sample's shape, once seen
 
     def __repr__(self):
         """The layers one per line when there are several, as torch.nn.Sequential shows them."""
@@ -36,8 +67,13 @@ class Network:
             listing = "".join(layers)
         return f"Network([{listing}], loss={self.loss!r})"
 
-    def train_step(self, x, y, lr=1e-3):
+    def train_step(self, x: ArrayLike, y: ArrayLike, lr: float = 1e-3) -> float:
         """One forward, backward and optimizer update on a batch; returns the loss before it.
+
+        x: a batch of inputs (N, ...), such as images (N, H, W, C).
+        y: their labels: class ids (N,) or one-hot rows (N, classes) for
+            SoftmaxCrossEntropy; targets (N, outputs) for MeanSquaredError.
+        lr: the learning rate, a number >= 0 (for a schedule, use fit).
 
         The step is whole or not at all: a non-finite loss or gradient raises
         FloatingPointError and changes nothing, and an interrupt (Ctrl-C) or an error
@@ -70,9 +106,10 @@ class Network:
                 layer.update(layer_grads, lr)
                 layer.commit_statistics()
 
-    def loss_and_grads(self, x, y):
-        """The loss on a batch and, per layer in order, a dict of its parameter gradients.
-        A pass in training mode: BatchNorm's running statistics take in this batch."""
+    def loss_and_grads(self, x: ArrayLike, y: ArrayLike) -> tuple[float, Gradients]:
+        """The loss on a batch and, per layer in order, a dict of its parameter gradients
+        ({} for a layer without parameters), x and y as for train_step. No weight changes;
+        it is a pass in training mode, so BatchNorm's running statistics take in this batch."""
         loss, grads, _ = self._loss_grads_outputs(x, y)
         for layer in self.layers:
             layer.commit_statistics()
@@ -119,19 +156,28 @@ class Network:
         """The index of the first layer with parameters (the gradient stops there)."""
         return next((i for i, layer in enumerate(self.layers) if layer.params), len(self.layers))
 
-    def fit(self, x, y, epochs=1, batch_size=50, lr=1e-3, shuffle=True, seed=None,
-            validation_data=None, progress=True):
+    def fit(self, x: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: int = 50,
+            lr: LearningRate = 1e-3, shuffle: bool = True, seed: int | None = None,
+            validation_data: tuple[ArrayLike, ArrayLike] | None = None,
+            progress: bool = True) -> dict[str, list[float]]:
         """Train for `epochs` passes over (x, y), batch_size samples per step.
 
-        lr is a number, or a schedule: a callable step -> lr (see cnnc.schedules), called
-        once per batch with the 0-based step count of this call, counting on across epochs.
-        Shuffles the samples every epoch (reproducibly, given a seed) and shows a progress
-        bar with the running loss and accuracy and the speed. Returns the history: per
-        epoch, the mean training "loss" and "accuracy" over the epoch's steps (each taken
-        before that step's update) and, given validation_data = (x_val, y_val),
+        x, y: all the training samples and their labels, as for train_step.
+        epochs: how many passes over the samples (0: none).
+        batch_size: samples per step; the last batch of an epoch may be smaller.
+        lr: a number, or a schedule: a callable step -> lr (see cnnc.schedules), called
+            once per batch with the 0-based step count of this call, counting on across epochs.
+        shuffle: visit the samples in a new random order every epoch (False: as given).
+        seed: makes the shuffling repeatable (None: fresh randomness).
+        validation_data: (x_val, y_val), scored after every epoch (None: no validation).
+        progress: show a progress bar on stderr with the running loss, accuracy and speed.
+
+        Returns the history: per epoch, the mean training "loss" and "accuracy" over the
+        epoch's steps (each taken before that step's update) and, given validation_data,
         "val_loss" and "val_accuracy" after the epoch. Accuracy is for classification
         losses (SoftmaxCrossEntropy); a MeanSquaredError network reports its loss only.
-        Labels are checked, those of validation_data too, before the first step.
+        Labels are checked, those of validation_data too, before the first step; a bad
+        argument or label is a ValueError, and a step fails as train_step does.
         """
         schedule = lr if callable(lr) else _constant(_check_lr(lr))
         batch_size = _check_batch_size(batch_size)
@@ -149,7 +195,7 @@ class Network:
             self._check_labels(_check_count(x_val, y_val), width)
         rng = np.random.default_rng(seed)
         names = ("loss", "accuracy") if self._classifies else ("loss",)
-        history = {name: [] for name in names}
+        history: dict[str, list[float]] = {name: [] for name in names}
         if validation_data is not None:
             history.update({f"val_{name}": [] for name in names})
         y = np.asarray(y)
@@ -199,14 +245,17 @@ class Network:
         self.loss.compute(np.zeros((len(labels), width), self.dtype), labels)
         return None
 
-    def summary(self, input_shape=None, file=None):
-        """Print each layer's output shape and parameter count to file (default stdout).
+    def summary(self, input_shape: Sequence[int] | None = None, file: TextIO | None = None) -> None:
+        """Write a table of each layer's output shape and parameter count, and the total.
 
-        Returns None, as Keras's model.summary() does, so that a REPL shows the table
-        once; file=io.StringIO() captures it as text.
+        input_shape: the shape of one sample, e.g. (28, 28, 1); None takes the one the
+            network last saw, or the one its first layer fixes (Flatten, FullyConnected).
+        file: a text stream to write the table to (None: sys.stdout, looked up at each
+            call). Pass io.StringIO() to get the table as a string without printing it.
 
-        The input shape is that of one sample, e.g. (28, 28, 1); by default the one the
-        network last saw, or what its first layer fixes (Flatten, FullyConnected).
+        Returns None, as pandas' DataFrame.info and Keras's model.summary do, so that a
+        REPL shows the table once. Raises ValueError when no input shape is known, or
+        when a layer refuses the shape it receives.
         """
         shape = self._summary_input_shape(input_shape)
         rows = [("layer", "output shape", "parameters")]
@@ -223,7 +272,7 @@ class Network:
         lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
         lines.insert(1, "-" * len(lines[0]))
         lines += ["-" * len(lines[0]), f"total parameters: {total:,} ({np.dtype(self.dtype).name})"]
-        print("\n".join(lines), file=sys.stdout if file is None else file)
+        (sys.stdout if file is None else file).write("\n".join(lines) + "\n")
 
     def _summary_input_shape(self, input_shape):
         if input_shape is not None:
@@ -238,18 +287,24 @@ class Network:
         raise ValueError("summary needs the shape of one input sample: pass input_shape, "
                          "e.g. input_shape=(28, 28, 1), or run the network on data first")
 
-    def save(self, path):
-        """Save architecture, weights and optimizer state to one .npz file (no pickle),
-        atomically; Network.load(path) resumes training exactly where it stopped."""
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save architecture, weights and optimizer state to one .npz file at path (no
+        pickle), atomically; Network.load(path) resumes training exactly where it stopped."""
         saving.save(self, path)
 
     @classmethod
-    def load(cls, path):
-        """The network saved at path by save()."""
+    def load(cls, path: str | os.PathLike[str]) -> Network:
+        """The network saved at path by save(), ready to predict or to train on; a file that
+        is not such a network raises ValueError, a missing one FileNotFoundError."""
         return saving.load(path)
 
-    def predict(self, x, batch_size=1000):
-        """The last layer's output for every sample, computed batch_size samples at a time."""
+    def predict(self, x: ArrayLike, batch_size: int = 1000) -> NDArray[np.floating]:
+        """The last layer's output for every sample of x (N, ...), in inference mode: an
+        array (N, ...) in the network's dtype, logits for a linear last layer.
+
+        batch_size: samples per forward pass; bounds the memory, not the result.
+        Inputs the layers cannot take raise ValueError saying what was expected.
+        """
         x = np.asarray(x)
         out_shape = self._check_input(x)
         batch_size = _check_batch_size(batch_size)
@@ -259,19 +314,23 @@ class Network:
                 outputs[start : start + batch_size] = self._forward(x[start : start + batch_size])
         return outputs
 
-    def predict_proba(self, x, batch_size=1000):
-        """Class probabilities for every sample: the softmax of predict's logits, for a
-        network trained with SoftmaxCrossEntropy."""
+    def predict_proba(self, x: ArrayLike, batch_size: int = 1000) -> NDArray[np.floating]:
+        """Class probabilities (N, classes) for every sample: the softmax of predict's logits,
+        x and batch_size as for predict. Only for a SoftmaxCrossEntropy network (ValueError
+        otherwise)."""
         probabilities = getattr(self.loss, "probabilities", None)
         if probabilities is None:
             raise ValueError(f"predict_proba needs a network with a SoftmaxCrossEntropy loss; "
                              f"this one has {self.loss!r}, whose outputs are not logits")
         return probabilities(self.predict(x, batch_size))
 
-    def evaluate(self, x, y, batch_size=1000):
+    def evaluate(self, x: ArrayLike, y: ArrayLike, batch_size: int = 1000) -> float:
         """What fits the loss, over (x, y): for a classification loss (SoftmaxCrossEntropy) the
         accuracy, the fraction of samples whose largest output is their label's class; for
-        MeanSquaredError the mean squared error (the mean loss over all samples)."""
+        MeanSquaredError the mean squared error (the mean loss over all samples).
+
+        x, y as for train_step; batch_size as for predict. Runs in inference mode.
+        """
         classifies = self._classifies
         loss, accuracy = self._loss_and_accuracy(x, y, batch_size, with_loss=not classifies,
                                                  with_accuracy=classifies)

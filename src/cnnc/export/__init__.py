@@ -1,3 +1,7 @@
-"""Handing a cnnc network over to ONNX Runtime and PyTorch, with nothing lost."""
+"""Handing a cnnc network over to ONNX Runtime and PyTorch, with nothing lost.
+
+onnx and torch are optional: each function imports what it needs when called, and says
+which extra to install (pip install 'cnnc[onnx]', 'cnnc[torch]') when it is missing.
+"""
 from ._onnx import to_onnx
 from ._torch import from_torch, to_torch

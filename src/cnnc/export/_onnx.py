@@ -4,6 +4,11 @@ Inside the graph, images are NCHW (what ONNX's Conv and pooling take): the input
 transposed once, before the first layer that needs it, and back to NHWC before a Flatten
 (cnnc flattens (H, W, C) in C order) or at the output.
 """
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Sequence, Union
+
 import numpy as np
 
 from .._atomic_file import atomic_write
@@ -11,19 +16,28 @@ from ..activations import LeakyReLU, Linear, ReLU, Sigmoid, Tanh
 from ..layers import (AvgPool, BatchNorm, Conv, Dropout, Flatten, FullyConnected, GlobalAvgPool,
                       MaxPool)
 
+if TYPE_CHECKING:
+    from ..network import Network
+
+FilePath = Union[str, os.PathLike]
+
 OPSET = 17
 IR_VERSION = 8      # opset 17's IR version (onnx 1.12): ONNX Runtime 1.13 and later load it
 
 TO_NCHW, TO_NHWC = (0, 3, 1, 2), (0, 2, 3, 1)
 
 
-def to_onnx(net, path, input_shape=None):
-    """Write `net` to `path` as an ONNX model, atomically; return the path.
+def to_onnx(net: Network, path: FilePath, input_shape: Sequence[int] | None = None) -> FilePath:
+    """Write the network `net` to the file `path` as an ONNX model, atomically; return path.
 
     The model's input "input" is float32 (N, *input_shape), NHWC images as cnnc holds them,
     with a dynamic batch N; its output "output" is what net.predict gives. input_shape is
-    one sample's shape, by default the one the network last saw. The weights are stored
-    as float32, what ONNX Runtime runs on the CPU, also for a float64 network.
+    one sample's shape, e.g. (28, 28, 1); None takes the one the network last saw. The
+    weights are stored as float32, what ONNX Runtime runs on the CPU, also for a float64
+    network.
+
+    Raises ImportError without the onnx package, ValueError when no input shape is known
+    or for a layer or activation ONNX export does not cover.
     """
     try:
         import onnx

@@ -4,18 +4,34 @@ cnnc holds images NHWC and flattens them in that order; torch holds them NCHW. T
 weights are transposed to torch's layouts, and the features a Flatten makes are reordered
 in the layers that read them, so that the module computes what the network does.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .. import layers as cnnc_layers
 from ..activations import LeakyReLU, Linear, ReLU, Sigmoid, Tanh
 
+if TYPE_CHECKING:
+    import torch
+
+    from ..network import Network
+
 _NEEDS = "cnnc.export.{} needs PyTorch: pip install 'cnnc[torch]'"
 
 
-def to_torch(net, input_shape=None):
-    """A torch.nn.Sequential with the network's weights, taking NCHW input, in eval mode: its
-    output equals net.predict on the NHWC transpose. input_shape, one sample's (H, W, C),
-    defaults to the shape the network last saw; it fixes "same" padding and Flatten."""
+def to_torch(net: Network, input_shape: Sequence[int] | None = None) -> torch.nn.Sequential:
+    """A torch.nn.Sequential with the weights of the network `net` (copies, in its dtype),
+    taking NCHW input, in eval mode: its output equals net.predict on the NHWC transpose.
+
+    input_shape: one sample's shape, e.g. (28, 28, 1); None takes the one the network last
+        saw. It fixes "same" padding and the feature order after a Flatten.
+
+    Raises ImportError without torch, ValueError when no input shape is known or for a
+    layer or activation torch has no module for.
+    """
     torch = _torch("to_torch")
     nn = torch.nn
     shape = _input_shape(net, input_shape)
@@ -86,14 +102,20 @@ def _activation(nn, layer):
     return [known[type(activation)]()]
 
 
-def from_torch(module, input_shape=None, dtype=None):
-    """The cnnc Network a torch.nn.Sequential of the modules to_torch makes computes, with
-    its weights (the way back, to read and inspect a model trained in PyTorch).
+def from_torch(module: torch.nn.Sequential, input_shape: Sequence[int] | None = None,
+               dtype: DTypeLike | None = None) -> Network:
+    """The cnnc Network that computes what `module`, a torch.nn.Sequential of the modules
+    to_torch makes, computes, with copies of its weights (the way back, to read and inspect
+    a model trained in PyTorch). Its loss is SoftmaxCrossEntropy.
 
     An activation module must follow a Conv2d, Linear or BatchNorm (it becomes that layer's
-    activation). input_shape, one sample's (H, W, C), is needed when a Flatten follows
-    images, to put the features back in cnnc's NHWC order. The loss is
-    SoftmaxCrossEntropy; dtype defaults to the module's.
+    activation).
+    input_shape: one sample's (H, W, C); needed when a Flatten follows images, to put the
+        features back in cnnc's NHWC order (None: unknown until the network sees data).
+    dtype: float32 or float64 for the layers (None: float64 for a float64 module, else
+        float32).
+
+    Raises ImportError without torch, ValueError for a module cnnc has no layer for.
     """
     torch = _torch("from_torch")
     from ..losses import SoftmaxCrossEntropy
