@@ -1,4 +1,4 @@
-"""Network: a stack of layers trained step by step, as in the seed report."""
+"""Network: a stack of layers trained step by step, as in the course project."""
 from __future__ import annotations
 
 import contextlib
