@@ -527,3 +527,59 @@ def test_files_written_before_weight_decay_still_load(tmp_path):
             del spec["optimizer"]["weight_decay"]
     path = npz_with_header(tmp_path, header, **arrays)
     assert Network.load(path).layers[0].optimizer.weight_decay == 0.0
+
+
+# ===================================================== files written in format version 1
+
+FORMAT1 = os.path.join(os.path.dirname(__file__), "data")
+
+
+def format1_reference(name):
+    """The network a format-1 file holds, made without cnnc.saving: built by the code that
+    wrote the file, then given the file's arrays and step counts by hand."""
+    from .data.format1_networks import BUILDERS
+
+    net = BUILDERS[name]()
+    path = os.path.join(FORMAT1, f"format1_{name}.npz")
+    with np.load(path) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    header = json.loads(str(arrays.pop(saving._HEADER)))
+    for depth, (layer, spec) in enumerate(zip(net.layers, header["layers"])):
+        for key in ("w", "b", "running_mean", "running_var"):
+            if f"layer{depth}/{key}" in arrays:
+                getattr(layer, key, layer.params.get(key))[...] = arrays[f"layer{depth}/{key}"]
+        if spec["type"] == "Flatten" and spec["input_shape"] is not None:
+            layer._fix(tuple(spec["input_shape"]))
+        for key, step in spec.get("optimizer", {}).get("steps", {}).items():
+            prefix = f"layer{depth}/optimizer/{key}/"
+            layer.optimizer.state[key] = {slot[len(prefix):]: value for slot, value in arrays.items()
+                                          if slot.startswith(prefix)}
+            layer.optimizer.state[key]["step"] = step
+    net.input_shape = None if header["input_shape"] is None else tuple(header["input_shape"])
+    return net, path
+
+
+@pytest.mark.parametrize("name", ["every_layer", "float64", "never_trained"])
+def test_files_written_in_format_1_load_to_the_identical_network(name):
+    from .data.format1_networks import images
+
+    reference, path = format1_reference(name)
+    loaded = Network.load(path)
+    assert repr(loaded) == repr(reference)
+    assert loaded.dtype == reference.dtype and loaded.input_shape == reference.input_shape
+    assert [repr(getattr(layer, "optimizer", None)) for layer in loaded.layers] == \
+        [repr(getattr(layer, "optimizer", None)) for layer in reference.layers]
+    assert_same_state(state_of(loaded), state_of(reference))
+    for ours, theirs in zip(loaded.layers, reference.layers):
+        if isinstance(ours, BatchNorm):
+            np.testing.assert_array_equal(ours.running_mean, theirs.running_mean)
+            np.testing.assert_array_equal(ours.running_var, theirs.running_var)
+    x, y = images(20, seed=1)
+    np.testing.assert_array_equal(loaded.predict(x), reference.predict(x))
+    for start in (0, 10):       # training goes on as it would have: same losses, same bits
+        assert loaded.train_step(x[start:start + 10], y[start:start + 10], lr=1e-2) == \
+            reference.train_step(x[start:start + 10], y[start:start + 10], lr=1e-2)
+    assert_same_state(state_of(loaded), state_of(reference))
+    for ours, theirs in zip(loaded.layers, reference.layers):
+        if isinstance(ours, BatchNorm):
+            np.testing.assert_array_equal(ours.running_var, theirs.running_var)
