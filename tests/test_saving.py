@@ -375,7 +375,12 @@ def bad_header(change):
 
 @pytest.mark.parametrize("change, message", [
     (lambda h: h["layers"].__setitem__(0, "FullyConnected"), "layer must be an object"),
-    (lambda h: h["layers"][0].__setitem__("optimizer", []), "optimizer must be an object"),
+    # an optimizer that is no object declares no state, so its arrays are unexpected
+    (lambda h: h["layers"][0].__setitem__("optimizer", []), "unexpected arrays"),
+    (lambda h: h["layers"][0].__setitem__("activation", []), "activation must be an activation"),
+    (lambda h: h["layers"][0].__setitem__("activation", {"type": "AdamOptimizer", "beta1": 0.9,
+                                                         "beta2": 0.9, "eps": 1.0, "steps": {}}),
+     "activation must be an activation"),
     (lambda h: h["layers"][0]["optimizer"]["steps"].__setitem__("w", -1), "step count"),
     (lambda h: h["layers"][0]["optimizer"]["steps"].__setitem__("w", 10**30), "step count"),
     (lambda h: h["layers"][0]["optimizer"]["steps"].__setitem__("w", 1.0), "step count"),
@@ -399,19 +404,24 @@ def bad_header(change):
     (lambda h: h["layers"][0].update(shape=[2, 2**40]), "shape"),
     (lambda h: h["layers"].append({"type": "MaxPool", "pshape": [2, 2], "strides": [0, 1]}), "strides"),
     (lambda h: h["layers"].append({"type": "Flatten", "input_shape": [[1]]}), "input_shape"),
-    (lambda h: h["layers"].append({"type": "Conv", "fshape": [3, 3, 1, 2], "strides": [1, 1],
-                                   "padding": "full", "activation": {"type": "Linear"},
-                                   "optimizer": h["layers"][0]["optimizer"]}), "padding"),
+    (lambda h: h["layers"].insert(0, {"type": "Conv", "fshape": [3, 3, 1, 2], "strides": [1, 1],
+                                      "padding": "full", "activation": {"type": "Linear"},
+                                      "optimizer": h["layers"][0]["optimizer"]}), "padding"),
     (lambda h: h.update(loss="MeanSquaredError"), "loss must be an object"),
     (lambda h: h.update(loss={"type": "MeanSquaredError", "reduction": "sum"}), "unknown fields"),
     (lambda h: h.update(layers={"0": {}}), "layers must be a list"),
     (lambda h: h.pop("input_shape"), "has no input_shape"),
 ])
 def test_every_header_value_is_checked_at_load(tmp_path, change, message):
+    header = bad_header(change)
     arrays = {"layer0/w": np.zeros((2, 3), np.float32), "layer0/b": np.zeros(3, np.float32),
               "layer0/optimizer/w/m": np.zeros((2, 3), np.float32),
               "layer0/optimizer/w/v": np.zeros((2, 3), np.float32)}
-    path = npz_with_header(tmp_path, bad_header(change), **arrays)
+    if "padding" in str(header):     # its arrays are there: its padding is refused
+        arrays = {"layer0/w": np.zeros((3, 3, 1, 2), np.float32), "layer0/b": np.zeros(2, np.float32),
+                  **{name.replace("layer0", "layer1"): value for name, value in arrays.items()}}
+        header["layers"][0]["optimizer"] = {**header["layers"][0]["optimizer"], "steps": {}}
+    path = npz_with_header(tmp_path, header, **arrays)
     with pytest.raises(ValueError, match=message) as caught:
         Network.load(path)
     assert str(path) in str(caught.value)
@@ -428,6 +438,14 @@ def test_headers_json_cannot_parse_are_value_errors(tmp_path, text):
     arrays[saving._HEADER] = np.array(text)
     with pytest.raises(ValueError, match="not JSON"):
         Network.load(write_npz(tmp_path / "bad.npz", **arrays))
+
+
+def test_a_number_too_large_for_a_float_is_refused(tmp_path):
+    header = json.dumps(fc_header(2, 3)).replace('"eps": 1e-08', '"eps": 1e999')
+    arrays = {"layer0/w": np.zeros((2, 3), np.float32), "layer0/b": np.zeros(3, np.float32),
+              saving._HEADER: np.array(header)}
+    with pytest.raises(ValueError, match="eps must be a finite number"):
+        Network.load(write_npz(tmp_path / "huge.npz", **arrays))
 
 
 # ============================================================================= save

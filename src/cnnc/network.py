@@ -246,7 +246,7 @@ class Network:
     @classmethod
     def load(cls, path):
         """The network saved at path by save()."""
-        return saving.load(path)
+        return saving.load(path, cls)
 
     def predict(self, x, batch_size=1000):
         """The last layer's output for every sample, computed batch_size samples at a time."""
