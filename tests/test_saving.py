@@ -19,8 +19,9 @@ import pytest
 from cnnc import (AbstractActivation, AdamOptimizer, AdamWOptimizer, AvgPool, BatchNorm, Conv,
                   Dropout, Flatten, FullyConnected, GlobalAvgPool, MaxPool,
                   MeanSquaredError, Network, SGDOptimizer, SoftmaxCrossEntropy, leaky_relu, relu,
-                  saving, sigmoid, tanh)
+                  init, saving, sigmoid, tanh)
 from cnnc.activations import LeakyReLU
+from cnnc.layers import Layer, ParametricLayer
 
 from .test_network import assert_same_state, bars, state_of
 
@@ -601,3 +602,133 @@ def test_files_written_in_format_1_load_to_the_identical_network(name):
     for ours, theirs in zip(loaded.layers, reference.layers):
         if isinstance(ours, BatchNorm):
             np.testing.assert_array_equal(ours.running_var, theirs.running_var)
+
+
+# ================================================= classes describe themselves; the registry
+
+@saving.register
+class ChannelScale(ParametricLayer):
+    """z = x * w + b per channel, and the largest |x| seen in training kept as a buffer: a
+    layer defined here, which saving.py has never heard of."""
+
+    config_fields = ("channels", "activation", "optimizer")
+    buffers = ("peak",)
+
+    def __init__(self, channels, activation=None, optimizer=None, dtype=None):
+        self.channels = int(channels)
+        super().__init__((self.channels,), (self.channels,), activation, optimizer, init.ones,
+                         init.zeros, dtype)
+        self.peak = np.zeros(self.channels, self.dtype)
+
+    @classmethod
+    def state_shapes(cls, config):
+        shape = (int(config["channels"]),)
+        return {"w": shape, "b": shape, "peak": shape}
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def forward(self, inputs):
+        if self.training:
+            np.maximum(self.peak, np.abs(inputs).reshape(-1, self.channels).max(axis=0), out=self.peak)
+        z = inputs * self.params["w"] + self.params["b"]
+        return z, self.activation.compute(z)
+
+    def get_grad(self, inputs, layer_err):
+        return {"w": (inputs * layer_err).reshape(-1, self.channels).sum(axis=0),
+                "b": layer_err.reshape(-1, self.channels).sum(axis=0)}
+
+    def backward(self, layer_err):
+        return layer_err * self.params["w"]
+
+    def __repr__(self):
+        return f"ChannelScale({self.channels}, activation={self.activation!r})"
+
+
+def test_a_layer_defined_outside_cnnc_saves_and_loads_without_a_change_to_saving(tmp_path):
+    x, y = bars(30)
+    np.random.seed(4)
+    net = Network([Conv((3, 3, 1, 4), padding=1), ChannelScale(4, activation=relu,
+                                                               optimizer=SGDOptimizer(0.9)),
+                   GlobalAvgPool(), FullyConnected((4, 4))], loss=SoftmaxCrossEntropy())
+    for start in (0, 10, 20):
+        net.train_step(x[start:start + 10], y[start:start + 10], lr=1e-2)
+    net.save(tmp_path / "custom.npz")
+    with np.load(tmp_path / "custom.npz") as npz:
+        assert {"layer1/w", "layer1/b", "layer1/peak", "layer1/optimizer/w/velocity"} <= set(npz.files)
+    loaded = Network.load(tmp_path / "custom.npz")
+
+    assert repr(loaded) == repr(net) and repr(loaded.layers[1].optimizer) == repr(net.layers[1].optimizer)
+    assert_same_state(state_of(loaded), state_of(net))
+    assert np.all(net.layers[1].peak > 0)
+    np.testing.assert_array_equal(loaded.layers[1].peak, net.layers[1].peak)
+    np.testing.assert_array_equal(loaded.predict(x), net.predict(x))
+    for start in (0, 10):
+        assert loaded.train_step(x[start:start + 10], y[start:start + 10], lr=1e-2) == \
+            net.train_step(x[start:start + 10], y[start:start + 10], lr=1e-2)
+    assert_same_state(state_of(loaded), state_of(net))
+    np.testing.assert_array_equal(loaded.layers[1].peak, net.layers[1].peak)
+
+
+def test_saving_names_no_class():
+    """The module that reads files knows classes only through the registry."""
+    with open(saving.__file__) as source:
+        text = source.read()
+    for cls in ("Conv", "FullyConnected", "BatchNorm", "AdamOptimizer", "SGDOptimizer", "LeakyReLU",
+                "SoftmaxCrossEntropy", "Flatten", "Network"):
+        assert f"{cls}(" not in text and f"import {cls}" not in text and f".{cls}" not in text
+
+
+class ShiftedConv(Conv):
+    pass
+
+
+def test_a_subclass_not_registered_is_not_saved_as_its_base(tmp_path):
+    net = Network([ShiftedConv((3, 3, 1, 2)), Flatten()], loss=SoftmaxCrossEntropy())
+    with pytest.raises(ValueError, match="cannot save layer 0: layer ShiftedConv"):
+        net.save(tmp_path / "net.npz")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("where, name", [
+    (lambda h: h["layers"][0], "os.system"),
+    (lambda h: h["layers"][0], "Network"),
+    (lambda h: h["layers"][0], "ShiftedConv"),          # defined, but never registered
+    (lambda h: h["layers"][0], "ReLU"),                 # registered, but no layer
+    (lambda h: h["layers"][0]["activation"], "FullyConnected"),    # a layer, but no activation
+    (lambda h: h["loss"], "AdamOptimizer"),
+])
+def test_a_class_a_file_names_is_one_registered_for_its_place(tmp_path, where, name):
+    header = fc_header(2, 3)
+    where(header)["type"] = name
+    arrays = {"layer0/w": np.zeros((2, 3), np.float32), "layer0/b": np.zeros(3, np.float32)}
+    with pytest.raises(ValueError, match=f"unknown [a-z]+ '{name}'"):
+        Network.load(npz_with_header(tmp_path, header, **arrays))
+
+
+def test_a_name_stands_for_one_class():
+    saving.register(ChannelScale)           # again: the same class, nothing changes
+    clash = type("Conv", (Layer,), {})
+    with pytest.raises(ValueError, match="the name 'Conv' is cnnc.layers.Conv"):
+        saving.register(clash)
+    with pytest.raises(ValueError, match="only layers, activations, losses and optimizers"):
+        saving.register(type("Thing", (), {}))
+    assert saving._REGISTRY["layer"]["Conv"] is Conv
+
+
+def test_every_class_cnnc_exports_describes_itself():
+    """Each one saves, and its config rebuilds an equal object."""
+    for obj in (Conv((3, 3, 2, 4), strides=2, padding="same"), MaxPool(3, 2), AvgPool(2),
+                GlobalAvgPool(), Dropout(0.5, seed=3), Flatten(), Flatten((2, 3)),
+                FullyConnected((3, 2)), BatchNorm(5, momentum=0.2), LeakyReLU(0.3), relu, sigmoid,
+                tanh, SGDOptimizer(0.5, True, 1e-4), AdamOptimizer(weight_decay=0.1),
+                AdamWOptimizer(), SoftmaxCrossEntropy(), MeanSquaredError()):
+        cls = type(obj)
+        assert saving._REGISTRY[cls.saved_kind][cls.__name__] is cls
+        config = obj.get_config()
+        assert set(config) == set(cls.config_fields)
+        again = cls.from_config(config, None) if cls.saved_kind == "layer" else cls.from_config(config)
+        assert repr(again) == repr(obj) and again.get_config() == config
+        if cls.saved_kind == "layer":
+            assert {name: value.shape for name, value in again.state_dict().items()} == \
+                cls.state_shapes(config)

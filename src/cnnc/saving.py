@@ -129,8 +129,8 @@ def _describe(obj, role, where, arrays, prefix):
     cls = type(obj)
     kind = getattr(cls, "saved_kind", None)
     if _REGISTRY.get(kind, {}).get(cls.__name__) is not cls:
-        raise ValueError(f"cannot save {where}: {role} {obj!r} is not a class saving knows "
-                         "(cnnc's own, or one given to cnnc.saving.register)")
+        raise ValueError(f"cannot save {where}: {role} {cls.__qualname__} is not a class saving "
+                         "knows (cnnc's own, or one given to cnnc.saving.register)")
     spec = {"type": cls.__name__}
     for field, value in obj.get_config().items():
         spec[field] = _json(value, field, where, arrays, f"{prefix}{field}/")
@@ -207,11 +207,13 @@ def _check_header(header):
 
 
 def _class_of(spec, where, role, kind):
-    """The registered class the spec names: of that kind, or of any kind when kind is None."""
+    """The registered class the spec names: of that kind, or when kind is None, of any kind
+    but a layer (an argument of a layer is never a layer, whose arrays only a layer list holds)."""
     if not isinstance(spec, dict):
         raise _Malformed(f"{where}: the {role} must be an object, got {_kind(spec)}")
     name = spec.get("type")
-    known = _REGISTRY[kind] if kind else {n: c for k in _KINDS for n, c in _REGISTRY[k].items()}
+    known = _REGISTRY[kind] if kind else {n: c for k in _KINDS if k != "layer"
+                                          for n, c in _REGISTRY[k].items()}
     if not isinstance(name, str) or name not in known:
         raise _Malformed(f"{where}: unknown {role} {name!r} (known: {', '.join(known)})")
     return known[name]
