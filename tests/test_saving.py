@@ -732,3 +732,16 @@ def test_every_class_cnnc_exports_describes_itself():
         if cls.saved_kind == "layer":
             assert {name: value.shape for name, value in again.state_dict().items()} == \
                 cls.state_shapes(config)
+
+
+@pytest.mark.parametrize("name", ["every_layer", "float64", "never_trained"])
+def test_a_format_1_file_loaded_and_saved_again_is_the_same_file(tmp_path, name):
+    """Saving still writes format 1: the same header and the same arrays, to the bit."""
+    path = os.path.join(FORMAT1, f"format1_{name}.npz")
+    Network.load(path).save(tmp_path / "again.npz")
+    with np.load(path) as old, np.load(tmp_path / "again.npz") as new:
+        assert sorted(old.files) == sorted(new.files)
+        assert json.loads(str(new[saving._HEADER])) == json.loads(str(old[saving._HEADER]))
+        for key in old.files:
+            assert old[key].dtype == new[key].dtype
+            np.testing.assert_array_equal(old[key], new[key])

@@ -8,6 +8,7 @@ and this module walks the descriptions.
   attribute of the same name; `get_config()` gives their values and the classmethod
   `from_config(config)` (a layer's also takes the network's dtype) builds the object again.
   A JSON object among the values describes an object in turn ({"type": name, ...its config}).
+  `config_optional` names the fields a file from an older cnnc may lack (their defaults apply).
 - A layer's `state_dict()` holds its live arrays (parameters, and `buffers` such as
   BatchNorm's running statistics), and its classmethod `state_shapes(config)` their shapes,
   so that a file's arrays are checked against its architecture before anything is built.
