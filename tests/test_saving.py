@@ -441,6 +441,26 @@ def test_headers_json_cannot_parse_are_value_errors(tmp_path, text):
         Network.load(write_npz(tmp_path / "bad.npz", **arrays))
 
 
+def nested_activation(depth):
+    inner = 0.1
+    for _ in range(depth):
+        inner = {"type": "LeakyReLU", "slope": inner}
+    return inner
+
+
+@pytest.mark.parametrize("change", [
+    lambda h: h["layers"][0].update(shape=json.loads("[" * 900 + "]" * 900)),
+    lambda h: h["layers"][0].update(activation=nested_activation(450)),
+])
+def test_configs_nested_deeper_than_any_class_needs_are_refused(tmp_path, change):
+    """Deep enough to exhaust the stack of a check that recursed without a bound."""
+    header = fc_header(2, 3)
+    change(header)
+    arrays = {"layer0/w": np.zeros((2, 3), np.float32), "layer0/b": np.zeros(3, np.float32)}
+    with pytest.raises(ValueError, match="more than 16 deep"):
+        Network.load(npz_with_header(tmp_path, header, **arrays))
+
+
 def test_a_number_too_large_for_a_float_is_refused(tmp_path):
     header = json.dumps(fc_header(2, 3)).replace('"eps": 1e-08', '"eps": 1e999')
     arrays = {"layer0/w": np.zeros((2, 3), np.float32), "layer0/b": np.zeros(3, np.float32),

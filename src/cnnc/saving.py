@@ -166,6 +166,9 @@ def _json(value, field, where, arrays, prefix):
 
 # Sizes a header may declare: NumPy's limit for dimensions, a C int for the rest.
 _MAX_DIMS, _LARGEST, _MAX_STEP = 32, 2**31 - 1, 2**63 - 1
+# How deep objects and lists may nest in a config: far more than any class needs, and far
+# less than would exhaust Python's stack in the checks and builds that walk them.
+_MAX_NESTING = 16
 MAX_HEADER_BYTES = 1 << 22
 
 
@@ -220,9 +223,11 @@ def _class_of(spec, where, role, kind):
     return known[name]
 
 
-def _check_object(spec, where, role, kind=None):
+def _check_object(spec, where, role, kind=None, depth=0):
     """The spec names a registered class and gives exactly its config fields, each a JSON value
     saving reads (finite numbers; objects describing objects in turn)."""
+    if depth > _MAX_NESTING:
+        raise _Malformed(f"{where} nests objects and lists more than {_MAX_NESTING} deep")
     cls = _class_of(spec, where, role, kind)
     place = where if role == "layer" else f"{where} {role}"
     optional = tuple(cls.config_optional)
@@ -231,16 +236,18 @@ def _check_object(spec, where, role, kind=None):
     _fields(spec, place, ("type",) + required + state, optional)
     for field in cls.config_fields:
         if field in spec:
-            _check_value(spec[field], place, field)
+            _check_value(spec[field], place, field, depth + 1)
     return cls
 
 
-def _check_value(value, where, field):
+def _check_value(value, where, field, depth):
+    if depth > _MAX_NESTING:
+        raise _Malformed(f"{where} nests objects and lists more than {_MAX_NESTING} deep")
     if isinstance(value, dict):
-        _check_object(value, where, field)
+        _check_object(value, where, field, None, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            _check_value(item, where, field)
+            _check_value(item, where, field, depth + 1)
     elif isinstance(value, float) and not math.isfinite(value):
         raise _Malformed(f"{where} {field} must be a finite number, got {value!r}")
 
