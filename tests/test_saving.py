@@ -19,8 +19,9 @@ import pytest
 from cnnc import (AbstractActivation, AdamOptimizer, AdamWOptimizer, AvgPool, BatchNorm, Conv,
                   Dropout, Flatten, FullyConnected, GlobalAvgPool, MaxPool,
                   MeanSquaredError, Network, SGDOptimizer, SoftmaxCrossEntropy, leaky_relu, relu,
-                  saving, sigmoid, tanh)
+                  init, saving, sigmoid, tanh)
 from cnnc.activations import LeakyReLU
+from cnnc.layers import Layer, ParametricLayer
 
 from .test_network import assert_same_state, bars, state_of
 
@@ -375,7 +376,12 @@ def bad_header(change):
 
 @pytest.mark.parametrize("change, message", [
     (lambda h: h["layers"].__setitem__(0, "FullyConnected"), "layer must be an object"),
-    (lambda h: h["layers"][0].__setitem__("optimizer", []), "optimizer must be an object"),
+    # an optimizer that is no object declares no state, so its arrays are unexpected
+    (lambda h: h["layers"][0].__setitem__("optimizer", []), "unexpected arrays"),
+    (lambda h: h["layers"][0].__setitem__("activation", []), "activation must be an activation"),
+    (lambda h: h["layers"][0].__setitem__("activation", {"type": "AdamOptimizer", "beta1": 0.9,
+                                                         "beta2": 0.9, "eps": 1.0, "steps": {}}),
+     "activation must be an activation"),
     (lambda h: h["layers"][0]["optimizer"]["steps"].__setitem__("w", -1), "step count"),
     (lambda h: h["layers"][0]["optimizer"]["steps"].__setitem__("w", 10**30), "step count"),
     (lambda h: h["layers"][0]["optimizer"]["steps"].__setitem__("w", 1.0), "step count"),
@@ -399,19 +405,24 @@ def bad_header(change):
     (lambda h: h["layers"][0].update(shape=[2, 2**40]), "shape"),
     (lambda h: h["layers"].append({"type": "MaxPool", "pshape": [2, 2], "strides": [0, 1]}), "strides"),
     (lambda h: h["layers"].append({"type": "Flatten", "input_shape": [[1]]}), "input_shape"),
-    (lambda h: h["layers"].append({"type": "Conv", "fshape": [3, 3, 1, 2], "strides": [1, 1],
-                                   "padding": "full", "activation": {"type": "Linear"},
-                                   "optimizer": h["layers"][0]["optimizer"]}), "padding"),
+    (lambda h: h["layers"].insert(0, {"type": "Conv", "fshape": [3, 3, 1, 2], "strides": [1, 1],
+                                      "padding": "full", "activation": {"type": "Linear"},
+                                      "optimizer": h["layers"][0]["optimizer"]}), "padding"),
     (lambda h: h.update(loss="MeanSquaredError"), "loss must be an object"),
     (lambda h: h.update(loss={"type": "MeanSquaredError", "reduction": "sum"}), "unknown fields"),
     (lambda h: h.update(layers={"0": {}}), "layers must be a list"),
     (lambda h: h.pop("input_shape"), "has no input_shape"),
 ])
 def test_every_header_value_is_checked_at_load(tmp_path, change, message):
+    header = bad_header(change)
     arrays = {"layer0/w": np.zeros((2, 3), np.float32), "layer0/b": np.zeros(3, np.float32),
               "layer0/optimizer/w/m": np.zeros((2, 3), np.float32),
               "layer0/optimizer/w/v": np.zeros((2, 3), np.float32)}
-    path = npz_with_header(tmp_path, bad_header(change), **arrays)
+    if "padding" in str(header):     # its arrays are there: its padding is refused
+        arrays = {"layer0/w": np.zeros((3, 3, 1, 2), np.float32), "layer0/b": np.zeros(2, np.float32),
+                  **{name.replace("layer0", "layer1"): value for name, value in arrays.items()}}
+        header["layers"][0]["optimizer"] = {**header["layers"][0]["optimizer"], "steps": {}}
+    path = npz_with_header(tmp_path, header, **arrays)
     with pytest.raises(ValueError, match=message) as caught:
         Network.load(path)
     assert str(path) in str(caught.value)
@@ -428,6 +439,34 @@ def test_headers_json_cannot_parse_are_value_errors(tmp_path, text):
     arrays[saving._HEADER] = np.array(text)
     with pytest.raises(ValueError, match="not JSON"):
         Network.load(write_npz(tmp_path / "bad.npz", **arrays))
+
+
+def nested_activation(depth):
+    inner = 0.1
+    for _ in range(depth):
+        inner = {"type": "LeakyReLU", "slope": inner}
+    return inner
+
+
+@pytest.mark.parametrize("change", [
+    lambda h: h["layers"][0].update(shape=json.loads("[" * 900 + "]" * 900)),
+    lambda h: h["layers"][0].update(activation=nested_activation(450)),
+])
+def test_configs_nested_deeper_than_any_class_needs_are_refused(tmp_path, change):
+    """Deep enough to exhaust the stack of a check that recursed without a bound."""
+    header = fc_header(2, 3)
+    change(header)
+    arrays = {"layer0/w": np.zeros((2, 3), np.float32), "layer0/b": np.zeros(3, np.float32)}
+    with pytest.raises(ValueError, match="more than 16 deep"):
+        Network.load(npz_with_header(tmp_path, header, **arrays))
+
+
+def test_a_number_too_large_for_a_float_is_refused(tmp_path):
+    header = json.dumps(fc_header(2, 3)).replace('"eps": 1e-08', '"eps": 1e999')
+    arrays = {"layer0/w": np.zeros((2, 3), np.float32), "layer0/b": np.zeros(3, np.float32),
+              saving._HEADER: np.array(header)}
+    with pytest.raises(ValueError, match="eps must be a finite number"):
+        Network.load(write_npz(tmp_path / "huge.npz", **arrays))
 
 
 # ============================================================================= save
@@ -527,3 +566,202 @@ def test_files_written_before_weight_decay_still_load(tmp_path):
             del spec["optimizer"]["weight_decay"]
     path = npz_with_header(tmp_path, header, **arrays)
     assert Network.load(path).layers[0].optimizer.weight_decay == 0.0
+
+
+# ===================================================== files written in format version 1
+
+FORMAT1 = os.path.join(os.path.dirname(__file__), "data")
+
+
+def format1_reference(name):
+    """The network a format-1 file holds, made without cnnc.saving: built by the code that
+    wrote the file, then given the file's arrays and step counts by hand."""
+    from .data.format1_networks import BUILDERS
+
+    net = BUILDERS[name]()
+    path = os.path.join(FORMAT1, f"format1_{name}.npz")
+    with np.load(path) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    header = json.loads(str(arrays.pop(saving._HEADER)))
+    for depth, (layer, spec) in enumerate(zip(net.layers, header["layers"])):
+        for key in ("w", "b", "running_mean", "running_var"):
+            if f"layer{depth}/{key}" in arrays:
+                getattr(layer, key, layer.params.get(key))[...] = arrays[f"layer{depth}/{key}"]
+        if spec["type"] == "Flatten" and spec["input_shape"] is not None:
+            layer._fix(tuple(spec["input_shape"]))
+        for key, step in spec.get("optimizer", {}).get("steps", {}).items():
+            prefix = f"layer{depth}/optimizer/{key}/"
+            layer.optimizer.state[key] = {slot[len(prefix):]: value for slot, value in arrays.items()
+                                          if slot.startswith(prefix)}
+            layer.optimizer.state[key]["step"] = step
+    net.input_shape = None if header["input_shape"] is None else tuple(header["input_shape"])
+    return net, path
+
+
+@pytest.mark.parametrize("name", ["every_layer", "float64", "never_trained"])
+def test_files_written_in_format_1_load_to_the_identical_network(name):
+    from .data.format1_networks import images
+
+    reference, path = format1_reference(name)
+    loaded = Network.load(path)
+    assert repr(loaded) == repr(reference)
+    assert loaded.dtype == reference.dtype and loaded.input_shape == reference.input_shape
+    assert [repr(getattr(layer, "optimizer", None)) for layer in loaded.layers] == \
+        [repr(getattr(layer, "optimizer", None)) for layer in reference.layers]
+    assert_same_state(state_of(loaded), state_of(reference))
+    for ours, theirs in zip(loaded.layers, reference.layers):
+        if isinstance(ours, BatchNorm):
+            np.testing.assert_array_equal(ours.running_mean, theirs.running_mean)
+            np.testing.assert_array_equal(ours.running_var, theirs.running_var)
+    x, y = images(20, seed=1)
+    np.testing.assert_array_equal(loaded.predict(x), reference.predict(x))
+    for start in (0, 10):       # training goes on as it would have: same losses, same bits
+        assert loaded.train_step(x[start:start + 10], y[start:start + 10], lr=1e-2) == \
+            reference.train_step(x[start:start + 10], y[start:start + 10], lr=1e-2)
+    assert_same_state(state_of(loaded), state_of(reference))
+    for ours, theirs in zip(loaded.layers, reference.layers):
+        if isinstance(ours, BatchNorm):
+            np.testing.assert_array_equal(ours.running_var, theirs.running_var)
+
+
+# ================================================= classes describe themselves; the registry
+
+@saving.register
+class ChannelScale(ParametricLayer):
+    """z = x * w + b per channel, and the largest |x| seen in training kept as a buffer: a
+    layer defined here, which saving.py has never heard of."""
+
+    config_fields = ("channels", "activation", "optimizer")
+    buffers = ("peak",)
+
+    def __init__(self, channels, activation=None, optimizer=None, dtype=None):
+        self.channels = int(channels)
+        super().__init__((self.channels,), (self.channels,), activation, optimizer, init.ones,
+                         init.zeros, dtype)
+        self.peak = np.zeros(self.channels, self.dtype)
+
+    @classmethod
+    def state_shapes(cls, config):
+        shape = (int(config["channels"]),)
+        return {"w": shape, "b": shape, "peak": shape}
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def forward(self, inputs):
+        if self.training:
+            np.maximum(self.peak, np.abs(inputs).reshape(-1, self.channels).max(axis=0), out=self.peak)
+        z = inputs * self.params["w"] + self.params["b"]
+        return z, self.activation.compute(z)
+
+    def get_grad(self, inputs, layer_err):
+        return {"w": (inputs * layer_err).reshape(-1, self.channels).sum(axis=0),
+                "b": layer_err.reshape(-1, self.channels).sum(axis=0)}
+
+    def backward(self, layer_err):
+        return layer_err * self.params["w"]
+
+    def __repr__(self):
+        return f"ChannelScale({self.channels}, activation={self.activation!r})"
+
+
+def test_a_layer_defined_outside_cnnc_saves_and_loads_without_a_change_to_saving(tmp_path):
+    x, y = bars(30)
+    np.random.seed(4)
+    net = Network([Conv((3, 3, 1, 4), padding=1), ChannelScale(4, activation=relu,
+                                                               optimizer=SGDOptimizer(0.9)),
+                   GlobalAvgPool(), FullyConnected((4, 4))], loss=SoftmaxCrossEntropy())
+    for start in (0, 10, 20):
+        net.train_step(x[start:start + 10], y[start:start + 10], lr=1e-2)
+    net.save(tmp_path / "custom.npz")
+    with np.load(tmp_path / "custom.npz") as npz:
+        assert {"layer1/w", "layer1/b", "layer1/peak", "layer1/optimizer/w/velocity"} <= set(npz.files)
+    loaded = Network.load(tmp_path / "custom.npz")
+
+    assert repr(loaded) == repr(net) and repr(loaded.layers[1].optimizer) == repr(net.layers[1].optimizer)
+    assert_same_state(state_of(loaded), state_of(net))
+    assert np.all(net.layers[1].peak > 0)
+    np.testing.assert_array_equal(loaded.layers[1].peak, net.layers[1].peak)
+    np.testing.assert_array_equal(loaded.predict(x), net.predict(x))
+    for start in (0, 10):
+        assert loaded.train_step(x[start:start + 10], y[start:start + 10], lr=1e-2) == \
+            net.train_step(x[start:start + 10], y[start:start + 10], lr=1e-2)
+    assert_same_state(state_of(loaded), state_of(net))
+    np.testing.assert_array_equal(loaded.layers[1].peak, net.layers[1].peak)
+
+
+def test_saving_names_no_class():
+    """The module that reads files knows classes only through the registry."""
+    with open(saving.__file__) as source:
+        text = source.read()
+    for cls in ("Conv", "FullyConnected", "BatchNorm", "AdamOptimizer", "SGDOptimizer", "LeakyReLU",
+                "SoftmaxCrossEntropy", "Flatten", "Network"):
+        assert f"{cls}(" not in text and f"import {cls}" not in text and f".{cls}" not in text
+
+
+class ShiftedConv(Conv):
+    pass
+
+
+def test_a_subclass_not_registered_is_not_saved_as_its_base(tmp_path):
+    net = Network([ShiftedConv((3, 3, 1, 2)), Flatten()], loss=SoftmaxCrossEntropy())
+    with pytest.raises(ValueError, match="cannot save layer 0: layer ShiftedConv"):
+        net.save(tmp_path / "net.npz")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("where, name", [
+    (lambda h: h["layers"][0], "os.system"),
+    (lambda h: h["layers"][0], "Network"),
+    (lambda h: h["layers"][0], "ShiftedConv"),          # defined, but never registered
+    (lambda h: h["layers"][0], "ReLU"),                 # registered, but no layer
+    (lambda h: h["layers"][0]["activation"], "FullyConnected"),    # a layer, but no activation
+    (lambda h: h["loss"], "AdamOptimizer"),
+])
+def test_a_class_a_file_names_is_one_registered_for_its_place(tmp_path, where, name):
+    header = fc_header(2, 3)
+    where(header)["type"] = name
+    arrays = {"layer0/w": np.zeros((2, 3), np.float32), "layer0/b": np.zeros(3, np.float32)}
+    with pytest.raises(ValueError, match=f"unknown [a-z]+ '{name}'"):
+        Network.load(npz_with_header(tmp_path, header, **arrays))
+
+
+def test_a_name_stands_for_one_class():
+    saving.register(ChannelScale)           # again: the same class, nothing changes
+    clash = type("Conv", (Layer,), {})
+    with pytest.raises(ValueError, match="the name 'Conv' is cnnc.layers.Conv"):
+        saving.register(clash)
+    with pytest.raises(ValueError, match="only layers, activations, losses and optimizers"):
+        saving.register(type("Thing", (), {}))
+    assert saving._REGISTRY["layer"]["Conv"] is Conv
+
+
+def test_every_class_cnnc_exports_describes_itself():
+    """Each one saves, and its config rebuilds an equal object."""
+    for obj in (Conv((3, 3, 2, 4), strides=2, padding="same"), MaxPool(3, 2), AvgPool(2),
+                GlobalAvgPool(), Dropout(0.5, seed=3), Flatten(), Flatten((2, 3)),
+                FullyConnected((3, 2)), BatchNorm(5, momentum=0.2), LeakyReLU(0.3), relu, sigmoid,
+                tanh, SGDOptimizer(0.5, True, 1e-4), AdamOptimizer(weight_decay=0.1),
+                AdamWOptimizer(), SoftmaxCrossEntropy(), MeanSquaredError()):
+        cls = type(obj)
+        assert saving._REGISTRY[cls.saved_kind][cls.__name__] is cls
+        config = obj.get_config()
+        assert set(config) == set(cls.config_fields)
+        again = cls.from_config(config, None) if cls.saved_kind == "layer" else cls.from_config(config)
+        assert repr(again) == repr(obj) and again.get_config() == config
+        if cls.saved_kind == "layer":
+            assert {name: value.shape for name, value in again.state_dict().items()} == \
+                cls.state_shapes(config)
+
+
+@pytest.mark.parametrize("name", ["every_layer", "float64", "never_trained"])
+def test_a_format_1_file_loaded_and_saved_again_is_the_same_file(tmp_path, name):
+    """Saving still writes format 1: the same header and the same arrays, to the bit."""
+    path = os.path.join(FORMAT1, f"format1_{name}.npz")
+    Network.load(path).save(tmp_path / "again.npz")
+    with np.load(path) as old, np.load(tmp_path / "again.npz") as new:
+        assert sorted(old.files) == sorted(new.files)
+        assert json.loads(str(new[saving._HEADER])) == json.loads(str(old[saving._HEADER]))
+        for key in old.files:
+            assert old[key].dtype == new[key].dtype
+            np.testing.assert_array_equal(old[key], new[key])

@@ -4,9 +4,12 @@ The compiled kernels index raw memory with bounds checking off, so every call is
 checked here first: a wrong shape, dtype or index must be a Python exception, never a
 crash. The NumPy kernels run the same checks, so both backends fail the same way.
 """
+from __future__ import annotations
+
 import math
 import numbers
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -58,15 +61,19 @@ def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def ints(name, values, count, minimum):
-    """values as a tuple of `count` Python ints, each in [minimum, 2**31)."""
+def ints(name, values, count, minimum=1, repeat=False):
+    """values as a tuple of `count` Python ints, each in [minimum, 2**31); with repeat, one
+    int stands for all of them (strides=2 for (2, 2))."""
+    if repeat and _is_int(values):
+        values = (values,) * count
     try:
         items = tuple(values)
     except TypeError:
         items = None
     if (items is None or len(items) != count
             or not all(_is_int(v) and minimum <= int(v) <= _LARGEST for v in items)):
-        raise ValueError(f"{name} must be {count} ints in [{minimum}, 2**31), got {_shown(values)}")
+        kind = "an int or " if repeat else ""
+        raise ValueError(f"{name} must be {kind}{count} ints in [{minimum}, 2**31), got {_shown(values)}")
     return tuple(int(v) for v in items)
 
 
@@ -168,7 +175,109 @@ def _conv_geometry(input_shape, kernel_size, stride, padding):
     return stride, padding, (oh, ow)
 
 
-# One check per kernel, named after it: each returns its arguments ready for use.
+# One check per kernel, named after it: each returns its arguments ready for use, as a named
+# tuple, so that a caller reads `call.out_hw` or unpacks in the order the fields are listed.
+
+class ConvForward(NamedTuple):
+    x: np.ndarray
+    w: np.ndarray
+    b: np.ndarray
+    stride: tuple       # (sh, sw)
+    padding: tuple      # (top, bottom, left, right)
+    out_hw: tuple       # the output's (OH, OW)
+
+
+class ConvGradInput(NamedTuple):
+    dy: np.ndarray
+    w: np.ndarray
+    input_shape: tuple  # (N, H, W, C) of the gradient returned
+    stride: tuple
+    padding: tuple
+    out_hw: tuple
+
+
+class ConvGradParams(NamedTuple):
+    x: np.ndarray
+    dy: np.ndarray
+    kernel_size: tuple  # (kh, kw)
+    stride: tuple
+    padding: tuple
+    out_hw: tuple
+
+
+class PoolForward(NamedTuple):
+    x: np.ndarray
+    pool_size: tuple    # (ph, pw)
+    stride: tuple
+    out_hw: tuple
+
+
+class MaxPoolBackward(NamedTuple):
+    dy: np.ndarray
+    argmax: np.ndarray  # int64, C-contiguous, each index within its input plane
+    input_shape: tuple
+
+
+class AvgPoolBackward(NamedTuple):
+    dy: np.ndarray
+    input_shape: tuple
+    pool_size: tuple
+    stride: tuple
+    out_hw: tuple
+
+
+class AdamUpdate(NamedTuple):
+    param: np.ndarray
+    grad: np.ndarray
+    m: np.ndarray
+    v: np.ndarray
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    step: int
+
+
+class LeakyReLU(NamedTuple):
+    x: np.ndarray
+    slope: float
+
+
+class LeakyReLUBackward(NamedTuple):
+    x: np.ndarray
+    upstream: np.ndarray
+    slope: float
+
+
+class Matmul(NamedTuple):
+    a: np.ndarray
+    b: np.ndarray
+
+
+class BatchNormForward(NamedTuple):
+    x: np.ndarray       # (M, C)
+    gamma: np.ndarray
+    beta: np.ndarray
+    eps: float
+
+
+class BatchNormBackward(NamedTuple):
+    x: np.ndarray
+    dy: np.ndarray
+    gamma: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    eps: float
+
+
+class BatchNormInference(NamedTuple):
+    x: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    eps: float
+
 
 def conv2d_forward(x, w, b, stride, padding):
     x = float_array("x", x, 4)
@@ -179,7 +288,7 @@ def conv2d_forward(x, w, b, stride, padding):
     expect_shape("b", b.shape, (w.shape[3],))
     positive_dims("w", w.shape)
     stride, padding, out_hw = _conv_geometry(x.shape, w.shape[:2], stride, padding)
-    return x, w, b, stride, padding, out_hw
+    return ConvForward(x, w, b, stride, padding, out_hw)
 
 
 def conv2d_grad_input(dy, w, input_shape, stride, padding):
@@ -192,7 +301,7 @@ def conv2d_grad_input(dy, w, input_shape, stride, padding):
                          f"has {input_shape[3]}")
     stride, padding, (oh, ow) = _conv_geometry(input_shape, w.shape[:2], stride, padding)
     expect_shape("dy", dy.shape, (input_shape[0], oh, ow, w.shape[3]))
-    return dy, w, input_shape, stride, padding, (oh, ow)
+    return ConvGradInput(dy, w, input_shape, stride, padding, (oh, ow))
 
 
 def conv2d_grad_params(x, dy, kernel_size, stride, padding):
@@ -204,7 +313,7 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
         raise ValueError(f"dy has shape {dy.shape}, expected ({x.shape[0]}, {oh}, {ow}, F)")
     if dy.shape[3] == 0:    # as conv2d_forward and conv2d_grad_input refuse a w without filters
         raise ValueError(f"dy must have at least one filter (F >= 1), got shape {dy.shape}")
-    return x, dy, kernel_size, stride, padding, (oh, ow)
+    return ConvGradParams(x, dy, kernel_size, stride, padding, (oh, ow))
 
 
 def maxpool2d_forward(x, pool_size, stride):
@@ -216,7 +325,7 @@ def maxpool2d_forward(x, pool_size, stride):
         raise ValueError(f"max pooling takes planes of at most 2**31 - 1 pixels, got {x.shape[1:3]}")
     oh = output_size("pool height", x.shape[1], pool_size[0], stride[0])
     ow = output_size("pool width", x.shape[2], pool_size[1], stride[1])
-    return x, pool_size, stride, (oh, ow)
+    return PoolForward(x, pool_size, stride, (oh, ow))
 
 
 def maxpool2d_backward(dy, argmax, input_shape):
@@ -231,7 +340,7 @@ def maxpool2d_backward(dy, argmax, input_shape):
     if argmax.size and (argmax.min() < 0 or argmax.max() >= plane):
         raise ValueError(f"argmax indices must lie in [0, {plane}), got values from "
                          f"{argmax.min()} to {argmax.max()}")
-    return dy, np.ascontiguousarray(argmax), input_shape
+    return MaxPoolBackward(dy, np.ascontiguousarray(argmax), input_shape)
 
 
 def _pool_geometry(input_shape, pool_size, stride):
@@ -246,7 +355,7 @@ def _pool_geometry(input_shape, pool_size, stride):
 def avgpool2d_forward(x, pool_size, stride):
     x = float_array("x", x, 4)
     positive_dims("the input's height, width and channels", x.shape[1:])
-    return (x, *_pool_geometry(x.shape, pool_size, stride))
+    return PoolForward(x, *_pool_geometry(x.shape, pool_size, stride))
 
 
 def avgpool2d_backward(dy, input_shape, pool_size, stride):
@@ -254,7 +363,7 @@ def avgpool2d_backward(dy, input_shape, pool_size, stride):
     input_shape = ints("input_shape", input_shape, 4, 1)
     pool_size, stride, (oh, ow) = _pool_geometry(input_shape, pool_size, stride)
     expect_shape("dy", dy.shape, (input_shape[0], oh, ow, input_shape[3]))
-    return dy, input_shape, pool_size, stride, (oh, ow)
+    return AvgPoolBackward(dy, input_shape, pool_size, stride, (oh, ow))
 
 
 def separate(updated, read=()):
@@ -279,20 +388,20 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
     v = in_place("v", v, param)
     # grad as the kernels read it: a copy, sharing nothing, if it was not C-contiguous
     separate((("param", param), ("m", m), ("v", v)), (("grad", grad),))
-    hyper = (number("lr", lr, 0), number("beta1", beta1, 0, 1), number("beta2", beta2, 0, 1),
-             number("eps", eps, 0))
-    return (param, grad, m, v) + hyper + (integer("step", step, 1, _INT64_MAX),)
+    return AdamUpdate(param, grad, m, v, number("lr", lr, 0), number("beta1", beta1, 0, 1),
+                      number("beta2", beta2, 0, 1), number("eps", eps, 0),
+                      integer("step", step, 1, _INT64_MAX))
 
 
 def leaky_relu(x, slope):
-    return float_array("x", x), number("slope", slope, 0, 1.0000001)
+    return LeakyReLU(float_array("x", x), number("slope", slope, 0, 1.0000001))
 
 
 def leaky_relu_backward(x, upstream, slope):
     x = float_array("x", x)
     upstream = float_array("upstream", upstream, x.ndim, x.dtype)
     expect_shape("upstream", upstream.shape, x.shape)
-    return x, upstream, number("slope", slope, 0, 1.0000001)
+    return LeakyReLUBackward(x, upstream, number("slope", slope, 0, 1.0000001))
 
 
 def matmul(a, b):
@@ -310,8 +419,8 @@ def matmul(a, b):
         raise ValueError(f"a is {a.dtype} but b is {b.dtype}")
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"cannot multiply a {a.shape} by b {b.shape}")
-    return tuple(m if m.flags.c_contiguous or m.flags.f_contiguous else np.ascontiguousarray(m)
-                 for m in (a, b))
+    return Matmul(*(m if m.flags.c_contiguous or m.flags.f_contiguous else np.ascontiguousarray(m)
+                    for m in (a, b)))
 
 
 def epsilon(eps):
@@ -344,16 +453,17 @@ def channel_vectors(x, **vectors):
 
 def batchnorm_forward(x, gamma, beta, eps):
     x = batch_rows(x, statistics=True)
-    return (x, *channel_vectors(x, gamma=gamma, beta=beta), epsilon(eps))
+    return BatchNormForward(x, *channel_vectors(x, gamma=gamma, beta=beta), epsilon(eps))
 
 
 def batchnorm_backward(x, dy, gamma, mean, var, eps):
     x = batch_rows(x, statistics=True)
     dy = float_array("dy", dy, 2, x.dtype)
     expect_shape("dy", dy.shape, x.shape)
-    return (x, dy, *channel_vectors(x, gamma=gamma, mean=mean, var=var), epsilon(eps))
+    return BatchNormBackward(x, dy, *channel_vectors(x, gamma=gamma, mean=mean, var=var), epsilon(eps))
 
 
 def batchnorm_inference(x, gamma, beta, mean, var, eps):
     x = batch_rows(x, statistics=False)
-    return (x, *channel_vectors(x, gamma=gamma, beta=beta, mean=mean, var=var), epsilon(eps))
+    return BatchNormInference(x, *channel_vectors(x, gamma=gamma, beta=beta, mean=mean, var=var),
+                              epsilon(eps))

@@ -2,97 +2,132 @@
 
 Neither ever writes into its argument: the network keeps every z for the backward pass.
 """
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
 
 from . import kernels
+from .saving import register
+
+Array = NDArray[np.floating]
 
 
 class AbstractActivation:
-    """An elementwise function a = f(z) with its derivative f'(z)."""
+    """An elementwise function a = f(z) with its derivative f'(z).
 
-    def compute(self, x):
+    A subclass implements compute and deriv (and backward, where fusing the product is
+    faster). For saving, `config_fields` names its constructor arguments, each kept as an
+    attribute of the same name; a subclass given to cnnc.saving.register can be saved.
+    """
+
+    saved_kind = "activation"
+    config_fields: tuple[str, ...] = ()
+    config_optional: tuple[str, ...] = ()
+
+    def compute(self, x: Array) -> Array:
         raise NotImplementedError
 
-    def deriv(self, x):
+    def deriv(self, x: Array) -> Array:
         raise NotImplementedError
 
-    def backward(self, x, upstream):
+    def backward(self, x: Array, upstream: Array) -> Array:
         """The gradient w.r.t. z, given the gradient w.r.t. f(z): upstream * f'(z)."""
         return upstream * self.deriv(x)
 
-    def __repr__(self):
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments that make this activation again, by name."""
+        return {name: getattr(self, name) for name in self.config_fields}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> AbstractActivation:
+        return cls(**config)
+
+    def __repr__(self) -> str:
         return type(self).__name__ + "()"
 
 
+@register
 class Linear(AbstractActivation):
-    """The identity: f(z) = z."""
+    """The identity: f(z) = z. No arguments, no state."""
 
-    def compute(self, x):
+    def compute(self, x: Array) -> Array:
         return x
 
-    def deriv(self, x):
+    def deriv(self, x: Array) -> Array:
         return np.ones_like(x)
 
-    def backward(self, x, upstream):
+    def backward(self, x: Array, upstream: Array) -> Array:
         return upstream
 
 
+@register
 class ReLU(AbstractActivation):
-    """max(z, 0); the slope at 0 is taken as 0, as in PyTorch."""
+    """max(z, 0); the slope at 0 is taken as 0, as in PyTorch. No arguments, no state."""
 
-    def compute(self, x):
+    def compute(self, x: Array) -> Array:
         return np.maximum(x, 0)
 
-    def deriv(self, x):
+    def deriv(self, x: Array) -> Array:
         return (x > 0).astype(x.dtype)
 
-    def backward(self, x, upstream):
+    def backward(self, x: Array, upstream: Array) -> Array:
         return kernels.leaky_relu_backward(x, upstream, 0.0)
 
 
+@register
 class LeakyReLU(AbstractActivation):
-    """z for z > 0, slope * z otherwise (slope 0.01 by default, as in PyTorch)."""
+    """z for z > 0, slope * z otherwise.
 
-    def __init__(self, slope=0.01):
-        if not 0 <= slope <= 1:
+    slope: the slope for z <= 0, in [0, 1] (0.01 by default, as in PyTorch). No state.
+    """
+
+    config_fields = ("slope",)
+
+    def __init__(self, slope: float = 0.01) -> None:
+        if isinstance(slope, bool) or not 0 <= slope <= 1:
             raise ValueError(f"LeakyReLU slope must lie in [0, 1], got {slope}")
         self.slope = slope
 
-    def compute(self, x):
+    def compute(self, x: Array) -> Array:
         return kernels.leaky_relu(x, self.slope)
 
-    def deriv(self, x):
+    def deriv(self, x: Array) -> Array:
         slope = x.dtype.type(self.slope)
         out = (x > 0).astype(x.dtype)
         out *= 1 - slope
         out += slope
         return out
 
-    def backward(self, x, upstream):
+    def backward(self, x: Array, upstream: Array) -> Array:
         return kernels.leaky_relu_backward(x, upstream, self.slope)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"LeakyReLU(slope={self.slope})"
 
 
+@register
 class Sigmoid(AbstractActivation):
-    """1 / (1 + exp(-z)), evaluated so that no exponential can overflow."""
+    """1 / (1 + exp(-z)), evaluated so that no exponential can overflow. No arguments, no state."""
 
-    def compute(self, x):
+    def compute(self, x: Array) -> Array:
         return np.exp(np.minimum(x, 0)) / (1 + np.exp(-np.abs(x)))
 
-    def deriv(self, x):
+    def deriv(self, x: Array) -> Array:
         s = self.compute(x)
         return s * (1 - s)
 
 
+@register
 class Tanh(AbstractActivation):
-    """The hyperbolic tangent."""
+    """The hyperbolic tangent. No arguments, no state."""
 
-    def compute(self, x):
+    def compute(self, x: Array) -> Array:
         return np.tanh(x)
 
-    def deriv(self, x):
+    def deriv(self, x: Array) -> Array:
         t = np.tanh(x)
         return 1 - t * t
 
@@ -106,7 +141,7 @@ tanh = Tanh()
 _BY_NAME = {"linear": Linear, "relu": ReLU, "leaky_relu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh}
 
 
-def get(value):
+def get(value: AbstractActivation | type | str | None) -> AbstractActivation:
     """The activation `value` stands for, as Keras's activations.get: an AbstractActivation
     as it is, a subclass of it made with its defaults, or a name in any case ("relu",
     "leaky_relu", "sigmoid", "tanh", "linear"); None is linear."""

@@ -1,6 +1,6 @@
 """Layers, NHWC throughout.
 
-Every layer follows the seed's protocol:
+Every layer follows the course project's protocol:
 - `forward(inputs) -> (z, a)`: the pre-activation z and the activation a = f(z);
 - `get_grad(inputs, layer_err) -> {name: gradient}` of its parameters, given
   layer_err = dL/dz and the inputs of the last forward;
@@ -8,27 +8,29 @@ Every layer follows the seed's protocol:
 - `update(grads, lr)`: one optimizer step on every parameter.
 `output_shape(input_shape)` maps a per-sample shape to the next one, or raises a
 ValueError that says what was expected.
+
+Each layer also describes itself, for cnnc.saving: `config_fields` names the constructor
+arguments that rebuild it, `state_shapes(config)` gives the shapes of the arrays it holds,
+`state_dict()` the arrays. A new layer sets these and is given to `saving.register`, in its
+own file; saving needs no change.
 """
+from __future__ import annotations
+
+from typing import Any, Callable, Union
+
 import numpy as np
+from numpy.typing import DTypeLike, NDArray
 
 from . import _checks, activations, dtypes, init, kernels, optimizers
-from .activations import linear
-from .optimizers import AdamOptimizer
+from .activations import AbstractActivation, linear
+from .optimizers import AdamOptimizer, Optimizer
+from .saving import register
 
-
-def _ints(value, count, name, minimum=1, repeat=False):
-    """value as a tuple of `count` ints >= minimum; with repeat, one int stands for all."""
-    items = (value,) * count if repeat and np.ndim(value) == 0 else value
-    try:
-        items = tuple(items)
-        valid = len(items) == count and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum for v in items)
-    except TypeError:
-        valid = False
-    if not valid:
-        kind = "an int or " if repeat else ""
-        raise ValueError(f"{name} must be {kind}{count} ints >= {minimum}, got {value!r}")
-    return tuple(int(v) for v in items)
+Array = NDArray[np.floating]
+Shape = tuple[int, ...]
+Initializer = Callable[[Shape], Any]
+ActivationLike = Union[AbstractActivation, type, str, None]
+OptimizerLike = Union[Optimizer, type, None]
 
 
 class Layer:
@@ -36,39 +38,81 @@ class Layer:
 
     `training` is set by the Network for each pass: True while it trains (Dropout drops,
     BatchNorm uses the batch's statistics), False when it predicts.
+
+    What saving reads: `config_fields`, the constructor arguments that rebuild the layer,
+    each kept as an attribute of the same name; `buffers`, the arrays it holds besides
+    `params` (BatchNorm's running statistics); `state_shapes`, which a layer holding arrays
+    overrides.
     """
 
-    activation = linear
+    saved_kind = "layer"
+    config_fields: tuple[str, ...] = ()
+    config_optional: tuple[str, ...] = ()     # fields that files from older cnnc lack
+    buffers: tuple[str, ...] = ()
+
+    activation: AbstractActivation = linear
     training = False
 
-    def __init__(self):
-        self.params = {}
+    def __init__(self) -> None:
+        self.params: dict[str, Array] = {}
 
-    def get_grad(self, inputs, layer_err):
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this layer, by name."""
+        return {name: getattr(self, name) for name in self.config_fields}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], dtype: DTypeLike = None) -> Layer:
+        """The layer get_config described, in dtype if it has parameters; loading fills its
+        arrays after, so it draws nothing from np.random."""
+        return cls(**config)
+
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, Shape]:
+        """The shape of each array state_dict() holds in the layer config describes, found
+        without making it, so that a file's arrays are checked before anything is allocated.
+        A config the layer does not take is a ValueError or TypeError."""
         return {}
 
-    def commit_statistics(self):
+    def state_dict(self) -> dict[str, Array]:
+        """Every array the layer holds, by name: params, then buffers (live, not copies)."""
+        return {**self.params, **{name: getattr(self, name) for name in self.buffers}}
+
+    def get_grad(self, inputs: Array, layer_err: Array) -> dict[str, Array]:
+        return {}
+
+    def commit_statistics(self) -> None:
         """Fold what the last training pass measured (BatchNorm's batch statistics) into the
         layer's state: the Network does it with the step's updates, so both happen or neither."""
 
-    def prepare_update(self, grads):
+    def prepare_update(self, grads: dict[str, Array]) -> None:
         """Check and allocate what update(grads, lr) needs, changing no parameter."""
 
-    def update(self, grads, lr):
+    def update(self, grads: dict[str, Array], lr: float) -> None:
         pass
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return type(self).__name__ + "()"
 
 
 class ParametricLayer(Layer):
     """A layer with a weight "w" and a bias "b", an activation and its own optimizer.
 
-    activation: an activation, its class or its name ("relu", ...; see activations.get);
+    w_shape, b_shape: the shapes of "w" and "b".
+    activation: an activation, its class or its name ("relu", ...; see activations.get).
     optimizer: an optimizer or its class, made with its defaults (None: AdamOptimizer()).
+    weight_init, bias_init: callables shape -> array (None: init.he_normal, init.zeros).
+    dtype: float32 or float64 (None: cnnc.get_default_dtype()).
+
+    State: params "w" and "b"; the optimizer keeps its own for each.
     """
 
-    def __init__(self, w_shape, b_shape, activation, optimizer, weight_init, bias_init, dtype):
+    # The initializer arguments from_config sets to init.zeros: the file's arrays replace
+    # them, and loading must not draw from np.random.
+    initializers: tuple[str, ...] = ()
+
+    def __init__(self, w_shape: Shape, b_shape: Shape, activation: ActivationLike,
+                 optimizer: OptimizerLike, weight_init: Initializer | None,
+                 bias_init: Initializer | None, dtype: DTypeLike) -> None:
         self.dtype = dtypes.resolve(dtype)
         self.activation = activations.get(activation)
         self.optimizer = AdamOptimizer() if optimizer is None else optimizers.get(optimizer)
@@ -77,21 +121,26 @@ class ParametricLayer(Layer):
             "b": self._initial(bias_init or init.zeros, b_shape, "bias"),
         }
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any], dtype: DTypeLike = None) -> Layer:
+        return cls(**config, **{name: init.zeros for name in cls.initializers}, dtype=dtype)
+
     def _initial(self, initializer, shape, what):
         value = np.asarray(initializer(shape))
         if value.shape != shape:
             raise ValueError(f"the {what} initializer returned shape {value.shape}, expected {shape}")
         return np.ascontiguousarray(value, dtype=self.dtype)
 
-    def prepare_update(self, grads):
+    def prepare_update(self, grads: dict[str, Array]) -> None:
         for name, grad in grads.items():
             self.optimizer.prepare(grad, key=name)
 
-    def update(self, grads, lr):
+    def update(self, grads: dict[str, Array], lr: float) -> None:
         for name, grad in grads.items():
             self.optimizer.apply(self.params[name], grad, lr, key=name)
 
 
+@register
 class Conv(ParametricLayer):
     """2-D convolution (cross-correlation, as in PyTorch) of NHWC images, then an activation.
 
@@ -103,23 +152,35 @@ class Conv(ParametricLayer):
     optimizer: this layer's own optimizer, or its class (None: a fresh AdamOptimizer()).
     filter_init, bias_init: callables shape -> array (None: init.he_normal, init.zeros).
     dtype: float32 or float64 (None: cnnc.get_default_dtype()).
+
+    State: params "w" (fshape) and "b" (c_out,); the shape of the last input, for backward.
     """
 
-    def __init__(self, fshape, strides=1, padding=0, activation=linear, optimizer=None,
-                 filter_init=None, bias_init=None, dtype=None):
-        self.fshape = _ints(fshape, 4, "Conv fshape (kh, kw, c_in, c_out)")
-        self.strides = _ints(strides, 2, "strides", repeat=True)
+    config_fields = ("fshape", "strides", "padding", "activation", "optimizer")
+    initializers = ("filter_init", "bias_init")
+
+    def __init__(self, fshape: tuple[int, int, int, int], strides: int | tuple[int, int] = 1,
+                 padding: int | tuple[int, int] | str = 0, activation: ActivationLike = linear,
+                 optimizer: OptimizerLike = None, filter_init: Initializer | None = None,
+                 bias_init: Initializer | None = None, dtype: DTypeLike = None) -> None:
+        self.fshape = _checks.ints("Conv fshape (kh, kw, c_in, c_out)", fshape, 4)
+        self.strides = _checks.ints("strides", strides, 2, repeat=True)
         if isinstance(padding, str):
             if padding not in ("valid", "same"):
                 raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
             self.padding = padding
         else:
-            self.padding = _ints(padding, 2, "padding", minimum=0, repeat=True)
+            self.padding = _checks.ints("padding", padding, 2, minimum=0, repeat=True)
         super().__init__(self.fshape, (self.fshape[3],), activation, optimizer, filter_init,
                          bias_init, dtype)
         self._input_shape = None
 
-    def pads(self, height, width):
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, Shape]:
+        fshape = _checks.ints("Conv fshape (kh, kw, c_in, c_out)", config["fshape"], 4)
+        return {"w": fshape, "b": (fshape[3],)}
+
+    def pads(self, height: int, width: int) -> tuple[int, int, int, int]:
         """Zero padding (top, bottom, left, right) for an input of this size."""
         if self.padding == "valid":
             return (0, 0, 0, 0)
@@ -132,7 +193,7 @@ class Conv(ParametricLayer):
         ph, pw = self.padding
         return (ph, ph, pw, pw)
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         kh, kw, cin, cout = self.fshape
         if len(input_shape) != 3:
             raise ValueError(f"Conv expects images (N, H, W, C), got {len(input_shape) + 1}-D input "
@@ -148,41 +209,49 @@ class Conv(ParametricLayer):
         sh, sw = self.strides
         return ((h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1, cout)
 
-    def forward(self, inputs):
+    def forward(self, inputs: Array) -> tuple[Array, Array]:
         self._input_shape = inputs.shape
         z = kernels.conv2d_forward(inputs, self.params["w"], self.params["b"], self.strides,
                                    self.pads(*inputs.shape[1:3]))
         return z, self.activation.compute(z)
 
-    def get_grad(self, inputs, layer_err):
+    def get_grad(self, inputs: Array, layer_err: Array) -> dict[str, Array]:
         dw, db = kernels.conv2d_grad_params(inputs, layer_err, self.fshape[:2], self.strides,
                                             self.pads(*inputs.shape[1:3]))
         return {"w": dw, "b": db}
 
-    def backward(self, layer_err):
+    def backward(self, layer_err: Array) -> Array:
         return kernels.conv2d_grad_input(layer_err, self.params["w"], self._input_shape,
                                          self.strides, self.pads(*self._input_shape[1:3]))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Conv({self.fshape}, strides={self.strides}, padding={self.padding!r}, "
                 f"activation={self.activation!r})")
 
 
+@register
 class MaxPool(Layer):
-    """Max pooling over pshape windows moved by strides (default: pshape, no overlap).
+    """Max pooling over pshape windows moved by strides, without padding.
 
-    Windows that would run past the edge are dropped, as in PyTorch; the position of
-    each maximum is kept for the backward pass.
+    pshape: the window, an int or (ph, pw).
+    strides: an int or (sh, sw) (None: pshape, windows side by side).
+
+    Windows that would run past the edge are dropped, as in PyTorch. State: the position
+    of each maximum in the last forward, where backward sends the gradient.
     """
 
-    def __init__(self, pshape=2, strides=None):
+    config_fields = ("pshape", "strides")
+
+    def __init__(self, pshape: int | tuple[int, int] = 2,
+                 strides: int | tuple[int, int] | None = None) -> None:
         super().__init__()
-        self.pshape = _ints(pshape, 2, "pshape", repeat=True)
-        self.strides = self.pshape if strides is None else _ints(strides, 2, "strides", repeat=True)
+        self.pshape = _checks.ints("pshape", pshape, 2, repeat=True)
+        self.strides = self.pshape if strides is None else _checks.ints("strides", strides, 2,
+                                                                        repeat=True)
         self._argmax = None
         self._input_shape = None
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 3:
             raise ValueError(f"MaxPool expects images (N, H, W, C), got {len(input_shape) + 1}-D input")
         h, w, c = input_shape
@@ -191,79 +260,98 @@ class MaxPool(Layer):
             raise ValueError(f"MaxPool window {ph}x{pw} does not fit an input of {h}x{w}")
         return ((h - ph) // sh + 1, (w - pw) // sw + 1, c)
 
-    def forward(self, inputs):
+    def forward(self, inputs: Array) -> tuple[Array, Array]:
         self._input_shape = inputs.shape
         outputs, self._argmax = kernels.maxpool2d_forward(inputs, self.pshape, self.strides)
         return outputs, outputs
 
-    def backward(self, layer_err):
+    def backward(self, layer_err: Array) -> Array:
         return kernels.maxpool2d_backward(layer_err, self._argmax, self._input_shape)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"MaxPool(pshape={self.pshape}, strides={self.strides})"
 
 
 POOL = MaxPool
 
 
+@register
 class AvgPool(MaxPool):
-    """Average pooling over pshape windows moved by strides (default: pshape, no overlap),
-    without padding; windows that would run past the edge are dropped, as in PyTorch."""
+    """Average pooling over pshape windows moved by strides, without padding.
 
-    def forward(self, inputs):
+    pshape: the window, an int or (ph, pw).
+    strides: an int or (sh, sw) (None: pshape, windows side by side).
+
+    Windows that would run past the edge are dropped, as in PyTorch. State: the shape of
+    the last input, for backward.
+    """
+
+    def forward(self, inputs: Array) -> tuple[Array, Array]:
         self._input_shape = inputs.shape
         outputs = kernels.avgpool2d_forward(inputs, self.pshape, self.strides)
         return outputs, outputs
 
-    def backward(self, layer_err):
+    def backward(self, layer_err: Array) -> Array:
         return kernels.avgpool2d_backward(layer_err, self._input_shape, self.pshape, self.strides)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"AvgPool(pshape={self.pshape}, strides={self.strides})"
 
 
+@register
 class GlobalAvgPool(Layer):
-    """(N, H, W, C) -> (N, C): the mean of each channel over the whole image."""
+    """(N, H, W, C) -> (N, C): the mean of each channel over the whole image. No arguments;
+    state: the shape of the last input, for backward."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self._input_shape = None
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 3:
             raise ValueError(f"GlobalAvgPool expects images (N, H, W, C), got {len(input_shape) + 1}-D "
                              "input")
         return (input_shape[2],)
 
-    def forward(self, inputs):
+    def forward(self, inputs: Array) -> tuple[Array, Array]:
         self._input_shape = inputs.shape
         window = inputs.shape[1:3]
         outputs = kernels.avgpool2d_forward(inputs, window, window).reshape(len(inputs), -1)
         return outputs, outputs
 
-    def backward(self, layer_err):
+    def backward(self, layer_err: Array) -> Array:
         n, h, w, c = self._input_shape
         return kernels.avgpool2d_backward(layer_err.reshape(n, 1, 1, c), self._input_shape, (h, w), (h, w))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "GlobalAvgPool()"
 
 
+@register
 class Dropout(Layer):
     """Inverted dropout: in training, each value is zeroed with probability `rate` and the
-    others are scaled by 1 / (1 - rate), so that inference needs no change (identity)."""
+    others are scaled by 1 / (1 - rate), so that inference needs no change (identity).
 
-    def __init__(self, rate, seed=None):
+    rate: the probability of dropping a value, in [0, 1).
+    seed: seeds the layer's own random generator (None: fresh entropy), so that a seeded
+        network drops the same values on every run.
+
+    State: the random generator, and the last training pass's mask, for backward.
+    """
+
+    config_fields = ("rate", "seed")
+
+    def __init__(self, rate: float, seed: int | None = None) -> None:
         super().__init__()
         self.rate = _checks.number("rate", rate, 0, 1)
         self.seed = seed
         self._random = np.random.default_rng(seed)
         self._mask = None
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         return tuple(input_shape)
 
-    def forward(self, inputs):
+    def forward(self, inputs: Array) -> tuple[Array, Array]:
         if not self.training or self.rate == 0:
             self._mask = None
             return inputs, inputs
@@ -273,18 +361,24 @@ class Dropout(Layer):
         outputs = inputs * self._mask
         return outputs, outputs
 
-    def backward(self, layer_err):
+    def backward(self, layer_err: Array) -> Array:
         return layer_err if self._mask is None else layer_err * self._mask
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Dropout({self.rate})"
 
 
+@register
 class Flatten(Layer):
-    """(N, *input_shape) -> (N, prod(input_shape)), in C order. Without input_shape, the
-    shape of the first inputs that pass through it fixes it."""
+    """(N, *input_shape) -> (N, prod(input_shape)), in C order.
 
-    def __init__(self, input_shape=None):
+    input_shape: one sample's shape, or None: the first inputs that pass through fix it
+        (and it is saved as fixed from then on).
+    """
+
+    config_fields = ("input_shape",)
+
+    def __init__(self, input_shape: int | Shape | None = None) -> None:
         super().__init__()
         self.input_shape = self.size = None
         if input_shape is not None:
@@ -292,10 +386,10 @@ class Flatten(Layer):
 
     def _fix(self, input_shape):
         shape = (input_shape,) if np.ndim(input_shape) == 0 else tuple(input_shape)
-        self.input_shape = _ints(shape, len(shape), "Flatten input_shape")
+        self.input_shape = _checks.ints("Flatten input_shape", shape, len(shape))
         self.size = int(np.prod(self.input_shape))
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         if self.input_shape is None:        # not fixed until inputs pass through
             return (int(np.prod(input_shape)),)
         if tuple(input_shape) != self.input_shape:
@@ -303,66 +397,89 @@ class Flatten(Layer):
                              f"got (N, {', '.join(map(str, input_shape))})")
         return (self.size,)
 
-    def forward(self, inputs):
+    def forward(self, inputs: Array) -> tuple[Array, Array]:
         if self.input_shape is None:
             self._fix(inputs.shape[1:])
         flat = inputs.reshape(inputs.shape[0], self.size)
         return flat, flat
 
-    def backward(self, layer_err):
+    def backward(self, layer_err: Array) -> Array:
         return layer_err.reshape((layer_err.shape[0],) + self.input_shape)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "Flatten()" if self.input_shape is None else f"Flatten({self.input_shape})"
 
 
+@register
 class FullyConnected(ParametricLayer):
     """z = x @ w + b with w of shape (n_in, n_out), then an activation.
 
     shape: (n_in, n_out). activation, optimizer and dtype as for Conv; weight_init and
     bias_init: callables shape -> array (None: init.he_normal, init.zeros).
+
+    State: params "w" (n_in, n_out) and "b" (n_out,).
     """
 
-    def __init__(self, shape, activation=linear, optimizer=None, weight_init=None, bias_init=None,
-                 dtype=None):
-        self.shape = _ints(shape, 2, "FullyConnected shape (n_in, n_out)")
+    config_fields = ("shape", "activation", "optimizer")
+    initializers = ("weight_init", "bias_init")
+
+    def __init__(self, shape: tuple[int, int], activation: ActivationLike = linear,
+                 optimizer: OptimizerLike = None, weight_init: Initializer | None = None,
+                 bias_init: Initializer | None = None, dtype: DTypeLike = None) -> None:
+        self.shape = _checks.ints("FullyConnected shape (n_in, n_out)", shape, 2)
         super().__init__(self.shape, (self.shape[1],), activation, optimizer, weight_init, bias_init,
                          dtype)
 
-    def output_shape(self, input_shape):
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, Shape]:
+        n_in, n_out = _checks.ints("FullyConnected shape (n_in, n_out)", config["shape"], 2)
+        return {"w": (n_in, n_out), "b": (n_out,)}
+
+    def output_shape(self, input_shape: Shape) -> Shape:
         n_in, n_out = self.shape
         if tuple(input_shape) != (n_in,):
             raise ValueError(f"FullyConnected {self.shape} expects inputs of shape (N, {n_in}), "
                              f"got (N, {', '.join(map(str, input_shape))})")
         return (n_out,)
 
-    def forward(self, inputs):
+    def forward(self, inputs: Array) -> tuple[Array, Array]:
         z = kernels.matmul(inputs, self.params["w"])
         z += self.params["b"]
         return z, self.activation.compute(z)
 
-    def get_grad(self, inputs, layer_err):
+    def get_grad(self, inputs: Array, layer_err: Array) -> dict[str, Array]:
         return {"w": kernels.matmul(inputs.T, layer_err), "b": layer_err.sum(axis=0)}
 
-    def backward(self, layer_err):
+    def backward(self, layer_err: Array) -> Array:
         return kernels.matmul(layer_err, self.params["w"].T)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"FullyConnected({self.shape}, activation={self.activation!r})"
 
 
+@register
 class BatchNorm(ParametricLayer):
     """Batch normalization of the last axis (channels) of (N, H, W, C) or (N, F) inputs, as
     torch.nn.BatchNorm2d / BatchNorm1d: z = (x - mean) / sqrt(var + eps) * w + b.
 
+    num_features: the number of channels C (or features F).
+    momentum: how far the running statistics move towards each batch's, in [0, 1].
+    eps: > 0, added to the variance so that a constant channel divides by no zero.
+    activation, optimizer, dtype: as for Conv.
+
     In training, mean and var are the batch's (biased variance), and the running ones move
     towards them by `momentum` (with the unbiased variance, torch's convention); in
-    inference, the running ones are used. The scale "w" starts at 1, the shift "b" at 0.
+    inference, the running ones are used. State: params "w" (scale, starts at 1) and "b"
+    (shift, starts at 0); buffers running_mean (starts at 0) and running_var (at 1).
     """
 
-    def __init__(self, num_features, momentum=0.1, eps=1e-5, activation=linear, optimizer=None,
-                 dtype=None):
-        (self.num_features,) = _ints((num_features,), 1, "BatchNorm num_features")
+    config_fields = ("num_features", "momentum", "eps", "activation", "optimizer")
+    buffers = ("running_mean", "running_var")
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5,
+                 activation: ActivationLike = linear, optimizer: OptimizerLike = None,
+                 dtype: DTypeLike = None) -> None:
+        self.num_features = _checks.integer("BatchNorm num_features", num_features, 1, 2**31 - 1)
         self.momentum = _checks.number("momentum", momentum, 0, 1.0000001)
         self.eps = _checks.number("eps", eps, 0)
         if self.eps == 0:
@@ -373,14 +490,19 @@ class BatchNorm(ParametricLayer):
         self.running_var = np.ones(shape, dtype=self.dtype)
         self._inputs = self._batch = self._pending = self._input_grad = None
 
-    def output_shape(self, input_shape):
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, Shape]:
+        shape = (_checks.integer("BatchNorm num_features", config["num_features"], 1, 2**31 - 1),)
+        return {"w": shape, "b": shape, "running_mean": shape, "running_var": shape}
+
+    def output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) not in (1, 3) or input_shape[-1] != self.num_features:
             raise ValueError(f"BatchNorm({self.num_features}) expects inputs (N, H, W, "
                              f"{self.num_features}) or (N, {self.num_features}), got "
                              f"(N, {', '.join(map(str, input_shape))})")
         return tuple(input_shape)
 
-    def forward(self, inputs):
+    def forward(self, inputs: Array) -> tuple[Array, Array]:
         rows = inputs.reshape(-1, self.num_features)
         w, b = self.params["w"], self.params["b"]
         if self.training:
@@ -395,19 +517,19 @@ class BatchNorm(ParametricLayer):
         z = z.reshape(inputs.shape)
         return z, self.activation.compute(z)
 
-    def get_grad(self, inputs, layer_err):
+    def get_grad(self, inputs: Array, layer_err: Array) -> dict[str, Array]:
         dx, dw, db = kernels.batchnorm_backward(
             inputs.reshape(-1, self.num_features), layer_err.reshape(-1, self.num_features),
             self.params["w"], *self._batch, self.eps)
         self._input_grad = (layer_err, dx.reshape(inputs.shape))
         return {"w": dw, "b": db}
 
-    def backward(self, layer_err):
+    def backward(self, layer_err: Array) -> Array:
         if self._input_grad is None or self._input_grad[0] is not layer_err:
             self.get_grad(self._inputs, layer_err)
         return self._input_grad[1]
 
-    def commit_statistics(self):
+    def commit_statistics(self) -> None:
         if self._pending is None:
             return
         (mean, var), self._pending = self._pending, None
@@ -415,6 +537,6 @@ class BatchNorm(ParametricLayer):
             running *= 1 - self.momentum
             running += self.momentum * batch
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"BatchNorm({self.num_features}, momentum={self.momentum}, eps={self.eps}, "
                 f"activation={self.activation!r})")

@@ -6,10 +6,19 @@ or any distribution over the classes; MeanSquaredError also takes targets of sha
 for a network with one output. A loss's `classification` says whether a Network reports
 accuracy for it (a loss that does not say is taken as a classification loss).
 """
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .saving import register
+
+Array = NDArray[np.floating]
 
 
-def targets(labels, outputs):
+def targets(labels: ArrayLike, outputs: Array) -> Array:
     """Labels as an (N, classes) array in the outputs' dtype, after checking them."""
     labels = np.asarray(labels)
     n, classes = outputs.shape
@@ -30,7 +39,7 @@ def targets(labels, outputs):
     return onehot
 
 
-def class_ids(labels, classes):
+def class_ids(labels: ArrayLike, classes: int) -> NDArray[np.integer]:
     """Labels as integer class ids (N,), checked to lie in [0, classes)."""
     labels = np.asarray(labels)
     if labels.ndim == 2:
@@ -54,7 +63,7 @@ def class_ids(labels, classes):
     return labels
 
 
-def regression_targets(labels, outputs):
+def regression_targets(labels: ArrayLike, outputs: Array) -> Array:
     """Targets as an (N, outputs) array in the outputs' dtype: as targets() reads them, and
     (N,) numbers for a network with one output, read as (N, 1) as Keras does."""
     labels = np.asarray(labels)
@@ -76,19 +85,51 @@ def _check_outputs(outputs):
         raise ValueError(f"the loss expects network outputs of shape (N, classes), got {outputs.shape}")
 
 
-class SoftmaxCrossEntropy:
-    """Softmax followed by cross-entropy, fused: takes logits, cannot overflow."""
+class Loss:
+    """Base class: compute(outputs, labels) -> float and deriv(outputs, labels) -> gradient.
+
+    For saving, `config_fields` names the constructor arguments (each kept as an attribute
+    of the same name); a subclass given to cnnc.saving.register can be saved.
+    """
+
+    saved_kind = "loss"
+    config_fields: tuple[str, ...] = ()
+    config_optional: tuple[str, ...] = ()
+    classification = True
+
+    def compute(self, outputs: Array, labels: ArrayLike) -> float:
+        raise NotImplementedError
+
+    def deriv(self, outputs: Array, labels: ArrayLike) -> Array:
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments that make this loss again, by name."""
+        return {name: getattr(self, name) for name in self.config_fields}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Loss:
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return type(self).__name__ + "()"
+
+
+@register
+class SoftmaxCrossEntropy(Loss):
+    """Softmax followed by cross-entropy, fused: takes logits, cannot overflow. The mean
+    over the batch of -sum(targets * log softmax(outputs)). No arguments, no state."""
 
     classification = True
 
-    def compute(self, outputs, labels):
+    def compute(self, outputs: Array, labels: ArrayLike) -> float:
         _check_outputs(outputs)
         t = targets(labels, outputs)
         shifted = outputs - outputs.max(axis=1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         return float(-(t * log_probs).sum() / outputs.shape[0])
 
-    def deriv(self, outputs, labels):
+    def deriv(self, outputs: Array, labels: ArrayLike) -> Array:
         _check_outputs(outputs)
         t = targets(labels, outputs)
         shifted = outputs - outputs.max(axis=1, keepdims=True)
@@ -97,35 +138,30 @@ class SoftmaxCrossEntropy:
         probs *= t.sum(axis=1, keepdims=True)
         return (probs - t) / outputs.dtype.type(outputs.shape[0])
 
-    def probabilities(self, outputs):
+    def probabilities(self, outputs: Array) -> Array:
         """The softmax of the logits: each row sums to 1."""
         _check_outputs(outputs)
         probs = np.exp(outputs - outputs.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
         return probs
 
-    def __repr__(self):
-        return "SoftmaxCrossEntropy()"
 
-
-class MeanSquaredError:
+@register
+class MeanSquaredError(Loss):
     """Mean of (output - target)^2 over all elements, as torch.nn.MSELoss.
 
     Targets are (N, outputs), (N,) for a network with one output, or integer class ids
-    (N,) standing for their one-hot rows.
+    (N,) standing for their one-hot rows. No arguments, no state.
     """
 
     classification = False
 
-    def compute(self, outputs, labels):
+    def compute(self, outputs: Array, labels: ArrayLike) -> float:
         _check_outputs(outputs)
         diff = outputs - regression_targets(labels, outputs)
         return float(np.mean(diff * diff))
 
-    def deriv(self, outputs, labels):
+    def deriv(self, outputs: Array, labels: ArrayLike) -> Array:
         _check_outputs(outputs)
         diff = outputs - regression_targets(labels, outputs)
         return diff * outputs.dtype.type(2.0 / diff.size)
-
-    def __repr__(self):
-        return "MeanSquaredError()"

@@ -296,7 +296,7 @@ class Network:
     def load(cls, path: str | os.PathLike[str]) -> Network:
         """The network saved at path by save(), ready to predict or to train on; a file that
         is not such a network raises ValueError, a missing one FileNotFoundError."""
-        return saving.load(path)
+        return saving.load(path, cls)
 
     def predict(self, x: ArrayLike, batch_size: int = 1000) -> NDArray[np.floating]:
         """The last layer's output for every sample of x (N, ...), in inference mode: an

@@ -1,30 +1,57 @@
-"""Optimizers keep the seed's protocol: `update(dx, lr)` returns the step, the caller
+"""Optimizers keep the course project's protocol: `update(dx, lr)` returns the step, the caller
 does `w -= step`.
 
 One optimizer serves all the parameters of a layer: each parameter has its own state,
 found by the `key` the layer passes (its name, "w" or "b"). `apply` updates a parameter
 in place, which is what layers call.
 """
+from __future__ import annotations
+
+from typing import Any, Hashable
+
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _checks, kernels
+from .saving import register
+
+Array = NDArray[np.floating]
 
 
 class Optimizer:
-    """Base class: per-parameter state in `self.state[key]`."""
+    """Base class: per-parameter state in `self.state[key]`, a dict holding the update count
+    "step" and an array of the parameter's shape for each name in `slots`.
 
-    def __init__(self):
-        self.state = {}
+    For saving, `config_fields` names the constructor arguments (each kept as an attribute
+    of the same name) and `slots` the state arrays; a subclass given to
+    cnnc.saving.register can be saved with its state.
+    """
 
-    def update(self, dx, lr, key=None):
+    saved_kind = "optimizer"
+    config_fields: tuple[str, ...] = ()
+    config_optional: tuple[str, ...] = ()     # fields that files from older cnnc lack
+    slots: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.state: dict[Hashable, dict[str, Any]] = {}
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments that make this optimizer again (without its state), by name."""
+        return {name: getattr(self, name) for name in self.config_fields}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Optimizer:
+        return cls(**config)
+
+    def update(self, dx: Array, lr: float, key: Hashable = None) -> Array:
         """The step for gradient dx of parameter `key`: the caller does w -= step."""
         raise NotImplementedError
 
-    def apply(self, param, dx, lr, key=None):
+    def apply(self, param: Array, dx: Array, lr: float, key: Hashable = None) -> None:
         """Update param in place from its gradient dx."""
         param -= self.update(dx, lr, key)
 
-    def prepare(self, dx, key=None):
+    def prepare(self, dx: Array, key: Hashable = None) -> None:
         """Make the state of parameter `key` ready for a gradient like dx (checked, allocated),
         so that the next apply only computes: a Network prepares every layer's update
         before it applies any."""
@@ -43,7 +70,7 @@ class Optimizer:
         return state
 
 
-def get(value):
+def get(value: Optimizer | type) -> Optimizer:
     """The optimizer `value` stands for: an Optimizer as it is, or a subclass of Optimizer
     made with its defaults (optimizer=AdamOptimizer means AdamOptimizer())."""
     if isinstance(value, Optimizer):
@@ -54,14 +81,24 @@ def get(value):
                      f"SGDOptimizer(momentum=0.9), or one of their classes; got {value!r}")
 
 
+@register
 class SGDOptimizer(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay,
-    as torch.optim.SGD."""
+    as torch.optim.SGD: step = lr * (dx + weight_decay * w), or lr * velocity with momentum.
 
-    def __init__(self, momentum=0.0, nesterov=False, weight_decay=0.0):
-        """momentum: a finite number >= 0 (a NaN one would turn every weight into NaN within
-        two steps); nesterov: True or False; weight_decay: finite, >= 0, added to the
-        gradient as weight_decay * w."""
+    momentum: a finite number >= 0 (a NaN one would turn every weight into NaN within two
+        steps); 0 keeps no state.
+    nesterov: True for Nesterov momentum (needs momentum > 0).
+    weight_decay: finite, >= 0, added to the gradient as weight_decay * w.
+
+    State per parameter, with momentum: "velocity" and the "step" count.
+    """
+
+    config_fields = ("momentum", "nesterov", "weight_decay")
+    config_optional = ("weight_decay",)
+    slots = ("velocity",)
+
+    def __init__(self, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> None:
         super().__init__()
         momentum = _checks.number("momentum", momentum, 0)
         if not isinstance(nesterov, (bool, np.bool_)):
@@ -72,15 +109,15 @@ class SGDOptimizer(Optimizer):
         self.nesterov = bool(nesterov)
         self.weight_decay = _checks.number("weight_decay", weight_decay, 0)
 
-    def prepare(self, dx, key=None):
+    def prepare(self, dx: Array, key: Hashable = None) -> None:
         if self.momentum != 0:
             self._slots(key, dx, ("velocity",))
 
-    def update(self, dx, lr=0.01, key=None):
+    def update(self, dx: Array, lr: float = 0.01, key: Hashable = None) -> Array:
         _without_decay(self)
         return self._step(dx, lr, key)
 
-    def apply(self, param, dx, lr, key=None):
+    def apply(self, param: Array, dx: Array, lr: float, key: Hashable = None) -> None:
         if self.weight_decay:
             dx = dx + self.weight_decay * param
         param -= self._step(dx, lr, key)
@@ -99,7 +136,7 @@ class SGDOptimizer(Optimizer):
         direction = dx + self.momentum * velocity if self.nesterov else velocity
         return lr * direction
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"SGDOptimizer(momentum={self.momentum}, nesterov={self.nesterov}, "
                 f"weight_decay={self.weight_decay})")
 
@@ -107,23 +144,38 @@ class SGDOptimizer(Optimizer):
 SGDoptimizer = SGDOptimizer
 
 
+@register
 class AdamOptimizer(Optimizer):
     """Adam (Kingma and Ba, 2015) with bias correction and optional L2 weight decay (added
-    to the gradient); matches torch.optim.Adam."""
+    to the gradient); matches torch.optim.Adam.
 
-    def __init__(self, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
-        """beta1, beta2: finite, in [0, 1); eps, weight_decay: finite, >= 0. Checked here,
-        where a bad value is given, not at the first update, which would fail far from it."""
+    beta1, beta2: the decay rates of the mean and of the mean square of the gradient,
+        finite, in [0, 1).
+    eps: finite, >= 0, added to the root mean square so that no step divides by zero.
+    weight_decay: finite, >= 0, added to the gradient as weight_decay * w.
+    All are checked here, where a bad value is given, not at the first update, which would
+    fail far from it.
+
+    State per parameter: "m" and "v", the moving averages, and the "step" count that
+    corrects their bias.
+    """
+
+    config_fields = ("beta1", "beta2", "eps", "weight_decay")
+    config_optional = ("weight_decay",)
+    slots = ("m", "v")
+
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
         super().__init__()
         self.beta1 = _checks.number("beta1", beta1, 0, 1)
         self.beta2 = _checks.number("beta2", beta2, 0, 1)
         self.eps = _checks.number("eps", eps, 0)
         self.weight_decay = _checks.number("weight_decay", weight_decay, 0)
 
-    def prepare(self, dx, key=None):
+    def prepare(self, dx: Array, key: Hashable = None) -> None:
         self._slots(key, dx, ("m", "v"))
 
-    def apply(self, param, dx, lr, key=None):
+    def apply(self, param: Array, dx: Array, lr: float, key: Hashable = None) -> None:
         if self.weight_decay:
             dx = dx + self.weight_decay * param
         self._adam(param, dx, lr, key)
@@ -135,25 +187,33 @@ class AdamOptimizer(Optimizer):
             param, dx, state["m"], state["v"], lr, self.beta1, self.beta2, self.eps, state["step"]
         )
 
-    def update(self, dx, lr=0.001, key=None):
+    def update(self, dx: Array, lr: float = 0.001, key: Hashable = None) -> Array:
         _without_decay(self)
         moved = np.zeros_like(dx)
         self._adam(moved, dx, lr, key)
         return -moved
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"{type(self).__name__}(beta1={self.beta1}, beta2={self.beta2}, eps={self.eps}, "
                 f"weight_decay={self.weight_decay})")
 
 
+@register
 class AdamWOptimizer(AdamOptimizer):
     """Adam with decoupled weight decay (Loshchilov and Hutter, 2019): the weights shrink by
-    lr * weight_decay before each Adam step; matches torch.optim.AdamW."""
+    lr * weight_decay before each Adam step; matches torch.optim.AdamW.
 
-    def __init__(self, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01):
+    beta1, beta2, eps: as for AdamOptimizer.
+    weight_decay: finite, >= 0, the fraction of lr by which each step shrinks the weights.
+
+    State per parameter: as AdamOptimizer's.
+    """
+
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 0.01) -> None:
         super().__init__(beta1, beta2, eps, weight_decay)
 
-    def apply(self, param, dx, lr, key=None):
+    def apply(self, param: Array, dx: Array, lr: float, key: Hashable = None) -> None:
         lr = _checks.number("lr", lr, 0)       # before the weights change
         if self.weight_decay:
             param *= 1 - lr * self.weight_decay

@@ -1,15 +1,38 @@
 """A Network in one .npz file, without pickle: its architecture as JSON, its weights and
 its optimizer state as plain arrays, so that training resumes exactly where it stopped.
 
-Only cnnc's own layers, activations, losses and optimizers can be saved: a file names
-them, and loading builds them again; it never runs code from the file.
+Saving knows no layer, activation, loss or optimizer by name: each class describes itself,
+and this module walks the descriptions.
+
+- `config_fields`: the constructor arguments that rebuild an object, each kept as an
+  attribute of the same name; `get_config()` gives their values and the classmethod
+  `from_config(config)` (a layer's also takes the network's dtype) builds the object again.
+  A JSON object among the values describes an object in turn ({"type": name, ...its config}).
+  `config_optional` names the fields a file from an older cnnc may lack (their defaults apply).
+- A layer's `state_dict()` holds its live arrays (parameters, and `buffers` such as
+  BatchNorm's running statistics), and its classmethod `state_shapes(config)` their shapes,
+  so that a file's arrays are checked against its architecture before anything is built.
+- An optimizer keeps `state[key]`, per parameter: a "step" count and the arrays `slots`
+  names (Adam's "m" and "v"), each of the parameter's shape.
+
+A file can name only classes given to `register`, as cnnc's own are: loading builds them
+with the arguments the file holds, and never imports or runs anything the file names.
+
+The file is format version 1: {"format": "cnnc-network", "version": 1, "dtype", "loss",
+"layers": [{"type": "Conv", "fshape": [...], ..., "activation": {"type": "ReLU"},
+"optimizer": {"type": "AdamOptimizer", ..., "steps": {"w": 3, "b": 3}}}, ...], "input_shape"},
+and arrays "layer{i}/{name}" for layer i's state, "layer{i}/{field}/{key}/{slot}" for its
+optimizer's.
 """
+from __future__ import annotations
+
 import json
 import math
+import os
+from typing import Any, Callable
 
 import numpy as np
 
-from . import activations, init, layers, losses, optimizers
 from ._archive import Archive
 from ._atomic_file import atomic_write
 
@@ -17,36 +40,47 @@ FORMAT = "cnnc-network"
 VERSION = 1
 _HEADER = "cnnc_network.json"
 
-_ACTIVATIONS = {cls.__name__: cls for cls in (activations.Linear, activations.ReLU,
-                                              activations.LeakyReLU, activations.Sigmoid,
-                                              activations.Tanh)}
-_LOSSES = {cls.__name__: cls for cls in (losses.SoftmaxCrossEntropy, losses.MeanSquaredError)}
-_OPTIMIZERS = {cls.__name__: cls for cls in (optimizers.SGDOptimizer, optimizers.AdamOptimizer,
-                                              optimizers.AdamWOptimizer)}
-_OPTIMIZER_SLOTS = {"SGDOptimizer": ("velocity",), "AdamOptimizer": ("m", "v"),
-                    "AdamWOptimizer": ("m", "v")}
-# Arrays a layer holds besides its parameters, saved beside them.
-_STATISTICS = {"BatchNorm": ("running_mean", "running_var")}
+# What each kind of object is called in messages, by the `saved_kind` of its base class.
+_KINDS = ("layer", "activation", "loss", "optimizer")
+_REGISTRY: dict[str, dict[str, type]] = {kind: {} for kind in _KINDS}
 
 
-def save(network, path):
+def register(cls: type) -> type:
+    """Let saved networks hold instances of cls, a subclass of Layer, AbstractActivation,
+    Loss or Optimizer; a file names it by cls.__name__. Usable as a class decorator.
+
+    A name stands for one class only: registering another class under a taken name is a
+    ValueError, so that no file can mean two things.
+    """
+    kind = getattr(cls, "saved_kind", None)
+    if kind not in _REGISTRY:
+        raise ValueError(f"cannot register {cls!r}: only layers, activations, losses and "
+                         "optimizers are saved")
+    for known in _REGISTRY.values():
+        taken = known.get(cls.__name__)
+        if taken is not None and taken is not cls:
+            raise ValueError(f"cannot register {cls.__module__}.{cls.__qualname__}: the name "
+                             f"{cls.__name__!r} is {taken.__module__}.{taken.__qualname__}")
+    _REGISTRY[kind][cls.__name__] = cls
+    return cls
+
+
+def save(network, path: str | os.PathLike) -> None:
     """Write the network to path, atomically: until the new file is complete, the old one
     (if any) stays as it was."""
-    header, arrays = _describe(network)
+    header, arrays = _describe_network(network)
     arrays[_HEADER] = np.array(json.dumps(header))
     with atomic_write(path) as out:
         np.savez(out, **arrays)
 
 
-def load(path):
-    """The Network saved in path.
+def load(path: str | os.PathLike, network_class: Callable):
+    """The network saved in path, made as network_class(layers, loss=loss).
 
     A missing path is a FileNotFoundError. Any other file that is not a complete, consistent
     cnnc network (damaged, crafted, holding pickled objects) is a ValueError naming the
     file and what is wrong, raised before anything larger than the file is allocated.
     """
-    from .network import Network
-
     with Archive(path) as archive:
         if _HEADER not in archive.names():
             raise archive.error(f"not a cnnc network file (it has no {_HEADER})")
@@ -54,93 +88,87 @@ def load(path):
         try:
             _check_header(header)
             arrays = _expected_arrays(header)
-        except _Malformed as error:
+        except (_Malformed, TypeError, ValueError) as error:
             raise archive.error(f"malformed cnnc network file: {error}") from None
         _check_arrays(archive, arrays)
+        dtype = header["dtype"]
         try:
-            network = Network([_build_layer(spec, header["dtype"]) for spec in header["layers"]],
-                              loss=_build(_LOSSES, header["loss"]))
+            layers = [_build(spec, "layer", dtype) for spec in header["layers"]]
+            for depth, (layer, spec) in enumerate(zip(layers, header["layers"])):
+                _check_built(layer, spec, f"layer {depth}", arrays, f"layer{depth}/")
+            network = network_class(layers, loss=_build(header["loss"], "loss"))
             _check_chain(network, header["input_shape"])
-        except (TypeError, ValueError) as error:
+        except (_Malformed, TypeError, ValueError) as error:
             raise archive.error(f"malformed cnnc network file: {error}") from None
         network.input_shape = None if header["input_shape"] is None else tuple(header["input_shape"])
-        _restore(network, header, archive)
+        for depth, (layer, spec) in enumerate(zip(network.layers, header["layers"])):
+            _restore(layer, spec, archive, f"layer{depth}/")
     return network
 
 
-def _describe(network):
+# ============================================================================ writing
+
+def _describe_network(network):
     """The JSON header and the arrays that together hold the network."""
     specs, arrays = [], {}
     for depth, layer in enumerate(network.layers):
-        spec = _layer_spec(layer, depth)
-        for name, value in layer.params.items():
-            arrays[f"layer{depth}/{name}"] = value
-        for name in _STATISTICS.get(spec["type"], ()):
-            arrays[f"layer{depth}/{name}"] = getattr(layer, name)
-        optimizer = getattr(layer, "optimizer", None)
-        if optimizer is not None:
-            spec["optimizer"] = _optimizer_spec(optimizer, depth)
-            steps = {}
-            for key, state in optimizer.state.items():
-                steps[key] = state["step"]
-                for slot in _OPTIMIZER_SLOTS[type(optimizer).__name__]:
-                    arrays[f"layer{depth}/optimizer/{key}/{slot}"] = state[slot]
-            spec["optimizer"]["steps"] = steps
+        where, prefix = f"layer {depth}", f"layer{depth}/"
+        spec = _describe(layer, "layer", where, arrays, prefix)
+        for name, value in layer.state_dict().items():
+            arrays[prefix + name] = value
         specs.append(spec)
-    loss = type(network.loss).__name__
-    if _LOSSES.get(loss) is not type(network.loss):
-        raise ValueError(f"cannot save a network with loss {network.loss!r}: cnnc saves "
-                         f"its own losses only ({', '.join(_LOSSES)})")
     header = {"format": FORMAT, "version": VERSION, "dtype": np.dtype(network.dtype).name,
-              "loss": {"type": loss}, "layers": specs,
+              "loss": _describe(network.loss, "loss", "the network", arrays, ""),
+              "layers": specs,
               "input_shape": None if network.input_shape is None else list(network.input_shape)}
     return header, arrays
 
 
-def _layer_spec(layer, depth):
-    if type(layer) is layers.Conv:
-        spec = {"type": "Conv", "fshape": layer.fshape, "strides": layer.strides,
-                "padding": layer.padding}
-    elif type(layer) is layers.FullyConnected:
-        spec = {"type": "FullyConnected", "shape": layer.shape}
-    elif type(layer) is layers.BatchNorm:
-        spec = {"type": "BatchNorm", "num_features": layer.num_features, "momentum": layer.momentum,
-                "eps": layer.eps}
-    elif type(layer) in (layers.MaxPool, layers.AvgPool):
-        return {"type": type(layer).__name__, "pshape": layer.pshape, "strides": layer.strides}
-    elif type(layer) is layers.Flatten:
-        return {"type": "Flatten", "input_shape": layer.input_shape}
-    elif type(layer) is layers.Dropout:
-        return {"type": "Dropout", "rate": layer.rate, "seed": layer.seed}
-    elif type(layer) is layers.GlobalAvgPool:
-        return {"type": "GlobalAvgPool"}
-    else:
-        raise ValueError(f"cannot save layer {depth} ({type(layer).__name__}): cnnc saves its own "
-                         f"layers only ({', '.join(_LAYER_FIELDS)})")
-    activation = type(layer.activation).__name__
-    if _ACTIVATIONS.get(activation) is not type(layer.activation):
-        raise ValueError(f"cannot save layer {depth}: activation {layer.activation!r} is not one "
-                         f"of cnnc's ({', '.join(_ACTIVATIONS)})")
-    spec["activation"] = {"type": activation}
-    if isinstance(layer.activation, activations.LeakyReLU):
-        spec["activation"]["slope"] = layer.activation.slope
+def _describe(obj, role, where, arrays, prefix):
+    """{"type": its class name, **its config}, with an optimizer's step counts; the arrays of
+    an optimizer's state go into arrays, under prefix."""
+    cls = type(obj)
+    kind = getattr(cls, "saved_kind", None)
+    if _REGISTRY.get(kind, {}).get(cls.__name__) is not cls:
+        raise ValueError(f"cannot save {where}: {role} {cls.__qualname__} is not a class saving "
+                         "knows (cnnc's own, or one given to cnnc.saving.register)")
+    spec = {"type": cls.__name__}
+    for field, value in obj.get_config().items():
+        spec[field] = _json(value, field, where, arrays, f"{prefix}{field}/")
+    if kind == "optimizer":
+        spec["steps"] = {}
+        for key, state in obj.state.items():
+            spec["steps"][key] = int(state["step"])
+            for slot in cls.slots:
+                arrays[f"{prefix}{key}/{slot}"] = state[slot]
     return spec
 
 
-def _optimizer_spec(optimizer, depth):
-    kind = type(optimizer).__name__
-    if _OPTIMIZERS.get(kind) is not type(optimizer):
-        raise ValueError(f"cannot save layer {depth}: optimizer {optimizer!r} is not one of "
-                         f"cnnc's ({', '.join(_OPTIMIZERS)})")
-    if kind == "SGDOptimizer":
-        return {"type": kind, "momentum": optimizer.momentum, "nesterov": optimizer.nesterov,
-                "weight_decay": optimizer.weight_decay}
-    return {"type": kind, "beta1": optimizer.beta1, "beta2": optimizer.beta2, "eps": optimizer.eps,
-            "weight_decay": optimizer.weight_decay}
+def _json(value, field, where, arrays, prefix):
+    """value as JSON: numbers, strings, booleans, None, lists, and described objects."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            raise ValueError(f"cannot save {where}: its {field} {value} is not a finite number")
+        return float(value)
+    if isinstance(value, (tuple, list)):
+        return [_json(item, field, where, arrays, prefix) for item in value]
+    if hasattr(value, "get_config"):
+        return _describe(value, field, where, arrays, prefix)
+    raise ValueError(f"cannot save {where}: its {field} {value!r} is not a number, string, list "
+                     "or an object saving knows")
 
+
+# ============================================================================ reading
 
 # Sizes a header may declare: NumPy's limit for dimensions, a C int for the rest.
 _MAX_DIMS, _LARGEST, _MAX_STEP = 32, 2**31 - 1, 2**63 - 1
+# How deep objects and lists may nest in a config: far more than any class needs, and far
+# less than would exhaust Python's stack in the checks and builds that walk them.
+_MAX_NESTING = 16
 MAX_HEADER_BYTES = 1 << 22
 
 
@@ -173,85 +201,55 @@ def _check_header(header):
     _fields(header, "the header", ("format", "version", "dtype", "loss", "layers", "input_shape"))
     if header["dtype"] not in ("float32", "float64"):
         raise _Malformed(f"dtype must be \"float32\" or \"float64\", got {header['dtype']!r}")
-    _kind_of(header["loss"], "the header", "loss", _LOSSES)
-    _fields(header["loss"], "the loss", ("type",))
+    _check_object(header["loss"], "the header", "loss", "loss")
     if header["input_shape"] is not None:
-        _ints(header["input_shape"], "input_shape", minimum=1)
+        _ints(header["input_shape"], "input_shape")
     if not isinstance(header["layers"], list):
         raise _Malformed(f"layers must be a list, got {_kind(header['layers'])}")
     for depth, spec in enumerate(header["layers"]):
-        _check_layer(spec, f"layer {depth}")
+        _check_object(spec, f"layer {depth}", "layer", "layer")
 
 
-_LAYER_FIELDS = {"Conv": ("fshape", "strides", "padding", "activation", "optimizer"),
-                 "FullyConnected": ("shape", "activation", "optimizer"),
-                 "BatchNorm": ("num_features", "momentum", "eps", "activation", "optimizer"),
-                 "MaxPool": ("pshape", "strides"), "AvgPool": ("pshape", "strides"),
-                 "GlobalAvgPool": (), "Flatten": ("input_shape",), "Dropout": ("rate", "seed")}
-# Each optimizer's fields; weight_decay is optional, as files from before it have none.
-_OPTIMIZER_FIELDS = {"AdamOptimizer": ("beta1", "beta2", "eps", "weight_decay"),
-                     "AdamWOptimizer": ("beta1", "beta2", "eps", "weight_decay"),
-                     "SGDOptimizer": ("momentum", "nesterov", "weight_decay")}
-
-
-def _check_layer(spec, where):
-    kind = _kind_of(spec, where, "layer", _LAYER_FIELDS)
-    _fields(spec, where, ("type",) + _LAYER_FIELDS[kind])
-    if kind == "Conv":
-        _ints(spec["fshape"], f"{where} fshape", count=4, minimum=1)
-        _ints(spec["strides"], f"{where} strides", count=2, minimum=1)
-        if spec["padding"] not in ("valid", "same"):
-            _ints(spec["padding"], f"{where} padding", count=2, minimum=0)
-    elif kind == "FullyConnected":
-        _ints(spec["shape"], f"{where} shape", count=2, minimum=1)
-    elif kind == "BatchNorm":
-        _integer(spec["num_features"], f"{where} num_features", 1, _LARGEST)
-        _real(spec["momentum"], f"{where} momentum")
-        _real(spec["eps"], f"{where} eps")
-    elif kind in ("MaxPool", "AvgPool"):
-        _ints(spec["pshape"], f"{where} pshape", count=2, minimum=1)
-        _ints(spec["strides"], f"{where} strides", count=2, minimum=1)
-    elif kind == "Flatten":
-        if spec["input_shape"] is not None:
-            _ints(spec["input_shape"], f"{where} input_shape", minimum=1)
-    elif kind == "Dropout":
-        _real(spec["rate"], f"{where} rate")
-        if spec["seed"] is not None:
-            _integer(spec["seed"], f"{where} seed", 0, _MAX_STEP)
-    if "activation" in spec:
-        activation = spec["activation"]
-        name = _kind_of(activation, where, "activation", _ACTIVATIONS)
-        _fields(activation, f"{where} activation", ("type", "slope") if name == "LeakyReLU" else ("type",))
-        if name == "LeakyReLU":
-            _real(activation["slope"], f"{where} activation slope")
-    if "optimizer" in spec:
-        _check_optimizer(spec["optimizer"], where)
-
-
-def _check_optimizer(spec, layer):
-    kind = _kind_of(spec, layer, "optimizer", _OPTIMIZER_FIELDS)
-    where = f"{layer} optimizer"
-    _fields(spec, where, ("type", "steps") + _OPTIMIZER_FIELDS[kind][:-1], optional=("weight_decay",))
-    for name in _OPTIMIZER_FIELDS[kind]:
-        if name not in spec:
-            continue
-        if name == "nesterov":
-            if not isinstance(spec[name], bool):
-                raise _Malformed(f"{where} nesterov must be true or false, got {spec[name]!r}")
-        else:
-            _real(spec[name], f"{where} {name}")
-    _fields(spec["steps"], f"{where} steps", (), optional=("w", "b"))
-    for key, step in spec["steps"].items():
-        _integer(step, f"{where} step count of {key!r}", 1, _MAX_STEP)
-
-
-def _kind_of(spec, where, what, known):
-    """The type the spec names, one of the known ones."""
+def _class_of(spec, where, role, kind):
+    """The registered class the spec names: of that kind, or when kind is None, of any kind
+    but a layer (an argument of a layer is never a layer, whose arrays only a layer list holds)."""
     if not isinstance(spec, dict):
-        raise _Malformed(f"{where}: the {what} must be an object, got {_kind(spec)}")
-    if spec.get("type") not in known:
-        raise _Malformed(f"{where}: unknown {what} {spec.get('type')!r} (known: {', '.join(known)})")
-    return spec["type"]
+        raise _Malformed(f"{where}: the {role} must be an object, got {_kind(spec)}")
+    name = spec.get("type")
+    known = _REGISTRY[kind] if kind else {n: c for k in _KINDS if k != "layer"
+                                          for n, c in _REGISTRY[k].items()}
+    if not isinstance(name, str) or name not in known:
+        raise _Malformed(f"{where}: unknown {role} {name!r} (known: {', '.join(known)})")
+    return known[name]
+
+
+def _check_object(spec, where, role, kind=None, depth=0):
+    """The spec names a registered class and gives exactly its config fields, each a JSON value
+    saving reads (finite numbers; objects describing objects in turn)."""
+    if depth > _MAX_NESTING:
+        raise _Malformed(f"{where} nests objects and lists more than {_MAX_NESTING} deep")
+    cls = _class_of(spec, where, role, kind)
+    place = where if role == "layer" else f"{where} {role}"
+    optional = tuple(cls.config_optional)
+    required = tuple(name for name in cls.config_fields if name not in optional)
+    state = ("steps",) if cls.saved_kind == "optimizer" else ()
+    _fields(spec, place, ("type",) + required + state, optional)
+    for field in cls.config_fields:
+        if field in spec:
+            _check_value(spec[field], place, field, depth + 1)
+    return cls
+
+
+def _check_value(value, where, field, depth):
+    if depth > _MAX_NESTING:
+        raise _Malformed(f"{where} nests objects and lists more than {_MAX_NESTING} deep")
+    if isinstance(value, dict):
+        _check_object(value, where, field, None, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_value(item, where, field, depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise _Malformed(f"{where} {field} must be a finite number, got {value!r}")
 
 
 def _fields(spec, where, required, optional=()):
@@ -265,12 +263,11 @@ def _fields(spec, where, required, optional=()):
         raise _Malformed(f"{where} has unknown fields {unknown}")
 
 
-def _ints(value, where, count=None, minimum=1):
-    if not isinstance(value, list) or not 1 <= len(value) <= _MAX_DIMS or (count and len(value) != count):
-        expected = f"{count} ints" if count else f"a list of 1 to {_MAX_DIMS} ints"
-        raise _Malformed(f"{where} must be {expected}, got {value!r}")
+def _ints(value, where):
+    if not isinstance(value, list) or not 1 <= len(value) <= _MAX_DIMS:
+        raise _Malformed(f"{where} must be a list of 1 to {_MAX_DIMS} ints, got {value!r}")
     for item in value:
-        _integer(item, where, minimum, _LARGEST)
+        _integer(item, where, 1, _LARGEST)
 
 
 def _integer(value, where, minimum, maximum):
@@ -278,37 +275,36 @@ def _integer(value, where, minimum, maximum):
         raise _Malformed(f"{where} must be ints from {minimum} to {maximum}, got {value!r}")
 
 
-def _real(value, where):
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise _Malformed(f"{where} must be a finite number, got {value!r}")
-
-
 def _kind(value):
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
             type(None): "null"}.get(type(value), "a number")
 
 
+def _optimizers(spec, cls):
+    """(field, spec) of each optimizer among a layer's config values."""
+    return [(field, spec[field]) for field in cls.config_fields
+            if isinstance(spec.get(field), dict)
+            and _class_of(spec[field], "", field, None).saved_kind == "optimizer"]
+
+
 def _expected_arrays(header):
-    """The name, shape and dtype of every array the header's architecture needs."""
-    arrays = {}
+    """The name, shape and dtype of every array the header's architecture needs, from each
+    layer's state_shapes: nothing is built yet, so nothing is allocated."""
+    dtype, arrays = np.dtype(header["dtype"]), {}
     for depth, spec in enumerate(header["layers"]):
-        if spec["type"] == "Conv":
-            shapes = {"w": tuple(spec["fshape"]), "b": (spec["fshape"][3],)}
-        elif spec["type"] == "FullyConnected":
-            shapes = {"w": tuple(spec["shape"]), "b": (spec["shape"][1],)}
-        elif spec["type"] == "BatchNorm":
-            shapes = {"w": (spec["num_features"],), "b": (spec["num_features"],)}
-        else:
-            continue
+        cls, where, prefix = _class_of(spec, "", "layer", "layer"), f"layer {depth}", f"layer{depth}/"
+        config = {field: spec[field] for field in cls.config_fields if field in spec}
+        shapes = {name: tuple(shape) for name, shape in cls.state_shapes(config).items()}
         for name, shape in shapes.items():
-            arrays[f"layer{depth}/{name}"] = shape
-        for name in _STATISTICS.get(spec["type"], ()):
-            arrays[f"layer{depth}/{name}"] = shapes["w"]
-        optimizer = spec["optimizer"]
-        for key in optimizer["steps"]:
-            for slot in _OPTIMIZER_SLOTS[optimizer["type"]]:
-                arrays[f"layer{depth}/optimizer/{key}/{slot}"] = shapes[key]
-    dtype = np.dtype(header["dtype"])
+            arrays[prefix + name] = shape
+        params = [name for name in shapes if name not in cls.buffers]
+        for field, optimizer in _optimizers(spec, cls):
+            slots = _class_of(optimizer, "", field, "optimizer").slots
+            _fields(optimizer["steps"], f"{where} {field} steps", (), optional=params)
+            for key, step in optimizer["steps"].items():
+                _integer(step, f"{where} {field} step count of {key!r}", 1, _MAX_STEP)
+                for slot in slots:
+                    arrays[f"{prefix}{field}/{key}/{slot}"] = shapes[key]
     return {name: (shape, dtype) for name, shape in arrays.items()}
 
 
@@ -328,6 +324,32 @@ def _check_arrays(archive, expected):
                                 f"{shape} {dtype}")
 
 
+def _build(spec, kind, dtype=None):
+    """The object the spec describes, built by its class's from_config."""
+    cls = _class_of(spec, "", kind, kind)
+    config = {field: _built(spec[field]) for field in cls.config_fields if field in spec}
+    return cls.from_config(config, dtype) if kind == "layer" else cls.from_config(config)
+
+
+def _built(value):
+    if isinstance(value, dict):
+        return _build(value, None)
+    if isinstance(value, list):
+        return [_built(item) for item in value]
+    return value
+
+
+def _check_built(layer, spec, where, arrays, prefix):
+    """The layer built holds the arrays its state_shapes promised (a class whose two disagree
+    would otherwise read a file into arrays of other shapes)."""
+    promised = {name[len(prefix):]: shape for name, (shape, _) in arrays.items()
+                if name.startswith(prefix) and "/" not in name[len(prefix):]}
+    held = {name: value.shape for name, value in layer.state_dict().items()}
+    if held != promised:
+        raise _Malformed(f"{where} ({type(layer).__name__}) holds arrays {held}, but its "
+                         f"state_shapes gives {promised}")
+
+
 def _check_chain(network, input_shape):
     """Each layer takes what the one before gives, from the saved input shape."""
     if input_shape is None:
@@ -340,48 +362,16 @@ def _check_chain(network, input_shape):
             raise ValueError(f"layer {depth} does not take the saved input shape: {error}") from None
 
 
-def _build(known, spec):
-    """An instance of the class the spec names, with the spec's other entries as arguments."""
-    arguments = {name: value for name, value in spec.items() if name not in ("type", "steps")}
-    return known[spec["type"]](**arguments)
-
-
-def _build_layer(spec, dtype):
-    kind = spec["type"]
-    if kind in ("MaxPool", "AvgPool"):
-        return getattr(layers, kind)(spec["pshape"], spec["strides"])
-    if kind == "Flatten":
-        return layers.Flatten(spec["input_shape"])
-    if kind == "Dropout":
-        return layers.Dropout(spec["rate"], spec["seed"])
-    if kind == "GlobalAvgPool":
-        return layers.GlobalAvgPool()
-    activation = _build(_ACTIVATIONS, spec["activation"])
-    optimizer = _build(_OPTIMIZERS, spec["optimizer"])
-    if kind == "BatchNorm":
-        return layers.BatchNorm(spec["num_features"], spec["momentum"], spec["eps"], activation,
-                                optimizer, dtype)
-    common = dict(activation=activation, optimizer=optimizer, bias_init=init.zeros, dtype=dtype)
-    if kind == "Conv":   # zeros, not random filters: loading must not draw from np.random
-        padding = spec["padding"] if isinstance(spec["padding"], str) else tuple(spec["padding"])
-        return layers.Conv(spec["fshape"], spec["strides"], padding, filter_init=init.zeros, **common)
-    return layers.FullyConnected(spec["shape"], weight_init=init.zeros, **common)
-
-
-def _restore(network, header, archive):
-    """Read the saved weights and optimizer state into the freshly built network."""
-    for depth, (layer, spec) in enumerate(zip(network.layers, header["layers"])):
-        for name, param in layer.params.items():
-            archive.read_into(f"layer{depth}/{name}", param)
-        for name in _STATISTICS.get(spec["type"], ()):
-            archive.read_into(f"layer{depth}/{name}", getattr(layer, name))
-        if not layer.params:
-            continue
-        optimizer = layer.optimizer
-        for key, step in spec["optimizer"]["steps"].items():
-            state = {}
-            for slot in _OPTIMIZER_SLOTS[type(optimizer).__name__]:
+def _restore(layer, spec, archive, prefix):
+    """Read the saved arrays and step counts into the freshly built layer and its optimizers."""
+    for name, value in layer.state_dict().items():
+        archive.read_into(prefix + name, value)
+    for field, described in _optimizers(spec, type(layer)):
+        optimizer = getattr(layer, field)
+        for key, step in described["steps"].items():
+            state: dict[str, Any] = {}
+            for slot in type(optimizer).slots:
                 state[slot] = np.empty_like(layer.params[key])
-                archive.read_into(f"layer{depth}/optimizer/{key}/{slot}", state[slot])
+                archive.read_into(f"{prefix}{field}/{key}/{slot}", state[slot])
             state["step"] = step
             optimizer.state[key] = state

@@ -1,0 +1,60 @@
+"""cnnc._checks: the one validator of int tuples, and the named results of the kernel checks."""
+import numpy as np
+import pytest
+
+from cnnc import _checks
+
+
+def test_ints_gives_python_ints_and_takes_one_int_for_all_with_repeat():
+    assert _checks.ints("stride", (np.int64(2), 3), 2) == (2, 3)
+    assert type(_checks.ints("stride", (np.int64(2), 3), 2)[0]) is int
+    assert _checks.ints("strides", 2, 2, repeat=True) == (2, 2)
+    assert _checks.ints("padding", 0, 2, minimum=0, repeat=True) == (0, 0)
+    assert _checks.ints("padding", [1, 0], 2, minimum=0, repeat=True) == (1, 0)
+
+
+@pytest.mark.parametrize("values, count, minimum, repeat, message", [
+    (2, 2, 1, False, "stride must be 2 ints in \\[1, 2\\*\\*31\\), got 2"),
+    ((1, 2, 3), 2, 1, True, "an int or 2 ints"),
+    ((True, 1), 2, 1, False, "2 ints"),          # True is no size
+    (True, 2, 1, True, "an int or 2 ints"),
+    ((0, 1), 2, 1, False, "\\[1, 2\\*\\*31\\)"),
+    ((1, 2**31), 2, 1, False, "got \\(1, 2147483648\\)"),
+    ((1.0, 2), 2, 1, False, "2 ints"),
+    ("ab", 2, 1, False, "got 'ab'"),
+])
+def test_ints_refuses_what_is_not_count_ints_in_range(values, count, minimum, repeat, message):
+    with pytest.raises(ValueError, match=message):
+        _checks.ints("stride", values, count, minimum, repeat=repeat)
+
+
+def test_kernel_checks_name_their_results():
+    x = np.zeros((2, 7, 9, 3), np.float32)
+    w = np.zeros((3, 2, 3, 4), np.float32)
+    call = _checks.conv2d_forward(x, w, np.zeros(4, np.float32), (2, 1), (1, 1, 0, 0))
+    assert call.x is x and call.w is w and call.stride == (2, 1)
+    assert call.padding == (1, 1, 0, 0) and call.out_hw == (4, 8)
+    x, w, b, stride, padding, out_hw = call          # still unpacks in field order
+    assert out_hw == (4, 8)
+
+    dy = np.zeros((2, 4, 8, 4), np.float32)
+    assert _checks.conv2d_grad_input(dy, w, (2, 7, 9, 3), (2, 1), (1, 1, 0, 0)).input_shape == (2, 7, 9, 3)
+    assert _checks.conv2d_grad_params(x, dy, (3, 2), (2, 1), (1, 1, 0, 0)).kernel_size == (3, 2)
+    pool = _checks.maxpool2d_forward(x, (2, 2), (2, 2))
+    assert (pool.pool_size, pool.stride, pool.out_hw) == ((2, 2), (2, 2), (3, 4))
+    assert _checks.avgpool2d_forward(x, (3, 3), (2, 2)).out_hw == (3, 4)
+    assert _checks.avgpool2d_backward(np.zeros((2, 3, 4, 3), np.float32), x.shape, (2, 2), (2, 2)).pool_size == (2, 2)
+    argmax = np.zeros((2, 3, 4, 3), np.int64)
+    assert _checks.maxpool2d_backward(np.zeros((2, 3, 4, 3), np.float32), argmax, x.shape).argmax is argmax
+
+    p, g = np.zeros(3), np.ones(3)
+    adam = _checks.adam_update(p, g, np.zeros(3), np.zeros(3), 0.1, 0.9, 0.99, 1e-8, 4)
+    assert (adam.lr, adam.beta1, adam.beta2, adam.eps, adam.step) == (0.1, 0.9, 0.99, 1e-8, 4)
+    assert _checks.leaky_relu(p, 0.2).slope == 0.2
+    assert _checks.leaky_relu_backward(p, g, 0.2).upstream is g
+    assert _checks.matmul(np.zeros((2, 3)), np.zeros((3, 4))).b.shape == (3, 4)
+
+    rows, c = np.zeros((5, 3)), np.ones(3)
+    assert _checks.batchnorm_forward(rows, c, c, 1e-5).eps == 1e-5
+    assert _checks.batchnorm_backward(rows, rows, c, c, c, 1e-5).var is c
+    assert _checks.batchnorm_inference(rows, c, c, c, c, 1e-5).mean is c
