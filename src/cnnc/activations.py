@@ -28,13 +28,16 @@ class AbstractActivation:
     config_optional: tuple[str, ...] = ()
 
     def compute(self, x: Array) -> Array:
+        """f(x) elementwise, as a new array: x (the pre-activation z) is never written to."""
         raise NotImplementedError
 
     def deriv(self, x: Array) -> Array:
+        """f'(x) elementwise, the slope at each pre-activation value x."""
         raise NotImplementedError
 
     def backward(self, x: Array, upstream: Array) -> Array:
-        """The gradient w.r.t. z, given the gradient w.r.t. f(z): upstream * f'(z)."""
+        """The gradient w.r.t. z, given x = z and upstream, the gradient w.r.t. f(z):
+        upstream * f'(x)."""
         return upstream * self.deriv(x)
 
     def get_config(self) -> dict[str, Any]:
@@ -43,6 +46,7 @@ class AbstractActivation:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> AbstractActivation:
+        """The activation get_config described: config holds its constructor arguments."""
         return cls(**config)
 
     def __repr__(self) -> str:

@@ -77,7 +77,24 @@ class Layer:
         """Every array the layer holds, by name: params, then buffers (live, not copies)."""
         return {**self.params, **{name: getattr(self, name) for name in self.buffers}}
 
+    def forward(self, inputs: Array) -> tuple[Array, Array]:
+        """(z, a) for a batch of inputs (N, ...): the pre-activation z and the activation
+        a = f(z) (the same array for a layer without an activation). The layer keeps what
+        its backward pass needs."""
+        raise NotImplementedError
+
+    def backward(self, layer_err: Array) -> Array:
+        """dL/dinputs of the last forward pass, given layer_err = dL/dz, for the layer below."""
+        raise NotImplementedError
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        """The shape of one sample's output for one sample's input_shape (without N); an
+        input the layer cannot take is a ValueError saying what it expected."""
+        raise NotImplementedError
+
     def get_grad(self, inputs: Array, layer_err: Array) -> dict[str, Array]:
+        """The gradient of every parameter by name, given the inputs of the last forward
+        pass and layer_err = dL/dz ({} for a layer without parameters)."""
         return {}
 
     def commit_statistics(self) -> None:
@@ -88,7 +105,8 @@ class Layer:
         """Check and allocate what update(grads, lr) needs, changing no parameter."""
 
     def update(self, grads: dict[str, Array], lr: float) -> None:
-        pass
+        """One optimizer step at learning rate lr on every parameter, from grads (as
+        get_grad returns them)."""
 
     def __repr__(self) -> str:
         return type(self).__name__ + "()"
@@ -123,6 +141,8 @@ class ParametricLayer(Layer):
 
     @classmethod
     def from_config(cls, config: dict[str, Any], dtype: DTypeLike = None) -> Layer:
+        """The layer config describes, in dtype, its initializers zeros: loading fills its
+        arrays after, so it draws nothing from np.random."""
         return cls(**config, **{name: init.zeros for name in cls.initializers}, dtype=dtype)
 
     def _initial(self, initializer, shape, what):
@@ -177,11 +197,12 @@ class Conv(ParametricLayer):
 
     @classmethod
     def state_shapes(cls, config: dict[str, Any]) -> dict[str, Shape]:
+        """"w" (kh, kw, c_in, c_out) and "b" (c_out,), from config's fshape."""
         fshape = _checks.ints("Conv fshape (kh, kw, c_in, c_out)", config["fshape"], 4)
         return {"w": fshape, "b": (fshape[3],)}
 
     def pads(self, height: int, width: int) -> tuple[int, int, int, int]:
-        """Zero padding (top, bottom, left, right) for an input of this size."""
+        """Zero padding (top, bottom, left, right) for an input of this height and width."""
         if self.padding == "valid":
             return (0, 0, 0, 0)
         if self.padding == "same":
@@ -432,6 +453,7 @@ class FullyConnected(ParametricLayer):
 
     @classmethod
     def state_shapes(cls, config: dict[str, Any]) -> dict[str, Shape]:
+        """"w" (n_in, n_out) and "b" (n_out,), from config's shape."""
         n_in, n_out = _checks.ints("FullyConnected shape (n_in, n_out)", config["shape"], 2)
         return {"w": (n_in, n_out), "b": (n_out,)}
 
@@ -492,6 +514,7 @@ class BatchNorm(ParametricLayer):
 
     @classmethod
     def state_shapes(cls, config: dict[str, Any]) -> dict[str, Shape]:
+        """Scale, shift and both running statistics, (num_features,) each, from config."""
         shape = (_checks.integer("BatchNorm num_features", config["num_features"], 1, 2**31 - 1),)
         return {"w": shape, "b": shape, "running_mean": shape, "running_var": shape}
 

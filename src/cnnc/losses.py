@@ -98,9 +98,13 @@ class Loss:
     classification = True
 
     def compute(self, outputs: Array, labels: ArrayLike) -> float:
+        """The loss of the last layer's outputs (N, ...) against labels, a mean over the batch.
+        A label the loss cannot take is a ValueError saying what it expected."""
         raise NotImplementedError
 
     def deriv(self, outputs: Array, labels: ArrayLike) -> Array:
+        """d loss / d outputs, of the outputs' shape, for the same outputs and labels as
+        compute (the 1/N of the batch mean included)."""
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
@@ -109,6 +113,7 @@ class Loss:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Loss:
+        """The loss get_config described: config holds its constructor arguments."""
         return cls(**config)
 
     def __repr__(self) -> str:

@@ -41,14 +41,18 @@ class Optimizer:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Optimizer:
+        """The optimizer get_config described, with fresh state: config holds its
+        constructor arguments."""
         return cls(**config)
 
     def update(self, dx: Array, lr: float, key: Hashable = None) -> Array:
-        """The step for gradient dx of parameter `key`: the caller does w -= step."""
+        """The step for gradient dx of parameter `key` at learning rate lr: the caller does
+        w -= step. The optimizer's state for `key` advances by one update."""
         raise NotImplementedError
 
     def apply(self, param: Array, dx: Array, lr: float, key: Hashable = None) -> None:
-        """Update param in place from its gradient dx."""
+        """Update param in place from its gradient dx at learning rate lr (with weight decay,
+        which needs the weights, where the optimizer has it)."""
         param -= self.update(dx, lr, key)
 
     def prepare(self, dx: Array, key: Hashable = None) -> None:
