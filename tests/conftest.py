@@ -89,8 +89,13 @@ CONV_CASES = [
     (2, 16, 16, 64, 64, 5, 5, (2, 2), (2, 2, 2, 2)),
     (2, 8, 8, 64, 32, 1, 1, (1, 1), (0, 0, 0, 0)),
 ]
-CONV_IDS = [f"{n}x{h}x{w}x{c}-f{f}-k{kh}x{kw}-s{s[0]}{s[1]}-p{''.join(map(str, p))}"
-            for n, h, w, c, f, kh, kw, s, p in CONV_CASES]
+# The cases of the most products, run with the slow tests only.
+SLOW_CONV_CASES = {(2, 32, 32, 32, 32, 3, 3, (1, 1), (1, 1, 1, 1)),
+                   (2, 16, 16, 32, 64, 3, 3, (1, 1), (1, 1, 1, 1)),
+                   (2, 16, 16, 64, 64, 5, 5, (2, 2), (2, 2, 2, 2))}
+CONV_PARAMS = [pytest.param(case, id=f"{n}x{h}x{w}x{c}-f{f}-k{kh}x{kw}-s{s[0]}{s[1]}-p{''.join(map(str, p))}",
+                            marks=[pytest.mark.slow] if case in SLOW_CONV_CASES else [])
+               for case in CONV_CASES for n, h, w, c, f, kh, kw, s, p in [case]]
 
 
 def conv_inputs(case, dtype, seed):

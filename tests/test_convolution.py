@@ -7,12 +7,12 @@ import pytest
 from cnnc import Conv
 
 from . import reference
-from .conftest import (CONV_CASES, CONV_IDS, DTYPES, assert_close, conv_inputs, filters_from_torch,
+from .conftest import (CONV_PARAMS, DTYPES, assert_close, conv_inputs, filters_from_torch,
                        filters_to_torch, nhwc_to_torch, torch_to_nhwc)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+@pytest.mark.parametrize("case", CONV_PARAMS)
 def test_conv2d_and_its_gradients_match_the_reference(backend, case, dtype):
     x, w, b, dy = conv_inputs(case, dtype, seed=1)
     stride, padding = case[7], case[8]

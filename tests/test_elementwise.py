@@ -40,8 +40,9 @@ def test_leaky_relu_keeps_an_infinite_input_at_slope_0(implementation):
 LAYOUTS = ["plain", "a_transposed", "b_transposed", "both_transposed", "strided"]
 
 
-@pytest.mark.parametrize("shape", [(301, 203, 157), (50, 256, 1152), (3, 900, 1000),
-                                   (257, 1152, 256), (7, 3, 2)])
+@pytest.mark.parametrize("shape", [(301, 203, 157), (7, 3, 2)] + [
+    pytest.param(shape, marks=pytest.mark.slow)
+    for shape in [(50, 256, 1152), (3, 900, 1000), (257, 1152, 256)]])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matmul_matches_the_reference(implementation, dtype, shape):
     """Large enough for the threaded BLAS path (and one tiny case for NumPy's); operands

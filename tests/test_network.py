@@ -513,6 +513,7 @@ def test_network_without_parameters_uses_the_default_dtype():
 
 # ============================================================================ fit, summary
 
+@pytest.mark.slow
 def test_fit_on_the_bundled_mnist_sample_beats_90_percent_on_its_held_out_part():
     (x_train, y_train), (x_test, y_test) = cnnc.datasets.mnist_sample()
     np.random.seed(0)
@@ -670,6 +671,7 @@ def interrupt_fits_at_random_moments(trials, seed=0):
     print(" ".join(map(str, landed)))
 
 
+@pytest.mark.slow
 def test_an_interrupt_leaves_the_network_before_or_after_a_whole_step():
     """Ctrl-C at 40 random moments of fit, each in a fresh process state (a subprocess, so a
     stray SIGINT cannot reach the test runner)."""
