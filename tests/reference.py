@@ -5,6 +5,8 @@ function says otherwise. Layout as in the kernels: NHWC images, (kh, kw, C, F) f
 stride (sh, sw), padding (top, bottom, left, right)."""
 import numpy as np
 
+from .conftest import out_size
+
 
 def _padded(x, padding):
     top, bottom, left, right = padding
@@ -12,7 +14,7 @@ def _padded(x, padding):
 
 
 def _out_hw(size_hw, window, stride):
-    return tuple((size - k) // s + 1 for size, k, s in zip(size_hw, window, stride))
+    return tuple(out_size(size, k, s) for size, k, s in zip(size_hw, window, stride))
 
 
 def _under_offset(a, r, q, stride, out_hw):

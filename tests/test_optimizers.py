@@ -432,7 +432,7 @@ def test_adam_update_matches_the_reference_over_ten_steps(implementation, dtype,
             implementation.adam_update(param, grad, m, v, *hyper, step)
             np.testing.assert_array_equal(grad, grad_before)
             for got, want in zip((param, m, v), expected):
-                assert_close(got, want, dtype, 1e-6 if dtype == np.float32 else None)
+                assert_close(got, want, dtype)
         if hyper[0] == 0.0:
             np.testing.assert_array_equal(param, start)
         else:
