@@ -62,21 +62,13 @@ def cnnc_without_extension(tmp_path):
     return tmp_path
 
 
-def compiled_is_built():
-    try:
-        from cnnc import _kernels  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def test_kernels_module_exposes_exactly_the_kernel_functions():
     public = {name for name in dir(kernels) if not name.startswith("_") and callable(getattr(kernels, name))}
     assert public == KERNEL_NAMES
 
 
 def test_backend_reports_the_module_in_use():
-    expected = "compiled" if compiled_is_built() and os.environ.get("CNNC_BACKEND") != "numpy" else "numpy"
+    expected = "compiled" if BASELINE is not None and os.environ.get("CNNC_BACKEND") != "numpy" else "numpy"
     assert cnnc.backend() == expected
 
 
@@ -89,7 +81,7 @@ def test_numpy_backend_can_be_forced():
 def test_auto_takes_the_compiled_kernels_when_built():
     result = run_with_backend("auto")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ("compiled" if compiled_is_built() else "numpy")
+    assert result.stdout.strip() == ("compiled" if BASELINE is not None else "numpy")
 
 
 @pytest.mark.slow
@@ -140,7 +132,7 @@ def test_numpy_chosen_explicitly_gives_no_warning(tmp_path):
     assert "Warning" not in result.stderr
 
 
-@pytest.mark.skipif(not compiled_is_built(), reason="the compiled extension is not built here")
+@needs_compiled
 def test_compiled_backend_runs_when_built():
     result = run_with_backend("compiled")
     assert result.returncode == 0, result.stderr
@@ -155,25 +147,16 @@ def test_unknown_backend_is_refused(value):
     assert "CNNC_BACKEND must be" in result.stderr and value in result.stderr
 
 
-def avx2_runs_here():
-    """Whether the AVX2 build is built and this CPU runs it."""
-    try:
-        from cnnc import _kernels, _kernels_avx2  # noqa: F401
-    except ImportError:
-        return False
-    return _kernels._cpu_has_avx2_fma()
-
-
-@pytest.mark.skipif(not compiled_is_built(), reason="the compiled extension is not built here")
+@needs_compiled
 @pytest.mark.parametrize("backend", ["auto", "compiled"])
 def test_the_avx2_build_runs_where_the_cpu_has_avx2_and_fma(backend):
     result = run_with_backend(backend, PRINT_IMPLEMENTATION)
     assert result.returncode == 0, result.stderr
-    expected = "cnnc._kernels_avx2" if avx2_runs_here() else "cnnc._kernels"
+    expected = "cnnc._kernels_avx2" if AVX2 is not None else "cnnc._kernels"
     assert result.stdout.strip() == expected
 
 
-@pytest.mark.skipif(not compiled_is_built(), reason="the compiled extension is not built here")
+@needs_compiled
 def test_cnnc_avx2_0_keeps_the_baseline_build():
     result = run_with_backend("compiled", PRINT_IMPLEMENTATION, avx2="0")
     assert result.returncode == 0, result.stderr
@@ -227,7 +210,7 @@ print("children agree with the parent")
 def compiled_has_openmp():
     """Whether the compiled extension runs its loops on several threads (its compiler had
     OpenMP): a build without asks for two threads and is told one."""
-    if not compiled_is_built():
+    if BASELINE is None:
         return False
     from cnnc import _kernels
     before = _kernels.get_num_threads()
