@@ -203,7 +203,7 @@ def backend(request):
 
 @pytest.fixture(params=IMPLEMENTATIONS)
 def implementation(request):
-    """Each kernel module, on its default convolution path."""
+    """Each kernel module once, its convolution path left as it is."""
     return request.param
 
 
