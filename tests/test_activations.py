@@ -1,4 +1,5 @@
-"""Activations: derivatives, no mutation of inputs, dtypes, kinks, saturation, subclasses."""
+"""Activations: derivatives, no mutation of inputs, dtypes, kinks, saturation, subclasses;
+and against PyTorch where it is installed."""
 import warnings
 
 import numpy as np
@@ -8,6 +9,7 @@ import cnnc
 from cnnc import activations, leaky_relu, linear, relu, sigmoid, tanh
 from cnnc.activations import AbstractActivation, LeakyReLU, Linear, ReLU, Sigmoid, Tanh
 
+from .conftest import DTYPES
 from .gradcheck import assert_grad_close, numerical_grad
 
 INSTANCES = {
@@ -250,3 +252,77 @@ def test_get_refuses_an_unknown_name_listing_the_known_ones():
 def test_get_refuses_what_is_not_an_activation(value):
     with pytest.raises(ValueError, match="activation must be an activation.*AbstractActivation.*'relu'"):
         activations.get(value)
+
+
+# ---------------------------------------------------------------- PyTorch
+
+def torch_twins(torch):
+    """Each activation with the torch function computing it."""
+    return {"relu": (relu, torch.nn.functional.relu),
+            "leaky_relu": (leaky_relu, lambda t: torch.nn.functional.leaky_relu(t, negative_slope=0.01)),
+            "sigmoid": (sigmoid, torch.sigmoid),
+            "tanh": (tanh, torch.tanh)}
+
+
+def _activation_inputs(dtype, rng):
+    special = [0.0, -0.0, 1e-30, -1e-30, 1.0, -1.0, 20.0, -20.0, 50.0, -50.0,
+               100.0, -100.0, 1000.0, -1000.0]
+    z = np.concatenate([special, rng.normal(scale=3.0, size=60)]).astype(dtype)
+    return z.reshape(2, 37)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["relu", "leaky_relu", "sigmoid", "tanh"])
+def test_activation_compute_backward_deriv_match_torch(torch, name, dtype):
+    ours, theirs = torch_twins(torch)[name]
+    rng = np.random.default_rng(3)
+    z = _activation_inputs(dtype, rng)
+    z_before = z.copy()
+    upstream = rng.normal(size=z.shape).astype(dtype)
+    rtol = 1e-13 if dtype == np.float64 else 1e-6
+
+    tz = torch.from_numpy(z.copy()).requires_grad_(True)
+    ta = theirs(tz)
+    ta.backward(torch.from_numpy(upstream))
+    tz1 = torch.from_numpy(z.copy()).requires_grad_(True)
+    theirs(tz1).backward(torch.ones_like(tz1))
+
+    a = ours.compute(z)
+    dz = ours.backward(z, upstream)
+    d = ours.deriv(z)
+    np.testing.assert_array_equal(z, z_before)  # never written into
+    # f'(z) = s(1 - s) or 1 - t^2 cancels where |f| nears 1: there both libraries are
+    # only good to a few ulps of 1, so the floor is absolute, in ulps of the upstream scale
+    eps = np.finfo(dtype).eps
+    checks = (
+        (a, ta.detach().numpy(), np.finfo(dtype).tiny),
+        (dz, tz.grad.numpy(), 4 * eps * float(np.abs(upstream).max())),
+        (d, tz1.grad.numpy(), 4 * eps),
+    )
+    for got, want, atol in checks:
+        assert got.shape == want.shape
+        assert got.dtype == np.dtype(dtype)
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_edge_values_exact(torch, dtype):
+    z = np.array([0.0, -1000.0, 1000.0, 2.0, -2.0], dtype=dtype)
+    one = np.ones_like(z)
+    # slope at exactly 0: relu 0 and leaky relu 0.01, as torch's backward
+    twins = torch_twins(torch)
+    for ours, theirs in (twins["relu"], twins["leaky_relu"]):
+        tz = torch.from_numpy(z.copy()).requires_grad_(True)
+        theirs(tz).backward(torch.ones_like(tz))
+        np.testing.assert_array_equal(ours.deriv(z), tz.grad.numpy())
+        np.testing.assert_array_equal(ours.backward(z, one), tz.grad.numpy())
+        np.testing.assert_array_equal(ours.compute(z), theirs(torch.from_numpy(z)).numpy())
+    assert relu.deriv(z)[0] == 0
+    assert leaky_relu.deriv(z)[0] == np.dtype(dtype).type(0.01)
+    with np.errstate(over="raise"):  # exp must not overflow at -1000
+        s = sigmoid.compute(z)
+        ds = sigmoid.deriv(z)
+    assert s[1] == 0 and s[2] == 1 and s[0] == 0.5
+    assert ds[0] == 0.25 and ds[1] == 0 and ds[2] == 0
+    np.testing.assert_array_equal(s[:3], torch.sigmoid(torch.from_numpy(z)).numpy()[:3])

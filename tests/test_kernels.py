@@ -1,4 +1,12 @@
-"""The backend choice in cnnc.kernels (made at import, so each case runs in a fresh process)."""
+"""cnnc.kernels and the kernel modules as a whole: the backend choice (made at import, so
+each case runs in a fresh process), threads and fork safety, the convolution path switch,
+the names every module defines alike, the validation every kernel does at its entry
+(bad calls raise ValueError or TypeError and change nothing, zero sizes, scalars,
+read-only and non-contiguous inputs), memory_pool, and the two compiled builds computing
+the same bits. What each kernel computes is tested with its op (test_convolution,
+test_pooling, test_batchnorm, test_elementwise, test_optimizers)."""
+import importlib
+import inspect
 import os
 import shutil
 import signal
@@ -12,16 +20,34 @@ import pytest
 import cnnc
 from cnnc import _checks, _numpy_kernels, kernels
 
+from .calls import (ALIASED, adam, arr, avgb, avgf, bnb, bnf, bni, fwd, gin, gpar, leaky, leaky_back, mm,
+                    pbwd, pfwd, readonly, run, valid_argmax)
+from .conftest import AVX2, BASELINE, DTYPES, IMPLEMENTATIONS, out_size
+
 PRINT_IMPLEMENTATION = "from cnnc import kernels; print(kernels.IMPLEMENTATION)"
-KERNEL_NAMES = {"conv2d_forward", "conv2d_grad_input", "conv2d_grad_params", "maxpool2d_forward",
-                "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward", "batchnorm_forward",
-                "batchnorm_backward", "batchnorm_inference", "adam_update", "matmul", "leaky_relu",
-                "leaky_relu_backward", "memory_pool", "set_num_threads", "get_num_threads"}
+KERNEL_FUNCTIONS = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_params",
+                    "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward",
+                    "avgpool2d_backward", "batchnorm_forward", "batchnorm_backward",
+                    "batchnorm_inference", "adam_update", "matmul", "leaky_relu",
+                    "leaky_relu_backward")
+# Besides the kernels: memory_pool() is a context manager (a NumPy allocator on the
+# compiled backend, a plain block on NumPy), and the thread count and convolution path
+# are set and told.
+OTHER_CALLABLES = {"memory_pool", "set_num_threads", "get_num_threads", "set_conv_path",
+                   "get_conv_path"}
+KERNEL_NAMES = set(KERNEL_FUNCTIONS) | OTHER_CALLABLES
+# Every kernel module here, and the compiled build cnnc.kernels runs (else the baseline one).
+MODULES = [parameter.values[0] for parameter in IMPLEMENTATIONS]
+COMPILED = importlib.import_module(kernels.IMPLEMENTATION) if kernels.BACKEND == "compiled" else BASELINE
+needs_compiled = pytest.mark.skipif(COMPILED is None, reason="the compiled extension is not built here")
 
 
-def run_with_backend(value, code="import cnnc; print(cnnc.backend())", avx2="1", package_dir=None):
+def run_with_backend(value, code="import cnnc; print(cnnc.backend())", avx2="1", package_dir=None,
+                     conv_path=None):
     """Run code in a fresh interpreter; package_dir, when given, holds the cnnc it imports."""
     env = dict(os.environ, CNNC_BACKEND=value, CNNC_AVX2=avx2)
+    if conv_path is not None:
+        env["CNNC_CONV_PATH"] = conv_path
     if package_dir is not None:
         env["PYTHONPATH"] = str(package_dir)
     return subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, cwd=package_dir,
@@ -36,22 +62,13 @@ def cnnc_without_extension(tmp_path):
     return tmp_path
 
 
-def compiled_is_built():
-    try:
-        from cnnc import _kernels  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def test_kernels_module_exposes_exactly_the_kernel_functions():
     public = {name for name in dir(kernels) if not name.startswith("_") and callable(getattr(kernels, name))}
     assert public == KERNEL_NAMES
-    assert KERNEL_NAMES <= set(dir(_numpy_kernels))
 
 
 def test_backend_reports_the_module_in_use():
-    expected = "compiled" if compiled_is_built() and os.environ.get("CNNC_BACKEND") != "numpy" else "numpy"
+    expected = "compiled" if BASELINE is not None and os.environ.get("CNNC_BACKEND") != "numpy" else "numpy"
     assert cnnc.backend() == expected
 
 
@@ -64,9 +81,10 @@ def test_numpy_backend_can_be_forced():
 def test_auto_takes_the_compiled_kernels_when_built():
     result = run_with_backend("auto")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ("compiled" if compiled_is_built() else "numpy")
+    assert result.stdout.strip() == ("compiled" if BASELINE is not None else "numpy")
 
 
+@pytest.mark.slow
 def test_compiled_without_the_extension_is_an_import_error_saying_how_to_build(tmp_path):
     result = run_with_backend("compiled", package_dir=cnnc_without_extension(tmp_path))
     assert result.returncode != 0
@@ -74,6 +92,7 @@ def test_compiled_without_the_extension_is_an_import_error_saying_how_to_build(t
     assert "no compiled extension" in result.stderr
 
 
+@pytest.mark.slow
 def test_auto_without_the_extension_runs_on_numpy_and_says_why(tmp_path):
     result = run_with_backend("auto", package_dir=cnnc_without_extension(tmp_path))
     assert result.returncode == 0, result.stderr
@@ -82,6 +101,7 @@ def test_auto_without_the_extension_runs_on_numpy_and_says_why(tmp_path):
     assert "circular import" not in result.stderr
 
 
+@pytest.mark.slow
 def test_the_warning_gives_the_reason_the_build_recorded(tmp_path):
     package_dir = cnnc_without_extension(tmp_path)
     (package_dir / "cnnc" / "_build_failure.txt").write_text(
@@ -91,6 +111,7 @@ def test_the_warning_gives_the_reason_the_build_recorded(tmp_path):
     assert "the build could not make them: the C compiler (cc) cannot compile" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["auto", "compiled"])
 def test_an_extension_that_does_not_load_is_named_with_its_error(tmp_path, backend):
     package_dir = cnnc_without_extension(tmp_path)
@@ -104,19 +125,21 @@ def test_an_extension_that_does_not_load_is_named_with_its_error(tmp_path, backe
         assert result.returncode != 0 and "ImportError" in result.stderr
 
 
+@pytest.mark.slow
 def test_numpy_chosen_explicitly_gives_no_warning(tmp_path):
     result = run_with_backend("numpy", package_dir=cnnc_without_extension(tmp_path))
     assert result.returncode == 0 and result.stdout.strip() == "numpy"
     assert "Warning" not in result.stderr
 
 
-@pytest.mark.skipif(not compiled_is_built(), reason="the compiled extension is not built here")
+@needs_compiled
 def test_compiled_backend_runs_when_built():
     result = run_with_backend("compiled")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "compiled"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["fast", "gpu"])
 def test_unknown_backend_is_refused(value):
     result = run_with_backend(value)
@@ -124,25 +147,16 @@ def test_unknown_backend_is_refused(value):
     assert "CNNC_BACKEND must be" in result.stderr and value in result.stderr
 
 
-def avx2_runs_here():
-    """Whether the AVX2 build is built and this CPU runs it."""
-    try:
-        from cnnc import _kernels, _kernels_avx2  # noqa: F401
-    except ImportError:
-        return False
-    return _kernels._cpu_has_avx2_fma()
-
-
-@pytest.mark.skipif(not compiled_is_built(), reason="the compiled extension is not built here")
+@needs_compiled
 @pytest.mark.parametrize("backend", ["auto", "compiled"])
 def test_the_avx2_build_runs_where_the_cpu_has_avx2_and_fma(backend):
     result = run_with_backend(backend, PRINT_IMPLEMENTATION)
     assert result.returncode == 0, result.stderr
-    expected = "cnnc._kernels_avx2" if avx2_runs_here() else "cnnc._kernels"
+    expected = "cnnc._kernels_avx2" if AVX2 is not None else "cnnc._kernels"
     assert result.stdout.strip() == expected
 
 
-@pytest.mark.skipif(not compiled_is_built(), reason="the compiled extension is not built here")
+@needs_compiled
 def test_cnnc_avx2_0_keeps_the_baseline_build():
     result = run_with_backend("compiled", PRINT_IMPLEMENTATION, avx2="0")
     assert result.returncode == 0, result.stderr
@@ -196,7 +210,7 @@ print("children agree with the parent")
 def compiled_has_openmp():
     """Whether the compiled extension runs its loops on several threads (its compiler had
     OpenMP): a build without asks for two threads and is told one."""
-    if not compiled_is_built():
+    if BASELINE is None:
         return False
     from cnnc import _kernels
     before = _kernels.get_num_threads()
@@ -209,6 +223,7 @@ def compiled_has_openmp():
 FORK_TIMEOUT = 120   # seconds; the work takes about one
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
 @pytest.mark.parametrize("backend", ["auto", "numpy"])
 def test_forked_children_compute_what_the_parent_computed(backend):
@@ -244,6 +259,7 @@ print(min(idle))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not compiled_has_openmp(), reason="no OpenMP threads: the extension is not "
                     "built, or its compiler had no OpenMP")
 @pytest.mark.parametrize("policy, most, least", [(None, 0.002, 0.0), ("ACTIVE", None, 0.1)],
@@ -294,6 +310,7 @@ def test_a_bad_cnnc_num_threads_is_a_value_error_naming_it(value, monkeypatch):
         _checks.thread_count("CNNC_NUM_THREADS")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["auto", "numpy"])
 def test_a_bad_cnnc_num_threads_stops_the_import(backend):
     env = dict(os.environ, CNNC_BACKEND=backend, CNNC_NUM_THREADS="0")
@@ -405,6 +422,7 @@ def test_a_containers_cpu_quota_is_read_from_its_cgroup(tmp_path, files, cores):
     assert _checks.cpu_quota(str(tmp_path)) == cores
 
 
+@pytest.mark.slow
 def test_the_default_thread_count_is_at_most_the_cores_this_process_may_use():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     quota = _checks.cpu_quota()
@@ -414,3 +432,859 @@ def test_the_default_thread_count_is_at_most_the_cores_this_process_may_use():
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert 1 <= int(done.stdout) <= _checks.cores_available()
+
+
+# ================================================================ what the modules hold
+
+def public_functions(module):
+    return {name for name, value in vars(module).items()
+            if not name.startswith("_") and callable(value)
+            and getattr(value, "__module__", None) == module.__name__}
+
+
+def test_kernels_module_functions_come_from_one_backend():
+    assert kernels.BACKEND in ("compiled", "numpy")
+    backend = importlib.import_module(kernels.IMPLEMENTATION)
+    for name in sorted(KERNEL_NAMES):
+        assert getattr(kernels, name) is getattr(backend, name)
+
+
+def test_every_module_defines_the_same_public_functions():
+    for module in MODULES:
+        assert public_functions(module) == KERNEL_NAMES, module.__name__
+        for name in KERNEL_NAMES:
+            assert getattr(module, name).__name__ == name
+
+
+@pytest.mark.parametrize("name", sorted(KERNEL_NAMES))
+def test_twin_functions_have_the_same_signature_and_docstrings(name):
+    signatures = {module.__name__: inspect.signature(getattr(module, name)) for module in MODULES}
+    assert len(set(signatures.values())) == 1, signatures
+    for function in [getattr(module, name) for module in MODULES] + [getattr(kernels, name)]:
+        assert function.__doc__ and function.__doc__.strip()
+
+
+def test_modules_have_docstrings():
+    for module in [kernels] + MODULES:
+        assert module.__doc__ and module.__doc__.strip()
+
+
+# ================================================================ the convolution path
+
+def test_the_conv_path_is_set_and_told(implementation):
+    before = implementation.get_conv_path()
+    try:
+        for path in ("direct", "matmul", "auto"):
+            implementation.set_conv_path(path)
+            assert implementation.get_conv_path() == path
+    finally:
+        implementation.set_conv_path(before)
+
+
+@pytest.mark.parametrize("bad", ["fast", "", "AUTO", " auto", None, 1, b"auto", ("auto",)])
+def test_an_unknown_conv_path_is_a_value_error_naming_the_choices(implementation, bad):
+    before = implementation.get_conv_path()
+    with pytest.raises(ValueError, match="^the convolution path must be one of 'auto', 'direct', "
+                                         "'gemm', 'matmul', got "):
+        implementation.set_conv_path(bad)
+    assert implementation.get_conv_path() == before
+
+
+def test_gemm_is_taken_where_numpy_ships_openblas_and_refused_by_name_elsewhere(implementation):
+    """Never another path in its place: the NumPy kernels, which have one path, take the
+    name; a compiled build takes it, or refuses it saying why, and keeps its path."""
+    before = implementation.get_conv_path()
+    try:
+        implementation.set_conv_path("gemm")
+    except ValueError as error:
+        assert implementation is not _numpy_kernels
+        assert "'gemm' calls the OpenBLAS of NumPy's wheel" in str(error)
+        assert implementation.get_conv_path() == before
+    else:
+        assert implementation.get_conv_path() == "gemm"
+        assert implementation is _numpy_kernels or numpy_ships_openblas()
+    finally:
+        implementation.set_conv_path(before)
+
+
+@pytest.mark.parametrize("backend_name", ["auto", "numpy"])
+def test_cnnc_conv_path_sets_the_first_path(backend_name):
+    result = run_with_backend(backend_name, "from cnnc import kernels; print(kernels.get_conv_path())",
+                              conv_path=" Direct ")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "direct"
+
+
+def test_a_bad_cnnc_conv_path_stops_the_import_naming_it():
+    result = run_with_backend("auto", conv_path="fastest")
+    assert result.returncode != 0
+    assert ("ValueError: CNNC_CONV_PATH: the convolution path must be one of 'auto', 'direct', "
+            "'gemm', 'matmul', got 'fastest'") in result.stderr
+
+
+# ================================================================ validation common to all kernels
+
+BAD_CALLS = {
+    # matmul
+    "matmul-a-1d": lambda: mm(a=arr(4)),
+    "matmul-b-3d": lambda: mm(b=arr(4, 3, 1)),
+    "matmul-inner-mismatch": lambda: mm(b=arr(5, 3)),
+    "matmul-mixed-dtypes": lambda: mm(b=arr(4, 3, dtype=np.float32)),
+    "matmul-int": lambda: mm(a=np.ones((5, 4), np.int64)),
+    "matmul-list": lambda: mm(a=[[1.0] * 4] * 5),
+    # leaky_relu and its backward
+    "leaky-x-list": lambda: leaky(x=[1.0, -1.0]),
+    "leaky-x-int": lambda: leaky(x=np.ones(4, np.int64)),
+    "leaky-slope-negative": lambda: leaky(slope=-0.1),
+    "leaky-slope-above-1": lambda: leaky(slope=1.5),
+    "leaky-slope-nan": lambda: leaky(slope=float("nan")),
+    "leaky-back-upstream-shape": lambda: leaky_back(upstream=arr(2, 3, 5)),
+    "leaky-back-upstream-dtype": lambda: leaky_back(upstream=arr(2, 3, 4, dtype=np.float32)),
+    "leaky-back-upstream-ndim": lambda: leaky_back(upstream=arr(24)),
+    # conv2d_forward
+    "fwd-x-3d": lambda: fwd(x=arr(7, 9, 3)),
+    "fwd-x-5d": lambda: fwd(x=arr(1, 2, 7, 9, 3)),
+    "fwd-w-3d": lambda: fwd(w=arr(3, 3, 3)),
+    "fwd-b-2d": lambda: fwd(b=arr(1, 4)),
+    "fwd-x-float16": lambda: fwd(x=arr(2, 7, 9, 3, dtype=np.float16)),
+    "fwd-x-int64": lambda: fwd(x=np.ones((2, 7, 9, 3), np.int64)),
+    "fwd-x-int32": lambda: fwd(x=np.ones((2, 7, 9, 3), np.int32)),
+    "fwd-w-float16": lambda: fwd(w=arr(3, 3, 3, 4, dtype=np.float16)),
+    "fwd-x-complex": lambda: fwd(x=arr(2, 7, 9, 3).astype(np.complex128)),
+    "fwd-x32-w64": lambda: fwd(x=arr(2, 7, 9, 3, dtype=np.float32)),
+    "fwd-x64-w32": lambda: fwd(w=arr(3, 3, 3, 4, dtype=np.float32)),
+    "fwd-b32": lambda: fwd(b=arr(4, dtype=np.float32)),
+    "fwd-w-channels": lambda: fwd(w=arr(3, 3, 2, 4)),
+    "fwd-b-short": lambda: fwd(b=arr(3)),
+    "fwd-b-long": lambda: fwd(b=arr(5)),
+    "fwd-w-zero-filters": lambda: fwd(w=arr(3, 3, 3, 0), b=arr(0)),
+    "fwd-x-zero-height": lambda: fwd(x=arr(2, 0, 9, 3)),
+    "fwd-x-zero-channels": lambda: fwd(x=arr(2, 7, 9, 0), w=arr(3, 3, 0, 4)),
+    "fwd-stride-0": lambda: fwd(stride=(0, 1)),
+    "fwd-stride-negative": lambda: fwd(stride=(1, -1)),
+    "fwd-stride-1-long": lambda: fwd(stride=(1,)),
+    "fwd-stride-3-long": lambda: fwd(stride=(1, 1, 1)),
+    "fwd-stride-int": lambda: fwd(stride=1),
+    "fwd-stride-float": lambda: fwd(stride=(1.0, 1)),
+    "fwd-stride-None": lambda: fwd(stride=None),
+    "fwd-padding-negative": lambda: fwd(padding=(1, 1, -1, 1)),
+    "fwd-padding-2-long": lambda: fwd(padding=(1, 1)),
+    "fwd-window-too-tall": lambda: fwd(w=arr(10, 3, 3, 4)),
+    "fwd-window-too-wide": lambda: fwd(w=arr(3, 12, 3, 4)),
+    "fwd-window-too-big-unpadded": lambda: fwd(w=arr(8, 3, 3, 4), padding=(0, 0, 0, 0)),
+    "fwd-x-list": lambda: fwd(x=arr(2, 7, 9, 3).tolist()),
+    "fwd-w-list": lambda: fwd(w=arr(3, 3, 3, 4).tolist()),
+    "fwd-b-list": lambda: fwd(b=[0.0, 0.0, 0.0, 0.0]),
+    "fwd-x-None": lambda: fwd(x=None),
+    # conv2d_grad_input
+    "gin-dy-wrong-width": lambda: gin(dy=arr(2, 7, 8, 4)),
+    "gin-dy-wrong-height": lambda: gin(dy=arr(2, 8, 9, 4)),
+    "gin-dy-wrong-filters": lambda: gin(dy=arr(2, 7, 9, 5)),
+    "gin-dy-wrong-batch": lambda: gin(dy=arr(3, 7, 9, 4)),
+    "gin-dy-3d": lambda: gin(dy=arr(7, 9, 4)),
+    "gin-dy-int": lambda: gin(dy=np.ones((2, 7, 9, 4), np.int64)),
+    "gin-dy-float16": lambda: gin(dy=arr(2, 7, 9, 4, dtype=np.float16)),
+    "gin-dy32-w64": lambda: gin(dy=arr(2, 7, 9, 4, dtype=np.float32)),
+    "gin-w-3d": lambda: gin(w=arr(3, 3, 3)),
+    "gin-input-shape-3-long": lambda: gin(input_shape=(7, 9, 3)),
+    "gin-input-shape-5-long": lambda: gin(input_shape=(2, 7, 9, 3, 1)),
+    "gin-input-shape-zero-height": lambda: gin(input_shape=(2, 0, 9, 3)),
+    "gin-input-shape-zero-batch": lambda: gin(input_shape=(0, 7, 9, 3), dy=arr(0, 7, 9, 4)),
+    "gin-input-shape-negative": lambda: gin(input_shape=(2, -7, 9, 3)),
+    "gin-input-shape-float": lambda: gin(input_shape=(2, 7.0, 9, 3)),
+    "gin-input-shape-channels": lambda: gin(input_shape=(2, 7, 9, 2)),
+    "gin-stride-0": lambda: gin(stride=(1, 0)),
+    "gin-padding-negative": lambda: gin(padding=(-1, 0, 0, 0)),
+    "gin-window-too-big": lambda: gin(w=arr(8, 3, 3, 4), padding=(0, 0, 0, 0)),
+    "gin-dy-list": lambda: gin(dy=arr(2, 7, 9, 4).tolist()),
+    # conv2d_grad_params
+    "gpar-dy-wrong-width": lambda: gpar(dy=arr(2, 7, 8, 4)),
+    "gpar-dy-wrong-batch": lambda: gpar(dy=arr(3, 7, 9, 4)),
+    "gpar-dy-3d": lambda: gpar(dy=arr(7, 9, 4)),
+    "gpar-x-3d": lambda: gpar(x=arr(7, 9, 3)),
+    "gpar-x-float16": lambda: gpar(x=arr(2, 7, 9, 3, dtype=np.float16)),
+    "gpar-dy-int": lambda: gpar(dy=np.ones((2, 7, 9, 4), np.int32)),
+    "gpar-x64-dy32": lambda: gpar(dy=arr(2, 7, 9, 4, dtype=np.float32)),
+    "gpar-kernel-size-3-long": lambda: gpar(kernel_size=(3, 3, 3)),
+    "gpar-kernel-size-0": lambda: gpar(kernel_size=(0, 3)),
+    "gpar-kernel-too-big": lambda: gpar(kernel_size=(10, 3)),
+    "gpar-stride-negative": lambda: gpar(stride=(-1, 1)),
+    "gpar-padding-negative": lambda: gpar(padding=(0, 0, 0, -2)),
+    "gpar-x-zero-width": lambda: gpar(x=arr(2, 7, 0, 3)),
+    "gpar-dy-list": lambda: gpar(dy=arr(2, 7, 9, 4).tolist()),
+    # maxpool2d_forward
+    "pfwd-x-3d": lambda: pfwd(x=arr(7, 9, 3)),
+    "pfwd-x-float16": lambda: pfwd(x=arr(2, 7, 9, 3, dtype=np.float16)),
+    "pfwd-x-int": lambda: pfwd(x=np.ones((2, 7, 9, 3), np.int64)),
+    "pfwd-x-bool": lambda: pfwd(x=np.ones((2, 7, 9, 3), bool)),
+    "pfwd-pool-0": lambda: pfwd(pool_size=(0, 2)),
+    "pfwd-pool-negative": lambda: pfwd(pool_size=(2, -2)),
+    "pfwd-pool-3-long": lambda: pfwd(pool_size=(2, 2, 2)),
+    "pfwd-stride-0": lambda: pfwd(stride=(2, 0)),
+    "pfwd-stride-negative": lambda: pfwd(stride=(-2, 2)),
+    "pfwd-stride-1-long": lambda: pfwd(stride=(2,)),
+    "pfwd-window-too-tall": lambda: pfwd(pool_size=(8, 2)),
+    "pfwd-window-too-wide": lambda: pfwd(pool_size=(2, 10)),
+    "pfwd-x-zero-height": lambda: pfwd(x=arr(2, 0, 9, 3)),
+    "pfwd-x-zero-channels": lambda: pfwd(x=arr(2, 7, 9, 0)),
+    "pfwd-x-list": lambda: pfwd(x=arr(2, 7, 9, 3).tolist()),
+    # maxpool2d_backward
+    "pbwd-argmax-int32": lambda: pbwd(argmax=valid_argmax().astype(np.int32)),
+    "pbwd-argmax-uint64": lambda: pbwd(argmax=valid_argmax().astype(np.uint64)),
+    "pbwd-argmax-float": lambda: pbwd(argmax=valid_argmax().astype(np.float64)),
+    "pbwd-argmax-wrong-channels": lambda: pbwd(argmax=valid_argmax((2, 3, 4, 2))),
+    "pbwd-argmax-wrong-width": lambda: pbwd(argmax=valid_argmax((2, 3, 5, 3))),
+    "pbwd-argmax-3d": lambda: pbwd(argmax=valid_argmax((2, 12, 3))),
+    "pbwd-argmax-negative": lambda: pbwd(argmax=np.where(valid_argmax() == 5, -1, valid_argmax())),
+    "pbwd-argmax-equal-plane": lambda: pbwd(argmax=np.where(valid_argmax() == 5, 63, valid_argmax())),
+    "pbwd-argmax-huge": lambda: pbwd(argmax=np.where(valid_argmax() == 5, 2**40, valid_argmax())),
+    "pbwd-argmax-int64-min": lambda: pbwd(
+        argmax=np.where(valid_argmax() == 5, np.iinfo(np.int64).min, valid_argmax())),
+    "pbwd-argmax-list": lambda: pbwd(argmax=valid_argmax().tolist()),
+    "pbwd-dy-float16": lambda: pbwd(dy=arr(2, 3, 4, 3, dtype=np.float16)),
+    "pbwd-dy-int": lambda: pbwd(dy=np.ones((2, 3, 4, 3), np.int64)),
+    "pbwd-dy-3d": lambda: pbwd(dy=arr(3, 4, 3), argmax=valid_argmax((3, 4, 3))),
+    "pbwd-dy-list": lambda: pbwd(dy=arr(2, 3, 4, 3).tolist()),
+    "pbwd-dy-batch": lambda: pbwd(dy=arr(3, 3, 4, 3), argmax=valid_argmax((3, 3, 4, 3))),
+    "pbwd-dy-channels": lambda: pbwd(dy=arr(2, 3, 4, 2), argmax=valid_argmax((2, 3, 4, 2))),
+    "pbwd-input-shape-3-long": lambda: pbwd(input_shape=(2, 63, 3)),
+    "pbwd-input-shape-zero-height": lambda: pbwd(input_shape=(2, 0, 9, 3)),
+    "pbwd-input-shape-zero-width": lambda: pbwd(input_shape=(2, 7, 0, 3)),
+    "pbwd-input-shape-too-small": lambda: pbwd(input_shape=(2, 7, 8, 3)),  # plane 56 <= max index 62
+    # avgpool2d_forward
+    "avgf-x-3d": lambda: avgf(x=arr(7, 9, 3)),
+    "avgf-x-int": lambda: avgf(x=np.ones((2, 7, 9, 3), np.int64)),
+    "avgf-x-float16": lambda: avgf(x=arr(2, 7, 9, 3, dtype=np.float16)),
+    "avgf-x-list": lambda: avgf(x=arr(2, 7, 9, 3).tolist()),
+    "avgf-pool-0": lambda: avgf(pool_size=(0, 2)),
+    "avgf-pool-3-long": lambda: avgf(pool_size=(2, 2, 2)),
+    "avgf-stride-0": lambda: avgf(stride=(2, 0)),
+    "avgf-stride-negative": lambda: avgf(stride=(-2, 2)),
+    "avgf-window-too-tall": lambda: avgf(pool_size=(8, 2)),
+    "avgf-window-too-wide": lambda: avgf(pool_size=(2, 10)),
+    "avgf-x-zero-height": lambda: avgf(x=arr(2, 0, 9, 3)),
+    "avgf-x-zero-channels": lambda: avgf(x=arr(2, 7, 9, 0)),
+    # avgpool2d_backward
+    "avgb-dy-wrong-height": lambda: avgb(dy=arr(2, 4, 4, 3)),
+    "avgb-dy-wrong-width": lambda: avgb(dy=arr(2, 3, 5, 3)),
+    "avgb-dy-wrong-batch": lambda: avgb(dy=arr(1, 3, 4, 3)),
+    "avgb-dy-wrong-channels": lambda: avgb(dy=arr(2, 3, 4, 2)),
+    "avgb-dy-3d": lambda: avgb(dy=arr(3, 4, 3)),
+    "avgb-dy-int": lambda: avgb(dy=np.ones((2, 3, 4, 3), np.int32)),
+    "avgb-dy-list": lambda: avgb(dy=arr(2, 3, 4, 3).tolist()),
+    "avgb-input-shape-3-long": lambda: avgb(input_shape=(7, 9, 3)),
+    "avgb-input-shape-zero-width": lambda: avgb(input_shape=(2, 7, 0, 3)),
+    "avgb-input-shape-negative": lambda: avgb(input_shape=(2, -7, 9, 3)),
+    "avgb-input-shape-float": lambda: avgb(input_shape=(2, 7, 9.0, 3)),
+    "avgb-window-too-big": lambda: avgb(pool_size=(8, 2)),
+    "avgb-pool-0": lambda: avgb(pool_size=(2, 0)),
+    "avgb-stride-negative": lambda: avgb(stride=(2, -1)),
+    "avgb-stride-None": lambda: avgb(stride=None),
+    # batchnorm_forward
+    "bnf-x-1d": lambda: bnf(x=arr(6)),
+    "bnf-x-4d": lambda: bnf(x=arr(2, 3, 1, 3)),
+    "bnf-x-int": lambda: bnf(x=np.ones((6, 3), np.int64)),
+    "bnf-x-list": lambda: bnf(x=arr(6, 3).tolist()),
+    "bnf-x-no-rows": lambda: bnf(x=arr(0, 3)),
+    "bnf-x-no-channels": lambda: bnf(x=arr(6, 0), gamma=arr(0), beta=arr(0)),
+    "bnf-gamma-short": lambda: bnf(gamma=arr(2)),
+    "bnf-gamma-2d": lambda: bnf(gamma=arr(1, 3)),
+    "bnf-gamma-float32": lambda: bnf(gamma=arr(3, dtype=np.float32)),
+    "bnf-beta-long": lambda: bnf(beta=arr(4)),
+    "bnf-beta-list": lambda: bnf(beta=[0.0, 0.0, 0.0]),
+    "bnf-x32-gamma64": lambda: bnf(x=arr(6, 3, dtype=np.float32)),
+    "bnf-eps-0": lambda: bnf(eps=0.0),
+    "bnf-eps-negative": lambda: bnf(eps=-1e-5),
+    "bnf-eps-nan": lambda: bnf(eps=float("nan")),
+    "bnf-eps-None": lambda: bnf(eps=None),
+    # batchnorm_backward
+    "bnb-dy-wrong-shape": lambda: bnb(dy=arr(6, 4)),
+    "bnb-dy-wrong-rows": lambda: bnb(dy=arr(5, 3)),
+    "bnb-dy-float32": lambda: bnb(dy=arr(6, 3, dtype=np.float32)),
+    "bnb-dy-1d": lambda: bnb(dy=arr(18)),
+    "bnb-x-no-rows": lambda: bnb(x=arr(0, 3), dy=arr(0, 3)),
+    "bnb-mean-short": lambda: bnb(mean=arr(2)),
+    "bnb-var-float32": lambda: bnb(var=np.abs(arr(3, dtype=np.float32))),
+    "bnb-gamma-list": lambda: bnb(gamma=[1.0, 1.0, 1.0]),
+    "bnb-eps-0": lambda: bnb(eps=0),
+    "bnb-eps-inf": lambda: bnb(eps=float("inf")),
+    # batchnorm_inference
+    "bni-x-3d": lambda: bni(x=arr(2, 3, 3)),
+    "bni-x-no-channels": lambda: bni(x=arr(6, 0), gamma=arr(0), beta=arr(0), mean=arr(0),
+                                     var=arr(0)),
+    "bni-mean-long": lambda: bni(mean=arr(4)),
+    "bni-var-2d": lambda: bni(var=np.abs(arr(3, 1))),
+    "bni-beta-int": lambda: bni(beta=np.zeros(3, np.int64)),
+    "bni-eps-negative": lambda: bni(eps=-1.0),
+    "bni-eps-string": lambda: bni(eps="1e-5"),
+    # adam_update
+    "adam-param-transposed": lambda: adam(param=arr(5, 4).T),
+    "adam-param-strided": lambda: adam(param=arr(4, 10)[:, ::2]),
+    "adam-param-readonly": lambda: adam(param=readonly(arr(4, 5))),
+    "adam-param-float16": lambda: adam(param=arr(4, 5, dtype=np.float16)),
+    "adam-param-int": lambda: adam(param=np.ones((4, 5), np.int64)),
+    "adam-param-list": lambda: adam(param=arr(4, 5).tolist()),
+    "adam-m-wrong-shape": lambda: adam(m=arr(5, 4)),
+    "adam-m-flat": lambda: adam(m=arr(20)),
+    "adam-m-float32": lambda: adam(m=arr(4, 5, dtype=np.float32)),
+    "adam-m-transposed": lambda: adam(m=arr(5, 4).T),
+    "adam-m-readonly": lambda: adam(m=readonly(arr(4, 5))),
+    "adam-m-list": lambda: adam(m=arr(4, 5).tolist()),
+    "adam-v-wrong-shape": lambda: adam(v=arr(4, 6)),
+    "adam-v-float32": lambda: adam(v=arr(4, 5, dtype=np.float32)),
+    "adam-v-readonly": lambda: adam(v=readonly(arr(4, 5))),
+    "adam-grad-wrong-shape": lambda: adam(grad=arr(5, 4)),
+    "adam-grad-flat": lambda: adam(grad=arr(20)),
+    "adam-grad-float32": lambda: adam(grad=arr(4, 5, dtype=np.float32)),
+    "adam-grad-int": lambda: adam(grad=np.ones((4, 5), np.int64)),
+    "adam-grad-list": lambda: adam(grad=arr(4, 5).tolist()),
+    "adam-step-0": lambda: adam(step=0),
+    "adam-step-negative": lambda: adam(step=-1),
+    "adam-step-float": lambda: adam(step=1.5),
+    "adam-step-None": lambda: adam(step=None),
+    "adam-lr-nan": lambda: adam(lr=float("nan")),
+    "adam-lr-inf": lambda: adam(lr=float("inf")),
+    "adam-lr-negative": lambda: adam(lr=-1e-3),
+    "adam-lr-string": lambda: adam(lr="0.001"),
+    "adam-beta1-1": lambda: adam(beta1=1.0),
+    "adam-beta1-negative": lambda: adam(beta1=-0.1),
+    "adam-beta1-nan": lambda: adam(beta1=float("nan")),
+    "adam-beta2-1": lambda: adam(beta2=1.0),
+    "adam-beta2-above-1": lambda: adam(beta2=1.5),
+    "adam-eps-negative": lambda: adam(eps=-1e-8),
+    "adam-eps-nan": lambda: adam(eps=float("nan")),
+    **{f"adam-aliased-{key}": maker for key, (maker, _) in ALIASED.items()},
+}
+BAD_IDS = list(BAD_CALLS)
+BAD_MAKERS = list(BAD_CALLS.values())
+
+
+@pytest.mark.parametrize("maker", BAD_MAKERS, ids=BAD_IDS)
+def test_a_bad_call_is_refused_alike_everywhere_and_changes_nothing(maker):
+    """Every implementation raises ValueError or TypeError, each the same one, and leaves
+    the arrays it was given as they were (Adam's, updated in place, included)."""
+    raised = []
+    for module in MODULES:
+        name, args = maker()
+        before = [np.array(a, copy=True) if isinstance(a, np.ndarray) else None for a in args]
+        with pytest.raises((ValueError, TypeError)) as info:
+            getattr(module, name)(*args)
+        raised.append(info.type)
+        for after, snapshot in zip(args, before):
+            if snapshot is not None:
+                np.testing.assert_array_equal(after, snapshot)
+    assert len(set(raised)) == 1, f"{[error.__name__ for error in raised]} from {MODULES}"
+
+
+def test_valid_calls_behind_the_bad_ones_are_accepted():
+    """The bad calls differ from these in one argument only, so each one tests its check."""
+    for maker in (fwd, gin, gpar, pfwd, pbwd, avgf, avgb, bnf, bnb, bni, adam, mm, leaky, leaky_back):
+        for module in MODULES:
+            name, args = maker()
+            result = getattr(module, name)(*args)
+            if name == "adam_update":
+                assert not np.array_equal(args[0], maker()[1][0])
+            else:
+                outputs = result if isinstance(result, tuple) else (result,)
+                assert all(isinstance(o, np.ndarray) and o.size for o in outputs)
+
+
+# Zero sizes: every kernel with an empty batch, no channels or no filters, and what both
+# backends do: None where they accept the call (an empty batch, empty products and
+# elementwise arrays), else the start of the ValueError (any input or filter without
+# channels; any filter bank without filters, as for w so for conv2d_grad_params' dy; an
+# input_shape with an empty dimension).
+ZERO_SIZED = {
+    "fwd-batch-0": (lambda: fwd(x=arr(0, 7, 9, 3)), None),
+    "fwd-channels-0": (lambda: fwd(x=arr(2, 7, 9, 0), w=arr(3, 3, 0, 4)),
+                       "w must have no empty dimension"),
+    "fwd-filters-0": (lambda: fwd(w=arr(3, 3, 3, 0), b=arr(0)), "w must have no empty dimension"),
+    "gin-batch-0": (lambda: gin(dy=arr(0, 7, 9, 4), input_shape=(0, 7, 9, 3)),
+                    "input_shape must be 4 ints in"),
+    "gin-channels-0": (lambda: gin(w=arr(3, 3, 0, 4), input_shape=(2, 7, 9, 0)),
+                       "input_shape must be 4 ints in"),
+    "gin-filters-0": (lambda: gin(dy=arr(2, 7, 9, 0), w=arr(3, 3, 3, 0)),
+                      "w must have no empty dimension"),
+    "gpar-batch-0": (lambda: gpar(x=arr(0, 7, 9, 3), dy=arr(0, 7, 9, 4)), None),
+    "gpar-channels-0": (lambda: gpar(x=arr(2, 7, 9, 0)),
+                        "the input's height, width and channels must have no empty dimension"),
+    "gpar-filters-0": (lambda: gpar(dy=arr(2, 7, 9, 0)), "dy must have at least one filter"),
+    "gpar-filters-0-1x1": (lambda: gpar(dy=arr(2, 7, 9, 0), kernel_size=(1, 1),
+                                        padding=(0, 0, 0, 0)), "dy must have at least one filter"),
+    "gpar-batch-0-filters-0": (lambda: gpar(x=arr(0, 7, 9, 3), dy=arr(0, 7, 9, 0)),
+                               "dy must have at least one filter"),
+    "pfwd-batch-0": (lambda: pfwd(x=arr(0, 7, 9, 3)), None),
+    "pfwd-channels-0": (lambda: pfwd(x=arr(2, 7, 9, 0)),
+                        "the input's height, width and channels must have no empty dimension"),
+    "pbwd-batch-0": (lambda: pbwd(dy=arr(0, 3, 4, 3), argmax=valid_argmax((0, 3, 4, 3)),
+                                  input_shape=(0, 7, 9, 3)), "input_shape must be 4 ints in"),
+    "pbwd-channels-0": (lambda: pbwd(dy=arr(2, 3, 4, 0), argmax=valid_argmax((2, 3, 4, 0)),
+                                     input_shape=(2, 7, 9, 0)), "input_shape must be 4 ints in"),
+    "avgf-batch-0": (lambda: avgf(x=arr(0, 7, 9, 3)), None),
+    "avgf-channels-0": (lambda: avgf(x=arr(2, 7, 9, 0)),
+                        "the input's height, width and channels must have no empty dimension"),
+    "avgb-batch-0": (lambda: avgb(dy=arr(0, 3, 4, 3), input_shape=(0, 7, 9, 3)),
+                     "input_shape must be 4 ints in"),
+    "avgb-channels-0": (lambda: avgb(dy=arr(2, 3, 4, 0), input_shape=(2, 7, 9, 0)),
+                        "input_shape must be 4 ints in"),
+    "bnf-rows-0": (lambda: bnf(x=arr(0, 3)), "batch statistics need at least one row of x"),
+    "bnf-channels-0": (lambda: bnf(x=arr(6, 0), gamma=arr(0), beta=arr(0)),
+                       "x must have at least one channel"),
+    "bnb-rows-0": (lambda: bnb(x=arr(0, 3), dy=arr(0, 3)),
+                   "batch statistics need at least one row of x"),
+    "bni-rows-0": (lambda: bni(x=arr(0, 3)), None),
+    "bni-channels-0": (lambda: bni(x=arr(6, 0), gamma=arr(0), beta=arr(0), mean=arr(0),
+                                   var=arr(0)), "x must have at least one channel"),
+    "adam-empty": (lambda: adam(param=arr(0), grad=arr(0), m=arr(0), v=arr(0)), None),
+    "adam-3x0": (lambda: adam(param=arr(3, 0), grad=arr(3, 0), m=arr(3, 0), v=arr(3, 0)), None),
+    "matmul-no-rows": (lambda: mm(a=arr(0, 4)), None),
+    "matmul-no-inner": (lambda: mm(a=arr(5, 0), b=arr(0, 3)), None),
+    "matmul-no-columns": (lambda: mm(b=arr(4, 0)), None),
+    "leaky-empty": (lambda: leaky(x=arr(0, 3)), None),
+    "leaky-back-empty": (lambda: leaky_back(x=arr(0, 3), upstream=arr(0, 3)), None),
+}
+
+
+
+
+def outcome(module, maker):
+    """What the kernel gives (run: Adam's updated arrays), or the ValueError it raises."""
+    name, args = maker()
+    try:
+        return run(module, name, args)
+    except ValueError as error:
+        return error
+
+
+CONV_ZERO_SIZED = [key for key in ZERO_SIZED if key.startswith(("fwd-", "gin-", "gpar-"))]
+
+
+@pytest.mark.parametrize("key", CONV_ZERO_SIZED)
+def test_zero_sizes_give_the_same_result_or_the_same_error_on_every_path(backend, key):
+    check_zero_sizes(backend, key)
+
+
+@pytest.mark.parametrize("key", [key for key in ZERO_SIZED if key not in CONV_ZERO_SIZED])
+def test_zero_sizes_give_the_same_result_or_the_same_error_everywhere(implementation, key):
+    check_zero_sizes(implementation, key)
+
+
+def check_zero_sizes(module, key):
+    """module does with ZERO_SIZED[key] what the NumPy kernels do."""
+    maker, refusal = ZERO_SIZED[key]
+    expected, actual = outcome(_numpy_kernels, maker), outcome(module, maker)
+    if refusal is not None:
+        for error in (expected, actual):
+            assert isinstance(error, ValueError), f"accepted: {error!r}"
+            assert str(error).startswith(refusal), str(error)
+        assert str(actual) == str(expected)
+        return
+    assert not isinstance(expected, ValueError) and not isinstance(actual, ValueError), (
+        expected, actual)
+    assert len(actual) == len(expected)
+    for got, want in zip(actual, expected):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+# Integer scalars outside the range of the C integer the compiled kernels make of them
+# (stride, padding and sizes: int32 and up; Adam's step: int64), bools, floats, NaN and
+# strings are ValueErrors naming the argument in both backends; NumPy's integers in range
+# are ints like Python's. Each argument with the value its call takes by default.
+INT_ARGUMENTS = {
+    "step": (lambda v: adam(step=v), 3, "step must be an int from 1 to 9223372036854775807"),
+    "conv-stride": (lambda v: fwd(stride=(1, v)), 1, "stride must be 2 ints"),
+    "conv-padding": (lambda v: fwd(padding=(1, 1, v, 1)), 1, "padding (top, bottom, left, right) "
+                                                             "must be 4 ints"),
+    "grad-input-stride": (lambda v: gin(stride=(v, 1)), 1, "stride must be 2 ints"),
+    "grad-input-shape": (lambda v: gin(input_shape=(v, 7, 9, 3)), 2, "input_shape must be 4 ints"),
+    "grad-params-kernel-size": (lambda v: gpar(kernel_size=(v, 3)), 3,
+                                "kernel_size must be 2 ints"),
+    "pool-size": (lambda v: pfwd(pool_size=(2, v)), 2, "pool_size must be 2 ints"),
+    "pool-stride": (lambda v: pfwd(stride=(v, 2)), 2, "stride must be 2 ints"),
+    "pool-backward-input-shape": (lambda v: pbwd(input_shape=(v, 7, 9, 3)), 2,
+                                  "input_shape must be 4 ints"),
+    "avgpool-size": (lambda v: avgf(pool_size=(v, 2)), 2, "pool_size must be 2 ints"),
+    "avgpool-stride": (lambda v: avgf(stride=(2, v)), 2, "stride must be 2 ints"),
+    "avgpool-backward-input-shape": (lambda v: avgb(input_shape=(v, 7, 9, 3)), 2,
+                                     "input_shape must be 4 ints"),
+    "avgpool-backward-stride": (lambda v: avgb(stride=(v, 2)), 2, "stride must be 2 ints"),
+}
+# Each bad value made from the argument's default.
+BAD_INTEGERS = {
+    "10**400": lambda default: 10**400,
+    "10**5000": lambda default: 10**5000,           # more digits than Python prints
+    "2**63": lambda default: 2**63,
+    "2**64": lambda default: 2**64,
+    "uint64-max": lambda default: np.uint64(2**64 - 1),
+    "-1": lambda default: -1,
+    "True": lambda default: True,
+    "False": lambda default: False,
+    "numpy-bool": lambda default: np.True_,
+    "as-float": float,
+    "2.5": lambda default: 2.5,
+    "nan": lambda default: float("nan"),
+    "inf": lambda default: float("inf"),
+    "None": lambda default: None,
+    "as-string": str,
+}
+GOOD_INTEGERS = [np.int64, np.int8, np.uint16]
+
+
+@pytest.mark.parametrize("argument", list(INT_ARGUMENTS))
+def test_bad_integer_scalars_are_value_errors_naming_the_argument_everywhere(argument):
+    make, default, refusal = INT_ARGUMENTS[argument]
+    for bad, value_from in BAD_INTEGERS.items():
+        for module in MODULES:
+            name, args = make(value_from(default))
+            with pytest.raises(ValueError) as info:
+                getattr(module, name)(*args)
+            assert str(info.value).startswith(refusal), (bad, str(info.value))
+            assert len(str(info.value)) < 200, bad
+
+
+@pytest.mark.parametrize("argument", list(INT_ARGUMENTS))
+def test_numpy_integers_are_taken_as_ints_everywhere(argument):
+    make, default, _ = INT_ARGUMENTS[argument]
+    for kind in GOOD_INTEGERS:
+        results = []
+        for module in MODULES:
+            expected = run(module, *make(default))
+            results.append(run(module, *make(kind(default))))
+            for got, want in zip(results[-1], expected):
+                np.testing.assert_array_equal(got, want, err_msg=kind.__name__)
+        for result in results[1:]:
+            for got, want in zip(result, results[0]):
+                np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=kind.__name__)
+
+
+FLOAT_ARGUMENTS = {
+    "lr": lambda v: adam(lr=v),
+    "beta1": lambda v: adam(beta1=v),
+    "beta2": lambda v: adam(beta2=v),
+    "eps": lambda v: adam(eps=v),
+    "slope": lambda v: leaky(slope=v),
+    "slope-backward": lambda v: leaky_back(slope=v),
+}
+BAD_FLOATS = {"10**400": 10**400, "-10**400": -(10**400), "True": True, "False": False,
+              "nan": float("nan"), "-inf": float("-inf"), "float32-inf": np.float32("inf"),
+              "None": None, "string": "0.25", "complex": 0.25j}
+
+
+@pytest.mark.parametrize("argument", list(FLOAT_ARGUMENTS))
+def test_bad_real_scalars_are_value_errors_naming_the_argument_everywhere(argument):
+    parameter = argument.split("-")[0]
+    for bad, value in BAD_FLOATS.items():
+        for module in MODULES:
+            name, args = FLOAT_ARGUMENTS[argument](value)
+            with pytest.raises(ValueError, match=f"^{parameter} must be a finite number, got "):
+                getattr(module, name)(*args)
+
+
+@pytest.mark.parametrize("argument", list(FLOAT_ARGUMENTS))
+def test_numpy_and_python_numbers_of_one_value_are_alike_everywhere(argument):
+    for module in MODULES:
+        expected = run(module, *FLOAT_ARGUMENTS[argument](0.25))
+        for value in (np.float32(0.25), np.float64(0.25), 2**-2):
+            for got, want in zip(run(module, *FLOAT_ARGUMENTS[argument](value)), expected):
+                np.testing.assert_array_equal(got, want)
+        expected = run(module, *FLOAT_ARGUMENTS[argument](0.0))
+        for value in (0, np.int64(0), np.uint8(0)):
+            for got, want in zip(run(module, *FLOAT_ARGUMENTS[argument](value)), expected):
+                np.testing.assert_array_equal(got, want)
+
+
+EPS_CALLS = {"forward": lambda v: bnf(eps=v), "backward": lambda v: bnb(eps=v),
+             "inference": lambda v: bni(eps=v)}
+
+
+@pytest.mark.parametrize("kernel", list(EPS_CALLS))
+def test_an_eps_that_is_not_a_finite_number_above_0_is_a_value_error_naming_it_everywhere(kernel):
+    for value in list(BAD_FLOATS.values()) + [0, -1e-5, -0.0]:
+        for module in MODULES:
+            name, args = EPS_CALLS[kernel](value)
+            with pytest.raises(ValueError, match="^eps must be "):
+                getattr(module, name)(*args)
+
+
+@pytest.mark.parametrize("kernel", list(EPS_CALLS))
+def test_numpy_and_python_numbers_for_eps_are_alike_everywhere(kernel):
+    for module in MODULES:
+        for plain, others in ((0.25, (np.float32(0.25), np.float64(0.25), 2**-2)),
+                              (1.0, (1, np.int64(1), np.uint8(1)))):
+            expected = run(module, *EPS_CALLS[kernel](plain))
+            for value in others:
+                for got, want in zip(run(module, *EPS_CALLS[kernel](value)), expected):
+                    np.testing.assert_array_equal(got, want)
+
+
+# ================================================ read-only and non-contiguous inputs
+
+
+def variant(kind, a):
+    """An array equal to a, laid out or flagged as `kind` says."""
+    if kind == "readonly":
+        out = readonly(a)
+    elif kind == "strided_rows":          # like x[:, ::2] (or b[::2])
+        axis = 1 if a.ndim > 1 else 0
+        shape = list(a.shape)
+        shape[axis] *= 2
+        big = np.zeros(shape, a.dtype)
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(None, None, 2)
+        big[tuple(index)] = a
+        out = big[tuple(index)]
+    elif kind == "strided_last_axis":     # channels with a stride of two elements
+        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        big[..., ::2] = a
+        out = big[..., ::2]
+    elif kind == "fortran":               # transposed, copied, transposed back
+        out = a.T.copy().T
+    elif kind == "reversed":              # negative strides
+        out = a[..., ::-1].copy()[..., ::-1]
+    elif kind == "readonly_strided":
+        out = variant("strided_rows", a)
+        out.setflags(write=False)
+    else:
+        raise AssertionError(kind)
+    np.testing.assert_array_equal(out, a)
+    if kind == "readonly" or kind == "readonly_strided":
+        assert not out.flags.writeable
+    if kind != "readonly" and a.size > 1 and (a.ndim > 1 or kind != "fortran"):
+        assert not out.flags.c_contiguous
+    return out
+
+
+VARIANTS = ["readonly", "strided_rows", "strided_last_axis", "fortran", "reversed", "readonly_strided"]
+
+
+def read_only_inputs(name, dtype):
+    """Arguments for kernel `name` and the positions of the array arguments it only reads."""
+    rng = np.random.default_rng(9)
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    stride, padding = (2, 1), (1, 2, 0, 1)
+    if name == "conv2d_forward":
+        return (r(2, 7, 9, 3), r(3, 2, 3, 4), r(4), stride, padding), (0, 1, 2)
+    if name == "conv2d_grad_input":
+        oh, ow = out_size(7, 3, 2, 1, 2), out_size(9, 2, 1, 0, 1)
+        return (r(2, oh, ow, 4), r(3, 2, 3, 4), (2, 7, 9, 3), stride, padding), (0, 1)
+    if name == "conv2d_grad_params":
+        oh, ow = out_size(7, 3, 2, 1, 2), out_size(9, 2, 1, 0, 1)
+        return (r(2, 7, 9, 3), r(2, oh, ow, 4), (3, 2), stride, padding), (0, 1)
+    if name == "maxpool2d_forward":
+        return (r(2, 7, 9, 3), (3, 3), (2, 2)), (0,)
+    if name == "maxpool2d_backward":
+        x = r(2, 7, 9, 3)
+        _, argmax = _numpy_kernels.maxpool2d_forward(x, (3, 3), (2, 2))
+        return (r(*argmax.shape), argmax, x.shape), (0, 1)
+    if name == "avgpool2d_forward":
+        return (r(2, 7, 9, 3), (3, 3), (2, 2)), (0,)
+    if name == "avgpool2d_backward":
+        return (r(2, 3, 4, 3), (2, 7, 9, 3), (3, 3), (2, 2)), (0,)
+    if name == "batchnorm_forward":
+        return (r(50, 3), r(3), r(3), 1e-5), (0, 1, 2)
+    if name == "batchnorm_backward":
+        return (r(50, 3), r(50, 3), r(3), r(3), np.abs(r(3)), 1e-5), (0, 1, 2, 3, 4)
+    if name == "batchnorm_inference":
+        return (r(50, 3), r(3), r(3), r(3), np.abs(r(3)), 1e-5), (0, 1, 2, 3, 4)
+    if name == "adam_update":
+        return (r(4, 5), r(4, 5), r(4, 5), np.abs(r(4, 5)), 1e-2, 0.9, 0.999, 1e-8, 2), (1,)
+    if name == "matmul":
+        return (r(37, 19), r(19, 23)), (0, 1)
+    if name == "leaky_relu":
+        return (r(2, 7, 9, 3), 0.01), (0,)
+    if name == "leaky_relu_backward":
+        return (r(2, 7, 9, 3), r(2, 7, 9, 3), 0.01), (0, 1)
+    raise AssertionError(name)
+
+
+
+
+READ_ARGS = [(name, position) for name in KERNEL_FUNCTIONS
+             for position in read_only_inputs(name, np.float64)[1]] + [
+             (name, "all") for name in KERNEL_FUNCTIONS
+             if len(read_only_inputs(name, np.float64)[1]) > 1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,position", READ_ARGS, ids=[f"{n}-{p}" for n, p in READ_ARGS])
+def test_read_only_and_non_contiguous_inputs_give_the_same_result(implementation, name, position,
+                                                                  dtype):
+    """Each input the kernel only reads, read-only or laid out in each way of VARIANTS (or
+    all of them at once): the same result, in new writable arrays, the inputs untouched."""
+    args, read_positions = read_only_inputs(name, dtype)
+    expected = run(implementation, name, args)
+    for kind in VARIANTS:
+        changed = list(args)
+        for i in (read_positions if position == "all" else (position,)):
+            changed[i] = variant(kind, args[i])
+        snapshots = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in changed]
+        actual = run(implementation, name, tuple(changed))
+        assert len(actual) == len(expected)
+        for got, want in zip(actual, expected):
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want, err_msg=kind)
+            if name != "adam_update":
+                assert got.flags.writeable
+                assert not any(np.shares_memory(got, a) for a in changed if isinstance(a, np.ndarray))
+        for after, before in zip(changed, snapshots):
+            if isinstance(after, np.ndarray):
+                np.testing.assert_array_equal(after, before, err_msg=kind)  # inputs are only read
+
+
+# ================================================================ memory_pool and OpenBLAS
+
+# The compiled kernels inside memory_pool(), which swaps NumPy's allocator: the
+# same results, and results made inside stay intact when later arrays reuse freed memory.
+
+def pool_workload(dtype, seed):
+    """Every kernel on tensors big enough (>= 64 KiB) for the pool to keep their memory."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((4, 28, 28, 8)).astype(dtype)
+    w = rng.standard_normal((3, 3, 8, 6)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    y = COMPILED.conv2d_forward(x, w, b, (1, 1), (1, 1, 1, 1))
+    dx = COMPILED.conv2d_grad_input(y, w, x.shape, (1, 1), (1, 1, 1, 1))
+    dw, db = COMPILED.conv2d_grad_params(x, y, (3, 3), (1, 1), (1, 1, 1, 1))
+    pooled, argmax = COMPILED.maxpool2d_forward(x, (3, 3), (2, 2))
+    dpool = COMPILED.maxpool2d_backward(pooled, argmax, x.shape)
+    averaged = COMPILED.avgpool2d_forward(x, (3, 3), (2, 2))
+    daverage = COMPILED.avgpool2d_backward(averaged, x.shape, (3, 3), (2, 2))
+    normalized = COMPILED.batchnorm_forward(y.reshape(-1, 6), b, b, 1e-5)
+    dnormal = COMPILED.batchnorm_backward(y.reshape(-1, 6), y.reshape(-1, 6), b, *normalized[1:], 1e-5)
+    param, m, v = x.copy(), np.zeros_like(x), np.zeros_like(x)
+    for step in (1, 2):
+        COMPILED.adam_update(param, y[..., :1].repeat(8, axis=3), m, v, 1e-3, 0.9, 0.999, 1e-8, step)
+    return [y, dx, dw, db, pooled, argmax, dpool, averaged, daverage, *normalized, *dnormal,
+            param, m, v]
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_kernels_inside_memory_pool_match_outside(dtype):
+    expected = pool_workload(dtype, seed=10)
+    with COMPILED.memory_pool():
+        first = pool_workload(dtype, seed=10)
+        del first
+        inside = pool_workload(dtype, seed=10)      # now on reused blocks
+        kept = [a.copy() for a in inside]
+        scribble = [np.full_like(a, 7) for a in pool_workload(dtype, seed=11)]
+    after = pool_workload(dtype, seed=12)          # outside again, freed blocks still pooled
+    del scribble, after
+    for got, copy, want in zip(inside, kept, expected):
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got, copy)
+
+
+def test_memory_pool_is_a_context_manager_that_restores_the_allocator(implementation):
+    module = implementation
+    get_handler_name = (getattr(np, "_core", None) or np.core).multiarray.get_handler_name
+
+    before = get_handler_name()
+    assert module.memory_pool.__doc__ and module.memory_pool.__doc__.strip()
+    with pytest.raises(KeyError):
+        with module.memory_pool():
+            big = np.ones(1 << 15)
+            raise KeyError("leave the block by an exception")
+    assert get_handler_name() == before
+    np.testing.assert_array_equal(big, 1.0)
+
+
+@needs_compiled
+def test_kernels_and_pool_are_safe_from_several_python_threads():
+    """Four Python threads running every kernel at once, each inside the pool, get what one
+    thread alone gets: scratch buffers, BLAS thread settings and pool lists don't mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = [pool_workload(np.float32, seed) for seed in range(4)]
+
+    def work(seed):
+        with COMPILED.memory_pool():
+            for _ in range(5):
+                result = pool_workload(np.float32, seed)
+            return [a.copy() for a in result]
+
+    with ThreadPoolExecutor(4) as threads:
+        results = list(threads.map(work, range(4)))
+    for got, want in zip(results, expected):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+
+
+def numpy_ships_openblas():
+    import glob
+    import os
+    root = os.path.dirname(os.path.dirname(np.__file__))
+    return bool(glob.glob(os.path.join(root, "numpy.libs", "*openblas*")))
+
+
+@needs_compiled
+@pytest.mark.skipif(not numpy_ships_openblas(), reason="this NumPy is not a wheel with its own OpenBLAS")
+def test_numpy_wheels_openblas_is_found_for_direct_products():
+    """Where NumPy ships its own OpenBLAS (its PyPI wheels), the compiled kernels use it."""
+    assert COMPILED._blas is not None and all(COMPILED._blas.values())
+
+
+@pytest.mark.skipif(COMPILED is None or COMPILED._blas is None,
+                    reason="NumPy's OpenBLAS is not called directly here")
+def test_openblas_keeps_its_thread_count_across_kernel_calls():
+    """The kernels run OpenBLAS on their own threads and give NumPy its thread count back."""
+    import ctypes
+    get_threads = ctypes.CFUNCTYPE(ctypes.c_int)(COMPILED._blas["get_threads"])
+    before = get_threads()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 20, 20, 8)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 8, 32)).astype(np.float32)
+    COMPILED.conv2d_forward(x, w, np.zeros(32, np.float32), (1, 1), (1, 1, 1, 1))
+    a = rng.standard_normal((300, 200))
+    np.testing.assert_allclose(COMPILED.matmul(a, a.T), a @ a.T, rtol=1e-12, atol=1e-9)
+    assert get_threads() == before
+    with COMPILED.memory_pool():        # where a Network computes: one thread throughout
+        assert get_threads() == 1
+        COMPILED.matmul(a, a.T)
+        assert get_threads() == 1
+    assert get_threads() == before
+
+
+# ================================================================ the two builds
+
+def every_kernel_once(module, dtype, seed):
+    """Each kernel of the module on one set of random inputs (the direct convolution loops
+    where the filters take them)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 15, 13, 1)).astype(dtype)
+    w1 = rng.standard_normal((3, 3, 1, 35)).astype(dtype)
+    x2 = rng.standard_normal((3, 15, 13, 4)).astype(dtype)
+    w2 = rng.standard_normal((4, 4, 4, 8)).astype(dtype)
+    b = rng.standard_normal(35).astype(dtype)
+    y1 = module.conv2d_forward(x, w1, b, (1, 2), (1, 0, 1, 1))
+    y2 = module.conv2d_forward(x2, w2, b[:8], (2, 1), (1, 2, 0, 1))
+    pooled, argmax = module.maxpool2d_forward(y2, (2, 2), (2, 2))
+    param, grad = rng.standard_normal((2, 1000)).astype(dtype)
+    m, v = np.zeros_like(param), np.zeros_like(param)
+    for step in range(1, 4):
+        module.adam_update(param, grad, m, v, 1e-3, 0.9, 0.999, 1e-8, step)
+    averaged = module.avgpool2d_forward(y1, (3, 3), (2, 1))
+    rows = y1.reshape(-1, 35)
+    y, mean, var = module.batchnorm_forward(rows, b, b[::-1].copy(), 1e-5)
+    return [y1, y2, *module.conv2d_grad_params(x2, y2, (4, 4), (2, 1), (1, 2, 0, 1)),
+            module.conv2d_grad_input(y2, w2, x2.shape, (2, 1), (1, 2, 0, 1)), pooled, argmax,
+            module.maxpool2d_backward(pooled, argmax, y2.shape), averaged,
+            module.avgpool2d_backward(averaged, y1.shape, (3, 3), (2, 1)), y, mean, var,
+            *module.batchnorm_backward(rows, y, b, mean, var, 1e-5),
+            module.batchnorm_inference(rows, b, b, mean, var, 1e-3), param, m, v,
+            module.matmul(x2.reshape(-1, 4).T, x2.reshape(-1, 4)),
+            module.leaky_relu(y1, 0.01), module.leaky_relu_backward(y1, y1, 0.01)]
+
+
+@pytest.mark.skipif(AVX2 is None,
+                    reason="no AVX2 build here (a CPU without AVX2 and FMA, or a compiler without them)")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", range(3))
+def test_the_avx2_build_computes_what_the_baseline_build_computes_to_the_bit(dtype, seed):
+    for wide, narrow in zip(every_kernel_once(AVX2, dtype, seed),
+                            every_kernel_once(BASELINE, dtype, seed)):
+        np.testing.assert_array_equal(wide, narrow)

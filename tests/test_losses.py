@@ -1,4 +1,5 @@
-"""Losses: gradients, label forms, batch means, numerical stability, label validation."""
+"""Losses: gradients, label forms, batch means, numerical stability, label validation; and
+against PyTorch where it is installed."""
 import warnings
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 
 from cnnc import MeanSquaredError, SoftmaxCrossEntropy
 
+from .conftest import DTYPES, assert_close
 from .gradcheck import assert_grad_close, numerical_grad
 
 LOSSES = pytest.mark.parametrize(
@@ -247,3 +249,65 @@ def test_losses_say_whether_a_network_reports_accuracy_for_them():
 def test_losses_read_as_the_call_that_makes_them():
     assert repr(SoftmaxCrossEntropy()) == "SoftmaxCrossEntropy()"
     assert repr(MeanSquaredError()) == "MeanSquaredError()"
+
+
+# ---------------------------------------------------------------- PyTorch
+
+
+def _cross_entropy_torch(torch, logits, target):
+    t = torch.from_numpy(logits.copy()).requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(t, torch.from_numpy(target), reduction="mean")
+    loss.backward()
+    return loss.item(), t.grad.numpy()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+@pytest.mark.parametrize("label_kind", ["ids", "onehot"])
+def test_softmax_cross_entropy_matches_torch(torch, label_kind, scale, dtype):
+    rng = np.random.default_rng(11)
+    n, k = 9, 7
+    logits = (rng.normal(size=(n, k)) * scale).astype(dtype)
+    ids = rng.integers(0, k, size=n)
+    if label_kind == "ids":
+        labels, torch_target = ids, ids.astype(np.int64)
+    else:
+        labels = np.eye(k, dtype=dtype)[ids]
+        torch_target = labels
+    loss_fn = SoftmaxCrossEntropy()
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow to 0 is fine
+        loss = loss_fn.compute(logits, labels)
+        grad = loss_fn.deriv(logits, labels)
+    t_loss, t_grad = _cross_entropy_torch(torch, logits, torch_target)
+    assert isinstance(loss, float) and np.isfinite(loss)
+    assert grad.dtype == np.dtype(dtype) and np.isfinite(grad).all()
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(loss, t_loss, rtol=rtol)
+    assert_close(grad, t_grad, dtype, rtol)
+    if scale == 1e4:  # the logit gaps are huge: losses are large, probabilities 0/1
+        assert loss > 100
+
+
+def test_softmax_cross_entropy_extreme_equal_logits(torch):
+    logits = np.array([[1e4, 1e4, -1e4], [-1e4, -1e4, -1e4]])
+    labels = np.array([0, 2])
+    loss_fn = SoftmaxCrossEntropy()
+    t_loss, t_grad = _cross_entropy_torch(torch, logits, labels)
+    np.testing.assert_allclose(loss_fn.compute(logits, labels), t_loss, rtol=1e-14)
+    np.testing.assert_allclose(loss_fn.deriv(logits, labels), t_grad, rtol=1e-14, atol=1e-300)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mean_squared_error_matches_torch(torch, dtype):
+    rng = np.random.default_rng(12)
+    outputs = rng.normal(size=(6, 4)).astype(dtype)
+    target = rng.normal(size=(6, 4)).astype(dtype)
+    loss_fn = MeanSquaredError()
+    t = torch.from_numpy(outputs.copy()).requires_grad_(True)
+    t_loss = torch.nn.functional.mse_loss(t, torch.from_numpy(target))
+    t_loss.backward()
+    rtol = 1e-13 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(loss_fn.compute(outputs, target), t_loss.item(), rtol=rtol)
+    grad = loss_fn.deriv(outputs, target)
+    assert grad.dtype == np.dtype(dtype)
+    assert_close(grad, t.grad.numpy(), dtype, rtol)

@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc import (POOL, AdamOptimizer, Conv, Flatten, FullyConnected, MaxPool, MeanSquaredError,
-                  Network, SGDoptimizer, SGDOptimizer, SoftmaxCrossEntropy, init, leaky_relu, linear,
-                  relu, sigmoid, tanh)
+from cnnc import (POOL, AdamOptimizer, BatchNorm, Conv, Flatten, FullyConnected, GlobalAvgPool,
+                  MaxPool, MeanSquaredError, Network, SGDoptimizer, SGDOptimizer,
+                  SoftmaxCrossEntropy, init, leaky_relu, linear, relu, sigmoid, tanh)
+from cnnc.models import course_cnn
 
+from .conftest import (DTYPES, assert_close, filters_from_torch, filters_to_torch,
+                       nhwc_to_torch)
 from .gradcheck import assert_grad_close, numerical_grad
 
 
@@ -510,19 +513,11 @@ def test_network_without_parameters_uses_the_default_dtype():
 
 # ============================================================================ fit, summary
 
-def seed_cnn(seed=0):
-    """The seed report's CNN with pooling, fan-in from the filters."""
-    np.random.seed(seed)
-    return Network([
-        Conv((3, 3, 1, 16), activation=leaky_relu), Conv((4, 4, 16, 32), strides=2, activation=leaky_relu),
-        POOL(2), Flatten((6, 6, 32)), FullyConnected((1152, 256), activation=relu),
-        FullyConnected((256, 10), weight_init=init.xavier_normal),
-    ], loss=SoftmaxCrossEntropy())
-
-
+@pytest.mark.slow
 def test_fit_on_the_bundled_mnist_sample_beats_90_percent_on_its_held_out_part():
     (x_train, y_train), (x_test, y_test) = cnnc.datasets.mnist_sample()
-    net = seed_cnn()
+    np.random.seed(0)
+    net = course_cnn()
     history = net.fit(x_train / 255.0, y_train, epochs=3, batch_size=50, lr=1e-3, seed=0,
                       validation_data=(x_test / 255.0, y_test), progress=False)
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
@@ -594,7 +589,8 @@ def test_fit_with_zero_epochs_changes_nothing():
 
 
 def test_summary_prints_output_shapes_and_parameter_counts_once(capsys):
-    net = seed_cnn()
+    np.random.seed(0)
+    net = course_cnn()
     assert net.summary(input_shape=(28, 28, 1)) is None      # a REPL shows only the print
     table = capsys.readouterr().out
     assert table.count("total parameters") == 1
@@ -675,6 +671,7 @@ def interrupt_fits_at_random_moments(trials, seed=0):
     print(" ".join(map(str, landed)))
 
 
+@pytest.mark.slow
 def test_an_interrupt_leaves_the_network_before_or_after_a_whole_step():
     """Ctrl-C at 40 random moments of fit, each in a fresh process state (a subprocess, so a
     stray SIGINT cannot reach the test runner)."""
@@ -738,3 +735,164 @@ def test_predict_proba_needs_a_softmax_network():
     net = Network([Flatten((2,)), FullyConnected((2, 3))], loss=MeanSquaredError())
     with pytest.raises(ValueError, match="predict_proba needs a network with a SoftmaxCrossEntropy"):
         net.predict_proba(np.zeros((1, 2)))
+
+
+# ============================================================ the course CNN and PyTorch
+
+def course_cnn_with_biases(dtype, rng):
+    """course_cnn with weights of He scale and nonzero biases drawn from rng, so that every
+    bias and its gradient take part."""
+    net = course_cnn(dtype=dtype)
+    for layer in net.layers:
+        if layer.params:
+            w, b = layer.params["w"], layer.params["b"]
+            w[...] = rng.normal(size=w.shape) * np.sqrt(2.0 / np.prod(w.shape[:-1]))
+            b[...] = rng.normal(size=b.shape) * 0.1
+    return net
+
+
+def torch_course_cnn(torch, net):
+    """The course CNN written out in torch, with the weights of net (a course_cnn)."""
+    F = torch.nn.functional
+
+    class CourseCNN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            conv1, conv2, _, _, fc1, fc2 = net.layers
+            self.conv1 = torch.nn.Parameter(filters_to_torch(conv1.params["w"]).clone())
+            self.b1 = torch.nn.Parameter(torch.from_numpy(conv1.params["b"].copy()))
+            self.conv2 = torch.nn.Parameter(filters_to_torch(conv2.params["w"]).clone())
+            self.b2 = torch.nn.Parameter(torch.from_numpy(conv2.params["b"].copy()))
+            # torch.nn.Linear keeps (out, in); cnnc keeps (in, out): use x @ w directly
+            self.fc1 = torch.nn.Parameter(torch.from_numpy(fc1.params["w"].copy()))
+            self.fb1 = torch.nn.Parameter(torch.from_numpy(fc1.params["b"].copy()))
+            self.fc2 = torch.nn.Parameter(torch.from_numpy(fc2.params["w"].copy()))
+            self.fb2 = torch.nn.Parameter(torch.from_numpy(fc2.params["b"].copy()))
+
+        def forward(self, x_nchw):
+            h = F.leaky_relu(F.conv2d(x_nchw, self.conv1, self.b1, stride=1), 0.01)
+            h = F.leaky_relu(F.conv2d(h, self.conv2, self.b2, stride=2), 0.01)
+            h = F.max_pool2d(h, 2)
+            h = h.permute(0, 2, 3, 1).reshape(h.shape[0], -1)  # cnnc flattens NHWC in C order
+            h = F.relu(h @ self.fc1 + self.fb1)
+            return h @ self.fc2 + self.fb2
+
+        def as_cnnc(self, grads=False):
+            """Per cnnc layer, its {"w", "b"} (or their gradients) in cnnc layout ({} for
+            MaxPool and Flatten)."""
+            def value(p):
+                return (p.grad if grads else p).detach().numpy()
+            return [{"w": filters_from_torch(self.conv1.grad if grads else self.conv1),
+                     "b": value(self.b1)},
+                    {"w": filters_from_torch(self.conv2.grad if grads else self.conv2),
+                     "b": value(self.b2)},
+                    {}, {},
+                    {"w": value(self.fc1), "b": value(self.fb1)},
+                    {"w": value(self.fc2), "b": value(self.fb2)}]
+
+    return CourseCNN()
+
+
+def course_batch(dtype, rng):
+    x = rng.uniform(0.0, 1.0, size=(8, 28, 28, 1)).astype(dtype)
+    y = rng.integers(0, 10, size=8)
+    return x, y
+
+
+@pytest.mark.parametrize("label_kind", ["ids", "onehot"])
+def test_course_cnn_loss_and_grads_match_torch_float64(torch, label_kind):
+    rng = np.random.default_rng(41)
+    net = course_cnn_with_biases(np.float64, rng)
+    x, y = course_batch(np.float64, rng)
+    labels = y if label_kind == "ids" else np.eye(10)[y]
+    model = torch_course_cnn(torch, net)
+    before = [{k: v.copy() for k, v in layer.params.items()} for layer in net.layers]
+
+    loss, grads = net.loss_and_grads(x, labels)
+    t_loss = torch.nn.functional.cross_entropy(model(nhwc_to_torch(x)), torch.from_numpy(y))
+    t_loss.backward()
+
+    assert isinstance(loss, float)
+    np.testing.assert_allclose(loss, t_loss.item(), rtol=1e-12)
+    assert len(grads) == len(net.layers) == 6
+    assert grads[2] == {} and grads[3] == {}
+    for depth, (ours, theirs) in enumerate(zip(grads, model.as_cnnc(grads=True))):
+        assert set(ours) == set(theirs), depth
+        for name in theirs:
+            assert ours[name].shape == net.layers[depth].params[name].shape
+            assert np.abs(theirs[name]).max() > 0, (depth, name)  # a real gradient
+            assert_close(ours[name], theirs[name], np.float64, 1e-9)
+    for layer, saved in zip(net.layers, before):  # loss_and_grads changes no weight
+        for name, value in saved.items():
+            np.testing.assert_array_equal(layer.params[name], value)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_course_cnn_five_adam_steps_match_torch(torch, dtype):
+    rng = np.random.default_rng(42)
+    net = course_cnn_with_biases(dtype, rng)
+    model = torch_course_cnn(torch, net)
+    topt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    start = [{k: v.copy() for k, v in layer.params.items()} for layer in net.layers]
+    rtol = 1e-9 if dtype == np.float64 else 1e-4
+    for _ in range(5):
+        x, y = course_batch(dtype, rng)
+        loss = net.train_step(x, y, lr=1e-3)
+        topt.zero_grad()
+        t_loss = torch.nn.functional.cross_entropy(model(nhwc_to_torch(x)), torch.from_numpy(y))
+        t_loss.backward()
+        topt.step()
+        np.testing.assert_allclose(loss, t_loss.item(), rtol=rtol)
+    for depth, (layer, theirs, first) in enumerate(zip(net.layers, model.as_cnnc(), start)):
+        assert set(layer.params) == set(theirs)
+        for name, value in theirs.items():
+            ours = layer.params[name]
+            assert ours.dtype == np.dtype(dtype)
+            assert not np.array_equal(ours, first[name]), (depth, name)  # it did train
+            if dtype == np.float64:
+                np.testing.assert_allclose(ours, value, rtol=1e-9, atol=1e-12,
+                                           err_msg=f"layer {depth} {name}")
+                continue
+            # float32: Adam's first step is lr * g / (|g| + eps) whatever the size of g, so
+            # where a gradient came out ~1e-8 (float32 rounding noise of a sum that nearly
+            # cancels; typical entries are ~1e-3) both libraries move by a noise-driven
+            # amount; torch float32 is no closer to a float64 run there than cnnc is.
+            # So: almost every weight within rtol 1e-4, and every one within 2% of the
+            # largest distance Adam can travel in 5 steps (5 * lr).
+            loose = ~np.isclose(ours, value, rtol=1e-4, atol=1e-6)
+            assert loose.mean() < 1e-4, (depth, name, int(loose.sum()), loose.size)
+            np.testing.assert_allclose(ours, value, rtol=1e-4, atol=0.02 * 5 * 1e-3,
+                                       err_msg=f"layer {depth} {name}")
+
+
+def test_conv_batchnorm_network_takes_torchs_adam_steps(torch):
+    """Conv -> BatchNorm(relu) -> GlobalAvgPool -> FC with Adam, float64: three training
+    steps give torch's weights and running statistics, then the same inference output."""
+    rng = np.random.default_rng(43)
+    np.random.seed(43)
+    net = Network([Conv((3, 3, 2, 4), padding="same", dtype=np.float64),
+                   BatchNorm(4, activation=relu, dtype=np.float64), GlobalAvgPool(),
+                   FullyConnected((4, 3), dtype=np.float64)], loss=SoftmaxCrossEntropy())
+    conv, norm, _, fc = net.layers
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 3)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(filters_to_torch(conv.params["w"]))
+        model[0].bias.copy_(torch.from_numpy(conv.params["b"]))
+        model[5].weight.copy_(torch.from_numpy(fc.params["w"].T.copy()))
+        model[5].bias.copy_(torch.from_numpy(fc.params["b"]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        x, y = rng.normal(size=(6, 5, 5, 2)), rng.integers(0, 3, 6)
+        net.train_step(x, y, lr=1e-2)
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(nhwc_to_torch(x)), torch.from_numpy(y)).backward()
+        optimizer.step()
+    assert_close(conv.params["w"], filters_from_torch(model[0].weight.detach()), np.float64, 1e-9)
+    assert_close(norm.params["w"], model[1].weight.detach().numpy(), np.float64, 1e-9)
+    assert_close(norm.running_var, model[1].running_var.numpy(), np.float64, 1e-9)
+    assert_close(fc.params["w"], model[5].weight.detach().numpy().T, np.float64, 1e-9)
+    model.eval()
+    x = rng.normal(size=(4, 5, 5, 2))
+    assert_close(net.predict(x), model(nhwc_to_torch(x)).detach().numpy(), np.float64, 1e-9)

@@ -1,9 +1,16 @@
-"""Optimizers: Adam and SGD against hand references, per-parameter state, validation, dtypes."""
+"""Optimizers: Adam and SGD against hand references, per-parameter state, validation,
+dtypes; the adam_update kernel on every implementation against the reference
+(tests/reference.py), its refusals and its arrays sharing memory; and the optimizers
+against torch.optim where PyTorch is installed."""
 import numpy as np
 import pytest
 
 import cnnc
 from cnnc import AdamOptimizer, AdamWOptimizer, SGDoptimizer, SGDOptimizer, optimizers
+
+from . import reference
+from .calls import ALIASED, adam, arr, run
+from .conftest import DTYPES, IMPLEMENTATIONS, assert_close
 
 
 def grads(n_steps, shape, seed=0):
@@ -13,7 +20,8 @@ def grads(n_steps, shape, seed=0):
 
 
 class ReferenceAdam:
-    """Textbook Adam with bias correction, float64."""
+    """Textbook Adam (reference.adam_update) keeping its own state, float64: step returns
+    what the optimizer subtracts."""
 
     def __init__(self, shape, beta1=0.9, beta2=0.999, eps=1e-8):
         self.b1, self.b2, self.eps = beta1, beta2, eps
@@ -23,11 +31,9 @@ class ReferenceAdam:
 
     def step(self, g, lr):
         self.t += 1
-        self.m = self.b1 * self.m + (1 - self.b1) * g
-        self.v = self.b2 * self.v + (1 - self.b2) * g * g
-        mhat = self.m / (1 - self.b1**self.t)
-        vhat = self.v / (1 - self.b2**self.t)
-        return lr * mhat / (np.sqrt(vhat) + self.eps)
+        moved, self.m, self.v = reference.adam_update(np.zeros_like(self.m), g, self.m, self.v, lr,
+                                                      self.b1, self.b2, self.eps, self.t)
+        return -moved
 
 
 def reference_sgd(gs, lr, momentum, nesterov=False):
@@ -398,3 +404,255 @@ def test_get_takes_an_optimizer_as_it_is_and_a_class_with_its_defaults():
 def test_get_refuses_what_is_not_an_optimizer(value):
     with pytest.raises(ValueError, match="optimizer must be an optimizer such as AdamOptimizer()"):
         optimizers.get(value)
+
+
+# ================================================================ the adam_update kernel
+
+# (lr, beta1, beta2, eps)
+ADAM_HYPER = [(1e-3, 0.9, 0.999, 1e-8), (0.1, 0.5, 0.9, 1e-6), (0.01, 0.0, 0.0, 1e-3),
+              (0.0, 0.9, 0.999, 0.0), (0.05, 0.0, 0.99, 1e-6), (1.0, 0.8, 0.0, 1e-8)]
+
+
+@pytest.mark.parametrize("hyper", ADAM_HYPER, ids=lambda h: "lr{}-b{}-{}-eps{}".format(*h))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_update_matches_the_reference_over_ten_steps(implementation, dtype, hyper):
+    """In place (the same arrays, of the same dtype, updated), grad only read, for
+    gradients of mixed scales so that eps and the bias corrections both matter."""
+    for shape in [(1,), (7,), (3, 5), (2, 3, 3, 4)]:
+        rng = np.random.default_rng(8)
+        start = rng.standard_normal(shape).astype(dtype)
+        param = start.copy()
+        m = (0.1 * rng.standard_normal(shape)).astype(dtype)
+        v = (0.1 * rng.random(shape)).astype(dtype)
+        expected = param, m, v
+        for step in range(1, 11):
+            grad = (rng.standard_normal(shape) * (0.1 if step % 2 else 3.0)).astype(dtype)
+            grad_before = grad.copy()
+            expected = reference.adam_update(*expected[:1], grad, *expected[1:], *hyper, step)
+            implementation.adam_update(param, grad, m, v, *hyper, step)
+            np.testing.assert_array_equal(grad, grad_before)
+            for got, want in zip((param, m, v), expected):
+                assert_close(got, want, dtype)
+        if hyper[0] == 0.0:
+            np.testing.assert_array_equal(param, start)
+        else:
+            assert not np.array_equal(param, start)
+
+
+def test_adam_update_first_step_moves_by_about_lr(implementation):
+    """At t=1 bias correction makes the step lr * g / (|g| + eps), i.e. about lr * sign(g)."""
+    g = np.array([[2.0, -0.5, 1e-3]])
+    param, m, v = np.zeros_like(g), np.zeros_like(g), np.zeros_like(g)
+    implementation.adam_update(param, g, m, v, 0.01, 0.9, 0.999, 1e-8, 1)
+    np.testing.assert_allclose(param, -0.01 * g / (np.abs(g) + 1e-8), rtol=1e-12)
+    np.testing.assert_allclose(m, 0.1 * g, rtol=1e-15)
+    np.testing.assert_allclose(v, 0.001 * g * g, rtol=1e-12)
+
+
+def test_the_largest_step_is_taken_alike_everywhere():
+    """At step 2**63 - 1, as from a few thousand steps on, beta**step is 0 and Adam's bias
+    corrections are 1."""
+    results = []
+    for parameter in IMPLEMENTATIONS:
+        module = parameter.values[0]
+        results.append(run(module, *adam(step=2**63 - 1)))
+        for got, want in zip(results[-1], run(module, *adam(step=10**6))):
+            np.testing.assert_array_equal(got, want)
+    for result in results[1:]:
+        for got, want in zip(result, results[0]):
+            assert_close(got, want, np.float64)
+
+
+@pytest.mark.parametrize("key", list(ALIASED))
+def test_adam_update_refuses_arrays_sharing_memory_names_them_and_changes_nothing(
+        implementation, key):
+    """With param, m or v sharing memory with another argument, each backend would compute
+    something else (and the threads of the compiled one race); every one refuses alike."""
+    maker, names = ALIASED[key]
+    _, args = maker()
+    before = [np.array(a, copy=True) for a in args[:4]]
+    with pytest.raises(ValueError, match=f"^{names} share memory, but"):
+        implementation.adam_update(*args)
+    for after, snapshot in zip(args[:4], before):
+        np.testing.assert_array_equal(after, snapshot)
+
+
+def disjoint_views(count, seed):
+    """`count` (4, 5) views, side by side in one buffer: one memory, nothing shared."""
+    buffer = np.abs(arr(20 * count, seed=seed))
+    return [buffer[20 * i:20 * (i + 1)].reshape(4, 5) for i in range(count)]
+
+
+def test_adam_update_takes_views_that_share_only_a_buffer_and_grads_it_copies(implementation):
+    """Neighbouring slices of one buffer share no memory; a non-contiguous grad over param
+    is copied before any update, so there is nothing shared left to refuse."""
+    for views in (disjoint_views(4, seed=6), disjoint_views(4, seed=6)[::-1]):
+        separate = [a.copy() for a in views]
+        implementation.adam_update(*views, 1e-2, 0.9, 0.999, 1e-8, 2)
+        implementation.adam_update(*separate, 1e-2, 0.9, 0.999, 1e-8, 2)
+        for got, want in zip(views, separate):
+            np.testing.assert_array_equal(got, want)
+    buffer = arr(4, 10, seed=7)
+    param, grad = buffer[:2].reshape(4, 5), buffer[:, ::2]
+    expected = param.copy(), grad.copy(), np.zeros((4, 5)), np.ones((4, 5))
+    implementation.adam_update(*expected, 1e-2, 0.9, 0.999, 1e-8, 2)
+    implementation.adam_update(param, grad, np.zeros((4, 5)), np.ones((4, 5)), 1e-2, 0.9, 0.999,
+                               1e-8, 2)
+    np.testing.assert_array_equal(param, expected[0])
+
+
+# ================================================================ torch.optim
+
+ADAM_SETTINGS = [
+    {"lr": 1e-3},
+    {"lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-6},
+    {"lr": 3e-4, "betas": (0.3, 0.9), "eps": 1e-10},
+]
+
+
+def _adam_run(torch, dtype, setting, use_update, steps=20):
+    rng = np.random.default_rng(21)
+    shape = (5, 7)
+    start = rng.normal(size=shape).astype(dtype)
+    grads = [(rng.normal(size=shape) * 10.0 ** rng.uniform(-4, 1)).astype(dtype) for _ in range(steps)]
+    lr = setting["lr"]
+    beta1, beta2 = setting.get("betas", (0.9, 0.999))
+    eps = setting.get("eps", 1e-8)
+    opt = AdamOptimizer(beta1=beta1, beta2=beta2, eps=eps)
+    w = start.copy()
+    tw = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    topt = torch.optim.Adam([tw], **setting)
+    history = []
+    for g in grads:
+        if use_update:
+            step = opt.update(g.copy(), lr)
+            assert step.dtype == np.dtype(dtype)
+            w -= step
+        else:
+            opt.apply(w, g.copy(), lr, key="w")
+        tw.grad = torch.from_numpy(g.copy())
+        topt.step()
+        history.append((w.copy(), tw.detach().numpy().copy()))
+    return history
+
+
+@pytest.mark.parametrize("use_update", [False, True], ids=["apply", "update"])
+@pytest.mark.parametrize("setting", ADAM_SETTINGS, ids=["default", "betas08_099", "betas03_09"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_matches_torch_adam(torch, dtype, setting, use_update):
+    # cnnc copies torch's fused multiply-adds; torch's vectorized sqrt (Sleef) is not always
+    # correctly rounded, so a parameter can still be an ulp or so away after 20 steps
+    rtol = 1e-14 if dtype == np.float64 else 1e-6
+    history = _adam_run(torch, dtype, setting, use_update)
+    for ours, theirs in history:
+        assert_close(ours, theirs, dtype, rtol)
+    assert not np.allclose(history[-1][0], history[0][0])
+
+
+@pytest.mark.parametrize("setting", ADAM_SETTINGS, ids=["default", "betas08_099", "betas03_09"])
+def test_adam_moments_are_torch_moments_bit_for_bit(torch, setting):
+    """float32 m and v equal torch's exp_avg and exp_avg_sq exactly, step after step."""
+    rng = np.random.default_rng(23)
+    beta1, beta2 = setting.get("betas", (0.9, 0.999))
+    opt = AdamOptimizer(beta1=beta1, beta2=beta2, eps=setting.get("eps", 1e-8))
+    w = rng.normal(size=4099).astype(np.float32)
+    tw = torch.nn.Parameter(torch.from_numpy(w.copy()))
+    topt = torch.optim.Adam([tw], **setting)
+    for _ in range(10):
+        g = (rng.normal(size=w.shape) * 10.0 ** rng.uniform(-4, 1, size=w.shape)).astype(np.float32)
+        tw.data = torch.from_numpy(w.copy())  # same starting point each step: compare one step
+        opt.apply(w, g, setting["lr"], key="w")
+        tw.grad = torch.from_numpy(g.copy())
+        topt.step()
+        state = topt.state[tw]
+        np.testing.assert_array_equal(opt.state["w"]["m"], state["exp_avg"].numpy())
+        np.testing.assert_array_equal(opt.state["w"]["v"], state["exp_avg_sq"].numpy())
+        assert np.mean(w == tw.detach().numpy()) > 0.999
+
+
+def test_adam_keeps_one_state_per_key(torch):
+    """Two parameters through one optimizer == two separate torch Adams on them."""
+    rng = np.random.default_rng(22)
+    w, b = rng.normal(size=(3, 4)), rng.normal(size=(4,))
+    tw, tb = torch.nn.Parameter(torch.from_numpy(w.copy())), torch.nn.Parameter(torch.from_numpy(b.copy()))
+    topt = torch.optim.Adam([tw, tb], lr=0.01)
+    opt = AdamOptimizer()
+    for _ in range(6):
+        gw, gb = rng.normal(size=w.shape), rng.normal(size=b.shape)
+        opt.apply(w, gw, 0.01, key="w")
+        opt.apply(b, gb, 0.01, key="b")
+        tw.grad, tb.grad = torch.from_numpy(gw), torch.from_numpy(gb)
+        topt.step()
+    np.testing.assert_allclose(w, tw.detach().numpy(), rtol=1e-14)
+    np.testing.assert_allclose(b, tb.detach().numpy(), rtol=1e-14)
+
+
+@pytest.mark.parametrize("use_update", [False, True], ids=["apply", "update"])
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_momentum_matches_torch_sgd(torch, dtype, nesterov, use_update):
+    rng = np.random.default_rng(31)
+    start = rng.normal(size=(4, 6)).astype(dtype)
+    lr = 0.05
+    opt = SGDOptimizer(momentum=0.9, nesterov=nesterov)
+    tw = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    topt = torch.optim.SGD([tw], lr=lr, momentum=0.9, nesterov=nesterov)
+    w = start.copy()
+    rtol = 1e-13 if dtype == np.float64 else 1e-6
+    for _ in range(8):
+        g = rng.normal(size=start.shape).astype(dtype)
+        if use_update:
+            w -= opt.update(g.copy(), lr, key="w")
+        else:
+            opt.apply(w, g.copy(), lr, key="w")
+        tw.grad = torch.from_numpy(g.copy())
+        topt.step()
+        assert w.dtype == np.dtype(dtype)
+        assert_close(w, tw.detach().numpy(), dtype, rtol)
+    assert not np.allclose(w, start)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_plain_sgd_matches_torch_sgd(torch, dtype):
+    rng = np.random.default_rng(32)
+    start = rng.normal(size=(3, 3)).astype(dtype)
+    w = start.copy()
+    tw = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    topt = torch.optim.SGD([tw], lr=0.1)
+    opt = SGDOptimizer()
+    for _ in range(4):
+        g = rng.normal(size=start.shape).astype(dtype)
+        w -= opt.update(g, 0.1)
+        tw.grad = torch.from_numpy(g.copy())
+        topt.step()
+    np.testing.assert_allclose(w, tw.detach().numpy(), rtol=1e-13 if dtype == np.float64 else 1e-6)
+
+
+DECAYED = [
+    (lambda: AdamOptimizer(weight_decay=0.1), lambda torch, p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1)),
+    (lambda: AdamOptimizer(0.8, 0.99, 1e-6, weight_decay=0.5),
+     lambda torch, p: torch.optim.Adam(p, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.5)),
+    (lambda: AdamWOptimizer(), lambda torch, p: torch.optim.AdamW(p, lr=0.01)),
+    (lambda: AdamWOptimizer(weight_decay=0.3), lambda torch, p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.3)),
+    (lambda: SGDOptimizer(weight_decay=0.2), lambda torch, p: torch.optim.SGD(p, lr=0.01, weight_decay=0.2)),
+    (lambda: SGDOptimizer(momentum=0.9, nesterov=True, weight_decay=0.2),
+     lambda torch, p: torch.optim.SGD(p, lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.2)),
+]
+
+
+@pytest.mark.parametrize("ours, theirs", DECAYED,
+                         ids=["adam", "adam_betas", "adamw", "adamw_03", "sgd", "sgd_nesterov"])
+def test_weight_decay_matches_torch_optim(torch, ours, theirs):
+    """float64, 30 steps through apply (what layers call) against torch.optim, to 1e-9."""
+    rng = np.random.default_rng(33)
+    start = rng.normal(size=(5, 6))
+    w, opt = start.copy(), ours()
+    tw = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    topt = theirs(torch, [tw])
+    for _ in range(30):
+        g = rng.normal(size=start.shape)
+        opt.apply(w, g.copy(), 0.01, key="w")
+        tw.grad = torch.from_numpy(g)
+        topt.step()
+        np.testing.assert_allclose(w, tw.detach().numpy(), rtol=1e-9, atol=1e-12)
+    assert not np.allclose(w, start)

@@ -1,4 +1,5 @@
-"""cnnc.schedules, and fit's learning rate as a callable step -> lr."""
+"""cnnc.schedules, and fit's learning rate as a callable step -> lr; cosine against
+torch.optim.lr_scheduler where PyTorch is installed."""
 import math
 
 import numpy as np
@@ -65,3 +66,14 @@ def test_train_step_takes_a_number_and_says_schedules_are_for_fit():
     x, y = bars(8)
     with pytest.raises(ValueError, match="a schedule .* is for fit"):
         small_cnn().train_step(x, y, lr=schedules.cosine(0.1, 10))
+
+
+def test_cosine_schedule_is_torch_cosine_annealing(torch):
+    schedule = schedules.cosine(0.1, total_steps=17)
+    tw = torch.nn.Parameter(torch.zeros(1))
+    topt = torch.optim.SGD([tw], lr=0.1)
+    tsched = torch.optim.lr_scheduler.CosineAnnealingLR(topt, T_max=17)
+    for step in range(18):
+        assert schedule(step) == pytest.approx(topt.param_groups[0]["lr"], rel=1e-12, abs=1e-15)
+        topt.step()
+        tsched.step()

@@ -2,7 +2,7 @@
 # With NumPy's OpenBLAS (_blas.pxi), each thread builds the patch matrix of a chunk of
 # images small enough to stay in its cache and multiplies it at once; where NumPy has no
 # OpenBLAS of its own, numpy.matmul multiplies a larger chunk at a time. Thin products take
-# the direct loops (_direct_convolution.pxi).
+# the direct loops (_direct_convolution.pxi). set_conv_path forces one of these paths.
 
 cdef void _patches(const real* image, real* cols, Py_ssize_t height, Py_ssize_t width,
                    Py_ssize_t channels, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -61,16 +61,17 @@ cdef void _unpatch(const real* cols, real* image, Py_ssize_t height, Py_ssize_t 
 
 # Bytes of patch matrix per chunk: with direct BLAS, a chunk per thread that stays in
 # cache; through numpy.matmul, chunks large enough for its own threads to pay off.
-cdef Py_ssize_t _CHUNK_BYTES = (1 << 20) if _blas is not None else (8 << 20)
+cdef Py_ssize_t _GEMM_CHUNK_BYTES = 1 << 20
+cdef Py_ssize_t _MATMUL_CHUNK_BYTES = 8 << 20
 
 
-def _chunk_count(n, bytes_per_image):
-    """Into how many chunks to cut n images: patch matrices of about _CHUNK_BYTES at most,
-    a multiple of the threads, and with direct BLAS at least four each where there are
-    images enough, so that threads that come free take over the chunks of one the system
-    holds up (numpy.matmul takes a chunk at a time on its own threads)."""
-    wanted = max(4 * _threads if _blas is not None else 1,
-                 -(-n * bytes_per_image // _CHUNK_BYTES))
+def _chunk_count(n, bytes_per_image, gemm):
+    """Into how many chunks to cut n images: patch matrices of about a chunk's bytes at most,
+    a multiple of the threads, and with direct BLAS (gemm) at least four each where there
+    are images enough, so that threads that come free take over the chunks of one the
+    system holds up (numpy.matmul takes a chunk at a time on its own threads)."""
+    chunk_bytes = _GEMM_CHUNK_BYTES if gemm else _MATMUL_CHUNK_BYTES
+    wanted = max(4 * _threads if gemm else 1, -(-n * bytes_per_image // chunk_bytes))
     return max(1, min(n, -(-wanted // _threads) * _threads))
 
 
@@ -318,8 +319,48 @@ def _matmul_grad_weight_pass(x, dy2, kernel_size, stride, padding, out_hw, chunk
     return dw
 
 
-# The entry points: the direct loops where _direct_taken says so, else the passes through
-# NumPy's OpenBLAS, or through numpy.matmul where _blas is None; the bias gradient sums rows.
+# The path the convolutions take: "auto" chooses by shape, the others force one.
+_CONV_PATHS = ("auto", "direct", "gemm", "matmul")
+_conv_path = "auto"
+
+
+def set_conv_path(path):
+    """Compute convolutions by one path from now on, in every thread: "auto" (the default)
+    chooses by shape; "direct" takes the direct loops (forward and filter gradient; the
+    input gradient has none and goes as with "auto"); "gemm" multiplies patch matrices by
+    NumPy's OpenBLAS from the kernel threads (a ValueError where NumPy ships none);
+    "matmul" multiplies them by numpy.matmul. CNNC_CONV_PATH sets the first one."""
+    global _conv_path
+    if not isinstance(path, str) or path not in _CONV_PATHS:
+        raise ValueError(f"the convolution path must be one of {', '.join(map(repr, _CONV_PATHS))}, "
+                         f"got {path!r}")
+    if path == "gemm" and _blas is None:
+        raise ValueError("the convolution path 'gemm' calls the OpenBLAS of NumPy's wheel, and "
+                         "this NumPy has none: choose 'auto', 'direct' or 'matmul'")
+    _conv_path = path
+
+
+def get_conv_path():
+    """The convolution path set last: "auto", "direct", "gemm" or "matmul"."""
+    return _conv_path
+
+
+def _product_path(path):
+    """How a convolution multiplies its patch matrices on path: "gemm" or "matmul"."""
+    if path == "gemm" or path == "matmul":
+        return path
+    return "gemm" if _blas is not None else "matmul"
+
+
+def _weighted_path(path, patch, f):
+    """The path of the forward pass and the filter gradient: the direct loops where path
+    says so, or (auto) where _direct_taken says so; else _product_path."""
+    if path == "direct" or (path == "auto" and _direct_taken(patch, f)):
+        return "direct"
+    return _product_path(path)
+
+
+# The entry points, on the path _conv_path gives; the bias gradient sums rows.
 
 cdef void _sum_rows(const real[:, ::1] a, real[:, ::1] partial) noexcept:
     """partial[t] += the sum of the t-th of len(partial) even shares of a's rows."""
@@ -336,22 +377,28 @@ def _pointwise(kernel_size, stride, padding):
     return tuple(kernel_size) == (1, 1) and tuple(stride) == (1, 1) and not any(padding)
 
 
+def _product(a, b, path):
+    """a @ b by the kernel threads' BLAS (gemm) or numpy.matmul."""
+    return matmul(a, b) if path == "gemm" else np.matmul(a, b)
+
+
 def conv2d_forward(x, w, b, stride, padding):
     """Cross-correlation of x (N, H, W, C) with w (kh, kw, C, F), plus bias b (F,)."""
     x, w, b, stride, padding, (oh, ow) = _checks.conv2d_forward(x, w, b, stride, padding)
     n, (kh, kw, c, f) = x.shape[0], w.shape
     pixels, patch = oh * ow, kh * kw * c
     w2 = w.reshape(patch, f)
-    if _direct_taken(patch, f):
+    path = _weighted_path(_conv_path, patch, f)
+    if path == "direct":
         y = np.empty((n * pixels, f), dtype=x.dtype)
         _direct_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow))
     elif _pointwise((kh, kw), stride, padding):
-        y = matmul(x.reshape(n * pixels, c), w2)
+        y = _product(x.reshape(n * pixels, c), w2, path)
         _add_bias(y, b)
     else:
         y = np.empty((n * pixels, f), dtype=x.dtype)
-        chunks = _chunk_count(n, pixels * patch * x.itemsize)
-        if _blas is not None:
+        chunks = _chunk_count(n, pixels * patch * x.itemsize, path == "gemm")
+        if path == "gemm":
             _gemm_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow), chunks)
         else:
             _matmul_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow), chunks)
@@ -366,10 +413,11 @@ def conv2d_grad_input(dy, w, input_shape, stride, padding):
     pixels, patch = oh * ow, kh * kw * c
     w2 = w.reshape(patch, f)
     dy2 = dy.reshape(n * pixels, f)
+    path = _product_path(_conv_path)
     if _pointwise((kh, kw), stride, padding):
-        return matmul(dy2, w2.T).reshape(input_shape)
-    chunks = _chunk_count(n, pixels * patch * dy.itemsize)
-    if _blas is not None:
+        return _product(dy2, w2.T, path).reshape(input_shape)
+    chunks = _chunk_count(n, pixels * patch * dy.itemsize, path == "gemm")
+    if path == "gemm":
         return _gemm_grad_input_pass(dy2, w2, input_shape, (kh, kw), stride, padding, (oh, ow),
                                      chunks)
     return _matmul_grad_input_pass(dy2, w2, input_shape, (kh, kw), stride, padding, (oh, ow),
@@ -383,16 +431,17 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     n, (kh, kw), c, f = x.shape[0], kernel_size, x.shape[3], dy.shape[3]
     pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
     dy2 = dy.reshape(n * pixels, f)
-    if _direct_taken(patch, f):
+    path = _weighted_path(_conv_path, patch, f)
+    if path == "direct":
         dw = _direct_weight_pass(x, dy2, kernel_size, stride, padding, out_hw)
     elif _pointwise(kernel_size, stride, padding):
-        dw = matmul(x.reshape(n * pixels, c).T, dy2)
-    elif _blas is not None:
+        dw = _product(x.reshape(n * pixels, c).T, dy2, path)
+    elif path == "gemm":
         dw = _gemm_grad_weight_pass(x, dy2, kernel_size, stride, padding, out_hw,
-                                    _chunk_count(n, pixels * patch * x.itemsize))
+                                    _chunk_count(n, pixels * patch * x.itemsize, True))
     else:
         dw = _matmul_grad_weight_pass(x, dy2, kernel_size, stride, padding, out_hw,
-                                      _chunk_count(n, pixels * patch * x.itemsize))
+                                      _chunk_count(n, pixels * patch * x.itemsize, False))
     partial_db = np.zeros((_threads, f), dtype=x.dtype)
     if f and x.dtype == np.float32:
         _sum_rows[float](dy2, partial_db)

@@ -3,7 +3,7 @@
 # BLAS to run fast; instead each output pixel's filters are summed in vector registers,
 # a block of 8 or 16 filters for a tile of pixels at a time (_direct_conv.h).
 # conv2d_forward and conv2d_grad_params (_convolution.pxi) come here where _direct_taken
-# says so; the input gradient always takes the GEMM path.
+# says so, or set_conv_path("direct") does; the input gradient always multiplies matrices.
 
 cdef extern from "_direct_conv.h" nogil:
     void cnnc_pixels_8x8_f(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,

@@ -228,3 +228,25 @@ def set_num_threads(n):
 def get_num_threads():
     """The thread count set last (CNNC_NUM_THREADS, or the cores, at first)."""
     return _threads
+
+
+# The compiled kernels compute a convolution by one of several paths; these have one. The
+# names are checked alike, so that code choosing a path runs on either backend.
+_CONV_PATHS = ("auto", "direct", "gemm", "matmul")
+_conv_path = "auto"
+
+
+def set_conv_path(path):
+    """Check path against the compiled kernels' convolution paths ("auto", "direct", "gemm",
+    "matmul") and keep it for get_conv_path; the NumPy kernels have one path, and take it
+    whatever the name."""
+    global _conv_path
+    if not isinstance(path, str) or path not in _CONV_PATHS:
+        raise ValueError(f"the convolution path must be one of {', '.join(map(repr, _CONV_PATHS))}, "
+                         f"got {path!r}")
+    _conv_path = path
+
+
+def get_conv_path():
+    """The convolution path set last: "auto", "direct", "gemm" or "matmul"."""
+    return _conv_path

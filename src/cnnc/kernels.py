@@ -1,14 +1,21 @@
 """The kernel functions of the running backend: compiled `_kernels` or `_numpy_kernels`.
 
 Besides the kernels, `memory_pool()` opens a block in which NumPy reuses the memory of
-freed arrays (compiled backend; a plain block on NumPy), and `set_num_threads(n)` /
-`get_num_threads()` set and tell how many threads the compiled loops run on.
+freed arrays (compiled backend; a plain block on NumPy), `set_num_threads(n)` /
+`get_num_threads()` set and tell how many threads the compiled loops run on, and
+`set_conv_path(path)` / `get_conv_path()` choose and tell how the compiled kernels compute
+a convolution: "auto" (the default) chooses by shape, "direct" takes the direct loops,
+"gemm" multiplies patch matrices by NumPy's OpenBLAS from the kernel threads (a ValueError
+where NumPy ships none), "matmul" multiplies them by numpy.matmul. Every path computes the
+same numbers up to rounding; the NumPy kernels have one path and take any of the names.
 
 The environment variable CNNC_BACKEND chooses: `auto` (the default) takes the compiled
 extension when it is built and NumPy otherwise, with a warning, `numpy` always takes
 NumPy, `compiled` insists on the extension. The extension comes in two builds of one
 source: `_kernels_avx2` runs where the CPU has AVX2 and FMA (and CNNC_AVX2 is not 0),
-`_kernels` everywhere else. IMPLEMENTATION names the module that runs.
+`_kernels` everywhere else. IMPLEMENTATION names the module that runs. The environment
+variable CNNC_CONV_PATH sets the first convolution path (as set_conv_path), and
+CNNC_NUM_THREADS the first thread count.
 """
 import importlib as _importlib
 import os as _os
@@ -79,6 +86,12 @@ else:
         except ImportError:         # built without it (another CPU or compiler): baseline
             pass
 
+_conv_path = _os.environ.get("CNNC_CONV_PATH", "auto").strip().lower() or "auto"
+try:
+    _impl.set_conv_path(_conv_path)
+except ValueError as _error:
+    raise ValueError(f"CNNC_CONV_PATH: {_error}") from None
+
 IMPLEMENTATION = _impl.__name__
 BACKEND = "numpy" if IMPLEMENTATION.endswith("._numpy_kernels") else "compiled"
 
@@ -99,5 +112,7 @@ leaky_relu_backward = _impl.leaky_relu_backward
 memory_pool = _impl.memory_pool
 set_num_threads = _impl.set_num_threads
 get_num_threads = _impl.get_num_threads
+set_conv_path = _impl.set_conv_path
+get_conv_path = _impl.get_conv_path
 
-del _importlib, _os, _warnings, _choice, _impl
+del _importlib, _os, _warnings, _choice, _conv_path, _impl

@@ -1,0 +1,159 @@
+"""conv2d_forward, conv2d_grad_input and conv2d_grad_params: every backend and every
+compiled convolution path against the reference (tests/reference.py), and the Conv layer
+against PyTorch where it is installed."""
+import numpy as np
+import pytest
+
+from cnnc import Conv
+
+from . import reference
+from .conftest import (CONV_PARAMS, DTYPES, assert_close, conv_inputs, filters_from_torch,
+                       filters_to_torch, nhwc_to_torch, out_size, torch_to_nhwc)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_PARAMS)
+def test_conv2d_and_its_gradients_match_the_reference(backend, case, dtype):
+    x, w, b, dy = conv_inputs(case, dtype, seed=1)
+    stride, padding = case[7], case[8]
+    before = [a.copy() for a in (x, w, b, dy)]
+
+    y = backend.conv2d_forward(x, w, b, stride, padding)
+    assert_close(y, reference.conv2d_forward(x, w, b, stride, padding), dtype)
+    assert y.shape == dy.shape
+    dx = backend.conv2d_grad_input(dy, w, x.shape, stride, padding)
+    assert_close(dx, reference.conv2d_grad_input(dy, w, x.shape, stride, padding), dtype)
+    dw, db = backend.conv2d_grad_params(x, dy, w.shape[:2], stride, padding)
+    expected_dw, expected_db = reference.conv2d_grad_params(x, dy, w.shape[:2], stride, padding)
+    assert_close(dw, expected_dw, dtype)
+    assert_close(db, expected_db, dtype)
+    for after, snapshot in zip((x, w, b, dy), before):
+        np.testing.assert_array_equal(after, snapshot)      # inputs are only read
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel, padding", [((3, 3), (1, 1, 1, 1)), ((1, 1), (0, 0, 0, 0)),
+                                             ((5, 5), (2, 2, 2, 2))], ids=["3x3", "1x1", "5x5"])
+def test_an_empty_batch_gives_empty_results(backend, kernel, padding, dtype):
+    """(conv2d_grad_input refuses an input_shape without images: test_kernels.)"""
+    x = np.zeros((0, 9, 8, 3), dtype=dtype)
+    w = np.ones((*kernel, 3, 5), dtype=dtype)
+    b = np.ones(5, dtype=dtype)
+    y = backend.conv2d_forward(x, w, b, (1, 1), padding)
+    assert y.shape == (0, 9, 8, 5) and y.dtype == np.dtype(dtype)
+    dw, db = backend.conv2d_grad_params(x, y, kernel, (1, 1), padding)
+    np.testing.assert_array_equal(dw, np.zeros_like(w))
+    np.testing.assert_array_equal(db, np.zeros_like(b))
+
+
+def test_conv2d_forward_hand_computed(backend):
+    """A 3x3 image, 2x2 ones filter, stride 1, one row of zeros on top only."""
+    x = np.arange(9, dtype=np.float64).reshape(1, 3, 3, 1)
+    w = np.ones((2, 2, 1, 1))
+    y = backend.conv2d_forward(x, w, np.array([0.5]), (1, 1), (1, 0, 0, 0))
+    expected = np.array([[0 + 1, 1 + 2], [0 + 1 + 3 + 4, 1 + 2 + 4 + 5], [3 + 4 + 6 + 7, 4 + 5 + 7 + 8]])
+    np.testing.assert_array_equal(y[0, :, :, 0], expected + 0.5)
+
+
+def test_conv2d_kernels_are_adjoint(backend):
+    """<conv(x), dy> == <x, grad_input(dy)> == <w, grad_w(x, dy)> (bias zero)."""
+    case = (2, 7, 6, 2, 3, 3, 2, (2, 1), (1, 0, 2, 1))
+    x, w, _, dy = conv_inputs(case, np.float64, seed=3)
+    stride, padding = case[7], case[8]
+    y = backend.conv2d_forward(x, w, np.zeros(w.shape[3]), stride, padding)
+    lhs = np.sum(y * dy)
+    dx = backend.conv2d_grad_input(dy, w, x.shape, stride, padding)
+    dw, _ = backend.conv2d_grad_params(x, dy, w.shape[:2], stride, padding)
+    np.testing.assert_allclose(np.sum(x * dx), lhs, rtol=1e-12)
+    np.testing.assert_allclose(np.sum(w * dw), lhs, rtol=1e-12)
+
+
+# ---------------------------------------------------------------- the Conv layer and PyTorch
+
+def conv_layer_and_torch(torch, x, w, b, stride, padding, torch_padding, dy):
+    """A cnnc Conv layer and torch's conv2d on the same numbers: both outputs and gradients."""
+    kh, kw, cin, cout = w.shape
+    layer = Conv((kh, kw, cin, cout), strides=stride, padding=padding, dtype=x.dtype)
+    layer.params["w"][...] = w
+    layer.params["b"][...] = b
+    z, a = layer.forward(x)
+    assert a is z or np.array_equal(a, z)  # linear activation
+    grads = layer.get_grad(x, dy)
+    dx = layer.backward(dy)
+
+    tx = nhwc_to_torch(x).requires_grad_(True)
+    tw = filters_to_torch(w).requires_grad_(True)
+    tb = torch.from_numpy(b.copy()).requires_grad_(True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=torch_padding)
+    ty.backward(nhwc_to_torch(dy))
+    ours = {"z": z, "dx": dx, "dw": grads["w"], "db": grads["b"]}
+    theirs = {"z": torch_to_nhwc(ty), "dx": torch_to_nhwc(tx.grad),
+              "dw": filters_from_torch(tw.grad), "db": tb.grad.numpy()}
+    return ours, theirs
+
+
+# The Conv layer's own arguments: (N, H, W, C_in), (kh, kw, C_out), strides, padding
+LAYER_CASES = [
+    ((2, 7, 9, 1), (1, 1, 3), 1, 0),
+    ((2, 7, 9, 3), (3, 3, 4), 1, 0),
+    ((3, 11, 8, 2), (3, 3, 5), 2, 1),
+    ((2, 13, 13, 3), (5, 5, 2), 3, 2),
+    ((1, 9, 10, 4), (2, 3, 3), (2, 1), (1, 0)),
+    ((2, 10, 7, 2), (4, 2, 3), (1, 3), (0, 2)),
+    ((2, 15, 12, 1), (4, 4, 6), 2, (2, 1)),
+    ((1, 6, 6, 5), (5, 5, 7), 1, 2),
+    ((2, 5, 5, 2), (3, 3, 2), 3, 0),  # stride larger than the last partial window
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", LAYER_CASES, ids=[f"case{i}" for i in range(len(LAYER_CASES))])
+def test_conv_layer_forward_and_gradients_match_torch(torch, case, dtype):
+    (n, h, w_, cin), (kh, kw, cout), stride, padding = case
+    rng = np.random.default_rng(n * 1000 + h * 100 + kh * 10 + cout)
+    x = rng.normal(size=(n, h, w_, cin)).astype(dtype)
+    w = rng.normal(size=(kh, kw, cin, cout)).astype(dtype)
+    b = rng.normal(size=(cout,)).astype(dtype)
+    pair = (padding, padding) if np.ndim(padding) == 0 else tuple(padding)
+    stride_pair = (stride, stride) if np.ndim(stride) == 0 else tuple(stride)
+    oh = out_size(h, kh, stride_pair[0], pair[0], pair[0])
+    ow = out_size(w_, kw, stride_pair[1], pair[1], pair[1])
+    dy = rng.normal(size=(n, oh, ow, cout)).astype(dtype)
+
+    ours, theirs = conv_layer_and_torch(torch, x, w, b, stride, padding, pair, dy)
+    assert ours["z"].shape == (n, oh, ow, cout)
+    for key in ("z", "dx", "dw", "db"):
+        assert_close(ours[key], theirs[key], dtype)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (2, 3), (4, 1)])
+def test_conv_same_padding_matches_torch(torch, kernel, dtype):
+    """padding="same", stride 1: torch also puts the odd pixel of padding bottom/right."""
+    kh, kw = kernel
+    rng = np.random.default_rng(100 + 10 * kh + kw)
+    n, h, w_, cin, cout = 2, 7, 8, 3, 4
+    x = rng.normal(size=(n, h, w_, cin)).astype(dtype)
+    w = rng.normal(size=(kh, kw, cin, cout)).astype(dtype)
+    b = rng.normal(size=(cout,)).astype(dtype)
+    dy = rng.normal(size=(n, h, w_, cout)).astype(dtype)
+
+    ours, theirs = conv_layer_and_torch(torch, x, w, b, 1, "same", "same", dy)
+    assert ours["z"].shape == (n, h, w_, cout)
+    for key in ("z", "dx", "dw", "db"):
+        assert_close(ours[key], theirs[key], dtype)
+
+
+def test_conversion_helpers_round_trip(torch):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 4, 5))
+    t = nhwc_to_torch(x)
+    assert tuple(t.shape) == (2, 5, 3, 4)
+    assert t[1, 4, 2, 3].item() == x[1, 2, 3, 4]
+    np.testing.assert_array_equal(torch_to_nhwc(t), x)
+    w = rng.normal(size=(3, 2, 4, 6))
+    tw = filters_to_torch(w)
+    assert tuple(tw.shape) == (6, 4, 3, 2)
+    assert tw[5, 3, 2, 1].item() == w[2, 1, 3, 5]
+    np.testing.assert_array_equal(filters_from_torch(tw), w)
