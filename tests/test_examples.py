@@ -25,6 +25,7 @@ def test_mnist_mlp_runs_the_report_experiments_with_the_report_log(tmp_path):
         assert name in out.split("experiment")[-1]
 
 
+@pytest.mark.slow
 def test_mnist_cnn_trains_summarizes_saves_and_loads(tmp_path):
     out = run_example("mnist_cnn.py", "--epochs", "1", "--save", "cnn.npz", tmp_path=tmp_path)
     assert "total parameters: 306,122" in out and "(None, 6, 6, 32)" in out
@@ -33,6 +34,7 @@ def test_mnist_cnn_trains_summarizes_saves_and_loads(tmp_path):
     assert (tmp_path / "cnn.npz").exists()
 
 
+@pytest.mark.slow
 def test_reproduce_report_prints_the_table_and_plots(tmp_path):
     pytest.importorskip("matplotlib", reason="the PNG needs matplotlib (pip install '.[examples]')")
     out = run_example("reproduce_report.py", "--max-iterations", "3", "--plot", "curves.png",
@@ -73,6 +75,7 @@ def fake_fashion_mnist(directory, train=256, test=64):
     return directory
 
 
+@pytest.mark.slow
 def test_fashion_mnist_trains_the_next_network_saves_it_and_plots(tmp_path):
     data = fake_fashion_mnist(tmp_path / "fashion")
     args = ["--epochs", "1", "--data", str(data), "--save", "net.npz", "--plot", "curves.png"]
@@ -84,6 +87,7 @@ def test_fashion_mnist_trains_the_next_network_saves_it_and_plots(tmp_path):
     assert (tmp_path / "curves.png").exists() or "no PNG: matplotlib is not installed" in out
 
 
+@pytest.mark.slow
 def test_export_hands_the_course_cnn_to_onnx_runtime_and_torch(tmp_path):
     pytest.importorskip("onnxruntime", reason="the export needs pip install 'cnnc[onnx]'")
     pytest.importorskip("torch", reason="the export needs pip install 'cnnc[torch]'")
@@ -103,6 +107,7 @@ def png_size(path):
 VISUALIZE_PNGS = ("first_conv_filters.png", "feature_maps.png", "confusion_matrix.png")
 
 
+@pytest.mark.slow
 def test_visualize_trains_and_draws_filters_feature_maps_and_confusion_matrix(tmp_path):
     pytest.importorskip("matplotlib", reason="the PNGs need matplotlib (pip install '.[examples]')")
     out = run_example("visualize.py", "--epochs", "1", "--out", "pictures", tmp_path=tmp_path)
@@ -118,6 +123,7 @@ def test_visualize_trains_and_draws_filters_feature_maps_and_confusion_matrix(tm
     assert height > 600          # the input and six layers, one row each at least
 
 
+@pytest.mark.slow
 def test_visualize_draws_a_saved_network(tmp_path):
     pytest.importorskip("matplotlib", reason="the PNGs need matplotlib (pip install '.[examples]')")
     import cnnc

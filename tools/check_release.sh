@@ -100,9 +100,9 @@ print(f"cnnc {cnnc.__version__} from {os.path.dirname(cnnc.__file__)}: "
       f"backend {cnnc.backend()}, {cnnc.kernels.IMPLEMENTATION}")
 PY
     )
-    # the sdist's own tests, against the installed package (the src layout keeps the tree's
-    # copy of cnnc off the path)
-    (cd "$tests" && "$1/bin/python" -m pytest -q -p no:cacheprovider tests)
+    # the sdist's own tests, the slow ones included, against the installed package (the src
+    # layout keeps the tree's copy of cnnc off the path)
+    (cd "$tests" && "$1/bin/python" -m pytest -q -p no:cacheprovider -m "slow or not slow" tests)
 }
 
 echo "== the wheel in a fresh $("$wheel_python" --version)"
