@@ -4,18 +4,16 @@ Neither ever writes into its argument: the network keeps every z for the backwar
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from numpy.typing import NDArray
 
 from . import kernels
-from .saving import register
+from .saving import Savable, register
 
 Array = NDArray[np.floating]
 
 
-class AbstractActivation:
+class AbstractActivation(Savable):
     """An elementwise function a = f(z) with its derivative f'(z).
 
     A subclass implements compute and deriv (and backward, where fusing the product is
@@ -24,8 +22,6 @@ class AbstractActivation:
     """
 
     saved_kind = "activation"
-    config_fields: tuple[str, ...] = ()
-    config_optional: tuple[str, ...] = ()
 
     def compute(self, x: Array) -> Array:
         """f(x) elementwise, as a new array: x (the pre-activation z) is never written to."""
@@ -39,15 +35,6 @@ class AbstractActivation:
         """The gradient w.r.t. z, given x = z and upstream, the gradient w.r.t. f(z):
         upstream * f'(x)."""
         return upstream * self.deriv(x)
-
-    def get_config(self) -> dict[str, Any]:
-        """The constructor arguments that make this activation again, by name."""
-        return {name: getattr(self, name) for name in self.config_fields}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> AbstractActivation:
-        """The activation get_config described: config holds its constructor arguments."""
-        return cls(**config)
 
     def __repr__(self) -> str:
         return type(self).__name__ + "()"

@@ -24,7 +24,7 @@ from numpy.typing import DTypeLike, NDArray
 from . import _checks, activations, dtypes, init, kernels, optimizers
 from .activations import AbstractActivation, linear
 from .optimizers import AdamOptimizer, Optimizer
-from .saving import register
+from .saving import Savable, register
 
 Array = NDArray[np.floating]
 Shape = tuple[int, ...]
@@ -33,7 +33,7 @@ ActivationLike = Union[AbstractActivation, type, str, None]
 OptimizerLike = Union[Optimizer, type, None]
 
 
-class Layer:
+class Layer(Savable):
     """A layer without parameters; subclasses with parameters fill `params`.
 
     `training` is set by the Network for each pass: True while it trains (Dropout drops,
@@ -46,8 +46,6 @@ class Layer:
     """
 
     saved_kind = "layer"
-    config_fields: tuple[str, ...] = ()
-    config_optional: tuple[str, ...] = ()     # fields that files from older cnnc lack
     buffers: tuple[str, ...] = ()
 
     activation: AbstractActivation = linear
@@ -55,10 +53,6 @@ class Layer:
 
     def __init__(self) -> None:
         self.params: dict[str, Array] = {}
-
-    def get_config(self) -> dict[str, Any]:
-        """The constructor arguments that rebuild this layer, by name."""
-        return {name: getattr(self, name) for name in self.config_fields}
 
     @classmethod
     def from_config(cls, config: dict[str, Any], dtype: DTypeLike = None) -> Layer:

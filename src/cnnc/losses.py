@@ -8,12 +8,10 @@ accuracy for it (a loss that does not say is taken as a classification loss).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .saving import register
+from .saving import Savable, register
 
 Array = NDArray[np.floating]
 
@@ -85,7 +83,7 @@ def _check_outputs(outputs):
         raise ValueError(f"the loss expects network outputs of shape (N, classes), got {outputs.shape}")
 
 
-class Loss:
+class Loss(Savable):
     """Base class: compute(outputs, labels) -> float and deriv(outputs, labels) -> gradient.
 
     For saving, `config_fields` names the constructor arguments (each kept as an attribute
@@ -93,8 +91,6 @@ class Loss:
     """
 
     saved_kind = "loss"
-    config_fields: tuple[str, ...] = ()
-    config_optional: tuple[str, ...] = ()
     classification = True
 
     def compute(self, outputs: Array, labels: ArrayLike) -> float:
@@ -106,15 +102,6 @@ class Loss:
         """d loss / d outputs, of the outputs' shape, for the same outputs and labels as
         compute (the 1/N of the batch mean included)."""
         raise NotImplementedError
-
-    def get_config(self) -> dict[str, Any]:
-        """The constructor arguments that make this loss again, by name."""
-        return {name: getattr(self, name) for name in self.config_fields}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Loss:
-        """The loss get_config described: config holds its constructor arguments."""
-        return cls(**config)
 
     def __repr__(self) -> str:
         return type(self).__name__ + "()"

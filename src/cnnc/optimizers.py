@@ -13,12 +13,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _checks, kernels
-from .saving import register
+from .saving import Savable, register
 
 Array = NDArray[np.floating]
 
 
-class Optimizer:
+class Optimizer(Savable):
     """Base class: per-parameter state in `self.state[key]`, a dict holding the update count
     "step" and an array of the parameter's shape for each name in `slots`.
 
@@ -28,22 +28,10 @@ class Optimizer:
     """
 
     saved_kind = "optimizer"
-    config_fields: tuple[str, ...] = ()
-    config_optional: tuple[str, ...] = ()     # fields that files from older cnnc lack
     slots: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.state: dict[Hashable, dict[str, Any]] = {}
-
-    def get_config(self) -> dict[str, Any]:
-        """The constructor arguments that make this optimizer again (without its state), by name."""
-        return {name: getattr(self, name) for name in self.config_fields}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Optimizer:
-        """The optimizer get_config described, with fresh state: config holds its
-        constructor arguments."""
-        return cls(**config)
 
     def update(self, dx: Array, lr: float, key: Hashable = None) -> Array:
         """The step for gradient dx of parameter `key` at learning rate lr: the caller does
@@ -60,16 +48,17 @@ class Optimizer:
         so that the next apply only computes: a Network prepares every layer's update
         before it applies any."""
 
-    def _slots(self, key, dx, names):
-        """The state arrays of parameter `key`, made as zeros on its first update."""
+    def _slots(self, key, dx):
+        """The state of parameter `key`: its `slots` arrays, made as zeros on its first update."""
         state = self.state.get(key)
+        first = self.slots[0]
         if state is None:
-            state = self.state[key] = {name: np.zeros_like(dx) for name in names}
+            state = self.state[key] = {name: np.zeros_like(dx) for name in self.slots}
             state["step"] = 0
-        elif state[names[0]].shape != dx.shape:
+        elif state[first].shape != dx.shape:
             raise ValueError(
                 f"{type(self).__name__}: gradient for {key!r} has shape {dx.shape}, but its state "
-                f"was made for shape {state[names[0]].shape} (is one optimizer shared by two layers?)"
+                f"was made for shape {state[first].shape} (is one optimizer shared by two layers?)"
             )
         return state
 
@@ -115,7 +104,7 @@ class SGDOptimizer(Optimizer):
 
     def prepare(self, dx: Array, key: Hashable = None) -> None:
         if self.momentum != 0:
-            self._slots(key, dx, ("velocity",))
+            self._slots(key, dx)
 
     def update(self, dx: Array, lr: float = 0.01, key: Hashable = None) -> Array:
         _without_decay(self)
@@ -129,7 +118,7 @@ class SGDOptimizer(Optimizer):
     def _step(self, dx, lr, key):
         if self.momentum == 0:
             return lr * dx
-        state = self._slots(key, dx, ("velocity",))
+        state = self._slots(key, dx)
         velocity = state["velocity"]
         if state["step"] == 0:
             velocity[...] = dx
@@ -177,7 +166,7 @@ class AdamOptimizer(Optimizer):
         self.weight_decay = _checks.number("weight_decay", weight_decay, 0)
 
     def prepare(self, dx: Array, key: Hashable = None) -> None:
-        self._slots(key, dx, ("m", "v"))
+        self._slots(key, dx)
 
     def apply(self, param: Array, dx: Array, lr: float, key: Hashable = None) -> None:
         if self.weight_decay:
@@ -185,7 +174,7 @@ class AdamOptimizer(Optimizer):
         self._adam(param, dx, lr, key)
 
     def _adam(self, param, dx, lr, key):
-        state = self._slots(key, dx, ("m", "v"))
+        state = self._slots(key, dx)
         state["step"] += 1
         kernels.adam_update(
             param, dx, state["m"], state["v"], lr, self.beta1, self.beta2, self.eps, state["step"]

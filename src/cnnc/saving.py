@@ -6,7 +6,8 @@ and this module walks the descriptions.
 
 - `config_fields`: the constructor arguments that rebuild an object, each kept as an
   attribute of the same name; `get_config()` gives their values and the classmethod
-  `from_config(config)` (a layer's also takes the network's dtype) builds the object again.
+  `from_config(config)` (a layer's also takes the network's dtype) builds the object again;
+  `Savable`, the base of the four kinds, gives both.
   A JSON object among the values describes an object in turn ({"type": name, ...its config}).
   `config_optional` names the fields a file from an older cnnc may lack (their defaults apply).
 - A layer's `state_dict()` holds its live arrays (parameters, and `buffers` such as
@@ -43,6 +44,27 @@ _HEADER = "cnnc_network.json"
 # What each kind of object is called in messages, by the `saved_kind` of its base class.
 _KINDS = ("layer", "activation", "loss", "optimizer")
 _REGISTRY: dict[str, dict[str, type]] = {kind: {} for kind in _KINDS}
+
+
+class Savable:
+    """What saving reads of an object: `saved_kind`, set by each base class ("layer",
+    "activation", "loss" or "optimizer"), and `config_fields`, the constructor arguments
+    that rebuild it, each kept as an attribute of the same name. `config_optional` names
+    the fields that files from older cnnc lack (their defaults apply)."""
+
+    saved_kind = ""
+    config_fields: tuple[str, ...] = ()
+    config_optional: tuple[str, ...] = ()
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this object, by name."""
+        return {name: getattr(self, name) for name in self.config_fields}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        """The object get_config described (an optimizer with fresh state): config holds its
+        constructor arguments."""
+        return cls(**config)
 
 
 def register(cls: type) -> type:
