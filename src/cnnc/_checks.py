@@ -102,6 +102,17 @@ def number(name, value, minimum=None, below=None):
     return float(value)
 
 
+CONV_PATHS = ("auto", "direct", "gemm", "matmul")
+
+
+def conv_path(path):
+    """path, one of the names of the compiled kernels' convolution paths."""
+    if not isinstance(path, str) or path not in CONV_PATHS:
+        raise ValueError(f"the convolution path must be one of {', '.join(map(repr, CONV_PATHS))}, "
+                         f"got {_shown(path)}")
+    return path
+
+
 def output_size(name, size, window, stride, pad_before=0, pad_after=0):
     """How many windows of `window` moved by `stride` fit a padded size: at least one."""
     padded = size + pad_before + pad_after

@@ -320,7 +320,6 @@ def _matmul_grad_weight_pass(x, dy2, kernel_size, stride, padding, out_hw, chunk
 
 
 # The path the convolutions take: "auto" chooses by shape, the others force one.
-_CONV_PATHS = ("auto", "direct", "gemm", "matmul")
 _conv_path = "auto"
 
 
@@ -331,9 +330,7 @@ def set_conv_path(path):
     NumPy's OpenBLAS from the kernel threads (a ValueError where NumPy ships none);
     "matmul" multiplies them by numpy.matmul. CNNC_CONV_PATH sets the first one."""
     global _conv_path
-    if not isinstance(path, str) or path not in _CONV_PATHS:
-        raise ValueError(f"the convolution path must be one of {', '.join(map(repr, _CONV_PATHS))}, "
-                         f"got {path!r}")
+    path = _checks.conv_path(path)
     if path == "gemm" and _blas is None:
         raise ValueError("the convolution path 'gemm' calls the OpenBLAS of NumPy's wheel, and "
                          "this NumPy has none: choose 'auto', 'direct' or 'matmul'")

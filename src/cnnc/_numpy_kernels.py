@@ -232,7 +232,6 @@ def get_num_threads():
 
 # The compiled kernels compute a convolution by one of several paths; these have one. The
 # names are checked alike, so that code choosing a path runs on either backend.
-_CONV_PATHS = ("auto", "direct", "gemm", "matmul")
 _conv_path = "auto"
 
 
@@ -241,10 +240,7 @@ def set_conv_path(path):
     "matmul") and keep it for get_conv_path; the NumPy kernels have one path, and take it
     whatever the name."""
     global _conv_path
-    if not isinstance(path, str) or path not in _CONV_PATHS:
-        raise ValueError(f"the convolution path must be one of {', '.join(map(repr, _CONV_PATHS))}, "
-                         f"got {path!r}")
-    _conv_path = path
+    _conv_path = _checks.conv_path(path)
 
 
 def get_conv_path():
