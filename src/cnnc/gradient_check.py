@@ -203,34 +203,31 @@ def _check(twin, x, y, eps, atol, rtol, samples, rng, global_state):
     _, grads = twin.loss_and_grads(x, y)         # validates x and y as the user's call would
     x = np.ascontiguousarray(x, dtype=np.float64)
 
-    def loss_from(start, inputs):
-        """The loss with the layers from `start` up run on inputs, randomness replayed."""
+    def outputs_from(start, inputs):
+        """The outputs of the layers from `start` up, run on inputs with their randomness
+        replayed from the analytic pass."""
         np.random.set_state(global_state)
-        activation = inputs
+        outputs = [inputs]
         for layer, states in zip(twin.layers[start:], generators[start:]):
             for generator, state in states:
                 generator.bit_generator.state = state
-            _, activation = layer.forward(activation)
-        return twin.loss.compute(activation, y)
+            outputs.append(layer.forward(outputs[-1])[1])
+        return outputs
 
     for layer in twin.layers:
         layer.training = True
     checks = []
     with kernels.memory_pool():
-        np.random.set_state(global_state)
-        inputs = [x]            # each layer's unperturbed input: a perturbed layer starts there
-        for layer, states in zip(twin.layers, generators):
-            for generator, state in states:
-                generator.bit_generator.state = state
-            inputs.append(layer.forward(inputs[-1])[1])
+        inputs = outputs_from(0, x)     # each layer's input: a perturbed layer starts there
         loss = twin.loss.compute(inputs[-1], y)
         for depth, layer in enumerate(twin.layers):
             for name, param in layer.params.items():
                 analytic = _analytic(grads[depth], depth, layer, name, param)
                 indices = _sample(param.size, samples, rng)
-                checks.append(_check_param(depth, layer, name, param, analytic, indices,
-                                           lambda: loss_from(depth, inputs[depth]), loss,
-                                           eps, atol, rtol))
+                checks.append(_check_param(
+                    depth, layer, name, param, analytic, indices,
+                    lambda: twin.loss.compute(outputs_from(depth, inputs[depth])[-1], y), loss,
+                    eps, atol, rtol))
     worst = max((c.worst for c in checks), key=lambda e: e.rel_error, default=None)
     return GradcheckResult(passed=all(c.passed for c in checks), params=tuple(checks),
                            worst=worst, loss=float(loss), eps=eps, atol=atol, rtol=rtol)

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import _checks
 from ._archive import Archive
 from ._atomic_file import atomic_write
 
@@ -289,12 +290,7 @@ def _ints(value, where):
     if not isinstance(value, list) or not 1 <= len(value) <= _MAX_DIMS:
         raise _Malformed(f"{where} must be a list of 1 to {_MAX_DIMS} ints, got {value!r}")
     for item in value:
-        _integer(item, where, 1, _LARGEST)
-
-
-def _integer(value, where, minimum, maximum):
-    if type(value) is not int or not minimum <= value <= maximum:
-        raise _Malformed(f"{where} must be ints from {minimum} to {maximum}, got {value!r}")
+        _checks.integer(where, item, 1, _LARGEST)
 
 
 def _kind(value):
@@ -324,7 +320,7 @@ def _expected_arrays(header):
             slots = _class_of(optimizer, "", field, "optimizer").slots
             _fields(optimizer["steps"], f"{where} {field} steps", (), optional=params)
             for key, step in optimizer["steps"].items():
-                _integer(step, f"{where} {field} step count of {key!r}", 1, _MAX_STEP)
+                _checks.integer(f"{where} {field} step count of {key!r}", step, 1, _MAX_STEP)
                 for slot in slots:
                     arrays[f"{prefix}{field}/{key}/{slot}"] = shapes[key]
     return {name: (shape, dtype) for name, shape in arrays.items()}
