@@ -96,7 +96,7 @@ def test_compute_deriv_backward_never_modify_input(act, dtype):
 
 
 def test_relu_compute_keeps_stored_z_for_backward():
-    # The seed's ReLU zeroed the negatives of z in place, so the backward pass saw max(z, 0).
+    # The course project's ReLU zeroed the negatives of z in place, so the backward pass saw max(z, 0).
     z = np.array([-2.0, -0.5, 1.5])
     a = relu.compute(z)
     np.testing.assert_array_equal(a, [0.0, 0.0, 1.5])

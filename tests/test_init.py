@@ -72,13 +72,13 @@ def test_normal_initializers_are_not_uniform():
 
 
 def test_he_normal_fan_in_comes_from_filter_not_image():
-    # The seed used sqrt(2/(28*28)) for a (3, 3, 1, 16) filter; fan_in is 3*3*1 = 9.
+    # The report used sqrt(2/(28*28)) for a (3, 3, 1, 16) filter; fan_in is 3*3*1 = 9.
     np.random.seed(7)
     draws = np.concatenate([init.he_normal((3, 3, 1, 16)).ravel() for _ in range(200)])
     want, seed_std = np.sqrt(2.0 / 9), np.sqrt(2.0 / (28 * 28))
     assert draws.std() == pytest.approx(want, rel=0.03)
     assert draws.std() > 5 * seed_std
-    # second conv of the seed: (4, 4, 16, 32) has fan_in 256, not 16*26*26
+    # second conv of the report: (4, 4, 16, 32) has fan_in 256, not 16*26*26
     np.random.seed(8)
     w = init.he_normal((4, 4, 16, 32))
     assert w.std() == pytest.approx(np.sqrt(2.0 / 256), rel=0.05)

@@ -272,8 +272,8 @@ def test_inputs_are_cast_to_the_network_dtype():
     assert net.predict(x.astype(np.float64)).dtype == np.float32
 
 
-def test_seed_report_code_runs():
-    """The seed report's own code blocks, as a user types them."""
+def test_the_report_code_runs_as_typed():
+    """The report's own code blocks, as a user types them."""
     np.random.seed(9)
     x = np.random.rand(50, 28, 28, 1)
     y = np.random.randint(0, 10, 50)

@@ -92,8 +92,8 @@ def test_adam_update_and_apply_agree():
     np.testing.assert_allclose(param, -total, rtol=1e-12, atol=0)
 
 
-def test_adam_is_not_the_seed_adam():
-    # The seed did m = beta1*m + lr*dx; its first step is ~10*lr**2, real Adam's is ~lr.
+def test_adam_is_not_the_course_project_adam():
+    # The course project did m = beta1*m + lr*dx; its first step is ~10*lr**2, real Adam's is ~lr.
     lr = 1e-3
     g = np.array([[0.5, -2.0, 3.0], [-0.1, 1e-2, 7.0]])
     step = AdamOptimizer().update(g, lr)
