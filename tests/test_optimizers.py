@@ -149,7 +149,7 @@ def test_shape_mismatch_on_existing_key_raises(make):
     opt = make()
     opt.update(np.ones((3, 4)), 1e-3, key="w")
     opt.update(np.ones((4,)), 1e-3, key="b")  # another key may have another shape
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=rf"^{type(opt).__name__}: gradient for 'w' has shape \(4, 3\)"):
         opt.update(np.ones((4, 3)), 1e-3, key="w")
     with pytest.raises(ValueError, match="'b'"):
         opt.update(np.ones((5,)), 1e-3, key="b")
@@ -214,12 +214,14 @@ def test_adam_float32_close_to_float64_reference():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"beta1": 1.0}, {"beta2": 1.0}, {"beta1": -0.1}, {"beta2": 1.5}, {"eps": -1e-8}],
-    ids=["beta1_one", "beta2_one", "beta1_negative", "beta2_above_one", "eps_negative"],
+    [{"beta1": 1.0}, {"beta2": 1.0}, {"beta1": -0.1}, {"beta2": -0.1}, {"beta2": 1.5},
+     {"eps": -1e-8}],
+    ids=["beta1_one", "beta2_one", "beta1_negative", "beta2_negative", "beta2_above_one",
+         "eps_negative"],
 )
 def test_adam_invalid_hyperparameters_raise(kwargs):
     name = next(iter(kwargs))
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=f"^{name} must be"):
         AdamOptimizer(**kwargs)
 
 
@@ -264,6 +266,46 @@ def test_sgd_without_momentum_returns_lr_times_grad():
         g = rng.normal(size=(3, 2))
         np.testing.assert_array_equal(opt.update(g, lr), lr * g)
         np.testing.assert_array_equal(opt.update(g, lr, key="w"), lr * g)  # no hidden state
+
+
+def test_update_takes_the_course_projects_default_learning_rates():
+    """update(dx) without lr: 0.01 for SGD, and 0.001 for Adam as in the course project."""
+    g = np.array([0.5, -2.0, 4.0])
+    np.testing.assert_array_equal(SGDOptimizer().update(g), 0.01 * g)
+    np.testing.assert_allclose(AdamOptimizer().update(g), 0.001 * np.sign(g), rtol=1e-6)
+
+
+def test_sgd_without_momentum_keeps_no_state():
+    opt = SGDOptimizer()
+    opt.update(np.ones(3), 0.1, key="w")
+    opt.prepare(np.ones(3), key="b")
+    assert opt.state == {}
+
+
+@pytest.mark.parametrize("make", [AdamOptimizer, lambda: SGDOptimizer(momentum=0.9)], ids=["adam", "sgd_momentum"])
+def test_the_step_count_counts_the_updates(make):
+    """The count is saved with the state: a resumed run must go on from it."""
+    opt = make()
+    for _ in range(3):
+        opt.update(np.ones(2), 0.1, key="w")
+    assert opt.state["w"]["step"] == 3
+
+
+def test_an_optimizer_of_ones_own_needs_only_update():
+    """The course project's protocol: a subclass that defines update alone is applied as
+    w -= update(dx, lr, key), each parameter by its own key."""
+    class HalfStep(optimizers.Optimizer):
+        def update(self, dx, lr, key=None):
+            self.state.setdefault(key, {"step": 0})["step"] += 1
+            return 0.5 * lr * dx
+
+    opt = HalfStep()
+    w, b = np.array([1.0, 2.0]), np.array([3.0])
+    opt.apply(w, np.array([2.0, -4.0]), 0.1, key="w")
+    opt.apply(b, np.array([1.0]), 0.1, key="b")
+    np.testing.assert_array_equal(w, [0.9, 2.2])
+    np.testing.assert_array_equal(b, [2.95])
+    assert opt.state == {"w": {"step": 1}, "b": {"step": 1}}
 
 
 def test_sgd_apply_in_place():
@@ -315,8 +357,8 @@ def test_sgd_momentum_per_parameter_state():
 
 @pytest.mark.parametrize(
     "kwargs,pattern",
-    [({"momentum": -0.1}, "momentum"), ({"nesterov": True}, "[Nn]esterov"),
-     ({"momentum": 0.0, "nesterov": True}, "[Nn]esterov")],
+    [({"momentum": -0.1}, "^momentum must be"), ({"nesterov": True}, "^Nesterov momentum needs momentum > 0$"),
+     ({"momentum": 0.0, "nesterov": True}, "^Nesterov momentum needs momentum > 0$")],
     ids=["negative_momentum", "nesterov_default_momentum", "nesterov_zero_momentum"],
 )
 def test_sgd_invalid_hyperparameters_raise(kwargs, pattern):
@@ -349,8 +391,10 @@ def test_sgd_keeps_numpy_hyperparameters_as_python_ones():
 @pytest.mark.parametrize("make", [lambda: AdamOptimizer(weight_decay=0.1), lambda: AdamWOptimizer(),
                                   lambda: SGDOptimizer(weight_decay=0.1)], ids=["adam", "adamw", "sgd"])
 def test_update_without_the_parameter_refuses_weight_decay(make):
-    with pytest.raises(ValueError, match="weight_decay needs the parameter: call apply"):
-        make().update(np.ones(3), 0.1)
+    optimizer = make()
+    with pytest.raises(ValueError, match=f"^{type(optimizer).__name__} with weight_decay needs the "
+                                         "parameter: call apply"):
+        optimizer.update(np.ones(3), 0.1)
 
 
 def test_adam_weight_decay_is_the_gradient_plus_decay_times_the_weights():
@@ -373,17 +417,34 @@ def test_adamw_shrinks_the_weights_before_the_adam_step():
     np.testing.assert_array_equal(w1, w2)
 
 
-def test_adamw_refuses_a_bad_lr_before_the_weights_change():
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, None, "0.1"])
+def test_adamw_refuses_a_bad_lr_before_the_weights_change(bad):
     w = np.ones(3)
-    with pytest.raises(ValueError, match="lr"):
-        AdamWOptimizer().apply(w, np.ones(3), float("nan"), key="w")
+    with pytest.raises(ValueError, match="^lr must be"):
+        AdamWOptimizer().apply(w, np.ones(3), bad, key="w")
     np.testing.assert_array_equal(w, np.ones(3))
+
+
+def test_adamw_keeps_one_state_per_key():
+    """Two parameters through one AdamW == each through its own."""
+    rng = np.random.default_rng(5)
+    w, b = rng.normal(size=(3, 4)), rng.normal(size=4)
+    w2, b2 = w.copy(), b.copy()
+    shared, own_w, own_b = AdamWOptimizer(), AdamWOptimizer(), AdamWOptimizer()
+    for _ in range(3):
+        gw, gb = rng.normal(size=w.shape), rng.normal(size=b.shape)
+        shared.apply(w, gw, 0.01, key="w")
+        shared.apply(b, gb, 0.01, key="b")
+        own_w.apply(w2, gw, 0.01, key="w")
+        own_b.apply(b2, gb, 0.01, key="b")
+    np.testing.assert_array_equal(w, w2)
+    np.testing.assert_array_equal(b, b2)
 
 
 @pytest.mark.parametrize("make", [AdamOptimizer, AdamWOptimizer, SGDOptimizer])
 @pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.1", None, True])
 def test_weight_decay_must_be_a_finite_number_at_least_0(make, bad):
-    with pytest.raises(ValueError, match="weight_decay"):
+    with pytest.raises(ValueError, match="^weight_decay must be"):
         make(weight_decay=bad)
 
 
@@ -402,7 +463,8 @@ def test_get_takes_an_optimizer_as_it_is_and_a_class_with_its_defaults():
 
 @pytest.mark.parametrize("value", ["adam", None, 0.01, optimizers.Optimizer.update, cnnc.relu, object])
 def test_get_refuses_what_is_not_an_optimizer(value):
-    with pytest.raises(ValueError, match="optimizer must be an optimizer such as AdamOptimizer()"):
+    with pytest.raises(ValueError, match=r"^optimizer must be an optimizer such as AdamOptimizer\(\) or "
+                                         "SGDOptimizer"):
         optimizers.get(value)
 
 
