@@ -1,4 +1,7 @@
-"""cnnc._checks: the one validator of int tuples, and the named results of the kernel checks."""
+"""cnnc._checks: the one validator of each kind of argument (int tuples, shapes, flags, seeds,
+pairs, environment variables), and the named results of the kernel checks."""
+import re
+
 import numpy as np
 import pytest
 
@@ -22,6 +25,7 @@ def test_ints_gives_python_ints_and_takes_one_int_for_all_with_repeat():
     ((1, 2**31), 2, 1, False, "got \\(1, 2147483648\\)"),
     ((1.0, 2), 2, 1, False, "2 ints"),
     ("ab", 2, 1, False, "got 'ab'"),
+    ((0,), 1, 1, False, "stride must be 1 int in"),
 ])
 def test_ints_refuses_what_is_not_count_ints_in_range(values, count, minimum, repeat, message):
     with pytest.raises(ValueError, match=message):
@@ -58,3 +62,55 @@ def test_kernel_checks_name_their_results():
     assert _checks.batchnorm_forward(rows, c, c, 1e-5).eps == 1e-5
     assert _checks.batchnorm_backward(rows, rows, c, c, c, 1e-5).var is c
     assert _checks.batchnorm_inference(rows, c, c, c, c, 1e-5).mean is c
+
+
+def test_shape_is_a_tuple_of_1_to_32_positive_ints():
+    assert _checks.shape("input_shape", [np.int64(28), 28, 1]) == (28, 28, 1)
+    assert _checks.shape("input_shape", (1,) * 32) == (1,) * 32
+    for bad in ((), (1,) * 33, (28, 0), (28, 2**31), (28.0,), (True,), 28, "28", None):
+        with pytest.raises(ValueError, match=r"^input_shape must be a shape: a tuple of 1 to 32 ints >= 1 "
+                                             r"such as \(28, 28, 1\), got "):
+            _checks.shape("input_shape", bad)
+
+
+def test_number_takes_an_inclusive_maximum():
+    assert _checks.number("momentum", 1, 0, maximum=1) == 1.0
+    with pytest.raises(ValueError, match=r"^momentum must be <= 1, got 1.0000001$"):
+        _checks.number("momentum", 1.0000001, 0, maximum=1)
+
+
+def test_flag_is_true_or_false_and_nothing_that_reads_as_one():
+    assert _checks.flag("shuffle", True) is True and _checks.flag("shuffle", np.bool_(False)) is False
+    for bad in ("no", "False", 0, 1, None):
+        with pytest.raises(ValueError, match=f"^shuffle must be True or False, got {re.escape(repr(bad))}$"):
+            _checks.flag("shuffle", bad)
+
+
+def test_seed_is_none_or_an_int_default_rng_takes():
+    assert _checks.seed("seed", None) is None
+    assert _checks.seed("seed", np.uint64(2**64 - 1)) == 2**64 - 1
+    assert _checks.seed("seed", 2**128 - 1) == 2**128 - 1
+    for bad in (-1, 2**128, 1.0, True, "1", [1, 2], np.random.default_rng(0)):
+        with pytest.raises(ValueError, match=r"^seed must be None or an int from 0 to 2\*\*128 - 1, got "):
+            _checks.seed("seed", bad)
+
+
+def test_pair_is_a_tuple_or_list_of_two():
+    x, y = np.zeros((3, 2)), [0, 1, 2]
+    assert _checks.pair("validation_data", [x, y], "(x_val, y_val)") == (x, y)
+    for bad, shown in [(x, "an array of shape (3, 2)"), ((x,), None), ((x, y, y), None), ({"x": x}, None),
+                       (None, "None")]:
+        with pytest.raises(ValueError, match=r"^validation_data must be a pair \(x_val, y_val\), as a "
+                                             r"tuple or list, got ") as caught:
+            _checks.pair("validation_data", bad, "(x_val, y_val)")
+        assert shown is None or str(caught.value).endswith(shown)
+
+
+@pytest.mark.parametrize("value, expected", [(None, "auto"), ("", "auto"), ("   ", "auto"), ("\t\n", "auto"),
+                                             (" numpy ", "numpy")], ids=repr)
+def test_an_environment_variable_set_to_nothing_means_its_default(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv("CNNC_TEST_VARIABLE", raising=False)
+    else:
+        monkeypatch.setenv("CNNC_TEST_VARIABLE", value)
+    assert _checks.environment("CNNC_TEST_VARIABLE", "auto") == expected

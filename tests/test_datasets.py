@@ -188,6 +188,13 @@ def test_mnist_without_root_reads_cnnc_data(tmp_path, monkeypatch):
     assert x_train.shape == (12, 28, 28, 1)
 
 
+@pytest.mark.parametrize("value", ["", "  "], ids=repr)
+def test_cnnc_data_set_to_nothing_means_the_default_root(monkeypatch, value):
+    monkeypatch.setenv("CNNC_DATA", value)
+    assert datasets.default_root(datasets.MNIST) == os.path.join(os.path.expanduser("~"), ".cache",
+                                                                 "cnnc", "mnist")
+
+
 def test_fashion_mnist_without_root_finds_the_debian_package_directory(tmp_path, monkeypatch):
     files, arrays = fake_mnist(seed=1)
     write_files(tmp_path / "usr-share-datasets-fashion-mnist", files)
@@ -539,6 +546,8 @@ def test_mirrors_come_from_the_argument_else_the_variable_else_the_built_in_list
 
     monkeypatch.delenv(variable, raising=False)
     assert used("a") == ["builtin"]
+    monkeypatch.setenv(variable, " ")          # set to nothing: as unset, as every cnnc variable
+    assert used("e") == ["builtin"]
     monkeypatch.setenv(variable, f"{dead_port()},\n {server.url}/variable/ ")
     assert used("b") == ["variable"]
     assert used("c", mirrors=[server.url + "/argument/"]) == ["argument"]
@@ -557,7 +566,7 @@ def test_mirrors_that_are_not_http_urls_are_refused_naming_the_argument(tmp_path
     assert server.requests == [] and os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("value", ["", " ", "ftp://127.0.0.1/mnist/", "http://127.0.0.1/,/tmp/mnist"])
+@pytest.mark.parametrize("value", [" , ", "ftp://127.0.0.1/mnist/", "http://127.0.0.1/,/tmp/mnist"])
 def test_a_bad_mirrors_variable_is_refused_naming_it(tmp_path, local_mnist, server, monkeypatch, value):
     monkeypatch.setenv("CNNC_MNIST_MIRRORS", value)
     with pytest.raises(ValueError, match="^CNNC_MNIST_MIRRORS: "):

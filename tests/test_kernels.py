@@ -303,11 +303,48 @@ def test_a_bad_thread_count_is_a_value_error(bad):
     assert cnnc.get_num_threads() == before
 
 
-@pytest.mark.parametrize("value", ["0", "-2", "two", "2.5", "", "100000", "99999999999999999999"])
+@pytest.mark.parametrize("value", ["0", "-2", "two", "2.5", "100000", "99999999999999999999"])
 def test_a_bad_cnnc_num_threads_is_a_value_error_naming_it(value, monkeypatch):
     monkeypatch.setenv("CNNC_NUM_THREADS", value)
     with pytest.raises(ValueError, match="CNNC_NUM_THREADS must be an int from 1 to"):
         _checks.thread_count("CNNC_NUM_THREADS")
+
+
+@pytest.mark.parametrize("value", ["", "  ", " 3 "], ids=repr)
+def test_cnnc_num_threads_set_to_nothing_means_every_core(value, monkeypatch):
+    monkeypatch.setenv("CNNC_NUM_THREADS", value)
+    expected = int(value) if value.strip() else min(_checks.cores_available(), _checks.MAX_THREADS)
+    assert _checks.thread_count("CNNC_NUM_THREADS") == expected
+
+
+# What an import chose, for each variable cnnc reads at import.
+PRINT_CHOICES = ("import cnnc; from cnnc import kernels; "
+                 "print(kernels.IMPLEMENTATION, cnnc.get_num_threads(), kernels.get_conv_path())")
+IMPORT_VARIABLES = ("CNNC_BACKEND", "CNNC_NUM_THREADS", "CNNC_CONV_PATH", "CNNC_AVX2")
+
+
+def import_with(**variables):
+    """Run PRINT_CHOICES in a fresh interpreter with IMPORT_VARIABLES unset but for those given."""
+    env = {k: v for k, v in os.environ.items() if k not in IMPORT_VARIABLES}
+    return subprocess.run([sys.executable, "-c", PRINT_CHOICES], env={**env, **variables},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_every_variable_read_at_import_means_its_default_when_set_to_nothing():
+    """CNNC_BACKEND= and CNNC_NUM_THREADS= choose what leaving them unset chooses, as every cnnc
+    variable does, rather than one meaning the default and another failing the import. (Spaces
+    count as nothing: test_checks tests _checks.environment, which reads them all.)"""
+    unset = import_with()
+    empty = import_with(**{variable: "" for variable in IMPORT_VARIABLES})
+    assert unset.returncode == 0 and empty.returncode == 0, unset.stderr + empty.stderr
+    assert empty.stdout == unset.stdout
+
+
+def test_a_bad_cnnc_avx2_stops_the_import_naming_it():
+    result = run_with_backend("auto", avx2="no")
+    assert result.returncode != 0
+    assert ("ValueError: CNNC_AVX2 must be 1 (the AVX2 build where the CPU has AVX2 and FMA, the "
+            "default) or 0 (the baseline build), got 'no'") in result.stderr
 
 
 @pytest.mark.slow

@@ -423,9 +423,10 @@ def test_maxpool_bad_arguments_raise_value_error(kwargs):
         MaxPool(**kwargs)
 
 
-@pytest.mark.parametrize("shape", [(6, 0, 2), (6, -1), "abc"], ids=str)
+@pytest.mark.parametrize("shape", [(6, 0, 2), (6, -1), "abc", 0, (), (2.0, 3), [[1]]], ids=str)
 def test_flatten_bad_input_shape_raises_value_error(shape):
-    with pytest.raises(ValueError, match="Flatten input_shape"):
+    with pytest.raises(ValueError, match=r"^Flatten input_shape must be a shape: a tuple of 1 to 32 ints "
+                                         r">= 1 such as \(28, 28, 1\), got "):
         Flatten(shape)
 
 
@@ -483,14 +484,22 @@ def test_conv_wrong_channels_message_names_expected_and_received():
     assert _has_number(msg, 7) and _has_number(msg, 5)
 
 
-@pytest.mark.parametrize("layer", [Conv((3, 3, 2, 4)), MaxPool(2)], ids=repr)
+@pytest.mark.parametrize("layer", [Conv((3, 3, 2, 4)), MaxPool(2), AvgPool(2), GlobalAvgPool()], ids=repr)
 @pytest.mark.parametrize("in_shape", [(8, 8), (1, 8, 8, 2), (64,)], ids=str)
-def test_output_shape_wrong_rank_raises(layer, in_shape):
+def test_output_shape_wrong_rank_raises_naming_the_layer_and_the_shape(layer, in_shape):
     with pytest.raises(ValueError) as excinfo:
         layer.output_shape(in_shape)
-    msg = _message(excinfo)
-    assert "(N, H, W, C)" in msg
-    assert _has_number(msg, len(in_shape) + 1)
+    shown = ", ".join(map(str, in_shape))
+    assert _message(excinfo) == (f"{type(layer).__name__} expects images (N, H, W, C), got "
+                                 f"{len(in_shape) + 1}-D input (N, {shown})")
+
+
+@pytest.mark.parametrize("layer", [MaxPool(5), AvgPool(5), AvgPool((2, 5))], ids=repr)
+def test_a_window_larger_than_the_image_names_the_pooling_layer_it_is(layer):
+    with pytest.raises(ValueError) as excinfo:
+        layer.output_shape((3, 3, 1))
+    ph, pw = layer.pshape
+    assert _message(excinfo) == f"{type(layer).__name__} window {ph}x{pw} does not fit an input of 3x3"
 
 
 @pytest.mark.parametrize(
@@ -609,8 +618,21 @@ def test_filter_and_weight_init_are_called_with_shape_and_cast():
     ],
 )
 def test_initializer_with_wrong_shape_raises(make):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^(filter|weight)_init returned shape \(.*\), expected \("):
         make()
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda bad: Conv((3, 3, 1, 2), filter_init=bad), "filter_init"),
+    (lambda bad: Conv((3, 3, 1, 2), bias_init=bad), "bias_init"),
+    (lambda bad: FullyConnected((4, 2), weight_init=bad), "weight_init"),
+    (lambda bad: FullyConnected((4, 2), bias_init=bad), "bias_init"),
+], ids=["Conv-filter_init", "Conv-bias_init", "FullyConnected-weight_init", "FullyConnected-bias_init"])
+@pytest.mark.parametrize("bad", [0, "he_normal", np.zeros((3, 3, 1, 2))], ids=["zero", "name", "array"])
+def test_an_initializer_that_is_not_callable_is_refused_by_its_name(make, name, bad):
+    with pytest.raises(ValueError, match=f"^{name} must be a callable shape -> array such as "
+                                         "cnnc.init.he_normal, got "):
+        make(bad)
 
 
 def test_params_are_live_arrays():
@@ -714,6 +736,26 @@ def test_dropout_rate_must_lie_in_0_to_1(rate):
         Dropout(rate)
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5, "3", True, [1, 2], 2**128, np.random.default_rng(0),
+                                  np.random.SeedSequence(0)],
+                         ids=["negative", "float", "string", "bool", "list", "2**128", "Generator",
+                              "SeedSequence"])
+def test_dropout_seed_is_none_or_an_int_from_0_to_2_to_the_128_minus_1(seed):
+    """np.random.default_rng takes more (sequences, SeedSequences, generators), but the seed is
+    saved with the layer as JSON, and NumPy's own message names no argument."""
+    with pytest.raises(ValueError, match=r"^Dropout seed must be None or an int from 0 to 2\*\*128 - 1, "
+                                         r"got "):
+        Dropout(0.5, seed=seed)
+
+
+def test_dropout_takes_every_seed_default_rng_takes_as_an_int():
+    for seed in (0, np.int64(3), 2**128 - 1):
+        layer = Dropout(0.5, seed=seed)
+        assert layer.seed == seed and type(layer.seed) is int
+        assert layer.rng.bit_generator.state == np.random.default_rng(seed).bit_generator.state
+    assert Dropout(0.5).seed is None
+
+
 # ======================================================================= Flatten()
 
 def test_flatten_without_a_shape_takes_the_first_inputs_through_it_and_keeps_it():
@@ -794,11 +836,35 @@ def test_batchnorm_refuses_what_it_cannot_normalize():
     layer.training = True
     with pytest.raises(ValueError, match="more than one value per channel"):
         layer.forward(np.zeros((1, 4), np.float32))
-    for kwargs in ({"momentum": 1.5}, {"momentum": float("nan")}, {"eps": 0}, {"eps": -1e-5}):
-        with pytest.raises(ValueError, match="momentum|eps"):
+    for kwargs, message in [({"momentum": 1.5}, "momentum must be <= 1, got 1.5"),
+                            ({"momentum": float("nan")}, "momentum must be a finite number"),
+                            ({"eps": 0}, r"eps must be > 0 \(a channel of equal values would divide by 0\)"),
+                            ({"eps": -1e-5}, "eps must be >= 0")]:
+        with pytest.raises(ValueError, match=f"^{message}"):
             BatchNorm(4, **kwargs)
+    assert BatchNorm(4, momentum=1).momentum == 1.0
     with pytest.raises(ValueError, match="num_features"):
         BatchNorm(0)
+
+
+@pytest.mark.parametrize("input_shape, needed", [((5,), 2), ((1, 1, 5), 2), ((2, 1, 5), 1), ((3, 3, 5), 1)],
+                         ids=str)
+def test_batchnorm_trains_on_batches_with_two_values_per_channel(input_shape, needed):
+    """A batch of one sample holds one value per channel where a sample is (F,) or a 1x1 image."""
+    layer = BatchNorm(5)
+    assert layer.min_training_batch(input_shape) == needed
+    layer.training = True
+    for samples in (needed, needed + 1):
+        layer.forward(np.ones((samples, *input_shape), np.float32))
+    if needed > 1:
+        with pytest.raises(ValueError, match="more than one value per channel"):
+            layer.forward(np.ones((1, *input_shape), np.float32))
+
+
+def test_every_other_layer_trains_on_a_batch_of_one():
+    for layer in (Conv((3, 3, 1, 2)), MaxPool(2), AvgPool(2), GlobalAvgPool(), Dropout(0.5), Flatten(),
+                  FullyConnected((4, 2))):
+        assert layer.min_training_batch((4, 4, 1)) == 1
 
 
 @pytest.mark.parametrize("case", [((2, 6, 6, 3), 2, None), ((1, 7, 5, 2), 3, 2), ((2, 5, 4, 1), (3, 2), 1)],

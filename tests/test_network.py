@@ -409,9 +409,17 @@ class TestBadInput:
             self.net.train_step(self.x, self.y, lr=lr)
         assert_same_state(state_of(self.net), before)
 
-    def test_bad_batch_size(self):
-        with pytest.raises(ValueError, match="batch_size"):
-            self.net.predict(self.x, batch_size=0)
+    @pytest.mark.parametrize("batch_size", [0, None, 2.0, "10", True])
+    def test_bad_batch_size(self, batch_size):
+        with pytest.raises(ValueError, match="^batch_size must be an int from 1 to"):
+            self.net.predict(self.x, batch_size=batch_size)
+        with pytest.raises(ValueError, match="^batch_size must be an int from 1 to"):
+            self.net.evaluate(self.x, self.y, batch_size=batch_size)
+
+    def test_evaluate_on_no_sample_is_refused(self):
+        with pytest.raises(ValueError, match=r"^evaluate needs at least one sample, got x of shape "
+                                             r"\(0, 28, 28, 1\)$"):
+            self.net.evaluate(self.x[:0], self.y[:0])
 
     def test_non_finite_loss_changes_nothing(self):
         self.net.train_step(self.x, self.y)
@@ -567,17 +575,86 @@ def test_fit_shows_a_progress_bar_with_loss_accuracy_and_speed(capsys):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"epochs": -1}, "epochs"), ({"epochs": 1.5}, "epochs"), ({"batch_size": 0}, "batch_size"),
-    ({"lr": float("nan")}, "lr"), ({"validation_data": (np.zeros((2, 5, 5, 1)), [0, 1])}, "layer 2 \\(Flatten\\)"),
-    ({"validation_data": (np.zeros((2, 12, 12, 1)), [0, 4])}, r"class ids must lie in \[0, 4\)"),
-])
+    ({"epochs": -1}, "^epochs must be an int from 0 to"), ({"epochs": 1.5}, "^epochs must be an int"),
+    ({"epochs": None}, "^epochs must be an int"), ({"epochs": True}, "^epochs must be an int"),
+    ({"batch_size": 0}, "^batch_size must be an int from 1 to"), ({"batch_size": None}, "^batch_size"),
+    ({"shuffle": "no"}, "^shuffle must be True or False, got 'no'$"),
+    ({"shuffle": 0}, "^shuffle must be True or False"),
+    ({"progress": None}, "^progress must be True or False"),
+    ({"seed": -1}, r"^seed must be None or an int from 0 to 2\*\*128 - 1, got -1$"),
+    ({"seed": 1.5}, "^seed must be None or an int"),
+    ({"lr": float("nan")}, "lr"),
+    ({"validation_data": (np.zeros((2, 5, 5, 1)), [0, 1])}, r"^validation_data: layer 2 \(Flatten\)"),
+    ({"validation_data": (np.zeros((2, 12, 12, 1)), [0, 4])},
+     r"^validation_data: class ids must lie in \[0, 4\)"),
+    ({"validation_data": (np.zeros((2, 12, 12, 1)), [0, 1, 2])},
+     r"^validation_data: got 2 samples but labels of shape \(3,\)$"),
+    ({"validation_data": (np.zeros((0, 12, 12, 1)), [])},
+     r"^validation_data: x_val has no sample \(shape \(0, 12, 12, 1\)\): pass at least one, or "
+     "validation_data=None$"),
+    ({"validation_data": np.zeros((2, 12, 12, 1))},
+     r"^validation_data must be a pair \(x_val, y_val\), as a tuple or list, got an array of shape "
+     r"\(2, 12, 12, 1\)$"),
+    ({"validation_data": [np.zeros((2, 12, 12, 1))]}, r"^validation_data must be a pair \(x_val, y_val\)"),
+    ({"validation_data": (np.zeros((2, 12, 12, 1)), [0, 1], None)}, "^validation_data must be a pair"),
+    ({"validation_data": {"x": np.zeros((2, 12, 12, 1)), "y": [0, 1]}}, "^validation_data must be a pair"),
+], ids=lambda value: str(value)[:40])
 def test_fit_refuses_bad_arguments_before_the_first_step(kwargs, message):
     x, y = bars(8)
     net = small_cnn()
     before = state_of(net)
     with pytest.raises(ValueError, match=message):
-        net.fit(x, y, progress=False, **kwargs)
+        net.fit(x, y, **{"progress": False, **kwargs})
     assert_same_state(state_of(net), before)
+
+
+def test_fit_refuses_validation_samples_of_another_shape_before_the_first_step():
+    """A Flatten() takes any shape until training fixes it to x's: validation samples that
+    would pass before are refused at once, not after an epoch."""
+    x, y = bars(20)
+    net = Network([Flatten(), FullyConnected((144, 4))], loss=SoftmaxCrossEntropy())
+    before = state_of(net)
+    for x_val in (x.reshape(20, 144), x.reshape(20, 6, 24, 1)):
+        assert net._trace(x_val.shape[1:])[0] == len(net.layers)     # each one the layers take
+        with pytest.raises(ValueError, match=re.escape(
+                f"validation_data: x_val holds samples of shape {x_val.shape[1:]}, but the training x "
+                "holds samples of shape (12, 12, 1): they must be alike")):
+            net.fit(x, y, validation_data=(x_val, y), progress=False)
+        assert_same_state(state_of(net), before)
+        assert net.layers[0].input_shape is None and net.input_shape == (12, 12, 1)
+
+
+def dense_batchnorm_network():
+    return Network([Flatten(), FullyConnected((144, 6)), BatchNorm(6, activation=relu),
+                    FullyConnected((6, 4))], loss=SoftmaxCrossEntropy())
+
+
+@pytest.mark.parametrize("count, batch_size, message", [
+    (10, 3, "but 10 samples in batches of 3 leave 1 sample for the last batch of every epoch: pass a "
+            "batch_size that leaves more or none (batch_size=4 does), or drop 1 sample (x[:9], y[:9])"),
+    (21, 10, "but 21 samples in batches of 10 leave 1 sample for the last batch of every epoch: pass a "
+             "batch_size that leaves more or none (batch_size=11 does), or drop 1 sample (x[:20], y[:20])"),
+    (10, 1, "but batch_size is 1: pass batch_size=2 or more"),
+    (1, 50, "but fit got 1 sample: pass at least 2"),
+])
+def test_fit_refuses_a_batch_of_one_for_a_dense_batchnorm_before_the_first_step(count, batch_size, message):
+    x, y = bars(count)
+    net = dense_batchnorm_network()
+    before = state_of(net)
+    with pytest.raises(ValueError, match="^" + re.escape(
+            f"layer 2 (BatchNorm) trains on batches of at least 2 samples, {message}") + "$"):
+        net.fit(x, y, epochs=2, batch_size=batch_size, progress=False)
+    assert_same_state(state_of(net), before)
+    assert np.all(net.layers[2].running_var == 1)
+
+
+def test_fit_takes_every_batch_a_batchnorm_can_train_on():
+    x, y = bars(10)
+    history = dense_batchnorm_network().fit(x, y, batch_size=4, progress=False)   # 4, 4 and 2
+    assert len(history["loss"]) == 1
+    conv = Network([Conv((3, 3, 1, 2)), BatchNorm(2), Flatten(), FullyConnected((200, 4))],
+                   loss=SoftmaxCrossEntropy())
+    conv.fit(x, y, batch_size=3, progress=False)        # a last image of 10x10 values per channel
 
 
 def test_fit_with_zero_epochs_changes_nothing():
@@ -600,6 +677,24 @@ def test_summary_prints_output_shapes_and_parameter_counts_once(capsys):
                          ("(None, 256)", "295,168"), ("(None, 10)", "2,570")]:
         assert any(shape in line and line.rstrip().endswith(" " + count) for line in lines), shape
     assert "total parameters: 306,122 (float32)" in table
+
+
+SUMMARY_WITHOUT_A_SHAPE = ("summary needs the shape of one input sample, and this network has "
+                           "seen none yet: pass input_shape=(H, W, C), such as input_shape=(28, 28, 1), "
+                           "or run the network on data first (predict, fit or train_step)")
+
+
+def test_summary_before_any_data_says_to_pass_input_shape_or_run_the_network(capsys):
+    for net in (Network([Flatten(), FullyConnected((16, 3))], loss=SoftmaxCrossEntropy()),
+                Network([Conv((3, 3, 1, 2)), GlobalAvgPool()], loss=MeanSquaredError())):
+        with pytest.raises(ValueError, match=f"^{re.escape(SUMMARY_WITHOUT_A_SHAPE)}$"):
+            net.summary()
+    net.summary(input_shape=(4, 4, 1))
+    assert "(None, 2, 2, 2)" in capsys.readouterr().out
+    for shape in (5, "28", (28, 0, 1), (28.0, 28, 1), ()):
+        with pytest.raises(ValueError, match=r"^input_shape must be a shape: a tuple of 1 to 32 ints >= 1 "
+                                             r"such as \(28, 28, 1\), got "):
+            net.summary(input_shape=shape)
 
 
 def test_summary_knows_the_input_shape_once_the_network_has_seen_data(capsys):

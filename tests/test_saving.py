@@ -85,7 +85,7 @@ def test_the_file_is_a_plain_npz_without_pickle(tmp_path):
     with np.load(tmp_path / "net.npz", allow_pickle=False) as npz:
         arrays = {name: npz[name] for name in npz.files}
     header = json.loads(str(arrays.pop(saving._HEADER)))
-    assert header["format"] == "cnnc-network" and header["version"] == 1
+    assert header["format"] == "cnnc-network" and header["version"] == saving.VERSION == 2
     assert all(a.dtype != object for a in arrays.values())
     assert "layer0/w" in arrays and "layer0/optimizer/w/m" in arrays and "layer1/optimizer/b/velocity" in arrays
 
@@ -538,6 +538,9 @@ def assert_same_network(loaded, expected):
     for ours, theirs in zip(loaded.layers, expected.layers):
         for name, array in ours.state_dict().items():
             np.testing.assert_array_equal(array, theirs.state_dict()[name])
+        for name in type(ours).generators:
+            assert getattr(ours, name).bit_generator.state == getattr(theirs, name).bit_generator.state
+
 
 def next_network():
     np.random.seed(2)
@@ -750,13 +753,136 @@ def test_every_class_cnnc_exports_describes_itself():
 
 
 @pytest.mark.parametrize("name", ["every_layer", "float64", "never_trained"])
-def test_a_format_1_file_loaded_and_saved_again_is_the_same_file(tmp_path, name):
-    """Saving still writes format 1: the same header and the same arrays, to the bit."""
+def test_a_format_1_file_loaded_and_saved_again_gains_only_the_version_and_generator_states(
+        tmp_path, name):
+    """Saved again, a format-1 file is format 2: the same arrays to the bit, the same header
+    but for its version and each Dropout's generator, which format 1 did not save: the one its
+    seed makes, which the loaded Dropout draws from."""
     path = os.path.join(FORMAT1, f"format1_{name}.npz")
     Network.load(path).save(tmp_path / "again.npz")
     with np.load(path) as old, np.load(tmp_path / "again.npz") as new:
         assert sorted(old.files) == sorted(new.files)
-        assert json.loads(str(new[saving._HEADER])) == json.loads(str(old[saving._HEADER]))
-        for key in old.files:
+        old_header = json.loads(str(old[saving._HEADER]))
+        new_header = json.loads(str(new[saving._HEADER]))
+        assert (old_header["version"], new_header["version"]) == (1, 2)
+        for spec in new_header["layers"]:
+            if spec["type"] == "Dropout":
+                seeded = np.random.default_rng(spec["seed"]).bit_generator.state
+                assert spec.pop("generators") == {"rng": seeded}
+        assert {**new_header, "version": 1} == old_header
+        for key in set(old.files) - {saving._HEADER}:
             assert old[key].dtype == new[key].dtype
             np.testing.assert_array_equal(old[key], new[key])
+
+
+# ============================================================ random generators (format 2)
+
+def dropout_network(seed, dtype):
+    """A Dropout between two FullyConnected layers, dropping 15 values per sample: batches of
+    7 draw an odd number of values, so a float32 Dropout keeps half of a 64-bit draw between
+    steps (has_uint32), which must be saved too."""
+    np.random.seed(6)
+    return Network([
+        Conv((3, 3, 1, 2), padding=1, activation=relu, dtype=dtype), Flatten(),
+        FullyConnected((288, 15), activation=relu, dtype=dtype), Dropout(0.4, seed=seed),
+        FullyConnected((15, 4), dtype=dtype),
+    ], loss=SoftmaxCrossEntropy())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", [7, None])
+def test_a_dropout_network_resumes_bit_for_bit(tmp_path, seed, dtype):
+    """Trained k steps, saved and loaded, a network takes the next steps its original takes:
+    the same masks, losses and weights, seeded or not."""
+    x, y = bars(42)
+    net = dropout_network(seed, dtype)
+    for start in (0, 7, 14):
+        net.train_step(x[start:start + 7], y[start:start + 7], lr=1e-2)
+    dropout = net.layers[3]
+    assert dropout.rng.bit_generator.state["has_uint32"] == (1 if dtype == np.float32 else 0)
+    net.save(tmp_path / "dropout.npz")
+    loaded = Network.load(tmp_path / "dropout.npz")
+    assert loaded.layers[3].seed == seed
+    assert_same_network(loaded, net)
+    for start in (21, 28, 35):
+        assert loaded.train_step(x[start:start + 7], y[start:start + 7], lr=1e-2) == \
+            net.train_step(x[start:start + 7], y[start:start + 7], lr=1e-2)
+        np.testing.assert_array_equal(loaded.layers[3]._mask, dropout._mask)
+        assert_same_state(state_of(loaded), state_of(net))
+    assert not np.array_equal(dropout._mask, np.ones_like(dropout._mask) / 0.6)    # it drops
+
+
+def dropout_file(tmp_path, change):
+    """A saved Dropout network's header and arrays, the header changed by change(header)."""
+    net = Network([Flatten((4,)), Dropout(0.5, seed=1), FullyConnected((4, 2))], loss=SoftmaxCrossEntropy())
+    net.train_step(np.ones((3, 4)), [0, 1, 0])
+    net.save(tmp_path / "dropout.npz")
+    with np.load(tmp_path / "dropout.npz") as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    header = json.loads(str(arrays.pop(saving._HEADER)))
+    change(header)
+    return npz_with_header(tmp_path, header, **arrays)
+
+
+def generator(header):
+    return header["layers"][1]["generators"]["rng"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda h: generator(h).update(bit_generator="MT19937"),
+     "layer 1 generator rng: unknown bit generator 'MT19937' \\(known: PCG64\\)"),
+    (lambda h: generator(h).update(bit_generator=["PCG64"]), "unknown bit generator \\['PCG64'\\]"),
+    (lambda h: generator(h).pop("uinteger"), "layer 1 generator rng has no uinteger"),
+    (lambda h: generator(h).update(seed=3), "layer 1 generator rng has unknown fields \\['seed'\\]"),
+    (lambda h: generator(h).update(state=[1, 1]), "layer 1 generator rng state must be an object"),
+    (lambda h: generator(h)["state"].pop("inc"), "layer 1 generator rng state has no inc"),
+    (lambda h: generator(h)["state"].update(state=-1), "layer 1 generator rng state must be an int from 0"),
+    (lambda h: generator(h)["state"].update(state=2**128), "generator rng state must be an int from 0"),
+    (lambda h: generator(h)["state"].update(state=1.0), "generator rng state must be an int"),
+    (lambda h: generator(h)["state"].update(state="12"), "generator rng state must be an int"),
+    (lambda h: generator(h)["state"].update(inc=2), "layer 1 generator rng inc must be odd"),
+    (lambda h: generator(h)["state"].update(inc=2**128 + 1), "generator rng inc must be an int from 1"),
+    (lambda h: generator(h).update(has_uint32=2),
+     "layer 1 generator rng has_uint32 must be an int from 0 to 1"),
+    (lambda h: generator(h).update(has_uint32=True), "has_uint32 must be an int"),
+    (lambda h: generator(h).update(uinteger=2**32), "layer 1 generator rng uinteger must be an int from 0"),
+    (lambda h: generator(h).update(uinteger=None), "uinteger must be an int"),
+    (lambda h: h["layers"][1]["generators"].update(other=generator(h)), "layer 1 generators has unknown"),
+    (lambda h: h["layers"][1].update(generators={}), "layer 1 generators has no rng"),
+    (lambda h: h["layers"][1].update(generators=[]), "layer 1 generators must be an object"),
+    (lambda h: h["layers"][1].pop("generators"), "layer 1 has no generators"),
+    (lambda h: h["layers"][2].update(generators={}), "layer 2 has unknown fields \\['generators'\\]"),
+    (lambda h: h.update(version=1), "layer 1 has unknown fields \\['generators'\\]"),
+    (lambda h: h.update(version=3), "format version 3; this cnnc reads versions 1 to 2"),
+    (lambda h: h["layers"][1].update(seed=-1), "Dropout seed must be None or an int"),
+], ids=["kind", "kind_not_a_name", "no_uinteger", "extra_field", "state_not_an_object", "no_inc",
+        "negative_state", "state_past_128_bits", "float_state", "string_state", "even_inc",
+        "inc_past_128_bits",
+        "has_uint32_2", "has_uint32_bool", "uinteger_past_32_bits", "uinteger_null", "unknown_generator",
+        "missing_generator", "generators_not_an_object", "version_2_without_generators",
+        "generators_of_a_layer_without", "version_1_with_generators", "version_3", "negative_seed"])
+def test_a_damaged_generator_state_is_refused_naming_the_file_and_the_field(tmp_path, change, message):
+    path = dropout_file(tmp_path, change)
+    with pytest.raises(ValueError, match=message) as caught:
+        Network.load(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_generator_state_numpy_accepts_is_restored_whatever_its_values(tmp_path):
+    """The largest values each field may take load, and the Dropout draws from exactly them."""
+    state = {"bit_generator": "PCG64", "state": {"state": 2**128 - 1, "inc": 2**128 - 1},
+             "has_uint32": 1, "uinteger": 2**32 - 1}
+    loaded = Network.load(dropout_file(tmp_path, lambda h: generator(h).update(state)))
+    expected = np.random.Generator(np.random.PCG64())
+    expected.bit_generator.state = state
+    assert loaded.layers[1].rng.bit_generator.state == state
+    assert loaded.layers[1].rng.random(5).tolist() == expected.random(5).tolist()
+
+
+def test_saving_refuses_a_generator_it_could_not_restore(tmp_path):
+    net = Network([Flatten((4,)), Dropout(0.5), FullyConnected((4, 2))], loss=SoftmaxCrossEntropy())
+    net.layers[1].rng = np.random.Generator(np.random.MT19937(0))
+    with pytest.raises(ValueError, match="cannot save layer 1: its rng must be a np.random.Generator "
+                                         "over PCG64, got Generator\\(MT19937\\)"):
+        net.save(tmp_path / "net.npz")
+    assert os.listdir(tmp_path) == []

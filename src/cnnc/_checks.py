@@ -48,12 +48,21 @@ def in_place(name, a, like=None):
 
 def _shown(value, limit=60):
     """repr(value) cut to about `limit` characters, for messages: the 400 digits of a huge int
-    say no more than its first ones."""
+    say no more than its first ones, and an array of images no more than its shape."""
     try:
         text = repr(value)
     except ValueError:          # an int past Python's limit on the digits it prints
         return "a value too large to print"
+    if isinstance(value, np.ndarray) and (value.ndim > 1 or len(text) > limit):
+        return f"an array of shape {value.shape}"
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def pair(name, value, names):
+    """value, a tuple or list of two, as a tuple; names says what the two are, as "(x, y)"."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair {names}, as a tuple or list, got {_shown(value)}")
+    return tuple(value)
 
 
 def _is_int(value):
@@ -73,7 +82,25 @@ def ints(name, values, count, minimum=1, repeat=False):
     if (items is None or len(items) != count
             or not all(_is_int(v) and minimum <= int(v) <= _LARGEST for v in items)):
         kind = "an int or " if repeat else ""
-        raise ValueError(f"{name} must be {kind}{count} ints in [{minimum}, 2**31), got {_shown(values)}")
+        plural = "s" if count != 1 else ""
+        raise ValueError(f"{name} must be {kind}{count} int{plural} in [{minimum}, 2**31), got "
+                         f"{_shown(values)}")
+    return tuple(int(v) for v in items)
+
+
+_MAX_DIMS = 32  # NumPy's limit on an array's dimensions
+
+
+def shape(name, value):
+    """value as one sample's shape: a tuple of 1 to 32 ints in [1, 2**31), such as (28, 28, 1)."""
+    try:
+        items = tuple(value)
+    except TypeError:
+        items = None
+    if (items is None or not 1 <= len(items) <= _MAX_DIMS
+            or not all(_is_int(v) and 1 <= int(v) <= _LARGEST for v in items)):
+        raise ValueError(f"{name} must be a shape: a tuple of 1 to {_MAX_DIMS} ints >= 1 such as "
+                         f"(28, 28, 1), got {_shown(value)}")
     return tuple(int(v) for v in items)
 
 
@@ -85,9 +112,9 @@ def integer(name, value, minimum, maximum):
     return int(value)
 
 
-def number(name, value, minimum=None, below=None):
-    """value as a finite Python float, optionally in [minimum, below). A bool is refused (True
-    is no rate), and so is an int too large for a float."""
+def number(name, value, minimum=None, below=None, maximum=None):
+    """value as a finite Python float, optionally >= minimum, < below and <= maximum. A bool is
+    refused (True is no rate), and so is an int too large for a float."""
     try:
         finite = (isinstance(value, numbers.Real) and not isinstance(value, bool)
                   and math.isfinite(value))
@@ -99,7 +126,31 @@ def number(name, value, minimum=None, below=None):
         raise ValueError(f"{name} must be >= {minimum}, got {_shown(value)}")
     if below is not None and value >= below:
         raise ValueError(f"{name} must be < {below}, got {_shown(value)}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {_shown(value)}")
     return float(value)
+
+
+def flag(name, value):
+    """value as a Python bool: True or False (NumPy's too), not a string or a number that
+    would read as one ("no" is true)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {_shown(value)}")
+    return bool(value)
+
+
+_SEED_LIMIT = 2**128    # the seeds NumPy recommends are 128 random bits
+
+
+def seed(name, value):
+    """value as a seed for np.random.default_rng: None (fresh entropy) or an int from 0 to
+    2**128 - 1. default_rng also takes sequences of ints, SeedSequences and generators; they
+    are refused so that a seed stays a plain number, which a saved file holds as JSON."""
+    if value is None:
+        return None
+    if not _is_int(value) or not 0 <= int(value) < _SEED_LIMIT:
+        raise ValueError(f"{name} must be None or an int from 0 to 2**128 - 1, got {_shown(value)}")
+    return int(value)
 
 
 CONV_PATHS = ("auto", "direct", "gemm", "matmul")
@@ -153,14 +204,20 @@ def cores_available():
     return max(1, min(cores or 1, quota or MAX_THREADS))
 
 
+def environment(variable, default):
+    """Environment variable `variable` without surrounding spaces; `default` where it is unset
+    or empty: for every variable cnnc reads, `CNNC_X=` means what leaving CNNC_X unset means."""
+    return os.environ.get(variable, "").strip() or default
+
+
 def thread_count(variable):
-    """The thread count in environment variable `variable`; when it is unset, the cores this
-    process may use (cores_available)."""
-    value = os.environ.get(variable)
+    """The thread count in environment variable `variable`; when it is unset or empty, the
+    cores this process may use (cores_available)."""
+    value = environment(variable, None)
     if value is None:
         return min(cores_available(), MAX_THREADS)
     try:
-        value = int(value.strip())
+        value = int(value)
     except ValueError:
         pass                        # num_threads refuses it, naming the variable
     return num_threads(value, variable)
@@ -438,7 +495,7 @@ def epsilon(eps):
     """eps as a finite float > 0: it keeps 1 / sqrt(var + eps) finite where a channel is constant."""
     eps = number("eps", eps, 0)
     if eps == 0:
-        raise ValueError("eps must be > 0, got 0.0")
+        raise ValueError("eps must be > 0 (a channel of equal values would divide by 0), got 0.0")
     return eps
 
 

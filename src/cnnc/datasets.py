@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
+from . import _checks
 from ._atomic_file import atomic_write
 
 # (x_train, y_train), (x_test, y_test): NHWC uint8 images and int64 class ids
@@ -194,8 +195,8 @@ def mnist(root: FilePath | None = None, download: bool = False, mirrors: Mirrors
         and SHA-256 (False: a missing file is FileNotFoundError).
     mirrors: base URLs to download from, tried in order: a list or one string separated
         by commas or spaces (None: the environment variable CNNC_MNIST_MIRRORS, same
-        format, else MNIST.mirrors). No URL, or one that is not http(s), is a ValueError
-        naming the argument or the variable.
+        format, where it is set to something, else MNIST.mirrors). No URL, or one that is
+        not http(s), is a ValueError naming the argument or the variable.
     deadline: seconds a mirror has to deliver one file before the next is tried.
 
     Raises OSError when no mirror delivers a good copy, ValueError for a corrupt file.
@@ -234,9 +235,9 @@ def mnist_sample() -> Split:
 
 def default_root(dataset: Dataset) -> str:
     """Where dataset (MNIST, FASHION_MNIST) is read from and downloaded to when no root is
-    given: $CNNC_DATA/<name> if that variable is set, else ~/.cache/cnnc/<name>."""
-    base = os.environ.get("CNNC_DATA")
-    if base:
+    given: $CNNC_DATA/<name> where that variable is set to something, else ~/.cache/cnnc/<name>."""
+    base = _checks.environment("CNNC_DATA", None)
+    if base is not None:
         return os.path.join(os.path.expanduser(base), dataset.name)
     return os.path.join(os.path.expanduser("~"), ".cache", "cnnc", dataset.name)
 
@@ -264,13 +265,12 @@ def _load(dataset, root, download, mirrors, deadline):
 
 def _mirrors(dataset, mirrors):
     """The mirrors a download of dataset tries, in order: the mirrors argument, else the
-    URLs in dataset.mirrors_variable, else the built-in list."""
+    URLs in dataset.mirrors_variable where it is set to something, else the built-in list."""
     if mirrors is not None:
         return _mirror_list(mirrors, "mirrors")
     variable = dataset.mirrors_variable
-    if variable in os.environ:
-        return _mirror_list(os.environ[variable], variable)
-    return dataset.mirrors
+    listed = _checks.environment(variable, None)
+    return dataset.mirrors if listed is None else _mirror_list(listed, variable)
 
 
 def _mirror_list(value, source):

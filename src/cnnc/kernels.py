@@ -12,14 +12,17 @@ same numbers up to rounding; the NumPy kernels have one path and take any of the
 The environment variable CNNC_BACKEND chooses: `auto` (the default) takes the compiled
 extension when it is built and NumPy otherwise, with a warning, `numpy` always takes
 NumPy, `compiled` insists on the extension. The extension comes in two builds of one
-source: `_kernels_avx2` runs where the CPU has AVX2 and FMA (and CNNC_AVX2 is not 0),
-`_kernels` everywhere else. IMPLEMENTATION names the module that runs. The environment
-variable CNNC_CONV_PATH sets the first convolution path (as set_conv_path), and
-CNNC_NUM_THREADS the first thread count.
+source: `_kernels_avx2` runs where the CPU has AVX2 and FMA (unless CNNC_AVX2 is 0, not
+its default 1), `_kernels` everywhere else. IMPLEMENTATION names the module that runs.
+The environment variable CNNC_CONV_PATH sets the first convolution path (as
+set_conv_path), and CNNC_NUM_THREADS the first thread count. A variable set to nothing
+(or spaces) means its default, as an unset one does.
 """
 import importlib as _importlib
 import os as _os
 import warnings as _warnings
+
+from . import _checks
 
 # Written into the package by a build that could not compile the extension (see setup.py).
 _BUILD_FAILURE_NOTE = _os.path.join(_os.path.dirname(__file__), "_build_failure.txt")
@@ -55,9 +58,13 @@ def _import_compiled(name):
             del _os.environ["OMP_WAIT_POLICY"]
 
 
-_choice = _os.environ.get("CNNC_BACKEND", "auto").strip().lower() or "auto"
+_choice = _checks.environment("CNNC_BACKEND", "auto").lower()
 if _choice not in ("auto", "compiled", "numpy"):
     raise ImportError(f"CNNC_BACKEND must be 'auto', 'compiled' or 'numpy', got {_choice!r}")
+_avx2 = _checks.environment("CNNC_AVX2", "1")
+if _avx2 not in ("0", "1"):
+    raise ValueError(f"CNNC_AVX2 must be 1 (the AVX2 build where the CPU has AVX2 and FMA, the "
+                     f"default) or 0 (the baseline build), got {_avx2!r}")
 
 if _choice == "numpy":
     from . import _numpy_kernels as _impl
@@ -79,14 +86,13 @@ else:
             "this warning.",
             RuntimeWarning, stacklevel=2)
         from . import _numpy_kernels as _impl
-    if _impl.__name__.endswith("._kernels") and _impl._cpu_has_avx2_fma() and (
-            _os.environ.get("CNNC_AVX2", "1").strip() != "0"):
+    if _impl.__name__.endswith("._kernels") and _impl._cpu_has_avx2_fma() and _avx2 == "1":
         try:
             _impl = _import_compiled("cnnc._kernels_avx2")
         except ImportError:         # built without it (another CPU or compiler): baseline
             pass
 
-_conv_path = _os.environ.get("CNNC_CONV_PATH", "auto").strip().lower() or "auto"
+_conv_path = _checks.environment("CNNC_CONV_PATH", "auto").lower()
 try:
     _impl.set_conv_path(_conv_path)
 except ValueError as _error:
@@ -115,4 +121,4 @@ get_num_threads = _impl.get_num_threads
 set_conv_path = _impl.set_conv_path
 get_conv_path = _impl.get_conv_path
 
-del _importlib, _os, _warnings, _choice, _conv_path, _impl
+del _importlib, _os, _warnings, _checks, _choice, _avx2, _conv_path, _impl

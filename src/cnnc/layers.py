@@ -11,8 +11,8 @@ ValueError that says what was expected.
 
 Each layer also describes itself, for cnnc.saving: `config_fields` names the constructor
 arguments that rebuild it, `state_shapes(config)` gives the shapes of the arrays it holds,
-`state_dict()` the arrays. A new layer sets these and is given to `saving.register`, in its
-own file; saving needs no change.
+`state_dict()` the arrays, and `generators` the random generators it draws from. A new layer
+sets these and is given to `saving.register`, in its own file; saving needs no change.
 """
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ ActivationLike = Union[AbstractActivation, type, str, None]
 OptimizerLike = Union[Optimizer, type, None]
 
 
+def _batch_shape(input_shape: Shape) -> str:
+    """One sample's shape told as a batch's, for messages: "3-D input (N, 28, 28)"."""
+    return f"{len(input_shape) + 1}-D input (N{''.join(f', {d}' for d in input_shape)})"
+
+
 class Layer(Savable):
     """A layer without parameters; subclasses with parameters fill `params`.
 
@@ -42,11 +47,13 @@ class Layer(Savable):
     What saving reads: `config_fields`, the constructor arguments that rebuild the layer,
     each kept as an attribute of the same name; `buffers`, the arrays it holds besides
     `params` (BatchNorm's running statistics); `state_shapes`, which a layer holding arrays
-    overrides.
+    overrides; `generators`, the attributes holding the np.random.Generator objects it draws
+    from (Dropout's), whose states are saved so that a loaded layer draws what this one would.
     """
 
     saved_kind = "layer"
     buffers: tuple[str, ...] = ()
+    generators: tuple[str, ...] = ()
 
     activation: AbstractActivation = linear
     training = False
@@ -91,6 +98,12 @@ class Layer(Savable):
         pass and layer_err = dL/dz ({} for a layer without parameters)."""
         return {}
 
+    def min_training_batch(self, input_shape: Shape) -> int:
+        """The fewest samples of one-sample shape input_shape a training batch must hold for
+        this layer to train on it (BatchNorm's batch statistics need two values per channel),
+        so that fit can refuse batches that would fail before it trains on any."""
+        return 1
+
     def commit_statistics(self) -> None:
         """Fold what the last training pass measured (BatchNorm's batch statistics) into the
         layer's state: the Network does it with the step's updates, so both happen or neither."""
@@ -128,9 +141,11 @@ class ParametricLayer(Layer):
         self.dtype = dtypes.resolve(dtype)
         self.activation = activations.get(activation)
         self.optimizer = AdamOptimizer() if optimizer is None else optimizers.get(optimizer)
+        weight_name, bias_name = self.initializers or ("weight_init", "bias_init")
         self.params = {
-            "w": self._initial(weight_init or init.he_normal, w_shape, "weight"),
-            "b": self._initial(bias_init or init.zeros, b_shape, "bias"),
+            "w": self._initial(init.he_normal if weight_init is None else weight_init, w_shape,
+                               weight_name),
+            "b": self._initial(init.zeros if bias_init is None else bias_init, b_shape, bias_name),
         }
 
     @classmethod
@@ -139,10 +154,14 @@ class ParametricLayer(Layer):
         arrays after, so it draws nothing from np.random."""
         return cls(**config, **{name: init.zeros for name in cls.initializers}, dtype=dtype)
 
-    def _initial(self, initializer, shape, what):
+    def _initial(self, initializer, shape, name):
+        """What initializer (the argument called name) gives for shape, in the layer's dtype."""
+        if not callable(initializer):
+            raise ValueError(f"{name} must be a callable shape -> array such as cnnc.init.he_normal, "
+                             f"got {initializer!r}")
         value = np.asarray(initializer(shape))
         if value.shape != shape:
-            raise ValueError(f"the {what} initializer returned shape {value.shape}, expected {shape}")
+            raise ValueError(f"{name} returned shape {value.shape}, expected {shape}")
         return np.ascontiguousarray(value, dtype=self.dtype)
 
     def prepare_update(self, grads: dict[str, Array]) -> None:
@@ -211,8 +230,7 @@ class Conv(ParametricLayer):
     def output_shape(self, input_shape: Shape) -> Shape:
         kh, kw, cin, cout = self.fshape
         if len(input_shape) != 3:
-            raise ValueError(f"Conv expects images (N, H, W, C), got {len(input_shape) + 1}-D input "
-                             f"(N, {', '.join(map(str, input_shape))})")
+            raise ValueError(f"Conv expects images (N, H, W, C), got {_batch_shape(input_shape)}")
         h, w, c = input_shape
         if c != cin:
             raise ValueError(f"Conv with filters {self.fshape} expects {cin} input channels, got {c} "
@@ -267,12 +285,13 @@ class MaxPool(Layer):
         self._input_shape = None
 
     def output_shape(self, input_shape: Shape) -> Shape:
+        name = type(self).__name__      # AvgPool's too
         if len(input_shape) != 3:
-            raise ValueError(f"MaxPool expects images (N, H, W, C), got {len(input_shape) + 1}-D input")
+            raise ValueError(f"{name} expects images (N, H, W, C), got {_batch_shape(input_shape)}")
         h, w, c = input_shape
         (ph, pw), (sh, sw) = self.pshape, self.strides
         if h < ph or w < pw:
-            raise ValueError(f"MaxPool window {ph}x{pw} does not fit an input of {h}x{w}")
+            raise ValueError(f"{name} window {ph}x{pw} does not fit an input of {h}x{w}")
         return ((h - ph) // sh + 1, (w - pw) // sw + 1, c)
 
     def forward(self, inputs: Array) -> tuple[Array, Array]:
@@ -324,8 +343,8 @@ class GlobalAvgPool(Layer):
 
     def output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 3:
-            raise ValueError(f"GlobalAvgPool expects images (N, H, W, C), got {len(input_shape) + 1}-D "
-                             "input")
+            raise ValueError("GlobalAvgPool expects images (N, H, W, C), got "
+                             f"{_batch_shape(input_shape)}")
         return (input_shape[2],)
 
     def forward(self, inputs: Array) -> tuple[Array, Array]:
@@ -348,19 +367,22 @@ class Dropout(Layer):
     others are scaled by 1 / (1 - rate), so that inference needs no change (identity).
 
     rate: the probability of dropping a value, in [0, 1).
-    seed: seeds the layer's own random generator (None: fresh entropy), so that a seeded
-        network drops the same values on every run.
+    seed: seeds the layer's own random generator, np.random.default_rng(seed): an int from
+        0 to 2**128 - 1, so that a seeded network drops the same values on every run, or
+        None for fresh entropy.
 
-    State: the random generator, and the last training pass's mask, for backward.
+    State: the random generator `rng` (saved with the network, so that a loaded one drops
+    what this one would have dropped next), and the last training pass's mask, for backward.
     """
 
     config_fields = ("rate", "seed")
+    generators = ("rng",)
 
     def __init__(self, rate: float, seed: int | None = None) -> None:
         super().__init__()
         self.rate = _checks.number("rate", rate, 0, 1)
-        self.seed = seed
-        self._random = np.random.default_rng(seed)
+        self.seed = _checks.seed("Dropout seed", seed)
+        self.rng = np.random.default_rng(self.seed)
         self._mask = None
 
     def output_shape(self, input_shape: Shape) -> Shape:
@@ -370,7 +392,7 @@ class Dropout(Layer):
         if not self.training or self.rate == 0:
             self._mask = None
             return inputs, inputs
-        kept = self._random.random(inputs.shape, dtype=inputs.dtype) >= self.rate
+        kept = self.rng.random(inputs.shape, dtype=inputs.dtype) >= self.rate
         self._mask = kept.astype(inputs.dtype)
         self._mask *= inputs.dtype.type(1 / (1 - self.rate))
         outputs = inputs * self._mask
@@ -400,8 +422,8 @@ class Flatten(Layer):
             self._fix(input_shape)
 
     def _fix(self, input_shape):
-        shape = (input_shape,) if np.ndim(input_shape) == 0 else tuple(input_shape)
-        self.input_shape = _checks.ints("Flatten input_shape", shape, len(shape))
+        shape = (input_shape,) if np.ndim(input_shape) == 0 else input_shape
+        self.input_shape = _checks.shape("Flatten input_shape", shape)
         self.size = int(np.prod(self.input_shape))
 
     def output_shape(self, input_shape: Shape) -> Shape:
@@ -496,10 +518,8 @@ class BatchNorm(ParametricLayer):
                  activation: ActivationLike = linear, optimizer: OptimizerLike = None,
                  dtype: DTypeLike = None) -> None:
         self.num_features = _checks.integer("BatchNorm num_features", num_features, 1, 2**31 - 1)
-        self.momentum = _checks.number("momentum", momentum, 0, 1.0000001)
-        self.eps = _checks.number("eps", eps, 0)
-        if self.eps == 0:
-            raise ValueError("BatchNorm eps must be > 0: a channel of equal values would divide by 0")
+        self.momentum = _checks.number("momentum", momentum, 0, maximum=1)
+        self.eps = _checks.epsilon(eps)
         shape = (self.num_features,)
         super().__init__(shape, shape, activation, optimizer, init.ones, init.zeros, dtype)
         self.running_mean = np.zeros(shape, dtype=self.dtype)
@@ -518,6 +538,11 @@ class BatchNorm(ParametricLayer):
                              f"{self.num_features}) or (N, {self.num_features}), got "
                              f"(N, {', '.join(map(str, input_shape))})")
         return tuple(input_shape)
+
+    def min_training_batch(self, input_shape: Shape) -> int:
+        """2 where input_shape, one sample's, holds one value per channel ((F,), or a 1x1
+        image): the variance of one value is no statistic to normalize by. 1 otherwise."""
+        return 2 if int(np.prod(input_shape[:-1])) == 1 else 1
 
     def forward(self, inputs: Array) -> tuple[Array, Array]:
         rows = inputs.reshape(-1, self.num_features)

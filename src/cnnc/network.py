@@ -168,38 +168,42 @@ class Network:
         lr: a number, or a schedule: a callable step -> lr (see cnnc.schedules), called
             once per batch with the 0-based step count of this call, counting on across epochs.
         shuffle: visit the samples in a new random order every epoch (False: as given).
-        seed: makes the shuffling repeatable (None: fresh randomness).
-        validation_data: (x_val, y_val), scored after every epoch (None: no validation).
+        seed: makes the shuffling repeatable: an int >= 0 (None: fresh randomness).
+        validation_data: (x_val, y_val), a tuple or list, scored after every epoch (None: no
+            validation); x_val's samples have the shape of x's.
         progress: show a progress bar on stderr with the running loss, accuracy and speed.
 
         Returns the history: per epoch, the mean training "loss" and "accuracy" over the
         epoch's steps (each taken before that step's update) and, given validation_data,
         "val_loss" and "val_accuracy" after the epoch. Accuracy is for classification
         losses (SoftmaxCrossEntropy); a MeanSquaredError network reports its loss only.
-        Labels are checked, those of validation_data too, before the first step; a bad
-        argument or label is a ValueError, and a step fails as train_step does.
+        Everything that can be checked is checked before the first step, so that a mistake
+        costs no epoch: the arguments, the shapes of x and x_val through every layer, the
+        labels of both, and batches a layer cannot train on (a BatchNorm of (N, F) inputs
+        needs two samples in every batch, the last one of an epoch too). A bad argument or
+        label is a ValueError, and a step fails as train_step does.
         """
         schedule = lr if callable(lr) else _constant(_check_lr(lr))
         batch_size = _check_batch_size(batch_size)
-        if int(epochs) != epochs or epochs < 0:
-            raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+        epochs = _checks.integer("epochs", epochs, 0, _MAX_COUNT)
+        shuffle = _checks.flag("shuffle", shuffle)
+        seed = _checks.seed("seed", seed)
+        progress = _checks.flag("progress", progress)
         x = np.asarray(x)
         (width,) = self._check_input(x, one_d_output=True)
         ids = self._check_labels(_check_count(x, y), width)
         if len(x) == 0:
             raise ValueError("fit needs at least one sample")
         if validation_data is not None:
-            x_val, y_val = validation_data
-            x_val = np.asarray(x_val)
-            self._check_input(x_val, one_d_output=True)
-            self._check_labels(_check_count(x_val, y_val), width)
+            x_val, y_val = self._validation_set(validation_data, x.shape[1:], width)
+        self._check_batches(x.shape[1:], len(x), batch_size)
         rng = np.random.default_rng(seed)
         names = ("loss", "accuracy") if self._classifies else ("loss",)
         history: dict[str, list[float]] = {name: [] for name in names}
         if validation_data is not None:
             history.update({f"val_{name}": [] for name in names})
         y = np.asarray(y)
-        for epoch in range(int(epochs)):
+        for epoch in range(epochs):
             order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
             with tqdm(total=len(x), unit="sample", desc=f"epoch {epoch + 1}/{epochs}",
                       disable=not progress, file=sys.stderr) as bar:
@@ -213,6 +217,39 @@ class Network:
                         history[f"val_{name}"].append(value)
                     bar.set_postfix({name: f"{values[-1]:.4f}" for name, values in history.items()})
         return history
+
+    def _validation_set(self, validation_data, sample_shape, width):
+        """validation_data as arrays (x_val, y_val), checked as fit's x and y are: x_val's samples
+        of the training samples' shape (a Flatten() fixed by training takes no other), at least
+        one, and labels the loss takes. A refusal starts with "validation_data: "."""
+        x_val, y_val = _checks.pair("validation_data", validation_data, "(x_val, y_val)")
+        x_val = np.asarray(x_val)
+        try:
+            self._check_input(x_val, one_d_output=True)
+            if x_val.shape[1:] != sample_shape:
+                raise ValueError(f"x_val holds samples of shape {x_val.shape[1:]}, but the training "
+                                 f"x holds samples of shape {sample_shape}: they must be alike")
+            if len(x_val) == 0:
+                raise ValueError(f"x_val has no sample (shape {x_val.shape}): pass at least one, or "
+                                 "validation_data=None")
+            self._check_labels(_check_count(x_val, y_val), width)
+        except ValueError as error:
+            raise ValueError(f"validation_data: {error}") from None
+        finally:
+            self.input_shape = sample_shape     # what _check_input(x_val) noted was not the input
+        return x_val, y_val
+
+    def _check_batches(self, sample_shape, count, batch_size):
+        """Refuse, before any step, batches some layer cannot train on: fit's hold batch_size
+        samples, the last of each epoch what is left of count (layer.min_training_batch)."""
+        smallest = min(count, count % batch_size or batch_size)
+        shape = sample_shape
+        for depth, layer in enumerate(self.layers):
+            needed = layer.min_training_batch(shape)
+            if smallest < needed:
+                raise ValueError(_too_small(f"layer {depth} ({type(layer).__name__})", needed,
+                                            count, batch_size))
+            shape = layer.output_shape(shape)
 
     def _train_epoch(self, x, y, ids, order, batch_size, schedule, first_step, bar):
         """One pass over the samples in this order, its steps counted from first_step; the
@@ -275,17 +312,20 @@ class Network:
         (sys.stdout if file is None else file).write("\n".join(lines) + "\n")
 
     def _summary_input_shape(self, input_shape):
+        """The shape summary starts from: input_shape, else the last one the network saw, else
+        the one its first layer fixes (a Flatten given its shape, a FullyConnected)."""
         if input_shape is not None:
-            return tuple(int(d) for d in input_shape)
+            return _checks.shape("input_shape", input_shape)
         if self.input_shape is not None:
             return self.input_shape
-        first = self.layers[0] if self.layers else None
-        if hasattr(first, "input_shape"):        # Flatten
+        first = self.layers[0]
+        if getattr(first, "input_shape", None) is not None:     # Flatten((6, 6, 32))
             return first.input_shape
-        if hasattr(first, "shape"):              # FullyConnected
+        if hasattr(first, "shape"):                             # FullyConnected
             return (first.shape[0],)
-        raise ValueError("summary needs the shape of one input sample: pass input_shape, "
-                         "e.g. input_shape=(28, 28, 1), or run the network on data first")
+        raise ValueError("summary needs the shape of one input sample, and this network has seen "
+                         "none yet: pass input_shape=(H, W, C), such as input_shape=(28, 28, 1), "
+                         "or run the network on data first (predict, fit or train_step)")
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save architecture, weights and optimizer state to one .npz file at path (no
@@ -342,6 +382,8 @@ class Network:
         x = np.asarray(x)
         (classes,) = self._check_input(x, one_d_output=True)
         labels = _check_count(x, y)
+        if len(x) == 0:
+            raise ValueError(f"evaluate needs at least one sample, got x of shape {x.shape}")
         ids = class_ids(labels, classes) if with_accuracy else None
         batch_size = _check_batch_size(batch_size)
         correct, total_loss = 0, 0.0
@@ -353,7 +395,7 @@ class Network:
                     correct += int((outputs.argmax(axis=1) == ids[part]).sum())
                 if with_loss:
                     total_loss += self.loss.compute(outputs, labels[part]) * len(outputs)
-        count = max(len(x), 1)
+        count = len(x)
         return (total_loss / count if with_loss else None), (correct / count if with_accuracy else None)
 
     def _forward(self, x):
@@ -502,10 +544,33 @@ def _scheduled(schedule, step):
         raise ValueError(f"the lr schedule at step {step}: {error}") from None
 
 
+# Far more samples in a batch, or epochs, than a run takes.
+_MAX_COUNT = 2**31 - 1
+
+
 def _check_batch_size(batch_size):
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return int(batch_size)
+    return _checks.integer("batch_size", batch_size, 1, _MAX_COUNT)
+
+
+def _too_small(layer, needed, count, batch_size):
+    """Why fit's batches are too small for the layer (which needs `needed` samples in each),
+    and what to pass instead."""
+    needs = f"{layer} trains on batches of at least {needed} samples"
+    if count < needed:
+        return f"{needs}, but fit got {_samples(count)}: pass at least {needed}"
+    if batch_size < needed:
+        return f"{needs}, but batch_size is {batch_size}: pass batch_size={needed} or more"
+    left = count % batch_size
+    sizes = sorted(range(needed, count + 1), key=lambda size: (abs(size - batch_size), -size))
+    fitting = next(size for size in sizes if count % size == 0 or count % size >= needed)
+    return (f"{needs}, but {count} samples in batches of {batch_size} leave {_samples(left)} "
+            f"for the last batch of every epoch: pass a batch_size that leaves more or none "
+            f"(batch_size={fitting} does), or drop {_samples(left)} (x[:{count - left}], "
+            f"y[:{count - left}])")
+
+
+def _samples(count):
+    return f"{count} sample" if count == 1 else f"{count} samples"
 
 
 def _check_finite(loss, grads, layers):

@@ -15,15 +15,22 @@ and this module walks the descriptions.
   so that a file's arrays are checked against its architecture before anything is built.
 - An optimizer keeps `state[key]`, per parameter: a "step" count and the arrays `slots`
   names (Adam's "m" and "v"), each of the parameter's shape.
+- A layer's `generators` names the attributes holding the np.random.Generator objects it
+  draws from (Dropout's): each one's bit generator state is saved, so that a loaded layer
+  draws exactly what the saved one would have drawn next.
 
 A file can name only classes given to `register`, as cnnc's own are: loading builds them
 with the arguments the file holds, and never imports or runs anything the file names.
 
-The file is format version 1: {"format": "cnnc-network", "version": 1, "dtype", "loss",
+The file is format version 2: {"format": "cnnc-network", "version": 2, "dtype", "loss",
 "layers": [{"type": "Conv", "fshape": [...], ..., "activation": {"type": "ReLU"},
-"optimizer": {"type": "AdamOptimizer", ..., "steps": {"w": 3, "b": 3}}}, ...], "input_shape"},
+"optimizer": {"type": "AdamOptimizer", ..., "steps": {"w": 3, "b": 3}}}, ...,
+{"type": "Dropout", "rate": 0.5, "seed": 7, "generators": {"rng": {"bit_generator": "PCG64",
+"state": {"state": ..., "inc": ...}, "has_uint32": 0, "uinteger": 0}}}], "input_shape"},
 and arrays "layer{i}/{name}" for layer i's state, "layer{i}/{field}/{key}/{slot}" for its
-optimizer's.
+optimizer's. A generator's state is NumPy's `bit_generator.state`, whose 128-bit integers
+JSON holds exactly. Version 1, written before generators were saved, is version 2 without
+"generators": its layers draw from their seeds again, as they did when it was current.
 """
 from __future__ import annotations
 
@@ -39,7 +46,9 @@ from ._archive import Archive
 from ._atomic_file import atomic_write
 
 FORMAT = "cnnc-network"
-VERSION = 1
+VERSION = 2
+# The bit generators whose state a file may hold, by the name NumPy's state gives them.
+_BIT_GENERATORS = {"PCG64": np.random.PCG64}
 _HEADER = "cnnc_network.json"
 
 # What each kind of object is called in messages, by the `saved_kind` of its base class.
@@ -139,6 +148,9 @@ def _describe_network(network):
         spec = _describe(layer, "layer", where, arrays, prefix)
         for name, value in layer.state_dict().items():
             arrays[prefix + name] = value
+        if type(layer).generators:
+            spec["generators"] = {name: _generator_state(getattr(layer, name, None), where, name)
+                                  for name in type(layer).generators}
         specs.append(spec)
     header = {"format": FORMAT, "version": VERSION, "dtype": np.dtype(network.dtype).name,
               "loss": _describe(network.loss, "loss", "the network", arrays, ""),
@@ -167,6 +179,15 @@ def _describe(obj, role, where, arrays, prefix):
     return spec
 
 
+def _generator_state(generator, where, name):
+    """The state of the generator a layer draws from, as NumPy gives it (JSON already)."""
+    kind = type(getattr(generator, "bit_generator", None))
+    if not isinstance(generator, np.random.Generator) or kind not in _BIT_GENERATORS.values():
+        raise ValueError(f"cannot save {where}: its {name} must be a np.random.Generator over "
+                         f"{' or '.join(_BIT_GENERATORS)}, got {generator!r}")
+    return generator.bit_generator.state
+
+
 def _json(value, field, where, arrays, prefix):
     """value as JSON: numbers, strings, booleans, None, lists, and described objects."""
     if value is None or isinstance(value, (bool, str)):
@@ -187,8 +208,8 @@ def _json(value, field, where, arrays, prefix):
 
 # ============================================================================ reading
 
-# Sizes a header may declare: NumPy's limit for dimensions, a C int for the rest.
-_MAX_DIMS, _LARGEST, _MAX_STEP = 32, 2**31 - 1, 2**63 - 1
+# An optimizer's step count, a count of updates, is bounded as an int64.
+_MAX_STEP = 2**63 - 1
 # How deep objects and lists may nest in a config: far more than any class needs, and far
 # less than would exhaust Python's stack in the checks and builds that walk them.
 _MAX_NESTING = 16
@@ -210,9 +231,9 @@ def _read_header(archive):
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise archive.error("not a cnnc network file")
     version = header.get("version")
-    if type(version) is not int or version != VERSION:
+    if type(version) is not int or not 1 <= version <= VERSION:
         raise archive.error(f"written in cnnc network format version {version!r}; this cnnc "
-                            f"reads version {VERSION}")
+                            f"reads versions 1 to {VERSION}")
     return header
 
 
@@ -226,11 +247,34 @@ def _check_header(header):
         raise _Malformed(f"dtype must be \"float32\" or \"float64\", got {header['dtype']!r}")
     _check_object(header["loss"], "the header", "loss", "loss")
     if header["input_shape"] is not None:
-        _ints(header["input_shape"], "input_shape")
+        _checks.shape("input_shape", header["input_shape"])
     if not isinstance(header["layers"], list):
         raise _Malformed(f"layers must be a list, got {_kind(header['layers'])}")
     for depth, spec in enumerate(header["layers"]):
-        _check_object(spec, f"layer {depth}", "layer", "layer")
+        where = f"layer {depth}"
+        # version 1 saved no generator: its layers draw from their seeds
+        generators = _class_of(spec, where, "layer", "layer").generators if header["version"] > 1 else ()
+        _check_object(spec, where, "layer", "layer", saved_state=("generators",) if generators else ())
+        if generators:
+            _fields(spec["generators"], f"{where} generators", generators)
+            for name in generators:
+                _check_generator_state(spec["generators"][name], f"{where} generator {name}")
+
+
+def _check_generator_state(state, where):
+    """state is NumPy's bit_generator.state of a bit generator a file may hold: its name, and
+    exactly the fields NumPy gives, each an int in the range the bit generator keeps it in
+    (PCG64: a 128-bit state and an odd 128-bit increment; one 32-bit value kept or not)."""
+    _fields(state, where, ("bit_generator", "state", "has_uint32", "uinteger"))
+    if not isinstance(state["bit_generator"], str) or state["bit_generator"] not in _BIT_GENERATORS:
+        raise _Malformed(f"{where}: unknown bit generator {state['bit_generator']!r} (known: "
+                         f"{', '.join(_BIT_GENERATORS)})")
+    _fields(state["state"], f"{where} state", ("state", "inc"))
+    _checks.integer(f"{where} state", state["state"]["state"], 0, 2**128 - 1)
+    if _checks.integer(f"{where} inc", state["state"]["inc"], 1, 2**128 - 1) % 2 == 0:
+        raise _Malformed(f"{where} inc must be odd, as PCG64 keeps it, got {state['state']['inc']}")
+    _checks.integer(f"{where} has_uint32", state["has_uint32"], 0, 1)
+    _checks.integer(f"{where} uinteger", state["uinteger"], 0, 2**32 - 1)
 
 
 def _class_of(spec, where, role, kind):
@@ -246,16 +290,17 @@ def _class_of(spec, where, role, kind):
     return known[name]
 
 
-def _check_object(spec, where, role, kind=None, depth=0):
+def _check_object(spec, where, role, kind=None, depth=0, saved_state=()):
     """The spec names a registered class and gives exactly its config fields, each a JSON value
-    saving reads (finite numbers; objects describing objects in turn)."""
+    saving reads (finite numbers; objects describing objects in turn), and the fields of its
+    saved state: an optimizer's "steps", and the `saved_state` fields given."""
     if depth > _MAX_NESTING:
         raise _Malformed(f"{where} nests objects and lists more than {_MAX_NESTING} deep")
     cls = _class_of(spec, where, role, kind)
     place = where if role == "layer" else f"{where} {role}"
     optional = tuple(cls.config_optional)
     required = tuple(name for name in cls.config_fields if name not in optional)
-    state = ("steps",) if cls.saved_kind == "optimizer" else ()
+    state = ("steps",) if cls.saved_kind == "optimizer" else saved_state
     _fields(spec, place, ("type",) + required + state, optional)
     for field in cls.config_fields:
         if field in spec:
@@ -284,13 +329,6 @@ def _fields(spec, where, required, optional=()):
         raise _Malformed(f"{where} has no {', '.join(missing)}")
     if unknown:
         raise _Malformed(f"{where} has unknown fields {unknown}")
-
-
-def _ints(value, where):
-    if not isinstance(value, list) or not 1 <= len(value) <= _MAX_DIMS:
-        raise _Malformed(f"{where} must be a list of 1 to {_MAX_DIMS} ints, got {value!r}")
-    for item in value:
-        _checks.integer(where, item, 1, _LARGEST)
 
 
 def _kind(value):
@@ -381,9 +419,14 @@ def _check_chain(network, input_shape):
 
 
 def _restore(layer, spec, archive, prefix):
-    """Read the saved arrays and step counts into the freshly built layer and its optimizers."""
+    """Read the saved arrays, step counts and generator states into the freshly built layer
+    and its optimizers."""
     for name, value in layer.state_dict().items():
         archive.read_into(prefix + name, value)
+    for name, state in spec.get("generators", {}).items():
+        bit_generator = _BIT_GENERATORS[state["bit_generator"]]()
+        bit_generator.state = state
+        setattr(layer, name, np.random.Generator(bit_generator))
     for field, described in _optimizers(spec, type(layer)):
         optimizer = getattr(layer, field)
         for key, step in described["steps"].items():
