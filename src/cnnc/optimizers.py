@@ -94,12 +94,11 @@ class SGDOptimizer(Optimizer):
     def __init__(self, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> None:
         super().__init__()
         momentum = _checks.number("momentum", momentum, 0)
-        if not isinstance(nesterov, (bool, np.bool_)):
-            raise ValueError(f"nesterov must be True or False, got {nesterov!r}")
+        nesterov = _checks.flag("nesterov", nesterov)
         if nesterov and momentum == 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum = momentum
-        self.nesterov = bool(nesterov)
+        self.nesterov = nesterov
         self.weight_decay = _checks.number("weight_decay", weight_decay, 0)
 
     def prepare(self, dx: Array, key: Hashable = None) -> None:
