@@ -183,6 +183,85 @@ def test_input_shape_needed(tmp_path):
         export.to_onnx(net, tmp_path / "net.onnx", input_shape=(5, 5, 3))
 
 
+def test_input_shape_of_the_wrong_kind_is_named(tmp_path):
+    net = trained(*NETWORKS["fc-first"])
+    for bad in (6, "abc", (), (7, 0), (7.0,), (True,)):
+        with pytest.raises(ValueError, match=r"to_onnx input_shape must be .*\(H, W, C\)"):
+            export.to_onnx(net, tmp_path / "net.onnx", input_shape=bad)
+    assert not list(tmp_path.iterdir())
+
+
+EPS, MOMENTUM, RATE = 0.1, 0.3, 0.25
+
+
+def flattened_norm():
+    """Conv -> Flatten -> BatchNorm(60, non-default eps and momentum) -> Dropout ->
+    FullyConnected, each feature's statistics and scale its own, so that a BatchNorm read in
+    the wrong feature order, or without its eps, predicts something else."""
+    np.random.seed(4)
+    net = stack((4, 5, 2), [
+        lambda s: Conv((3, 3, 2, 3), padding=1, activation=relu), lambda s: Flatten(),
+        lambda s: BatchNorm(60, eps=EPS, momentum=MOMENTUM), lambda s: Dropout(RATE), fc(4, "linear")])
+    rng = np.random.default_rng(5)
+    norm = net.layers[2]
+    norm.params["w"][:] = rng.uniform(0.5, 2, 60)
+    norm.params["b"][:] = rng.normal(size=60)
+    norm.running_mean[:] = rng.normal(size=60)
+    norm.running_var[:] = rng.uniform(0.01, 0.1, 60)      # small: eps weighs
+    net.predict(np.zeros((1, 4, 5, 2), np.float32))
+    return net
+
+
+def test_a_batch_norm_after_a_flatten_keeps_its_eps_and_feature_order(tmp_path):
+    net = flattened_norm()
+    export.to_onnx(net, tmp_path / "net.onnx")
+    assert_same_as_predict(net, tmp_path / "net.onnx")
+
+
+def in_training_mode(path):
+    """The model at path with its BatchNormalization and Dropout nodes in training mode, and
+    their outputs (BatchNormalization's running statistics too) among the graph's outputs;
+    returns it and the names of those outputs by what they are."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    (norm,) = [node for node in graph.node if node.op_type == "BatchNormalization"]
+    (dropout,) = [node for node in graph.node if node.op_type == "Dropout"]
+    norm.attribute.append(onnx.helper.make_attribute("training_mode", 1))
+    norm.output.extend(["running_mean", "running_var"])
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array(True), "training"))
+    dropout.input.append("training")
+    names = {"running_mean": "running_mean", "running_var": "running_var",
+             "dropout_in": dropout.input[0], "dropout_out": dropout.output[0]}
+    graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                        for name in names.values())
+    return model, names
+
+
+def test_training_attributes_are_carried_momentum_and_dropout_rate(tmp_path):
+    """BatchNormalization's momentum and Dropout's ratio only act in training mode: there, the
+    running mean moves as cnnc's does in a step, and dropout keeps values scaled by
+    1 / (1 - rate). (ONNX's running variance takes the batch's biased variance, where cnnc
+    and torch take the unbiased one.)"""
+    net = flattened_norm()
+    export.to_onnx(net, tmp_path / "net.onnx")
+    model, names = in_training_mode(tmp_path / "net.onnx")
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(8, 4, 5, 2)).astype(np.float32)
+    got = dict(zip(names, session.run(list(names.values()), {"input": x})))
+
+    norm = net.layers[2]
+    kept_var = (1 - MOMENTUM) * norm.running_var
+    net.train_step(x, rng.integers(0, 4, 8), lr=0.1)
+    np.testing.assert_allclose(got["running_mean"], norm.running_mean, rtol=1e-5, atol=1e-5)
+    biased = (norm.running_var - kept_var) * (len(x) - 1) / len(x)
+    np.testing.assert_allclose(got["running_var"], kept_var + biased, rtol=1e-5, atol=1e-5)
+
+    kept = got["dropout_out"] != 0
+    assert 0.1 < 1 - kept.mean() < 0.4
+    np.testing.assert_allclose(got["dropout_out"][kept], got["dropout_in"][kept] / (1 - RATE), rtol=1e-6)
+
+
 def test_without_onnx_the_error_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     net = trained(*NETWORKS["fc-first"])

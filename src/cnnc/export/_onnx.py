@@ -3,6 +3,9 @@
 Inside the graph, images are NCHW (what ONNX's Conv and pooling take): the input is
 transposed once, before the first layer that needs it, and back to NHWC before a Flatten
 (cnnc flattens (H, W, C) in C order) or at the output.
+
+Every attribute is written, also those only training uses: BatchNormalization's momentum
+(ONNX's is the weight of the running statistics, 1 - cnnc's) and Dropout's ratio.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from .._atomic_file import atomic_write
 from ..activations import LeakyReLU, Linear, ReLU, Sigmoid, Tanh
 from ..layers import (AvgPool, BatchNorm, Conv, Dropout, Flatten, FullyConnected, GlobalAvgPool,
                       MaxPool)
+from ._common import class_name, output_shape, sample_shape
 
 if TYPE_CHECKING:
     from ..network import Network
@@ -36,8 +40,9 @@ def to_onnx(net: Network, path: FilePath, input_shape: Sequence[int] | None = No
     weights are stored as float32, what ONNX Runtime runs on the CPU, also for a float64
     network.
 
-    Raises ImportError without the onnx package, ValueError when no input shape is known
-    or for a layer or activation ONNX export does not cover.
+    Raises ImportError without the onnx package, ValueError for an input_shape that is not a
+    tuple of ints, when no input shape is known, for a layer the input does not fit, or for
+    a layer or activation ONNX export does not cover.
     """
     try:
         import onnx
@@ -46,16 +51,13 @@ def to_onnx(net: Network, path: FilePath, input_shape: Sequence[int] | None = No
                           "pip install 'cnnc[onnx]'") from None
     from .. import __version__
 
-    shape = net.input_shape if input_shape is None else tuple(int(d) for d in input_shape)
-    if shape is None:
-        raise ValueError("to_onnx needs the shape of one input sample: pass input_shape, e.g. "
-                         "input_shape=(28, 28, 1), or run the network on data first")
+    shape = sample_shape("to_onnx", input_shape, net)
     graph = _Graph(onnx)
-    tensor, output_shape = graph.layers(net.layers, "input", tuple(shape))
+    tensor, out_shape = graph.layers(net.layers, "input", shape)
     graph.output(tensor)
     model = onnx.helper.make_model(
         onnx.helper.make_graph(graph.nodes, "cnnc", [_value_info(onnx, "input", shape)],
-                               [_value_info(onnx, "output", output_shape)], graph.initializers),
+                               [_value_info(onnx, "output", out_shape)], graph.initializers),
         opset_imports=[onnx.helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
         producer_name="cnnc", producer_version=__version__)
     onnx.checker.check_model(model)
@@ -85,10 +87,10 @@ class _Graph:
         return name
 
     def weight(self, name, array):
-        """A float32 initializer; returns its name."""
+        """A float32 initializer (a scalar stays one: Dropout's ratio); returns its name."""
         name = self.prefix + name
         self.initializers.append(self.onnx.numpy_helper.from_array(
-            np.ascontiguousarray(array, dtype=np.float32), name))
+            np.array(array, dtype=np.float32, order="C"), name))
         return name
 
     def layout(self, tensor, nchw):
@@ -105,28 +107,25 @@ class _Graph:
             self.prefix = f"layer{depth}."
             convert = _LAYERS.get(type(layer))
             if convert is None:
-                raise ValueError(f"to_onnx cannot export layer {depth}, {layer!r}: it exports "
-                                 f"the layers {', '.join(kind.__name__ for kind in _LAYERS)}")
+                raise ValueError(f"to_onnx cannot export layer {depth}, {layer!r} "
+                                 f"({class_name(layer)}): it exports the layers "
+                                 f"{', '.join(kind.__name__ for kind in _LAYERS)}, exactly (a "
+                                 "subclass may compute something else)")
             activation = _ACTIVATIONS.get(type(layer.activation))
             if activation is None:
                 raise ValueError(f"to_onnx cannot export the activation {layer.activation!r} of "
                                  f"layer {depth}, {layer!r}: it exports the activations "
                                  f"{', '.join(kind.__name__ for kind in _ACTIVATIONS)}")
-            try:
-                out_shape = layer.output_shape(shape)
-            except ValueError as error:
-                raise ValueError(f"layer {depth} ({type(layer).__name__}): {error}") from None
+            out_shape = output_shape("to_onnx", depth, layer, shape)
             tensor = activation(self, layer.activation, convert(self, layer, tensor, shape))
-            shape = tuple(out_shape)
+            shape = out_shape
         return tensor, shape
 
     def output(self, tensor):
         """Make the last tensor the graph's output "output", images back in NHWC."""
         self.prefix = ""
-        tensor = self.layout(tensor, False)
-        if tensor == "input":       # only Dropouts and linear activations: nothing computed
-            self.add("Identity", [tensor])
-        self.nodes[-1].output[0] = "output"
+        self.layout(tensor, False)
+        self.nodes[-1].output[0] = "output"     # every layer adds a node: the last makes tensor
 
 
 def _conv(graph, layer, tensor, shape):
@@ -166,11 +165,13 @@ def _batch_norm(graph, layer, tensor, shape):
     return graph.add("BatchNormalization", [
         tensor, graph.weight("w", layer.params["w"]), graph.weight("b", layer.params["b"]),
         graph.weight("running_mean", layer.running_mean),
-        graph.weight("running_var", layer.running_var)], epsilon=float(layer.eps))
+        graph.weight("running_var", layer.running_var)], epsilon=float(layer.eps),
+        momentum=1 - float(layer.momentum))
 
 
 def _dropout(graph, layer, tensor, shape):
-    return tensor       # the identity in inference
+    """The identity in inference; the rate is kept for a runtime that trains."""
+    return graph.add("Dropout", [tensor, graph.weight("ratio", np.array(layer.rate))])
 
 
 _LAYERS = {Conv: _conv, MaxPool: _pool("MaxPool"), AvgPool: _pool("AveragePool"),
