@@ -137,11 +137,14 @@ def _conv(graph, layer, tensor, shape):
                      pads=[top, left, bottom, right])
 
 
-def _pool(op):
-    def convert(graph, layer, tensor, shape):
-        return graph.add(op, [graph.layout(tensor, True)], kernel_shape=list(layer.pshape),
-                         strides=list(layer.strides))
-    return convert
+def _max_pool(graph, layer, tensor, shape):
+    return graph.add("MaxPool", [graph.layout(tensor, True)], kernel_shape=list(layer.pshape),
+                     strides=list(layer.strides))
+
+
+def _avg_pool(graph, layer, tensor, shape):
+    return graph.add("AveragePool", [graph.layout(tensor, True)], kernel_shape=list(layer.pshape),
+                     strides=list(layer.strides))
 
 
 def _global_avg_pool(graph, layer, tensor, shape):
@@ -174,7 +177,7 @@ def _dropout(graph, layer, tensor, shape):
     return graph.add("Dropout", [tensor, graph.weight("ratio", np.array(layer.rate))])
 
 
-_LAYERS = {Conv: _conv, MaxPool: _pool("MaxPool"), AvgPool: _pool("AveragePool"),
+_LAYERS = {Conv: _conv, MaxPool: _max_pool, AvgPool: _avg_pool,
            GlobalAvgPool: _global_avg_pool, Flatten: _flatten, FullyConnected: _fully_connected,
            BatchNorm: _batch_norm, Dropout: _dropout}
 

@@ -75,11 +75,12 @@ def _conv(torch, layer, shape, order, dtype):
     return ([conv] if symmetric else [torch.nn.ZeroPad2d((left, right, top, bottom)), conv]), None
 
 
-def _pool(kind):
-    """The pooling module of torch.nn `kind` ("MaxPool2d", "AvgPool2d"): no padding, rounding down."""
-    def convert(torch, layer, shape, order, dtype):
-        return [getattr(torch.nn, kind)(layer.pshape, layer.strides)], None
-    return convert
+def _max_pool(torch, layer, shape, order, dtype):
+    return [torch.nn.MaxPool2d(layer.pshape, layer.strides)], None
+
+
+def _avg_pool(torch, layer, shape, order, dtype):
+    return [torch.nn.AvgPool2d(layer.pshape, layer.strides)], None
 
 
 def _global_avg_pool(torch, layer, shape, order, dtype):
@@ -115,8 +116,8 @@ def _fully_connected(torch, layer, shape, order, dtype):
 
 # The torch modules for each cnnc layer (by exact type), as (torch, layer, one sample's shape
 # in, the feature order in, dtype) -> (modules, the feature order the next layers read).
-_MODULES = {cnnc_layers.Conv: _conv, cnnc_layers.MaxPool: _pool("MaxPool2d"),
-            cnnc_layers.AvgPool: _pool("AvgPool2d"), cnnc_layers.GlobalAvgPool: _global_avg_pool,
+_MODULES = {cnnc_layers.Conv: _conv, cnnc_layers.MaxPool: _max_pool,
+            cnnc_layers.AvgPool: _avg_pool, cnnc_layers.GlobalAvgPool: _global_avg_pool,
             cnnc_layers.Flatten: _flatten, cnnc_layers.Dropout: _dropout,
             cnnc_layers.BatchNorm: _batch_norm, cnnc_layers.FullyConnected: _fully_connected}
 
@@ -334,10 +335,12 @@ def _conv_padding(part, pads, shape):
     return "same"
 
 
-def _pool_layer(kind):
-    def make(reader, part):
-        return kind(_pair(part.kernel_size), _pair(part.stride))
-    return make
+def _max_pool_layer(reader, part):
+    return cnnc_layers.MaxPool(_pair(part.kernel_size), _pair(part.stride))
+
+
+def _avg_pool_layer(reader, part):
+    return cnnc_layers.AvgPool(_pair(part.kernel_size), _pair(part.stride))
 
 
 def _global_avg_pool_layer(reader, part):
@@ -425,8 +428,8 @@ _LIMITS = {
 }
 
 # The cnnc layer for each torch.nn class that makes one, as (reader, module) -> layer.
-_LAYERS = {"Conv2d": _conv_layer, "MaxPool2d": _pool_layer(cnnc_layers.MaxPool),
-           "AvgPool2d": _pool_layer(cnnc_layers.AvgPool),
+_LAYERS = {"Conv2d": _conv_layer, "MaxPool2d": _max_pool_layer,
+           "AvgPool2d": _avg_pool_layer,
            "AdaptiveAvgPool2d": _global_avg_pool_layer, "Flatten": _flatten_layer,
            "Dropout": _dropout_layer, "BatchNorm1d": _batch_norm_layer,
            "BatchNorm2d": _batch_norm_layer, "Linear": _linear_layer}
