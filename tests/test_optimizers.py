@@ -275,6 +275,19 @@ def test_update_takes_the_course_projects_default_learning_rates():
     np.testing.assert_allclose(AdamOptimizer().update(g), 0.001 * np.sign(g), rtol=1e-6)
 
 
+@pytest.mark.parametrize("make", [AdamOptimizer, lambda: SGDOptimizer(momentum=0.9)], ids=["adam", "sgd_momentum"])
+def test_prepare_makes_the_state_of_that_key_before_any_update(make):
+    """A Network readies every optimizer before it updates any parameter: prepare allocates
+    the key's zero state for a gradient of that shape, and refuses one of another shape."""
+    opt = make()
+    opt.prepare(np.ones((2, 3)), key="w")
+    assert list(opt.state) == ["w"] and opt.state["w"]["step"] == 0
+    for name in opt.slots:
+        np.testing.assert_array_equal(opt.state["w"][name], np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"^\w+Optimizer: gradient for 'w' has shape \(3,\)"):
+        opt.prepare(np.ones(3), key="w")
+
+
 def test_sgd_without_momentum_keeps_no_state():
     opt = SGDOptimizer()
     opt.update(np.ones(3), 0.1, key="w")
