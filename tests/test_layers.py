@@ -732,7 +732,7 @@ def test_dropout_with_a_seed_drops_the_same_values():
 
 @pytest.mark.parametrize("rate", [-0.1, 1.0, float("nan"), "0.5", None])
 def test_dropout_rate_must_lie_in_0_to_1(rate):
-    with pytest.raises(ValueError, match="rate"):
+    with pytest.raises(ValueError, match=r"^rate must be "):
         Dropout(rate)
 
 
@@ -843,11 +843,14 @@ def test_batchnorm_refuses_what_it_cannot_normalize():
         with pytest.raises(ValueError, match=f"^{message}"):
             BatchNorm(4, **kwargs)
     assert BatchNorm(4, momentum=1).momentum == 1.0
-    with pytest.raises(ValueError, match="num_features"):
+    with pytest.raises(ValueError, match=r"^momentum must be >= 0, got -0.1"):
+        BatchNorm(4, momentum=-0.1)
+    with pytest.raises(ValueError, match=r"^BatchNorm num_features must be an int from 1 to 2147483647, got 0$"):
         BatchNorm(0)
 
 
-@pytest.mark.parametrize("input_shape, needed", [((5,), 2), ((1, 1, 5), 2), ((2, 1, 5), 1), ((3, 3, 5), 1)],
+@pytest.mark.parametrize("input_shape, needed", [((5,), 2), ((1, 1, 5), 2), ((2, 1, 5), 1), ((1, 2, 5), 1),
+                                                 ((3, 3, 5), 1)],
                          ids=str)
 def test_batchnorm_trains_on_batches_with_two_values_per_channel(input_shape, needed):
     """A batch of one sample holds one value per channel where a sample is (F,) or a 1x1 image."""
@@ -898,7 +901,8 @@ def test_global_avgpool_is_the_mean_over_the_image_and_checks_its_gradient():
     (POOL(3), "MaxPool(pshape=(3, 3), strides=(3, 3))"),
     (Flatten((6, 6, 32)), "Flatten((6, 6, 32))"),
     (FullyConnected((256, 10), activation=tanh), "FullyConnected((256, 10), activation=Tanh())"),
-], ids=["Conv", "MaxPool", "POOL", "Flatten", "FullyConnected"])
+    (GlobalAvgPool(), "GlobalAvgPool()"),
+], ids=["Conv", "MaxPool", "POOL", "Flatten", "FullyConnected", "GlobalAvgPool"])
 def test_every_layer_reads_as_the_call_that_makes_it(layer, expected):
     assert repr(layer) == expected
 
@@ -909,3 +913,173 @@ def test_a_layer_without_its_own_repr_shows_its_class():
             return input_shape
 
     assert repr(Identity()) == "Identity()"
+
+
+# ============================================================ arguments' names in messages
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Conv((3, 3, 1)), r"^Conv fshape \(kh, kw, c_in, c_out\) must be 4 ints in \[1, 2\*\*31\), got "),
+    (lambda: Conv((3, 3, 1, 2), strides=0), r"^strides must be an int or 2 ints in \[1, 2\*\*31\), got "),
+    (lambda: Conv((3, 3, 1, 2), padding=-1), r"^padding must be an int or 2 ints in \[0, 2\*\*31\), got "),
+    (lambda: MaxPool(0), r"^pshape must be an int or 2 ints in \[1, 2\*\*31\), got "),
+    (lambda: MaxPool(2, strides=0), r"^strides must be an int or 2 ints in \[1, 2\*\*31\), got "),
+    (lambda: FullyConnected((4,)), r"^FullyConnected shape \(n_in, n_out\) must be 2 ints in \[1, 2\*\*31\), got "),
+], ids=["Conv-fshape", "Conv-strides", "Conv-padding", "MaxPool-pshape", "MaxPool-strides", "FullyConnected-shape"])
+def test_a_refused_argument_is_named_in_the_message(make, message):
+    """The message starts with the argument's own name, so that the caller knows which to fix."""
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_a_parametric_layer_without_initializer_names_calls_them_weight_init_and_bias_init():
+    """A subclass that sets no `initializers` (BatchNorm) still names a bad initializer."""
+    make = cnnc.layers.ParametricLayer
+    with pytest.raises(ValueError, match=r"^weight_init must be a callable"):
+        make((2,), (2,), linear, None, 0, None, F64)
+    with pytest.raises(ValueError, match=r"^bias_init must be a callable"):
+        make((2,), (2,), linear, None, None, 0, F64)
+
+
+# ======================================================== what saving reads from layers
+
+@pytest.mark.parametrize("cls, config, expected", [
+    (Conv, {"fshape": (3, 2, 4, 5)}, {"w": (3, 2, 4, 5), "b": (5,)}),
+    (FullyConnected, {"shape": (7, 3)}, {"w": (7, 3), "b": (3,)}),
+    (BatchNorm, {"num_features": 1}, dict.fromkeys(["w", "b", "running_mean", "running_var"], (1,))),
+    (BatchNorm, {"num_features": 64}, dict.fromkeys(["w", "b", "running_mean", "running_var"], (64,))),
+    (BatchNorm, {"num_features": 2**31 - 1},
+     dict.fromkeys(["w", "b", "running_mean", "running_var"], (2**31 - 1,))),
+    (MaxPool, {"pshape": 2, "strides": None}, {}),
+], ids=["Conv", "FullyConnected", "BatchNorm-1", "BatchNorm-64", "BatchNorm-largest", "MaxPool"])
+def test_state_shapes_are_those_of_the_arrays_the_layer_holds(cls, config, expected):
+    """state_shapes reads the config alone (no arrays are made: 2**31 - 1 features cost nothing)."""
+    shapes = cls.state_shapes(config)
+    assert shapes == expected and list(shapes) == list(expected)
+    assert all(type(s) is tuple and all(type(d) is int for d in s) for s in shapes.values())
+
+
+@pytest.mark.parametrize("cls, config, message", [
+    (Conv, {"fshape": (3, 3, 1)}, r"^Conv fshape \(kh, kw, c_in, c_out\) must be 4 ints in \[1, 2\*\*31\), got "),
+    (Conv, {"fshape": (3, 3, 1, 2, 2)}, r"^Conv fshape \(kh, kw, c_in, c_out\) must be 4 ints"),
+    (FullyConnected, {"shape": (4,)}, r"^FullyConnected shape \(n_in, n_out\) must be 2 ints in \[1, 2\*\*31\), "),
+    (FullyConnected, {"shape": (4, 2, 1)}, r"^FullyConnected shape \(n_in, n_out\) must be 2 ints"),
+    (BatchNorm, {"num_features": 0}, r"^BatchNorm num_features must be an int from 1 to 2147483647, got 0$"),
+    (BatchNorm, {"num_features": 2**31}, r"^BatchNorm num_features must be an int from 1 to 2147483647, got "),
+], ids=["Conv-3", "Conv-5", "FullyConnected-1", "FullyConnected-3", "BatchNorm-0", "BatchNorm-2**31"])
+def test_state_shapes_refuse_a_config_the_layer_does_not_take(cls, config, message):
+    """A file's config is checked as the constructor checks it, naming the argument."""
+    with pytest.raises(ValueError, match=message):
+        cls.state_shapes(config)
+
+
+def test_state_dict_holds_the_params_then_the_buffers_live():
+    layer = BatchNorm(3, dtype=F64)
+    state = layer.state_dict()
+    assert list(state) == ["w", "b", "running_mean", "running_var"]
+    assert state["w"] is layer.params["w"] and state["b"] is layer.params["b"]
+    assert state["running_mean"] is layer.running_mean and state["running_var"] is layer.running_var
+    fc = FullyConnected((4, 2))
+    assert list(fc.state_dict()) == ["w", "b"] and fc.state_dict()["w"] is fc.params["w"]
+
+
+@pytest.mark.parametrize("cls, config", [
+    (Conv, {"fshape": (3, 3, 2, 4), "strides": (1, 1), "padding": "same", "activation": relu,
+            "optimizer": SGDOptimizer()}),
+    (FullyConnected, {"shape": (5, 3), "activation": tanh, "optimizer": SGDOptimizer()}),
+], ids=["Conv", "FullyConnected"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_from_config_rebuilds_the_layer_in_dtype_with_zero_arrays_and_no_draw(cls, config, dtype):
+    """Loading fills the arrays after: from_config draws nothing from np.random."""
+    cnnc.set_default_dtype(np.float32 if dtype == np.float64 else np.float64)
+    np.random.seed(5)
+    before = np.random.get_state()
+    layer = cls.from_config(dict(config), dtype=dtype)
+    after = np.random.get_state()
+    assert np.array_equal(after[1], before[1]) and after[2:] == before[2:]
+    assert type(layer) is cls and layer.get_config() == config
+    assert layer.state_dict().keys() == cls.state_shapes(config).keys()
+    for name, shape in cls.state_shapes(config).items():
+        assert layer.params[name].shape == shape and layer.params[name].dtype == dtype
+        assert not layer.params[name].any()
+
+
+# ============================================================== defaults and boundaries
+
+def test_maxpool_windows_are_2x2_side_by_side_by_default():
+    layer = MaxPool()
+    assert layer.pshape == (2, 2) and layer.strides == (2, 2)
+
+
+@pytest.mark.parametrize("cls", [MaxPool, AvgPool])
+def test_a_pooling_window_as_large_as_the_image_fits_it(cls):
+    """h == ph and w == pw: one window, not a refusal."""
+    layer = cls((2, 3))
+    assert layer.output_shape((2, 3, 4)) == (1, 1, 4)
+    z, _ = layer.forward(np.arange(24, dtype=F64).reshape(1, 2, 3, 4))
+    assert z.shape == (1, 1, 1, 4)
+
+
+def test_dropout_with_rate_0_passes_the_inputs_through_and_draws_nothing():
+    """rate 0 in training is the identity itself, and leaves the generator where it was."""
+    layer = Dropout(0.0, seed=3)
+    layer.training = True
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    z, a = layer.forward(x)
+    assert z is x and a is x and layer.backward(x) is x
+    assert layer.rng.bit_generator.state == np.random.default_rng(3).bit_generator.state
+
+
+def test_dropout_backward_before_any_forward_is_the_identity():
+    err = np.ones((2, 3), np.float32)
+    assert Dropout(0.5).backward(err) is err
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_keeps_a_value_whose_draw_equals_the_rate(dtype):
+    """Values are drawn in the inputs' dtype and kept where draw >= rate (a draw of exactly
+    rate is kept), so that a seeded layer drops the same values in any implementation."""
+    draws = np.random.default_rng(11).random((6, 7), dtype=dtype)
+    rate = float(np.median(draws[0]))
+    assert (draws == rate).sum() == 1
+    layer = Dropout(rate, seed=11)
+    layer.training = True
+    _, a = layer.forward(np.ones((6, 7), dtype))
+    np.testing.assert_array_equal(a != 0, draws >= rate)
+
+
+# ======================================================================= BatchNorm state
+
+def test_batchnorm_commit_without_a_training_pass_changes_nothing():
+    layer = BatchNorm(2, dtype=F64)
+    layer.commit_statistics()
+    layer.forward(np.ones((3, 2)))          # inference: measures nothing
+    layer.commit_statistics()
+    np.testing.assert_array_equal(layer.running_mean, 0.0)
+    np.testing.assert_array_equal(layer.running_var, 1.0)
+
+
+def test_batchnorm_keeps_the_optimizer_it_is_given():
+    assert type(BatchNorm(2, optimizer=SGDOptimizer).optimizer) is SGDOptimizer
+    assert type(BatchNorm(2).optimizer) is AdamOptimizer
+
+
+def test_batchnorm_backward_reuses_get_grads_input_gradient_only_for_the_same_error(monkeypatch):
+    """get_grad computes dL/dinputs too; backward with that same layer_err takes it without a
+    second kernel call, and with another layer_err computes its own."""
+    layer = _batchnorm64(3)
+    layer.training = True
+    x = np.random.default_rng(1).normal(size=(5, 3))
+    layer.forward(x)
+    calls = []
+    kernel = cnnc.layers.kernels.batchnorm_backward
+    monkeypatch.setattr(cnnc.layers.kernels, "batchnorm_backward",
+                        lambda *args: calls.append(1) or kernel(*args))
+    err1, err2 = np.random.default_rng(2).normal(size=(2, 5, 3))
+    layer.get_grad(x, err1)
+    dx1 = layer.backward(err1)
+    assert len(calls) == 1
+    dx2 = layer.backward(err2)
+    assert len(calls) == 2
+    expected = kernel(x, err2, layer.params["w"], *layer._batch, layer.eps)[0]
+    np.testing.assert_allclose(dx2, expected, rtol=1e-12)
+    assert not np.allclose(dx1, dx2)
