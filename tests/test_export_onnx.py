@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+import cnnc
 from cnnc import (AbstractActivation, AvgPool, BatchNorm, Conv, Dropout, Flatten, FullyConnected,
                   GlobalAvgPool, MaxPool, Network, SoftmaxCrossEntropy, export, get_default_dtype,
                   leaky_relu, relu, set_default_dtype, sigmoid, tanh)
@@ -68,6 +69,12 @@ NETWORKS = {
         fc(4, tanh),
     ]),
     "fc-first": ((7,), [fc(6, relu), fc(3, "linear")]),
+    # a BatchNorm on the NHWC input must transpose it to NCHW itself (H, W, C all differ)
+    "batchnorm-first": ((4, 5, 3), [
+        lambda s: BatchNorm(3, activation=tanh),
+        lambda s: Flatten(),
+        fc(3, "linear"),
+    ]),
 }
 
 
@@ -150,6 +157,45 @@ def test_input_is_nhwc_float32_with_a_dynamic_batch(tmp_path):
     assert dims[0].dim_param == "N" and [d.dim_value for d in dims[1:]] == [12, 12, 2]
     assert [(o.domain, o.version) for o in model.opset_import] == [("", _onnx.OPSET)]
     assert model.ir_version == _onnx.IR_VERSION
+    assert (model.producer_name, model.producer_version, model.graph.name) == ("cnnc", cnnc.__version__, "cnnc")
+
+
+def test_nodes_and_weights_are_named_after_their_layer(tmp_path):
+    """Each node and weight is named after the layer it comes from (its number, then the op
+    or cnnc's parameter name), so that a viewer of the graph can tell them apart; the last
+    transpose, back to NHWC, belongs to no layer."""
+    np.random.seed(0)
+    net = stack((6, 6, 2), [lambda s: Conv((3, 3, 2, 3), activation=relu), lambda s: BatchNorm(3),
+                            lambda s: Dropout(0.2), lambda s: GlobalAvgPool(), fc(2, "linear")])
+    export.to_onnx(net, tmp_path / "net.onnx", input_shape=(6, 6, 2))
+    graph = onnx.load(str(tmp_path / "net.onnx")).graph
+    assert [node.name for node in graph.node] == [
+        "layer0.Transpose_0", "layer0.Conv_1", "layer0.Relu_2", "layer1.BatchNormalization_3",
+        "layer2.Dropout_4", "layer3.GlobalAveragePool_5", "layer3.Flatten_6", "layer4.Gemm_7"]
+    assert [w.name for w in graph.initializer] == [
+        "layer0.w", "layer0.b", "layer1.w", "layer1.b", "layer1.running_mean", "layer1.running_var",
+        "layer2.ratio", "layer4.w", "layer4.b"]
+    np.random.seed(0)
+    net = stack((6, 6, 2), [lambda s: Conv((3, 2, 2, 3), strides=(1, 2)), lambda s: MaxPool(2)])
+    export.to_onnx(net, tmp_path / "images.onnx", input_shape=(6, 6, 2))
+    graph = onnx.load(str(tmp_path / "images.onnx")).graph
+    assert [node.name for node in graph.node] == ["layer0.Transpose_0", "layer0.Conv_1", "layer1.MaxPool_2",
+                                                  "Transpose_3"]
+
+
+def test_every_attribute_is_written(tmp_path):
+    """Also those ONNX would infer or default: a reader need not know the defaults."""
+    np.random.seed(0)
+    net = stack((6, 6, 2), [lambda s: Conv((3, 2, 2, 3), strides=(1, 2), padding="same"),
+                            lambda s: Flatten(), fc(2, "linear")])
+    export.to_onnx(net, tmp_path / "flat.onnx", input_shape=(6, 6, 2))
+    pooled = stack((6, 6, 2), [lambda s: GlobalAvgPool(), fc(2, "linear")])
+    export.to_onnx(pooled, tmp_path / "pooled.onnx", input_shape=(6, 6, 2))
+    attributes = [(node.op_type, {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute})
+                  for name in ("flat", "pooled") for node in onnx.load(str(tmp_path / f"{name}.onnx")).graph.node
+                  if node.op_type in ("Conv", "Flatten")]
+    assert attributes == [("Conv", {"kernel_shape": [3, 2], "strides": [1, 2], "pads": [1, 0, 1, 0]}),
+                          ("Flatten", {"axis": 1}), ("Flatten", {"axis": 1})]
 
 
 class Scale(Layer):
@@ -179,7 +225,7 @@ def test_input_shape_needed(tmp_path):
     net = Network([Conv((3, 3, 1, 2)), Flatten(), fc(2)((72,))], SoftmaxCrossEntropy())
     with pytest.raises(ValueError, match=r"input_shape=\(28, 28, 1\)"):
         export.to_onnx(net, tmp_path / "net.onnx")
-    with pytest.raises(ValueError, match="layer 0 .Conv.: Conv .* expects 1 input channels"):
+    with pytest.raises(ValueError, match=r"^to_onnx: layer 0 \(Conv\): Conv .* expects 1 input channels"):
         export.to_onnx(net, tmp_path / "net.onnx", input_shape=(5, 5, 3))
 
 

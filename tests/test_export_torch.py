@@ -1,5 +1,6 @@
 """cnnc.export.to_torch and from_torch: the module computes what the network predicts, the
 way back gives the same network, and every attribute is carried or refused by name."""
+import re
 import sys
 
 import numpy as np
@@ -107,11 +108,12 @@ def test_what_has_no_counterpart_is_refused_by_name():
         export.from_torch(torch.nn.Linear(2, 2))
 
 
-def test_without_torch_the_error_names_the_extra(monkeypatch):
+@pytest.mark.parametrize("function", ["to_torch", "from_torch"])
+def test_without_torch_the_error_names_the_function_and_the_extra(function, monkeypatch):
     _, shape, net = next(networks())
     monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(ImportError, match=r"pip install 'cnnc\[torch\]'"):
-        export.to_torch(net, input_shape=shape)
+    with pytest.raises(ImportError, match=rf"^cnnc\.export\.{function} needs PyTorch: pip install 'cnnc\[torch\]'$"):
+        getattr(export, function)(net if function == "to_torch" else None, input_shape=shape)
 
 
 # ---------------------------------------------------------------- a BatchNorm after a Flatten of images
@@ -219,6 +221,8 @@ READ = [
     ("Conv2d tuples", lambda: [nn.Conv2d(3, 4, (2, 3), stride=(2, 1), padding=(1, 2))], IMAGES),
     ("Conv2d same even", lambda: [nn.Conv2d(3, 4, 4, padding="same")], IMAGES),
     ("Conv2d same odd/even", lambda: [nn.Conv2d(3, 4, (3, 2), padding="same")], IMAGES),
+    ("Conv2d same even/odd", lambda: [nn.Conv2d(3, 4, (2, 3), padding="same")], IMAGES),
+    ("Conv2d same odd 5", lambda: [nn.Conv2d(3, 4, (1, 5), padding="same")], IMAGES),
     ("Conv2d valid", lambda: [nn.Conv2d(3, 4, 3, padding="valid")], IMAGES),
     ("Conv2d stride 3", lambda: [nn.Conv2d(3, 2, 1, stride=3)], IMAGES),
     ("Conv2d bias None", lambda: [nn.Conv2d(3, 4, 2, padding=1, bias=False)], IMAGES),
@@ -388,6 +392,10 @@ MISPLACED = [
      r"Sigmoid\(\) follows Dropout"),
     ("two activations", lambda: [nn.Linear(7, 2), nn.ReLU(), nn.Tanh()], FEATURES, r"Tanh\(\) follows ReLU"),
     ("activation first", lambda: [nn.Tanh()], FEATURES, r"Tanh\(\) follows the input"),
+    ("Linear after Dropout on images", lambda: [nn.Conv2d(3, 2, 3), nn.Dropout(), nn.Linear(5, 2)], None,
+     r"Linear\(.* takes features .* follows Dropout\(.*\), which gives images"),
+    ("Linear after BatchNorm2d", lambda: [nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2), nn.Linear(5, 2)], None,
+     r"Linear\(.* takes features .* follows BatchNorm2d\(.*\), which gives images"),
     ("Flatten without input_shape", lambda: [nn.Conv2d(3, 2, 3), nn.Flatten()], None,
      r"needs input_shape=\(H, W, C\)"),
     ("ZeroPad2d stride 2 without input_shape",
@@ -448,3 +456,75 @@ def test_arguments_of_the_wrong_kind_are_named():
         with pytest.raises(ValueError, match=rf"non-empty torch.nn.Sequential \(for one module: "
                                              rf"torch.nn.Sequential\(module\)\), {got}"):
             export.from_torch(bad)
+
+
+def test_to_torch_pads_in_the_conv2d_where_symmetric_and_keeps_pool_strides():
+    """Symmetric padding stays the Conv2d's own; only cnnc's uneven "same" needs a ZeroPad2d
+    before it. A pooling window's stride is carried, also when it is not the window's size."""
+    net = Network([Conv((3, 3, 2, 3), padding=1), Conv((4, 4, 3, 3), strides=2, padding="same"),
+                   MaxPool((3, 2), strides=1), MaxPool(2)], loss=SoftmaxCrossEntropy())
+    model = export.to_torch(net, input_shape=(9, 9, 2))
+    assert [type(m) for m in model] == [nn.Conv2d, nn.ZeroPad2d, nn.Conv2d, nn.MaxPool2d, nn.MaxPool2d]
+    assert model[0].padding == (1, 1) and model[2].padding == (0, 0)
+    assert model[1].padding == (1, 2, 1, 2)       # (left, right, top, bottom): the odd pixel bottom/right
+    assert (model[3].kernel_size, model[3].stride) == ((3, 2), (1, 1))
+    assert (model[4].kernel_size, model[4].stride) == ((2, 2), (2, 2))
+
+
+@pytest.mark.parametrize("shape", [IMAGES, None], ids=["input_shape", "unknown"])
+def test_from_torch_keeps_the_input_shape_and_the_flatten_shape(shape):
+    """The network knows the input_shape it was read for (None: not yet), and a Flatten of
+    images is fixed to the images it receives, so that other ones are refused."""
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(40, 2))
+    if shape is None:
+        model = nn.Sequential(nn.Linear(7, 3), nn.Flatten())
+    net = export.from_torch(model, input_shape=shape)
+    assert net.input_shape == shape
+    if shape is not None:
+        assert net.layers[1].input_shape == (4, 5, 2)
+
+
+def test_a_stride_1_same_padding_needs_no_input_shape():
+    """At stride 1 cnnc's "same" pads k - 1 whatever the size: a ZeroPad2d + Conv2d read
+    without input_shape computes what torch does on any size."""
+    torch.manual_seed(0)
+    for pad, kernel in (((1, 2, 0, 1), (2, 4)), ((0, 1, 1, 1), (3, 2))):
+        model = nn.Sequential(nn.ZeroPad2d(pad), nn.Conv2d(3, 4, kernel)).double().eval()
+        net = export.from_torch(model)
+        assert net.layers[0].padding == "same"
+        x = np.random.default_rng(0).normal(size=(2,) + IMAGES)
+        with torch.no_grad():
+            np.testing.assert_allclose(net.predict(x), model(nchw(x)).numpy().transpose(0, 2, 3, 1), atol=1e-12)
+
+
+def test_uneven_padding_that_is_not_same_is_refused_with_its_pads():
+    with pytest.raises(ValueError, match=r"^from_torch: Conv2d\(.*\): padding \(top, bottom, left, right\) = "
+                                         r"\(0, 1, 0, 1\), with any ZeroPad2d before it, is neither symmetric"):
+        export.from_torch(nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 4, 3)), input_shape=IMAGES)
+    with pytest.raises(ValueError, match=r"^from_torch: Conv2d\(.*\): padding \(top, bottom, left, right\) = "
+                                         r"\(0, 1, 0, 1\), with any ZeroPad2d before it, is not symmetric: "
+                                         r"pass input_shape"):
+        export.from_torch(nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 4, 2, stride=2)))
+
+
+@pytest.mark.parametrize("model, dtype, expected", [
+    (lambda: nn.Sequential(nn.Linear(2, 2)).double(), None, np.float64),
+    (lambda: nn.Sequential(nn.BatchNorm2d(3, affine=False)).double(), None, np.float64),
+    (lambda: nn.Sequential(nn.BatchNorm2d(3, affine=False)), None, np.float32),
+    (lambda: nn.Sequential(nn.MaxPool2d(2)), None, np.float32),
+    (lambda: nn.Sequential(nn.Linear(2, 2)), np.float64, np.float64),
+    (lambda: nn.Sequential(nn.Linear(2, 2)).double(), "float32", np.float32),
+], ids=["params f64", "buffers f64", "buffers f32", "nothing", "asked f64", "asked f32"])
+def test_from_torch_chooses_the_dtype_of_the_weights_or_the_one_asked(model, dtype, expected):
+    """None follows the first parameter, or without any the first buffer (BatchNorm's statistics)."""
+    net = export.from_torch(model(), dtype=dtype)
+    assert all(layer.params[name].dtype == expected for layer in net.layers for name in layer.params)
+    assert net.dtype == expected or not any(layer.params for layer in net.layers)
+
+
+def test_a_refused_class_is_named_with_its_module():
+    """A subclass's repr shows its base's name: the message names the class, with its module."""
+    with pytest.raises(ValueError, match=rf"\({re.escape(OwnConv.__module__)}\.OwnConv\) has no cnnc layer"):
+        export.from_torch(nn.Sequential(OwnConv(3, 2, 3)), input_shape=IMAGES)
+    with pytest.raises(ValueError, match=rf"\({re.escape(Doubled.__module__)}\.Doubled\): it converts"):
+        export.to_torch(Network([Flatten(), Doubled((4, 2))], loss=SoftmaxCrossEntropy()), input_shape=(4,))
