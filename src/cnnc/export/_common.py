@@ -40,6 +40,17 @@ def output_shape(function: str, depth: int, layer: Layer, shape: tuple[int, ...]
         raise ValueError(f"{function}: layer {depth} ({type(layer).__name__}): {error}") from None
 
 
+def converter(function: str, verb: str, table: dict, depth: int, layer: Layer):
+    """The converter `table` holds for layer number `depth`, found by its exact type (a subclass
+    may compute something else); a layer it has none for is a ValueError naming it."""
+    convert = table.get(type(layer))
+    if convert is None:
+        raise ValueError(f"{function} cannot {verb} layer {depth}, {layer!r} ({class_name(layer)}): "
+                         f"it {verb}s the layers {', '.join(kind.__name__ for kind in table)}, "
+                         "exactly (a subclass may compute something else)")
+    return convert
+
+
 def class_name(thing: object) -> str:
     """The full name of thing's class, for messages: a subclass's repr may show its base's."""
     return f"{type(thing).__module__}.{type(thing).__qualname__}"

@@ -18,7 +18,7 @@ from .._atomic_file import atomic_write
 from ..activations import LeakyReLU, Linear, ReLU, Sigmoid, Tanh
 from ..layers import (AvgPool, BatchNorm, Conv, Dropout, Flatten, FullyConnected, GlobalAvgPool,
                       MaxPool)
-from ._common import class_name, output_shape, sample_shape
+from ._common import converter, output_shape, sample_shape
 
 if TYPE_CHECKING:
     from ..network import Network
@@ -105,12 +105,7 @@ class _Graph:
         returns the last output and its per-sample shape (NHWC)."""
         for depth, layer in enumerate(layers):
             self.prefix = f"layer{depth}."
-            convert = _LAYERS.get(type(layer))
-            if convert is None:
-                raise ValueError(f"to_onnx cannot export layer {depth}, {layer!r} "
-                                 f"({class_name(layer)}): it exports the layers "
-                                 f"{', '.join(kind.__name__ for kind in _LAYERS)}, exactly (a "
-                                 "subclass may compute something else)")
+            convert = converter("to_onnx", "export", _LAYERS, depth, layer)
             activation = _ACTIVATIONS.get(type(layer.activation))
             if activation is None:
                 raise ValueError(f"to_onnx cannot export the activation {layer.activation!r} of "

@@ -20,7 +20,7 @@ from numpy.typing import DTypeLike
 
 from .. import layers as cnnc_layers
 from ..activations import LeakyReLU, Linear, ReLU, Sigmoid, Tanh
-from ._common import class_name, output_shape, sample_shape
+from ._common import class_name, converter, output_shape, sample_shape
 
 if TYPE_CHECKING:
     import torch
@@ -47,12 +47,7 @@ def to_torch(net: Network, input_shape: Sequence[int] | None = None) -> torch.nn
     dtype = torch.float64 if np.dtype(net.dtype) == np.float64 else torch.float32
     with torch.no_grad():
         for depth, layer in enumerate(net.layers):
-            convert = _MODULES.get(type(layer))
-            if convert is None:
-                raise ValueError(f"to_torch cannot convert layer {depth}, {layer!r} "
-                                 f"({class_name(layer)}): it converts the layers "
-                                 f"{', '.join(kind.__name__ for kind in _MODULES)}, exactly (a "
-                                 "subclass may compute something else)")
+            convert = converter("to_torch", "convert", _MODULES, depth, layer)
             out_shape = output_shape("to_torch", depth, layer, shape)
             made, order = convert(torch, layer, shape, order, dtype)
             modules += made + _activation(torch.nn, layer)
