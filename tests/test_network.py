@@ -618,10 +618,22 @@ def test_fit_refuses_validation_samples_of_another_shape_before_the_first_step()
         assert net._trace(x_val.shape[1:])[0] == len(net.layers)     # each one the layers take
         with pytest.raises(ValueError, match=re.escape(
                 f"validation_data: x_val holds samples of shape {x_val.shape[1:]}, but the training x "
-                "holds samples of shape (12, 12, 1): they must be alike")):
+                "holds samples of shape (12, 12, 1): layer 0 (Flatten) takes the shape it first "
+                "sees, the training samples', and then no other")):
             net.fit(x, y, validation_data=(x_val, y), progress=False)
         assert_same_state(state_of(net), before)
         assert net.layers[0].input_shape is None and net.input_shape == (12, 12, 1)
+
+
+def test_fit_validates_an_all_convolutional_network_on_images_of_another_size():
+    """Without a Flatten() to fix, validation images may be larger than the training ones,
+    as predict takes them."""
+    x, y = bars(20)
+    net = Network([Conv((3, 3, 1, 4), activation=relu), GlobalAvgPool(), FullyConnected((4, 4))],
+                  loss=SoftmaxCrossEntropy())
+    x_val = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    history = net.fit(x, y, epochs=1, batch_size=5, validation_data=(x_val, y), progress=False)
+    assert np.isfinite(history["val_loss"][0])
 
 
 def dense_batchnorm_network():

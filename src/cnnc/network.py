@@ -219,16 +219,21 @@ class Network:
         return history
 
     def _validation_set(self, validation_data, sample_shape, width):
-        """validation_data as arrays (x_val, y_val), checked as fit's x and y are: x_val's samples
-        of the training samples' shape (a Flatten() fixed by training takes no other), at least
-        one, and labels the loss takes. A refusal starts with "validation_data: "."""
+        """validation_data as arrays (x_val, y_val), checked as fit's x and y are: samples every
+        layer takes, also once training has fixed a Flatten() to the training samples' shape,
+        at least one, and labels the loss takes. A refusal starts with "validation_data: "."""
         x_val, y_val = _checks.pair("validation_data", validation_data, "(x_val, y_val)")
         x_val = np.asarray(x_val)
         try:
             self._check_input(x_val, one_d_output=True)
-            if x_val.shape[1:] != sample_shape:
-                raise ValueError(f"x_val holds samples of shape {x_val.shape[1:]}, but the training "
-                                 f"x holds samples of shape {sample_shape}: they must be alike")
+            fixed = self._fixed_at_first_use(sample_shape)
+            if self._fixed_at_first_use(x_val.shape[1:]) != fixed:
+                depth = next(iter(fixed))
+                raise ValueError(
+                    f"x_val holds samples of shape {x_val.shape[1:]}, but the training x holds "
+                    f"samples of shape {sample_shape}: layer {depth} "
+                    f"({type(self.layers[depth]).__name__}) takes the shape it first sees, "
+                    "the training samples', and then no other")
             if len(x_val) == 0:
                 raise ValueError(f"x_val has no sample (shape {x_val.shape}): pass at least one, or "
                                  "validation_data=None")
@@ -238,6 +243,16 @@ class Network:
         finally:
             self.input_shape = sample_shape     # what _check_input(x_val) noted was not the input
         return x_val, y_val
+
+    def _fixed_at_first_use(self, sample_shape):
+        """The input shape, by depth, that each layer fixing its input shape at first use (a
+        Flatten() given none) receives from samples of sample_shape, which the layers take."""
+        shapes, shape = {}, sample_shape
+        for depth, layer in enumerate(self.layers):
+            if getattr(layer, "input_shape", ()) is None:      # a layer's shape yet to be fixed
+                shapes[depth] = shape
+            shape = layer.output_shape(shape)
+        return shapes
 
     def _check_batches(self, sample_shape, count, batch_size):
         """Refuse, before any step, batches some layer cannot train on: fit's hold batch_size
