@@ -90,7 +90,7 @@ class _Graph:
         """A float32 initializer (a scalar stays one: Dropout's ratio); returns its name."""
         name = self.prefix + name
         self.initializers.append(self.onnx.numpy_helper.from_array(
-            np.array(array, dtype=np.float32, order="C"), name))
+            np.array(array, dtype=np.float32), name))
         return name
 
     def layout(self, tensor, nchw):
