@@ -206,7 +206,7 @@ class Conv(ParametricLayer):
             self.padding = _checks.ints("padding", padding, 2, minimum=0, repeat=True)
         super().__init__(self.fshape, (self.fshape[3],), activation, optimizer, filter_init,
                          bias_init, dtype)
-        self._input_shape = None
+        self._input_shape = None  # pragma: no mutate: forward sets it before it is read
 
     @classmethod
     def state_shapes(cls, config: dict[str, Any]) -> dict[str, Shape]:
@@ -281,8 +281,8 @@ class MaxPool(Layer):
         self.pshape = _checks.ints("pshape", pshape, 2, repeat=True)
         self.strides = self.pshape if strides is None else _checks.ints("strides", strides, 2,
                                                                         repeat=True)
-        self._argmax = None
-        self._input_shape = None
+        self._argmax = None  # pragma: no mutate: forward sets it before it is read
+        self._input_shape = None  # pragma: no mutate: forward sets it before it is read
 
     def output_shape(self, input_shape: Shape) -> Shape:
         name = type(self).__name__      # AvgPool's too
@@ -339,7 +339,7 @@ class GlobalAvgPool(Layer):
 
     def __init__(self) -> None:
         super().__init__()
-        self._input_shape = None
+        self._input_shape = None  # pragma: no mutate: forward sets it before it is read
 
     def output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 3:

@@ -23,7 +23,7 @@ def sample_shape(function: str, input_shape: Sequence[int] | None,
     try:
         dims = tuple(input_shape)
     except TypeError:
-        dims = ()
+        dims = ()  # pragma: no mutate: any empty value is refused alike
     if not dims or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1
                            for d in dims):
         raise ValueError(f"{function} input_shape must be one sample's shape, a tuple of positive "

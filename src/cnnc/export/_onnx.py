@@ -78,7 +78,7 @@ class _Graph:
         self.onnx = onnx
         self.nodes, self.initializers = [], []
         self.nchw = False
-        self.prefix = ""
+        self.prefix = ""  # pragma: no mutate: layers() sets it before any name
 
     def add(self, op, inputs, **attributes):
         """A node of op on the named inputs; returns the name of its output."""

@@ -181,7 +181,7 @@ def _dtype(torch, module, dtype):
     try:
         chosen = np.dtype(dtype)
     except TypeError:
-        chosen = None
+        chosen = None  # pragma: no mutate: refused as any other value
     if chosen not in (np.float32, np.float64):
         raise ValueError(f"from_torch dtype must be float32 or float64 (None: the module's), "
                          f"got {dtype!r}")
@@ -199,7 +199,8 @@ class _Reader:
         self.rank = None if shape is None else len(shape)
         self.layers, self.order, self.pads, self.pooled = [], None, None, None
         self.last = "the input"             # the module read last, as messages show it
-        self.open = False                   # whether the last layer takes an activation next
+        # whether the last layer takes an activation next (no mutate: only its truth is read)
+        self.open = False  # pragma: no mutate
 
     def array(self, tensor):
         """A tensor's values as an array of the layers' dtype (through float64: exactly)."""
