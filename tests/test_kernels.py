@@ -190,13 +190,23 @@ parent = work()                     # the parent's threads exist from here on
 read, write = os.pipe()
 pid = os.fork()
 if pid == 0:
+    try:
+        cnnc.set_num_threads(2)     # threads OpenMP cannot start here: refused, never a hang
+        refused = None
+    except RuntimeError as error:
+        refused = str(error)
     with os.fdopen(write, "wb") as out:
-        pickle.dump(work(), out)
+        pickle.dump((work(), refused, cnnc.get_num_threads()), out)
     os._exit(0)
 os.close(write)
 with os.fdopen(read, "rb") as answer:
-    child = pickle.load(answer)
+    child, refused, child_threads = pickle.load(answer)
 os.waitpid(pid, 0)
+if cnnc.backend() == "compiled" and cnnc.get_num_threads() == 2:    # OpenMP threads
+    assert refused.startswith("set_num_threads(2): this process was made by fork()"), refused
+    assert child_threads == 1
+else:
+    assert refused is None and child_threads == 2
 with multiprocessing.get_context("fork").Pool(2) as pool:
     pooled = pool.map(work, range(2))
 for result in [child] + pooled:
@@ -228,7 +238,8 @@ FORK_TIMEOUT = 120   # seconds; the work takes about one
 @pytest.mark.parametrize("backend", ["auto", "numpy"])
 def test_forked_children_compute_what_the_parent_computed(backend):
     """A child forked after the kernels ran in threads (os.fork, a multiprocessing fork Pool)
-    neither hangs nor computes anything else."""
+    neither hangs nor computes anything else, and one asking for threads OpenMP cannot give
+    it is told so (a RuntimeError) instead of waiting forever."""
     env = dict(os.environ, CNNC_BACKEND=backend, CNNC_NUM_THREADS="2")
     process = subprocess.Popen([sys.executable, "-c", FORKED_CHILDREN], env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)

@@ -25,7 +25,9 @@ def set_num_threads(n: int) -> None:
     """Run cnnc's compiled loops on n threads (an int >= 1) from now on, as
     torch.set_num_threads does; CNNC_NUM_THREADS sets the count at start-up (every core
     the process may use by default). The NumPy backend only records n: its kernels run on
-    NumPy's own threads. A bad n is a ValueError."""
+    NumPy's own threads. A bad n is a ValueError. A process made by fork() computes on one
+    thread, since OpenMP cannot start threads in it: asking for more there is a
+    RuntimeError (workers started by multiprocessing's 'spawn' or 'forkserver' have threads)."""
     kernels.set_num_threads(n)
 
 

@@ -20,7 +20,8 @@ if not CNNC_HAS_OPENMP:
 
 # A child made by fork() has none of the parent's threads, and GNU OpenMP's pool does not
 # know it: the child's first parallel loop would wait forever for workers that are gone.
-# A team of one thread needs no pool, so the child computes on its own thread.
+# A team of one thread needs no pool, so the child computes on its own thread, and keeps to
+# it: OpenMP cannot make a new pool there, so asking for more is refused, not a hang.
 cdef extern from *:
     """
     #if defined(_WIN32)
@@ -35,15 +36,25 @@ cdef extern from *:
     int cnnc_at_fork_in_child(void (*handler)() noexcept nogil)
 
 
+cdef bint _forked = False
+
+
 cdef void _one_thread_after_fork() noexcept nogil:
-    global _threads
+    global _threads, _forked
     _threads = 1
+    _forked = True
 
 
 def set_num_threads(n):
-    """Run the loops on n threads from now on (CNNC_NUM_THREADS sets the first count)."""
+    """Run the loops on n threads from now on (CNNC_NUM_THREADS sets the first count); in a
+    child made by fork(), one thread only: more is a RuntimeError."""
     global _threads
     n = _checks.num_threads(n)
+    if n > 1 and _forked and CNNC_HAS_OPENMP:
+        raise RuntimeError(
+            f"set_num_threads({n}): this process was made by fork(), and OpenMP cannot start "
+            "threads in it, so cnnc computes on one thread here. For workers with threads of "
+            "their own, start them with multiprocessing's 'spawn' or 'forkserver' method.")
     _threads = n if CNNC_HAS_OPENMP else 1
 
 
