@@ -223,6 +223,18 @@ def torch():
 # cnnc is NHWC with filters (kh, kw, c_in, c_out); torch is NCHW with weights
 # (c_out, c_in, kh, kw).
 
+def distinct_statistics(norm, seed=5):
+    """Give each feature of the BatchNorm `norm` a scale, shift and running statistics of its
+    own, the variances small so that eps weighs: a conversion that reorders the features or
+    drops eps then predicts something else."""
+    rng = np.random.default_rng(seed)
+    size = norm.num_features
+    norm.params["w"][:] = rng.uniform(0.5, 2, size)
+    norm.params["b"][:] = rng.normal(size=size)
+    norm.running_mean[:] = rng.normal(size=size)
+    norm.running_var[:] = rng.uniform(0.01, 0.1, size)
+
+
 def nhwc_to_torch(x):
     """(N, H, W, C) array -> contiguous (N, C, H, W) tensor with the same values."""
     import torch

@@ -15,6 +15,8 @@ from cnnc.activations import LeakyReLU
 from cnnc.export import _onnx
 from cnnc.layers import Layer
 
+from .conftest import distinct_statistics
+
 onnx = pytest.importorskip("onnx", reason="the ONNX export needs onnx: pip install 'cnnc[onnx]'")
 onnxruntime = pytest.importorskip("onnxruntime",
                                   reason="running the exported models needs onnxruntime")
@@ -249,12 +251,7 @@ def flattened_norm():
     net = stack((4, 5, 2), [
         lambda s: Conv((3, 3, 2, 3), padding=1, activation=relu), lambda s: Flatten(),
         lambda s: BatchNorm(60, eps=EPS, momentum=MOMENTUM), lambda s: Dropout(RATE), fc(4, "linear")])
-    rng = np.random.default_rng(5)
-    norm = net.layers[2]
-    norm.params["w"][:] = rng.uniform(0.5, 2, 60)
-    norm.params["b"][:] = rng.normal(size=60)
-    norm.running_mean[:] = rng.normal(size=60)
-    norm.running_var[:] = rng.uniform(0.01, 0.1, 60)      # small: eps weighs
+    distinct_statistics(net.layers[2])
     net.predict(np.zeros((1, 4, 5, 2), np.float32))
     return net
 

@@ -10,6 +10,8 @@ from cnnc import (AvgPool, BatchNorm, Conv, Dropout, Flatten, FullyConnected, Gl
                   Network, SoftmaxCrossEntropy, export, leaky_relu)
 from cnnc.activations import LeakyReLU
 
+from .conftest import distinct_statistics
+
 torch = pytest.importorskip("torch", reason="PyTorch is an optional dependency: pip install 'cnnc[torch]'")
 nn = torch.nn
 
@@ -132,12 +134,7 @@ def flattened_norm(dtype):
     net = Network([Conv((3, 3, 2, 3), padding=1, activation="relu", dtype=dtype), Flatten(),
                    BatchNorm(60, eps=EPS, momentum=MOMENTUM, dtype=dtype),
                    FullyConnected((60, 4), dtype=dtype)], loss=SoftmaxCrossEntropy())
-    rng = np.random.default_rng(5)
-    norm = net.layers[2]
-    norm.params["w"][:] = rng.uniform(0.5, 2, 60)
-    norm.params["b"][:] = rng.normal(size=60)
-    norm.running_mean[:] = rng.normal(size=60)
-    norm.running_var[:] = rng.uniform(0.01, 0.1, 60)      # small: eps weighs
+    distinct_statistics(net.layers[2])
     net.predict(np.zeros((1,) + SHAPE, dtype))
     return net
 

@@ -100,7 +100,8 @@ def shape(name, value):
     if (items is None or not 1 <= len(items) <= _MAX_DIMS
             or not all(_is_int(v) and 1 <= int(v) <= _LARGEST for v in items)):
         raise ValueError(f"{name} must be a shape: a tuple of 1 to {_MAX_DIMS} ints >= 1 such as "
-                         f"(28, 28, 1), got {_shown(value)}")
+                         f"(28, 28, 1), got {_shown(value)} (one sample's shape: (H, W, C) for "
+                         "images, (features,) for features)")
     return tuple(int(v) for v in items)
 
 

@@ -170,7 +170,8 @@ class Network:
         shuffle: visit the samples in a new random order every epoch (False: as given).
         seed: makes the shuffling repeatable: an int >= 0 (None: fresh randomness).
         validation_data: (x_val, y_val), a tuple or list, scored after every epoch (None: no
-            validation); x_val's samples have the shape of x's.
+            validation); x_val's samples of a shape every layer takes, that of x's where a
+            Flatten() takes the shape it first sees.
         progress: show a progress bar on stderr with the running loss, accuracy and speed.
 
         Returns the history: per epoch, the mean training "loss" and "accuracy" over the

@@ -2,8 +2,9 @@
 layer's output shape for it, and the names their errors show."""
 from __future__ import annotations
 
-import numbers
 from typing import TYPE_CHECKING, Sequence
+
+from .. import _checks
 
 if TYPE_CHECKING:
     from ..layers import Layer
@@ -13,22 +14,14 @@ if TYPE_CHECKING:
 def sample_shape(function: str, input_shape: Sequence[int] | None,
                  net: Network | None = None) -> tuple[int, ...] | None:
     """input_shape, one sample's shape, as a tuple of ints; None takes the one `net` last saw
-    (None without a net). A shape that is not a sequence of positive ints is a ValueError
-    naming input_shape, and so is no shape at all when a net was given."""
+    (None without a net). A shape that is not one (_checks.shape) is a ValueError naming
+    input_shape, and so is no shape at all when a net was given."""
     if input_shape is None:
         if net is not None and net.input_shape is None:
             raise ValueError(f"{function} needs the shape of one input sample: pass input_shape, "
                              "e.g. input_shape=(28, 28, 1), or run the network on data first")
         return None if net is None else tuple(net.input_shape)
-    try:
-        dims = tuple(input_shape)
-    except TypeError:
-        dims = ()  # pragma: no mutate: any empty value is refused alike
-    if not dims or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1
-                           for d in dims):
-        raise ValueError(f"{function} input_shape must be one sample's shape, a tuple of positive "
-                         f"ints such as (H, W, C) = (28, 28, 1) or (features,), got {input_shape!r}")
-    return tuple(int(d) for d in dims)
+    return _checks.shape(f"{function} input_shape", input_shape)
 
 
 def output_shape(function: str, depth: int, layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
