@@ -10,6 +10,7 @@ CNNC_DEBUG_BUILD=1 keeps debug information, which release builds leave out.
 import glob
 import os
 import platform
+import runpy
 import sys
 import tempfile
 
@@ -17,11 +18,12 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 SOURCES = os.path.join("src", "cnnc")
-BASELINE = "cnnc._kernels"
-# The same kernels again for x86-64 CPUs with AVX2 and FMA, chosen at import where the CPU
-# has them: one wheel, no instruction the machine lacks, vectors twice as wide where it can.
-WITH_AVX2 = "cnnc._kernels_avx2"
-AVX2 = ["-mavx2", "-mfma"]
+# The builds: the baseline, then the same kernels for wider x86-64 instruction sets, chosen
+# at import by what the CPU runs (one wheel, no instruction the machine lacks).
+_TABLE = runpy.run_path(os.path.join(SOURCES, "_builds.py"))
+BUILDS = {build.module: build for build in _TABLE["BUILDS"]}
+BASELINE = _TABLE["BUILDS"][0].module
+CPU_MODULE = _TABLE["CPU_MODULE"]
 # Read by cnnc.kernels when the baseline extension is missing.
 FAILURE_NOTE = "_build_failure.txt"
 
@@ -34,8 +36,8 @@ NUMPY_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION"),
 
 C_TEST = "int main(void) { return 0; }\n"
 OPENMP_TEST = "#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
-AVX2_TEST = ("#include <immintrin.h>\nint main(void) { __m256 a = _mm256_set1_ps(1.0f);\n"
-             "return _mm256_cvtss_f32(_mm256_fmadd_ps(a, a, a)) == 2.0f ? 0 : 1; }\n")
+# A build for an instruction set compiles where the compiler takes its flags and header.
+ISA_TEST = "#include <immintrin.h>\nint main(void) { return 0; }\n"
 
 
 def _tell(line):
@@ -60,9 +62,9 @@ class KernelsNotBuilt(Exception):
 
 
 class BuildKernels(build_ext):
-    """build_ext for the kernels: OpenMP and the AVX2 build where the compiler has them,
-    release flags, C remade only when a Cython source changes, both builds compiled side by
-    side, and a failed build reported (or fatal under CNNC_REQUIRE_COMPILED=1)."""
+    """build_ext for the kernels: OpenMP and the instruction-set builds where the compiler
+    has them, release flags, C remade only when a Cython source changes, the builds compiled
+    side by side, and a failed build reported (or fatal under CNNC_REQUIRE_COMPILED=1)."""
 
     def finalize_options(self):
         super().finalize_options()
@@ -95,9 +97,10 @@ class BuildKernels(build_ext):
             openmp = []
             _tell("WARNING (cnnc): the C compiler has no OpenMP; the compiled kernels will run "
                   "on one core.")
-        if not (kind == "unix" and platform.machine().lower() in ("x86_64", "amd64")
-                and self._compiles(AVX2_TEST, AVX2)):
-            self.extensions = [ext for ext in self.extensions if ext.name != WITH_AVX2]
+        x86 = kind == "unix" and platform.machine().lower() in ("x86_64", "amd64")
+        self.extensions = [ext for ext in self.extensions
+                           if ext.name not in BUILDS or not BUILDS[ext.name].flags
+                           or (x86 and self._compiles(ISA_TEST, list(BUILDS[ext.name].flags)))]
         debug = self.debug or os.environ.get("CNNC_DEBUG_BUILD", "").strip() == "1"
         compile_args, link_args = list(openmp), list(openmp)
         if kind == "unix":
@@ -107,7 +110,8 @@ class BuildKernels(build_ext):
         for ext in self.extensions:
             ext.include_dirs.append(numpy.get_include())
             ext.define_macros += NUMPY_MACROS
-            ext.extra_compile_args += compile_args + (AVX2 if ext.name == WITH_AVX2 else [])
+            isa = list(BUILDS[ext.name].flags) if ext.name in BUILDS else []
+            ext.extra_compile_args += compile_args + isa
             ext.extra_link_args += link_args
         sys.stderr.write(f"cnnc: building {', '.join(ext.name for ext in self.extensions)} "
                          f"({'with' if openmp else 'without'} OpenMP, "
@@ -125,7 +129,7 @@ class BuildKernels(build_ext):
             super().build_extension(ext)
         except Exception as error:
             reason = f"compiling {ext.name} failed ({error}; pip install -v shows the compiler's output)"
-            if ext.name == BASELINE:
+            if ext.name in (BASELINE, CPU_MODULE):
                 self._not_built(reason)
             elif _required():
                 raise KernelsNotBuilt(f"cnnc: {reason}") from error
@@ -197,13 +201,16 @@ class BuildKernels(build_ext):
         return True
 
 
-# What each build reads besides its .pyx: the direct convolution's C header, and the Cython
-# includes (.pxi) that _kernels.pyx is made of.
-HEADERS = ([os.path.join(SOURCES, "_direct_conv.h")]
-           + sorted(glob.glob(os.path.join(SOURCES, "*.pxi"))))
+# What each build reads besides its .pyx: the C headers, and the Cython includes (.pxi)
+# that _kernels.pyx is made of.
+HEADERS = sorted(glob.glob(os.path.join(SOURCES, "*.h")) + glob.glob(os.path.join(SOURCES, "*.pxi")))
 
-setup(ext_modules=[Extension(BASELINE, [os.path.join(SOURCES, "_kernels.pyx")],
-                             include_dirs=[SOURCES], depends=HEADERS),
-                   Extension(WITH_AVX2, [os.path.join(SOURCES, "_kernels_avx2.pyx")],
-                             include_dirs=[SOURCES], depends=HEADERS)],
+
+def _extension(module):
+    """The Extension of a module of cnnc: its .pyx beside the package's Python files."""
+    source = os.path.join(SOURCES, module.split(".")[-1] + ".pyx")
+    return Extension(module, [source], include_dirs=[SOURCES], depends=HEADERS)
+
+
+setup(ext_modules=[_extension(CPU_MODULE)] + [_extension(module) for module in BUILDS],
       cmdclass={"build_ext": BuildKernels})

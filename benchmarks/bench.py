@@ -22,7 +22,7 @@ from cnnc import _numpy_kernels, kernels
 from cnnc.models import course_cnn
 from common import cpu_name, table
 
-# The compiled build cnnc runs here: AVX2 where the CPU has it, unless CNNC_AVX2=0.
+# The compiled build cnnc runs here: the best the CPU runs (cnnc._builds), or CNNC_ISA's.
 compiled_kernels = importlib.import_module(kernels.IMPLEMENTATION) if kernels.BACKEND == "compiled" else None
 
 try:

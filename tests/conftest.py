@@ -4,8 +4,9 @@ fixtures that run a test on every kernel implementation.
 
 `backend` runs a test on the NumPy kernels, on the baseline compiled build with each of
 its convolution paths chosen through set_conv_path ("auto", "direct", "gemm" where NumPy
-ships an OpenBLAS, "matmul"), and on the AVX2 build on its default path where this CPU
-runs it; test_kernels checks that the two builds compute the same bits. `implementation`
+ships an OpenBLAS, "matmul"), and on each wider build (AVX2, AVX-512) on its default path
+where this CPU runs it; test_kernels checks that every build computes what the baseline
+computes to the float tolerances, and the same bits on any thread count. `implementation`
 runs a test once per module, for kernels with one path.
 """
 import importlib
@@ -13,7 +14,7 @@ import importlib
 import numpy as np
 import pytest
 
-from cnnc import _numpy_kernels
+from cnnc import _builds, _numpy_kernels
 
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 
@@ -161,11 +162,13 @@ def _compiled_build(name):
         return None
 
 
-# The compiled builds that run here: the baseline one wherever the extension is built, the
-# AVX2 one where it is built too and this CPU has AVX2 and FMA.
-BASELINE = _compiled_build("cnnc._kernels")
-AVX2 = (_compiled_build("cnnc._kernels_avx2")
-        if BASELINE is not None and BASELINE._cpu_has_avx2_fma() else None)
+# The compiled builds that run here: the baseline one wherever the extension is built, and
+# each instruction-set build (cnnc._builds) built here that this CPU runs, by its name.
+BASELINE = _compiled_build(_builds.BUILDS[0].module)
+_CPU = _compiled_build(_builds.CPU_MODULE)
+WIDER_BUILDS = {build.isa: _compiled_build(build.module) for build in _builds.BUILDS[1:]
+                if _CPU is not None and all(map(_CPU.supports, build.features))}
+WIDER_BUILDS = {isa: module for isa, module in WIDER_BUILDS.items() if module is not None}
 
 
 def _takes_path(module, path):
@@ -186,9 +189,9 @@ if BASELINE is not None:
     IMPLEMENTATIONS.append(pytest.param(BASELINE, id="compiled"))
     BACKENDS += [pytest.param((BASELINE, path), id=f"compiled-{path}")
                  for path in ("auto", "direct", "gemm", "matmul") if _takes_path(BASELINE, path)]
-if AVX2 is not None:
-    IMPLEMENTATIONS.append(pytest.param(AVX2, id="avx2"))
-    BACKENDS.append(pytest.param((AVX2, "auto"), id="avx2"))
+for _isa, _module in WIDER_BUILDS.items():
+    IMPLEMENTATIONS.append(pytest.param(_module, id=_isa))
+    BACKENDS.append(pytest.param((_module, "auto"), id=_isa))
 
 
 @pytest.fixture(params=BACKENDS)

@@ -2,8 +2,8 @@
 each case runs in a fresh process), threads and fork safety, the convolution path switch,
 the names every module defines alike, the validation every kernel does at its entry
 (bad calls raise ValueError or TypeError and change nothing, zero sizes, scalars,
-read-only and non-contiguous inputs), memory_pool, and the two compiled builds computing
-the same bits. What each kernel computes is tested with its op (test_convolution,
+read-only and non-contiguous inputs), memory_pool, and the compiled builds (one per
+instruction set) computing the same numbers. What each kernel computes is tested with its op (test_convolution,
 test_pooling, test_batchnorm, test_elementwise, test_optimizers)."""
 import importlib
 import inspect
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc import _checks, _numpy_kernels, kernels
+from cnnc import _builds, _checks, _numpy_kernels, kernels
 
 from .calls import (ALIASED, adam, arr, avgb, avgf, bnb, bnf, bni, fwd, gin, gpar, leaky, leaky_back, mm,
                     pbwd, pfwd, readonly, run, valid_argmax)
-from .conftest import AVX2, BASELINE, DTYPES, IMPLEMENTATIONS, out_size
+from .conftest import BASELINE, DTYPES, IMPLEMENTATIONS, WIDER_BUILDS, assert_close, out_size
 
 PRINT_IMPLEMENTATION = "from cnnc import kernels; print(kernels.IMPLEMENTATION)"
 KERNEL_FUNCTIONS = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_params",
@@ -42,10 +42,10 @@ COMPILED = importlib.import_module(kernels.IMPLEMENTATION) if kernels.BACKEND ==
 needs_compiled = pytest.mark.skipif(COMPILED is None, reason="the compiled extension is not built here")
 
 
-def run_with_backend(value, code="import cnnc; print(cnnc.backend())", avx2="1", package_dir=None,
+def run_with_backend(value, code="import cnnc; print(cnnc.backend())", isa="auto", package_dir=None,
                      conv_path=None):
     """Run code in a fresh interpreter; package_dir, when given, holds the cnnc it imports."""
-    env = dict(os.environ, CNNC_BACKEND=value, CNNC_AVX2=avx2)
+    env = dict(os.environ, CNNC_BACKEND=value, CNNC_ISA=isa)
     if conv_path is not None:
         env["CNNC_CONV_PATH"] = conv_path
     if package_dir is not None:
@@ -149,18 +149,30 @@ def test_unknown_backend_is_refused(value):
 
 @needs_compiled
 @pytest.mark.parametrize("backend", ["auto", "compiled"])
-def test_the_avx2_build_runs_where_the_cpu_has_avx2_and_fma(backend):
+def test_the_best_build_the_cpu_runs_is_the_one_loaded(backend):
     result = run_with_backend(backend, PRINT_IMPLEMENTATION)
     assert result.returncode == 0, result.stderr
-    expected = "cnnc._kernels_avx2" if AVX2 is not None else "cnnc._kernels"
-    assert result.stdout.strip() == expected
+    best = [build for build in _builds.BUILDS if build.isa in WIDER_BUILDS]
+    assert result.stdout.strip() == (best[-1] if best else _builds.BUILDS[0]).module
 
 
 @needs_compiled
-def test_cnnc_avx2_0_keeps_the_baseline_build():
-    result = run_with_backend("compiled", PRINT_IMPLEMENTATION, avx2="0")
+@pytest.mark.parametrize("isa", ["baseline", *WIDER_BUILDS])
+def test_cnnc_isa_loads_the_build_it_names(isa):
+    result = run_with_backend("compiled", PRINT_IMPLEMENTATION, isa=isa)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "cnnc._kernels"
+    assert result.stdout.strip() == next(b.module for b in _builds.BUILDS if b.isa == isa)
+
+
+@needs_compiled
+def test_cnnc_isa_naming_a_build_the_cpu_cannot_run_stops_the_import():
+    """A CPU without the features (cnnc._cpu saying no, as a Python stub that does) is refused
+    naming the build and what it needs, rather than dying of an illegal instruction."""
+    stub = ("import sys, types; cpu = types.ModuleType('cnnc._cpu'); "
+            "cpu.supports = lambda feature: False; sys.modules['cnnc._cpu'] = cpu; ")
+    result = run_with_backend("compiled", stub + "import cnnc", isa="avx2")
+    assert result.returncode != 0
+    assert "CNNC_ISA=avx2: this CPU does not run that build (it needs avx2, fma)" in result.stderr
 
 
 def test_numpy_backend_names_its_module():
@@ -331,7 +343,7 @@ def test_cnnc_num_threads_set_to_nothing_means_every_core(value, monkeypatch):
 # What an import chose, for each variable cnnc reads at import.
 PRINT_CHOICES = ("import cnnc; from cnnc import kernels; "
                  "print(kernels.IMPLEMENTATION, cnnc.get_num_threads(), kernels.get_conv_path())")
-IMPORT_VARIABLES = ("CNNC_BACKEND", "CNNC_NUM_THREADS", "CNNC_CONV_PATH", "CNNC_AVX2")
+IMPORT_VARIABLES = ("CNNC_BACKEND", "CNNC_NUM_THREADS", "CNNC_CONV_PATH", "CNNC_ISA")
 
 
 def import_with(**variables):
@@ -351,11 +363,11 @@ def test_every_variable_read_at_import_means_its_default_when_set_to_nothing():
     assert empty.stdout == unset.stdout
 
 
-def test_a_bad_cnnc_avx2_stops_the_import_naming_it():
-    result = run_with_backend("auto", avx2="no")
+def test_a_bad_cnnc_isa_stops_the_import_naming_it():
+    result = run_with_backend("auto", isa="sse9")
     assert result.returncode != 0
-    assert ("ValueError: CNNC_AVX2 must be 1 (the AVX2 build where the CPU has AVX2 and FMA, the "
-            "default) or 0 (the baseline build), got 'no'") in result.stderr
+    assert ("ValueError: CNNC_ISA must be 'auto' (the best build this CPU runs, the default) or "
+            "one of 'baseline', 'avx2', 'avx512', got 'sse9'") in result.stderr
 
 
 @pytest.mark.slow
@@ -1297,7 +1309,7 @@ def test_openblas_keeps_its_thread_count_across_kernel_calls():
     assert get_threads() == before
 
 
-# ================================================================ the two builds
+# ================================================================ the builds
 
 def every_kernel_once(module, dtype, seed):
     """Each kernel of the module on one set of random inputs (the direct convolution loops
@@ -1328,11 +1340,17 @@ def every_kernel_once(module, dtype, seed):
             module.leaky_relu(y1, 0.01), module.leaky_relu_backward(y1, y1, 0.01)]
 
 
-@pytest.mark.skipif(AVX2 is None,
-                    reason="no AVX2 build here (a CPU without AVX2 and FMA, or a compiler without them)")
+@pytest.mark.skipif(not WIDER_BUILDS, reason="no wider build here (a CPU without AVX2 and FMA, "
+                                             "or a compiler without them)")
+@pytest.mark.parametrize("isa", list(WIDER_BUILDS))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seed", range(3))
-def test_the_avx2_build_computes_what_the_baseline_build_computes_to_the_bit(dtype, seed):
-    for wide, narrow in zip(every_kernel_once(AVX2, dtype, seed),
+def test_every_wider_build_computes_what_the_baseline_build_computes(isa, dtype, seed):
+    """Up to rounding: the wider builds fuse multiplies and adds (FMA) where the baseline
+    cannot; indices (max pooling's argmax) are equal."""
+    for wide, narrow in zip(every_kernel_once(WIDER_BUILDS[isa], dtype, seed),
                             every_kernel_once(BASELINE, dtype, seed)):
-        np.testing.assert_array_equal(wide, narrow)
+        if np.issubdtype(narrow.dtype, np.integer):
+            np.testing.assert_array_equal(wide, narrow)
+        else:
+            assert_close(wide, narrow, dtype)

@@ -41,7 +41,7 @@ wheel=$(ls "$out"/dist/cnnc-*.whl)
 
 echo "== what each holds"
 "$out/venv-build/bin/python" - "$sdist" "$wheel" "$here" <<'PY'
-import fnmatch, glob, os, platform, sys, tarfile, zipfile
+import fnmatch, glob, os, platform, runpy, sys, tarfile, zipfile
 sdist, wheel, here = sys.argv[1:]
 with tarfile.open(sdist) as archive:
     members = [name.split("/", 1)[1] for name in archive.getnames() if "/" in name]
@@ -54,7 +54,10 @@ def some(names, pattern):
 # every source of the kernels: the .pyx files, the Cython includes (.pxi) and the C header
 kernel_sources = sorted(os.path.relpath(path, here) for pattern in ("*.pyx", "*.pxi", "*.h")
                         for path in glob.glob(os.path.join(here, "src", "cnnc", pattern)))
-assert {"src/cnnc/_kernels.pyx", "src/cnnc/_kernels_avx2.pyx"} <= set(kernel_sources), here
+builds = runpy.run_path(os.path.join(here, "src", "cnnc", "_builds.py"))
+modules_built = [build.module.split(".")[1] for build in builds["BUILDS"]]
+cpu_module = builds["CPU_MODULE"].split(".")[1]
+assert {f"src/cnnc/{m}.pyx" for m in modules_built + [cpu_module]} <= set(kernel_sources), here
 for needed in kernel_sources + ["tests/__init__.py", "tests/gradcheck.py",
                                 "tests/test_kernels.py", "examples/mnist_cnn.py",
                                 "src/cnnc/data/mnist_sample.npz", "benchmarks/bench.py", "LICENSE",
@@ -63,8 +66,9 @@ for needed in kernel_sources + ["tests/__init__.py", "tests/gradcheck.py",
 for generated in ["*.c", "*.so", "*.pyd", "*.pyc", "*_build_failure.txt"]:
     assert not some(members, generated), f"the sdist holds generated files: {some(members, generated)}"
 assert not wheel.endswith("-none-any.whl"), f"{wheel} is a pure-Python wheel: no kernels in it"
-modules = {name.split("/")[-1].split(".")[0] for name in some(files, "cnnc/_kernels*.so")}
-expected = {"_kernels", "_kernels_avx2"} if platform.machine() in ("x86_64", "AMD64") else {"_kernels"}
+modules = {name.split("/")[-1].split(".")[0] for name in some(files, "cnnc/_*.so")}
+x86 = platform.machine() in ("x86_64", "AMD64")
+expected = set(modules_built if x86 else modules_built[:1]) | {cpu_module}
 assert modules == expected, f"the wheel's compiled modules are {modules}, not {expected}"
 # PEP 561: without the marker, type checkers ignore the hints of an installed cnnc
 assert "cnnc/py.typed" in files, "the wheel lacks cnnc/py.typed"

@@ -31,7 +31,6 @@ ctypedef fused real:
     double
 
 # The module is these files, each included in order after those it uses.
-include "_cpu.pxi"                  # whether the CPU runs AVX2 and FMA
 include "_threads.pxi"              # how many threads the loops run on; fork safety
 include "_loops.pxi"                # copy, zero, add, sum in float64: vectorized runs shared by the kernels
 include "_scratch.pxi"              # work arrays each Python thread reuses

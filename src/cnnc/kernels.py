@@ -11,9 +11,9 @@ same numbers up to rounding; the NumPy kernels have one path and take any of the
 
 The environment variable CNNC_BACKEND chooses: `auto` (the default) takes the compiled
 extension when it is built and NumPy otherwise, with a warning, `numpy` always takes
-NumPy, `compiled` insists on the extension. The extension comes in two builds of one
-source: `_kernels_avx2` runs where the CPU has AVX2 and FMA (unless CNNC_AVX2 is 0, not
-its default 1), `_kernels` everywhere else. IMPLEMENTATION names the module that runs.
+NumPy, `compiled` insists on the extension. The extension comes in one build per
+instruction set (cnnc._builds: baseline, avx2, avx512); the best one the CPU runs is
+loaded, or the one CNNC_ISA names. IMPLEMENTATION names the module that runs.
 The environment variable CNNC_CONV_PATH sets the first convolution path (as
 set_conv_path), and CNNC_NUM_THREADS the first thread count. A variable set to nothing
 (or spaces) means its default, as an unset one does.
@@ -22,7 +22,7 @@ import importlib as _importlib
 import os as _os
 import warnings as _warnings
 
-from . import _checks
+from . import _builds, _checks
 
 # Written into the package by a build that could not compile the extension (see setup.py).
 _BUILD_FAILURE_NOTE = _os.path.join(_os.path.dirname(__file__), "_build_failure.txt")
@@ -30,7 +30,7 @@ _BUILD_FAILURE_NOTE = _os.path.join(_os.path.dirname(__file__), "_build_failure.
 
 def _why_not_compiled(error):
     """Why the compiled extension cannot run, as the build recorded it or as the import failed."""
-    if isinstance(error, ModuleNotFoundError) and error.name == "cnnc._kernels":
+    if isinstance(error, ModuleNotFoundError) and error.name == _builds.BUILDS[0].module:
         try:
             with open(_BUILD_FAILURE_NOTE) as note:
                 return f"the build could not make them: {note.read().strip()}"
@@ -61,16 +61,49 @@ def _import_compiled(name):
 _choice = _checks.environment("CNNC_BACKEND", "auto").lower()
 if _choice not in ("auto", "compiled", "numpy"):
     raise ImportError(f"CNNC_BACKEND must be 'auto', 'compiled' or 'numpy', got {_choice!r}")
-_avx2 = _checks.environment("CNNC_AVX2", "1")
-if _avx2 not in ("0", "1"):
-    raise ValueError(f"CNNC_AVX2 must be 1 (the AVX2 build where the CPU has AVX2 and FMA, the "
-                     f"default) or 0 (the baseline build), got {_avx2!r}")
+_isa = _checks.environment("CNNC_ISA", "auto").lower()
+_ISAS = [build.isa for build in _builds.BUILDS]
+if _isa not in ["auto"] + _ISAS:
+    raise ValueError(f"CNNC_ISA must be 'auto' (the best build this CPU runs, the default) or "
+                     f"one of {', '.join(map(repr, _ISAS))}, got {_isa!r}")
+
+
+def _runnable_builds():
+    """The builds this CPU runs, best first (only the baseline where cnnc._cpu cannot tell)."""
+    try:
+        cpu = _importlib.import_module(_builds.CPU_MODULE)
+    except ImportError:
+        return [_builds.BUILDS[0]]
+    return [build for build in reversed(_builds.BUILDS)
+            if all(cpu.supports(feature) for feature in build.features)]
+
+
+def _load_compiled():
+    """The compiled build CNNC_ISA asks for, or the best one built that the CPU runs."""
+    runnable = _runnable_builds()
+    if _isa == "auto":
+        for build in runnable[:-1]:
+            try:
+                return _import_compiled(build.module)
+            except ModuleNotFoundError:     # not built here (another compiler): the next best
+                pass
+        return _import_compiled(runnable[-1].module)
+    chosen = next(build for build in _builds.BUILDS if build.isa == _isa)
+    if chosen not in runnable:
+        raise RuntimeError(f"CNNC_ISA={_isa}: this CPU does not run that build (it needs "
+                           f"{', '.join(chosen.features)}); it runs "
+                           f"{', '.join(build.isa for build in runnable)}")
+    try:
+        return _import_compiled(chosen.module)
+    except ModuleNotFoundError as error:
+        raise RuntimeError(f"CNNC_ISA={_isa}: this installation has no {_isa} build (its "
+                           f"compiler could not make it; pip install -v shows why)") from error
 
 if _choice == "numpy":
     from . import _numpy_kernels as _impl
 else:
     try:
-        _impl = _import_compiled("cnnc._kernels")
+        _impl = _load_compiled()
     except ImportError as _error:
         if _choice == "compiled":
             raise ImportError(
@@ -86,11 +119,6 @@ else:
             "this warning.",
             RuntimeWarning, stacklevel=2)
         from . import _numpy_kernels as _impl
-    if _impl.__name__.endswith("._kernels") and _impl._cpu_has_avx2_fma() and _avx2 == "1":
-        try:
-            _impl = _import_compiled("cnnc._kernels_avx2")
-        except ImportError:         # built without it (another CPU or compiler): baseline
-            pass
 
 _conv_path = _checks.environment("CNNC_CONV_PATH", "auto").lower()
 try:
@@ -121,4 +149,4 @@ get_num_threads = _impl.get_num_threads
 set_conv_path = _impl.set_conv_path
 get_conv_path = _impl.get_conv_path
 
-del _importlib, _os, _warnings, _checks, _choice, _avx2, _conv_path, _impl
+del _importlib, _os, _warnings, _builds, _checks, _choice, _isa, _ISAS, _conv_path, _impl
