@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from tqdm.auto import tqdm
 
-from . import _checks, _interrupts, dtypes, kernels, saving
+from . import _checks, _interrupts, dtypes, kernels, profiling, saving
 from .activations import AbstractActivation
 from .layers import Layer
 from .losses import class_ids
@@ -47,7 +47,8 @@ class Network:
     `input_shape` (one sample's shape, once the network has seen data; None before).
     The weights live in each layer's `params` and the optimizer state in each layer's
     optimizer: train_step and fit change both, and BatchNorm's running statistics;
-    predict, predict_proba and evaluate change nothing but `input_shape`.
+    predict, predict_proba and evaluate change nothing but `input_shape`; profile changes
+    nothing.
     Invalid layers or loss raise ValueError here, not at the first step.
     """
 
@@ -342,6 +343,38 @@ class Network:
         raise ValueError("summary needs the shape of one input sample, and this network has seen "
                          "none yet: pass input_shape=(H, W, C), such as input_shape=(28, 28, 1), "
                          "or run the network on data first (predict, fit or train_step)")
+
+    def profile(self, x: ArrayLike, y: ArrayLike, repeats: int = 10) -> profiling.Profile:
+        """Where a training step on (x, y) spends its time, layer by layer: a table.
+
+        x, y: a batch and its labels, as for train_step; the profile times steps on it.
+        repeats: how many passes each time is the median of, an int >= 1 (one more pass
+            runs first, untimed, so that first-call costs are not measured).
+
+        Each pass is the one train_step makes, without the optimizer's update: every
+        layer's forward in training mode, the loss, every layer's backward. Each row of
+        the result has a layer's forward and backward time (ms, the median of `repeats`,
+        time.perf_counter around each), its FLOPs and GFLOP/s, and its share of the step;
+        a last row is the loss's compute and deriv. FLOPs count the multiply-adds of the
+        matrix products, 2 each: a Conv's forward is 2*N*OH*OW*kh*kw*C*F and a
+        FullyConnected's 2*N*in*out; their backward is the input gradient and the weight
+        gradient, twice the forward, but once the forward for the first layer with
+        parameters, which computes no input gradient, and nothing below it. Pooling,
+        activations, BatchNorm, Dropout, Flatten and the loss count 0 FLOPs (they are
+        bounded by memory, not arithmetic). GFLOP/s set against the machine's peak tell a
+        layer that computes slowly from one that has much to compute.
+
+        The passes run on a copy of the network, which is left exactly as it was: weights,
+        optimizer states, BatchNorm's running statistics, Dropout's random generators,
+        `input_shape`; a train_step after a profile computes what it would have without.
+        The copy costs the memory of the network's parameters and optimizer states once
+        more. Bad arguments raise as train_step's do; a bad repeats is a ValueError.
+
+        Returns a cnnc.profiling.Profile: `rows` (name, forward_ms, backward_ms,
+        forward_flops, backward_flops, forward_gflops, backward_gflops, share), `total`,
+        and str(profile) the table, as print(net.profile(x, y)) shows it.
+        """
+        return profiling.profile(self, x, y, repeats)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save architecture, weights and optimizer state to one .npz file at path (no
