@@ -9,9 +9,10 @@ def arr(*shape, dtype=np.float64, seed=0):
 
 
 def fwd(**kw):
-    a = dict(x=arr(2, 7, 9, 3), w=arr(3, 3, 3, 4), b=arr(4), stride=(1, 1), padding=(1, 1, 1, 1))
+    a = dict(x=arr(2, 7, 9, 3), w=arr(3, 3, 3, 4), b=arr(4), stride=(1, 1), padding=(1, 1, 1, 1),
+             slope=0.0)
     a.update(kw)
-    return "conv2d_forward", (a["x"], a["w"], a["b"], a["stride"], a["padding"])
+    return "conv2d_forward", (a["x"], a["w"], a["b"], a["stride"], a["padding"], a["slope"])
 
 
 def gin(**kw):

@@ -35,10 +35,10 @@ def test_ints_refuses_what_is_not_count_ints_in_range(values, count, minimum, re
 def test_kernel_checks_name_their_results():
     x = np.zeros((2, 7, 9, 3), np.float32)
     w = np.zeros((3, 2, 3, 4), np.float32)
-    call = _checks.conv2d_forward(x, w, np.zeros(4, np.float32), (2, 1), (1, 1, 0, 0))
+    call = _checks.conv2d_forward(x, w, np.zeros(4, np.float32), (2, 1), (1, 1, 0, 0), 0)
     assert call.x is x and call.w is w and call.stride == (2, 1)
-    assert call.padding == (1, 1, 0, 0) and call.out_hw == (4, 8)
-    x, w, b, stride, padding, out_hw = call          # still unpacks in field order
+    assert call.padding == (1, 1, 0, 0) and call.out_hw == (4, 8) and call.slope == 0.0
+    x, w, b, stride, padding, slope, out_hw = call   # still unpacks in field order
     assert out_hw == (4, 8)
 
     dy = np.zeros((2, 4, 8, 4), np.float32)

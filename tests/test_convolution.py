@@ -32,6 +32,30 @@ def test_conv2d_and_its_gradients_match_the_reference(backend, case, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("slope", [0.0, 0.01, 0.5])
+@pytest.mark.parametrize("case", [(2, 9, 7, 3, 5, 3, 3, (1, 1), (1, 1, 1, 1)),
+                                  (3, 8, 9, 32, 40, 3, 3, (1, 1), (1, 1, 1, 1)),
+                                  (2, 9, 9, 4, 17, 1, 1, (1, 1), (0, 0, 0, 0)),
+                                  (2, 11, 10, 6, 24, 5, 3, (2, 1), (2, 1, 0, 2))],
+                         ids=["thin", "wide", "pointwise", "strided"])
+def test_conv2d_forward_fuses_the_leaky_relu_of_its_output(backend, case, slope, dtype):
+    """slope s gives z for z > 0 and s * z elsewhere (exactly 0 for s = 0, ReLU's max(z, 0)),
+    NaN kept, for every path: what the Conv layer's activations compute after it."""
+    x, w, b, _ = conv_inputs(case, dtype, seed=2)
+    x[0, 0, 0, 0] = np.nan          # NaN through every output it reaches
+    x[1, 1, 1, 0] = np.inf          # infinities of both signs, and NaN where they meet
+    stride, padding = case[7], case[8]
+    with np.errstate(invalid="ignore"):     # inf - inf, where the infinities meet
+        z = reference.conv2d_forward(x, w, b, stride, padding)
+        got = backend.conv2d_forward(x, w, b, stride, padding, slope)
+    expected = np.where((z > 0) | np.isnan(z), z, z * slope if slope else 0.0)
+    finite = np.isfinite(expected)
+    assert_close(got[finite], expected[finite], dtype)
+    np.testing.assert_array_equal(got[~finite], expected[~finite])
+    assert not np.any(np.signbit(got[(got == 0) & ~np.isnan(got)])) or slope > 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel, padding", [((3, 3), (1, 1, 1, 1)), ((1, 1), (0, 0, 0, 0)),
                                              ((5, 5), (2, 2, 2, 2))], ids=["3x3", "1x1", "5x5"])
 def test_an_empty_batch_gives_empty_results(backend, kernel, padding, dtype):

@@ -380,20 +380,30 @@ def test_a_bad_cnnc_num_threads_stops_the_import(backend):
     assert "ValueError: CNNC_NUM_THREADS must be an int from 1 to" in result.stderr
 
 
-def test_results_do_not_depend_on_the_thread_count_beyond_rounding():
+@pytest.mark.parametrize("case", [((9, 11, 11, 3), (3, 3, 3, 16), (1, 1), (0, 0, 0, 0)),
+                                  ((33, 17, 15, 32), (3, 3, 32, 40), (1, 1), (1, 1, 1, 1)),
+                                  ((20, 16, 16, 8), (5, 5, 8, 24), (2, 2), (2, 1, 2, 1))])
+def test_convolutions_give_the_same_bits_with_any_thread_count(case):
+    """On the default path every output value is summed by one thread in an order fixed by
+    the shape (partial sums over chunks of images, not over threads): the thread count
+    changes no bit, so a run does not change with the machine it runs on."""
+    x_shape, w_shape, stride, padding = case
     rng = np.random.default_rng(0)
-    x, dy = rng.standard_normal((9, 11, 11, 3)), rng.standard_normal((9, 9, 9, 16))
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[3])
     before = cnnc.get_num_threads()
     results = []
     try:
-        for threads in (1, 2, 3):
+        for threads in (1, 2, 3, 5):
             cnnc.set_num_threads(threads)
-            results.append(kernels.conv2d_grad_params(x, dy, (3, 3), (1, 1), (0, 0, 0, 0)))
+            y = kernels.conv2d_forward(x, w, b, stride, padding)
+            results.append([y, kernels.conv2d_grad_input(y, w, x.shape, stride, padding),
+                            *kernels.conv2d_grad_params(x, y, w.shape[:2], stride, padding)])
     finally:
         cnnc.set_num_threads(before)
-    for dw, db in results[1:]:
-        np.testing.assert_allclose(dw, results[0][0], rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(db, results[0][1], rtol=1e-12, atol=1e-12)
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_every_kernel_gives_the_same_bits_on_every_run_with_several_threads():
@@ -603,6 +613,8 @@ BAD_CALLS = {
     "leaky-back-upstream-ndim": lambda: leaky_back(upstream=arr(24)),
     # conv2d_forward
     "fwd-x-3d": lambda: fwd(x=arr(7, 9, 3)),
+    "fwd-slope-negative": lambda: fwd(slope=-0.1),
+    "fwd-slope-above-1": lambda: fwd(slope=1.5),
     "fwd-x-5d": lambda: fwd(x=arr(1, 2, 7, 9, 3)),
     "fwd-w-3d": lambda: fwd(w=arr(3, 3, 3)),
     "fwd-b-2d": lambda: fwd(b=arr(1, 4)),
@@ -1025,6 +1037,7 @@ FLOAT_ARGUMENTS = {
     "eps": lambda v: adam(eps=v),
     "slope": lambda v: leaky(slope=v),
     "slope-backward": lambda v: leaky_back(slope=v),
+    "slope-conv": lambda v: fwd(slope=v),
 }
 BAD_FLOATS = {"10**400": 10**400, "-10**400": -(10**400), "True": True, "False": False,
               "nan": float("nan"), "-inf": float("-inf"), "float32-inf": np.float32("inf"),
@@ -1312,32 +1325,47 @@ def test_openblas_keeps_its_thread_count_across_kernel_calls():
 # ================================================================ the builds
 
 def every_kernel_once(module, dtype, seed):
-    """Each kernel of the module on one set of random inputs (the direct convolution loops
-    where the filters take them)."""
+    """Each kernel of the module once, each on inputs made by the NumPy kernels from one set
+    of random arrays (so that every result differs between modules only by the kernel's own
+    rounding): thin convolutions (the direct loops where the filters take them, strides,
+    uneven padding), a wide one, pooling, batch normalization, Adam, matmul, leaky ReLU."""
     rng = np.random.default_rng(seed)
+    twin = _numpy_kernels
     x = rng.standard_normal((3, 15, 13, 1)).astype(dtype)
     w1 = rng.standard_normal((3, 3, 1, 35)).astype(dtype)
     x2 = rng.standard_normal((3, 15, 13, 4)).astype(dtype)
     w2 = rng.standard_normal((4, 4, 4, 8)).astype(dtype)
-    b = rng.standard_normal(35).astype(dtype)
-    y1 = module.conv2d_forward(x, w1, b, (1, 2), (1, 0, 1, 1))
-    y2 = module.conv2d_forward(x2, w2, b[:8], (2, 1), (1, 2, 0, 1))
-    pooled, argmax = module.maxpool2d_forward(y2, (2, 2), (2, 2))
+    x3 = rng.standard_normal((2, 9, 10, 32)).astype(dtype)
+    w3 = rng.standard_normal((3, 3, 32, 40)).astype(dtype)
+    b = rng.standard_normal(40).astype(dtype)
+    y1 = twin.conv2d_forward(x, w1, b[:35], (1, 2), (1, 0, 1, 1))
+    y2 = twin.conv2d_forward(x2, w2, b[:8], (2, 1), (1, 2, 0, 1))
+    y3 = twin.conv2d_forward(x3, w3, b, (1, 1), (1, 1, 1, 1))
+    pooled, argmax = twin.maxpool2d_forward(y2, (2, 2), (2, 2))
     param, grad = rng.standard_normal((2, 1000)).astype(dtype)
     m, v = np.zeros_like(param), np.zeros_like(param)
     for step in range(1, 4):
         module.adam_update(param, grad, m, v, 1e-3, 0.9, 0.999, 1e-8, step)
-    averaged = module.avgpool2d_forward(y1, (3, 3), (2, 1))
+    averaged = twin.avgpool2d_forward(y1, (3, 3), (2, 1))
     rows = y1.reshape(-1, 35)
-    y, mean, var = module.batchnorm_forward(rows, b, b[::-1].copy(), 1e-5)
-    return [y1, y2, *module.conv2d_grad_params(x2, y2, (4, 4), (2, 1), (1, 2, 0, 1)),
-            module.conv2d_grad_input(y2, w2, x2.shape, (2, 1), (1, 2, 0, 1)), pooled, argmax,
-            module.maxpool2d_backward(pooled, argmax, y2.shape), averaged,
-            module.avgpool2d_backward(averaged, y1.shape, (3, 3), (2, 1)), y, mean, var,
-            *module.batchnorm_backward(rows, y, b, mean, var, 1e-5),
-            module.batchnorm_inference(rows, b, b, mean, var, 1e-3), param, m, v,
+    dy_rows = rng.standard_normal(rows.shape).astype(dtype)
+    _, mean, var = twin.batchnorm_forward(rows, b[:35], b[:35][::-1].copy(), 1e-5)
+    return [module.conv2d_forward(x, w1, b[:35], (1, 2), (1, 0, 1, 1)),
+            module.conv2d_forward(x2, w2, b[:8], (2, 1), (1, 2, 0, 1), 0.0),
+            module.conv2d_forward(x3, w3, b, (1, 1), (1, 1, 1, 1), 0.1),
+            *module.conv2d_grad_params(x2, y2, (4, 4), (2, 1), (1, 2, 0, 1)),
+            *module.conv2d_grad_params(x3, y3, (3, 3), (1, 1), (1, 1, 1, 1)),
+            module.conv2d_grad_input(y2, w2, x2.shape, (2, 1), (1, 2, 0, 1)),
+            module.conv2d_grad_input(y3, w3, x3.shape, (1, 1), (1, 1, 1, 1)),
+            *module.maxpool2d_forward(y2, (2, 2), (2, 2)),
+            module.maxpool2d_backward(pooled, argmax, y2.shape),
+            module.avgpool2d_forward(y1, (3, 3), (2, 1)),
+            module.avgpool2d_backward(averaged, y1.shape, (3, 3), (2, 1)),
+            *module.batchnorm_forward(rows, b[:35], b[:35][::-1].copy(), 1e-5),
+            *module.batchnorm_backward(rows, dy_rows, b[:35], mean, var, 1e-5),
+            module.batchnorm_inference(rows, b[:35], b[:35], mean, var, 1e-3), param, m, v,
             module.matmul(x2.reshape(-1, 4).T, x2.reshape(-1, 4)),
-            module.leaky_relu(y1, 0.01), module.leaky_relu_backward(y1, y1, 0.01)]
+            module.leaky_relu(y1, 0.01), module.leaky_relu_backward(y1, dy_rows.reshape(y1.shape), 0.01)]
 
 
 @pytest.mark.skipif(not WIDER_BUILDS, reason="no wider build here (a CPU without AVX2 and FMA, "

@@ -253,6 +253,7 @@ class ConvForward(NamedTuple):
     b: np.ndarray
     stride: tuple       # (sh, sw)
     padding: tuple      # (top, bottom, left, right)
+    slope: float        # of the activation fused into the output: 1 linear, 0 ReLU
     out_hw: tuple       # the output's (OH, OW)
 
 
@@ -348,7 +349,7 @@ class BatchNormInference(NamedTuple):
     eps: float
 
 
-def conv2d_forward(x, w, b, stride, padding):
+def conv2d_forward(x, w, b, stride, padding, slope):
     x = float_array("x", x, 4)
     w = float_array("w", w, 4, x.dtype)
     b = float_array("b", b, 1, x.dtype)
@@ -357,7 +358,7 @@ def conv2d_forward(x, w, b, stride, padding):
     expect_shape("b", b.shape, (w.shape[3],))
     positive_dims("w", w.shape)
     stride, padding, out_hw = _conv_geometry(x.shape, w.shape[:2], stride, padding)
-    return ConvForward(x, w, b, stride, padding, out_hw)
+    return ConvForward(x, w, b, stride, padding, number("slope", slope, 0, maximum=1), out_hw)
 
 
 def conv2d_grad_input(dy, w, input_shape, stride, padding):

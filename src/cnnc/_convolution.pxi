@@ -349,21 +349,26 @@ def _product_path(path):
     return "gemm" if _blas is not None else "matmul"
 
 
-def _weighted_path(path, patch, f):
-    """The path of the forward pass and the filter gradient: the direct loops where path
-    says so, or (auto) where _direct_taken says so; else _product_path."""
-    if path == "direct" or (path == "auto" and _direct_taken(patch, f)):
+def _pass_path(path, direct):
+    """How a pass goes on path: the direct loops where path says so, or (auto) where direct
+    (_direct_serves) says they win; else _product_path."""
+    if path == "direct" or (path == "auto" and direct):
         return "direct"
     return _product_path(path)
 
 
 # The entry points, on the path _conv_path gives; the bias gradient sums rows.
 
+# The bias gradient sums dy's rows in shares of at least this many rows, at most 16 shares:
+# fixed by the shape, so that any thread count adds the same numbers in the same order.
+cdef Py_ssize_t _SHARE_ROWS = 1024
+
+
 cdef void _sum_rows(const real[:, ::1] a, real[:, ::1] partial) noexcept:
     """partial[t] += the sum of the t-th of len(partial) even shares of a's rows."""
     cdef Py_ssize_t share, row
     cdef Py_ssize_t shares = partial.shape[0], rows = a.shape[0]
-    for share in prange(shares, schedule="static", nogil=True, num_threads=shares):
+    for share in prange(shares, schedule="dynamic", nogil=True, num_threads=_team(shares)):
         for row in range(share * rows // shares, (share + 1) * rows // shares):
             _add(&partial[share, 0], &a[row, 0], a.shape[1])
 
@@ -379,16 +384,31 @@ def _product(a, b, path):
     return matmul(a, b) if path == "gemm" else np.matmul(a, b)
 
 
-def conv2d_forward(x, w, b, stride, padding):
-    """Cross-correlation of x (N, H, W, C) with w (kh, kw, C, F), plus bias b (F,)."""
-    x, w, b, stride, padding, (oh, ow) = _checks.conv2d_forward(x, w, b, stride, padding)
+cdef void _activate(real[::1] y, real slope) noexcept:
+    """y = z for z > 0 (or NaN), slope * z elsewhere (exactly 0 for slope 0), in place."""
+    cdef Py_ssize_t k
+    cdef real z
+    for k in prange(y.shape[0], schedule="static", nogil=True, num_threads=_team(y.shape[0] >> 16)):
+        z = y[k]
+        if not (z > 0 or z != z):
+            y[k] = 0 if slope == 0 else slope * z
+
+
+def conv2d_forward(x, w, b, stride, padding, slope=1.0):
+    """Cross-correlation of x (N, H, W, C) with w (kh, kw, C, F), plus bias b (F,), then
+    z for z > 0 and slope * z elsewhere: slope 1 (the default) is no activation, 0 is
+    ReLU's max(z, 0) (exactly 0 for any z <= 0). NaN stays NaN."""
+    x, w, b, stride, padding, slope, (oh, ow) = _checks.conv2d_forward(x, w, b, stride, padding,
+                                                                      slope)
     n, (kh, kw, c, f) = x.shape[0], w.shape
     pixels, patch = oh * ow, kh * kw * c
     w2 = w.reshape(patch, f)
-    path = _weighted_path(_conv_path, patch, f)
+    path = _pass_path(_conv_path, _direct_serves("forward", (kh, kw), stride, padding, c, f,
+                                                 x.dtype))
     if path == "direct":
         y = np.empty((n * pixels, f), dtype=x.dtype)
-        _direct_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow))
+        _direct_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow), slope)
+        return y.reshape(n, oh, ow, f)
     elif _pointwise((kh, kw), stride, padding):
         y = _product(x.reshape(n * pixels, c), w2, path)
         _add_bias(y, b)
@@ -399,6 +419,10 @@ def conv2d_forward(x, w, b, stride, padding):
             _gemm_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow), chunks)
         else:
             _matmul_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow), chunks)
+    if slope != 1 and y.size and y.dtype == np.float32:
+        _activate[float](y.reshape(-1), slope)
+    elif slope != 1 and y.size:
+        _activate[double](y.reshape(-1), slope)
     return y.reshape(n, oh, ow, f)
 
 
@@ -410,6 +434,9 @@ def conv2d_grad_input(dy, w, input_shape, stride, padding):
     pixels, patch = oh * ow, kh * kw * c
     w2 = w.reshape(patch, f)
     dy2 = dy.reshape(n * pixels, f)
+    if tuple(stride) == (1, 1) and _pass_path(_conv_path, _direct_serves(
+            "grad_input", (kh, kw), stride, padding, c, f, dy.dtype)) == "direct":
+        return _direct_grad_input_pass(dy, w, input_shape, padding)
     path = _product_path(_conv_path)
     if _pointwise((kh, kw), stride, padding):
         return _product(dy2, w2.T, path).reshape(input_shape)
@@ -428,7 +455,8 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     n, (kh, kw), c, f = x.shape[0], kernel_size, x.shape[3], dy.shape[3]
     pixels, patch = out_hw[0] * out_hw[1], kh * kw * c
     dy2 = dy.reshape(n * pixels, f)
-    path = _weighted_path(_conv_path, patch, f)
+    path = _pass_path(_conv_path, _direct_serves("grad_weight", kernel_size, stride, padding, c,
+                                                 f, x.dtype))
     if path == "direct":
         dw = _direct_weight_pass(x, dy2, kernel_size, stride, padding, out_hw)
     elif _pointwise(kernel_size, stride, padding):
@@ -439,7 +467,7 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     else:
         dw = _matmul_grad_weight_pass(x, dy2, kernel_size, stride, padding, out_hw,
                                       _chunk_count(n, pixels * patch * x.itemsize, False))
-    partial_db = np.zeros((_threads, f), dtype=x.dtype)
+    partial_db = np.zeros((max(1, min(16, n * pixels // _SHARE_ROWS)), f), dtype=x.dtype)
     if f and x.dtype == np.float32:
         _sum_rows[float](dy2, partial_db)
     elif f:

@@ -1,9 +1,17 @@
-/* The innermost loops of cnnc's direct convolution (_direct_convolution.pxi),
- * written with explicit vectors: a block of LANES filters is a few machine vectors, and a
- * tile of several output pixels keeps that many independent sums in flight. Compilers
- * without GCC's vector extensions get vectors of one element: the same loops, scalar.
- * Products and sums stay separate operations (no fused multiply-add), so that every build
- * computes the same bits.
+/* The micro-kernels of cnnc's direct convolution (_direct_convolution.pxi): register tiles
+ * written with explicit vectors, as wide as the build's instruction set (cnnc._builds).
+ *
+ * - A pixel tile computes a few output pixels for a block of filters: the filters of one
+ *   tap are one or two vectors, each pixel's input value is broadcast and multiplied into
+ *   its accumulators (the forward pass, and the input gradient as a forward pass).
+ * - A tap tile sums, for a few taps and a block of filters, input times output gradient
+ *   over many pixels (the filter gradient).
+ *
+ * Each tile is instantiated for every count of pixels (or taps) up to the most that fit
+ * the registers, so that a row of any width is cut into nearly equal tiles instead of
+ * full tiles and a wasteful rest. Builds with FMA fuse each multiply-add; the baseline
+ * multiplies and adds. Compilers without GCC's vector extensions get vectors of one
+ * element: the same loops, scalar.
  *
  * Filters are stored (patch, w_stride), patch = kh * kw * C in (row, column, channel)
  * order; images and gradients are NHWC. Every pointer is already offset to its block. */
@@ -13,27 +21,90 @@
 #include <stddef.h>
 #include <string.h>
 
+#if defined(__AVX512F__) || defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+/* Bytes per vector, and the most pixels (taps) a tile of two vectors of filters (WIDE) or
+ * one (NARROW) holds: as many accumulators as leave registers for the filters and the
+ * broadcast value (32 vector registers with AVX-512, 16 otherwise). */
+#if defined(__AVX512F__)
+#define CNNC_VECTOR_BYTES 64
+#define CNNC_WIDE_MOST 12
+#define CNNC_NARROW_MOST 16
+#elif defined(__AVX2__)
+#define CNNC_VECTOR_BYTES 32
+#define CNNC_WIDE_MOST 6
+#define CNNC_NARROW_MOST 12
+#else
+#define CNNC_VECTOR_BYTES 16
+#define CNNC_WIDE_MOST 6
+#define CNNC_NARROW_MOST 12
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
-typedef float cnnc_vf __attribute__((vector_size(32)));
-typedef double cnnc_vd __attribute__((vector_size(32)));
+typedef float cnnc_vf __attribute__((vector_size(CNNC_VECTOR_BYTES)));
+typedef double cnnc_vd __attribute__((vector_size(CNNC_VECTOR_BYTES)));
 #else
 typedef float cnnc_vf;
 typedef double cnnc_vd;
 #endif
-#define CNNC_WIDTH(V, T) ((int)(sizeof(V) / sizeof(T)))
+#define CNNC_LANES(V, T) ((ptrdiff_t)(sizeof(V) / sizeof(T)))
+/* the loops over a tile's accumulators unrolled, so that they stay in registers */
+#if defined(__GNUC__) && !defined(__clang__)
+#define CNNC_UNROLL _Pragma("GCC unroll 16")
+#elif defined(__clang__)
+#define CNNC_UNROLL _Pragma("unroll")
+#else
+#define CNNC_UNROLL
+#endif
 
-/* y[k * f + l] for k < pixels (at most PIXELS) and l < stored: b[l] plus the sum over
- * the patch rows r < rows and the taps t < run of each row of
- * px[r * px_row + k * px_step + t] times w[r * w_row + t * w_stride + l], the filters of
- * one lane block. All PIXELS patches are read: the caller's rows are wide enough. */
-#define CNNC_PIXEL_TILE(NAME, T, V, LANES, PIXELS)                                        \
+/* Filters per vector, for the Cython side. */
+static const ptrdiff_t cnnc_lanes_f = CNNC_LANES(cnnc_vf, float);
+static const ptrdiff_t cnnc_lanes_d = CNNC_LANES(cnnc_vd, double);
+static const ptrdiff_t cnnc_wide_most = CNNC_WIDE_MOST;
+static const ptrdiff_t cnnc_narrow_most = CNNC_NARROW_MOST;
+
+/* acc + s * b for a scalar s: one fused multiply-add of s broadcast, where the build has
+ * FMA; a product and a sum elsewhere. */
+static inline cnnc_vf cnnc_madd_f(cnnc_vf acc, float s, cnnc_vf b)
+{
+#if defined(__AVX512F__)
+    return (cnnc_vf)_mm512_fmadd_ps(_mm512_set1_ps(s), (__m512)b, (__m512)acc);
+#elif defined(__FMA__) && defined(__AVX2__)
+    return (cnnc_vf)_mm256_fmadd_ps(_mm256_set1_ps(s), (__m256)b, (__m256)acc);
+#else
+    return acc + s * b;
+#endif
+}
+
+static inline cnnc_vd cnnc_madd_d(cnnc_vd acc, double s, cnnc_vd b)
+{
+#if defined(__AVX512F__)
+    return (cnnc_vd)_mm512_fmadd_pd(_mm512_set1_pd(s), (__m512d)b, (__m512d)acc);
+#elif defined(__FMA__) && defined(__AVX2__)
+    return (cnnc_vd)_mm256_fmadd_pd(_mm256_set1_pd(s), (__m256d)b, (__m256d)acc);
+#else
+    return acc + s * b;
+#endif
+}
+
+/* The activation fused into the store: z > 0 (or NaN) is kept; otherwise slope * z, and
+ * exactly 0 for slope 0 (ReLU's max(z, 0), an infinite z included). slope 1 keeps z. */
+#define CNNC_ACTIVATE(z, slope) \
+    ((z) > 0 || (z) != (z) ? (z) : ((slope) == 0 ? 0 : (slope) * (z)))
+
+/* y[k * f + l] for k < PIXELS and l < stored: the activation of b[l] plus the sum over the
+ * patch rows r < rows and the taps t < run of each row of
+ * px[r * px_row + k * px_step + t] times w[r * w_row + t * w_stride + l]. */
+#define CNNC_PIXEL_TILE(NAME, T, V, MADD, VECTORS, PIXELS)                                \
 static void NAME(const T* px, ptrdiff_t px_row, ptrdiff_t px_step, ptrdiff_t rows,        \
                  ptrdiff_t run, const T* w, ptrdiff_t w_row, ptrdiff_t w_stride,          \
-                 const T* b, T* y, ptrdiff_t f, ptrdiff_t stored, ptrdiff_t pixels)       \
+                 const T* b, T* y, ptrdiff_t f, ptrdiff_t stored, T slope)                \
 {                                                                                         \
-    enum { W = CNNC_WIDTH(V, T), VECTORS = LANES / CNNC_WIDTH(V, T) };                    \
+    enum { W = (int)CNNC_LANES(V, T) };                                                   \
     V acc[PIXELS][VECTORS], filters[VECTORS];                                             \
-    T out[LANES];                                                                         \
+    T out[VECTORS * W];                                                                   \
     ptrdiff_t r, t, l;                                                                    \
     int k, v;                                                                             \
     for (v = 0; v < VECTORS; v++) memcpy(&filters[v], b + v * W, sizeof(V));              \
@@ -44,67 +115,141 @@ static void NAME(const T* px, ptrdiff_t px_row, ptrdiff_t px_step, ptrdiff_t row
             const T* tap = w + r * w_row + t * w_stride;                                  \
             const T* x = px + r * px_row + t;                                             \
             for (v = 0; v < VECTORS; v++) memcpy(&filters[v], tap + v * W, sizeof(V));    \
-            for (k = 0; k < PIXELS; k++) {                                                \
+            CNNC_UNROLL for (k = 0; k < PIXELS; k++) {                                    \
                 T value = x[k * px_step];                                                 \
-                for (v = 0; v < VECTORS; v++) acc[k][v] += value * filters[v];            \
+                CNNC_UNROLL for (v = 0; v < VECTORS; v++)                                 \
+                    acc[k][v] = MADD(acc[k][v], value, filters[v]);                       \
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
-    for (k = 0; k < PIXELS && k < pixels; k++) {                                          \
+    for (k = 0; k < PIXELS; k++) {                                                        \
         for (v = 0; v < VECTORS; v++) memcpy(out + v * W, &acc[k][v], sizeof(V));         \
-        for (l = 0; l < LANES; l++)     /* not a memcpy call for a few floats */          \
-            if (l < stored) y[k * f + l] = out[l];                                        \
+        for (l = 0; l < stored; l++) y[k * f + l] = CNNC_ACTIVATE(out[l], slope);         \
     }                                                                                     \
 }
 
-/* dw[l] += the sum over i < rows and j < columns of
- * x[i * x_row + j * x_step] * dy[i * dy_row + j * dy_stride + l], l < LANES: one tap of the
- * filter gradient over one image, in four interleaved sums. */
-#define CNNC_TAP_SUM(NAME, T, V, LANES)                                                   \
-static void NAME(const T* x, ptrdiff_t x_row, ptrdiff_t x_step, const T* dy,              \
-                 ptrdiff_t dy_row, ptrdiff_t dy_stride, ptrdiff_t rows, ptrdiff_t columns, \
-                 T* dw)                                                                   \
+/* dw[t * dw_stride + l] += the sum over g < images, i < rows and j < columns of
+ * x[g * x_image + i * x_row + j * x_step + t] * dy[g * dy_image + i * dy_row + j * dy_stride + l],
+ * for t < TAPS and the filters l of one block: a few taps of the filter gradient over a
+ * few images. */
+#define CNNC_TAP_TILE(NAME, T, V, MADD, VECTORS, TAPS)                                    \
+static void NAME(const T* x, ptrdiff_t x_image, ptrdiff_t x_row, ptrdiff_t x_step,        \
+                 const T* dy, ptrdiff_t dy_image, ptrdiff_t dy_row, ptrdiff_t dy_stride,  \
+                 ptrdiff_t images, ptrdiff_t rows, ptrdiff_t columns, T* dw,              \
+                 ptrdiff_t dw_stride)                                                     \
 {                                                                                         \
-    enum { W = CNNC_WIDTH(V, T), VECTORS = LANES / CNNC_WIDTH(V, T) };                    \
-    V sums[4][VECTORS], grad;                                                             \
-    ptrdiff_t i, j;                                                                       \
-    int k, v;                                                                             \
-    memset(sums, 0, sizeof(sums));                                                        \
-    for (i = 0; i < rows; i++) {                                                          \
-        const T* xi = x + i * x_row;                                                      \
-        const T* dyi = dy + i * dy_row;                                                   \
-        for (j = 0; j + 4 <= columns; j += 4) {                                           \
-            for (k = 0; k < 4; k++) {                                                     \
-                T value = xi[(j + k) * x_step];                                           \
-                for (v = 0; v < VECTORS; v++) {                                           \
-                    memcpy(&grad, dyi + (j + k) * dy_stride + v * W, sizeof(V));          \
-                    sums[k][v] += value * grad;                                           \
+    enum { W = (int)CNNC_LANES(V, T) };                                                   \
+    V acc[TAPS][VECTORS], grad[VECTORS], sum, zero = {0};                                 \
+    ptrdiff_t g, i, j;                                                                    \
+    int t, v;                                                                             \
+    CNNC_UNROLL for (t = 0; t < TAPS; t++)                                                \
+        CNNC_UNROLL for (v = 0; v < VECTORS; v++) acc[t][v] = zero;                       \
+    for (g = 0; g < images; g++) {                                                        \
+        for (i = 0; i < rows; i++) {                                                      \
+            const T* xi = x + g * x_image + i * x_row;                                    \
+            const T* dyi = dy + g * dy_image + i * dy_row;                                \
+            for (j = 0; j < columns; j++) {                                               \
+                const T* xj = xi + j * x_step;                                            \
+                for (v = 0; v < VECTORS; v++)                                             \
+                    memcpy(&grad[v], dyi + j * dy_stride + v * W, sizeof(V));             \
+                CNNC_UNROLL for (t = 0; t < TAPS; t++) {                                  \
+                    T value = xj[t];                                                      \
+                    CNNC_UNROLL for (v = 0; v < VECTORS; v++)                             \
+                        acc[t][v] = MADD(acc[t][v], value, grad[v]);                      \
                 }                                                                         \
             }                                                                             \
         }                                                                                 \
-        for (; j < columns; j++) {                                                        \
-            for (v = 0; v < VECTORS; v++) {                                               \
-                memcpy(&grad, dyi + j * dy_stride + v * W, sizeof(V));                    \
-                sums[0][v] += xi[j * x_step] * grad;                                      \
-            }                                                                             \
-        }                                                                                 \
     }                                                                                     \
-    for (v = 0; v < VECTORS; v++) {                                                       \
-        memcpy(&grad, dw + v * W, sizeof(V));                                             \
-        grad += (sums[0][v] + sums[2][v]) + (sums[1][v] + sums[3][v]);                    \
-        memcpy(dw + v * W, &grad, sizeof(V));                                             \
+    for (t = 0; t < TAPS; t++) {                                                          \
+        for (v = 0; v < VECTORS; v++) {                                                   \
+            memcpy(&sum, dw + t * dw_stride + v * W, sizeof(V));                          \
+            sum += acc[t][v];                                                             \
+            memcpy(dw + t * dw_stride + v * W, &sum, sizeof(V));                          \
+        }                                                                                 \
     }                                                                                     \
 }
 
-/* Tiles: 8 filters by 8 pixels, 16 filters by 4 pixels (eight vectors of sums in
- * flight either way, in single precision with AVX). */
-CNNC_PIXEL_TILE(cnnc_pixels_8x8_f, float, cnnc_vf, 8, 8)
-CNNC_PIXEL_TILE(cnnc_pixels_16x4_f, float, cnnc_vf, 16, 4)
-CNNC_PIXEL_TILE(cnnc_pixels_8x8_d, double, cnnc_vd, 8, 8)
-CNNC_PIXEL_TILE(cnnc_pixels_16x4_d, double, cnnc_vd, 16, 4)
-CNNC_TAP_SUM(cnnc_tap_sum_8_f, float, cnnc_vf, 8)
-CNNC_TAP_SUM(cnnc_tap_sum_16_f, float, cnnc_vf, 16)
-CNNC_TAP_SUM(cnnc_tap_sum_8_d, double, cnnc_vd, 8)
-CNNC_TAP_SUM(cnnc_tap_sum_16_d, double, cnnc_vd, 16)
+/* Every count from 1 to 16, for the tables of tiles. */
+#define CNNC_COUNTS(M, A, B) M(A, B, 1) M(A, B, 2) M(A, B, 3) M(A, B, 4) M(A, B, 5)            \
+    M(A, B, 6) M(A, B, 7) M(A, B, 8) M(A, B, 9) M(A, B, 10) M(A, B, 11) M(A, B, 12)          \
+    M(A, B, 13) M(A, B, 14) M(A, B, 15) M(A, B, 16)
+
+#define CNNC_PIXEL_TILE_F(VECTORS, UNUSED, N)                                              \
+    CNNC_PIXEL_TILE(cnnc_pixels_f_##VECTORS##_##N, float, cnnc_vf, cnnc_madd_f, VECTORS, N)
+#define CNNC_PIXEL_TILE_D(VECTORS, UNUSED, N)                                              \
+    CNNC_PIXEL_TILE(cnnc_pixels_d_##VECTORS##_##N, double, cnnc_vd, cnnc_madd_d, VECTORS, N)
+#define CNNC_TAP_TILE_F(VECTORS, UNUSED, N)                                                \
+    CNNC_TAP_TILE(cnnc_taps_f_##VECTORS##_##N, float, cnnc_vf, cnnc_madd_f, VECTORS, N)
+#define CNNC_TAP_TILE_D(VECTORS, UNUSED, N)                                                \
+    CNNC_TAP_TILE(cnnc_taps_d_##VECTORS##_##N, double, cnnc_vd, cnnc_madd_d, VECTORS, N)
+#define CNNC_ENTRY(PREFIX, VECTORS, N) PREFIX##_##VECTORS##_##N,
+
+CNNC_COUNTS(CNNC_PIXEL_TILE_F, 1, ~) CNNC_COUNTS(CNNC_PIXEL_TILE_F, 2, ~)
+CNNC_COUNTS(CNNC_PIXEL_TILE_D, 1, ~) CNNC_COUNTS(CNNC_PIXEL_TILE_D, 2, ~)
+CNNC_COUNTS(CNNC_TAP_TILE_F, 1, ~) CNNC_COUNTS(CNNC_TAP_TILE_F, 2, ~)
+CNNC_COUNTS(CNNC_TAP_TILE_D, 1, ~) CNNC_COUNTS(CNNC_TAP_TILE_D, 2, ~)
+
+typedef void (*cnnc_pixel_tile_f)(const float*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                  const float*, ptrdiff_t, ptrdiff_t, const float*, float*,
+                                  ptrdiff_t, ptrdiff_t, float);
+typedef void (*cnnc_pixel_tile_d)(const double*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                  const double*, ptrdiff_t, ptrdiff_t, const double*, double*,
+                                  ptrdiff_t, ptrdiff_t, double);
+typedef void (*cnnc_tap_tile_f)(const float*, ptrdiff_t, ptrdiff_t, ptrdiff_t, const float*,
+                                ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                float*, ptrdiff_t);
+typedef void (*cnnc_tap_tile_d)(const double*, ptrdiff_t, ptrdiff_t, ptrdiff_t, const double*,
+                                ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                double*, ptrdiff_t);
+
+/* The tiles by [vectors - 1][count - 1]. */
+static const cnnc_pixel_tile_f cnnc_pixel_tiles_f[2][16] = {
+    {CNNC_COUNTS(CNNC_ENTRY, cnnc_pixels_f, 1)}, {CNNC_COUNTS(CNNC_ENTRY, cnnc_pixels_f, 2)}};
+static const cnnc_pixel_tile_d cnnc_pixel_tiles_d[2][16] = {
+    {CNNC_COUNTS(CNNC_ENTRY, cnnc_pixels_d, 1)}, {CNNC_COUNTS(CNNC_ENTRY, cnnc_pixels_d, 2)}};
+static const cnnc_tap_tile_f cnnc_tap_tiles_f[2][16] = {
+    {CNNC_COUNTS(CNNC_ENTRY, cnnc_taps_f, 1)}, {CNNC_COUNTS(CNNC_ENTRY, cnnc_taps_f, 2)}};
+static const cnnc_tap_tile_d cnnc_tap_tiles_d[2][16] = {
+    {CNNC_COUNTS(CNNC_ENTRY, cnnc_taps_d, 1)}, {CNNC_COUNTS(CNNC_ENTRY, cnnc_taps_d, 2)}};
+
+static void cnnc_pixel_tile_float(int vectors, int pixels, const float* px, ptrdiff_t px_row,
+                                  ptrdiff_t px_step, ptrdiff_t rows, ptrdiff_t run,
+                                  const float* w, ptrdiff_t w_row, ptrdiff_t w_stride,
+                                  const float* b, float* y, ptrdiff_t f, ptrdiff_t stored,
+                                  float slope)
+{
+    cnnc_pixel_tiles_f[vectors - 1][pixels - 1](px, px_row, px_step, rows, run, w, w_row,
+                                                w_stride, b, y, f, stored, slope);
+}
+
+static void cnnc_pixel_tile_double(int vectors, int pixels, const double* px, ptrdiff_t px_row,
+                                   ptrdiff_t px_step, ptrdiff_t rows, ptrdiff_t run,
+                                   const double* w, ptrdiff_t w_row, ptrdiff_t w_stride,
+                                   const double* b, double* y, ptrdiff_t f, ptrdiff_t stored,
+                                   double slope)
+{
+    cnnc_pixel_tiles_d[vectors - 1][pixels - 1](px, px_row, px_step, rows, run, w, w_row,
+                                                w_stride, b, y, f, stored, slope);
+}
+
+static void cnnc_tap_tile_float(int vectors, int taps, const float* x, ptrdiff_t x_image,
+                                ptrdiff_t x_row, ptrdiff_t x_step, const float* dy,
+                                ptrdiff_t dy_image, ptrdiff_t dy_row, ptrdiff_t dy_stride,
+                                ptrdiff_t images, ptrdiff_t rows, ptrdiff_t columns, float* dw,
+                                ptrdiff_t dw_stride)
+{
+    cnnc_tap_tiles_f[vectors - 1][taps - 1](x, x_image, x_row, x_step, dy, dy_image, dy_row,
+                                            dy_stride, images, rows, columns, dw, dw_stride);
+}
+
+static void cnnc_tap_tile_double(int vectors, int taps, const double* x, ptrdiff_t x_image,
+                                 ptrdiff_t x_row, ptrdiff_t x_step, const double* dy,
+                                 ptrdiff_t dy_image, ptrdiff_t dy_row, ptrdiff_t dy_stride,
+                                 ptrdiff_t images, ptrdiff_t rows, ptrdiff_t columns, double* dw,
+                                 ptrdiff_t dw_stride)
+{
+    cnnc_tap_tiles_d[vectors - 1][taps - 1](x, x_image, x_row, x_step, dy, dy_image, dy_row,
+                                            dy_stride, images, rows, columns, dw, dw_stride);
+}
 
 #endif

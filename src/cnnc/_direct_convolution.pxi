@@ -1,48 +1,62 @@
-# Direct convolution (forward and filter gradient), for thin products: few filters, or few
-# taps. There im2col copies every input value kh*kw times to feed a product too thin for
-# BLAS to run fast; instead each output pixel's filters are summed in vector registers,
-# a block of 8 or 16 filters for a tile of pixels at a time (_direct_conv.h).
-# conv2d_forward and conv2d_grad_params (_convolution.pxi) come here where _direct_taken
-# says so, or set_conv_path("direct") does; the input gradient always multiplies matrices.
+# Direct convolution: every pass as register tiles over the image itself, no patch matrix.
+# The forward pass (with its activation fused into the store) cuts each output row into
+# nearly equal tiles of pixels and sums each tile's filters in vector registers; the input
+# gradient of a stride-1 convolution is the forward pass of dy through the filters turned
+# round; the filter gradient sums tiles of taps over whole images (_direct_conv.h).
+# _convolution.pxi comes here where _direct_serves says so, or set_conv_path("direct") does.
 
 cdef extern from "_direct_conv.h" nogil:
-    void cnnc_pixels_8x8_f(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                           const float*, Py_ssize_t, Py_ssize_t, const float*, float*,
-                           Py_ssize_t, Py_ssize_t, Py_ssize_t)
-    void cnnc_pixels_16x4_f(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                            const float*, Py_ssize_t, Py_ssize_t, const float*, float*,
-                            Py_ssize_t, Py_ssize_t, Py_ssize_t)
-    void cnnc_pixels_8x8_d(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                           const double*, Py_ssize_t, Py_ssize_t, const double*, double*,
-                           Py_ssize_t, Py_ssize_t, Py_ssize_t)
-    void cnnc_pixels_16x4_d(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                            const double*, Py_ssize_t, Py_ssize_t, const double*, double*,
-                            Py_ssize_t, Py_ssize_t, Py_ssize_t)
-    void cnnc_tap_sum_8_f(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t,
-                          Py_ssize_t, Py_ssize_t, Py_ssize_t, float*)
-    void cnnc_tap_sum_16_f(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t,
-                           Py_ssize_t, Py_ssize_t, Py_ssize_t, float*)
-    void cnnc_tap_sum_8_d(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t,
-                          Py_ssize_t, Py_ssize_t, Py_ssize_t, double*)
-    void cnnc_tap_sum_16_d(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t,
-                           Py_ssize_t, Py_ssize_t, Py_ssize_t, double*)
+    const Py_ssize_t cnnc_lanes_f, cnnc_lanes_d, cnnc_wide_most, cnnc_narrow_most
+    void cnnc_pixel_tile_float(int, int, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                               Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t, const float*,
+                               float*, Py_ssize_t, Py_ssize_t, float)
+    void cnnc_pixel_tile_double(int, int, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
+                                const double*, double*, Py_ssize_t, Py_ssize_t, double)
+    void cnnc_tap_tile_float(int, int, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                             const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                             Py_ssize_t, Py_ssize_t, float*, Py_ssize_t)
+    void cnnc_tap_tile_double(int, int, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                              const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                              Py_ssize_t, Py_ssize_t, double*, Py_ssize_t)
 
-cdef enum:
-    _LANES = 16         # filters per block
-    _HALF_LANES = 8     # for 8 filters or fewer
-    _TILE = 4           # pixels per tile of 16 filters
-    _HALF_TILE = 8      # pixels per tile of 8 filters
+# The filter gradient is summed in partial sums over chunks of images, as many as there are
+# runs of _WEIGHT_CHUNK_PIXELS output pixels, up to _WEIGHT_CHUNKS: a number fixed by the
+# shape, not by the threads, so that every thread count adds the same numbers in the same
+# order, and few enough that adding the partial sums up stays cheap. Within a chunk the
+# tiles of taps sum over about _WEIGHT_GROUP_PIXELS pixels at a time (several small images,
+# or a band of rows of a large one): enough to pay for loading and storing their sums, few
+# enough that their input and dy stay in the core's cache for every tile.
+cdef Py_ssize_t _WEIGHT_CHUNKS = 16
+cdef Py_ssize_t _WEIGHT_CHUNK_PIXELS = 1024
+cdef Py_ssize_t _WEIGHT_GROUP_PIXELS = 128
 
 
-def _direct_taken(patch, f):
-    """Whether the direct loops compute this convolution: products of patch = kh*kw*C taps
-    by f filters where im2col and BLAS measured slower (a few taps; or few filters)."""
-    return patch <= 9 or (f <= 16 and patch <= 75) or (f <= 32 and patch <= 25)
+def _direct_serves(pass_name, kernel_size, stride, padding, c, f, dtype):
+    """Whether the direct loops compute this pass ("forward", "grad_input", "grad_weight")
+    of a convolution with c channels in and f out, where "auto" chooses: wherever they
+    measured faster than im2col and BLAS. That is every pass but those of a pointwise
+    convolution (a plain product) and those whose outputs fill less of their vectors than
+    measured pays: half of them for the forward pass (its f filters), 60% for the input
+    gradient (its c channels; stride 1 only)."""
+    if _pointwise(kernel_size, stride, padding):
+        return False
+    if pass_name == "forward":
+        return f >= 0.5 * _padded_filters(f, dtype)
+    if pass_name == "grad_input":
+        return tuple(stride) == (1, 1) and c >= 0.6 * _padded_filters(c, dtype)
+    return True
 
 
-def _padded_filters(f):
-    """The filter count the direct loops compute: whole lane blocks, the extra ones zero."""
-    return _HALF_LANES if f <= _HALF_LANES else -(-f // _LANES) * _LANES
+def _vector_lanes(dtype):
+    """Filters (of dtype) in one vector register of this build."""
+    return cnnc_lanes_f if dtype == np.float32 else cnnc_lanes_d
+
+
+def _padded_filters(f, dtype):
+    """The filter count the direct loops compute: whole vectors, the extra ones zero."""
+    lanes = _vector_lanes(dtype)
+    return -(-f // lanes) * lanes
 
 
 def _padded(a, width):
@@ -58,143 +72,126 @@ cdef inline Py_ssize_t _clip(Py_ssize_t value, Py_ssize_t low, Py_ssize_t high) 
     return low if value < low else (high if value > high else value)
 
 
-cdef inline Py_ssize_t _first_inside(Py_ssize_t offset, Py_ssize_t stride) noexcept nogil:
-    """The smallest j >= 0 with j * stride + offset >= 0."""
-    return 0 if offset >= 0 else (stride - 1 - offset) // stride
+cdef inline int _block_vectors(Py_ssize_t left, Py_ssize_t lanes) noexcept nogil:
+    """Vectors in the next block of filters, with left filters (whole vectors) to go: two
+    while two or more are left, else one."""
+    return 2 if left >= 2 * lanes else 1
 
 
-cdef inline Py_ssize_t _end_inside(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
-                                   Py_ssize_t count) noexcept nogil:
-    """One past the largest j < count with j * stride + offset < size."""
-    cdef Py_ssize_t end = 0 if size <= offset else (size - offset + stride - 1) // stride
-    return end if end < count else count
-
-
-cdef inline void _pixel_tile(const real* px, Py_ssize_t px_row, Py_ssize_t px_step,
-                             Py_ssize_t rows, Py_ssize_t run, const real* w, Py_ssize_t w_row,
-                             Py_ssize_t w_stride, const real* b, real* y, Py_ssize_t f,
-                             Py_ssize_t stored, Py_ssize_t pixels) noexcept nogil:
-    """A tile of pixels for one block of filters: _direct_conv.h."""
-    if real is float:
-        if w_stride == _HALF_LANES:
-            cnnc_pixels_8x8_f(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored,
-                              pixels)
-        else:
-            cnnc_pixels_16x4_f(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f,
-                               stored, pixels)
-    else:
-        if w_stride == _HALF_LANES:
-            cnnc_pixels_8x8_d(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f, stored,
-                              pixels)
-        else:
-            cnnc_pixels_16x4_d(px, px_row, px_step, rows, run, w, w_row, w_stride, b, y, f,
-                               stored, pixels)
-
-
-cdef inline Py_ssize_t _lanes_of(Py_ssize_t w_stride) noexcept nogil:
-    """Filters per block for filters padded to w_stride (_padded_filters)."""
-    return _HALF_LANES if w_stride == _HALF_LANES else _LANES
-
-
-cdef inline Py_ssize_t _tile_of(Py_ssize_t w_stride) noexcept nogil:
-    """Pixels per tile for filters padded to w_stride."""
-    return _HALF_TILE if w_stride == _HALF_LANES else _TILE
+cdef inline Py_ssize_t _most(int vectors) noexcept nogil:
+    """The most pixels (or taps) a tile of that many vectors of filters holds."""
+    return cnnc_wide_most if vectors == 2 else cnnc_narrow_most
 
 
 cdef void _fill_slab(const real* image, real* slab, Py_ssize_t height, Py_ssize_t width,
-                     Py_ssize_t channels, Py_ssize_t h0, Py_ssize_t r0, Py_ssize_t r1,
-                     Py_ssize_t left, Py_ssize_t slab_width) noexcept nogil:
-    """slab rows r0 <= r < r1 = image row h0 + r from column -left on, slab_width pixels
-    wide, zero outside the image: every tile then reads whole patches."""
-    cdef Py_ssize_t r, inside_start = _clip(left, 0, slab_width)
+                     Py_ssize_t channels, Py_ssize_t h0, Py_ssize_t rows, Py_ssize_t left,
+                     Py_ssize_t slab_width) noexcept nogil:
+    """slab (rows, slab_width, C) = image rows h0 <= h < h0 + rows from column -left on,
+    zero outside the image: every tile then reads whole patches."""
+    cdef Py_ssize_t r, h, inside_start = _clip(left, 0, slab_width)
     cdef Py_ssize_t inside_end = _clip(left + width, 0, slab_width)
     cdef real* row
-    for r in range(r0, r1):
+    for r in range(rows):
         row = slab + r * slab_width * channels
+        h = h0 + r
+        if h < 0 or h >= height or inside_end <= inside_start:
+            _zero(row, slab_width * channels)
+            continue
         _zero(row, inside_start * channels)
-        if inside_end > inside_start:
-            _copy(row + inside_start * channels,
-                  image + ((h0 + r) * width + inside_start - left) * channels,
-                  (inside_end - inside_start) * channels)
+        _copy(row + inside_start * channels, image + (h * width + inside_start - left) * channels,
+              (inside_end - inside_start) * channels)
         _zero(row + inside_end * channels, (slab_width - inside_end) * channels)
+
+
+cdef inline void _pixel_tile(int vectors, int pixels, const real* px, Py_ssize_t px_row,
+                             Py_ssize_t px_step, Py_ssize_t rows, Py_ssize_t run, const real* w,
+                             Py_ssize_t w_row, Py_ssize_t w_stride, const real* b, real* y,
+                             Py_ssize_t f, Py_ssize_t stored, real slope) noexcept nogil:
+    if real is float:
+        cnnc_pixel_tile_float(vectors, pixels, px, px_row, px_step, rows, run, w, w_row,
+                              w_stride, b, y, f, stored, slope)
+    else:
+        cnnc_pixel_tile_double(vectors, pixels, px, px_row, px_step, rows, run, w, w_row,
+                               w_stride, b, y, f, stored, slope)
+
+
+cdef inline void _tap_tile(int vectors, int taps, const real* x, Py_ssize_t x_image,
+                           Py_ssize_t x_row, Py_ssize_t x_step, const real* dy,
+                           Py_ssize_t dy_image, Py_ssize_t dy_row, Py_ssize_t dy_stride,
+                           Py_ssize_t images, Py_ssize_t rows, Py_ssize_t columns, real* dw,
+                           Py_ssize_t dw_stride) noexcept nogil:
+    if real is float:
+        cnnc_tap_tile_float(vectors, taps, x, x_image, x_row, x_step, dy, dy_image, dy_row,
+                            dy_stride, images, rows, columns, dw, dw_stride)
+    else:
+        cnnc_tap_tile_double(vectors, taps, x, x_image, x_row, x_step, dy, dy_image, dy_row,
+                             dy_stride, images, rows, columns, dw, dw_stride)
 
 
 cdef void _direct_forward_row(const real* slab, const real* w, const real* b, real* y,
                               Py_ssize_t channels, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t r0,
                               Py_ssize_t r1, Py_ssize_t slab_width, Py_ssize_t ow, Py_ssize_t f,
-                              Py_ssize_t w_stride) noexcept nogil:
+                              Py_ssize_t w_stride, Py_ssize_t lanes, real slope) noexcept nogil:
     """One output row y (OW, F) from its slab of patch rows r0 <= r < r1; w (patch,
-    w_stride) and b (w_stride,) are padded to whole blocks of filters."""
-    cdef Py_ssize_t lanes = _lanes_of(w_stride)
-    cdef Py_ssize_t tile = _tile_of(w_stride), run = kw * channels
-    cdef Py_ssize_t step, j, block, start
-    for step in range((ow + tile - 1) // tile):
-        j = step * tile
-        for block in range(w_stride // lanes):
-            start = block * lanes
-            _pixel_tile(slab + (r0 * slab_width + j * sw) * channels, slab_width * channels,
-                        sw * channels, r1 - r0, run, w + r0 * run * w_stride + start,
-                        run * w_stride, w_stride, b + start, y + j * f + start, f,
-                        lanes if f - start > lanes else f - start,
-                        tile if ow - j > tile else ow - j)
+    w_stride) and b (w_stride,) are padded to whole vectors of filters."""
+    cdef Py_ssize_t run = kw * channels, start = 0, tiles, tile, j0, j1
+    cdef int vectors
+    while start < f:
+        vectors = _block_vectors(w_stride - start, lanes)
+        tiles = (ow + _most(vectors) - 1) // _most(vectors)
+        for tile in range(tiles):
+            j0 = tile * ow // tiles
+            j1 = (tile + 1) * ow // tiles
+            _pixel_tile(vectors, <int>(j1 - j0), slab + (r0 * slab_width + j0 * sw) * channels,
+                        slab_width * channels, sw * channels, r1 - r0, run,
+                        w + r0 * run * w_stride + start, run * w_stride, w_stride, b + start,
+                        y + j0 * f + start, f, _clip(f - start, 0, vectors * lanes), slope)
+        start += vectors * lanes
 
 
-cdef inline void _tap_sum(const real* x, Py_ssize_t x_row, Py_ssize_t x_step, const real* dy,
-                          Py_ssize_t dy_row, Py_ssize_t dy_stride, Py_ssize_t rows,
-                          Py_ssize_t columns, real* dw, Py_ssize_t lanes) noexcept nogil:
-    """One tap of the filter gradient over one image, one block of filters: _direct_conv.h."""
-    if real is float:
-        if lanes == _HALF_LANES:
-            cnnc_tap_sum_8_f(x, x_row, x_step, dy, dy_row, dy_stride, rows, columns, dw)
-        else:
-            cnnc_tap_sum_16_f(x, x_row, x_step, dy, dy_row, dy_stride, rows, columns, dw)
-    else:
-        if lanes == _HALF_LANES:
-            cnnc_tap_sum_8_d(x, x_row, x_step, dy, dy_row, dy_stride, rows, columns, dw)
-        else:
-            cnnc_tap_sum_16_d(x, x_row, x_step, dy, dy_row, dy_stride, rows, columns, dw)
-
-
-cdef void _direct_weight_image(const real* image, const real* dy, real* dw, Py_ssize_t height,
-                               Py_ssize_t width, Py_ssize_t channels, Py_ssize_t kh,
-                               Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t top,
-                               Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow,
-                               Py_ssize_t f) noexcept nogil:
-    """dw (patch, F) += the filter gradient of one image, given its dy (OH, OW, F); F is a
-    whole number of blocks of filters."""
-    cdef Py_ssize_t lanes = _lanes_of(f)
-    cdef Py_ssize_t r, q, c, top_row, end_row, first, end, block, start, tap
-    for r in range(kh):
-        top_row = _first_inside(r - top, sh)
-        end_row = _end_inside(r - top, sh, height, oh)
-        if top_row >= end_row:
-            continue
-        for q in range(kw):
-            first = _first_inside(q - left, sw)
-            end = _end_inside(q - left, sw, width, ow)
-            if first >= end:
-                continue
-            for c in range(channels):
-                tap = (r * kw + q) * channels + c
-                for block in range(f // lanes):
-                    start = block * lanes
-                    _tap_sum(image + ((top_row * sh + r - top) * width + first * sw + q - left)
-                             * channels + c, sh * width * channels, sw * channels,
-                             dy + (top_row * ow + first) * f + start, ow * f, f,
-                             end_row - top_row, end - first, dw + tap * f + start, lanes)
+cdef void _direct_weight_images(const real* padded_images, const real* dy, real* dw,
+                                Py_ssize_t images, Py_ssize_t padded_height,
+                                Py_ssize_t padded_width, Py_ssize_t channels, Py_ssize_t kh,
+                                Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t oh,
+                                Py_ssize_t ow, Py_ssize_t f, Py_ssize_t lanes,
+                                Py_ssize_t band) noexcept nogil:
+    """dw (patch, F) += the filter gradient of a group of images, given the images with their
+    padding (images, padded_height, padded_width, C) and their dy (images, OH, OW, F), F
+    whole vectors: a band of output rows at a time, every tile of taps over it while its
+    input and dy are in cache."""
+    cdef Py_ssize_t run = kw * channels, image_row = padded_width * channels
+    cdef Py_ssize_t i0 = 0, rows, r, start, tiles, tile, t0, t1
+    cdef int vectors
+    while i0 < oh:
+        rows = band if oh - i0 > band else oh - i0
+        for r in range(kh):
+            start = 0
+            while start < f:
+                vectors = _block_vectors(f - start, lanes)
+                tiles = (run + _most(vectors) - 1) // _most(vectors)
+                for tile in range(tiles):
+                    t0 = tile * run // tiles
+                    t1 = (tile + 1) * run // tiles
+                    _tap_tile(vectors, <int>(t1 - t0),
+                              padded_images + (i0 * sh + r) * image_row + t0,
+                              padded_height * image_row, sh * image_row, sw * channels,
+                              dy + i0 * ow * f + start, oh * ow * f, ow * f, f, images, rows, ow,
+                              dw + (r * run + t0) * f + start, f)
+                start += vectors * lanes
+        i0 += rows
 
 
 cdef int _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, const real[::1] b,
                          real[:, ::1] y, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                          Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh,
-                         Py_ssize_t ow) noexcept:
-    """y (N*OH*OW, F) = the convolution of x with w2 (patch, padded F) plus b (padded F),
-    output row by output row, rows handed out to the threads as they come free. Returns
-    how many rows found no memory for their slab."""
+                         Py_ssize_t ow, real slope) noexcept:
+    """y (N*OH*OW, F) = the activation (slope) of the convolution of x with w2 (patch,
+    padded F) plus b (padded F), output row by output row, rows handed out to the threads
+    as they come free. Returns how many rows found no memory for their slab."""
     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
     cdef Py_ssize_t f = y.shape[1], w_stride = w2.shape[1], count = x.shape[0] * oh
-    cdef Py_ssize_t tile = _tile_of(w_stride)
-    cdef Py_ssize_t slab_width = ((ow + tile - 1) // tile * tile - 1) * sw + kw
+    cdef Py_ssize_t slab_width = (ow - 1) * sw + kw
+    cdef Py_ssize_t lanes = cnnc_lanes_f if real is float else cnnc_lanes_d
     cdef Py_ssize_t row, n, h0, r0, r1
     cdef int failed = 0
     cdef real* slab
@@ -208,69 +205,107 @@ cdef int _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, cons
                 h0 = (row - n * oh) * sh - top
                 r0 = _clip(-h0, 0, kh)
                 r1 = _clip(height - h0, 0, kh)
-                _fill_slab(&x[n, 0, 0, 0], slab, height, width, channels, h0, r0, r1, left,
-                           slab_width)
+                _fill_slab(&x[n, 0, 0, 0], slab + r0 * slab_width * channels, height, width,
+                           channels, h0 + r0, r1 - r0, left, slab_width)
                 _direct_forward_row(slab, &w2[0, 0], &b[0], &y[row * ow, 0], channels, kw, sw, r0,
-                                    r1, slab_width, ow, f, w_stride)
+                                    r1, slab_width, ow, f, w_stride, lanes, slope)
         free(slab)
     return failed
 
 
 cdef int _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real[:, ::1] partial,
                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                        Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow) noexcept:
-    """partial (threads * patch, padded F) += each thread's share of the filter gradient, image
-    by image, each image's dy copied into padded rows when F is not a whole number of
-    blocks. Returns how many images found no memory for that copy."""
+                        Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow,
+                        Py_ssize_t group) noexcept:
+    """partial (chunks * patch, padded F) = the filter gradient of each chunk of images,
+    taken a group of images at a time: each image padded, and its dy copied into padded
+    rows when F is not whole vectors. Returns how many chunks found no memory for those
+    copies."""
     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
-    cdef Py_ssize_t f = dy2.shape[1], padded = partial.shape[1], pixels = oh * ow
-    cdef Py_ssize_t patch = kh * kw * channels, n, pixel
-    cdef int team = <int>(partial.shape[0] // patch)     # one buffer row block per thread
+    cdef Py_ssize_t images = x.shape[0], f = dy2.shape[1], padded = partial.shape[1]
+    cdef Py_ssize_t pixels = oh * ow, patch = kh * kw * channels
+    cdef Py_ssize_t chunks = partial.shape[0] // patch
+    cdef Py_ssize_t padded_height = (oh - 1) * sh + kh, padded_width = (ow - 1) * sw + kw
+    cdef Py_ssize_t image_size = padded_height * padded_width * channels
+    cdef Py_ssize_t lanes = cnnc_lanes_f if real is float else cnnc_lanes_d
+    # a group of small images at once, or a band of rows of one large image: about
+    # _WEIGHT_GROUP_PIXELS output pixels at a time
+    cdef Py_ssize_t band = _clip(_WEIGHT_GROUP_PIXELS // ow, 1, oh) if group == 1 else oh
+    cdef Py_ssize_t chunk, first, stop, end, n, pixel
     cdef int failed = 0
+    cdef real* buffer
     cdef real* rows
-    with nogil, parallel(num_threads=team):
-        rows = <real*>calloc(pixels * padded, sizeof(real)) if padded != f else NULL
-        # static: each thread sums its images in the same order on every run
-        for n in prange(x.shape[0], schedule="static"):
-            if padded != f and rows == NULL:
+    with nogil, parallel(num_threads=_team(chunks)):
+        buffer = <real*>malloc(group * image_size * sizeof(real))
+        rows = <real*>calloc(group * pixels * padded, sizeof(real)) if padded != f else NULL
+        for chunk in prange(chunks, schedule="dynamic"):
+            if buffer == NULL or (padded != f and rows == NULL):
                 failed += 1
-            elif padded != f:
-                for pixel in range(pixels):
-                    _copy(rows + pixel * padded, &dy2[n * pixels + pixel, 0], f)
-            if padded == f or rows != NULL:
-                _direct_weight_image(&x[n, 0, 0, 0], &dy2[n * pixels, 0] if padded == f else rows,
-                                     &partial[threadid() * patch, 0], height, width, channels,
-                                     kh, kw, sh, sw, top, left, oh, ow, padded)
+                continue
+            first = chunk * images // chunks
+            stop = (chunk + 1) * images // chunks
+            while first < stop:
+                end = first + group if first + group < stop else stop
+                for n in range(first, end):
+                    _fill_slab(&x[n, 0, 0, 0], buffer + (n - first) * image_size, height, width,
+                               channels, -top, padded_height, left, padded_width)
+                if padded != f:
+                    for pixel in range((end - first) * pixels):
+                        _copy(rows + pixel * padded, &dy2[first * pixels + pixel, 0], f)
+                _direct_weight_images(buffer, &dy2[first * pixels, 0] if padded == f else rows,
+                                      &partial[chunk * patch, 0], end - first, padded_height,
+                                      padded_width, channels, kh, kw, sh, sw, oh, ow, padded,
+                                      lanes, band)
+                first = end
+        free(buffer)
         free(rows)
     return failed
 
 
-def _direct_forward_pass(x, w2, b, y, kernel_size, stride, padding, out_hw):
-    """y (N*OH*OW, F) = the convolution of x with w2 (patch, F) plus b, by the direct loops."""
+def _direct_forward_pass(x, w2, b, y, kernel_size, stride, padding, out_hw, slope):
+    """y (N*OH*OW, F) = the activation (slope, as conv2d_forward's) of the convolution of x
+    with w2 (patch, F) plus b, by the direct loops."""
     if x.shape[0] == 0 or y.shape[1] == 0 or out_hw[0] * out_hw[1] == 0:
         return
-    width = _padded_filters(y.shape[1])
+    width = _padded_filters(y.shape[1], x.dtype)
     w2, b = _padded(w2, width), _padded(b[None], width)[0]
     geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)
     if x.dtype == np.float32:
-        failed = _direct_forward[float](x, w2, b, y, *geometry)
+        failed = _direct_forward[float](x, w2, b, y, *geometry, slope)
     else:
-        failed = _direct_forward[double](x, w2, b, y, *geometry)
+        failed = _direct_forward[double](x, w2, b, y, *geometry, slope)
     if failed:
         raise MemoryError("no memory for a convolution's rows of input")
 
 
+def _direct_grad_input_pass(dy, w, input_shape, padding):
+    """The input gradient (N, H, W, C) of a stride-1 convolution: the forward pass of dy
+    (N, OH, OW, F) through w turned round (kh, kw, F, C, rows and columns reversed), with
+    padding kh - 1 - top and kw - 1 - left."""
+    kh, kw, c, f = w.shape
+    turned = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(kh * kw * f, c)
+    dx = np.empty(input_shape, dtype=dy.dtype)
+    pads = (kh - 1 - padding[0], 0, kw - 1 - padding[2], 0)
+    _direct_forward_pass(dy, turned, np.zeros(c, dy.dtype), dx.reshape(-1, c), (kh, kw), (1, 1),
+                         pads, input_shape[1:3], 1.0)
+    return dx
+
+
 def _direct_weight_pass(x, dy2, kernel_size, stride, padding, out_hw):
-    """The filter gradient as (patch, F), by the direct loops."""
+    """The filter gradient as (patch, F), by the direct loops: a partial sum per chunk of
+    images (chunks fixed by the batch size), added up in chunk order."""
     patch, f = kernel_size[0] * kernel_size[1] * x.shape[3], dy2.shape[1]
-    width = _padded_filters(f)
-    partial = np.zeros((_threads * patch, width), dtype=x.dtype)
-    if x.shape[0] and f and out_hw[0] * out_hw[1]:
-        geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)
+    width = _padded_filters(f, x.dtype)
+    pixels = out_hw[0] * out_hw[1]
+    chunks = max(1, min(x.shape[0] * pixels // _WEIGHT_CHUNK_PIXELS, _WEIGHT_CHUNKS))
+    partial = np.zeros((chunks * patch, width), dtype=x.dtype)
+    if x.shape[0] and f and pixels:
+        group = -(-_WEIGHT_GROUP_PIXELS // pixels)
+        geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw, group)
         if x.dtype == np.float32:
             failed = _direct_weight[float](x, dy2, partial, *geometry)
         else:
             failed = _direct_weight[double](x, dy2, partial, *geometry)
         if failed:
-            raise MemoryError("no memory for a convolution's padded gradient rows")
-    return partial.reshape(-1, patch, width).sum(axis=0)[:, :f]
+            raise MemoryError("no memory for a convolution's padded image")
+    return partial.reshape(chunks, patch, width).sum(axis=0)[:, :f]

@@ -34,13 +34,18 @@ def _im2col(x, kernel_size, stride, padding, out_hw):
     return patches.reshape(n * oh * ow, kh * kw * c)
 
 
-def conv2d_forward(x, w, b, stride, padding):
-    """Cross-correlation of x (N, H, W, C) with w (kh, kw, C, F), plus bias b (F,)."""
-    x, w, b, stride, padding, (oh, ow) = _checks.conv2d_forward(x, w, b, stride, padding)
+def conv2d_forward(x, w, b, stride, padding, slope=1.0):
+    """Cross-correlation of x (N, H, W, C) with w (kh, kw, C, F), plus bias b (F,), then
+    z for z > 0 and slope * z elsewhere: slope 1 (the default) is no activation, 0 is
+    ReLU's max(z, 0) (exactly 0 for any z <= 0). NaN stays NaN."""
+    x, w, b, stride, padding, slope, (oh, ow) = _checks.conv2d_forward(x, w, b, stride, padding,
+                                                                      slope)
     kh, kw, c, f = w.shape
     cols = _im2col(x, (kh, kw), stride, padding, (oh, ow))
     y = cols @ w.reshape(kh * kw * c, f)
     y += b
+    if slope != 1:
+        y = np.where((y > 0) | np.isnan(y), y, y * slope if slope else 0).astype(y.dtype)
     return y.reshape(x.shape[0], oh, ow, f)
 
 
