@@ -326,3 +326,22 @@ def test_activation_edge_values_exact(torch, dtype):
     assert s[1] == 0 and s[2] == 1 and s[0] == 0.5
     assert ds[0] == 0.25 and ds[1] == 0 and ds[2] == 0
     np.testing.assert_array_equal(s[:3], torch.sigmoid(torch.from_numpy(z)).numpy()[:3])
+
+
+def test_the_fused_slope_is_given_exactly_where_f_is_z_or_slope_times_z():
+    """A kernel applies f as it stores its output only for these; a subclass (which may
+    compute anything) and LeakyReLU(0) (whose leaky_relu keeps an infinite z, where the
+    fusion gives ReLU's 0) run their own compute."""
+    class Doubled(ReLU):
+        def compute(self, x):
+            return 2 * np.maximum(x, 0)
+
+    assert linear.fused_slope() == 1.0 and relu.fused_slope() == 0.0
+    assert LeakyReLU(0.2).fused_slope() == 0.2 and LeakyReLU(0).fused_slope() is None
+    for activation in (sigmoid, tanh, Doubled(), AbstractActivation()):
+        assert activation.fused_slope() is None
+    z = np.array([-np.inf, -2.0, -0.0, 0.0, 3.0, np.inf, np.nan])
+    for activation in (linear, relu, LeakyReLU(0.2)):
+        s = activation.fused_slope()
+        fused = np.where((z > 0) | np.isnan(z), z, z * s if s else 0.0)
+        np.testing.assert_array_equal(fused, activation.compute(z))

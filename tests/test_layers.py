@@ -1083,3 +1083,67 @@ def test_batchnorm_backward_reuses_get_grads_input_gradient_only_for_the_same_er
     expected = kernel(x, err2, layer.params["w"], *layer._batch, layer.eps)[0]
     np.testing.assert_allclose(dx2, expected, rtol=1e-12)
     assert not np.allclose(dx1, dx2)
+
+
+# ---------------------------------------------------------------- inference: infer, fusion
+
+class _Doubled(ReLU):
+    """A subclass computing something else: never fused as its parent would be."""
+
+    def compute(self, x):
+        return 2 * np.maximum(x, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_predict_fuses_only_what_computes_the_same(dtype, monkeypatch):
+    """predict runs each Conv with its activation in the kernel, folds a BatchNorm after a
+    linear Conv into its filters and runs the rest layer by layer: the same outputs, up to
+    rounding, as every layer's forward in inference mode, and the network unchanged."""
+    cnnc.set_default_dtype(dtype)
+    np.random.seed(0)
+    net = Network([Conv((3, 3, 3, 20), padding="same"), BatchNorm(20, activation=relu),
+                   Conv((3, 3, 20, 18), activation=leaky_relu), Conv((1, 1, 18, 17), activation=_Doubled()),
+                   Conv((5, 5, 17, 16), strides=2, padding=2), BatchNorm(16, activation=sigmoid),
+                   Conv((3, 3, 16, 9), activation=LeakyReLU(0)), Conv((3, 3, 9, 8), activation=relu),
+                   BatchNorm(8), Flatten(), FullyConnected((8 * 2 * 2, 5))],
+                  loss=SoftmaxCrossEntropy())
+    rng = np.random.default_rng(1)
+    for layer in net.layers:
+        if isinstance(layer, BatchNorm):    # statistics and parameters far from 0 and 1
+            layer.running_mean[...] = rng.standard_normal(layer.num_features)
+            layer.running_var[...] = rng.uniform(0.5, 2, layer.num_features)
+            layer.params["w"][...] = rng.uniform(0.5, 2, layer.num_features)
+            layer.params["b"][...] = rng.standard_normal(layer.num_features)
+    x = rng.standard_normal((7, 13, 13, 3)).astype(dtype)
+    before = {name: a.copy() for layer in net.layers for name, a in layer.state_dict().items()}
+    expected = x
+    for layer in net.layers:
+        expected = layer.forward(expected)[1]
+    calls = []
+    for name in ("conv2d_forward", "batchnorm_inference"):
+        kernel = getattr(cnnc.kernels, name)
+        monkeypatch.setattr(cnnc.kernels, name,
+                            lambda *args, kernel=kernel, name=name: calls.append((name, args[5:]))
+                            or kernel(*args))
+    got = net.predict(x)
+    # two BatchNorms folded, one left; the ReLU, leaky ReLU and linear fused, not the rest
+    assert calls == [("conv2d_forward", (0.0,)), ("conv2d_forward", (0.01,)),
+                     ("conv2d_forward", ()), ("conv2d_forward", ()), ("conv2d_forward", ()),
+                     ("conv2d_forward", (0.0,)), ("batchnorm_inference", (1e-05,))]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=(1e-4 if dtype == np.float32 else 1e-11)
+                               * np.abs(expected).max())
+    after = {name: a for layer in net.layers for name, a in layer.state_dict().items()}
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name])
+
+
+def test_a_conv_folds_only_an_exact_batchnorm_after_a_linear_activation():
+    conv, bn = Conv((3, 3, 2, 4)), BatchNorm(4)
+    assert conv.fused_inference(bn) is not None
+    assert Conv((3, 3, 2, 4), activation=relu).fused_inference(bn) is None
+    assert conv.fused_inference(MaxPool(2)) is None
+
+    class Renormalized(BatchNorm):
+        pass
+
+    assert conv.fused_inference(Renormalized(4)) is None

@@ -36,6 +36,12 @@ class AbstractActivation(Savable):
         upstream * f'(x)."""
         return upstream * self.deriv(x)
 
+    def fused_slope(self) -> float | None:
+        """s where f(z) is z for z > 0 and s * z elsewhere (1: the identity, 0: ReLU's
+        max(z, 0)), so that a kernel applies f as it stores its output (conv2d_forward's
+        slope); None for any other f, a subclass's included, which then runs on its own."""
+        return None
+
     def __repr__(self) -> str:
         return type(self).__name__ + "()"
 
@@ -53,6 +59,9 @@ class Linear(AbstractActivation):
     def backward(self, x: Array, upstream: Array) -> Array:
         return upstream
 
+    def fused_slope(self) -> float | None:
+        return 1.0 if type(self) is Linear else None
+
 
 @register
 class ReLU(AbstractActivation):
@@ -66,6 +75,9 @@ class ReLU(AbstractActivation):
 
     def backward(self, x: Array, upstream: Array) -> Array:
         return kernels.leaky_relu_backward(x, upstream, 0.0)
+
+    def fused_slope(self) -> float | None:
+        return 0.0 if type(self) is ReLU else None
 
 
 @register
@@ -94,6 +106,11 @@ class LeakyReLU(AbstractActivation):
 
     def backward(self, x: Array, upstream: Array) -> Array:
         return kernels.leaky_relu_backward(x, upstream, self.slope)
+
+    def fused_slope(self) -> float | None:
+        """The slope, but for slope 0 (ReLU's fusion gives max(z, 0) where leaky_relu keeps
+        an infinite z)."""
+        return float(self.slope) if type(self) is LeakyReLU and self.slope > 0 else None
 
     def __repr__(self) -> str:
         return f"LeakyReLU(slope={self.slope})"

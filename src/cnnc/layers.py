@@ -88,6 +88,18 @@ class Layer(Savable):
         """dL/dinputs of the last forward pass, given layer_err = dL/dz, for the layer below."""
         raise NotImplementedError
 
+    def infer(self, inputs: Array) -> Array:
+        """The activation a for a batch of inputs in inference mode, keeping nothing for a
+        backward pass: what predict runs (forward's a unless a layer computes it faster)."""
+        return self.forward(inputs)[1]
+
+    def fused_inference(self, following: Layer) -> Callable[[Array], Array] | None:
+        """A function computing this layer and then `following` in inference mode, faster
+        than the two in turn (a convolution with the batch normalization after it folded
+        into its filters), or None where there is none. Made anew for each predict, from
+        the parameters of that moment."""
+        return None
+
     def output_shape(self, input_shape: Shape) -> Shape:
         """The shape of one sample's output for one sample's input_shape (without N); an
         input the layer cannot take is a ValueError saying what it expected."""
@@ -247,6 +259,29 @@ class Conv(ParametricLayer):
         z = kernels.conv2d_forward(inputs, self.params["w"], self.params["b"], self.strides,
                                    self.pads(*inputs.shape[1:3]))
         return z, self.activation.compute(z)
+
+    def infer(self, inputs: Array) -> Array:
+        return self._convolve(inputs, self.params["w"], self.params["b"], self.activation)
+
+    def fused_inference(self, following: Layer) -> Callable[[Array], Array] | None:
+        """With a linear activation and `following` a BatchNorm (exactly): one convolution
+        whose filters and bias are the BatchNorm's running normalization folded in, then the
+        BatchNorm's activation (as PyTorch's and ONNX Runtime's inference fusions do)."""
+        if type(following) is not BatchNorm or self.activation.fused_slope() != 1:
+            return None
+        scale = following.params["w"] / np.sqrt(following.running_var + following.eps)
+        w = self.params["w"] * scale
+        b = (self.params["b"] - following.running_mean) * scale + following.params["b"]
+        return lambda inputs: self._convolve(inputs, w, b, following.activation)
+
+    def _convolve(self, inputs, w, b, activation):
+        """activation(the convolution of inputs with w, plus b), fused into the kernel where
+        the activation allows."""
+        pads = self.pads(*inputs.shape[1:3])
+        slope = activation.fused_slope()
+        if slope is None:
+            return activation.compute(kernels.conv2d_forward(inputs, w, b, self.strides, pads))
+        return kernels.conv2d_forward(inputs, w, b, self.strides, pads, slope)
 
     def get_grad(self, inputs: Array, layer_err: Array) -> dict[str, Array]:
         dw, db = kernels.conv2d_grad_params(inputs, layer_err, self.fshape[:2], self.strides,

@@ -448,9 +448,16 @@ class Network:
         return (total_loss / count if with_loss else None), (correct / count if with_accuracy else None)
 
     def _forward(self, x):
+        """The network's output for x in inference mode: each layer's infer, or a layer and
+        the one after it at once where the first fuses them (Layer.fused_inference)."""
         activation = np.ascontiguousarray(x, dtype=self.dtype)
-        for layer in self.layers:
-            _, activation = layer.forward(activation)
+        depth = 0
+        while depth < len(self.layers):
+            layer = self.layers[depth]
+            fused = (layer.fused_inference(self.layers[depth + 1])
+                     if depth + 1 < len(self.layers) else None)
+            activation = layer.infer(activation) if fused is None else fused(activation)
+            depth += 1 if fused is None else 2
         return activation
 
     def _batch(self, x, y):
