@@ -31,7 +31,7 @@ cdef void _adam(real[::1] param, const real[::1] grad, real[::1] m, real[::1] v,
     cdef Py_ssize_t size = param.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
     cdef bint small = keep_grad < 0.5   # PyTorch's lerp has two forms, by weight
     cdef real coefficient = keep_grad if small else keep_grad - 1
-    for block in prange(blocks, schedule="dynamic", nogil=True, num_threads=_team(blocks)):
+    for block in prange(blocks, schedule="dynamic", nogil=True, num_threads=_team_for(blocks, size, _VALUES_PER_THREAD)):
         start = block * _BLOCK
         _adam_block(&param[start], &grad[start], &m[start], &v[start],
                     _BLOCK if start + _BLOCK <= size else size - start, small, coefficient,

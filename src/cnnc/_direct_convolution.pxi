@@ -195,7 +195,9 @@ cdef int _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, cons
     cdef Py_ssize_t row, n, h0, r0, r1
     cdef int failed = 0
     cdef real* slab
-    with nogil, parallel(num_threads=_team(count)):
+    cdef int team = _team_for(count, count * ow * kh * kw * channels * w_stride,
+                              _MULTIPLY_ADDS_PER_THREAD)
+    with nogil, parallel(num_threads=team):
         slab = <real*>malloc(kh * slab_width * channels * sizeof(real))
         for row in prange(count, schedule="dynamic", chunksize=4):
             if slab == NULL:
@@ -235,7 +237,8 @@ cdef int _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real
     cdef int failed = 0
     cdef real* buffer
     cdef real* rows
-    with nogil, parallel(num_threads=_team(chunks)):
+    cdef int team = _team_for(chunks, images * pixels * patch * padded, _MULTIPLY_ADDS_PER_THREAD)
+    with nogil, parallel(num_threads=team):
         buffer = <real*>malloc(group * image_size * sizeof(real))
         rows = <real*>calloc(group * pixels * padded, sizeof(real)) if padded != f else NULL
         for chunk in prange(chunks, schedule="dynamic"):

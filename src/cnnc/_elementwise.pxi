@@ -12,7 +12,7 @@ cdef inline void _leaky_block(const real* x, real* out, Py_ssize_t count, real s
 cdef void _leaky_relu(const real[::1] x, real[::1] out, real slope) noexcept:
     cdef Py_ssize_t block, start
     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
-    for block in prange(blocks, schedule="dynamic", nogil=True, num_threads=_team(blocks)):
+    for block in prange(blocks, schedule="dynamic", nogil=True, num_threads=_team_for(blocks, size, _VALUES_PER_THREAD)):
         start = block * _BLOCK
         _leaky_block(&x[start], &out[start], _BLOCK if start + _BLOCK <= size else size - start, slope)
 
@@ -47,7 +47,7 @@ cdef void _leaky_relu_backward(const real[::1] x, const real[::1] upstream, real
                                real slope) noexcept:
     cdef Py_ssize_t block, start
     cdef Py_ssize_t size = x.shape[0], blocks = (size + _BLOCK - 1) // _BLOCK
-    for block in prange(blocks, schedule="dynamic", nogil=True, num_threads=_team(blocks)):
+    for block in prange(blocks, schedule="dynamic", nogil=True, num_threads=_team_for(blocks, size, _VALUES_PER_THREAD)):
         start = block * _BLOCK
         _leaky_backward_block(&x[start], &upstream[start], &out[start],
                               _BLOCK if start + _BLOCK <= size else size - start, slope)

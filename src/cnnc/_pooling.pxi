@@ -30,7 +30,9 @@ cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int
     cdef real* best
     cdef int32_t* where
     cdef int32_t position
-    for n in prange(x.shape[0], schedule="dynamic", nogil=True, num_threads=_threads):
+    for n in prange(x.shape[0], schedule="dynamic", nogil=True,
+                    num_threads=_team_for(x.shape[0], x.shape[0] * x.shape[1] * width * channels,
+                                          _VALUES_PER_THREAD)):
         for i in range(y.shape[1]):
             for j in range(y.shape[2]):
                 best = &y[n, i, j, 0]
@@ -71,7 +73,9 @@ cdef void _maxpool_backward(const real[:, :, :, ::1] dy, const int64_t[:, :, :, 
     """dx[n, argmax * C + c] += dy[n, i, j, c]; dx is (N, H*W*C), starting at 0."""
     cdef Py_ssize_t n, i, j, c
     cdef Py_ssize_t channels = dy.shape[3]
-    for n in prange(dy.shape[0], schedule="dynamic", nogil=True, num_threads=_threads):
+    for n in prange(dy.shape[0], schedule="dynamic", nogil=True,
+                    num_threads=_team_for(dy.shape[0], dx.shape[0] * dx.shape[1],
+                                          _VALUES_PER_THREAD)):
         for i in range(dy.shape[1]):
             for j in range(dy.shape[2]):
                 for c in range(channels):

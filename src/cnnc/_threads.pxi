@@ -77,6 +77,21 @@ cdef inline int _team(Py_ssize_t pieces) noexcept nogil:
     return _threads if pieces >= _threads else (<int>pieces if pieces > 0 else 1)
 
 
+# Waking the sleeping threads for a loop costs tens of microseconds (more on a busy
+# machine): a loop runs on more threads only with at least this much work for each, in
+# multiply-adds for the convolutions and values for the loops that stream memory. The
+# split of the work does not depend on it, so neither do the results.
+cdef Py_ssize_t _MULTIPLY_ADDS_PER_THREAD = 1 << 22
+cdef Py_ssize_t _VALUES_PER_THREAD = 1 << 16
+
+
+cdef inline int _team_for(Py_ssize_t pieces, Py_ssize_t work, Py_ssize_t per_thread) noexcept nogil:
+    """Threads for a loop over this many pieces holding this much work: no more than
+    pieces, nor than shares of per_thread work."""
+    cdef Py_ssize_t shares = work // per_thread
+    return _team(pieces if pieces < shares else (shares if shares > 1 else 1))
+
+
 def _rows_apart(rows, count):
     """Zeros (rows, n), n >= count float64, each row's first count values a cache line or more
     from the next row's: threads adding into rows of their own then never write to a line
