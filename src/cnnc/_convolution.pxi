@@ -458,7 +458,8 @@ def conv2d_grad_params(x, dy, kernel_size, stride, padding):
     path = _pass_path(_conv_path, _direct_serves("grad_weight", kernel_size, stride, padding, c,
                                                  f, x.dtype))
     if path == "direct":
-        dw = _direct_weight_pass(x, dy2, kernel_size, stride, padding, out_hw)
+        dw, db = _direct_weight_pass(x, dy2, kernel_size, stride, padding, out_hw)
+        return dw.reshape(kh, kw, c, f), db
     elif _pointwise(kernel_size, stride, padding):
         dw = _product(x.reshape(n * pixels, c).T, dy2, path)
     elif path == "gemm":

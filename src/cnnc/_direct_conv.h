@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <string.h>
 
-#if defined(__AVX512F__) || defined(__FMA__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -94,10 +94,54 @@ static inline cnnc_vd cnnc_madd_d(cnnc_vd acc, double s, cnnc_vd b)
 #define CNNC_ACTIVATE(z, slope) \
     ((z) > 0 || (z) != (z) ? (z) : ((slope) == 0 ? 0 : (slope) * (z)))
 
+/* CNNC_ACTIVATE on every lane of a vector: a compare and a blend where the build has the
+ * instructions, lane by lane elsewhere. */
+static inline cnnc_vf cnnc_activate_f(cnnc_vf z, float slope)
+{
+#if defined(__AVX512F__)
+    __m512 v = (__m512)z;
+    __m512 other = slope == 0 ? _mm512_setzero_ps() : _mm512_mul_ps(v, _mm512_set1_ps(slope));
+    return (cnnc_vf)_mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NLE_UQ),
+                                         other, v);
+#elif defined(__AVX2__)
+    __m256 v = (__m256)z;
+    __m256 other = slope == 0 ? _mm256_setzero_ps() : _mm256_mul_ps(v, _mm256_set1_ps(slope));
+    return (cnnc_vf)_mm256_blendv_ps(other, v, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NLE_UQ));
+#else
+    float lanes[sizeof(cnnc_vf) / sizeof(float)];
+    size_t l;
+    memcpy(lanes, &z, sizeof(z));
+    for (l = 0; l < sizeof(cnnc_vf) / sizeof(float); l++) lanes[l] = CNNC_ACTIVATE(lanes[l], slope);
+    memcpy(&z, lanes, sizeof(z));
+    return z;
+#endif
+}
+
+static inline cnnc_vd cnnc_activate_d(cnnc_vd z, double slope)
+{
+#if defined(__AVX512F__)
+    __m512d v = (__m512d)z;
+    __m512d other = slope == 0 ? _mm512_setzero_pd() : _mm512_mul_pd(v, _mm512_set1_pd(slope));
+    return (cnnc_vd)_mm512_mask_blend_pd(_mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_NLE_UQ),
+                                         other, v);
+#elif defined(__AVX2__)
+    __m256d v = (__m256d)z;
+    __m256d other = slope == 0 ? _mm256_setzero_pd() : _mm256_mul_pd(v, _mm256_set1_pd(slope));
+    return (cnnc_vd)_mm256_blendv_pd(other, v, _mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_NLE_UQ));
+#else
+    double lanes[sizeof(cnnc_vd) / sizeof(double)];
+    size_t l;
+    memcpy(lanes, &z, sizeof(z));
+    for (l = 0; l < sizeof(cnnc_vd) / sizeof(double); l++) lanes[l] = CNNC_ACTIVATE(lanes[l], slope);
+    memcpy(&z, lanes, sizeof(z));
+    return z;
+#endif
+}
+
 /* y[k * f + l] for k < PIXELS and l < stored: the activation of b[l] plus the sum over the
  * patch rows r < rows and the taps t < run of each row of
  * px[r * px_row + k * px_step + t] times w[r * w_row + t * w_stride + l]. */
-#define CNNC_PIXEL_TILE(NAME, T, V, MADD, VECTORS, PIXELS)                                \
+#define CNNC_PIXEL_TILE(NAME, T, V, MADD, ACTIVATE, VECTORS, PIXELS)                      \
 static void NAME(const T* px, ptrdiff_t px_row, ptrdiff_t px_step, ptrdiff_t rows,        \
                  ptrdiff_t run, const T* w, ptrdiff_t w_row, ptrdiff_t w_stride,          \
                  const T* b, T* y, ptrdiff_t f, ptrdiff_t stored, T slope)                \
@@ -122,40 +166,63 @@ static void NAME(const T* px, ptrdiff_t px_row, ptrdiff_t px_step, ptrdiff_t row
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
+    if (slope != 1)                                                                       \
+        CNNC_UNROLL for (k = 0; k < PIXELS; k++)                                          \
+            CNNC_UNROLL for (v = 0; v < VECTORS; v++) acc[k][v] = ACTIVATE(acc[k][v], slope); \
     for (k = 0; k < PIXELS; k++) {                                                        \
+        if (stored == VECTORS * W) {                                                      \
+            for (v = 0; v < VECTORS; v++) memcpy(y + k * f + v * W, &acc[k][v], sizeof(V)); \
+            continue;                                                                     \
+        }                                                                                 \
         for (v = 0; v < VECTORS; v++) memcpy(out + v * W, &acc[k][v], sizeof(V));         \
-        for (l = 0; l < stored; l++) y[k * f + l] = CNNC_ACTIVATE(out[l], slope);         \
+        for (l = 0; l < stored; l++) y[k * f + l] = out[l];                               \
     }                                                                                     \
 }
 
 /* dw[t * dw_stride + l] += the sum over g < images, i < rows and j < columns of
- * x[g * x_image + i * x_row + j * x_step + t] * dy[g * dy_image + i * dy_row + j * dy_stride + l],
+ * x[g * x_image + i * x_row + j * x_step + tap[t]] * dy[g * dy_image + i * dy_row + j * dy_stride + l],
  * for t < TAPS and the filters l of one block: a few taps of the filter gradient over a
- * few images. */
+ * few images, each tap at its own offset in the patch (taps of several filter rows, for a
+ * thin input). With few taps, SPLIT sets of sums take turns by column, so that enough
+ * multiply-adds are in flight to hide their latency; the sets are added at the end. */
 #define CNNC_TAP_TILE(NAME, T, V, MADD, VECTORS, TAPS)                                    \
-static void NAME(const T* x, ptrdiff_t x_image, ptrdiff_t x_row, ptrdiff_t x_step,        \
-                 const T* dy, ptrdiff_t dy_image, ptrdiff_t dy_row, ptrdiff_t dy_stride,  \
-                 ptrdiff_t images, ptrdiff_t rows, ptrdiff_t columns, T* dw,              \
-                 ptrdiff_t dw_stride)                                                     \
+static void NAME(const T* x, const ptrdiff_t* tap, ptrdiff_t x_image, ptrdiff_t x_row,    \
+                 ptrdiff_t x_step, const T* dy, ptrdiff_t dy_image, ptrdiff_t dy_row,     \
+                 ptrdiff_t dy_stride, ptrdiff_t images, ptrdiff_t rows, ptrdiff_t columns, \
+                 T* dw, ptrdiff_t dw_stride)                                              \
 {                                                                                         \
-    enum { W = (int)CNNC_LANES(V, T) };                                                   \
-    V acc[TAPS][VECTORS], grad[VECTORS], sum, zero = {0};                                 \
+    enum { W = (int)CNNC_LANES(V, T),                                                     \
+           SPLIT = TAPS * VECTORS >= 8 ? 1 : (TAPS * VECTORS >= 4 ? 2 : 4) };             \
+    V acc[SPLIT][TAPS][VECTORS], grad[VECTORS], sum, zero = {0};                          \
     ptrdiff_t g, i, j;                                                                    \
-    int t, v;                                                                             \
-    CNNC_UNROLL for (t = 0; t < TAPS; t++)                                                \
-        CNNC_UNROLL for (v = 0; v < VECTORS; v++) acc[t][v] = zero;                       \
+    int part, t, v;                                                                       \
+    CNNC_UNROLL for (part = 0; part < SPLIT; part++)                                      \
+        CNNC_UNROLL for (t = 0; t < TAPS; t++)                                            \
+            CNNC_UNROLL for (v = 0; v < VECTORS; v++) acc[part][t][v] = zero;             \
     for (g = 0; g < images; g++) {                                                        \
         for (i = 0; i < rows; i++) {                                                      \
             const T* xi = x + g * x_image + i * x_row;                                    \
             const T* dyi = dy + g * dy_image + i * dy_row;                                \
-            for (j = 0; j < columns; j++) {                                               \
+            for (j = 0; j + SPLIT <= columns; j += SPLIT) {                               \
+                CNNC_UNROLL for (part = 0; part < SPLIT; part++) {                        \
+                    const T* xj = xi + (j + part) * x_step;                               \
+                    for (v = 0; v < VECTORS; v++)                                         \
+                        memcpy(&grad[v], dyi + (j + part) * dy_stride + v * W, sizeof(V)); \
+                    CNNC_UNROLL for (t = 0; t < TAPS; t++) {                              \
+                        T value = xj[tap[t]];                                             \
+                        CNNC_UNROLL for (v = 0; v < VECTORS; v++)                         \
+                            acc[part][t][v] = MADD(acc[part][t][v], value, grad[v]);      \
+                    }                                                                     \
+                }                                                                         \
+            }                                                                             \
+            for (; j < columns; j++) {                                                    \
                 const T* xj = xi + j * x_step;                                            \
                 for (v = 0; v < VECTORS; v++)                                             \
                     memcpy(&grad[v], dyi + j * dy_stride + v * W, sizeof(V));             \
                 CNNC_UNROLL for (t = 0; t < TAPS; t++) {                                  \
-                    T value = xj[t];                                                      \
+                    T value = xj[tap[t]];                                                 \
                     CNNC_UNROLL for (v = 0; v < VECTORS; v++)                             \
-                        acc[t][v] = MADD(acc[t][v], value, grad[v]);                      \
+                        acc[0][t][v] = MADD(acc[0][t][v], value, grad[v]);                \
                 }                                                                         \
             }                                                                             \
         }                                                                                 \
@@ -163,7 +230,8 @@ static void NAME(const T* x, ptrdiff_t x_image, ptrdiff_t x_row, ptrdiff_t x_ste
     for (t = 0; t < TAPS; t++) {                                                          \
         for (v = 0; v < VECTORS; v++) {                                                   \
             memcpy(&sum, dw + t * dw_stride + v * W, sizeof(V));                          \
-            sum += acc[t][v];                                                             \
+            for (part = 1; part < SPLIT; part++) acc[0][t][v] += acc[part][t][v];         \
+            sum += acc[0][t][v];                                                          \
             memcpy(dw + t * dw_stride + v * W, &sum, sizeof(V));                          \
         }                                                                                 \
     }                                                                                     \
@@ -175,9 +243,11 @@ static void NAME(const T* x, ptrdiff_t x_image, ptrdiff_t x_row, ptrdiff_t x_ste
     M(A, B, 13) M(A, B, 14) M(A, B, 15) M(A, B, 16)
 
 #define CNNC_PIXEL_TILE_F(VECTORS, UNUSED, N)                                              \
-    CNNC_PIXEL_TILE(cnnc_pixels_f_##VECTORS##_##N, float, cnnc_vf, cnnc_madd_f, VECTORS, N)
+    CNNC_PIXEL_TILE(cnnc_pixels_f_##VECTORS##_##N, float, cnnc_vf, cnnc_madd_f, cnnc_activate_f, \
+                    VECTORS, N)
 #define CNNC_PIXEL_TILE_D(VECTORS, UNUSED, N)                                              \
-    CNNC_PIXEL_TILE(cnnc_pixels_d_##VECTORS##_##N, double, cnnc_vd, cnnc_madd_d, VECTORS, N)
+    CNNC_PIXEL_TILE(cnnc_pixels_d_##VECTORS##_##N, double, cnnc_vd, cnnc_madd_d, cnnc_activate_d, \
+                    VECTORS, N)
 #define CNNC_TAP_TILE_F(VECTORS, UNUSED, N)                                                \
     CNNC_TAP_TILE(cnnc_taps_f_##VECTORS##_##N, float, cnnc_vf, cnnc_madd_f, VECTORS, N)
 #define CNNC_TAP_TILE_D(VECTORS, UNUSED, N)                                                \
@@ -195,12 +265,12 @@ typedef void (*cnnc_pixel_tile_f)(const float*, ptrdiff_t, ptrdiff_t, ptrdiff_t,
 typedef void (*cnnc_pixel_tile_d)(const double*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                                   const double*, ptrdiff_t, ptrdiff_t, const double*, double*,
                                   ptrdiff_t, ptrdiff_t, double);
-typedef void (*cnnc_tap_tile_f)(const float*, ptrdiff_t, ptrdiff_t, ptrdiff_t, const float*,
-                                ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                                float*, ptrdiff_t);
-typedef void (*cnnc_tap_tile_d)(const double*, ptrdiff_t, ptrdiff_t, ptrdiff_t, const double*,
-                                ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                                double*, ptrdiff_t);
+typedef void (*cnnc_tap_tile_f)(const float*, const ptrdiff_t*, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                const float*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                ptrdiff_t, ptrdiff_t, float*, ptrdiff_t);
+typedef void (*cnnc_tap_tile_d)(const double*, const ptrdiff_t*, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                const double*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                ptrdiff_t, ptrdiff_t, double*, ptrdiff_t);
 
 /* The tiles by [vectors - 1][count - 1]. */
 static const cnnc_pixel_tile_f cnnc_pixel_tiles_f[2][16] = {
@@ -232,24 +302,44 @@ static void cnnc_pixel_tile_double(int vectors, int pixels, const double* px, pt
                                                 w_stride, b, y, f, stored, slope);
 }
 
-static void cnnc_tap_tile_float(int vectors, int taps, const float* x, ptrdiff_t x_image,
-                                ptrdiff_t x_row, ptrdiff_t x_step, const float* dy,
-                                ptrdiff_t dy_image, ptrdiff_t dy_row, ptrdiff_t dy_stride,
-                                ptrdiff_t images, ptrdiff_t rows, ptrdiff_t columns, float* dw,
-                                ptrdiff_t dw_stride)
+static void cnnc_tap_tile_float(int vectors, int taps, const float* x, const ptrdiff_t* tap,
+                                ptrdiff_t x_image, ptrdiff_t x_row, ptrdiff_t x_step,
+                                const float* dy, ptrdiff_t dy_image, ptrdiff_t dy_row,
+                                ptrdiff_t dy_stride, ptrdiff_t images, ptrdiff_t rows,
+                                ptrdiff_t columns, float* dw, ptrdiff_t dw_stride)
 {
-    cnnc_tap_tiles_f[vectors - 1][taps - 1](x, x_image, x_row, x_step, dy, dy_image, dy_row,
+    cnnc_tap_tiles_f[vectors - 1][taps - 1](x, tap, x_image, x_row, x_step, dy, dy_image, dy_row,
                                             dy_stride, images, rows, columns, dw, dw_stride);
 }
 
-static void cnnc_tap_tile_double(int vectors, int taps, const double* x, ptrdiff_t x_image,
-                                 ptrdiff_t x_row, ptrdiff_t x_step, const double* dy,
-                                 ptrdiff_t dy_image, ptrdiff_t dy_row, ptrdiff_t dy_stride,
-                                 ptrdiff_t images, ptrdiff_t rows, ptrdiff_t columns, double* dw,
-                                 ptrdiff_t dw_stride)
+static void cnnc_tap_tile_double(int vectors, int taps, const double* x, const ptrdiff_t* tap,
+                                 ptrdiff_t x_image, ptrdiff_t x_row, ptrdiff_t x_step,
+                                 const double* dy, ptrdiff_t dy_image, ptrdiff_t dy_row,
+                                 ptrdiff_t dy_stride, ptrdiff_t images, ptrdiff_t rows,
+                                 ptrdiff_t columns, double* dw, ptrdiff_t dw_stride)
 {
-    cnnc_tap_tiles_d[vectors - 1][taps - 1](x, x_image, x_row, x_step, dy, dy_image, dy_row,
+    cnnc_tap_tiles_d[vectors - 1][taps - 1](x, tap, x_image, x_row, x_step, dy, dy_image, dy_row,
                                             dy_stride, images, rows, columns, dw, dw_stride);
 }
+
+/* sums[l] += the sum over r < count of rows[r * stride + l], for l < width (whole vectors):
+ * the bias gradient of a group of pixels, vector by vector down the rows. */
+#define CNNC_COLUMN_SUMS(NAME, T, V)                                                      \
+static void NAME(const T* rows, ptrdiff_t count, ptrdiff_t stride, ptrdiff_t width, T* sums) \
+{                                                                                         \
+    enum { W = (int)CNNC_LANES(V, T) };                                                   \
+    V acc, value;                                                                         \
+    ptrdiff_t l, r;                                                                       \
+    for (l = 0; l < width; l += W) {                                                      \
+        memcpy(&acc, sums + l, sizeof(V));                                                \
+        for (r = 0; r < count; r++) {                                                     \
+            memcpy(&value, rows + r * stride + l, sizeof(V));                             \
+            acc += value;                                                                 \
+        }                                                                                 \
+        memcpy(sums + l, &acc, sizeof(V));                                                \
+    }                                                                                     \
+}
+CNNC_COLUMN_SUMS(cnnc_column_sums_float, float, cnnc_vf)
+CNNC_COLUMN_SUMS(cnnc_column_sums_double, double, cnnc_vd)
 
 #endif

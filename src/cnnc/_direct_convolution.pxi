@@ -13,12 +13,14 @@ cdef extern from "_direct_conv.h" nogil:
     void cnnc_pixel_tile_double(int, int, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                 Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t,
                                 const double*, double*, Py_ssize_t, Py_ssize_t, double)
-    void cnnc_tap_tile_float(int, int, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                             const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                             Py_ssize_t, Py_ssize_t, float*, Py_ssize_t)
-    void cnnc_tap_tile_double(int, int, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                              const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                              Py_ssize_t, Py_ssize_t, double*, Py_ssize_t)
+    void cnnc_tap_tile_float(int, int, const float*, const Py_ssize_t*, Py_ssize_t, Py_ssize_t,
+                             Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                             Py_ssize_t, Py_ssize_t, Py_ssize_t, float*, Py_ssize_t)
+    void cnnc_tap_tile_double(int, int, const double*, const Py_ssize_t*, Py_ssize_t, Py_ssize_t,
+                              Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                              Py_ssize_t, Py_ssize_t, Py_ssize_t, double*, Py_ssize_t)
+    void cnnc_column_sums_float(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*)
+    void cnnc_column_sums_double(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, double*)
 
 # The filter gradient is summed in partial sums over chunks of images, as many as there are
 # runs of _WEIGHT_CHUNK_PIXELS output pixels, up to _WEIGHT_CHUNKS: a number fixed by the
@@ -115,17 +117,25 @@ cdef inline void _pixel_tile(int vectors, int pixels, const real* px, Py_ssize_t
                                w_stride, b, y, f, stored, slope)
 
 
-cdef inline void _tap_tile(int vectors, int taps, const real* x, Py_ssize_t x_image,
-                           Py_ssize_t x_row, Py_ssize_t x_step, const real* dy,
-                           Py_ssize_t dy_image, Py_ssize_t dy_row, Py_ssize_t dy_stride,
-                           Py_ssize_t images, Py_ssize_t rows, Py_ssize_t columns, real* dw,
-                           Py_ssize_t dw_stride) noexcept nogil:
+cdef inline void _tap_tile(int vectors, int taps, const real* x, const Py_ssize_t* tap,
+                           Py_ssize_t x_image, Py_ssize_t x_row, Py_ssize_t x_step,
+                           const real* dy, Py_ssize_t dy_image, Py_ssize_t dy_row,
+                           Py_ssize_t dy_stride, Py_ssize_t images, Py_ssize_t rows,
+                           Py_ssize_t columns, real* dw, Py_ssize_t dw_stride) noexcept nogil:
     if real is float:
-        cnnc_tap_tile_float(vectors, taps, x, x_image, x_row, x_step, dy, dy_image, dy_row,
+        cnnc_tap_tile_float(vectors, taps, x, tap, x_image, x_row, x_step, dy, dy_image, dy_row,
                             dy_stride, images, rows, columns, dw, dw_stride)
     else:
-        cnnc_tap_tile_double(vectors, taps, x, x_image, x_row, x_step, dy, dy_image, dy_row,
+        cnnc_tap_tile_double(vectors, taps, x, tap, x_image, x_row, x_step, dy, dy_image, dy_row,
                              dy_stride, images, rows, columns, dw, dw_stride)
+
+
+cdef inline void _column_sums(const real* rows, Py_ssize_t count, Py_ssize_t stride,
+                              Py_ssize_t width, real* sums) noexcept nogil:
+    if real is float:
+        cnnc_column_sums_float(rows, count, stride, width, sums)
+    else:
+        cnnc_column_sums_double(rows, count, stride, width, sums)
 
 
 cdef void _direct_forward_row(const real* slab, const real* w, const real* b, real* y,
@@ -150,34 +160,38 @@ cdef void _direct_forward_row(const real* slab, const real* w, const real* b, re
 
 
 cdef void _direct_weight_images(const real* padded_images, const real* dy, real* dw,
-                                Py_ssize_t images, Py_ssize_t padded_height,
+                                real* db, Py_ssize_t images, Py_ssize_t padded_height,
                                 Py_ssize_t padded_width, Py_ssize_t channels, Py_ssize_t kh,
                                 Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t oh,
                                 Py_ssize_t ow, Py_ssize_t f, Py_ssize_t lanes,
                                 Py_ssize_t band) noexcept nogil:
-    """dw (patch, F) += the filter gradient of a group of images, given the images with their
-    padding (images, padded_height, padded_width, C) and their dy (images, OH, OW, F), F
-    whole vectors: a band of output rows at a time, every tile of taps over it while its
-    input and dy are in cache."""
+    """dw (patch, F) and db (F,) += the filter and bias gradients of a group of images, given
+    the images with their padding (images, padded_height, padded_width, C) and their dy
+    (images, OH, OW, F), F whole vectors: a band of output rows at a time, every tile of
+    taps over it while its input and dy are in cache. A tile's taps run on across filter
+    rows, so that a thin input (a few channels) still fills one."""
     cdef Py_ssize_t run = kw * channels, image_row = padded_width * channels
-    cdef Py_ssize_t i0 = 0, rows, r, start, tiles, tile, t0, t1
+    cdef Py_ssize_t patch = kh * run, i0 = 0, g, rows, start, tiles, tile, t0, t1, t
+    cdef Py_ssize_t tap[16]
     cdef int vectors
     while i0 < oh:
         rows = band if oh - i0 > band else oh - i0
-        for r in range(kh):
-            start = 0
-            while start < f:
-                vectors = _block_vectors(f - start, lanes)
-                tiles = (run + _most(vectors) - 1) // _most(vectors)
-                for tile in range(tiles):
-                    t0 = tile * run // tiles
-                    t1 = (tile + 1) * run // tiles
-                    _tap_tile(vectors, <int>(t1 - t0),
-                              padded_images + (i0 * sh + r) * image_row + t0,
-                              padded_height * image_row, sh * image_row, sw * channels,
-                              dy + i0 * ow * f + start, oh * ow * f, ow * f, f, images, rows, ow,
-                              dw + (r * run + t0) * f + start, f)
-                start += vectors * lanes
+        start = 0
+        while start < f:
+            vectors = _block_vectors(f - start, lanes)
+            tiles = (patch + _most(vectors) - 1) // _most(vectors)
+            for tile in range(tiles):
+                t0 = tile * patch // tiles
+                t1 = (tile + 1) * patch // tiles
+                for t in range(t0, t1):
+                    tap[t - t0] = (t // run) * image_row + t % run
+                _tap_tile(vectors, <int>(t1 - t0), padded_images + i0 * sh * image_row, tap,
+                          padded_height * image_row, sh * image_row, sw * channels,
+                          dy + i0 * ow * f + start, oh * ow * f, ow * f, f, images, rows, ow,
+                          dw + t0 * f + start, f)
+            start += vectors * lanes
+        for g in range(images):
+            _column_sums(dy + (g * oh + i0) * ow * f, rows * ow, f, f, db)
         i0 += rows
 
 
@@ -216,10 +230,11 @@ cdef int _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, cons
 
 
 cdef int _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real[:, ::1] partial,
-                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                        Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh, Py_ssize_t ow,
-                        Py_ssize_t group) noexcept:
-    """partial (chunks * patch, padded F) = the filter gradient of each chunk of images,
+                        real[:, ::1] partial_db, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                        Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh,
+                        Py_ssize_t ow, Py_ssize_t group) noexcept:
+    """partial (chunks * patch, padded F) and partial_db (chunks, padded F) = the filter and
+    bias gradients of each chunk of images,
     taken a group of images at a time: each image padded, and its dy copied into padded
     rows when F is not whole vectors. Returns how many chunks found no memory for those
     copies."""
@@ -256,9 +271,9 @@ cdef int _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real
                     for pixel in range((end - first) * pixels):
                         _copy(rows + pixel * padded, &dy2[first * pixels + pixel, 0], f)
                 _direct_weight_images(buffer, &dy2[first * pixels, 0] if padded == f else rows,
-                                      &partial[chunk * patch, 0], end - first, padded_height,
-                                      padded_width, channels, kh, kw, sh, sw, oh, ow, padded,
-                                      lanes, band)
+                                      &partial[chunk * patch, 0], &partial_db[chunk, 0],
+                                      end - first, padded_height, padded_width, channels, kh, kw,
+                                      sh, sw, oh, ow, padded, lanes, band)
                 first = end
         free(buffer)
         free(rows)
@@ -295,20 +310,23 @@ def _direct_grad_input_pass(dy, w, input_shape, padding):
 
 
 def _direct_weight_pass(x, dy2, kernel_size, stride, padding, out_hw):
-    """The filter gradient as (patch, F), by the direct loops: a partial sum per chunk of
-    images (chunks fixed by the batch size), added up in chunk order."""
+    """The filter gradient as (patch, F) and the bias gradient (F,), by the direct loops: a
+    partial sum per chunk of images (chunks fixed by the batch size), added up in chunk
+    order."""
     patch, f = kernel_size[0] * kernel_size[1] * x.shape[3], dy2.shape[1]
     width = _padded_filters(f, x.dtype)
     pixels = out_hw[0] * out_hw[1]
     chunks = max(1, min(x.shape[0] * pixels // _WEIGHT_CHUNK_PIXELS, _WEIGHT_CHUNKS))
     partial = np.zeros((chunks * patch, width), dtype=x.dtype)
+    partial_db = np.zeros((chunks, width), dtype=x.dtype)
     if x.shape[0] and f and pixels:
         group = -(-_WEIGHT_GROUP_PIXELS // pixels)
         geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw, group)
         if x.dtype == np.float32:
-            failed = _direct_weight[float](x, dy2, partial, *geometry)
+            failed = _direct_weight[float](x, dy2, partial, partial_db, *geometry)
         else:
-            failed = _direct_weight[double](x, dy2, partial, *geometry)
+            failed = _direct_weight[double](x, dy2, partial, partial_db, *geometry)
         if failed:
             raise MemoryError("no memory for a convolution's padded image")
-    return partial.reshape(chunks, patch, width).sum(axis=0)[:, :f]
+    return (partial.reshape(chunks, patch, width).sum(axis=0)[:, :f],
+            partial_db.sum(axis=0)[:f])
