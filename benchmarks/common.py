@@ -14,13 +14,17 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def table(rows, columns, ratios, markdown):
-    """Times in ms per column (rows hold seconds), then each ratio (a, b) as time a / time b."""
-    header = ["case"] + [f"{c} ms" for c in columns] + [f"{a} / {b}" for a, b in ratios]
+def table(rows, columns, ratios, markdown, texts=()):
+    """Times in ms per column (rows hold seconds), then each ratio (a, b) as time a / time b,
+    then each text column as the rows hold it; "-" where a row has no such value."""
+    header = (["case"] + [f"{c} ms" for c in columns] + [f"{a} / {b}" for a, b in ratios]
+              + list(texts))
     lines = [header]
     for name, result in rows.items():
-        times = [f"{1e3 * result[c]:.2f}" for c in columns]
-        lines.append([name] + times + [f"{result[a] / result[b]:.2f}x" for a, b in ratios])
+        times = [f"{1e3 * result[c]:.2f}" if c in result else "-" for c in columns]
+        quotients = [f"{result[a] / result[b]:.2f}x" if a in result and b in result else "-"
+                     for a, b in ratios]
+        lines.append([name] + times + quotients + [str(result.get(t, "-")) for t in texts])
     if markdown:
         out = ["| " + " | ".join(line) + " |" for line in lines]
         out.insert(1, "|" + "---|" * len(header))

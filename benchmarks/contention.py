@@ -19,7 +19,7 @@ import cnnc
 from common import table
 from suite import ARCHITECTURES, load_torch, run_worker, selected
 
-LIBRARIES = ("cnnc", "torch")
+LIBRARIES = ("cnnc", "torch channels_last")
 CALLS = 20
 SPIN = "while True: pass"
 
