@@ -35,6 +35,11 @@ def pfwd(**kw):
     return "maxpool2d_forward", (a["x"], a["pool_size"], a["stride"])
 
 
+def pinf(**kw):
+    """maxpool2d_inference, which takes maxpool2d_forward's arguments."""
+    return "maxpool2d_inference", pfwd(**kw)[1]
+
+
 def valid_argmax(shape=(2, 3, 4, 3), plane=63):
     return (np.arange(np.prod(shape), dtype=np.int64) % plane).reshape(shape)
 

@@ -21,12 +21,13 @@ import cnnc
 from cnnc import _builds, _checks, _numpy_kernels, kernels
 
 from .calls import (ALIASED, adam, arr, avgb, avgf, bnb, bnf, bni, fwd, gin, gpar, leaky, leaky_back, mm,
-                    pbwd, pfwd, readonly, run, valid_argmax)
+                    pbwd, pfwd, pinf, readonly, run, valid_argmax)
 from .conftest import BASELINE, DTYPES, IMPLEMENTATIONS, WIDER_BUILDS, assert_close, out_size
 
 PRINT_IMPLEMENTATION = "from cnnc import kernels; print(kernels.IMPLEMENTATION)"
 KERNEL_FUNCTIONS = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_params",
-                    "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward",
+                    "maxpool2d_forward", "maxpool2d_inference", "maxpool2d_backward",
+                    "avgpool2d_forward",
                     "avgpool2d_backward", "batchnorm_forward", "batchnorm_backward",
                     "batchnorm_inference", "adam_update", "matmul", "leaky_relu",
                     "leaky_relu_backward")
@@ -702,6 +703,11 @@ BAD_CALLS = {
     "pfwd-x-zero-height": lambda: pfwd(x=arr(2, 0, 9, 3)),
     "pfwd-x-zero-channels": lambda: pfwd(x=arr(2, 7, 9, 0)),
     "pfwd-x-list": lambda: pfwd(x=arr(2, 7, 9, 3).tolist()),
+    "pinf-x-3d": lambda: pinf(x=arr(7, 9, 3)),
+    "pinf-x-int": lambda: pinf(x=np.ones((2, 7, 9, 3), np.int64)),
+    "pinf-pool-0": lambda: pinf(pool_size=(0, 2)),
+    "pinf-stride-negative": lambda: pinf(stride=(-2, 2)),
+    "pinf-window-too-wide": lambda: pinf(pool_size=(2, 10)),
     # maxpool2d_backward
     "pbwd-argmax-int32": lambda: pbwd(argmax=valid_argmax().astype(np.int32)),
     "pbwd-argmax-uint64": lambda: pbwd(argmax=valid_argmax().astype(np.uint64)),
@@ -890,6 +896,7 @@ ZERO_SIZED = {
     "pfwd-batch-0": (lambda: pfwd(x=arr(0, 7, 9, 3)), None),
     "pfwd-channels-0": (lambda: pfwd(x=arr(2, 7, 9, 0)),
                         "the input's height, width and channels must have no empty dimension"),
+    "pinf-batch-0": (lambda: pinf(x=arr(0, 7, 9, 3)), None),
     "pbwd-batch-0": (lambda: pbwd(dy=arr(0, 3, 4, 3), argmax=valid_argmax((0, 3, 4, 3)),
                                   input_shape=(0, 7, 9, 3)), "input_shape must be 4 ints in"),
     "pbwd-channels-0": (lambda: pbwd(dy=arr(2, 3, 4, 0), argmax=valid_argmax((2, 3, 4, 0)),
@@ -1149,7 +1156,7 @@ def read_only_inputs(name, dtype):
     if name == "conv2d_grad_params":
         oh, ow = out_size(7, 3, 2, 1, 2), out_size(9, 2, 1, 0, 1)
         return (r(2, 7, 9, 3), r(2, oh, ow, 4), (3, 2), stride, padding), (0, 1)
-    if name == "maxpool2d_forward":
+    if name in ("maxpool2d_forward", "maxpool2d_inference"):
         return (r(2, 7, 9, 3), (3, 3), (2, 2)), (0,)
     if name == "maxpool2d_backward":
         x = r(2, 7, 9, 3)

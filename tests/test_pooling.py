@@ -68,6 +68,23 @@ def test_maxpool2d_forward_picks_the_references_element(implementation, case, dt
         np.testing.assert_array_equal(x, x_before, err_msg=kind)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", POOL_CASES, ids=pool_ids(POOL_CASES))
+def test_maxpool2d_inference_gives_the_forward_maxima(implementation, case, dtype):
+    """The same values as maxpool2d_forward, bit for bit and for every kind of values (NaN
+    winning, -0.0 kept), without the argmax."""
+    n, h, w, c, pool_size, stride = case
+    for kind in KINDS:
+        x = pool_input(kind, (n, h, w, c), dtype, seed=4)
+        x_before = x.copy()
+        y = implementation.maxpool2d_inference(x, pool_size, stride)
+        expected, _ = reference.maxpool2d_forward(x, pool_size, stride)
+        assert y.dtype == np.dtype(dtype) and y.flags.c_contiguous
+        np.testing.assert_array_equal(y, expected, err_msg=kind)
+        assert np.array_equal(np.signbit(y), np.signbit(expected)), kind
+        np.testing.assert_array_equal(x, x_before)
+
+
 def test_maxpool2d_forward_all_equal_window_points_at_window_start(implementation):
     x = np.full((1, 5, 5, 2), 3.0)
     y, argmax = implementation.maxpool2d_forward(x, (3, 3), (2, 2))

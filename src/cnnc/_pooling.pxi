@@ -51,6 +51,47 @@ cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int
                         _keep_max(best, where, &x[n, h, w, 0], <int32_t>(h * width + w), channels)
 
 
+cdef void _maxpool_inference(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, Py_ssize_t ph,
+                             Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw) noexcept:
+    """Window maxima, a NaN winning: output row by output row, each window position a pass
+    over the whole row, so the innermost loop runs over a pixel's channels without calls."""
+    cdef Py_ssize_t oh = y.shape[1], ow = y.shape[2], channels = x.shape[3]
+    cdef Py_ssize_t count = x.shape[0] * oh, row, n, i, j, r, q, c
+    cdef const real* src
+    cdef real* out
+    cdef real value, current
+    for row in prange(count, schedule="dynamic", nogil=True,
+                      num_threads=_team_for(count, count * ow * channels * ph * pw,
+                                            _VALUES_PER_THREAD)):
+        n = row // oh
+        i = row - n * oh
+        out = &y[n, i, 0, 0]
+        for j in range(ow):
+            _copy(out + j * channels, &x[n, i * sh, j * sw, 0], channels)
+        for r in range(ph):
+            for q in range(pw):
+                if r == 0 and q == 0:
+                    continue
+                src = &x[n, i * sh + r, q, 0]
+                for j in range(ow):
+                    for c in range(channels):
+                        value = src[j * sw * channels + c]
+                        current = out[j * channels + c]
+                        out[j * channels + c] = value if (value > current) | (value != value) else current
+
+
+def maxpool2d_inference(x, pool_size, stride):
+    """Max over each window, as maxpool2d_forward's first result, without finding where it
+    was: what inference needs. A NaN wins over any number."""
+    x, (ph, pw), (sh, sw), (oh, ow) = _checks.maxpool2d_forward(x, pool_size, stride)
+    y = np.empty((x.shape[0], oh, ow, x.shape[3]), dtype=x.dtype)
+    if y.size and x.dtype == np.float32:
+        _maxpool_inference[float](x, y, ph, pw, sh, sw)
+    elif y.size:
+        _maxpool_inference[double](x, y, ph, pw, sh, sw)
+    return y
+
+
 def maxpool2d_forward(x, pool_size, stride):
     """Max over each window, and where it was: argmax holds h * W + w in the input plane.
 

@@ -334,6 +334,9 @@ class MaxPool(Layer):
         outputs, self._argmax = kernels.maxpool2d_forward(inputs, self.pshape, self.strides)
         return outputs, outputs
 
+    def infer(self, inputs: Array) -> Array:
+        return kernels.maxpool2d_inference(inputs, self.pshape, self.strides)
+
     def backward(self, layer_err: Array) -> Array:
         return kernels.maxpool2d_backward(layer_err, self._argmax, self._input_shape)
 
@@ -359,6 +362,9 @@ class AvgPool(MaxPool):
         self._input_shape = inputs.shape
         outputs = kernels.avgpool2d_forward(inputs, self.pshape, self.strides)
         return outputs, outputs
+
+    def infer(self, inputs: Array) -> Array:
+        return kernels.avgpool2d_forward(inputs, self.pshape, self.strides)
 
     def backward(self, layer_err: Array) -> Array:
         return kernels.avgpool2d_backward(layer_err, self._input_shape, self.pshape, self.strides)
