@@ -51,15 +51,27 @@ cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int
                         _keep_max(best, where, &x[n, h, w, 0], <int32_t>(h * width + w), channels)
 
 
+cdef extern from "_pool_rows.h" nogil:
+    void cnnc_max_row_float(float*, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    void cnnc_max_row_double(double*, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+
+
+cdef inline void _max_row(real* out, const real* src, Py_ssize_t count, Py_ssize_t step,
+                          Py_ssize_t channels) noexcept nogil:
+    """One window position over an output row: _pool_rows.h."""
+    if real is float:
+        cnnc_max_row_float(out, src, count, step, channels)
+    else:
+        cnnc_max_row_double(out, src, count, step, channels)
+
+
 cdef void _maxpool_inference(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, Py_ssize_t ph,
                              Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw) noexcept:
     """Window maxima, a NaN winning: output row by output row, each window position a pass
-    over the whole row, so the innermost loop runs over a pixel's channels without calls."""
+    over the whole row (_max_row)."""
     cdef Py_ssize_t oh = y.shape[1], ow = y.shape[2], channels = x.shape[3]
-    cdef Py_ssize_t count = x.shape[0] * oh, row, n, i, j, r, q, c
-    cdef const real* src
+    cdef Py_ssize_t count = x.shape[0] * oh, row, n, i, j, r, q
     cdef real* out
-    cdef real value, current
     for row in prange(count, schedule="dynamic", nogil=True,
                       num_threads=_team_for(count, count * ow * channels * ph * pw,
                                             _VALUES_PER_THREAD)):
@@ -72,12 +84,7 @@ cdef void _maxpool_inference(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, P
             for q in range(pw):
                 if r == 0 and q == 0:
                     continue
-                src = &x[n, i * sh + r, q, 0]
-                for j in range(ow):
-                    for c in range(channels):
-                        value = src[j * sw * channels + c]
-                        current = out[j * channels + c]
-                        out[j * channels + c] = value if (value > current) | (value != value) else current
+                _max_row(out, &x[n, i * sh + r, q, 0], ow, sw * channels, channels)
 
 
 def maxpool2d_inference(x, pool_size, stride):

@@ -1,0 +1,38 @@
+/* The innermost loop of cnnc's max pooling in inference (_pooling.pxi): one window
+ * position over a whole output row. A pixel's channels are few in early layers (1, 3, 6),
+ * too few for a loop over them to run fast; a switch gives each count up to 8 a loop the
+ * compiler unrolls, and larger counts a loop it vectorizes. */
+#ifndef CNNC_POOL_ROWS_H
+#define CNNC_POOL_ROWS_H
+
+#include <stddef.h>
+
+/* out[j * channels + c] = src[j * step + c] where that is larger or NaN, for j < count and
+ * c < channels: a NaN wins, and a tie keeps out (the earlier window position). */
+#define CNNC_MAX_INTO(OUT, SRC, COUNT, STEP, CHANNELS) do {                                  \
+        ptrdiff_t j_, c_;                                                                    \
+        for (j_ = 0; j_ < (COUNT); j_++)                                                     \
+            for (c_ = 0; c_ < (CHANNELS); c_++) {                                            \
+                value = (SRC)[j_ * (STEP) + c_];                                             \
+                current = (OUT)[j_ * (CHANNELS) + c_];                                       \
+                (OUT)[j_ * (CHANNELS) + c_] = (value > current) | (value != value) ? value : current; \
+            }                                                                                \
+    } while (0)
+
+#define CNNC_MAX_CASE(CC) case CC: CNNC_MAX_INTO(out, src, count, step, CC); return;
+
+#define CNNC_MAX_ROW(NAME, T)                                                                \
+static void NAME(T* out, const T* src, ptrdiff_t count, ptrdiff_t step, ptrdiff_t channels)  \
+{                                                                                            \
+    T value, current;                                                                        \
+    switch (channels) {                                                                      \
+        CNNC_MAX_CASE(1) CNNC_MAX_CASE(2) CNNC_MAX_CASE(3) CNNC_MAX_CASE(4)                  \
+        CNNC_MAX_CASE(5) CNNC_MAX_CASE(6) CNNC_MAX_CASE(7) CNNC_MAX_CASE(8)                  \
+        default: CNNC_MAX_INTO(out, src, count, step, channels);                             \
+    }                                                                                        \
+}
+
+CNNC_MAX_ROW(cnnc_max_row_float, float)
+CNNC_MAX_ROW(cnnc_max_row_double, double)
+
+#endif
