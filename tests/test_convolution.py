@@ -79,6 +79,38 @@ def test_conv2d_forward_hand_computed(backend):
     np.testing.assert_array_equal(y[0, :, :, 0], expected + 0.5)
 
 
+def random_geometries(count, seed):
+    """count convolutions of random geometry that fit: kernels 1-5 (smaller than the stride
+    too), strides 1-3, uneven padding 0-2, 1-19 channels in and out, odd sizes."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        kh, kw, sh, sw = (int(v) for v in rng.integers(1, [6, 6, 4, 4]))
+        top, bottom, left, right = (int(v) for v in rng.integers(0, 3, 4))
+        h, w = (int(v) for v in rng.integers(1, 12, 2))
+        if h + top + bottom >= kh and w + left + right >= kw:
+            c, f, n = (int(v) for v in rng.integers(1, [20, 20, 3]))
+            cases.append((n, h, w, c, f, kh, kw, (sh, sw), (top, bottom, left, right)))
+    return cases
+
+
+def test_every_pass_matches_the_reference_on_random_geometries(backend):
+    """The direct input gradient splits a strided convolution into its phases, and every
+    pass pads, tiles and blocks by the shape: 60 random shapes of float64 against the
+    reference."""
+    for case in random_geometries(60, seed=7):
+        x, w, b, dy = conv_inputs(case, np.float64, seed=1)
+        stride, padding = case[7], case[8]
+        name = f"case {case}"
+        assert_close(backend.conv2d_forward(x, w, b, stride, padding),
+                     reference.conv2d_forward(x, w, b, stride, padding), np.float64), name
+        assert_close(backend.conv2d_grad_input(dy, w, x.shape, stride, padding),
+                     reference.conv2d_grad_input(dy, w, x.shape, stride, padding), np.float64)
+        for got, want in zip(backend.conv2d_grad_params(x, dy, w.shape[:2], stride, padding),
+                             reference.conv2d_grad_params(x, dy, w.shape[:2], stride, padding)):
+            assert_close(got, want, np.float64)
+
+
 def test_conv2d_kernels_are_adjoint(backend):
     """<conv(x), dy> == <x, grad_input(dy)> == <w, grad_w(x, dy)> (bias zero)."""
     case = (2, 7, 6, 2, 3, 3, 2, (2, 1), (1, 0, 2, 1))

@@ -325,8 +325,7 @@ _conv_path = "auto"
 
 def set_conv_path(path):
     """Compute convolutions by one path from now on, in every thread: "auto" (the default)
-    chooses by shape; "direct" takes the direct loops (forward and filter gradient; the
-    input gradient has none and goes as with "auto"); "gemm" multiplies patch matrices by
+    chooses by shape; "direct" takes the direct loops for all three passes; "gemm" multiplies patch matrices by
     NumPy's OpenBLAS from the kernel threads (a ValueError where NumPy ships none);
     "matmul" multiplies them by numpy.matmul. CNNC_CONV_PATH sets the first one."""
     global _conv_path
@@ -406,9 +405,9 @@ def conv2d_forward(x, w, b, stride, padding, slope=1.0):
     path = _pass_path(_conv_path, _direct_serves("forward", (kh, kw), stride, padding, c, f,
                                                  x.dtype))
     if path == "direct":
-        y = np.empty((n * pixels, f), dtype=x.dtype)
-        _direct_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow), slope)
-        return y.reshape(n, oh, ow, f)
+        y = np.empty((n, oh, ow, f), dtype=x.dtype)
+        _direct_forward_pass(x, w2, b, y, (kh, kw), stride, padding, slope)
+        return y
     elif _pointwise((kh, kw), stride, padding):
         y = _product(x.reshape(n * pixels, c), w2, path)
         _add_bias(y, b)
@@ -434,9 +433,9 @@ def conv2d_grad_input(dy, w, input_shape, stride, padding):
     pixels, patch = oh * ow, kh * kw * c
     w2 = w.reshape(patch, f)
     dy2 = dy.reshape(n * pixels, f)
-    if tuple(stride) == (1, 1) and _pass_path(_conv_path, _direct_serves(
-            "grad_input", (kh, kw), stride, padding, c, f, dy.dtype)) == "direct":
-        return _direct_grad_input_pass(dy, w, input_shape, padding)
+    if _pass_path(_conv_path, _direct_serves("grad_input", (kh, kw), stride, padding, c, f,
+                                             dy.dtype)) == "direct":
+        return _direct_grad_input_pass(dy, w, input_shape, stride, padding)
     path = _product_path(_conv_path)
     if _pointwise((kh, kw), stride, padding):
         return _product(dy2, w2.T, path).reshape(input_shape)

@@ -39,12 +39,11 @@ def _direct_serves(pass_name, kernel_size, stride, padding, c, f, dtype):
     of a convolution with c channels in and f out, where "auto" chooses: wherever they
     measured faster than im2col and BLAS. That is every forward pass and filter gradient
     (pointwise and thin ones too: 1.2 to 3x faster on the Zen 4 machine), and the input
-    gradient of a stride-1 convolution that is not pointwise, where its c outputs fill at
-    least three quarters of their vectors (with fewer, BLAS on patches was faster)."""
+    gradient of a convolution that is not pointwise, where its c outputs fill at least
+    three quarters of their vectors (with fewer, BLAS on patches was faster)."""
     if pass_name != "grad_input":
         return True
-    return (tuple(stride) == (1, 1) and not _pointwise(kernel_size, stride, padding)
-            and c >= 0.75 * _padded_filters(c, dtype))
+    return not _pointwise(kernel_size, stride, padding) and c >= 0.75 * _padded_filters(c, dtype)
 
 
 def _vector_lanes(dtype):
@@ -136,11 +135,13 @@ cdef inline void _column_sums(const real* rows, Py_ssize_t count, Py_ssize_t str
 
 
 cdef void _direct_forward_row(const real* slab, const real* w, const real* b, real* y,
-                              Py_ssize_t channels, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t r0,
-                              Py_ssize_t r1, Py_ssize_t slab_width, Py_ssize_t ow, Py_ssize_t f,
-                              Py_ssize_t w_stride, Py_ssize_t lanes, real slope) noexcept nogil:
-    """One output row y (OW, F) from its slab of patch rows r0 <= r < r1; w (patch,
-    w_stride) and b (w_stride,) are padded to whole vectors of filters."""
+                              Py_ssize_t y_pixel, Py_ssize_t channels, Py_ssize_t kw,
+                              Py_ssize_t sw, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t slab_width,
+                              Py_ssize_t ow, Py_ssize_t f, Py_ssize_t w_stride, Py_ssize_t lanes,
+                              real slope) noexcept nogil:
+    """One output row y (OW pixels y_pixel apart, F) from its slab of patch rows
+    r0 <= r < r1; w (patch, w_stride) and b (w_stride,) are padded to whole vectors of
+    filters."""
     cdef Py_ssize_t run = kw * channels, start = 0, tiles, tile, j0, j1
     cdef int vectors
     while start < f:
@@ -152,7 +153,8 @@ cdef void _direct_forward_row(const real* slab, const real* w, const real* b, re
             _pixel_tile(vectors, <int>(j1 - j0), slab + (r0 * slab_width + j0 * sw) * channels,
                         slab_width * channels, sw * channels, r1 - r0, run,
                         w + r0 * run * w_stride + start, run * w_stride, w_stride, b + start,
-                        y + j0 * f + start, f, _clip(f - start, 0, vectors * lanes), slope)
+                        y + j0 * y_pixel + start, y_pixel, _clip(f - start, 0, vectors * lanes),
+                        slope)
         start += vectors * lanes
 
 
@@ -193,14 +195,15 @@ cdef void _direct_weight_images(const real* padded_images, const real* dy, real*
 
 
 cdef int _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, const real[::1] b,
-                         real[:, ::1] y, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-                         Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh,
-                         Py_ssize_t ow, real slope) noexcept:
-    """y (N*OH*OW, F) = the activation (slope) of the convolution of x with w2 (patch,
-    padded F) plus b (padded F), output row by output row, rows handed out to the threads
-    as they come free. Returns how many rows found no memory for their slab."""
+                         real[:, :, :, :] y, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                         Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left, real slope) noexcept:
+    """y (N, OH, OW, F; its rows and pixels may lie apart, its channels may not) = the
+    activation (slope) of the convolution of x with w2 (patch, padded F) plus b (padded
+    F), output row by output row, rows handed out to the threads as they come free.
+    Returns how many rows found no memory for their slab."""
     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
-    cdef Py_ssize_t f = y.shape[1], w_stride = w2.shape[1], count = x.shape[0] * oh
+    cdef Py_ssize_t oh = y.shape[1], ow = y.shape[2], y_pixel = y.strides[2] // sizeof(real)
+    cdef Py_ssize_t f = y.shape[3], w_stride = w2.shape[1], count = x.shape[0] * oh
     cdef Py_ssize_t slab_width = (ow - 1) * sw + kw
     cdef Py_ssize_t lanes = cnnc_lanes_f if real is float else cnnc_lanes_d
     cdef Py_ssize_t row, n, h0, r0, r1
@@ -220,8 +223,9 @@ cdef int _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, cons
                 r1 = _clip(height - h0, 0, kh)
                 _fill_slab(&x[n, 0, 0, 0], slab + r0 * slab_width * channels, height, width,
                            channels, h0 + r0, r1 - r0, left, slab_width)
-                _direct_forward_row(slab, &w2[0, 0], &b[0], &y[row * ow, 0], channels, kw, sw, r0,
-                                    r1, slab_width, ow, f, w_stride, lanes, slope)
+                _direct_forward_row(slab, &w2[0, 0], &b[0], &y[n, row - n * oh, 0, 0], y_pixel,
+                                    channels, kw, sw, r0, r1, slab_width, ow, f, w_stride, lanes,
+                                    slope)
         free(slab)
     return failed
 
@@ -277,14 +281,15 @@ cdef int _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real
     return failed
 
 
-def _direct_forward_pass(x, w2, b, y, kernel_size, stride, padding, out_hw, slope):
-    """y (N*OH*OW, F) = the activation (slope, as conv2d_forward's) of the convolution of x
-    with w2 (patch, F) plus b, by the direct loops."""
-    if x.shape[0] == 0 or y.shape[1] == 0 or out_hw[0] * out_hw[1] == 0:
+def _direct_forward_pass(x, w2, b, y, kernel_size, stride, padding, slope):
+    """y (N, OH, OW, F), which may be a strided view, = the activation (slope, as
+    conv2d_forward's) of the convolution of x with w2 (patch, F) plus b, by the direct
+    loops."""
+    if y.size == 0:
         return
-    width = _padded_filters(y.shape[1], x.dtype)
+    width = _padded_filters(y.shape[3], x.dtype)
     w2, b = _padded(w2, width), _padded(b[None], width)[0]
-    geometry = (*kernel_size, *stride, padding[0], padding[2], *out_hw)
+    geometry = (*kernel_size, *stride, padding[0], padding[2])
     if x.dtype == np.float32:
         failed = _direct_forward[float](x, w2, b, y, *geometry, slope)
     else:
@@ -293,16 +298,43 @@ def _direct_forward_pass(x, w2, b, y, kernel_size, stride, padding, out_hw, slop
         raise MemoryError("no memory for a convolution's rows of input")
 
 
-def _direct_grad_input_pass(dy, w, input_shape, padding):
-    """The input gradient (N, H, W, C) of a stride-1 convolution: the forward pass of dy
-    (N, OH, OW, F) through w turned round (kh, kw, F, C, rows and columns reversed), with
-    padding kh - 1 - top and kw - 1 - left."""
+def _phases(size, kernel, stride, before):
+    """For each phase a < stride of one axis of the input gradient: (the first input index
+    it holds, how many taps of the kernel reach it, and the padding of dy for its stride-1
+    convolution), or None where no tap reaches it."""
+    phases = []
+    for a in range(stride):
+        first = (a - before) % stride
+        taps = -(-(kernel - a) // stride) if a < kernel else 0
+        if taps == 0 or first >= size:
+            phases.append(None)
+            continue
+        phases.append((first, taps, taps - 1 - (first + before - a) // stride))
+    return phases
+
+
+def _direct_grad_input_pass(dy, w, input_shape, stride, padding):
+    """The input gradient (N, H, W, C) of dy (N, OH, OW, F) through w: for each phase of the
+    stride (the input pixels one residue of rows and of columns apart), the forward pass of
+    dy through the taps that reach it, turned round (rows and columns reversed, F and C
+    swapped), written straight into those pixels. A stride-1 convolution has one phase."""
     kh, kw, c, f = w.shape
-    turned = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(kh * kw * f, c)
-    dx = np.empty(input_shape, dtype=dy.dtype)
-    pads = (kh - 1 - padding[0], 0, kw - 1 - padding[2], 0)
-    _direct_forward_pass(dy, turned, np.zeros(c, dy.dtype), dx.reshape(-1, c), (kh, kw), (1, 1),
-                         pads, input_shape[1:3], 1.0)
+    (sh, sw), (top, left) = stride, (padding[0], padding[2])
+    rows = _phases(input_shape[1], kh, sh, top)
+    columns = _phases(input_shape[2], kw, sw, left)
+    whole = all(rows) and all(columns)      # every input pixel in some phase that has taps
+    dx = (np.empty if whole else np.zeros)(input_shape, dtype=dy.dtype)
+    zero_bias = np.zeros(c, dy.dtype)
+    for a, row in enumerate(rows):
+        for b, column in enumerate(columns):
+            if row is None or column is None:
+                continue
+            (first_row, ku, pad_top), (first_column, kv, pad_left) = row, column
+            taps = w[a::sh, b::sw][:ku, :kv]
+            turned = np.ascontiguousarray(taps[::-1, ::-1].transpose(0, 1, 3, 2))
+            _direct_forward_pass(dy, turned.reshape(ku * kv * f, c), zero_bias,
+                                 dx[:, first_row::sh, first_column::sw], (ku, kv), (1, 1),
+                                 (pad_top, 0, pad_left, 0), 1.0)
     return dx
 
 
