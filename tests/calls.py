@@ -143,6 +143,12 @@ def bni(**kw):
     return "batchnorm_inference", (a["x"], a["gamma"], a["beta"], a["mean"], a["var"], a["eps"])
 
 
+def dense(**kw):
+    a = dict(x=arr(5, 4), w=arr(4, 3, seed=1), b=arr(3, seed=2), slope=0.0)
+    a.update(kw)
+    return "dense_forward", (a["x"], a["w"], a["b"], a["slope"])
+
+
 def mm(**kw):
     a = dict(a=arr(5, 4), b=arr(4, 3, seed=1))
     a.update(kw)

@@ -62,3 +62,28 @@ def test_matmul_matches_the_reference(implementation, dtype, shape):
         c = implementation.matmul(a, b)
         assert c.shape == (m, n) and c.flags.c_contiguous, layout
         assert_close(c, reference.matmul(a, b), dtype)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.01, 1.0])
+@pytest.mark.parametrize("shape", [(301, 203, 157), (7, 3, 2), (1000, 64, 9)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_forward_is_the_product_plus_bias_then_leaky_relu(implementation, dtype, shape,
+                                                                  slope):
+    """What a FullyConnected layer computes with its activation fused (as conv2d_forward's
+    slope: 0 is ReLU's max(z, 0), NaN kept), on the threaded BLAS path and NumPy's; a
+    transposed x is taken as it is."""
+    m, k, n = shape
+    rng = np.random.default_rng(m + k + n)
+    x = rng.standard_normal((m, k)).astype(dtype)
+    w, b = rng.standard_normal((k, n)).astype(dtype), rng.standard_normal(n).astype(dtype)
+    x[0, 0] = np.nan
+    for operand in (x, np.asfortranarray(x)):
+        with np.errstate(invalid="ignore"):
+            got = implementation.dense_forward(operand, w, b, slope)
+            z = reference.matmul(x, w) + b
+        want = np.where((z > 0) | np.isnan(z), z, z * slope if slope else 0.0)
+        assert got.shape == (m, n) and got.dtype == np.dtype(dtype) and got.flags.c_contiguous
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        finite = ~np.isnan(want)
+        assert_close(got[finite], want[finite], dtype)
+        assert not np.any(np.signbit(got[got == 0])) or slope > 0

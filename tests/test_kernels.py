@@ -20,7 +20,7 @@ import pytest
 import cnnc
 from cnnc import _builds, _checks, _numpy_kernels, kernels
 
-from .calls import (ALIASED, adam, arr, avgb, avgf, bnb, bnf, bni, fwd, gin, gpar, leaky, leaky_back, mm,
+from .calls import (ALIASED, adam, arr, avgb, avgf, bnb, bnf, bni, dense, fwd, gin, gpar, leaky, leaky_back, mm,
                     pbwd, pfwd, pinf, readonly, run, valid_argmax)
 from .conftest import BASELINE, DTYPES, IMPLEMENTATIONS, WIDER_BUILDS, assert_close, out_size
 
@@ -29,7 +29,7 @@ KERNEL_FUNCTIONS = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_params",
                     "maxpool2d_forward", "maxpool2d_inference", "maxpool2d_backward",
                     "avgpool2d_forward",
                     "avgpool2d_backward", "batchnorm_forward", "batchnorm_backward",
-                    "batchnorm_inference", "adam_update", "matmul", "leaky_relu",
+                    "batchnorm_inference", "adam_update", "matmul", "dense_forward", "leaky_relu",
                     "leaky_relu_backward")
 # Besides the kernels: memory_pool() is a context manager (a NumPy allocator on the
 # compiled backend, a plain block on NumPy), and the thread count and convolution path
@@ -605,6 +605,12 @@ BAD_CALLS = {
     "matmul-mixed-dtypes": lambda: mm(b=arr(4, 3, dtype=np.float32)),
     "matmul-int": lambda: mm(a=np.ones((5, 4), np.int64)),
     "matmul-list": lambda: mm(a=[[1.0] * 4] * 5),
+    "dense-x-1d": lambda: dense(x=arr(4)),
+    "dense-inner-mismatch": lambda: dense(w=arr(5, 3)),
+    "dense-b-short": lambda: dense(b=arr(2)),
+    "dense-b-2d": lambda: dense(b=arr(1, 3)),
+    "dense-mixed-dtypes": lambda: dense(w=arr(4, 3, dtype=np.float32)),
+    "dense-slope-above-1": lambda: dense(slope=2.0),
     # leaky_relu and its backward
     "leaky-x-list": lambda: leaky(x=[1.0, -1.0]),
     "leaky-x-int": lambda: leaky(x=np.ones(4, np.int64)),
@@ -920,6 +926,8 @@ ZERO_SIZED = {
     "adam-3x0": (lambda: adam(param=arr(3, 0), grad=arr(3, 0), m=arr(3, 0), v=arr(3, 0)), None),
     "matmul-no-rows": (lambda: mm(a=arr(0, 4)), None),
     "matmul-no-inner": (lambda: mm(a=arr(5, 0), b=arr(0, 3)), None),
+    "dense-no-rows": (lambda: dense(x=arr(0, 4)), None),
+    "dense-no-inner": (lambda: dense(x=arr(5, 0), w=arr(0, 3)), None),
     "matmul-no-columns": (lambda: mm(b=arr(4, 0)), None),
     "leaky-empty": (lambda: leaky(x=arr(0, 3)), None),
     "leaky-back-empty": (lambda: leaky_back(x=arr(0, 3), upstream=arr(0, 3)), None),
@@ -1047,6 +1055,7 @@ FLOAT_ARGUMENTS = {
     "slope": lambda v: leaky(slope=v),
     "slope-backward": lambda v: leaky_back(slope=v),
     "slope-conv": lambda v: fwd(slope=v),
+    "slope-dense": lambda v: dense(slope=v),
 }
 BAD_FLOATS = {"10**400": 10**400, "-10**400": -(10**400), "True": True, "False": False,
               "nan": float("nan"), "-inf": float("-inf"), "float32-inf": np.float32("inf"),
@@ -1176,6 +1185,8 @@ def read_only_inputs(name, dtype):
         return (r(4, 5), r(4, 5), r(4, 5), np.abs(r(4, 5)), 1e-2, 0.9, 0.999, 1e-8, 2), (1,)
     if name == "matmul":
         return (r(37, 19), r(19, 23)), (0, 1)
+    if name == "dense_forward":
+        return (r(37, 19), r(19, 23), r(23), 0.1), (0, 1, 2)
     if name == "leaky_relu":
         return (r(2, 7, 9, 3), 0.01), (0,)
     if name == "leaky_relu_backward":

@@ -493,6 +493,23 @@ def matmul(a, b):
                     for m in (a, b)))
 
 
+class DenseForward(NamedTuple):
+    x: np.ndarray
+    w: np.ndarray
+    b: np.ndarray
+    slope: float        # of the activation fused into the output: 1 linear, 0 ReLU
+
+
+def dense_forward(x, w, b, slope):
+    x = float_array("x", x, 2)
+    w = float_array("w", w, 2, x.dtype)
+    b = float_array("b", b, 1, x.dtype)
+    if x.shape[1] != w.shape[0]:
+        raise ValueError(f"cannot multiply x {x.shape} by w {w.shape}")
+    expect_shape("b", b.shape, (w.shape[1],))
+    return DenseForward(x, w, b, number("slope", slope, 0, maximum=1))
+
+
 def epsilon(eps):
     """eps as a finite float > 0: it keeps 1 / sqrt(var + eps) finite where a channel is constant."""
     eps = number("eps", eps, 0)

@@ -44,9 +44,7 @@ def conv2d_forward(x, w, b, stride, padding, slope=1.0):
     cols = _im2col(x, (kh, kw), stride, padding, (oh, ow))
     y = cols @ w.reshape(kh * kw * c, f)
     y += b
-    if slope != 1:
-        y = np.where((y > 0) | np.isnan(y), y, y * slope if slope else 0).astype(y.dtype)
-    return y.reshape(x.shape[0], oh, ow, f)
+    return _activate(y, slope).reshape(x.shape[0], oh, ow, f)
 
 
 def conv2d_grad_input(dy, w, input_shape, stride, padding):
@@ -191,6 +189,20 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
     step_size = lr / (1.0 - beta1**step)
     denom = np.sqrt(v) / scalar((1.0 - beta2**step) ** 0.5) + scalar(eps)
     param -= scalar(step_size) * m / denom
+
+
+def _activate(z, slope):
+    """z for z > 0 (or NaN), slope * z elsewhere (exactly 0 for slope 0)."""
+    if slope == 1:
+        return z
+    return np.where((z > 0) | np.isnan(z), z, z * slope if slope else 0).astype(z.dtype)
+
+
+def dense_forward(x, w, b, slope=1.0):
+    """x (N, in) @ w (in, out) + b (out,), then z for z > 0 and slope * z elsewhere, as
+    conv2d_forward's slope: a fully connected layer's output in one pass."""
+    x, w, b, slope = _checks.dense_forward(x, w, b, slope)
+    return _activate(x @ w + b, slope)
 
 
 def matmul(a, b):

@@ -148,6 +148,7 @@ batchnorm_backward = _impl.batchnorm_backward
 batchnorm_inference = _impl.batchnorm_inference
 adam_update = _impl.adam_update
 matmul = _impl.matmul
+dense_forward = _impl.dense_forward
 leaky_relu = _impl.leaky_relu
 leaky_relu_backward = _impl.leaky_relu_backward
 memory_pool = _impl.memory_pool

@@ -522,9 +522,14 @@ class FullyConnected(ParametricLayer):
         return (n_out,)
 
     def forward(self, inputs: Array) -> tuple[Array, Array]:
-        z = kernels.matmul(inputs, self.params["w"])
-        z += self.params["b"]
+        z = kernels.dense_forward(inputs, self.params["w"], self.params["b"])
         return z, self.activation.compute(z)
+
+    def infer(self, inputs: Array) -> Array:
+        slope = self.activation.fused_slope()
+        if slope is None:
+            return self.forward(inputs)[1]
+        return kernels.dense_forward(inputs, self.params["w"], self.params["b"], slope)
 
     def get_grad(self, inputs: Array, layer_err: Array) -> dict[str, Array]:
         return {"w": kernels.matmul(inputs.T, layer_err), "b": layer_err.sum(axis=0)}
