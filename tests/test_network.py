@@ -1003,3 +1003,24 @@ def test_conv_batchnorm_network_takes_torchs_adam_steps(torch):
     model.eval()
     x = rng.normal(size=(4, 5, 5, 2))
     assert_close(net.predict(x), model(nhwc_to_torch(x)).detach().numpy(), np.float64, 1e-9)
+
+
+def test_predict_runs_a_batch_in_chunks_that_give_the_same_bits(monkeypatch):
+    """Inference takes a batch a chunk of samples at a time (its largest activation within
+    _INFERENCE_CHUNK_BYTES), so that memory peaks at a chunk's activations; every sample is
+    computed alike whatever the chunk, so the outputs do not change by one bit."""
+    from cnnc import network as network_module
+    np.random.seed(0)
+    net = Network([Conv((3, 3, 3, 8), padding=1, activation=relu), MaxPool(2), Flatten(),
+                   FullyConnected((8 * 4 * 4, 5))], loss=SoftmaxCrossEntropy())
+    x = np.random.default_rng(0).standard_normal((37, 8, 8, 3)).astype(np.float32)
+    whole = net.predict(x)
+    sizes = []
+    conv = net.layers[0]
+    monkeypatch.setattr(conv, "infer", lambda inputs, infer=conv.infer: sizes.append(len(inputs))
+                        or infer(inputs))
+    # the largest activation is the Conv's, 8 * 8 * 8 float32 values a sample: 5 samples a chunk
+    monkeypatch.setattr(network_module, "_INFERENCE_CHUNK_BYTES", 5 * 8 * 8 * 8 * 4)
+    np.testing.assert_array_equal(net.predict(x), whole)
+    assert sizes == [5] * 7 + [2]
+    assert net.evaluate(x, np.arange(37) % 5) == np.mean(whole.argmax(axis=1) == np.arange(37) % 5)

@@ -104,55 +104,6 @@ cdef void _matmul_split(int transa, int transb, const real* a, int64_t lda, cons
     _blas_threads_back()
 
 
-cdef inline void _bias_activate(real* row, const real* b, Py_ssize_t n, real slope) noexcept nogil:
-    """row = the activation (slope, as conv2d_forward's) of row + b."""
-    cdef Py_ssize_t k
-    cdef real z
-    for k in range(n):
-        z = row[k] + b[k]
-        row[k] = z if (z > 0) | (z != z) | (slope == 1) else (0 if slope == 0 else slope * z)
-
-
-cdef void _dense(const real[:, ::1] x, const real[:, ::1] w, const real[::1] b, real[:, ::1] y,
-                 real slope, bint blas) noexcept:
-    """y = the activation of x @ w + b: with NumPy's OpenBLAS, rows shared among the threads,
-    each adding the bias and activating its rows while they are in its cache; without it
-    (blas false) y already holds x @ w."""
-    cdef Py_ssize_t m = y.shape[0], n = y.shape[1], k = x.shape[1]
-    cdef Py_ssize_t chunks = _team_for(m, m * n * k, _MULTIPLY_ADDS_PER_THREAD) if blas else 1
-    cdef Py_ssize_t chunk, start, stop, row
-    if blas:
-        _blas_on_calling_threads()
-    with nogil, parallel(num_threads=chunks):
-        for chunk in prange(chunks, schedule="static"):
-            start = chunk * m // chunks
-            stop = (chunk + 1) * m // chunks
-            if blas and stop > start:
-                _gemm(_NO_TRANS, _NO_TRANS, stop - start, n, k, &x[start, 0], k, &w[0, 0], n, 0,
-                      &y[start, 0], n)
-            for row in range(start, stop):
-                _bias_activate(&y[row, 0], &b[0], n, slope)
-    if blas:
-        _blas_threads_back()
-
-
-def dense_forward(x, w, b, slope=1.0):
-    """x (N, in) @ w (in, out) + b (out,), then z for z > 0 and slope * z elsewhere, as
-    conv2d_forward's slope: a fully connected layer's output in one pass."""
-    x, w, b, slope = _checks.dense_forward(x, w, b, slope)
-    y = np.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
-    if y.size == 0:
-        return y
-    blas = _blas is not None and x.shape[1] > 0
-    if not blas:
-        np.matmul(x, w, out=y)
-    if x.dtype == np.float32:
-        _dense[float](x, w, b, y, slope, blas)
-    else:
-        _dense[double](x, w, b, y, slope, blas)
-    return y
-
-
 def _layout(m):
     """(array, transposed, leading dimension) with the array C-contiguous as stored."""
     if m.flags.c_contiguous:

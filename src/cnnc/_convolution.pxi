@@ -393,6 +393,15 @@ cdef void _activate(real[::1] y, real slope) noexcept:
             y[k] = 0 if slope == 0 else slope * z
 
 
+def _activated(y, slope):
+    """y, activated in place (slope, as conv2d_forward's)."""
+    if slope != 1 and y.size and y.dtype == np.float32:
+        _activate[float](y.reshape(-1), slope)
+    elif slope != 1 and y.size:
+        _activate[double](y.reshape(-1), slope)
+    return y
+
+
 def conv2d_forward(x, w, b, stride, padding, slope=1.0):
     """Cross-correlation of x (N, H, W, C) with w (kh, kw, C, F), plus bias b (F,), then
     z for z > 0 and slope * z elsewhere: slope 1 (the default) is no activation, 0 is
@@ -418,11 +427,7 @@ def conv2d_forward(x, w, b, stride, padding, slope=1.0):
             _gemm_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow), chunks)
         else:
             _matmul_forward_pass(x, w2, b, y, (kh, kw), stride, padding, (oh, ow), chunks)
-    if slope != 1 and y.size and y.dtype == np.float32:
-        _activate[float](y.reshape(-1), slope)
-    elif slope != 1 and y.size:
-        _activate[double](y.reshape(-1), slope)
-    return y.reshape(n, oh, ow, f)
+    return _activated(y, slope).reshape(n, oh, ow, f)
 
 
 def conv2d_grad_input(dy, w, input_shape, stride, padding):

@@ -230,6 +230,49 @@ cdef int _direct_forward(const real[:, :, :, ::1] x, const real[:, ::1] w2, cons
     return failed
 
 
+# dense_forward takes up to this many rows of x at a time (fewer where that leaves threads
+# without work): a row of output pixels of a 1x1 convolution whose image is x, tiled as
+# any other. Each output is summed in the same order however the rows are grouped.
+cdef Py_ssize_t _DENSE_ROWS = 96
+
+
+cdef void _direct_dense(const real[:, ::1] x, const real[:, ::1] w, const real[::1] b,
+                        real[:, ::1] y, real slope) noexcept:
+    """y (N, F) = the activation (slope) of x @ w (in, padded F) + b (padded F): the rows of x
+    are the pixels of a 1x1 convolution, a chunk of them an output row, read where they
+    lie, chunks handed out to the threads as they come free."""
+    cdef Py_ssize_t m = x.shape[0], k = x.shape[1], f = y.shape[1], w_stride = w.shape[1]
+    cdef Py_ssize_t lanes = cnnc_lanes_f if real is float else cnnc_lanes_d
+    cdef Py_ssize_t per_chunk = _clip((m + 4 * _threads - 1) // (4 * _threads), 12, _DENSE_ROWS)
+    cdef Py_ssize_t count = (m + per_chunk - 1) // per_chunk, chunk, start, rows
+    cdef int team = _team_for(count, m * k * w_stride, _MULTIPLY_ADDS_PER_THREAD)
+    for chunk in prange(count, schedule="dynamic", nogil=True, num_threads=team):
+        start = chunk * per_chunk
+        rows = per_chunk if m - start > per_chunk else m - start
+        _direct_forward_row(&x[start, 0], &w[0, 0], &b[0], &y[start, 0], f, k, 1, 1, 0, 1, rows,
+                            rows, f, w_stride, lanes, slope)
+
+
+def dense_forward(x, w, b, slope=1.0):
+    """x (N, in) @ w (in, out) + b (out,), then z for z > 0 and slope * z elsewhere, as
+    conv2d_forward's slope: a fully connected layer's output in one pass, on the direct
+    convolution's tiles (no patch matrix, no BLAS)."""
+    x, w, b, slope = _checks.dense_forward(x, w, b, slope)
+    y = np.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
+    if y.size == 0:
+        return y
+    if x.shape[1] == 0:
+        y[...] = b
+        return _activated(y, slope)
+    width = _padded_filters(y.shape[1], x.dtype)
+    w, b = _padded(w, width), _padded(b[None], width)[0]
+    if x.dtype == np.float32:
+        _direct_dense[float](x, w, b, y, slope)
+    else:
+        _direct_dense[double](x, w, b, y, slope)
+    return y
+
+
 cdef int _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real[:, ::1] partial,
                         real[:, ::1] partial_db, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                         Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh,

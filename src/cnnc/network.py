@@ -34,6 +34,12 @@ LearningRate = Union[float, Callable[[int], float]]
 Gradients = List[Dict[str, NDArray]]
 
 
+# Inference takes a batch a few samples at a time, each chunk's largest activation within
+# this many bytes: the layers then work in the cores' caches, and predict's memory peaks at
+# a chunk's activations, not the whole batch's.
+_INFERENCE_CHUNK_BYTES = 4 << 20
+
+
 class Network:
     """Layers applied in order, and the loss on the last one's output.
 
@@ -448,9 +454,26 @@ class Network:
         return (total_loss / count if with_loss else None), (correct / count if with_accuracy else None)
 
     def _forward(self, x):
-        """The network's output for x in inference mode: each layer's infer, or a layer and
-        the one after it at once where the first fuses them (Layer.fused_inference)."""
-        activation = np.ascontiguousarray(x, dtype=self.dtype)
+        """The network's output for x in inference mode, _INFERENCE_CHUNK_BYTES of the
+        largest activation at a time (every sample is computed alike either way)."""
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        shape = x.shape[1:]
+        largest = int(np.prod(shape))
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+            largest = max(largest, int(np.prod(shape)))
+        chunk = max(1, _INFERENCE_CHUNK_BYTES // (largest * x.itemsize))
+        if len(x) <= chunk:
+            return self._forward_chunk(x)
+        outputs = np.empty((len(x),) + tuple(shape), dtype=self.dtype)
+        for start in range(0, len(x), chunk):
+            outputs[start : start + chunk] = self._forward_chunk(x[start : start + chunk])
+        return outputs
+
+    def _forward_chunk(self, x):
+        """The output for x in inference mode: each layer's infer, or a layer and the one
+        after it at once where the first fuses them (Layer.fused_inference)."""
+        activation = x
         depth = 0
         while depth < len(self.layers):
             layer = self.layers[depth]
