@@ -14,7 +14,7 @@ import importlib
 import numpy as np
 import pytest
 
-from cnnc import _builds, _numpy_kernels
+from cnnc import _builds, _checks, _numpy_kernels
 
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 
@@ -188,7 +188,7 @@ BACKENDS = [pytest.param((_numpy_kernels, "auto"), id="numpy")]
 if BASELINE is not None:
     IMPLEMENTATIONS.append(pytest.param(BASELINE, id="compiled"))
     BACKENDS += [pytest.param((BASELINE, path), id=f"compiled-{path}")
-                 for path in ("auto", "direct", "gemm", "matmul") if _takes_path(BASELINE, path)]
+                 for path in _checks.CONV_PATHS if _takes_path(BASELINE, path)]
 for _isa, _module in WIDER_BUILDS.items():
     IMPLEMENTATIONS.append(pytest.param(_module, id=_isa))
     BACKENDS.append(pytest.param((_module, "auto"), id=_isa))

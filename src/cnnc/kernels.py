@@ -4,10 +4,11 @@ Besides the kernels, `memory_pool()` opens a block in which NumPy reuses the mem
 freed arrays (compiled backend; a plain block on NumPy), `set_num_threads(n)` /
 `get_num_threads()` set and tell how many threads the compiled loops run on, and
 `set_conv_path(path)` / `get_conv_path()` choose and tell how the compiled kernels compute
-a convolution: "auto" (the default) chooses by shape, "direct" takes the direct loops,
-"gemm" multiplies patch matrices by NumPy's OpenBLAS from the kernel threads (a ValueError
-where NumPy ships none), "matmul" multiplies them by numpy.matmul. Every path computes the
-same numbers up to rounding; the NumPy kernels have one path and take any of the names.
+a convolution: "auto" (the default) chooses by shape, "direct" takes the register-tiled
+direct loops, "gemm" multiplies patch matrices by NumPy's OpenBLAS from the kernel
+threads (a ValueError where NumPy ships none), "matmul" multiplies them by numpy.matmul.
+Every path computes the same numbers up to rounding; the NumPy kernels have one path and
+take any of the names.
 
 The environment variable CNNC_BACKEND chooses: `auto` (the default) takes the compiled
 extension when it is built and NumPy otherwise, with a warning, `numpy` always takes
