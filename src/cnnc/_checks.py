@@ -349,16 +349,25 @@ class BatchNormInference(NamedTuple):
     eps: float
 
 
+def _weighted(x, w, b, ndim):
+    """x and w (ndim dimensions each) and b (1) as float arrays of x's dtype."""
+    x = float_array("x", x, ndim)
+    return x, float_array("w", w, ndim, x.dtype), float_array("b", b, 1, x.dtype)
+
+
+def _slope(slope):
+    """The slope of a fused activation: 1 linear, 0 ReLU, leaky ReLU between."""
+    return number("slope", slope, 0, maximum=1)
+
+
 def conv2d_forward(x, w, b, stride, padding, slope):
-    x = float_array("x", x, 4)
-    w = float_array("w", w, 4, x.dtype)
-    b = float_array("b", b, 1, x.dtype)
+    x, w, b = _weighted(x, w, b, 4)
     if w.shape[2] != x.shape[3]:
         raise ValueError(f"w {w.shape} expects {w.shape[2]} input channels, x {x.shape} has {x.shape[3]}")
     expect_shape("b", b.shape, (w.shape[3],))
     positive_dims("w", w.shape)
     stride, padding, out_hw = _conv_geometry(x.shape, w.shape[:2], stride, padding)
-    return ConvForward(x, w, b, stride, padding, number("slope", slope, 0, maximum=1), out_hw)
+    return ConvForward(x, w, b, stride, padding, _slope(slope), out_hw)
 
 
 def conv2d_grad_input(dy, w, input_shape, stride, padding):
@@ -501,13 +510,11 @@ class DenseForward(NamedTuple):
 
 
 def dense_forward(x, w, b, slope):
-    x = float_array("x", x, 2)
-    w = float_array("w", w, 2, x.dtype)
-    b = float_array("b", b, 1, x.dtype)
+    x, w, b = _weighted(x, w, b, 2)
     if x.shape[1] != w.shape[0]:
         raise ValueError(f"cannot multiply x {x.shape} by w {w.shape}")
     expect_shape("b", b.shape, (w.shape[1],))
-    return DenseForward(x, w, b, number("slope", slope, 0, maximum=1))
+    return DenseForward(x, w, b, _slope(slope))
 
 
 def epsilon(eps):
