@@ -1007,8 +1007,9 @@ def test_conv_batchnorm_network_takes_torchs_adam_steps(torch):
 
 def test_predict_runs_a_batch_in_chunks_that_give_the_same_bits(monkeypatch):
     """Inference takes a batch a chunk of samples at a time (its largest activation within
-    _INFERENCE_CHUNK_BYTES), so that memory peaks at a chunk's activations; every sample is
-    computed alike whatever the chunk, so the outputs do not change by one bit."""
+    _INFERENCE_CHUNK_BYTES), so that memory peaks at a chunk's activations. The compiled
+    kernels compute every sample alike whatever the chunk, so the outputs do not change by
+    one bit; NumPy's BLAS may round another number of rows otherwise."""
     from cnnc import network as network_module
     np.random.seed(0)
     net = Network([Conv((3, 3, 3, 8), padding=1, activation=relu), MaxPool(2), Flatten(),
@@ -1021,6 +1022,9 @@ def test_predict_runs_a_batch_in_chunks_that_give_the_same_bits(monkeypatch):
                         or infer(inputs))
     # the largest activation is the Conv's, 8 * 8 * 8 float32 values a sample: 5 samples a chunk
     monkeypatch.setattr(network_module, "_INFERENCE_CHUNK_BYTES", 5 * 8 * 8 * 8 * 4)
-    np.testing.assert_array_equal(net.predict(x), whole)
+    chunked = net.predict(x)
     assert sizes == [5] * 7 + [2]
-    assert net.evaluate(x, np.arange(37) % 5) == np.mean(whole.argmax(axis=1) == np.arange(37) % 5)
+    if cnnc.backend() == "compiled":
+        np.testing.assert_array_equal(chunked, whole)
+    else:
+        np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)

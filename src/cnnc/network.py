@@ -455,7 +455,8 @@ class Network:
 
     def _forward(self, x):
         """The network's output for x in inference mode, _INFERENCE_CHUNK_BYTES of the
-        largest activation at a time (every sample is computed alike either way)."""
+        largest activation at a time (the compiled kernels compute every sample alike
+        either way; NumPy's BLAS may round another number of rows otherwise)."""
         x = np.ascontiguousarray(x, dtype=self.dtype)
         shape = x.shape[1:]
         largest = int(np.prod(shape))
