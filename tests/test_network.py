@@ -1007,7 +1007,8 @@ def test_conv_batchnorm_network_takes_torchs_adam_steps(torch):
 
 def test_predict_runs_a_batch_in_chunks_that_give_the_same_bits(monkeypatch):
     """Inference takes a batch a chunk of samples at a time (its largest activation within
-    _INFERENCE_CHUNK_BYTES), so that memory peaks at a chunk's activations. The compiled
+    _INFERENCE_CHUNK_BYTES, unless that leaves fewer than _INFERENCE_CHUNK_SAMPLES), so
+    that memory peaks at a chunk's activations. The compiled
     kernels compute every sample alike whatever the chunk, so the outputs do not change by
     one bit; NumPy's BLAS may round another number of rows otherwise."""
     from cnnc import network as network_module
@@ -1022,6 +1023,7 @@ def test_predict_runs_a_batch_in_chunks_that_give_the_same_bits(monkeypatch):
                         or infer(inputs))
     # the largest activation is the Conv's, 8 * 8 * 8 float32 values a sample: 5 samples a chunk
     monkeypatch.setattr(network_module, "_INFERENCE_CHUNK_BYTES", 5 * 8 * 8 * 8 * 4)
+    monkeypatch.setattr(network_module, "_INFERENCE_CHUNK_SAMPLES", 1)
     chunked = net.predict(x)
     assert sizes == [5] * 7 + [2]
     if cnnc.backend() == "compiled":

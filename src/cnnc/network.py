@@ -36,8 +36,11 @@ Gradients = List[Dict[str, NDArray]]
 
 # Inference takes a batch a few samples at a time, each chunk's largest activation within
 # this many bytes: the layers then work in the cores' caches, and predict's memory peaks at
-# a chunk's activations, not the whole batch's.
+# a chunk's activations, not the whole batch's. A chunk holds at least
+# _INFERENCE_CHUNK_SAMPLES, so that a fully connected layer's weights serve enough rows
+# each time they are read (VGG-style inference took 10% longer in chunks of 32).
 _INFERENCE_CHUNK_BYTES = 4 << 20
+_INFERENCE_CHUNK_SAMPLES = 128
 
 
 class Network:
@@ -463,7 +466,7 @@ class Network:
         for layer in self.layers:
             shape = layer.output_shape(shape)
             largest = max(largest, int(np.prod(shape)))
-        chunk = max(1, _INFERENCE_CHUNK_BYTES // (largest * x.itemsize))
+        chunk = max(_INFERENCE_CHUNK_SAMPLES, _INFERENCE_CHUNK_BYTES // (largest * x.itemsize))
         if len(x) <= chunk:
             return self._forward_chunk(x)
         outputs = np.empty((len(x),) + tuple(shape), dtype=self.dtype)
