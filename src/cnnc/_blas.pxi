@@ -85,14 +85,18 @@ cdef inline void _gemm(int transa, int transb, int64_t m, int64_t n, int64_t k, 
 
 cdef void _matmul_split(int transa, int transb, const real* a, int64_t lda, const real* b,
                         int64_t ldb, real* c, int64_t m, int64_t n, int64_t k) noexcept:
-    """c = op(a) @ op(b), its longer side shared evenly among the threads."""
+    """c = op(a) @ op(b), its longer side cut into chunks of at least 32 (at most 16 chunks)
+    that the threads take as they come free: a count fixed by the shape, since BLAS may
+    round a product of another size otherwise, so any thread count gives the same bits."""
     cdef bint by_rows = m >= n
     cdef int64_t side = m if by_rows else n
-    cdef int64_t chunks = _threads if _threads < side else side
+    cdef int64_t chunks = side // 32 if side // 32 < 16 else 16
     cdef int64_t chunk, start, size
+    if chunks < 1:
+        chunks = 1
     _blas_on_calling_threads()
-    with nogil, parallel(num_threads=chunks):
-        for chunk in prange(chunks, schedule="static"):
+    with nogil, parallel(num_threads=_team(chunks)):
+        for chunk in prange(chunks, schedule="dynamic"):
             start = chunk * side // chunks
             size = (chunk + 1) * side // chunks - start
             if by_rows:     # rows of op(a): a row offset as stored, a column offset transposed

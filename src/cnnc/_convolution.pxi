@@ -67,12 +67,14 @@ cdef Py_ssize_t _MATMUL_CHUNK_BYTES = 8 << 20
 
 def _chunk_count(n, bytes_per_image, gemm):
     """Into how many chunks to cut n images: patch matrices of about a chunk's bytes at most,
-    a multiple of the threads, and with direct BLAS (gemm) at least four each where there
-    are images enough, so that threads that come free take over the chunks of one the
-    system holds up (numpy.matmul takes a chunk at a time on its own threads)."""
+    and with direct BLAS (gemm) at least 16 where there are images enough, so that threads
+    that come free take over the chunks of one the system holds up (numpy.matmul takes a
+    chunk at a time on its own threads). The count depends on the shape alone: each chunk
+    is one product, and BLAS may round a product of another size otherwise, so any thread
+    count gives the same bits."""
     chunk_bytes = _GEMM_CHUNK_BYTES if gemm else _MATMUL_CHUNK_BYTES
-    wanted = max(4 * _threads if gemm else 1, -(-n * bytes_per_image // chunk_bytes))
-    return max(1, min(n, -(-wanted // _threads) * _threads))
+    wanted = max(16 if gemm else 1, -(-n * bytes_per_image // chunk_bytes))
+    return max(1, min(n, wanted))
 
 
 # The three passes through NumPy's OpenBLAS: the chunks shared among the threads, each
