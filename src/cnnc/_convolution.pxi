@@ -327,9 +327,10 @@ _conv_path = "auto"
 
 def set_conv_path(path):
     """Compute convolutions by one path from now on, in every thread: "auto" (the default)
-    chooses by shape; "direct" takes the direct loops for all three passes; "gemm" multiplies patch matrices by
-    NumPy's OpenBLAS from the kernel threads (a ValueError where NumPy ships none);
-    "matmul" multiplies them by numpy.matmul. CNNC_CONV_PATH sets the first one."""
+    chooses by shape; "direct" takes the direct loops for all three passes; "gemm"
+    multiplies patch matrices by NumPy's OpenBLAS from the kernel threads (a ValueError
+    where NumPy ships none); "matmul" multiplies them by numpy.matmul. CNNC_CONV_PATH sets
+    the first one."""
     global _conv_path
     path = _checks.conv_path(path)
     if path == "gemm" and _blas is None:
@@ -389,7 +390,8 @@ cdef void _activate(real[::1] y, real slope) noexcept:
     """y = z for z > 0 (or NaN), slope * z elsewhere (exactly 0 for slope 0), in place."""
     cdef Py_ssize_t k
     cdef real z
-    for k in prange(y.shape[0], schedule="static", nogil=True, num_threads=_team(y.shape[0] >> 16)):
+    for k in prange(y.shape[0], schedule="static", nogil=True,
+                    num_threads=_team_for(y.shape[0], y.shape[0], _VALUES_PER_THREAD)):
         z = y[k]
         if not (z > 0 or z != z):
             y[k] = 0 if slope == 0 else slope * z

@@ -65,78 +65,49 @@ static const ptrdiff_t cnnc_lanes_d = CNNC_LANES(cnnc_vd, double);
 static const ptrdiff_t cnnc_wide_most = CNNC_WIDE_MOST;
 static const ptrdiff_t cnnc_narrow_most = CNNC_NARROW_MOST;
 
-/* acc + s * b for a scalar s: one fused multiply-add of s broadcast, where the build has
- * FMA; a product and a sum elsewhere. */
-static inline cnnc_vf cnnc_madd_f(cnnc_vf acc, float s, cnnc_vf b)
-{
-#if defined(__AVX512F__)
-    return (cnnc_vf)_mm512_fmadd_ps(_mm512_set1_ps(s), (__m512)b, (__m512)acc);
-#elif defined(__FMA__) && defined(__AVX2__)
-    return (cnnc_vf)_mm256_fmadd_ps(_mm256_set1_ps(s), (__m256)b, (__m256)acc);
-#else
-    return acc + s * b;
-#endif
-}
-
-static inline cnnc_vd cnnc_madd_d(cnnc_vd acc, double s, cnnc_vd b)
-{
-#if defined(__AVX512F__)
-    return (cnnc_vd)_mm512_fmadd_pd(_mm512_set1_pd(s), (__m512d)b, (__m512d)acc);
-#elif defined(__FMA__) && defined(__AVX2__)
-    return (cnnc_vd)_mm256_fmadd_pd(_mm256_set1_pd(s), (__m256d)b, (__m256d)acc);
-#else
-    return acc + s * b;
-#endif
-}
-
 /* The activation fused into the store: z > 0 (or NaN) is kept; otherwise slope * z, and
  * exactly 0 for slope 0 (ReLU's max(z, 0), an infinite z included). slope 1 keeps z. */
 #define CNNC_ACTIVATE(z, slope) \
     ((z) > 0 || (z) != (z) ? (z) : ((slope) == 0 ? 0 : (slope) * (z)))
 
-/* CNNC_ACTIVATE on every lane of a vector: a compare and a blend where the build has the
- * instructions, lane by lane elsewhere. */
-static inline cnnc_vf cnnc_activate_f(cnnc_vf z, float slope)
-{
+/* The bodies of the two vector operations below, by instruction set; P is the intrinsics'
+ * suffix (ps or pd) and M512, M256 their vector types, for float or double. */
 #if defined(__AVX512F__)
-    __m512 v = (__m512)z;
-    __m512 other = slope == 0 ? _mm512_setzero_ps() : _mm512_mul_ps(v, _mm512_set1_ps(slope));
-    return (cnnc_vf)_mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NLE_UQ),
-                                         other, v);
-#elif defined(__AVX2__)
-    __m256 v = (__m256)z;
-    __m256 other = slope == 0 ? _mm256_setzero_ps() : _mm256_mul_ps(v, _mm256_set1_ps(slope));
-    return (cnnc_vf)_mm256_blendv_ps(other, v, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NLE_UQ));
+#define CNNC_MADD_BODY(V, P, M512, M256) \
+    return (V)_mm512_fmadd_##P(_mm512_set1_##P(s), (M512)b, (M512)acc);
+#define CNNC_ACTIVATE_BODY(T, V, P, M512, M256)                                                  \
+    M512 v = (M512)z;                                                                            \
+    M512 other = slope == 0 ? _mm512_setzero_##P() : _mm512_mul_##P(v, _mm512_set1_##P(slope)); \
+    return (V)_mm512_mask_blend_##P(_mm512_cmp_##P##_mask(v, _mm512_setzero_##P(), _CMP_NLE_UQ), \
+                                    other, v);
+#elif defined(__AVX2__) && defined(__FMA__)
+#define CNNC_MADD_BODY(V, P, M512, M256) \
+    return (V)_mm256_fmadd_##P(_mm256_set1_##P(s), (M256)b, (M256)acc);
+#define CNNC_ACTIVATE_BODY(T, V, P, M512, M256)                                                  \
+    M256 v = (M256)z;                                                                            \
+    M256 other = slope == 0 ? _mm256_setzero_##P() : _mm256_mul_##P(v, _mm256_set1_##P(slope)); \
+    return (V)_mm256_blendv_##P(other, v, _mm256_cmp_##P(v, _mm256_setzero_##P(), _CMP_NLE_UQ));
 #else
-    float lanes[sizeof(cnnc_vf) / sizeof(float)];
-    size_t l;
-    memcpy(lanes, &z, sizeof(z));
-    for (l = 0; l < sizeof(cnnc_vf) / sizeof(float); l++) lanes[l] = CNNC_ACTIVATE(lanes[l], slope);
-    memcpy(&z, lanes, sizeof(z));
+#define CNNC_MADD_BODY(V, P, M512, M256) return acc + s * b;
+#define CNNC_ACTIVATE_BODY(T, V, P, M512, M256)                                                  \
+    T lanes[sizeof(V) / sizeof(T)];                                                              \
+    size_t l;                                                                                    \
+    memcpy(lanes, &z, sizeof(z));                                                                \
+    for (l = 0; l < sizeof(V) / sizeof(T); l++) lanes[l] = CNNC_ACTIVATE(lanes[l], slope);       \
+    memcpy(&z, lanes, sizeof(z));                                                                \
     return z;
 #endif
-}
 
-static inline cnnc_vd cnnc_activate_d(cnnc_vd z, double slope)
-{
-#if defined(__AVX512F__)
-    __m512d v = (__m512d)z;
-    __m512d other = slope == 0 ? _mm512_setzero_pd() : _mm512_mul_pd(v, _mm512_set1_pd(slope));
-    return (cnnc_vd)_mm512_mask_blend_pd(_mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_NLE_UQ),
-                                         other, v);
-#elif defined(__AVX2__)
-    __m256d v = (__m256d)z;
-    __m256d other = slope == 0 ? _mm256_setzero_pd() : _mm256_mul_pd(v, _mm256_set1_pd(slope));
-    return (cnnc_vd)_mm256_blendv_pd(other, v, _mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_NLE_UQ));
-#else
-    double lanes[sizeof(cnnc_vd) / sizeof(double)];
-    size_t l;
-    memcpy(lanes, &z, sizeof(z));
-    for (l = 0; l < sizeof(cnnc_vd) / sizeof(double); l++) lanes[l] = CNNC_ACTIVATE(lanes[l], slope);
-    memcpy(&z, lanes, sizeof(z));
-    return z;
-#endif
-}
+/* For vectors V of T: cnnc_madd_S(acc, s, b) = acc + s * b for a scalar s, one fused
+ * multiply-add of s broadcast where the build has FMA, a product and a sum elsewhere; and
+ * cnnc_activate_S(z, slope) = CNNC_ACTIVATE on every lane, a compare and a blend where
+ * the build has the instructions, lane by lane elsewhere. */
+#define CNNC_VECTOR_OPS(S, T, V, P, M512, M256)                                         \
+static inline V cnnc_madd_##S(V acc, T s, V b) { CNNC_MADD_BODY(V, P, M512, M256) }     \
+static inline V cnnc_activate_##S(V z, T slope) { CNNC_ACTIVATE_BODY(T, V, P, M512, M256) }
+
+CNNC_VECTOR_OPS(f, float, cnnc_vf, ps, __m512, __m256)
+CNNC_VECTOR_OPS(d, double, cnnc_vd, pd, __m512d, __m256d)
 
 /* y[k * f + l] for k < PIXELS and l < stored: the activation of b[l] plus the sum over the
  * patch rows r < rows and the taps t < run of each row of

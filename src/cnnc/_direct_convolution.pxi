@@ -1,8 +1,9 @@
 # Direct convolution: every pass as register tiles over the image itself, no patch matrix.
 # The forward pass (with its activation fused into the store) cuts each output row into
 # nearly equal tiles of pixels and sums each tile's filters in vector registers; the input
-# gradient of a stride-1 convolution is the forward pass of dy through the filters turned
-# round; the filter gradient sums tiles of taps over whole images (_direct_conv.h).
+# gradient is the forward pass of dy through the filters turned round, once per phase of
+# the stride; the filter gradient sums tiles of taps over bands of output pixels
+# (_direct_conv.h). A fully connected layer (dense_forward) is a 1x1 convolution here.
 # _convolution.pxi comes here where _direct_serves says so, or set_conv_path("direct") does.
 
 cdef extern from "_direct_conv.h" nogil:
@@ -278,10 +279,9 @@ cdef int _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real
                         Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh,
                         Py_ssize_t ow, Py_ssize_t group) noexcept:
     """partial (chunks * patch, padded F) and partial_db (chunks, padded F) = the filter and
-    bias gradients of each chunk of images,
-    taken a group of images at a time: each image padded, and its dy copied into padded
-    rows when F is not whole vectors. Returns how many chunks found no memory for those
-    copies."""
+    bias gradients of each chunk of images, taken a group of images at a time: each image
+    padded, and its dy copied into padded rows when F is not whole vectors. Returns how
+    many chunks found no memory for those copies."""
     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
     cdef Py_ssize_t images = x.shape[0], f = dy2.shape[1], padded = partial.shape[1]
     cdef Py_ssize_t pixels = oh * ow, patch = kh * kw * channels
