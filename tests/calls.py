@@ -40,6 +40,15 @@ def pinf(**kw):
     return "maxpool2d_inference", pfwd(**kw)[1]
 
 
+def cmpi(**kw):
+    """conv2d_maxpool_inference: conv2d_forward's arguments, then the pool's."""
+    a = dict(x=arr(2, 7, 9, 3), w=arr(3, 3, 3, 4), b=arr(4), stride=(1, 1), padding=(1, 1, 1, 1),
+             pool_size=(2, 2), pool_stride=(2, 2), slope=0.0)
+    a.update(kw)
+    return "conv2d_maxpool_inference", (a["x"], a["w"], a["b"], a["stride"], a["padding"],
+                                        a["pool_size"], a["pool_stride"], a["slope"])
+
+
 def valid_argmax(shape=(2, 3, 4, 3), plane=63):
     return (np.arange(np.prod(shape), dtype=np.int64) % plane).reshape(shape)
 

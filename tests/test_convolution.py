@@ -1,6 +1,7 @@
-"""conv2d_forward, conv2d_grad_input and conv2d_grad_params: every backend and every
-compiled convolution path against the reference (tests/reference.py), and the Conv layer
-against PyTorch where it is installed."""
+"""conv2d_forward, conv2d_grad_input and conv2d_grad_params (and conv2d_maxpool_inference,
+the forward pass with the max pool after it): every backend and every compiled convolution
+path against the reference (tests/reference.py), and the Conv layer against PyTorch where
+it is installed."""
 import numpy as np
 import pytest
 
@@ -109,6 +110,32 @@ def test_every_pass_matches_the_reference_on_random_geometries(backend):
         for got, want in zip(backend.conv2d_grad_params(x, dy, w.shape[:2], stride, padding),
                              reference.conv2d_grad_params(x, dy, w.shape[:2], stride, padding)):
             assert_close(got, want, np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_maxpool_inference_is_the_convolution_then_the_pool_to_the_bit(backend, dtype):
+    """conv2d_maxpool_inference pools each row of the convolution as it is computed: on 60
+    random convolutions, each with a random max pool (overlapping, apart, or touching;
+    windows up to 3x3) and slope, with ties in every window and NaN and infinities in the
+    input, it equals conv2d_forward then maxpool2d_inference of the same module and path,
+    bit for bit."""
+    rng = np.random.default_rng(3)
+    for case in random_geometries(60, seed=11):
+        x, w, b, _ = conv_inputs(case, dtype, seed=4)
+        x, w = np.round(x * 2) / 2, np.round(w * 2) / 2     # small halves: equal sums, ties
+        x.flat[rng.integers(0, x.size, 2)] = (np.nan, np.inf)
+        stride, padding = case[7], case[8]
+        oh, ow = (out_size(case[1], case[5], stride[0], padding[0], padding[1]),
+                  out_size(case[2], case[6], stride[1], padding[2], padding[3]))
+        pool = tuple(int(v) for v in rng.integers(1, [min(oh, 3) + 1, min(ow, 3) + 1]))
+        pool_stride = tuple(int(v) for v in rng.integers(1, 4, 2))
+        slope = float(rng.choice([0.0, 0.25, 1.0]))
+        with np.errstate(invalid="ignore"):
+            got = backend.conv2d_maxpool_inference(x, w, b, stride, padding, pool, pool_stride,
+                                                   slope)
+            want = backend.maxpool2d_inference(
+                backend.conv2d_forward(x, w, b, stride, padding, slope), pool, pool_stride)
+        np.testing.assert_array_equal(got, want, err_msg=f"case {case}, pool {pool} {pool_stride}")
 
 
 def test_conv2d_kernels_are_adjoint(backend):

@@ -21,12 +21,12 @@ import cnnc
 from cnnc import _builds, _checks, _numpy_kernels, kernels
 
 from .calls import (ALIASED, adam, arr, avgb, avgf, bnb, bnf, bni, dense, fwd, gin, gpar, leaky, leaky_back, mm,
-                    pbwd, pfwd, pinf, readonly, run, valid_argmax)
+                    pbwd, pfwd, pinf, cmpi, readonly, run, valid_argmax)
 from .conftest import BASELINE, DTYPES, IMPLEMENTATIONS, WIDER_BUILDS, assert_close, out_size
 
 PRINT_IMPLEMENTATION = "from cnnc import kernels; print(kernels.IMPLEMENTATION)"
 KERNEL_FUNCTIONS = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_params",
-                    "maxpool2d_forward", "maxpool2d_inference", "maxpool2d_backward",
+                    "conv2d_maxpool_inference", "maxpool2d_forward", "maxpool2d_inference", "maxpool2d_backward",
                     "avgpool2d_forward",
                     "avgpool2d_backward", "batchnorm_forward", "batchnorm_backward",
                     "batchnorm_inference", "adam_update", "matmul", "dense_forward", "leaky_relu",
@@ -714,6 +714,22 @@ BAD_CALLS = {
     "pinf-pool-0": lambda: pinf(pool_size=(0, 2)),
     "pinf-stride-negative": lambda: pinf(stride=(-2, 2)),
     "pinf-window-too-wide": lambda: pinf(pool_size=(2, 10)),
+    # conv2d_maxpool_inference: the convolution's checks, then the pool's on its output
+    "cmpi-x-3d": lambda: cmpi(x=arr(7, 9, 3)),
+    "cmpi-x-int": lambda: cmpi(x=np.ones((2, 7, 9, 3), np.int64)),
+    "cmpi-channel-mismatch": lambda: cmpi(w=arr(3, 3, 2, 4)),
+    "cmpi-b-short": lambda: cmpi(b=arr(3)),
+    "cmpi-mixed-dtypes": lambda: cmpi(w=arr(3, 3, 3, 4, dtype=np.float32)),
+    "cmpi-kernel-too-big": lambda: cmpi(w=arr(10, 3, 3, 4)),
+    "cmpi-stride-0": lambda: cmpi(stride=(0, 1)),
+    "cmpi-padding-negative": lambda: cmpi(padding=(1, -1, 1, 1)),
+    "cmpi-pool-0": lambda: cmpi(pool_size=(0, 2)),
+    "cmpi-pool-3-long": lambda: cmpi(pool_size=(2, 2, 2)),
+    "cmpi-pool-stride-negative": lambda: cmpi(pool_stride=(-2, 2)),
+    "cmpi-pool-stride-list-of-floats": lambda: cmpi(pool_stride=[2.0, 2.0]),
+    "cmpi-window-taller-than-the-output": lambda: cmpi(pool_size=(8, 2)),
+    "cmpi-window-wider-than-the-output": lambda: cmpi(padding=(1, 1, 0, 0), pool_size=(2, 8)),
+    "cmpi-slope-above-1": lambda: cmpi(slope=1.5),
     # maxpool2d_backward
     "pbwd-argmax-int32": lambda: pbwd(argmax=valid_argmax().astype(np.int32)),
     "pbwd-argmax-uint64": lambda: pbwd(argmax=valid_argmax().astype(np.uint64)),
@@ -903,6 +919,8 @@ ZERO_SIZED = {
     "pfwd-channels-0": (lambda: pfwd(x=arr(2, 7, 9, 0)),
                         "the input's height, width and channels must have no empty dimension"),
     "pinf-batch-0": (lambda: pinf(x=arr(0, 7, 9, 3)), None),
+    "cmpi-batch-0": (lambda: cmpi(x=arr(0, 7, 9, 3)), None),
+    "cmpi-filters-0": (lambda: cmpi(w=arr(3, 3, 3, 0), b=arr(0)), "w must have no empty dimension"),
     "pbwd-batch-0": (lambda: pbwd(dy=arr(0, 3, 4, 3), argmax=valid_argmax((0, 3, 4, 3)),
                                   input_shape=(0, 7, 9, 3)), "input_shape must be 4 ints in"),
     "pbwd-channels-0": (lambda: pbwd(dy=arr(2, 3, 4, 0), argmax=valid_argmax((2, 3, 4, 0)),
@@ -1056,6 +1074,7 @@ FLOAT_ARGUMENTS = {
     "slope-backward": lambda v: leaky_back(slope=v),
     "slope-conv": lambda v: fwd(slope=v),
     "slope-dense": lambda v: dense(slope=v),
+    "slope-conv-pool": lambda v: cmpi(slope=v),
 }
 BAD_FLOATS = {"10**400": 10**400, "-10**400": -(10**400), "True": True, "False": False,
               "nan": float("nan"), "-inf": float("-inf"), "float32-inf": np.float32("inf"),
@@ -1165,6 +1184,8 @@ def read_only_inputs(name, dtype):
     if name == "conv2d_grad_params":
         oh, ow = out_size(7, 3, 2, 1, 2), out_size(9, 2, 1, 0, 1)
         return (r(2, 7, 9, 3), r(2, oh, ow, 4), (3, 2), stride, padding), (0, 1)
+    if name == "conv2d_maxpool_inference":
+        return (r(2, 7, 9, 3), r(3, 2, 3, 4), r(4), stride, padding, (2, 2), (1, 2), 0.0), (0, 1, 2)
     if name in ("maxpool2d_forward", "maxpool2d_inference"):
         return (r(2, 7, 9, 3), (3, 3), (2, 2)), (0,)
     if name == "maxpool2d_backward":

@@ -1137,13 +1137,59 @@ def test_predict_fuses_only_what_computes_the_same(dtype, monkeypatch):
         np.testing.assert_array_equal(after[name], before[name])
 
 
-def test_a_conv_folds_only_an_exact_batchnorm_after_a_linear_activation():
+def test_a_conv_fuses_an_exact_batchnorm_after_it_and_an_exact_max_pool_after_that():
+    """A BatchNorm folds after a linear activation only; a MaxPool is pooled in the same pass
+    after an activation the kernel computes, where its windows do not overlap down the
+    image; a subclass of either, an AvgPool or nothing fuses nothing."""
     conv, bn = Conv((3, 3, 2, 4)), BatchNorm(4)
-    assert conv.fused_inference(bn) is not None
-    assert Conv((3, 3, 2, 4), activation=relu).fused_inference(bn) is None
-    assert conv.fused_inference(MaxPool(2)) is None
+    assert conv.fused_inference([bn])[1] == 1
+    assert conv.fused_inference([bn, MaxPool(2)])[1] == 2
+    assert conv.fused_inference([BatchNorm(4, activation=relu), MaxPool(2), bn])[1] == 2
+    assert conv.fused_inference([BatchNorm(4, activation=Sigmoid()), MaxPool(2)])[1] == 1
+    assert conv.fused_inference([MaxPool(2), bn])[1] == 1
+    assert conv.fused_inference([MaxPool((2, 3), strides=(2, 1))])[1] == 1
+    assert conv.fused_inference([MaxPool(3, strides=2)]) is None
+    assert Conv((3, 3, 2, 4), activation=relu).fused_inference([bn]) is None
+    assert Conv((3, 3, 2, 4), activation=relu).fused_inference([MaxPool(2)])[1] == 1
+    assert Conv((3, 3, 2, 4), activation=Sigmoid()).fused_inference([MaxPool(2)]) is None
+    assert Conv((3, 3, 2, 4), activation=_Doubled()).fused_inference([MaxPool(2)]) is None
+    assert conv.fused_inference([AvgPool(2)]) is None
+    assert conv.fused_inference([]) is None
 
     class Renormalized(BatchNorm):
         pass
 
-    assert conv.fused_inference(Renormalized(4)) is None
+    class Pooled(MaxPool):
+        pass
+
+    assert conv.fused_inference([Renormalized(4)]) is None
+    assert conv.fused_inference([Pooled(2)]) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_predict_pools_in_the_convolutions_pass_with_the_same_results(dtype, monkeypatch):
+    """Conv - [BatchNorm] - MaxPool runs as one conv2d_maxpool_inference where it fuses, and
+    predict gives layer-by-layer inference's outputs (up to the rounding of the folded
+    BatchNorm)."""
+    cnnc.set_default_dtype(dtype)
+    np.random.seed(0)
+    net = Network([Conv((3, 3, 3, 12), padding="same", activation=relu), MaxPool(2),
+                   Conv((3, 3, 12, 10)), BatchNorm(10, activation=leaky_relu), MaxPool((2, 3)),
+                   Conv((2, 2, 10, 9), activation=relu), MaxPool(2, strides=1),
+                   Flatten(), FullyConnected((9, 5))],
+                  loss=SoftmaxCrossEntropy())
+    rng = np.random.default_rng(1)
+    bn = net.layers[3]
+    bn.running_mean[...] = rng.standard_normal(10)
+    bn.running_var[...] = rng.uniform(0.5, 2, 10)
+    x = np.round(rng.standard_normal((5, 17, 25, 3)) * 4).astype(dtype) / 4   # ties in windows
+    expected = x
+    for layer in net.layers:
+        expected = layer.infer(expected)
+    kernel, calls = cnnc.kernels.conv2d_maxpool_inference, []
+    monkeypatch.setattr(cnnc.kernels, "conv2d_maxpool_inference",
+                        lambda *args: calls.append(args[5:]) or kernel(*args))
+    got = net.predict(x)
+    assert calls == [((2, 2), (2, 2), 0.0), ((2, 3), (2, 3), 0.01)]   # not the overlapping one
+    np.testing.assert_allclose(got, expected, rtol=0, atol=(1e-4 if dtype == np.float32 else 1e-11)
+                               * np.abs(expected).max())

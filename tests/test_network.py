@@ -1006,26 +1006,33 @@ def test_conv_batchnorm_network_takes_torchs_adam_steps(torch):
 
 
 def test_predict_runs_a_batch_in_chunks_that_give_the_same_bits(monkeypatch):
-    """Inference takes a batch a chunk of samples at a time (its largest activation within
-    _INFERENCE_CHUNK_BYTES, unless that leaves fewer than _INFERENCE_CHUNK_SAMPLES), so
-    that memory peaks at a chunk's activations. The compiled
-    kernels compute every sample alike whatever the chunk, so the outputs do not change by
-    one bit; NumPy's BLAS may round another number of rows otherwise."""
+    """Inference takes a batch a chunk of samples at a time, each step's input and output
+    within about _INFERENCE_CHUNK_BYTES (a power of two times _INFERENCE_CHUNK_SAMPLES), so
+    that memory peaks at a chunk's activations; steps after the images have shrunk take
+    larger chunks. The compiled kernels compute every sample alike whatever the chunk, so
+    the outputs do not change by one bit; NumPy's BLAS may round another number of rows
+    otherwise."""
     from cnnc import network as network_module
     np.random.seed(0)
-    net = Network([Conv((3, 3, 3, 8), padding=1, activation=relu), MaxPool(2), Flatten(),
-                   FullyConnected((8 * 4 * 4, 5))], loss=SoftmaxCrossEntropy())
+    net = Network([Conv((3, 3, 3, 16), padding=1, activation=relu), MaxPool(2), Flatten(),
+                   FullyConnected((16 * 4 * 4, 5), activation=relu), FullyConnected((5, 3))],
+                  loss=SoftmaxCrossEntropy())
     x = np.random.default_rng(0).standard_normal((37, 8, 8, 3)).astype(np.float32)
     whole = net.predict(x)
-    sizes = []
-    conv = net.layers[0]
-    monkeypatch.setattr(conv, "infer", lambda inputs, infer=conv.infer: sizes.append(len(inputs))
-                        or infer(inputs))
-    # the largest activation is the Conv's, 8 * 8 * 8 float32 values a sample: 5 samples a chunk
-    monkeypatch.setattr(network_module, "_INFERENCE_CHUNK_BYTES", 5 * 8 * 8 * 8 * 4)
+    calls = []
+    for name in ("conv2d_maxpool_inference", "dense_forward"):
+        kernel = getattr(cnnc.kernels, name)
+        monkeypatch.setattr(cnnc.kernels, name, lambda *args, kernel=kernel, name=name:
+                            calls.append((name, args[1].shape[-1], len(args[0])))
+                            or kernel(*args))
+    # the convolution and pooling step, the Flatten and the first FullyConnected have 256
+    # float32 values a sample at most, 4 samples a chunk; the last layer's 5 let all 37 in
+    monkeypatch.setattr(network_module, "_INFERENCE_CHUNK_BYTES", 4 * 256 * 4)
     monkeypatch.setattr(network_module, "_INFERENCE_CHUNK_SAMPLES", 1)
     chunked = net.predict(x)
-    assert sizes == [5] * 7 + [2]
+    chunk_calls = [("conv2d_maxpool_inference", 16, 4), ("dense_forward", 5, 4)]
+    assert calls == chunk_calls * 9 + [("conv2d_maxpool_inference", 16, 1),
+                                       ("dense_forward", 5, 1), ("dense_forward", 3, 37)]
     if cnnc.backend() == "compiled":
         np.testing.assert_array_equal(chunked, whole)
     else:

@@ -370,6 +370,29 @@ def conv2d_forward(x, w, b, stride, padding, slope):
     return ConvForward(x, w, b, stride, padding, _slope(slope), out_hw)
 
 
+class ConvMaxPoolInference(NamedTuple):
+    x: np.ndarray
+    w: np.ndarray
+    b: np.ndarray
+    stride: tuple
+    padding: tuple
+    pool_size: tuple    # (ph, pw) of the max pool over the convolution's output
+    pool_stride: tuple
+    slope: float
+    conv_hw: tuple      # the convolution's (OH, OW)
+    out_hw: tuple       # the pooled output's
+
+
+def conv2d_maxpool_inference(x, w, b, stride, padding, pool_size, pool_stride, slope):
+    x, w, b, stride, padding, slope, conv_hw = conv2d_forward(x, w, b, stride, padding, slope)
+    pool_size = ints("pool_size", pool_size, 2, 1)
+    pool_stride = ints("pool_stride", pool_stride, 2, 1)
+    oh = output_size("pool height", conv_hw[0], pool_size[0], pool_stride[0])
+    ow = output_size("pool width", conv_hw[1], pool_size[1], pool_stride[1])
+    return ConvMaxPoolInference(x, w, b, stride, padding, pool_size, pool_stride, slope, conv_hw,
+                                (oh, ow))
+
+
 def conv2d_grad_input(dy, w, input_shape, stride, padding):
     dy = float_array("dy", dy, 4)
     w = float_array("w", w, 4, dy.dtype)

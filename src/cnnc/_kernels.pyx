@@ -38,6 +38,7 @@ include "_blas.pxi"                 # NumPy's OpenBLAS called from these threads
 include "_direct_convolution.pxi"   # direct convolution loops for thin products
 include "_convolution.pxi"          # im2col + GEMM convolution; conv2d_forward and gradients
 include "_pooling.pxi"              # max and average pooling, forward and backward
+include "_conv_maxpool.pxi"         # a convolution and the max pool after it in one pass, for inference
 include "_batchnorm.pxi"            # batch normalization: training forward and backward, inference
 include "_adam.pxi"                 # adam_update
 include "_elementwise.pxi"          # leaky_relu and its gradient

@@ -97,6 +97,15 @@ def maxpool2d_inference(x, pool_size, stride):
     return maxpool2d_forward(x, pool_size, stride)[0]
 
 
+def conv2d_maxpool_inference(x, w, b, stride, padding, pool_size, pool_stride, slope=1.0):
+    """maxpool2d_inference(conv2d_forward(x, w, b, stride, padding, slope), pool_size,
+    pool_stride): a convolution and the max pool after it, in inference."""
+    x, w, b, stride, padding, pool_size, pool_stride, slope, _, _ = (
+        _checks.conv2d_maxpool_inference(x, w, b, stride, padding, pool_size, pool_stride, slope))
+    return maxpool2d_inference(conv2d_forward(x, w, b, stride, padding, slope), pool_size,
+                               pool_stride)
+
+
 def maxpool2d_backward(dy, argmax, input_shape):
     """Scatter dy (N, OH, OW, C) back to the input positions recorded in argmax."""
     dy, argmax, input_shape = _checks.maxpool2d_backward(dy, argmax, input_shape)

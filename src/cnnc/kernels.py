@@ -141,6 +141,7 @@ conv2d_grad_input = _impl.conv2d_grad_input
 conv2d_grad_params = _impl.conv2d_grad_params
 maxpool2d_forward = _impl.maxpool2d_forward
 maxpool2d_inference = _impl.maxpool2d_inference
+conv2d_maxpool_inference = _impl.conv2d_maxpool_inference
 maxpool2d_backward = _impl.maxpool2d_backward
 avgpool2d_forward = _impl.avgpool2d_forward
 avgpool2d_backward = _impl.avgpool2d_backward

@@ -16,7 +16,7 @@ sets these and is given to `saving.register`, in its own file; saving needs no c
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -93,11 +93,13 @@ class Layer(Savable):
         backward pass: what predict runs (forward's a unless a layer computes it faster)."""
         return self.forward(inputs)[1]
 
-    def fused_inference(self, following: Layer) -> Callable[[Array], Array] | None:
-        """A function computing this layer and then `following` in inference mode, faster
-        than the two in turn (a convolution with the batch normalization after it folded
-        into its filters), or None where there is none. Made anew for each predict, from
-        the parameters of that moment."""
+    def fused_inference(self, following: Sequence[Layer]
+                        ) -> tuple[Callable[[Array], Array], int] | None:
+        """(function, count): a function computing this layer and the first count layers of
+        `following` (those after it in the network) in inference mode, faster than each in
+        turn (a convolution with the batch normalization after it folded into its filters,
+        and the max pool after that computed in the same pass), or None where there is none.
+        Made anew for each predict, from the parameters of that moment."""
         return None
 
     def output_shape(self, input_shape: Shape) -> Shape:
@@ -263,16 +265,31 @@ class Conv(ParametricLayer):
     def infer(self, inputs: Array) -> Array:
         return self._convolve(inputs, self.params["w"], self.params["b"], self.activation)
 
-    def fused_inference(self, following: Layer) -> Callable[[Array], Array] | None:
-        """With a linear activation and `following` a BatchNorm (exactly): one convolution
-        whose filters and bias are the BatchNorm's running normalization folded in, then the
-        BatchNorm's activation (as PyTorch's and ONNX Runtime's inference fusions do)."""
-        if type(following) is not BatchNorm or self.activation.fused_slope() != 1:
-            return None
-        scale = following.params["w"] / np.sqrt(following.running_var + following.eps)
-        w = self.params["w"] * scale
-        b = (self.params["b"] - following.running_mean) * scale + following.params["b"]
-        return lambda inputs: self._convolve(inputs, w, b, following.activation)
+    def fused_inference(self, following: Sequence[Layer]
+                        ) -> tuple[Callable[[Array], Array], int] | None:
+        """With a linear activation and a BatchNorm (exactly) next: one convolution whose
+        filters and bias have the BatchNorm's running normalization folded in, then the
+        BatchNorm's activation (as PyTorch's and ONNX Runtime's inference fusions do). Then,
+        where the activation is fused into the kernel (fused_slope) and a MaxPool (exactly)
+        comes next whose windows do not overlap down the image, the pooling in the same
+        pass (conv2d_maxpool_inference), so that the convolution's output is never stored."""
+        w, b, activation, count = self.params["w"], self.params["b"], self.activation, 0
+        following = list(following[:2])
+        if following and type(following[0]) is BatchNorm and activation.fused_slope() == 1:
+            norm = following.pop(0)
+            scale = norm.params["w"] / np.sqrt(norm.running_var + norm.eps)
+            w, b = w * scale, (b - norm.running_mean) * scale + norm.params["b"]
+            activation, count = norm.activation, 1
+        slope = activation.fused_slope()
+        if (following and type(following[0]) is MaxPool and slope is not None
+                and following[0].pshape[0] <= following[0].strides[0]):
+            pool = following[0]
+            return (lambda inputs: kernels.conv2d_maxpool_inference(
+                inputs, w, b, self.strides, self.pads(*inputs.shape[1:3]), pool.pshape,
+                pool.strides, slope)), count + 1
+        if count:
+            return (lambda inputs: self._convolve(inputs, w, b, activation)), count
+        return None
 
     def _convolve(self, inputs, w, b, activation):
         """activation(the convolution of inputs with w, plus b), fused into the kernel where

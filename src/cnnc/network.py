@@ -35,10 +35,12 @@ Gradients = List[Dict[str, NDArray]]
 
 
 # Inference takes a batch a few samples at a time, each chunk's largest activation within
-# this many bytes: the layers then work in the cores' caches, and predict's memory peaks at
-# a chunk's activations, not the whole batch's. A chunk holds at least
+# about this many bytes: the layers then work in the cores' caches, and predict's memory
+# peaks at a chunk's activations, not the whole batch's. A chunk holds at least
 # _INFERENCE_CHUNK_SAMPLES, so that a fully connected layer's weights serve enough rows
-# each time they are read (VGG-style inference took 10% longer in chunks of 32).
+# each time they are read (VGG-style inference took 10% longer in chunks of 32), and the
+# layers after the images have shrunk take larger chunks (fewer calls, each weight read
+# for more rows).
 _INFERENCE_CHUNK_BYTES = 4 << 20
 _INFERENCE_CHUNK_SAMPLES = 128
 
@@ -457,35 +459,39 @@ class Network:
         return (total_loss / count if with_loss else None), (correct / count if with_accuracy else None)
 
     def _forward(self, x):
-        """The network's output for x in inference mode, _INFERENCE_CHUNK_BYTES of the
-        largest activation at a time (the compiled kernels compute every sample alike
-        either way; NumPy's BLAS may round another number of rows otherwise)."""
+        """The network's output for x in inference mode, in steps (a layer, or several that
+        one of them fuses: Layer.fused_inference), each over chunks of the batch."""
         x = np.ascontiguousarray(x, dtype=self.dtype)
-        shape = x.shape[1:]
-        largest = int(np.prod(shape))
-        for layer in self.layers:
-            shape = layer.output_shape(shape)
-            largest = max(largest, int(np.prod(shape)))
-        chunk = max(_INFERENCE_CHUNK_SAMPLES, _INFERENCE_CHUNK_BYTES // (largest * x.itemsize))
-        if len(x) <= chunk:
-            return self._forward_chunk(x)
-        outputs = np.empty((len(x),) + tuple(shape), dtype=self.dtype)
-        for start in range(0, len(x), chunk):
-            outputs[start : start + chunk] = self._forward_chunk(x[start : start + chunk])
-        return outputs
-
-    def _forward_chunk(self, x):
-        """The output for x in inference mode: each layer's infer, or a layer and the one
-        after it at once where the first fuses them (Layer.fused_inference)."""
         activation = x
+        for steps, chunk in self._inference_stages(x.shape[1:], x.itemsize):
+            activation = _in_chunks(steps, activation, chunk)
+        return activation
+
+    def _inference_stages(self, shape, itemsize):
+        """The inference steps for samples of shape, as stages (steps, chunk): a step's
+        chunk holds _INFERENCE_CHUNK_SAMPLES times the largest power of two that keeps its
+        input and output within _INFERENCE_CHUNK_BYTES, and steps of equal chunks run one
+        chunk at a time through all of them (the compiled kernels compute every sample
+        alike either way; NumPy's BLAS may round another number of rows otherwise)."""
+        stages = []
         depth = 0
         while depth < len(self.layers):
             layer = self.layers[depth]
-            fused = (layer.fused_inference(self.layers[depth + 1])
-                     if depth + 1 < len(self.layers) else None)
-            activation = layer.infer(activation) if fused is None else fused(activation)
-            depth += 1 if fused is None else 2
-        return activation
+            fused = layer.fused_inference(self.layers[depth + 1:])
+            step, count = (layer.infer, 0) if fused is None else fused
+            largest = int(np.prod(shape))
+            for covered in self.layers[depth : depth + 1 + count]:
+                shape = covered.output_shape(shape)
+            largest = max(largest, int(np.prod(shape)), 1)
+            chunk = _INFERENCE_CHUNK_SAMPLES
+            while 2 * chunk * largest * itemsize <= _INFERENCE_CHUNK_BYTES:
+                chunk *= 2
+            if stages and stages[-1][1] == chunk:
+                stages[-1][0].append(step)
+            else:
+                stages.append(([step], chunk))
+            depth += 1 + count
+        return stages
 
     def _batch(self, x, y):
         """A training batch checked and cast: x in the network's dtype, y as given."""
@@ -599,6 +605,23 @@ def _check_own_optimizers(layers):
             raise ValueError(f"layers {owner[id(optimizer)]} and {depth} share one optimizer instance; "
                              "give each layer its own (its state belongs to that layer's parameters)")
         owner[id(optimizer)] = depth
+
+
+def _in_chunks(steps, x, chunk):
+    """Each step in turn on x, chunk samples at a time; the outputs in one array."""
+    if len(x) <= chunk:
+        for step in steps:
+            x = step(x)
+        return x
+    outputs = None
+    for start in range(0, len(x), chunk):
+        activation = x[start : start + chunk]
+        for step in steps:
+            activation = step(activation)
+        if outputs is None:
+            outputs = np.empty((len(x),) + activation.shape[1:], dtype=activation.dtype)
+        outputs[start : start + chunk] = activation
+    return outputs
 
 
 def _check_count(x, y):
