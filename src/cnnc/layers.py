@@ -267,7 +267,9 @@ class Conv(ParametricLayer):
 
     def fused_inference(self, following: Sequence[Layer]
                         ) -> tuple[Callable[[Array], Array], int] | None:
-        """With a linear activation and a BatchNorm (exactly) next: one convolution whose
+        """following: the layers after this one.
+
+        With a linear activation and a BatchNorm (exactly) next: one convolution whose
         filters and bias have the BatchNorm's running normalization folded in, then the
         BatchNorm's activation (as PyTorch's and ONNX Runtime's inference fusions do). Then,
         where the activation is fused into the kernel (fused_slope) and a MaxPool (exactly)
