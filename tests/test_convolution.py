@@ -2,10 +2,12 @@
 the forward pass with the max pool after it): every backend and every compiled convolution
 path against the reference (tests/reference.py), and the Conv layer against PyTorch where
 it is installed."""
+import importlib
+
 import numpy as np
 import pytest
 
-from cnnc import Conv
+from cnnc import Conv, kernels
 
 from . import reference
 from .conftest import (CONV_PARAMS, DTYPES, assert_close, conv_inputs, filters_from_torch,
@@ -136,6 +138,95 @@ def test_conv2d_maxpool_inference_is_the_convolution_then_the_pool_to_the_bit(ba
             want = backend.maxpool2d_inference(
                 backend.conv2d_forward(x, w, b, stride, padding, slope), pool, pool_stride)
         np.testing.assert_array_equal(got, want, err_msg=f"case {case}, pool {pool} {pool_stride}")
+
+
+@pytest.fixture
+def winograd(implementation):
+    """Each kernel module on the path "winograd" (the NumPy kernels take the name and keep
+    their one path), set back after the test."""
+    before = implementation.get_conv_path()
+    implementation.set_conv_path("winograd")
+    yield implementation
+    implementation.set_conv_path(before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_winograd_pools_2x2_windows_in_its_pass_to_the_bit(winograd, dtype):
+    """Winograd's 2x2 output tiles are the windows of a 2x2 max pool of stride 2: its fused
+    pass equals its convolution then maxpool2d_inference bit for bit, odd sizes (the last
+    row and column of tiles dropped), ties, and a block with an infinity or NaN in it (the
+    direct loops' then) included."""
+    rng = np.random.default_rng(5)
+    for trial, (n, h, w, c, f) in enumerate([(3, 9, 11, 5, 7), (2, 16, 13, 33, 40),
+                                             (5, 4, 4, 2, 3), (1, 30, 7, 17, 18)]):
+        for padding in [(1, 1, 1, 1), (0, 2, 1, 0)]:
+            x = np.round(rng.standard_normal((n, h, w, c)) * 2).astype(dtype) / 2
+            if trial % 2:
+                x[-1, h // 2, w // 2, 0] = (np.inf, np.nan)[padding[0]]
+            filters = np.round(rng.standard_normal((3, 3, c, f)) * 2).astype(dtype) / 2
+            b = rng.standard_normal(f).astype(dtype)
+            with np.errstate(invalid="ignore"):
+                got = winograd.conv2d_maxpool_inference(x, filters, b, (1, 1), padding, (2, 2),
+                                                        (2, 2), 0.0)
+                want = winograd.maxpool2d_inference(
+                    winograd.conv2d_forward(x, filters, b, (1, 1), padding, 0.0), (2, 2), (2, 2))
+            np.testing.assert_array_equal(got, want, err_msg=f"{(n, h, w, c, f)} {padding}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_winograd_keeps_an_infinity_or_nan_to_the_outputs_that_see_it(winograd, dtype):
+    """The transforms would spread an infinity over its whole tile (inf - inf): a block with
+    a value that is not finite, in the input or in the filters, goes by the direct loops,
+    so every output is what the direct path gives, to the float tolerance, and the same
+    outputs are infinite or NaN."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 14, 13, 32)).astype(dtype)
+    filters, b = rng.standard_normal((3, 3, 32, 40)).astype(dtype), rng.standard_normal(40).astype(dtype)
+    dy = rng.standard_normal((3, 14, 13, 40)).astype(dtype)
+    x[1, 5, 6, 3], x[2, 0, 0, 0], dy[0, 7, 7, 1] = np.inf, np.nan, -np.inf
+    bad_filters = filters.copy()
+    bad_filters[1, 2, 4, 5] = np.inf
+    with np.errstate(invalid="ignore"):
+        results = [(winograd.conv2d_forward(x, filters, b, (1, 1), (1, 1, 1, 1)),
+                    winograd.conv2d_forward(x[:1], bad_filters, b, (1, 1), (1, 1, 1, 1)),
+                    winograd.conv2d_grad_input(dy, filters, x.shape, (1, 1), (1, 1, 1, 1)))]
+        winograd.set_conv_path("direct")
+        results.append((winograd.conv2d_forward(x, filters, b, (1, 1), (1, 1, 1, 1)),
+                        winograd.conv2d_forward(x[:1], bad_filters, b, (1, 1), (1, 1, 1, 1)),
+                        winograd.conv2d_grad_input(dy, filters, x.shape, (1, 1), (1, 1, 1, 1))))
+    for got, want in zip(*results):
+        finite = np.isfinite(want)
+        assert finite.sum() < want.size
+        np.testing.assert_array_equal(np.isfinite(got), finite)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)])
+        assert_close(got[finite], want[finite], dtype)
+
+
+def test_auto_takes_winograd_where_it_measured_faster():
+    """On "auto", a 3x3 stride-1 pass with 32 channels in and out and outputs 12 or more
+    wide goes by Winograd (its bits are the "winograd" path's, not the direct loops'), and
+    a thinner or narrower one by the direct loops."""
+    module = importlib.import_module(kernels.IMPLEMENTATION)
+    if kernels.BACKEND != "compiled":
+        pytest.skip("the NumPy kernels have one path")
+    rng = np.random.default_rng(7)
+    before = module.get_conv_path()
+    try:
+        for (h, c, f), expected in [((16, 32, 32), "winograd"), ((16, 16, 32), "direct"),
+                                    ((16, 32, 16), "direct"), ((8, 64, 64), "direct")]:
+            x = rng.standard_normal((2, h, h, c)).astype(np.float32)
+            filters = rng.standard_normal((3, 3, c, f)).astype(np.float32)
+            b = np.zeros(f, np.float32)
+            outputs = {}
+            for path in ("auto", "winograd", "direct"):
+                module.set_conv_path(path)
+                outputs[path] = module.conv2d_forward(x, filters, b, (1, 1), (1, 1, 1, 1))
+            other = "direct" if expected == "winograd" else "winograd"
+            np.testing.assert_array_equal(outputs["auto"], outputs[expected])
+            assert not np.array_equal(outputs["auto"], outputs[other]), (h, c, f)
+    finally:
+        module.set_conv_path(before)
 
 
 def test_conv2d_kernels_are_adjoint(backend):

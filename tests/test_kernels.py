@@ -558,7 +558,7 @@ def test_the_conv_path_is_set_and_told(implementation):
 def test_an_unknown_conv_path_is_a_value_error_naming_the_choices(implementation, bad):
     before = implementation.get_conv_path()
     with pytest.raises(ValueError, match="^the convolution path must be one of 'auto', 'direct', "
-                                         "'gemm', 'matmul', got "):
+                                         "'winograd', 'gemm', 'matmul', got "):
         implementation.set_conv_path(bad)
     assert implementation.get_conv_path() == before
 
@@ -592,7 +592,7 @@ def test_a_bad_cnnc_conv_path_stops_the_import_naming_it():
     result = run_with_backend("auto", conv_path="fastest")
     assert result.returncode != 0
     assert ("ValueError: CNNC_CONV_PATH: the convolution path must be one of 'auto', 'direct', "
-            "'gemm', 'matmul', got 'fastest'") in result.stderr
+            "'winograd', 'gemm', 'matmul', got 'fastest'") in result.stderr
 
 
 # ================================================================ validation common to all kernels

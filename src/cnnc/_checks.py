@@ -154,7 +154,7 @@ def seed(name, value):
     return int(value)
 
 
-CONV_PATHS = ("auto", "direct", "gemm", "matmul")
+CONV_PATHS = ("auto", "direct", "winograd", "gemm", "matmul")
 
 
 def conv_path(path):

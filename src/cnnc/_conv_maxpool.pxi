@@ -60,16 +60,23 @@ cdef int _direct_forward_maxpool(const real[:, :, :, ::1] x, const real[:, ::1] 
 def conv2d_maxpool_inference(x, w, b, stride, padding, pool_size, pool_stride, slope=1.0):
     """maxpool2d_inference(conv2d_forward(x, w, b, stride, padding, slope), pool_size,
     pool_stride): a convolution and the max pool after it, in inference, without storing
-    the convolution's output (on the direct loops; the other paths run the two kernels)."""
-    x, w, b, stride, padding, pool_size, pool_stride, slope, _, (oh, ow) = (
+    the convolution's output (on the direct loops, and on Winograd's where the windows are
+    its 2x2 tiles; the other paths run the two kernels)."""
+    x, w, b, stride, padding, pool_size, pool_stride, slope, conv_hw, (oh, ow) = (
         _checks.conv2d_maxpool_inference(x, w, b, stride, padding, pool_size, pool_stride, slope))
     kh, kw, c, f = w.shape
-    if _pass_path(_conv_path, _direct_serves("forward", (kh, kw), stride, padding, c, f,
-                                             x.dtype)) != "direct":
+    direct = _pass_path(_conv_path, _direct_serves("forward", (kh, kw), stride, padding, c, f,
+                                                   x.dtype)) == "direct"
+    winograd = direct and _winograd_takes(w, stride, conv_hw[1])
+    windows_are_tiles = pool_size == (2, 2) and pool_stride == (2, 2)
+    if not direct or (winograd and not windows_are_tiles):
         return maxpool2d_inference(conv2d_forward(x, w, b, stride, padding, slope), pool_size,
                                    pool_stride)
     y = np.empty((x.shape[0], oh, ow, f), dtype=x.dtype)
     if y.size == 0:
+        return y
+    if winograd:
+        _winograd_pass(x, w, b, y, padding, conv_hw, slope, pooled=True)
         return y
     width = _padded_filters(f, x.dtype)
     w2, b = _padded(w.reshape(kh * kw * c, f), width), _padded(b[None], width)[0]

@@ -327,7 +327,10 @@ _conv_path = "auto"
 
 def set_conv_path(path):
     """Compute convolutions by one path from now on, in every thread: "auto" (the default)
-    chooses by shape; "direct" takes the direct loops for all three passes; "gemm"
+    chooses by shape; "direct" takes the direct loops for all three passes; "winograd"
+    takes Winograd's F(2x2, 3x3) for every 3x3 stride-1 forward pass and input gradient
+    (the input gradient's phases of a strided one included) and the direct loops for the
+    rest; "gemm"
     multiplies patch matrices by NumPy's OpenBLAS from the kernel threads (a ValueError
     where NumPy ships none); "matmul" multiplies them by numpy.matmul. CNNC_CONV_PATH sets
     the first one."""
@@ -335,12 +338,12 @@ def set_conv_path(path):
     path = _checks.conv_path(path)
     if path == "gemm" and _blas is None:
         raise ValueError("the convolution path 'gemm' calls the OpenBLAS of NumPy's wheel, and "
-                         "this NumPy has none: choose 'auto', 'direct' or 'matmul'")
+                         "this NumPy has none: choose 'auto', 'direct', 'winograd' or 'matmul'")
     _conv_path = path
 
 
 def get_conv_path():
-    """The convolution path set last: "auto", "direct", "gemm" or "matmul"."""
+    """The convolution path set last: "auto", "direct", "winograd", "gemm" or "matmul"."""
     return _conv_path
 
 
@@ -352,11 +355,24 @@ def _product_path(path):
 
 
 def _pass_path(path, direct):
-    """How a pass goes on path: the direct loops where path says so, or (auto) where direct
-    (_direct_serves) says they win; else _product_path."""
-    if path == "direct" or (path == "auto" and direct):
+    """How a pass goes on path: the direct loops (Winograd's among them) where path says
+    so, or (auto) where direct (_direct_serves) says they win; else _product_path."""
+    if path == "direct" or path == "winograd" or (path == "auto" and direct):
         return "direct"
     return _product_path(path)
+
+
+def _winograd_takes(w, stride, ow):
+    """Whether a pass the direct loops compute with filters w (kh, kw, C, F), outputs ow
+    wide, goes by Winograd's F(2x2, 3x3) instead: a 3x3 stride-1 one with finite filters
+    (the transforms would spread an infinity to every output), always on the path
+    "winograd", where it measured faster on "auto", never on "direct"."""
+    kh, kw, c, f = w.shape
+    if not _winograd_applies((kh, kw), stride):
+        return False
+    if _conv_path != "winograd" and not (_conv_path == "auto" and _winograd_serves(c, f, ow)):
+        return False
+    return bool(np.isfinite(w).all())
 
 
 # The entry points, on the path _conv_path gives; the bias gradient sums rows.
@@ -417,6 +433,12 @@ def conv2d_forward(x, w, b, stride, padding, slope=1.0):
     w2 = w.reshape(patch, f)
     path = _pass_path(_conv_path, _direct_serves("forward", (kh, kw), stride, padding, c, f,
                                                  x.dtype))
+    if path == "direct" and _winograd_takes(w, stride, ow):
+        y = np.empty((n, oh, ow, f), dtype=x.dtype)
+        _winograd_pass(x, w, b, y, padding, (oh, ow), slope)
+        return y
+    if path == "direct" and _pointwise((kh, kw), stride, padding):
+        return _direct_dense_pass(x.reshape(n * pixels, c), w2, b, slope).reshape(n, oh, ow, f)
     if path == "direct":
         y = np.empty((n, oh, ow, f), dtype=x.dtype)
         _direct_forward_pass(x, w2, b, y, (kh, kw), stride, padding, slope)

@@ -258,7 +258,12 @@ def dense_forward(x, w, b, slope=1.0):
     """x (N, in) @ w (in, out) + b (out,), then z for z > 0 and slope * z elsewhere, as
     conv2d_forward's slope: a fully connected layer's output in one pass, on the direct
     convolution's tiles (no patch matrix, no BLAS)."""
-    x, w, b, slope = _checks.dense_forward(x, w, b, slope)
+    return _direct_dense_pass(*_checks.dense_forward(x, w, b, slope))
+
+
+def _direct_dense_pass(x, w, b, slope):
+    """dense_forward on checked arguments (and a pointwise convolution's forward pass, its
+    pixels the rows of x)."""
     y = np.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
     if y.size == 0:
         return y
@@ -360,7 +365,8 @@ def _direct_grad_input_pass(dy, w, input_shape, stride, padding):
     """The input gradient (N, H, W, C) of dy (N, OH, OW, F) through w: for each phase of the
     stride (the input pixels one residue of rows and of columns apart), the forward pass of
     dy through the taps that reach it, turned round (rows and columns reversed, F and C
-    swapped), written straight into those pixels. A stride-1 convolution has one phase."""
+    swapped), written straight into those pixels (by Winograd where a phase is a 3x3
+    convolution and _winograd_takes it). A stride-1 convolution has one phase."""
     kh, kw, c, f = w.shape
     (sh, sw), (top, left) = stride, (padding[0], padding[2])
     rows = _phases(input_shape[1], kh, sh, top)
@@ -375,9 +381,13 @@ def _direct_grad_input_pass(dy, w, input_shape, stride, padding):
             (first_row, ku, pad_top), (first_column, kv, pad_left) = row, column
             taps = w[a::sh, b::sw][:ku, :kv]
             turned = np.ascontiguousarray(taps[::-1, ::-1].transpose(0, 1, 3, 2))
-            _direct_forward_pass(dy, turned.reshape(ku * kv * f, c), zero_bias,
-                                 dx[:, first_row::sh, first_column::sw], (ku, kv), (1, 1),
-                                 (pad_top, 0, pad_left, 0), 1.0)
+            phase = dx[:, first_row::sh, first_column::sw]
+            if _winograd_takes(turned, (1, 1), phase.shape[2]):
+                _winograd_pass(dy, turned, zero_bias, phase, (pad_top, 0, pad_left, 0),
+                               phase.shape[1:3], 1.0)
+            else:
+                _direct_forward_pass(dy, turned.reshape(ku * kv * f, c), zero_bias, phase,
+                                     (ku, kv), (1, 1), (pad_top, 0, pad_left, 0), 1.0)
     return dx
 
 

@@ -268,13 +268,14 @@ _conv_path = "auto"
 
 
 def set_conv_path(path):
-    """Check path against the compiled kernels' convolution paths ("auto", "direct", "gemm",
-    "matmul") and keep it for get_conv_path; the NumPy kernels have one path, and take it
+    """Check path against the compiled kernels' convolution paths ("auto", "direct",
+    "winograd", "gemm", "matmul") and keep it for get_conv_path; the NumPy kernels have one path, and take it
     whatever the name."""
     global _conv_path
     _conv_path = _checks.conv_path(path)
 
 
 def get_conv_path():
-    """The convolution path set last: "auto", "direct", "gemm" or "matmul"."""
+    """The convolution path set last: "auto", "direct", "winograd", "gemm" or
+    "matmul"."""
     return _conv_path

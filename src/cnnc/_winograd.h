@@ -1,0 +1,157 @@
+/* The transforms of cnnc's Winograd convolution F(2x2, 3x3) (_winograd.pxi; Lavin and Gray,
+ * "Fast Algorithms for Convolutional Neural Networks", 2016): a 2x2 tile of a 3x3
+ * convolution's output is A^T [(G g G^T) . (B^T d B)] A for the 4x4 input tile d under it,
+ * 16 multiplications per channel where the direct sum takes 36. The products of the 16
+ * positions of the tile run on the direct convolution's register tiles (_direct_conv.h);
+ * these loops turn input tiles into their 16 positions and the positions' sums back into
+ * output tiles. They run along a pixel's channels, contiguous in NHWC, a vector of them at
+ * a time (_direct_conv.h's), then one at a time for the rest.
+ *
+ *        [1  0 -1  0]          [1  1  1  0]
+ *  B^T = [0  1  1  0]    A^T = [0  1 -1 -1]
+ *        [0 -1  1  0]
+ *        [0  1  0 -1]                                                                  */
+#ifndef CNNC_WINOGRAD_H
+#define CNNC_WINOGRAD_H
+
+#include <stddef.h>
+#include <string.h>
+
+#include "_direct_conv.h"
+
+/* best = value where value > best or value is NaN (maxpool2d_inference's rule, the later
+ * window position winning only so), lane by lane; M is the lanes' mask type. */
+#if defined(__GNUC__) || defined(__clang__)
+typedef int cnnc_mask_f __attribute__((vector_size(CNNC_VECTOR_BYTES)));
+typedef long long cnnc_mask_d __attribute__((vector_size(CNNC_VECTOR_BYTES)));
+#define CNNC_LATER_WINS(M, best, value) do {                                                \
+        M take_ = (M)((value) > (best)) | (M)((value) != (value));                          \
+        (best) = (__typeof__(best))(((M)(value) & take_) | ((M)(best) & ~take_));           \
+    } while (0)
+#else
+typedef int cnnc_mask_f;
+typedef int cnnc_mask_d;
+#define CNNC_LATER_WINS(M, best, value) \
+    ((best) = (value) > (best) || (value) != (value) ? (value) : (best))
+#endif
+#define CNNC_SCALAR_LATER_WINS(M, best, value) \
+    ((best) = (value) > (best) || (value) != (value) ? (value) : (best))
+#define CNNC_SCALAR_ACTIVATE(z, slope) CNNC_ACTIVATE(z, slope)
+
+/* v[p * plane + t * channels + c] for the 16 positions p = 4 i + j of B^T d B, where
+ * d[i][j] = slab[i * slab_row + (2 t + j) * channels + c], for channels c to c + sizeof(V)
+ * / sizeof(T) (one vector, or one value); every d is added to total. */
+#define CNNC_WINOGRAD_IN_STEP(V, slab, slab_row, t, channels, c, v, plane, total) do {       \
+        V d_[4][4], r_[4][4];                                                               \
+        int i_, j_;                                                                         \
+        for (i_ = 0; i_ < 4; i_++)                                                          \
+            for (j_ = 0; j_ < 4; j_++) {                                                    \
+                memcpy(&d_[i_][j_], (slab) + i_ * (slab_row) + (2 * (t) + j_) * (channels) + (c), \
+                       sizeof(V));                                                          \
+                (total) += d_[i_][j_];                                                      \
+            }                                                                               \
+        for (j_ = 0; j_ < 4; j_++) {                                                        \
+            r_[0][j_] = d_[0][j_] - d_[2][j_];                                              \
+            r_[1][j_] = d_[1][j_] + d_[2][j_];                                              \
+            r_[2][j_] = d_[2][j_] - d_[1][j_];                                              \
+            r_[3][j_] = d_[1][j_] - d_[3][j_];                                              \
+        }                                                                                   \
+        for (i_ = 0; i_ < 4; i_++) {                                                        \
+            V o_[4];                                                                        \
+            o_[0] = r_[i_][0] - r_[i_][2];                                                  \
+            o_[1] = r_[i_][1] + r_[i_][2];                                                  \
+            o_[2] = r_[i_][2] - r_[i_][1];                                                  \
+            o_[3] = r_[i_][1] - r_[i_][3];                                                  \
+            for (j_ = 0; j_ < 4; j_++)                                                      \
+                memcpy((v) + (4 * i_ + j_) * (plane) + (t) * (channels) + (c), &o_[j_], sizeof(V)); \
+        }                                                                                   \
+    } while (0)
+
+/* The input tiles t < tiles of a row of tiles, from the 4 rows of input (zero-padded)
+ * under it, turned into their positions: CNNC_WINOGRAD_IN_STEP for every channel. Returns
+ * whether every input was finite (their sum is; a sum that overflows says no too): an
+ * infinity or NaN would spread through the transforms to outputs that do not see it. */
+#define CNNC_WINOGRAD_INPUT(NAME, T, V)                                                     \
+static int NAME(const T* slab, ptrdiff_t slab_row, ptrdiff_t tiles, ptrdiff_t channels,     \
+                T* v, ptrdiff_t plane)                                                      \
+{                                                                                           \
+    enum { W = (int)CNNC_LANES(V, T) };                                                     \
+    V total = {0};                                                                          \
+    T lanes[W], rest = 0;                                                                   \
+    ptrdiff_t t, c;                                                                         \
+    int l;                                                                                  \
+    for (t = 0; t < tiles; t++) {                                                           \
+        for (c = 0; c + W <= channels; c += W)                                              \
+            CNNC_WINOGRAD_IN_STEP(V, slab, slab_row, t, channels, c, v, plane, total);      \
+        for (; c < channels; c++)                                                           \
+            CNNC_WINOGRAD_IN_STEP(T, slab, slab_row, t, channels, c, v, plane, rest);       \
+    }                                                                                       \
+    memcpy(lanes, &total, sizeof(V));                                                       \
+    for (l = 0; l < W; l++) rest += lanes[l];                                               \
+    return rest - rest == 0;                                                                \
+}
+
+/* For the filters l to l + sizeof(V) / sizeof(T) of tile t: the 2x2 output tile
+ * A^T m A + b, activated, where m[i][j] = sums[(4 i + j) * plane + t * width + l]; stored
+ * to out[a * y_row + q * y_pixel + l] for the rows a < rows and columns q < columns (1 or
+ * 2) the output has, or, pooled, the maximum of the four (in maxpool2d_inference's order)
+ * to out[l]. */
+#define CNNC_WINOGRAD_OUT_STEP(V, M, ACTIVATE, LATER_WINS, sums, plane, width, t, l, b, slope, \
+                               out, y_row, y_pixel, rows, columns, pooled) do {             \
+        V s_[2][4], z_[2][2], bias_;                                                        \
+        int i_, j_;                                                                         \
+        memcpy(&bias_, (b) + (l), sizeof(V));                                               \
+        for (j_ = 0; j_ < 4; j_++) {                                                        \
+            V m_[4];                                                                        \
+            for (i_ = 0; i_ < 4; i_++)                                                      \
+                memcpy(&m_[i_], (sums) + (4 * i_ + j_) * (plane) + (t) * (width) + (l), sizeof(V)); \
+            s_[0][j_] = m_[0] + m_[1] + m_[2];                                              \
+            s_[1][j_] = m_[1] - m_[2] - m_[3];                                              \
+        }                                                                                   \
+        for (i_ = 0; i_ < 2; i_++) {                                                        \
+            z_[i_][0] = ACTIVATE(s_[i_][0] + s_[i_][1] + s_[i_][2] + bias_, slope);        \
+            z_[i_][1] = ACTIVATE(s_[i_][1] - s_[i_][2] - s_[i_][3] + bias_, slope);        \
+        }                                                                                   \
+        if (pooled) {                                                                       \
+            V best_ = z_[0][0];                                                             \
+            LATER_WINS(M, best_, z_[0][1]);                                                 \
+            LATER_WINS(M, best_, z_[1][0]);                                                 \
+            LATER_WINS(M, best_, z_[1][1]);                                                 \
+            memcpy((out) + (l), &best_, sizeof(V));                                         \
+        } else {                                                                            \
+            for (i_ = 0; i_ < (rows); i_++)                                                 \
+                for (j_ = 0; j_ < (columns); j_++)                                          \
+                    memcpy((out) + i_ * (y_row) + j_ * (y_pixel) + (l), &z_[i_][j_], sizeof(V)); \
+        }                                                                                   \
+    } while (0)
+
+/* The output tiles t < tiles of a row of tiles from their positions' sums (rows of width
+ * values, b and the sums padded to it): written to y[a * y_row + (2 t + q) * y_pixel + l]
+ * for l < f and the rows a < rows and columns 2 t + q < columns the output has, or, pooled,
+ * each tile's maximum to y[t * y_pixel + l] (whole tiles only). */
+#define CNNC_WINOGRAD_OUTPUT(NAME, T, V, M, S)                                              \
+static void NAME(const T* sums, ptrdiff_t plane, ptrdiff_t width, ptrdiff_t tiles,          \
+                 const T* b, T slope, T* y, ptrdiff_t y_row, ptrdiff_t y_pixel, ptrdiff_t f, \
+                 ptrdiff_t rows, ptrdiff_t columns, int pooled)                             \
+{                                                                                           \
+    enum { W = (int)CNNC_LANES(V, T) };                                                     \
+    ptrdiff_t t, l;                                                                         \
+    for (t = 0; t < tiles; t++) {                                                           \
+        T* out = y + (pooled ? t : 2 * t) * y_pixel;                                        \
+        ptrdiff_t across = 2 * t + 1 < columns ? 2 : 1;                                     \
+        for (l = 0; l + W <= f; l += W)                                                     \
+            CNNC_WINOGRAD_OUT_STEP(V, M, cnnc_activate_##S, CNNC_LATER_WINS, sums, plane, width, \
+                                   t, l, b, slope, out, y_row, y_pixel, rows, across, pooled); \
+        for (; l < f; l++)                                                                  \
+            CNNC_WINOGRAD_OUT_STEP(T, M, CNNC_SCALAR_ACTIVATE, CNNC_SCALAR_LATER_WINS, sums, plane, \
+                                   width, t, l, b, slope, out, y_row, y_pixel, rows, across, \
+                                   pooled);                                                 \
+    }                                                                                       \
+}
+
+CNNC_WINOGRAD_INPUT(cnnc_winograd_input_float, float, cnnc_vf)
+CNNC_WINOGRAD_INPUT(cnnc_winograd_input_double, double, cnnc_vd)
+CNNC_WINOGRAD_OUTPUT(cnnc_winograd_output_float, float, cnnc_vf, cnnc_mask_f, f)
+CNNC_WINOGRAD_OUTPUT(cnnc_winograd_output_double, double, cnnc_vd, cnnc_mask_d, d)
+
+#endif
