@@ -2,8 +2,8 @@
 # arrays every time (activations, gradients); returned to the system and faulted back in
 # page by page, they cost more than the arithmetic on them. Inside memory_pool(), NumPy
 # takes array memory from this pool, which keeps freed blocks of 64 KiB and up (at most
-# _POOL_CAP bytes) for the next array of the same rounded size. Every block carries a
-# header saying how big it is.
+# _POOL_CAP bytes) for the next array of the same rounded size, blocks of 4 MiB and up on
+# huge pages where Linux has them. Every block carries a header saying how big it is.
 
 cdef extern from "numpy/arrayobject.h":
     ctypedef struct PyDataMemAllocator:
@@ -20,6 +20,9 @@ cdef extern from "numpy/arrayobject.h":
 
     object PyDataMem_SetHandler(object handler)
 
+cdef extern from "_large_pages.h" nogil:
+    void *cnnc_large_block(size_t size)
+
 cnp.import_array()
 
 cdef enum:
@@ -27,6 +30,7 @@ cdef enum:
     _POOL_MIN = 1 << 16     # smaller blocks go straight to malloc and free
     _PAGE = 4096
     _POOL_SLOTS = 64
+    _LARGE = 4 << 20        # blocks this big and bigger go on huge pages (_large_pages.h)
 
 cdef size_t _POOL_CAP = <size_t>1 << 30
 
@@ -68,7 +72,8 @@ cdef void *_pool_malloc(void *ctx, size_t size) noexcept nogil:
             break
     PyThread_release_lock(_pool_lock)
     if base == NULL:
-        base = <char *>malloc(capacity + _HEADER)
+        base = <char *>(cnnc_large_block(capacity + _HEADER) if capacity >= _LARGE
+                        else malloc(capacity + _HEADER))
         if base == NULL:
             return NULL
     (<_Header *>base).capacity = capacity
