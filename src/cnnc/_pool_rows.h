@@ -1,11 +1,13 @@
-/* The innermost loop of cnnc's max pooling in inference (_pooling.pxi): one window
- * position over a whole output row. A pixel's channels are few in early layers (1, 3, 6),
- * too few for a loop over them to run fast; a switch gives each count up to 8 a loop the
- * compiler unrolls, and larger counts a loop it vectorizes. */
+/* The innermost loops of cnnc's max pooling (_pooling.pxi): one window position over a
+ * whole output row, in inference (the maxima) and in training (the maxima and where they
+ * were). A pixel's channels are few in early layers (1, 3, 6), too few for a loop over
+ * them to run fast; a switch gives each count up to 8 a loop the compiler unrolls, and
+ * larger counts a loop it vectorizes. */
 #ifndef CNNC_POOL_ROWS_H
 #define CNNC_POOL_ROWS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* out[j * channels + c] = src[j * step + c] where that is larger or NaN, for j < count and
  * c < channels: a NaN wins, and a tie keeps out (the earlier window position). */
@@ -34,5 +36,40 @@ static void NAME(T* out, const T* src, ptrdiff_t count, ptrdiff_t step, ptrdiff_
 
 CNNC_MAX_ROW(cnnc_max_row_float, float)
 CNNC_MAX_ROW(cnnc_max_row_double, double)
+
+/* As CNNC_MAX_INTO, and where[j * channels + c] = position + j * position_step wherever
+ * src won; here a NaN wins over a number only, so that the first NaN stays where it was
+ * (maxpool2d_forward's rule: the first maximum in window order). */
+#define CNNC_MAX_WHERE_INTO(OUT, WHERE, SRC, COUNT, STEP, CHANNELS) do {                     \
+        ptrdiff_t j_, c_;                                                                    \
+        for (j_ = 0; j_ < (COUNT); j_++)                                                     \
+            for (c_ = 0; c_ < (CHANNELS); c_++) {                                            \
+                int take_;                                                                   \
+                value = (SRC)[j_ * (STEP) + c_];                                             \
+                current = (OUT)[j_ * (CHANNELS) + c_];                                       \
+                take_ = (value > current) | ((value != value) & (current == current));       \
+                (OUT)[j_ * (CHANNELS) + c_] = take_ ? value : current;                       \
+                (WHERE)[j_ * (CHANNELS) + c_] = take_ ? (int32_t)(position + j_ * position_step) \
+                                                      : (WHERE)[j_ * (CHANNELS) + c_];       \
+            }                                                                                \
+    } while (0)
+
+#define CNNC_MAX_WHERE_CASE(CC) case CC: CNNC_MAX_WHERE_INTO(out, where, src, count, step, CC); return;
+
+#define CNNC_MAX_WHERE_ROW(NAME, T)                                                          \
+static void NAME(T* out, int32_t* where, const T* src, ptrdiff_t count, ptrdiff_t step,      \
+                 ptrdiff_t channels, ptrdiff_t position, ptrdiff_t position_step)            \
+{                                                                                            \
+    T value, current;                                                                        \
+    switch (channels) {                                                                      \
+        CNNC_MAX_WHERE_CASE(1) CNNC_MAX_WHERE_CASE(2) CNNC_MAX_WHERE_CASE(3)                 \
+        CNNC_MAX_WHERE_CASE(4) CNNC_MAX_WHERE_CASE(5) CNNC_MAX_WHERE_CASE(6)                 \
+        CNNC_MAX_WHERE_CASE(7) CNNC_MAX_WHERE_CASE(8)                                        \
+        default: CNNC_MAX_WHERE_INTO(out, where, src, count, step, channels);                \
+    }                                                                                        \
+}
+
+CNNC_MAX_WHERE_ROW(cnnc_max_where_row_float, float)
+CNNC_MAX_WHERE_ROW(cnnc_max_where_row_double, double)
 
 #endif

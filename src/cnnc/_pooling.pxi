@@ -2,58 +2,13 @@
 # backward (each gradient back to its maximum's position). Average pooling: forward (each
 # window's mean) and backward (each gradient spread over its window).
 
-cdef inline void _keep_max(real* best, int32_t* where, const real* src, int32_t position,
-                           Py_ssize_t count) noexcept nogil:
-    """best = max(best, src) elementwise, where = position wherever src won; NaN wins."""
-    cdef Py_ssize_t k
-    cdef real value, current
-    cdef bint take
-    for k in range(count):
-        value = src[k]
-        current = best[k]
-        take = (value > current) | ((value != value) & (current == current))
-        best[k] = value if take else current
-        where[k] = position if take else where[k]
-
-
-cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax,
-                           Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw) noexcept:
-    """Window maxima in row-major window order: the first maximum wins, a NaN beats a number.
-
-    The channels of one pixel are contiguous in NHWC, so the innermost loop compares a
-    whole pixel of the window against the running maxima, without branches; positions
-    are int32 there, the width of a float32, so that it vectorizes.
-    """
-    cdef Py_ssize_t n, i, j, r, q, c, h, w
-    cdef Py_ssize_t width = x.shape[2], channels = x.shape[3]
-    cdef const real* src
-    cdef real* best
-    cdef int32_t* where
-    cdef int32_t position
-    for n in prange(x.shape[0], schedule="dynamic", nogil=True,
-                    num_threads=_team_for(x.shape[0], x.shape[0] * x.shape[1] * width * channels,
-                                          _VALUES_PER_THREAD)):
-        for i in range(y.shape[1]):
-            for j in range(y.shape[2]):
-                best = &y[n, i, j, 0]
-                where = &argmax[n, i, j, 0]
-                src = &x[n, i * sh, j * sw, 0]
-                position = <int32_t>(i * sh * width + j * sw)
-                for c in range(channels):
-                    best[c] = src[c]
-                    where[c] = position
-                for r in range(ph):
-                    h = i * sh + r
-                    for q in range(pw):
-                        if r == 0 and q == 0:
-                            continue
-                        w = j * sw + q
-                        _keep_max(best, where, &x[n, h, w, 0], <int32_t>(h * width + w), channels)
-
-
 cdef extern from "_pool_rows.h" nogil:
     void cnnc_max_row_float(float*, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t)
     void cnnc_max_row_double(double*, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    void cnnc_max_where_row_float(float*, int32_t*, const float*, Py_ssize_t, Py_ssize_t,
+                                  Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    void cnnc_max_where_row_double(double*, int32_t*, const double*, Py_ssize_t, Py_ssize_t,
+                                   Py_ssize_t, Py_ssize_t, Py_ssize_t)
 
 
 cdef inline void _max_row(real* out, const real* src, Py_ssize_t count, Py_ssize_t step,
@@ -63,6 +18,47 @@ cdef inline void _max_row(real* out, const real* src, Py_ssize_t count, Py_ssize
         cnnc_max_row_float(out, src, count, step, channels)
     else:
         cnnc_max_row_double(out, src, count, step, channels)
+
+
+cdef inline void _max_where_row(real* out, int32_t* where, const real* src, Py_ssize_t count,
+                                Py_ssize_t step, Py_ssize_t channels, Py_ssize_t position,
+                                Py_ssize_t position_step) noexcept nogil:
+    """One window position over an output row, with where the maxima were: _pool_rows.h."""
+    if real is float:
+        cnnc_max_where_row_float(out, where, src, count, step, channels, position, position_step)
+    else:
+        cnnc_max_where_row_double(out, where, src, count, step, channels, position, position_step)
+
+
+cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
+                           int32_t[:, :, :, ::1] argmax, Py_ssize_t ph, Py_ssize_t pw,
+                           Py_ssize_t sh, Py_ssize_t sw) noexcept:
+    """Window maxima in row-major window order, the first maximum winning and a NaN beating
+    a number, and where each was (h * W + w in its input plane): output row by output row,
+    each window position a pass over the whole row (_max_where_row). Positions are int32,
+    the width of a float32, so that the passes vectorize."""
+    cdef Py_ssize_t oh = y.shape[1], ow = y.shape[2], width = x.shape[2], channels = x.shape[3]
+    cdef Py_ssize_t count = x.shape[0] * oh, row, n, i, j, r, q, c, start
+    cdef real* out
+    cdef int32_t* where
+    for row in prange(count, schedule="dynamic", nogil=True,
+                      num_threads=_team_for(count, count * ow * channels * ph * pw,
+                                            _VALUES_PER_THREAD)):
+        n = row // oh
+        i = row - n * oh
+        out = &y[n, i, 0, 0]
+        where = &argmax[n, i, 0, 0]
+        start = i * sh * width
+        for j in range(ow):
+            _copy(out + j * channels, &x[n, i * sh, j * sw, 0], channels)
+            for c in range(channels):
+                where[j * channels + c] = <int32_t>(start + j * sw)
+        for r in range(ph):
+            for q in range(pw):
+                if r == 0 and q == 0:
+                    continue
+                _max_where_row(out, where, &x[n, i * sh + r, q, 0], ow, sw * channels, channels,
+                               start + r * width + q, sw)
 
 
 cdef void _maxpool_inference(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, Py_ssize_t ph,
