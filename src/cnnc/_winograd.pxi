@@ -36,10 +36,13 @@ def _winograd_applies(kernel_size, stride):
 
 def _winograd_serves(c, f, ow):
     """Whether "auto" takes Winograd for a 3x3 stride-1 pass with c channels in, f out and
-    outputs ow wide: where it measured faster than the direct loops on the Zen 4 machine
-    (1.2 to 1.5x with 32 channels and more, 32 and 16 pixels wide; slower with 16 channels,
-    or 8 pixels wide, where its short products and its transforms cost more than they save)."""
-    return c >= 32 and f >= 32 and ow >= 12
+    outputs ow wide: where it measured faster than the direct loops on the Zen 4 machine,
+    with 20 channels or more on either side, 1,024 or more channel pairs and 12 or more
+    pixels a row (0.71-0.95x the direct loops' time: 24 -> 96, 96 -> 24, 20 -> 80,
+    32 -> 32 to 128 -> 128; about even at 24 -> 48 and 87 -> 48). With fewer channels or
+    narrower images its short products and its transforms cost more than they save (1.08x
+    at 64 -> 16, 1.15x at 24 -> 24, 1.1-1.23x on 8-pixel images)."""
+    return min(c, f) >= 20 and c * f >= 1024 and ow >= 12
 
 
 cdef inline int _winograd_input(const real* slab, Py_ssize_t slab_row, Py_ssize_t tiles,
