@@ -174,15 +174,16 @@ def test_winograd_pools_2x2_windows_in_its_pass_to_the_bit(winograd, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_winograd_keeps_an_infinity_or_nan_to_the_outputs_that_see_it(winograd, dtype):
+@pytest.mark.parametrize("size", [(14, 13), (16, 16)], ids=["2x2-tiles", "4x4-tiles"])
+def test_winograd_keeps_an_infinity_or_nan_to_the_outputs_that_see_it(winograd, size, dtype):
     """The transforms would spread an infinity over its whole tile (inf - inf): a block with
     a value that is not finite, in the input or in the filters, goes by the direct loops,
     so every output is what the direct path gives, to the float tolerance, and the same
     outputs are infinite or NaN."""
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((3, 14, 13, 32)).astype(dtype)
+    x = rng.standard_normal((3, *size, 32)).astype(dtype)
     filters, b = rng.standard_normal((3, 3, 32, 40)).astype(dtype), rng.standard_normal(40).astype(dtype)
-    dy = rng.standard_normal((3, 14, 13, 40)).astype(dtype)
+    dy = rng.standard_normal((3, *size, 40)).astype(dtype)
     x[1, 5, 6, 3], x[2, 0, 0, 0], dy[0, 7, 7, 1] = np.inf, np.nan, -np.inf
     bad_filters = filters.copy()
     bad_filters[1, 2, 4, 5] = np.inf
@@ -204,9 +205,9 @@ def test_winograd_keeps_an_infinity_or_nan_to_the_outputs_that_see_it(winograd, 
 
 
 def test_auto_takes_winograd_where_it_measured_faster():
-    """On "auto", a 3x3 stride-1 pass with 20 or more channels on each side, 1,024 or more
-    channel pairs and outputs 12 or more wide goes by Winograd (its bits are the "winograd"
-    path's, not the direct loops'), and a thinner or narrower one by the direct loops."""
+    """On "auto", a 3x3 stride-1 pass with 16 or more channels on each side, 32 or more on
+    one, and outputs 12 or more wide goes by Winograd (its bits are the "winograd" path's,
+    not the direct loops'), and a thinner or narrower one by the direct loops."""
     module = importlib.import_module(kernels.IMPLEMENTATION)
     if kernels.BACKEND != "compiled":
         pytest.skip("the NumPy kernels have one path")
@@ -214,8 +215,8 @@ def test_auto_takes_winograd_where_it_measured_faster():
     before = module.get_conv_path()
     try:
         for (h, c, f), expected in [((16, 32, 32), "winograd"), ((14, 24, 96), "winograd"),
-                                    ((16, 16, 64), "direct"), ((16, 24, 24), "direct"),
-                                    ((8, 64, 64), "direct")]:
+                                    ((16, 16, 64), "winograd"), ((16, 12, 64), "direct"),
+                                    ((16, 24, 24), "direct"), ((8, 64, 64), "direct")]:
             x = rng.standard_normal((2, h, h, c)).astype(np.float32)
             filters = rng.standard_normal((3, 3, c, f)).astype(np.float32)
             b = np.zeros(f, np.float32)

@@ -149,9 +149,139 @@ static void NAME(const T* sums, ptrdiff_t plane, ptrdiff_t width, ptrdiff_t tile
     }                                                                                       \
 }
 
+/* F(4x4, 3x3): a 4x4 output tile from its 6x6 input tile, 36 multiplications per channel
+ * where the direct sum takes 144 (Lavin and Gray's interpolation points 0, 1, -1, 2, -2):
+ *
+ *        [4  0 -5  0  1  0]          [1  1  1  1  1  0]          [ 1/4     0     0]
+ *        [0 -4 -4  1  1  0]    A^T = [0  1 -1  2 -2  0]      G = [-1/6  -1/6  -1/6]
+ *  B^T = [0  4 -4 -1  1  0]          [0  1  1  4  4  0]          [-1/6   1/6  -1/6]
+ *        [0 -2 -1  2  1  0]          [0  1 -1  8 -8  1]          [1/24  1/12   1/6]
+ *        [0  2 -1 -2  1  0]                                      [1/24 -1/12   1/6]
+ *        [0  4  0 -5  0  1]                                      [   0     0     1]
+ *
+ * o = B^T d and y = A^T m for six values d, m (vectors or values), each as few operations
+ * as the matrices allow. */
+#define CNNC_WINOGRAD4_B(o, d) do {                                                         \
+        o[0] = 4 * d[0] - 5 * d[2] + d[4];                                                  \
+        o[1] = (d[3] + d[4]) - 4 * (d[1] + d[2]);                                           \
+        o[2] = (d[4] - d[3]) + 4 * (d[1] - d[2]);                                           \
+        o[3] = (d[4] - d[2]) + 2 * (d[3] - d[1]);                                           \
+        o[4] = (d[4] - d[2]) - 2 * (d[3] - d[1]);                                           \
+        o[5] = 4 * d[1] - 5 * d[3] + d[5];                                                  \
+    } while (0)
+#define CNNC_WINOGRAD4_A(y, m) do {                                                         \
+        y[0] = m[0] + m[1] + m[2] + m[3] + m[4];                                            \
+        y[1] = (m[1] - m[2]) + 2 * (m[3] - m[4]);                                           \
+        y[2] = (m[1] + m[2]) + 4 * (m[3] + m[4]);                                           \
+        y[3] = (m[1] - m[2]) + 8 * (m[3] - m[4]) + m[5];                                    \
+    } while (0)
+
+/* As CNNC_WINOGRAD_IN_STEP, for F(4x4, 3x3): the 36 positions p = 6 i + j of B^T d B,
+ * d[i][j] = slab[i * slab_row + (4 t + j) * channels + c]. */
+#define CNNC_WINOGRAD4_IN_STEP(V, slab, slab_row, t, channels, c, v, plane, total) do {      \
+        V d_[6][6], column_[6], r_[6][6], o_[6];                                            \
+        int i_, j_;                                                                         \
+        for (i_ = 0; i_ < 6; i_++)                                                          \
+            for (j_ = 0; j_ < 6; j_++) {                                                    \
+                memcpy(&d_[i_][j_], (slab) + i_ * (slab_row) + (4 * (t) + j_) * (channels) + (c), \
+                       sizeof(V));                                                          \
+                (total) += d_[i_][j_];                                                      \
+            }                                                                               \
+        for (j_ = 0; j_ < 6; j_++) {                                                        \
+            for (i_ = 0; i_ < 6; i_++) column_[i_] = d_[i_][j_];                            \
+            CNNC_WINOGRAD4_B(o_, column_);                                                  \
+            for (i_ = 0; i_ < 6; i_++) r_[i_][j_] = o_[i_];                                 \
+        }                                                                                   \
+        for (i_ = 0; i_ < 6; i_++) {                                                        \
+            CNNC_WINOGRAD4_B(o_, r_[i_]);                                                   \
+            for (j_ = 0; j_ < 6; j_++)                                                      \
+                memcpy((v) + (6 * i_ + j_) * (plane) + (t) * (channels) + (c), &o_[j_], sizeof(V)); \
+        }                                                                                   \
+    } while (0)
+
+/* As CNNC_WINOGRAD_OUT_STEP, for F(4x4, 3x3): the 4x4 output tile, its rows a < rows and
+ * columns q < columns stored; or, pooled, the 2x2 windows of the tile, the pooled rows
+ * a < rows and columns q < columns stored to out[a * y_row + q * y_pixel + l]. */
+#define CNNC_WINOGRAD4_OUT_STEP(V, M, ACTIVATE, LATER_WINS, sums, plane, width, t, l, b, slope, \
+                                out, y_row, y_pixel, rows, columns, pooled) do {            \
+        V m_[6], column_[4], s_[4][6], z_[4][4], bias_;                                     \
+        int i_, j_;                                                                         \
+        memcpy(&bias_, (b) + (l), sizeof(V));                                               \
+        for (j_ = 0; j_ < 6; j_++) {                                                        \
+            for (i_ = 0; i_ < 6; i_++)                                                      \
+                memcpy(&m_[i_], (sums) + (6 * i_ + j_) * (plane) + (t) * (width) + (l), sizeof(V)); \
+            CNNC_WINOGRAD4_A(column_, m_);                                                  \
+            for (i_ = 0; i_ < 4; i_++) s_[i_][j_] = column_[i_];                            \
+        }                                                                                   \
+        for (i_ = 0; i_ < 4; i_++) {                                                        \
+            CNNC_WINOGRAD4_A(z_[i_], s_[i_]);                                               \
+            for (j_ = 0; j_ < 4; j_++) z_[i_][j_] = ACTIVATE(z_[i_][j_] + bias_, slope);   \
+        }                                                                                   \
+        for (i_ = 0; i_ < (rows); i_++)                                                     \
+            for (j_ = 0; j_ < (columns); j_++) {                                            \
+                V best_ = z_[i_][j_];                                                       \
+                if (pooled) {                                                               \
+                    best_ = z_[2 * i_][2 * j_];                                             \
+                    LATER_WINS(M, best_, z_[2 * i_][2 * j_ + 1]);                           \
+                    LATER_WINS(M, best_, z_[2 * i_ + 1][2 * j_]);                           \
+                    LATER_WINS(M, best_, z_[2 * i_ + 1][2 * j_ + 1]);                       \
+                }                                                                           \
+                memcpy((out) + i_ * (y_row) + j_ * (y_pixel) + (l), &best_, sizeof(V));     \
+            }                                                                               \
+    } while (0)
+
+#define CNNC_WINOGRAD4_INPUT(NAME, T, V)                                                    \
+static int NAME(const T* slab, ptrdiff_t slab_row, ptrdiff_t tiles, ptrdiff_t channels,     \
+                T* v, ptrdiff_t plane)                                                      \
+{                                                                                           \
+    enum { W = (int)CNNC_LANES(V, T) };                                                     \
+    V total = {0};                                                                          \
+    T lanes[W], rest = 0;                                                                   \
+    ptrdiff_t t, c;                                                                         \
+    int l;                                                                                  \
+    for (t = 0; t < tiles; t++) {                                                           \
+        for (c = 0; c + W <= channels; c += W)                                              \
+            CNNC_WINOGRAD4_IN_STEP(V, slab, slab_row, t, channels, c, v, plane, total);     \
+        for (; c < channels; c++)                                                           \
+            CNNC_WINOGRAD4_IN_STEP(T, slab, slab_row, t, channels, c, v, plane, rest);      \
+    }                                                                                       \
+    memcpy(lanes, &total, sizeof(V));                                                       \
+    for (l = 0; l < W; l++) rest += lanes[l];                                               \
+    return rest - rest == 0;                                                                \
+}
+
+/* The output tiles t < tiles of a row of F(4x4) tiles: rows a < rows (at most 4) of the
+ * output and its columns 4 t + q < columns, or, pooled, the 2x2 maxima of each tile: its
+ * pooled rows a < rows (at most 2) and pooled columns 2 t + q < columns / 2. */
+#define CNNC_WINOGRAD4_OUTPUT(NAME, T, V, M, S)                                             \
+static void NAME(const T* sums, ptrdiff_t plane, ptrdiff_t width, ptrdiff_t tiles,          \
+                 const T* b, T slope, T* y, ptrdiff_t y_row, ptrdiff_t y_pixel, ptrdiff_t f, \
+                 ptrdiff_t rows, ptrdiff_t columns, int pooled)                             \
+{                                                                                           \
+    enum { W = (int)CNNC_LANES(V, T) };                                                     \
+    ptrdiff_t t, l;                                                                         \
+    for (t = 0; t < tiles; t++) {                                                           \
+        ptrdiff_t side = pooled ? 2 : 4;                                                    \
+        ptrdiff_t left = (pooled ? columns / 2 : columns) - side * t;                       \
+        ptrdiff_t across = left < side ? left : side;                                       \
+        T* out = y + side * t * y_pixel;                                                    \
+        for (l = 0; l + W <= f; l += W)                                                     \
+            CNNC_WINOGRAD4_OUT_STEP(V, M, cnnc_activate_##S, CNNC_LATER_WINS, sums, plane, width, \
+                                    t, l, b, slope, out, y_row, y_pixel, rows, across, pooled); \
+        for (; l < f; l++)                                                                  \
+            CNNC_WINOGRAD4_OUT_STEP(T, M, CNNC_SCALAR_ACTIVATE, CNNC_SCALAR_LATER_WINS, sums, \
+                                    plane, width, t, l, b, slope, out, y_row, y_pixel, rows, \
+                                    across, pooled);                                        \
+    }                                                                                       \
+}
+
 CNNC_WINOGRAD_INPUT(cnnc_winograd_input_float, float, cnnc_vf)
 CNNC_WINOGRAD_INPUT(cnnc_winograd_input_double, double, cnnc_vd)
 CNNC_WINOGRAD_OUTPUT(cnnc_winograd_output_float, float, cnnc_vf, cnnc_mask_f, f)
 CNNC_WINOGRAD_OUTPUT(cnnc_winograd_output_double, double, cnnc_vd, cnnc_mask_d, d)
+CNNC_WINOGRAD4_INPUT(cnnc_winograd4_input_float, float, cnnc_vf)
+CNNC_WINOGRAD4_INPUT(cnnc_winograd4_input_double, double, cnnc_vd)
+CNNC_WINOGRAD4_OUTPUT(cnnc_winograd4_output_float, float, cnnc_vf, cnnc_mask_f, f)
+CNNC_WINOGRAD4_OUTPUT(cnnc_winograd4_output_double, double, cnnc_vd, cnnc_mask_d, d)
 
 #endif
