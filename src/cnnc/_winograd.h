@@ -38,18 +38,25 @@ typedef int cnnc_mask_d;
     ((best) = (value) > (best) || (value) != (value) ? (value) : (best))
 #define CNNC_SCALAR_ACTIVATE(z, slope) CNNC_ACTIVATE(z, slope)
 
+/* d[i][j] = slab[i * slab_row + (TILE t + j) * channels + c] for i, j < SIDE (a vector of
+ * channels from c on, or one value), each added to total: an input tile of tile t. */
+#define CNNC_WINOGRAD_LOAD(V, d, SIDE, TILE, slab, slab_row, t, channels, c, total) do {     \
+        int a_, b_;                                                                         \
+        for (a_ = 0; a_ < (SIDE); a_++)                                                     \
+            for (b_ = 0; b_ < (SIDE); b_++) {                                               \
+                memcpy(&d[a_][b_], (slab) + a_ * (slab_row) + ((TILE) * (t) + b_) * (channels) + (c), \
+                       sizeof(V));                                                          \
+                (total) += d[a_][b_];                                                       \
+            }                                                                               \
+    } while (0)
+
 /* v[p * plane + t * channels + c] for the 16 positions p = 4 i + j of B^T d B, where
  * d[i][j] = slab[i * slab_row + (2 t + j) * channels + c], for channels c to c + sizeof(V)
  * / sizeof(T) (one vector, or one value); every d is added to total. */
 #define CNNC_WINOGRAD_IN_STEP(V, slab, slab_row, t, channels, c, v, plane, total) do {       \
         V d_[4][4], r_[4][4];                                                               \
         int i_, j_;                                                                         \
-        for (i_ = 0; i_ < 4; i_++)                                                          \
-            for (j_ = 0; j_ < 4; j_++) {                                                    \
-                memcpy(&d_[i_][j_], (slab) + i_ * (slab_row) + (2 * (t) + j_) * (channels) + (c), \
-                       sizeof(V));                                                          \
-                (total) += d_[i_][j_];                                                      \
-            }                                                                               \
+        CNNC_WINOGRAD_LOAD(V, d_, 4, 2, slab, slab_row, t, channels, c, total);             \
         for (j_ = 0; j_ < 4; j_++) {                                                        \
             r_[0][j_] = d_[0][j_] - d_[2][j_];                                              \
             r_[1][j_] = d_[1][j_] + d_[2][j_];                                              \
@@ -67,11 +74,12 @@ typedef int cnnc_mask_d;
         }                                                                                   \
     } while (0)
 
-/* The input tiles t < tiles of a row of tiles, from the 4 rows of input (zero-padded)
- * under it, turned into their positions: CNNC_WINOGRAD_IN_STEP for every channel. Returns
- * whether every input was finite (their sum is; a sum that overflows says no too): an
- * infinity or NaN would spread through the transforms to outputs that do not see it. */
-#define CNNC_WINOGRAD_INPUT(NAME, T, V)                                                     \
+/* The input tiles t < tiles of a row of tiles, from the rows of input (zero-padded) under
+ * it, turned into their positions: STEP (CNNC_WINOGRAD_IN_STEP, or CNNC_WINOGRAD4_IN_STEP)
+ * for every channel. Returns whether every input was finite (their sum is; a sum that
+ * overflows says no too): an infinity or NaN would spread through the transforms to
+ * outputs that do not see it. */
+#define CNNC_WINOGRAD_INPUT(NAME, T, V, STEP)                                               \
 static int NAME(const T* slab, ptrdiff_t slab_row, ptrdiff_t tiles, ptrdiff_t channels,     \
                 T* v, ptrdiff_t plane)                                                      \
 {                                                                                           \
@@ -82,9 +90,9 @@ static int NAME(const T* slab, ptrdiff_t slab_row, ptrdiff_t tiles, ptrdiff_t ch
     int l;                                                                                  \
     for (t = 0; t < tiles; t++) {                                                           \
         for (c = 0; c + W <= channels; c += W)                                              \
-            CNNC_WINOGRAD_IN_STEP(V, slab, slab_row, t, channels, c, v, plane, total);      \
+            STEP(V, slab, slab_row, t, channels, c, v, plane, total);                       \
         for (; c < channels; c++)                                                           \
-            CNNC_WINOGRAD_IN_STEP(T, slab, slab_row, t, channels, c, v, plane, rest);       \
+            STEP(T, slab, slab_row, t, channels, c, v, plane, rest);                        \
     }                                                                                       \
     memcpy(lanes, &total, sizeof(V));                                                       \
     for (l = 0; l < W; l++) rest += lanes[l];                                               \
@@ -125,11 +133,13 @@ static int NAME(const T* slab, ptrdiff_t slab_row, ptrdiff_t tiles, ptrdiff_t ch
         }                                                                                   \
     } while (0)
 
-/* The output tiles t < tiles of a row of tiles from their positions' sums (rows of width
- * values, b and the sums padded to it): written to y[a * y_row + (2 t + q) * y_pixel + l]
- * for l < f and the rows a < rows and columns 2 t + q < columns the output has, or, pooled,
- * each tile's maximum to y[t * y_pixel + l] (whole tiles only). */
-#define CNNC_WINOGRAD_OUTPUT(NAME, T, V, M, S)                                              \
+/* The output tiles t < tiles of a row of TILE x TILE tiles from their positions' sums
+ * (rows of width values, b and the sums padded to it), by STEP (CNNC_WINOGRAD_OUT_STEP or
+ * CNNC_WINOGRAD4_OUT_STEP): the rows a < rows of the output and its columns
+ * TILE t + q < columns, written to y[a * y_row + (TILE t + q) * y_pixel + l] for l < f;
+ * or, pooled, the 2x2 maxima of each tile, its pooled rows a < rows and pooled columns
+ * (TILE / 2) t + q < columns / 2. */
+#define CNNC_WINOGRAD_OUTPUT(NAME, T, V, M, S, STEP, TILE)                                  \
 static void NAME(const T* sums, ptrdiff_t plane, ptrdiff_t width, ptrdiff_t tiles,          \
                  const T* b, T slope, T* y, ptrdiff_t y_row, ptrdiff_t y_pixel, ptrdiff_t f, \
                  ptrdiff_t rows, ptrdiff_t columns, int pooled)                             \
@@ -137,15 +147,16 @@ static void NAME(const T* sums, ptrdiff_t plane, ptrdiff_t width, ptrdiff_t tile
     enum { W = (int)CNNC_LANES(V, T) };                                                     \
     ptrdiff_t t, l;                                                                         \
     for (t = 0; t < tiles; t++) {                                                           \
-        T* out = y + (pooled ? t : 2 * t) * y_pixel;                                        \
-        ptrdiff_t across = 2 * t + 1 < columns ? 2 : 1;                                     \
+        ptrdiff_t side = pooled ? (TILE) / 2 : (TILE);                                      \
+        ptrdiff_t left = (pooled ? columns / 2 : columns) - side * t;                       \
+        ptrdiff_t across = left < side ? left : side;                                       \
+        T* out = y + side * t * y_pixel;                                                    \
         for (l = 0; l + W <= f; l += W)                                                     \
-            CNNC_WINOGRAD_OUT_STEP(V, M, cnnc_activate_##S, CNNC_LATER_WINS, sums, plane, width, \
-                                   t, l, b, slope, out, y_row, y_pixel, rows, across, pooled); \
+            STEP(V, M, cnnc_activate_##S, CNNC_LATER_WINS, sums, plane, width, t, l, b, slope, \
+                 out, y_row, y_pixel, rows, across, pooled);                                \
         for (; l < f; l++)                                                                  \
-            CNNC_WINOGRAD_OUT_STEP(T, M, CNNC_SCALAR_ACTIVATE, CNNC_SCALAR_LATER_WINS, sums, plane, \
-                                   width, t, l, b, slope, out, y_row, y_pixel, rows, across, \
-                                   pooled);                                                 \
+            STEP(T, M, CNNC_SCALAR_ACTIVATE, CNNC_SCALAR_LATER_WINS, sums, plane, width, t, l, \
+                 b, slope, out, y_row, y_pixel, rows, across, pooled);                      \
     }                                                                                       \
 }
 
@@ -181,12 +192,7 @@ static void NAME(const T* sums, ptrdiff_t plane, ptrdiff_t width, ptrdiff_t tile
 #define CNNC_WINOGRAD4_IN_STEP(V, slab, slab_row, t, channels, c, v, plane, total) do {      \
         V d_[6][6], column_[6], r_[6][6], o_[6];                                            \
         int i_, j_;                                                                         \
-        for (i_ = 0; i_ < 6; i_++)                                                          \
-            for (j_ = 0; j_ < 6; j_++) {                                                    \
-                memcpy(&d_[i_][j_], (slab) + i_ * (slab_row) + (4 * (t) + j_) * (channels) + (c), \
-                       sizeof(V));                                                          \
-                (total) += d_[i_][j_];                                                      \
-            }                                                                               \
+        CNNC_WINOGRAD_LOAD(V, d_, 6, 4, slab, slab_row, t, channels, c, total);             \
         for (j_ = 0; j_ < 6; j_++) {                                                        \
             for (i_ = 0; i_ < 6; i_++) column_[i_] = d_[i_][j_];                            \
             CNNC_WINOGRAD4_B(o_, column_);                                                  \
@@ -230,58 +236,14 @@ static void NAME(const T* sums, ptrdiff_t plane, ptrdiff_t width, ptrdiff_t tile
             }                                                                               \
     } while (0)
 
-#define CNNC_WINOGRAD4_INPUT(NAME, T, V)                                                    \
-static int NAME(const T* slab, ptrdiff_t slab_row, ptrdiff_t tiles, ptrdiff_t channels,     \
-                T* v, ptrdiff_t plane)                                                      \
-{                                                                                           \
-    enum { W = (int)CNNC_LANES(V, T) };                                                     \
-    V total = {0};                                                                          \
-    T lanes[W], rest = 0;                                                                   \
-    ptrdiff_t t, c;                                                                         \
-    int l;                                                                                  \
-    for (t = 0; t < tiles; t++) {                                                           \
-        for (c = 0; c + W <= channels; c += W)                                              \
-            CNNC_WINOGRAD4_IN_STEP(V, slab, slab_row, t, channels, c, v, plane, total);     \
-        for (; c < channels; c++)                                                           \
-            CNNC_WINOGRAD4_IN_STEP(T, slab, slab_row, t, channels, c, v, plane, rest);      \
-    }                                                                                       \
-    memcpy(lanes, &total, sizeof(V));                                                       \
-    for (l = 0; l < W; l++) rest += lanes[l];                                               \
-    return rest - rest == 0;                                                                \
-}
+/* The input and output transforms of one tile size, for float and double. */
+#define CNNC_WINOGRAD_FUNCTIONS(PREFIX, IN_STEP, OUT_STEP, TILE)                            \
+    CNNC_WINOGRAD_INPUT(PREFIX##_input_float, float, cnnc_vf, IN_STEP)                     \
+    CNNC_WINOGRAD_INPUT(PREFIX##_input_double, double, cnnc_vd, IN_STEP)                   \
+    CNNC_WINOGRAD_OUTPUT(PREFIX##_output_float, float, cnnc_vf, cnnc_mask_f, f, OUT_STEP, TILE) \
+    CNNC_WINOGRAD_OUTPUT(PREFIX##_output_double, double, cnnc_vd, cnnc_mask_d, d, OUT_STEP, TILE)
 
-/* The output tiles t < tiles of a row of F(4x4) tiles: rows a < rows (at most 4) of the
- * output and its columns 4 t + q < columns, or, pooled, the 2x2 maxima of each tile: its
- * pooled rows a < rows (at most 2) and pooled columns 2 t + q < columns / 2. */
-#define CNNC_WINOGRAD4_OUTPUT(NAME, T, V, M, S)                                             \
-static void NAME(const T* sums, ptrdiff_t plane, ptrdiff_t width, ptrdiff_t tiles,          \
-                 const T* b, T slope, T* y, ptrdiff_t y_row, ptrdiff_t y_pixel, ptrdiff_t f, \
-                 ptrdiff_t rows, ptrdiff_t columns, int pooled)                             \
-{                                                                                           \
-    enum { W = (int)CNNC_LANES(V, T) };                                                     \
-    ptrdiff_t t, l;                                                                         \
-    for (t = 0; t < tiles; t++) {                                                           \
-        ptrdiff_t side = pooled ? 2 : 4;                                                    \
-        ptrdiff_t left = (pooled ? columns / 2 : columns) - side * t;                       \
-        ptrdiff_t across = left < side ? left : side;                                       \
-        T* out = y + side * t * y_pixel;                                                    \
-        for (l = 0; l + W <= f; l += W)                                                     \
-            CNNC_WINOGRAD4_OUT_STEP(V, M, cnnc_activate_##S, CNNC_LATER_WINS, sums, plane, width, \
-                                    t, l, b, slope, out, y_row, y_pixel, rows, across, pooled); \
-        for (; l < f; l++)                                                                  \
-            CNNC_WINOGRAD4_OUT_STEP(T, M, CNNC_SCALAR_ACTIVATE, CNNC_SCALAR_LATER_WINS, sums, \
-                                    plane, width, t, l, b, slope, out, y_row, y_pixel, rows, \
-                                    across, pooled);                                        \
-    }                                                                                       \
-}
-
-CNNC_WINOGRAD_INPUT(cnnc_winograd_input_float, float, cnnc_vf)
-CNNC_WINOGRAD_INPUT(cnnc_winograd_input_double, double, cnnc_vd)
-CNNC_WINOGRAD_OUTPUT(cnnc_winograd_output_float, float, cnnc_vf, cnnc_mask_f, f)
-CNNC_WINOGRAD_OUTPUT(cnnc_winograd_output_double, double, cnnc_vd, cnnc_mask_d, d)
-CNNC_WINOGRAD4_INPUT(cnnc_winograd4_input_float, float, cnnc_vf)
-CNNC_WINOGRAD4_INPUT(cnnc_winograd4_input_double, double, cnnc_vd)
-CNNC_WINOGRAD4_OUTPUT(cnnc_winograd4_output_float, float, cnnc_vf, cnnc_mask_f, f)
-CNNC_WINOGRAD4_OUTPUT(cnnc_winograd4_output_double, double, cnnc_vd, cnnc_mask_d, d)
+CNNC_WINOGRAD_FUNCTIONS(cnnc_winograd, CNNC_WINOGRAD_IN_STEP, CNNC_WINOGRAD_OUT_STEP, 2)
+CNNC_WINOGRAD_FUNCTIONS(cnnc_winograd4, CNNC_WINOGRAD4_IN_STEP, CNNC_WINOGRAD4_OUT_STEP, 4)
 
 #endif
