@@ -205,9 +205,10 @@ def test_winograd_keeps_an_infinity_or_nan_to_the_outputs_that_see_it(winograd, 
 
 
 def test_auto_takes_winograd_where_it_measured_faster():
-    """On "auto", a 3x3 stride-1 pass with 16 or more channels on each side, 32 or more on
-    one, and outputs 12 or more wide goes by Winograd (its bits are the "winograd" path's,
-    not the direct loops'), and a thinner or narrower one by the direct loops."""
+    """On "auto", a 3x3 stride-1 pass with 16 or more channels on each side, outputs 12 or
+    more wide, and 32 or more channels on one side or outputs 24 or more wide goes by
+    Winograd (its bits are the "winograd" path's, not the direct loops'), and a thinner or
+    narrower one by the direct loops."""
     module = importlib.import_module(kernels.IMPLEMENTATION)
     if kernels.BACKEND != "compiled":
         pytest.skip("the NumPy kernels have one path")
@@ -215,8 +216,9 @@ def test_auto_takes_winograd_where_it_measured_faster():
     before = module.get_conv_path()
     try:
         for (h, c, f), expected in [((16, 32, 32), "winograd"), ((14, 24, 96), "winograd"),
-                                    ((16, 16, 64), "winograd"), ((16, 12, 64), "direct"),
-                                    ((16, 24, 24), "direct"), ((8, 64, 64), "direct")]:
+                                    ((16, 16, 64), "winograd"), ((32, 16, 16), "winograd"),
+                                    ((16, 12, 64), "direct"), ((16, 24, 24), "direct"),
+                                    ((8, 64, 64), "direct")]:
             x = rng.standard_normal((2, h, h, c)).astype(np.float32)
             filters = rng.standard_normal((3, 3, c, f)).astype(np.float32)
             b = np.zeros(f, np.float32)

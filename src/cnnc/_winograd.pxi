@@ -52,13 +52,14 @@ def _winograd_applies(kernel_size, stride):
 def _winograd_serves(c, f, ow):
     """Whether "auto" takes Winograd for a 3x3 stride-1 pass with c channels in, f out and
     outputs ow wide: where it measured faster than the direct loops on the Zen 4 machine,
-    with 16 channels or more on each side, 32 or more on one, and 12 or more pixels a row.
-    There F(4x4, 3x3) took 0.63-0.92x the direct loops' time (16 -> 32, 32 -> 16, 16 -> 64,
-    64 -> 16, 32 -> 32, 32 -> 64, 128 -> 128) and F(2x2, 3x3), where rows of 4x4 tiles
-    would waste more, 0.76-0.93x (24 -> 96 and 96 -> 24 on 14x14, 40 -> 40); with fewer
-    channels or 8-pixel images its short products and transforms cost more than they
-    save (1.15-1.3x at 16 -> 16 and 24 -> 24 on 16x16, 1.4-2.3x on 8x8)."""
-    return min(c, f) >= 16 and max(c, f) >= 32 and ow >= 12
+    with 16 channels or more on each side, rows of 12 or more pixels, and 32 channels or
+    more on one side or rows of 24 or more. There F(4x4, 3x3) took 0.62-0.92x the direct
+    loops' time (16 -> 32, 32 -> 16, 16 -> 64, 64 -> 16, 32 -> 32, 128 -> 128 on 16 to 32
+    pixels; 16 -> 16, 20 -> 20 and 24 -> 24 on 32 pixels) and F(2x2, 3x3), where rows of
+    4x4 tiles would waste more, 0.76-0.93x (24 -> 96 and 96 -> 24 on 14x14, 40 -> 40).
+    Elsewhere the short products and the transforms cost about what they save (16 -> 16
+    and 24 -> 24 on 16x16: 0.97-1.01x) or more (8x8 images with 32 channels: 1.2-2.3x)."""
+    return min(c, f) >= 16 and ow >= 12 and (max(c, f) >= 32 or ow >= 24)
 
 
 cdef inline int _winograd_input(int m, const real* slab, Py_ssize_t slab_row, Py_ssize_t tiles,
