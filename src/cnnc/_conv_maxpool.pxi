@@ -61,15 +61,15 @@ def conv2d_maxpool_inference(x, w, b, stride, padding, pool_size, pool_stride, s
     """maxpool2d_inference(conv2d_forward(x, w, b, stride, padding, slope), pool_size,
     pool_stride): a convolution and the max pool after it, in inference, without storing
     the convolution's output (on the direct loops, and on Winograd's where the windows are
-    its 2x2 tiles; the other paths run the two kernels)."""
+    2x2 and side by side, within its tiles; the other paths run the two kernels)."""
     x, w, b, stride, padding, pool_size, pool_stride, slope, conv_hw, (oh, ow) = (
         _checks.conv2d_maxpool_inference(x, w, b, stride, padding, pool_size, pool_stride, slope))
     kh, kw, c, f = w.shape
     direct = _pass_path(_conv_path, _direct_serves("forward", (kh, kw), stride, padding, c, f,
                                                    x.dtype)) == "direct"
     winograd = direct and _winograd_takes(w, stride, conv_hw[1])
-    windows_are_tiles = pool_size == (2, 2) and pool_stride == (2, 2)
-    if not direct or (winograd and not windows_are_tiles):
+    windows_in_tiles = pool_size == (2, 2) and pool_stride == (2, 2)
+    if not direct or (winograd and not windows_in_tiles):
         return maxpool2d_inference(conv2d_forward(x, w, b, stride, padding, slope), pool_size,
                                    pool_stride)
     y = np.empty((x.shape[0], oh, ow, f), dtype=x.dtype)

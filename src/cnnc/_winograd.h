@@ -1,11 +1,13 @@
-/* The transforms of cnnc's Winograd convolution F(2x2, 3x3) (_winograd.pxi; Lavin and Gray,
- * "Fast Algorithms for Convolutional Neural Networks", 2016): a 2x2 tile of a 3x3
- * convolution's output is A^T [(G g G^T) . (B^T d B)] A for the 4x4 input tile d under it,
- * 16 multiplications per channel where the direct sum takes 36. The products of the 16
- * positions of the tile run on the direct convolution's register tiles (_direct_conv.h);
- * these loops turn input tiles into their 16 positions and the positions' sums back into
- * output tiles. They run along a pixel's channels, contiguous in NHWC, a vector of them at
- * a time (_direct_conv.h's), then one at a time for the rest.
+/* The transforms of cnnc's Winograd convolutions F(2x2, 3x3) and F(4x4, 3x3) (_winograd.pxi;
+ * Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): an m x m
+ * tile of a 3x3 convolution's output is A^T [(G g G^T) . (B^T d B)] A for the
+ * (m + 2) x (m + 2) input tile d under it. The products of the positions of the tile run on
+ * the direct convolution's register tiles (_direct_conv.h); these loops turn input tiles
+ * into their positions and the positions' sums back into output tiles. They run along a
+ * pixel's channels, contiguous in NHWC, a vector of them at a time (_direct_conv.h's),
+ * then one at a time for the rest.
+ *
+ * F(2x2, 3x3): 16 multiplications per channel where the direct sum takes 36.
  *
  *        [1  0 -1  0]          [1  1  1  0]
  *  B^T = [0  1  1  0]    A^T = [0  1 -1 -1]

@@ -1,12 +1,13 @@
-# Winograd convolution F(2x2, 3x3) for 3x3 convolutions of stride 1, forward and input
-# gradient (_winograd.h): 2.25 times fewer multiplications than the direct loops. The
-# output is cut into 2x2 tiles, a row of tiles of one image at a time; a block of rows of
-# tiles, a few dozen tiles in all, is turned into the 16 positions of its input tiles,
-# each position's products with the turned filters run on the direct convolution's
-# register tiles (_direct_convolution.pxi), and the sums are turned back into output
-# tiles, with the bias, the activation and, for a 2x2 max pool, the pooling fused into
-# that last step. Blocks are fixed by the shape and every sum runs over the channels in
-# order, so every thread count gives the same bits.
+# Winograd convolution for 3x3 convolutions of stride 1, forward and input gradient
+# (_winograd.h): F(4x4, 3x3), 4 times fewer multiplications than the direct loops, or
+# F(2x2, 3x3), 2.25 times fewer, where rounding the output up to 4x4 tiles would waste more
+# (_winograd_tile). The output is cut into m x m tiles, a row of tiles of one image at a
+# time; a block of rows of tiles, a few dozen tiles in all, is turned into the (m + 2)^2
+# positions of its input tiles, each position's products with the turned filters run on
+# the direct convolution's register tiles (_direct_convolution.pxi), and the sums are
+# turned back into output tiles, with the bias, the activation and, for a 2x2 max pool,
+# the pooling fused into that last step. Blocks are fixed by the shape and every sum runs
+# over the channels in order, so every thread count gives the same bits.
 
 cdef extern from "_winograd.h" nogil:
     int cnnc_winograd_input_float(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*,
