@@ -3,9 +3,9 @@ output size, the cases of convolution and pooling, PyTorch where it is installed
 fixtures that run a test on every kernel implementation.
 
 `backend` runs a test on the NumPy kernels, on the baseline compiled build with each of
-its convolution paths chosen through set_conv_path ("auto", "direct", "winograd",
-"gemm" where NumPy ships an OpenBLAS, "matmul"), and on each wider build (AVX2, AVX-512)
-on its default path where this CPU runs it; test_kernels checks that every build computes what the baseline
+its convolution paths chosen through set_conv_path (_checks.CONV_PATHS; "gemm" where
+NumPy ships an OpenBLAS), and on each wider build (AVX2, AVX-512) on its default path
+where this CPU runs it; test_kernels checks that every build computes what the baseline
 computes to the float tolerances, and the same bits on any thread count. `implementation`
 runs a test once per module, for kernels with one path.
 """

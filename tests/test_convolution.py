@@ -2,16 +2,15 @@
 the forward pass with the max pool after it): every backend and every compiled convolution
 path against the reference (tests/reference.py), and the Conv layer against PyTorch where
 it is installed."""
-import importlib
-
 import numpy as np
 import pytest
 
-from cnnc import Conv, kernels
+from cnnc import Conv
 
 from . import reference
-from .conftest import (CONV_PARAMS, DTYPES, assert_close, conv_inputs, filters_from_torch,
-                       filters_to_torch, nhwc_to_torch, out_size, torch_to_nhwc)
+from .conftest import (CONV_PARAMS, DTYPES, IMPLEMENTATIONS, assert_close, conv_inputs,
+                       filters_from_torch, filters_to_torch, nhwc_to_torch, out_size,
+                       torch_to_nhwc)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -204,14 +203,13 @@ def test_winograd_keeps_an_infinity_or_nan_to_the_outputs_that_see_it(winograd, 
         assert_close(got[finite], want[finite], dtype)
 
 
-def test_auto_takes_winograd_where_it_measured_faster():
+@pytest.mark.parametrize("module", [build for build in IMPLEMENTATIONS if build.id != "numpy"])
+def test_auto_takes_winograd_where_it_measured_faster(module):
     """On "auto", a 3x3 stride-1 pass with 16 or more channels on each side, outputs 12 or
     more wide, and 32 or more channels on one side or outputs 24 or more wide goes by
     Winograd (its bits are the "winograd" path's, not the direct loops'), and a thinner or
-    narrower one by the direct loops."""
-    module = importlib.import_module(kernels.IMPLEMENTATION)
-    if kernels.BACKEND != "compiled":
-        pytest.skip("the NumPy kernels have one path")
+    narrower one by the direct loops: on every compiled build (the NumPy kernels have one
+    path)."""
     rng = np.random.default_rng(7)
     before = module.get_conv_path()
     try:

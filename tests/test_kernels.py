@@ -20,17 +20,16 @@ import pytest
 import cnnc
 from cnnc import _builds, _checks, _numpy_kernels, kernels
 
-from .calls import (ALIASED, adam, arr, avgb, avgf, bnb, bnf, bni, dense, fwd, gin, gpar, leaky, leaky_back, mm,
-                    pbwd, pfwd, pinf, cmpi, readonly, run, valid_argmax)
+from .calls import (ALIASED, adam, arr, avgb, avgf, bnb, bnf, bni, cmpi, dense, fwd, gin, gpar,
+                    leaky, leaky_back, mm, pbwd, pfwd, pinf, readonly, run, valid_argmax)
 from .conftest import BASELINE, DTYPES, IMPLEMENTATIONS, WIDER_BUILDS, assert_close, out_size
 
 PRINT_IMPLEMENTATION = "from cnnc import kernels; print(kernels.IMPLEMENTATION)"
 KERNEL_FUNCTIONS = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_params",
-                    "conv2d_maxpool_inference", "maxpool2d_forward", "maxpool2d_inference", "maxpool2d_backward",
-                    "avgpool2d_forward",
-                    "avgpool2d_backward", "batchnorm_forward", "batchnorm_backward",
-                    "batchnorm_inference", "adam_update", "matmul", "dense_forward", "leaky_relu",
-                    "leaky_relu_backward")
+                    "conv2d_maxpool_inference", "maxpool2d_forward", "maxpool2d_inference",
+                    "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
+                    "batchnorm_forward", "batchnorm_backward", "batchnorm_inference",
+                    "adam_update", "matmul", "dense_forward", "leaky_relu", "leaky_relu_backward")
 # Besides the kernels: memory_pool() is a context manager (a NumPy allocator on the
 # compiled backend, a plain block on NumPy), and the thread count and convolution path
 # are set and told.

@@ -21,7 +21,7 @@ cdef int _direct_forward_maxpool(const real[:, :, :, ::1] x, const real[:, ::1] 
     cdef Py_ssize_t w_stride = w2.shape[1], count = x.shape[0] * poh
     cdef Py_ssize_t slab_width = (ow - 1) * sw + kw
     cdef Py_ssize_t lanes = cnnc_lanes_f if real is float else cnnc_lanes_d
-    cdef Py_ssize_t row, n, i, r, q, j, h0, r0, r1
+    cdef Py_ssize_t row, n, i, r, h0, r0, r1
     cdef int failed = 0
     cdef real* slab
     cdef real* conv_row
@@ -46,12 +46,7 @@ cdef int _direct_forward_maxpool(const real[:, :, :, ::1] x, const real[:, ::1] 
                                channels, h0 + r0, r1 - r0, left, slab_width)
                     _direct_forward_row(slab, &w2[0, 0], &b[0], conv_row, f, channels, kw, sw,
                                         r0, r1, slab_width, ow, f, w_stride, lanes, slope)
-                    for q in range(pw):
-                        if r == 0 and q == 0:
-                            for j in range(pow_):
-                                _copy(out + j * f, conv_row + j * psw * f, f)
-                        else:
-                            _max_row(out, conv_row + q * f, pow_, psw * f, f)
+                    _pool_window_row(out, conv_row, r == 0, pow_, pw, psw * f, f)
         free(slab)
         free(conv_row)
     return failed

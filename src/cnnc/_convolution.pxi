@@ -328,12 +328,11 @@ _conv_path = "auto"
 def set_conv_path(path):
     """Compute convolutions by one path from now on, in every thread: "auto" (the default)
     chooses by shape; "direct" takes the direct loops for all three passes; "winograd"
-    takes Winograd's F(2x2, 3x3) for every 3x3 stride-1 forward pass and input gradient
-    (the input gradient's phases of a strided one included) and the direct loops for the
-    rest; "gemm"
-    multiplies patch matrices by NumPy's OpenBLAS from the kernel threads (a ValueError
-    where NumPy ships none); "matmul" multiplies them by numpy.matmul. CNNC_CONV_PATH sets
-    the first one."""
+    takes Winograd's F(4x4, 3x3) or F(2x2, 3x3) for every 3x3 stride-1 forward pass and
+    input gradient (the input gradient's phases of a strided one included) and the direct
+    loops for the rest; "gemm" multiplies patch matrices by NumPy's OpenBLAS from the
+    kernel threads (a ValueError where NumPy ships none); "matmul" multiplies them by
+    numpy.matmul. CNNC_CONV_PATH sets the first one."""
     global _conv_path
     path = _checks.conv_path(path)
     if path == "gemm" and _blas is None:
@@ -364,7 +363,7 @@ def _pass_path(path, direct):
 
 def _winograd_takes(w, stride, ow):
     """Whether a pass the direct loops compute with filters w (kh, kw, C, F), outputs ow
-    wide, goes by Winograd's F(2x2, 3x3) instead: a 3x3 stride-1 one with finite filters
+    wide, goes by Winograd's transforms instead: a 3x3 stride-1 one with finite filters
     (the transforms would spread an infinity to every output), always on the path
     "winograd", where it measured faster on "auto", never on "direct"."""
     kh, kw, c, f = w.shape
@@ -433,15 +432,11 @@ def conv2d_forward(x, w, b, stride, padding, slope=1.0):
     w2 = w.reshape(patch, f)
     path = _pass_path(_conv_path, _direct_serves("forward", (kh, kw), stride, padding, c, f,
                                                  x.dtype))
-    if path == "direct" and _winograd_takes(w, stride, ow):
-        y = np.empty((n, oh, ow, f), dtype=x.dtype)
-        _winograd_pass(x, w, b, y, padding, (oh, ow), slope)
-        return y
     if path == "direct" and _pointwise((kh, kw), stride, padding):
         return _direct_dense_pass(x.reshape(n * pixels, c), w2, b, slope).reshape(n, oh, ow, f)
     if path == "direct":
         y = np.empty((n, oh, ow, f), dtype=x.dtype)
-        _direct_forward_pass(x, w2, b, y, (kh, kw), stride, padding, slope)
+        _direct_forward_pass(x, w, b, y, stride, padding, slope)
         return y
     elif _pointwise((kh, kw), stride, padding):
         y = _product(x.reshape(n * pixels, c), w2, path)

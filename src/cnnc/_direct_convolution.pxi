@@ -329,15 +329,18 @@ cdef int _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real
     return failed
 
 
-def _direct_forward_pass(x, w2, b, y, kernel_size, stride, padding, slope):
+def _direct_forward_pass(x, w, b, y, stride, padding, slope):
     """y (N, OH, OW, F), which may be a strided view, = the activation (slope, as
-    conv2d_forward's) of the convolution of x with w2 (patch, F) plus b, by the direct
-    loops."""
+    conv2d_forward's) of the convolution of x with w (kh, kw, C, F) plus b, by the direct
+    loops, or Winograd's where _winograd_takes the pass."""
     if y.size == 0:
         return
+    if _winograd_takes(w, stride, y.shape[2]):
+        _winograd_pass(x, w, b, y, padding, y.shape[1:3], slope)
+        return
     width = _padded_filters(y.shape[3], x.dtype)
-    w2, b = _padded(w2, width), _padded(b[None], width)[0]
-    geometry = (*kernel_size, *stride, padding[0], padding[2])
+    w2, b = _padded(w.reshape(-1, w.shape[3]), width), _padded(b[None], width)[0]
+    geometry = (*w.shape[:2], *stride, padding[0], padding[2])
     if x.dtype == np.float32:
         failed = _direct_forward[float](x, w2, b, y, *geometry, slope)
     else:
@@ -366,8 +369,8 @@ def _direct_grad_input_pass(dy, w, input_shape, stride, padding):
     stride (the input pixels one residue of rows and of columns apart), the forward pass of
     dy through the taps that reach it, turned round (rows and columns reversed, F and C
     swapped), written straight into those pixels (by Winograd where a phase is a 3x3
-    convolution and _winograd_takes it). A stride-1 convolution has one phase."""
-    kh, kw, c, f = w.shape
+    convolution it takes: _direct_forward_pass). A stride-1 convolution has one phase."""
+    kh, kw, c = w.shape[:3]
     (sh, sw), (top, left) = stride, (padding[0], padding[2])
     rows = _phases(input_shape[1], kh, sh, top)
     columns = _phases(input_shape[2], kw, sw, left)
@@ -381,13 +384,8 @@ def _direct_grad_input_pass(dy, w, input_shape, stride, padding):
             (first_row, ku, pad_top), (first_column, kv, pad_left) = row, column
             taps = w[a::sh, b::sw][:ku, :kv]
             turned = np.ascontiguousarray(taps[::-1, ::-1].transpose(0, 1, 3, 2))
-            phase = dx[:, first_row::sh, first_column::sw]
-            if _winograd_takes(turned, (1, 1), phase.shape[2]):
-                _winograd_pass(dy, turned, zero_bias, phase, (pad_top, 0, pad_left, 0),
-                               phase.shape[1:3], 1.0)
-            else:
-                _direct_forward_pass(dy, turned.reshape(ku * kv * f, c), zero_bias, phase,
-                                     (ku, kv), (1, 1), (pad_top, 0, pad_left, 0), 1.0)
+            _direct_forward_pass(dy, turned, zero_bias, dx[:, first_row::sh, first_column::sw],
+                                 (1, 1), (pad_top, 0, pad_left, 0), 1.0)
     return dx
 
 

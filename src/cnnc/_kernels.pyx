@@ -36,10 +36,10 @@ include "_loops.pxi"                # copy, zero, add, sum in float64: vectorize
 include "_scratch.pxi"              # work arrays each Python thread reuses
 include "_blas.pxi"                 # NumPy's OpenBLAS called from these threads; matmul
 include "_direct_convolution.pxi"   # direct convolution loops for thin products
-include "_winograd.pxi"             # Winograd F(2x2, 3x3) for 3x3 stride-1 passes
+include "_winograd.pxi"             # Winograd F(4x4 or 2x2, 3x3) for 3x3 stride-1 passes
 include "_convolution.pxi"          # im2col + GEMM convolution; conv2d_forward and gradients
 include "_pooling.pxi"              # max and average pooling, forward and backward
-include "_conv_maxpool.pxi"         # a convolution and the max pool after it in one pass, for inference
+include "_conv_maxpool.pxi"         # a convolution and its max pool in one pass, for inference
 include "_batchnorm.pxi"            # batch normalization: training forward and backward, inference
 include "_adam.pxi"                 # adam_update
 include "_elementwise.pxi"          # leaky_relu and its gradient

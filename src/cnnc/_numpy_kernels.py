@@ -269,8 +269,8 @@ _conv_path = "auto"
 
 def set_conv_path(path):
     """Check path against the compiled kernels' convolution paths ("auto", "direct",
-    "winograd", "gemm", "matmul") and keep it for get_conv_path; the NumPy kernels have one path, and take it
-    whatever the name."""
+    "winograd", "gemm", "matmul") and keep it for get_conv_path; the NumPy kernels have
+    one path, and take it whatever the name."""
     global _conv_path
     _conv_path = _checks.conv_path(path)
 

@@ -21,17 +21,29 @@
             }                                                                                \
     } while (0)
 
-#define CNNC_MAX_CASE(CC) case CC: CNNC_MAX_INTO(out, src, count, step, CC); return;
+/* LOOP(channels) with the channel count a constant for each count up to 8, so that the
+ * compiler unrolls it, and the count as it is for more. */
+#define CNNC_BY_CHANNELS(LOOP) do {                                                          \
+        switch (channels) {                                                                  \
+            case 1: LOOP(1); break;                                                          \
+            case 2: LOOP(2); break;                                                          \
+            case 3: LOOP(3); break;                                                          \
+            case 4: LOOP(4); break;                                                          \
+            case 5: LOOP(5); break;                                                          \
+            case 6: LOOP(6); break;                                                          \
+            case 7: LOOP(7); break;                                                          \
+            case 8: LOOP(8); break;                                                          \
+            default: LOOP(channels);                                                         \
+        }                                                                                    \
+    } while (0)
+
+#define CNNC_MAX_LOOP(CC) CNNC_MAX_INTO(out, src, count, step, CC)
 
 #define CNNC_MAX_ROW(NAME, T)                                                                \
 static void NAME(T* out, const T* src, ptrdiff_t count, ptrdiff_t step, ptrdiff_t channels)  \
 {                                                                                            \
     T value, current;                                                                        \
-    switch (channels) {                                                                      \
-        CNNC_MAX_CASE(1) CNNC_MAX_CASE(2) CNNC_MAX_CASE(3) CNNC_MAX_CASE(4)                  \
-        CNNC_MAX_CASE(5) CNNC_MAX_CASE(6) CNNC_MAX_CASE(7) CNNC_MAX_CASE(8)                  \
-        default: CNNC_MAX_INTO(out, src, count, step, channels);                             \
-    }                                                                                        \
+    CNNC_BY_CHANNELS(CNNC_MAX_LOOP);                                                         \
 }
 
 CNNC_MAX_ROW(cnnc_max_row_float, float)
@@ -54,19 +66,14 @@ CNNC_MAX_ROW(cnnc_max_row_double, double)
             }                                                                                \
     } while (0)
 
-#define CNNC_MAX_WHERE_CASE(CC) case CC: CNNC_MAX_WHERE_INTO(out, where, src, count, step, CC); return;
+#define CNNC_MAX_WHERE_LOOP(CC) CNNC_MAX_WHERE_INTO(out, where, src, count, step, CC)
 
 #define CNNC_MAX_WHERE_ROW(NAME, T)                                                          \
 static void NAME(T* out, int32_t* where, const T* src, ptrdiff_t count, ptrdiff_t step,      \
                  ptrdiff_t channels, ptrdiff_t position, ptrdiff_t position_step)            \
 {                                                                                            \
     T value, current;                                                                        \
-    switch (channels) {                                                                      \
-        CNNC_MAX_WHERE_CASE(1) CNNC_MAX_WHERE_CASE(2) CNNC_MAX_WHERE_CASE(3)                 \
-        CNNC_MAX_WHERE_CASE(4) CNNC_MAX_WHERE_CASE(5) CNNC_MAX_WHERE_CASE(6)                 \
-        CNNC_MAX_WHERE_CASE(7) CNNC_MAX_WHERE_CASE(8)                                        \
-        default: CNNC_MAX_WHERE_INTO(out, where, src, count, step, channels);                \
-    }                                                                                        \
+    CNNC_BY_CHANNELS(CNNC_MAX_WHERE_LOOP);                                                   \
 }
 
 CNNC_MAX_WHERE_ROW(cnnc_max_where_row_float, float)

@@ -20,6 +20,21 @@ cdef inline void _max_row(real* out, const real* src, Py_ssize_t count, Py_ssize
         cnnc_max_row_double(out, src, count, step, channels)
 
 
+cdef inline void _pool_window_row(real* out, const real* src, bint first, Py_ssize_t count,
+                                  Py_ssize_t pw, Py_ssize_t step,
+                                  Py_ssize_t channels) noexcept nogil:
+    """One row of the windows of an output row of count pixels: the windows' pixels
+    src + j * step + q * channels for q < pw taken into out in window order (_max_row),
+    out starting from the first of them where this is the windows' first row."""
+    cdef Py_ssize_t j, q
+    for q in range(pw):
+        if first and q == 0:
+            for j in range(count):
+                _copy(out + j * channels, src + j * step, channels)
+        else:
+            _max_row(out, src + q * channels, count, step, channels)
+
+
 cdef inline void _max_where_row(real* out, int32_t* where, const real* src, Py_ssize_t count,
                                 Py_ssize_t step, Py_ssize_t channels, Py_ssize_t position,
                                 Py_ssize_t position_step) noexcept nogil:
@@ -64,23 +79,17 @@ cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
 cdef void _maxpool_inference(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, Py_ssize_t ph,
                              Py_ssize_t pw, Py_ssize_t sh, Py_ssize_t sw) noexcept:
     """Window maxima, a NaN winning: output row by output row, each window position a pass
-    over the whole row (_max_row)."""
+    over the whole row (_pool_window_row)."""
     cdef Py_ssize_t oh = y.shape[1], ow = y.shape[2], channels = x.shape[3]
-    cdef Py_ssize_t count = x.shape[0] * oh, row, n, i, j, r, q
-    cdef real* out
+    cdef Py_ssize_t count = x.shape[0] * oh, row, n, i, r
     for row in prange(count, schedule="dynamic", nogil=True,
                       num_threads=_team_for(count, count * ow * channels * ph * pw,
                                             _VALUES_PER_THREAD)):
         n = row // oh
         i = row - n * oh
-        out = &y[n, i, 0, 0]
-        for j in range(ow):
-            _copy(out + j * channels, &x[n, i * sh, j * sw, 0], channels)
         for r in range(ph):
-            for q in range(pw):
-                if r == 0 and q == 0:
-                    continue
-                _max_row(out, &x[n, i * sh + r, q, 0], ow, sw * channels, channels)
+            _pool_window_row(&y[n, i, 0, 0], &x[n, i * sh + r, 0, 0], r == 0, ow, pw,
+                             sw * channels, channels)
 
 
 def maxpool2d_inference(x, pool_size, stride):

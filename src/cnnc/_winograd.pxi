@@ -98,38 +98,27 @@ cdef inline void _winograd_output(int m, const real* sums, Py_ssize_t plane, Py_
 
 
 cdef void _direct_tile_row(int m, const real* slab, Py_ssize_t slab_width, const real* w2,
-                           const real* b, real* y, Py_ssize_t y_row, Py_ssize_t y_pixel,
-                           real* scratch, real* pooled, Py_ssize_t pooled_row,
-                           Py_ssize_t height, Py_ssize_t channels, Py_ssize_t i, Py_ssize_t top,
-                           Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t f, Py_ssize_t w_stride,
-                           Py_ssize_t lanes, real slope) noexcept nogil:
+                           const real* b, real* out, Py_ssize_t y_row, Py_ssize_t y_pixel,
+                           int pooled, real* scratch, Py_ssize_t height, Py_ssize_t channels,
+                           Py_ssize_t i, Py_ssize_t top, Py_ssize_t oh, Py_ssize_t ow,
+                           Py_ssize_t f, Py_ssize_t w_stride, Py_ssize_t lanes,
+                           real slope) noexcept nogil:
     """The output rows m i to m i + m - 1 (those below oh) of a row of tiles by the direct
-    loops, from its slab of m + 2 input rows: into y (its row m i; rows y_row apart), or,
-    where pooled is given (its pooled row m i / 2; rows pooled_row apart), each pair of
-    rows computed into scratch and 2x2 max-pooled, as maxpool2d_inference takes the
-    windows."""
-    cdef Py_ssize_t a, h, j, row
-    cdef real* target
-    cdef real* out
+    loops, from its slab of m + 2 input rows, into out (the output's row m i; rows y_row
+    apart); or, pooled, each pair of rows computed into scratch and 2x2 max-pooled into out
+    (the pooled row m i / 2), as maxpool2d_inference takes the windows."""
+    cdef Py_ssize_t a, h, row
     for a in range(m):
         row = m * i + a
-        if row >= oh or (pooled != NULL and row // 2 >= oh // 2):
+        if row >= oh or (pooled and row // 2 >= oh // 2):
             break
         h = row - top
-        target = y + a * y_row if pooled == NULL else scratch
-        _direct_forward_row(slab + a * slab_width * channels, w2, b, target,
-                            y_pixel if pooled == NULL else f, channels, 3, 1, _clip(-h, 0, 3),
-                            _clip(height - h, 0, 3), slab_width, ow, f, w_stride, lanes, slope)
-        if pooled == NULL:
-            continue
-        out = pooled + (a // 2) * pooled_row
-        if a % 2 == 0:
-            for j in range(ow // 2):
-                _copy(out + j * f, scratch + 2 * j * f, f)
-            _max_row(out, scratch + f, ow // 2, 2 * f, f)
-        else:
-            _max_row(out, scratch, ow // 2, 2 * f, f)
-            _max_row(out, scratch + f, ow // 2, 2 * f, f)
+        _direct_forward_row(slab + a * slab_width * channels, w2, b,
+                            scratch if pooled else out + a * y_row, f if pooled else y_pixel,
+                            channels, 3, 1, _clip(-h, 0, 3), _clip(height - h, 0, 3), slab_width,
+                            ow, f, w_stride, lanes, slope)
+        if pooled:
+            _pool_window_row(out + (a // 2) * y_row, scratch, a % 2 == 0, ow // 2, 2, 2 * f, f)
 
 
 cdef int _winograd_forward(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
@@ -154,7 +143,8 @@ cdef int _winograd_forward(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
         _WINOGRAD_BLOCK_BYTES // (positions * wider * <Py_ssize_t>sizeof(real)), tile_columns,
         _WINOGRAD_BLOCK_TILES)
     cdef Py_ssize_t per_block = _clip(most // tile_columns, 1, units)
-    cdef Py_ssize_t blocks = (units + per_block - 1) // per_block, capacity = per_block * tile_columns
+    cdef Py_ssize_t blocks = (units + per_block - 1) // per_block
+    cdef Py_ssize_t capacity = per_block * tile_columns
     cdef Py_ssize_t slab_width = m * tile_columns + 2, slab_size = side * slab_width * channels
     cdef Py_ssize_t lanes = cnnc_lanes_f if real is float else cnnc_lanes_d
     cdef Py_ssize_t most_rows = m // 2 if pooled else m     # output rows a tile holds
@@ -199,18 +189,15 @@ cdef int _winograd_forward(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
                         continue
                     if not finite:
                         _direct_tile_row(m, slabs + (unit - first) * slab_size, slab_width,
-                                         &w2[0, 0], &b[0],
-                                         &y[n, m * i, 0, 0] if not pooled else NULL, y_row,
-                                         y_pixel, sums, &y[n, i * m // 2, 0, 0] if pooled else NULL,
-                                         y_row, height, channels, i, top, oh, ow, f, padded,
-                                         lanes, slope)
+                                         &w2[0, 0], &b[0], &y[n, i * most_rows, 0, 0], y_row,
+                                         y_pixel, pooled, sums, height, channels, i, top, oh, ow,
+                                         f, padded, lanes, slope)
                     else:
                         _winograd_output(m, sums + (unit - first) * tile_columns * padded,
                                          capacity * padded, padded,
                                          pooled_tiles if pooled else tile_columns, &b[0], slope,
-                                         &y[n, i * m // 2 if pooled else m * i, 0, 0], y_row,
-                                         y_pixel, f, rows if rows < most_rows else most_rows,
-                                         ow, pooled)
+                                         &y[n, i * most_rows, 0, 0], y_row, y_pixel, f,
+                                         rows if rows < most_rows else most_rows, ow, pooled)
         free(slabs)
         free(v)
         free(sums)

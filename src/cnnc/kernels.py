@@ -5,8 +5,9 @@ freed arrays (compiled backend; a plain block on NumPy), `set_num_threads(n)` /
 `get_num_threads()` set and tell how many threads the compiled loops run on, and
 `set_conv_path(path)` / `get_conv_path()` choose and tell how the compiled kernels compute
 a convolution: "auto" (the default) chooses by shape, "direct" takes the register-tiled
-direct loops, "gemm" multiplies patch matrices by NumPy's OpenBLAS from the kernel
-threads (a ValueError where NumPy ships none), "matmul" multiplies them by numpy.matmul.
+direct loops, "winograd" takes Winograd's transforms for the 3x3 stride-1 passes, "gemm"
+multiplies patch matrices by NumPy's OpenBLAS from the kernel threads (a ValueError where
+NumPy ships none), "matmul" multiplies them by numpy.matmul.
 Every path computes the same numbers up to rounding; the NumPy kernels have one path and
 take any of the names.
 

@@ -276,16 +276,14 @@ class Conv(ParametricLayer):
         comes next whose windows do not overlap down the image, the pooling in the same
         pass (conv2d_maxpool_inference), so that the convolution's output is never stored."""
         w, b, activation, count = self.params["w"], self.params["b"], self.activation, 0
-        following = list(following[:2])
-        if following and type(following[0]) is BatchNorm and activation.fused_slope() == 1:
-            norm = following.pop(0)
+        norm = following[0] if following else None
+        if type(norm) is BatchNorm and activation.fused_slope() == 1:
             scale = norm.params["w"] / np.sqrt(norm.running_var + norm.eps)
             w, b = w * scale, (b - norm.running_mean) * scale + norm.params["b"]
             activation, count = norm.activation, 1
         slope = activation.fused_slope()
-        if (following and type(following[0]) is MaxPool and slope is not None
-                and following[0].pshape[0] <= following[0].strides[0]):
-            pool = following[0]
+        pool = following[count] if len(following) > count else None
+        if type(pool) is MaxPool and slope is not None and pool.pshape[0] <= pool.strides[0]:
             return (lambda inputs: kernels.conv2d_maxpool_inference(
                 inputs, w, b, self.strides, self.pads(*inputs.shape[1:3]), pool.pshape,
                 pool.strides, slope)), count + 1

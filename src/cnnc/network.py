@@ -462,10 +462,9 @@ class Network:
         """The network's output for x in inference mode, in steps (a layer, or several that
         one of them fuses: Layer.fused_inference), each over chunks of the batch."""
         x = np.ascontiguousarray(x, dtype=self.dtype)
-        activation = x
         for steps, chunk in self._inference_stages(x.shape[1:], x.itemsize):
-            activation = _in_chunks(steps, activation, chunk)
-        return activation
+            x = _in_chunks(steps, x, chunk)
+        return x
 
     def _inference_stages(self, shape, itemsize):
         """The inference steps for samples of shape, as stages (steps, chunk): a step's
