@@ -176,9 +176,9 @@ def test_winograd_pools_2x2_windows_in_its_pass_to_the_bit(winograd, dtype):
 @pytest.mark.parametrize("size", [(14, 13), (16, 16)], ids=["2x2-tiles", "4x4-tiles"])
 def test_winograd_keeps_an_infinity_or_nan_to_the_outputs_that_see_it(winograd, size, dtype):
     """The transforms would spread an infinity over its whole tile (inf - inf): a block with
-    a value that is not finite, in the input or in the filters, goes by the direct loops,
-    so every output is what the direct path gives, to the float tolerance, and the same
-    outputs are infinite or NaN."""
+    a value that is not finite, in the input or in the filters, goes by the direct loops
+    (a filter gradient with one in x or dy, wholly), so every output is what the direct
+    path gives, to the float tolerance, and the same outputs are infinite or NaN."""
     rng = np.random.default_rng(6)
     x = rng.standard_normal((3, *size, 32)).astype(dtype)
     filters, b = rng.standard_normal((3, 3, 32, 40)).astype(dtype), rng.standard_normal(40).astype(dtype)
@@ -186,14 +186,20 @@ def test_winograd_keeps_an_infinity_or_nan_to_the_outputs_that_see_it(winograd, 
     x[1, 5, 6, 3], x[2, 0, 0, 0], dy[0, 7, 7, 1] = np.inf, np.nan, -np.inf
     bad_filters = filters.copy()
     bad_filters[1, 2, 4, 5] = np.inf
+    clean_x, clean_dy = x.copy(), dy.copy()
+    clean_x[1, 5, 6, 3] = clean_x[2, 0, 0, 0] = clean_dy[0, 7, 7, 1] = 0
+
+    def passes():
+        return (winograd.conv2d_forward(x, filters, b, (1, 1), (1, 1, 1, 1)),
+                winograd.conv2d_forward(x[:1], bad_filters, b, (1, 1), (1, 1, 1, 1)),
+                winograd.conv2d_grad_input(dy, filters, x.shape, (1, 1), (1, 1, 1, 1)),
+                winograd.conv2d_grad_params(x, clean_dy, (3, 3), (1, 1), (1, 1, 1, 1))[0],
+                *winograd.conv2d_grad_params(clean_x, dy, (3, 3), (1, 1), (1, 1, 1, 1)))
+
     with np.errstate(invalid="ignore"):
-        results = [(winograd.conv2d_forward(x, filters, b, (1, 1), (1, 1, 1, 1)),
-                    winograd.conv2d_forward(x[:1], bad_filters, b, (1, 1), (1, 1, 1, 1)),
-                    winograd.conv2d_grad_input(dy, filters, x.shape, (1, 1), (1, 1, 1, 1)))]
+        results = [passes()]
         winograd.set_conv_path("direct")
-        results.append((winograd.conv2d_forward(x, filters, b, (1, 1), (1, 1, 1, 1)),
-                        winograd.conv2d_forward(x[:1], bad_filters, b, (1, 1), (1, 1, 1, 1)),
-                        winograd.conv2d_grad_input(dy, filters, x.shape, (1, 1), (1, 1, 1, 1))))
+        results.append(passes())
     for got, want in zip(*results):
         finite = np.isfinite(want)
         assert finite.sum() < want.size
@@ -205,11 +211,11 @@ def test_winograd_keeps_an_infinity_or_nan_to_the_outputs_that_see_it(winograd, 
 
 @pytest.mark.parametrize("module", [build for build in IMPLEMENTATIONS if build.id != "numpy"])
 def test_auto_takes_winograd_where_it_measured_faster(module):
-    """On "auto", a 3x3 stride-1 pass with 16 or more channels on each side, outputs 12 or
-    more wide, and 32 or more channels on one side or outputs 24 or more wide goes by
-    Winograd (its bits are the "winograd" path's, not the direct loops'), and a thinner or
-    narrower one by the direct loops: on every compiled build (the NumPy kernels have one
-    path)."""
+    """On "auto", a 3x3 stride-1 pass (forward, or filter gradient) with 16 or more
+    channels on each side, outputs 12 or more wide, and 32 or more channels on one side or
+    outputs 24 or more wide goes by Winograd (its bits are the "winograd" path's, not the
+    direct loops'), and a thinner or narrower one by the direct loops: on every compiled
+    build (the NumPy kernels have one path)."""
     rng = np.random.default_rng(7)
     before = module.get_conv_path()
     try:
@@ -220,13 +226,17 @@ def test_auto_takes_winograd_where_it_measured_faster(module):
             x = rng.standard_normal((2, h, h, c)).astype(np.float32)
             filters = rng.standard_normal((3, 3, c, f)).astype(np.float32)
             b = np.zeros(f, np.float32)
+            dy = rng.standard_normal((2, h, h, f)).astype(np.float32)
             outputs = {}
             for path in ("auto", "winograd", "direct"):
                 module.set_conv_path(path)
-                outputs[path] = module.conv2d_forward(x, filters, b, (1, 1), (1, 1, 1, 1))
+                outputs[path] = (module.conv2d_forward(x, filters, b, (1, 1), (1, 1, 1, 1)),
+                                 module.conv2d_grad_params(x, dy, (3, 3), (1, 1), (1, 1, 1, 1))[0])
             other = "direct" if expected == "winograd" else "winograd"
-            np.testing.assert_array_equal(outputs["auto"], outputs[expected])
-            assert not np.array_equal(outputs["auto"], outputs[other]), (h, c, f)
+            for auto, chosen, not_chosen in zip(outputs["auto"], outputs[expected],
+                                                outputs[other]):
+                np.testing.assert_array_equal(auto, chosen)
+                assert not np.array_equal(auto, not_chosen), (h, c, f)
     finally:
         module.set_conv_path(before)
 

@@ -361,17 +361,20 @@ def _pass_path(path, direct):
     return _product_path(path)
 
 
+def _winograd_chosen(kernel_size, stride, c, f, ow):
+    """Whether a pass the direct loops compute for a convolution with c channels in and f
+    out, outputs ow wide, goes by Winograd's transforms instead: a 3x3 stride-1 one,
+    always on the path "winograd", where it measured faster on "auto", never on "direct"."""
+    if not _winograd_applies(kernel_size, stride):
+        return False
+    return _conv_path == "winograd" or (_conv_path == "auto" and _winograd_serves(c, f, ow))
+
+
 def _winograd_takes(w, stride, ow):
-    """Whether a pass the direct loops compute with filters w (kh, kw, C, F), outputs ow
-    wide, goes by Winograd's transforms instead: a 3x3 stride-1 one with finite filters
-    (the transforms would spread an infinity to every output), always on the path
-    "winograd", where it measured faster on "auto", never on "direct"."""
+    """_winograd_chosen for a pass with filters w (kh, kw, C, F), where they are finite
+    (the transforms would spread an infinity to every output)."""
     kh, kw, c, f = w.shape
-    if not _winograd_applies((kh, kw), stride):
-        return False
-    if _conv_path != "winograd" and not (_conv_path == "auto" and _winograd_serves(c, f, ow)):
-        return False
-    return bool(np.isfinite(w).all())
+    return _winograd_chosen((kh, kw), stride, c, f, ow) and bool(np.isfinite(w).all())
 
 
 # The entry points, on the path _conv_path gives; the bias gradient sums rows.

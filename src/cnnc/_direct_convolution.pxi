@@ -392,8 +392,13 @@ def _direct_grad_input_pass(dy, w, input_shape, stride, padding):
 def _direct_weight_pass(x, dy2, kernel_size, stride, padding, out_hw):
     """The filter gradient as (patch, F) and the bias gradient (F,), by the direct loops: a
     partial sum per chunk of images (chunks fixed by the batch size), added up in chunk
-    order."""
+    order; or by Winograd's transforms where _winograd_chosen says so and every value is
+    finite."""
     patch, f = kernel_size[0] * kernel_size[1] * x.shape[3], dy2.shape[1]
+    if dy2.size and x.shape[3] and _winograd_chosen(kernel_size, stride, x.shape[3], f, out_hw[1]):
+        grads = _winograd_weight_pass(x, dy2.reshape(x.shape[0], *out_hw, f), padding)
+        if grads is not None:
+            return grads
     width = _padded_filters(f, x.dtype)
     pixels = out_hw[0] * out_hw[1]
     chunks = max(1, min(x.shape[0] * pixels // _WEIGHT_CHUNK_PIXELS, _WEIGHT_CHUNKS))

@@ -238,14 +238,136 @@ static void NAME(const T* sums, ptrdiff_t plane, ptrdiff_t width, ptrdiff_t tile
             }                                                                               \
     } while (0)
 
-/* The input and output transforms of one tile size, for float and double. */
-#define CNNC_WINOGRAD_FUNCTIONS(PREFIX, IN_STEP, OUT_STEP, TILE)                            \
+/* The output gradient's side of the filter gradient (Lavin and Gray, section 4.1, turned
+ * round): with y = A^T m A, the gradient of m is A dY A^T for the m x m tile dY of dy, and
+ * the gradient of a position's transformed filter the sum over tiles of that times the
+ * position's B^T d B; G^T (that sum) G is the 3x3 filter's gradient.
+ *
+ * g[p * plane + t * width + l] for the 16 positions p = 4 i + j of A dY A^T, where dY is
+ * the 2x2 tile of dy[a * dy_row + q * dy_pixel + l] for rows a < rows and columns
+ * q < columns (zero beyond): a vector of filters from l on, or one value; every value of
+ * dY is added to sum. A^T is CNNC_WINOGRAD_OUT_STEP's; A (4 x 2) has the rows
+ * (1 0), (1 1), (1 -1), (0 -1). */
+#define CNNC_WINOGRAD_GRAD_STEP(V, dy, dy_row, dy_pixel, rows, columns, t, l, g, plane, width, \
+                                sum) do {                                                   \
+        V e_[2][2], r_[4][2], zero_;                                                        \
+        int i_, j_;                                                                         \
+        memset(&zero_, 0, sizeof(V));                                                       \
+        for (i_ = 0; i_ < 2; i_++)                                                          \
+            for (j_ = 0; j_ < 2; j_++) {                                                    \
+                e_[i_][j_] = zero_;                                                         \
+                if (i_ < (rows) && j_ < (columns)) {                                        \
+                    memcpy(&e_[i_][j_], (dy) + i_ * (dy_row) + j_ * (dy_pixel) + (l), sizeof(V)); \
+                    (sum) += e_[i_][j_];                                                    \
+                }                                                                           \
+            }                                                                               \
+        for (j_ = 0; j_ < 2; j_++) {                                                        \
+            r_[0][j_] = e_[0][j_];                                                          \
+            r_[1][j_] = e_[0][j_] + e_[1][j_];                                              \
+            r_[2][j_] = e_[0][j_] - e_[1][j_];                                              \
+            r_[3][j_] = zero_ - e_[1][j_];                                                  \
+        }                                                                                   \
+        for (i_ = 0; i_ < 4; i_++) {                                                        \
+            V o_[4];                                                                        \
+            o_[0] = r_[i_][0];                                                              \
+            o_[1] = r_[i_][0] + r_[i_][1];                                                  \
+            o_[2] = r_[i_][0] - r_[i_][1];                                                  \
+            o_[3] = zero_ - r_[i_][1];                                                      \
+            for (j_ = 0; j_ < 4; j_++)                                                      \
+                memcpy((g) + (4 * i_ + j_) * (plane) + (t) * (width) + (l), &o_[j_], sizeof(V)); \
+        }                                                                                   \
+    } while (0)
+
+/* The output-gradient tiles t < tiles of a row of TILE x TILE tiles, each turned into its
+ * positions by STEP (CNNC_WINOGRAD_GRAD_STEP or CNNC_WINOGRAD4_GRAD_STEP) from the rows
+ * a < rows of dy and its columns TILE t + q < columns, for the filters l < f: written to
+ * g[p * plane + t * width + l], and each tile's values added to db[l]. Returns whether
+ * every value was finite, as CNNC_WINOGRAD_INPUT does. */
+#define CNNC_WINOGRAD_GRADIENT(NAME, T, V, STEP, TILE)                                      \
+static int NAME(const T* dy, ptrdiff_t dy_row, ptrdiff_t dy_pixel, ptrdiff_t rows,          \
+                ptrdiff_t columns, ptrdiff_t tiles, ptrdiff_t f, T* g, ptrdiff_t plane,     \
+                ptrdiff_t width, T* db)                                                     \
+{                                                                                           \
+    enum { W = (int)CNNC_LANES(V, T) };                                                     \
+    V total = {0}, sum, bias;                                                               \
+    T lanes[W], rest = 0, one;                                                              \
+    ptrdiff_t t, l, across;                                                                 \
+    int k;                                                                                  \
+    for (t = 0; t < tiles; t++) {                                                           \
+        const T* tile = dy + (TILE) * t * dy_pixel;                                         \
+        across = columns - (TILE) * t < (TILE) ? columns - (TILE) * t : (TILE);             \
+        for (l = 0; l + W <= f; l += W) {                                                   \
+            memset(&sum, 0, sizeof(V));                                                     \
+            STEP(V, tile, dy_row, dy_pixel, rows, across, t, l, g, plane, width, sum);      \
+            memcpy(&bias, db + l, sizeof(V));                                               \
+            bias += sum;                                                                    \
+            memcpy(db + l, &bias, sizeof(V));                                               \
+            total += sum;                                                                   \
+        }                                                                                   \
+        for (; l < f; l++) {                                                                \
+            one = 0;                                                                        \
+            STEP(T, tile, dy_row, dy_pixel, rows, across, t, l, g, plane, width, one);      \
+            db[l] += one;                                                                   \
+            rest += one;                                                                    \
+        }                                                                                   \
+    }                                                                                       \
+    memcpy(lanes, &total, sizeof(V));                                                       \
+    for (k = 0; k < W; k++) rest += lanes[k];                                               \
+    return rest - rest == 0;                                                                \
+}
+
+/* A e for four values e (vectors or values): A (6 x 4) of F(4x4, 3x3), the turned A^T
+ * above, has the rows (1 0 0 0), (1 1 1 1), (1 -1 1 -1), (1 2 4 8), (1 -2 4 -8), (0 0 0 1). */
+#define CNNC_WINOGRAD4_GA(V, o, e) do {                                                     \
+        V even_ = e[0] + e[2], odd_ = e[1] + e[3];                                          \
+        V even4_ = e[0] + 4 * e[2], odd8_ = 2 * e[1] + 8 * e[3];                            \
+        o[0] = e[0];                                                                        \
+        o[1] = even_ + odd_;                                                                \
+        o[2] = even_ - odd_;                                                                \
+        o[3] = even4_ + odd8_;                                                              \
+        o[4] = even4_ - odd8_;                                                              \
+        o[5] = e[3];                                                                        \
+    } while (0)
+
+/* As CNNC_WINOGRAD_GRAD_STEP, for F(4x4, 3x3): the 36 positions p = 6 i + j of A dY A^T,
+ * dY the 4x4 tile. */
+#define CNNC_WINOGRAD4_GRAD_STEP(V, dy, dy_row, dy_pixel, rows, columns, t, l, g, plane,     \
+                                 width, sum) do {                                           \
+        V e_[4][4], column_[4], r_[6][4], o_[6], zero_;                                     \
+        int i_, j_;                                                                         \
+        memset(&zero_, 0, sizeof(V));                                                       \
+        for (i_ = 0; i_ < 4; i_++)                                                          \
+            for (j_ = 0; j_ < 4; j_++) {                                                    \
+                e_[i_][j_] = zero_;                                                         \
+                if (i_ < (rows) && j_ < (columns)) {                                        \
+                    memcpy(&e_[i_][j_], (dy) + i_ * (dy_row) + j_ * (dy_pixel) + (l), sizeof(V)); \
+                    (sum) += e_[i_][j_];                                                    \
+                }                                                                           \
+            }                                                                               \
+        for (j_ = 0; j_ < 4; j_++) {                                                        \
+            for (i_ = 0; i_ < 4; i_++) column_[i_] = e_[i_][j_];                            \
+            CNNC_WINOGRAD4_GA(V, o_, column_);                                              \
+            for (i_ = 0; i_ < 6; i_++) r_[i_][j_] = o_[i_];                                 \
+        }                                                                                   \
+        for (i_ = 0; i_ < 6; i_++) {                                                        \
+            CNNC_WINOGRAD4_GA(V, o_, r_[i_]);                                               \
+            for (j_ = 0; j_ < 6; j_++)                                                      \
+                memcpy((g) + (6 * i_ + j_) * (plane) + (t) * (width) + (l), &o_[j_], sizeof(V)); \
+        }                                                                                   \
+    } while (0)
+
+/* The transforms of one tile size, for float and double. */
+#define CNNC_WINOGRAD_FUNCTIONS(PREFIX, IN_STEP, OUT_STEP, GRAD_STEP, TILE)                 \
     CNNC_WINOGRAD_INPUT(PREFIX##_input_float, float, cnnc_vf, IN_STEP)                     \
     CNNC_WINOGRAD_INPUT(PREFIX##_input_double, double, cnnc_vd, IN_STEP)                   \
+    CNNC_WINOGRAD_GRADIENT(PREFIX##_gradient_float, float, cnnc_vf, GRAD_STEP, TILE)       \
+    CNNC_WINOGRAD_GRADIENT(PREFIX##_gradient_double, double, cnnc_vd, GRAD_STEP, TILE)     \
     CNNC_WINOGRAD_OUTPUT(PREFIX##_output_float, float, cnnc_vf, cnnc_mask_f, f, OUT_STEP, TILE) \
     CNNC_WINOGRAD_OUTPUT(PREFIX##_output_double, double, cnnc_vd, cnnc_mask_d, d, OUT_STEP, TILE)
 
-CNNC_WINOGRAD_FUNCTIONS(cnnc_winograd, CNNC_WINOGRAD_IN_STEP, CNNC_WINOGRAD_OUT_STEP, 2)
-CNNC_WINOGRAD_FUNCTIONS(cnnc_winograd4, CNNC_WINOGRAD4_IN_STEP, CNNC_WINOGRAD4_OUT_STEP, 4)
+CNNC_WINOGRAD_FUNCTIONS(cnnc_winograd, CNNC_WINOGRAD_IN_STEP, CNNC_WINOGRAD_OUT_STEP,
+                        CNNC_WINOGRAD_GRAD_STEP, 2)
+CNNC_WINOGRAD_FUNCTIONS(cnnc_winograd4, CNNC_WINOGRAD4_IN_STEP, CNNC_WINOGRAD4_OUT_STEP,
+                        CNNC_WINOGRAD4_GRAD_STEP, 4)
 
 #endif

@@ -1,13 +1,15 @@
-# Winograd convolution for 3x3 convolutions of stride 1, forward and input gradient
-# (_winograd.h): F(4x4, 3x3), 4 times fewer multiplications than the direct loops, or
-# F(2x2, 3x3), 2.25 times fewer, where rounding the output up to 4x4 tiles would waste more
-# (_winograd_tile). The output is cut into m x m tiles, a row of tiles of one image at a
-# time; a block of rows of tiles, a few dozen tiles in all, is turned into the (m + 2)^2
-# positions of its input tiles, each position's products with the turned filters run on
-# the direct convolution's register tiles (_direct_convolution.pxi), and the sums are
-# turned back into output tiles, with the bias, the activation and, for a 2x2 max pool,
-# the pooling fused into that last step. Blocks are fixed by the shape and every sum runs
-# over the channels in order, so every thread count gives the same bits.
+# Winograd convolution for 3x3 convolutions of stride 1, every pass (_winograd.h):
+# F(4x4, 3x3), 4 times fewer multiplications than the direct loops, or F(2x2, 3x3), 2.25
+# times fewer, where rounding the output up to 4x4 tiles would waste more (_winograd_tile).
+# The output is cut into m x m tiles, a row of tiles of one image at a time; a block of rows
+# of tiles, a few dozen tiles in all, is turned into the (m + 2)^2 positions of its input
+# tiles, and each position's products run on the direct convolution's register tiles
+# (_direct_convolution.pxi). The forward pass (and the input gradient, a forward pass of
+# dy) multiplies them by the turned filters and turns the sums back into output tiles, with
+# the bias, the activation and, for a 2x2 max pool, the pooling fused into that last step.
+# The filter gradient turns dy's tiles into positions too, sums each position's products
+# over the tiles, and turns those sums back into 3x3 filters. Blocks and chunks are fixed by
+# the shape and every sum runs in order, so every thread count gives the same bits.
 
 cdef extern from "_winograd.h" nogil:
     int cnnc_winograd_input_float(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*,
@@ -30,6 +32,18 @@ cdef extern from "_winograd.h" nogil:
     void cnnc_winograd4_output_double(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                       const double*, double, double*, Py_ssize_t, Py_ssize_t,
                                       Py_ssize_t, Py_ssize_t, Py_ssize_t, int)
+    int cnnc_winograd_gradient_float(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                     Py_ssize_t, Py_ssize_t, Py_ssize_t, float*, Py_ssize_t,
+                                     Py_ssize_t, float*)
+    int cnnc_winograd_gradient_double(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                      Py_ssize_t, Py_ssize_t, Py_ssize_t, double*, Py_ssize_t,
+                                      Py_ssize_t, double*)
+    int cnnc_winograd4_gradient_float(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                      Py_ssize_t, Py_ssize_t, Py_ssize_t, float*, Py_ssize_t,
+                                      Py_ssize_t, float*)
+    int cnnc_winograd4_gradient_double(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                       Py_ssize_t, Py_ssize_t, Py_ssize_t, double*, Py_ssize_t,
+                                       Py_ssize_t, double*)
 
 # A block holds whole rows of tiles, as many as keep it near this many tiles (one row at
 # least), and its positions' inputs and sums within about _WINOGRAD_BLOCK_BYTES each.
@@ -95,6 +109,26 @@ cdef inline void _winograd_output(int m, const real* sums, Py_ssize_t plane, Py_
         else:
             cnnc_winograd_output_double(sums, plane, width, tiles, b, slope, y, y_row, y_pixel, f,
                                         rows, columns, pooled)
+
+
+cdef inline int _winograd_gradient(int m, const real* dy, Py_ssize_t dy_row, Py_ssize_t dy_pixel,
+                                   Py_ssize_t rows, Py_ssize_t columns, Py_ssize_t tiles,
+                                   Py_ssize_t f, real* g, Py_ssize_t plane, Py_ssize_t width,
+                                   real* db) noexcept nogil:
+    """The output-gradient transform of F(m x m, 3x3), m 2 or 4, with the tiles' values
+    added to db; whether every value was finite."""
+    if real is float:
+        if m == 4:
+            return cnnc_winograd4_gradient_float(dy, dy_row, dy_pixel, rows, columns, tiles, f, g,
+                                                 plane, width, db)
+        return cnnc_winograd_gradient_float(dy, dy_row, dy_pixel, rows, columns, tiles, f, g,
+                                            plane, width, db)
+    else:
+        if m == 4:
+            return cnnc_winograd4_gradient_double(dy, dy_row, dy_pixel, rows, columns, tiles, f,
+                                                  g, plane, width, db)
+        return cnnc_winograd_gradient_double(dy, dy_row, dy_pixel, rows, columns, tiles, f, g,
+                                             plane, width, db)
 
 
 cdef void _direct_tile_row(int m, const real* slab, Py_ssize_t slab_width, const real* w2,
@@ -202,6 +236,117 @@ cdef int _winograd_forward(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
         free(v)
         free(sums)
     return failed
+
+
+cdef tuple _winograd_weight(const real[:, :, :, ::1] x, const real[:, :, :, ::1] dy,
+                            real[:, :, ::1] partial, real[:, ::1] partial_db, Py_ssize_t top,
+                            Py_ssize_t left, int m):
+    """partial (chunks * (m + 2)^2, C, padded F) and partial_db (chunks, padded F) += the
+    gradients of the F(m x m, 3x3)-transformed filters and the bias gradient of each chunk
+    of images (chunks fixed by the shape), for the 3x3 stride-1 convolution of x whose
+    output gradient is dy: blocks of rows of tiles turned into their positions' B^T d B
+    and A dY A^T, and each position's products summed over the block's tiles on the
+    direct filter gradient's register tiles. Returns (chunks that found no memory, chunks
+    with an input or dy value that is not finite)."""
+    cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
+    cdef Py_ssize_t images = x.shape[0], oh = dy.shape[1], ow = dy.shape[2], f = dy.shape[3]
+    cdef Py_ssize_t padded = partial.shape[2], side = m + 2, positions = side * side
+    cdef Py_ssize_t chunks = partial.shape[0] // positions
+    cdef Py_ssize_t tile_rows = (oh + m - 1) // m, tile_columns = (ow + m - 1) // m
+    cdef Py_ssize_t wider = channels if channels > padded else padded
+    cdef Py_ssize_t most = _clip(
+        _WINOGRAD_BLOCK_BYTES // (positions * wider * <Py_ssize_t>sizeof(real)), tile_columns,
+        _WINOGRAD_BLOCK_TILES)
+    cdef Py_ssize_t per_block = most // tile_columns, capacity = per_block * tile_columns
+    cdef Py_ssize_t slab_width = m * tile_columns + 2, slab_size = side * slab_width * channels
+    cdef Py_ssize_t lanes = cnnc_lanes_f if real is float else cnnc_lanes_d
+    cdef Py_ssize_t chunk, first, stop, block_stop, unit, n, i, tiles, p, start, part, parts
+    cdef Py_ssize_t c0, c1
+    cdef Py_ssize_t offsets[16]
+    cdef int failed = 0, nonfinite = 0, finite, vectors
+    cdef real* slabs
+    cdef real* v
+    cdef real* g
+    for p in range(16):
+        offsets[p] = p
+    cdef int team = _team_for(chunks, images * tile_rows * tile_columns * positions * channels
+                              * padded, _MULTIPLY_ADDS_PER_THREAD)
+    with nogil, parallel(num_threads=team):
+        slabs = <real*>malloc(per_block * slab_size * sizeof(real))
+        v = <real*>malloc(positions * capacity * channels * sizeof(real))
+        g = <real*>calloc(positions * capacity * padded, sizeof(real))    # past F: zero
+        for chunk in prange(chunks, schedule="dynamic"):
+            if slabs == NULL or v == NULL or g == NULL:
+                failed += 1
+                continue
+            first = chunk * images // chunks * tile_rows
+            stop = (chunk + 1) * images // chunks * tile_rows
+            finite = 1
+            while first < stop:
+                block_stop = first + per_block if first + per_block < stop else stop
+                for unit in range(first, block_stop):
+                    n = unit // tile_rows
+                    i = unit - n * tile_rows
+                    _fill_slab(&x[n, 0, 0, 0], slabs + (unit - first) * slab_size, height, width,
+                               channels, m * i - top, side, left, slab_width)
+                    finite = finite & _winograd_input(
+                        m, slabs + (unit - first) * slab_size, slab_width * channels,
+                        tile_columns, channels, v + (unit - first) * tile_columns * channels,
+                        capacity * channels)
+                    finite = finite & _winograd_gradient(
+                        m, &dy[n, m * i, 0, 0], ow * f, f, _clip(oh - m * i, 0, m), ow,
+                        tile_columns, f, g + (unit - first) * tile_columns * padded,
+                        capacity * padded, padded, &partial_db[chunk, 0])
+                tiles = (block_stop - first) * tile_columns
+                for p in range(positions):
+                    start = 0
+                    while start < padded:
+                        vectors = _block_vectors(padded - start, lanes)
+                        parts = (channels + _most(vectors) - 1) // _most(vectors)
+                        for part in range(parts):
+                            c0 = part * channels // parts
+                            c1 = (part + 1) * channels // parts
+                            _tap_tile(vectors, <int>(c1 - c0), v + p * capacity * channels + c0,
+                                      offsets, 0, 0, channels, g + p * capacity * padded + start,
+                                      0, 0, padded, 1, 1, tiles,
+                                      &partial[chunk * positions + p, c0, start], padded)
+                        start = start + vectors * lanes
+                first = block_stop
+            if not finite:
+                nonfinite += 1
+        free(slabs)
+        free(v)
+        free(g)
+    return failed, nonfinite
+
+
+def _winograd_weight_pass(x, dy, padding):
+    """The filter gradient (3 * 3 * C, F) and bias gradient (F,) of the 3x3 stride-1
+    convolution of x whose output gradient is dy (N, OH, OW, F), by F(m x m, 3x3)'s
+    transforms (_winograd_tile): a partial sum per chunk of images as the direct loops
+    take them, added up in chunk order and turned back (G^T sum G) in float64. None where
+    an input or dy value is not finite: the transforms would spread it to other taps."""
+    m = _winograd_tile(dy.shape[1:3])
+    c, f, positions = x.shape[3], dy.shape[3], (m + 2) ** 2
+    width = _padded_filters(f, x.dtype)
+    chunks = max(1, min(x.shape[0] * dy.shape[1] * dy.shape[2] // _WEIGHT_CHUNK_PIXELS,
+                        _WEIGHT_CHUNKS))
+    partial = np.zeros((chunks * positions, c, width), dtype=x.dtype)
+    partial_db = np.zeros((chunks, width), dtype=x.dtype)
+    if x.dtype == np.float32:
+        failed, nonfinite = _winograd_weight[float](x, dy, partial, partial_db, padding[0],
+                                                    padding[2], m)
+    else:
+        failed, nonfinite = _winograd_weight[double](x, dy, partial, partial_db, padding[0],
+                                                     padding[2], m)
+    if failed:
+        raise MemoryError("no memory for a Winograd filter gradient's block of tiles")
+    if nonfinite:
+        return None
+    sums = partial.reshape(chunks, m + 2, m + 2, c, width).sum(axis=0)[..., :f]
+    g = _WINOGRAD_G[m]
+    dw = np.einsum("ai,abcf,bj->ijcf", g, sums.astype(np.float64), g, optimize=True)
+    return dw.astype(x.dtype).reshape(9 * c, f), partial_db.sum(axis=0)[:f]
 
 
 def _winograd_filters(w, width, m):
