@@ -123,6 +123,34 @@ def test_conv_forward_returns_z_and_activation_of_z(activation):
     assert not np.allclose(a, z)
 
 
+@pytest.mark.parametrize("activation", [relu, leaky_relu, LeakyReLU(1.0), linear, sigmoid,
+                                        tanh, LeakyReLU(0.0)], ids=repr)
+@pytest.mark.parametrize("kind", ["conv", "dense"])
+def test_train_forward_keeps_what_the_activation_backward_needs(activation, kind):
+    """A training step keeps a in place of z only where the activation's slope at a is its
+    slope at z (the identity, ReLU, a leaky ReLU with a slope >= 0): its a is forward's,
+    and the gradient through the activation is the same, zeros and ties included."""
+    rng = np.random.default_rng(3)
+    if kind == "conv":
+        layer = _conv64((3, 3, 2, 4), strides=1, padding="same", activation=activation, seed=2)
+        x = rng.standard_normal((2, 5, 6, 2))
+        layer.params["b"][:] = 0
+        x[0, :, :, :] = 0                               # outputs exactly 0
+    else:
+        layer = FullyConnected((5, 4), activation=activation, dtype=F64)
+        x = rng.standard_normal((3, 5))
+        x[0] = 0
+        layer.params["b"][:] = 0
+    z, a = layer.forward(x)
+    kept, outputs = layer.train_forward(x)
+    np.testing.assert_allclose(outputs, a, rtol=1e-13, atol=1e-15)
+    upstream = rng.standard_normal(a.shape)
+    np.testing.assert_allclose(activation.backward(kept, upstream),
+                               activation.backward(z, upstream), rtol=1e-13, atol=1e-15)
+    keeps_a = activation.fused_slope() is not None
+    assert (kept is outputs) == keeps_a
+
+
 # --------------------------------------------------------------------------- FC gradients
 
 

@@ -39,7 +39,9 @@ class AbstractActivation(Savable):
     def fused_slope(self) -> float | None:
         """s where f(z) is z for z > 0 and s * z elsewhere (1: the identity, 0: ReLU's
         max(z, 0)), so that a kernel applies f as it stores its output (conv2d_forward's
-        slope); None for any other f, a subclass's included, which then runs on its own."""
+        slope); None for any other f, a subclass's included, which then runs on its own.
+        With s >= 0, f keeps z's sign, so backward gives the same given f(z) for z
+        (Layer.train_forward keeps only f(z))."""
         return None
 
     def __repr__(self) -> str:

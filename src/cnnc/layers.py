@@ -84,6 +84,14 @@ class Layer(Savable):
         its backward pass needs."""
         raise NotImplementedError
 
+    def train_forward(self, inputs: Array) -> tuple[Array, Array]:
+        """(kept, a) for a batch of inputs (N, ...) in a training step: what it keeps for
+        activation.backward, and the activation. forward's (z, a), or (a, a) where the
+        activation's slope follows from a alone (fused_slope: the identity, ReLU, a leaky
+        ReLU), so that a layer computing a in its kernel stores no z and makes no a in a
+        pass of its own."""
+        return self.forward(inputs)
+
     def backward(self, layer_err: Array) -> Array:
         """dL/dinputs of the last forward pass, given layer_err = dL/dz, for the layer below."""
         raise NotImplementedError
@@ -261,6 +269,13 @@ class Conv(ParametricLayer):
         z = kernels.conv2d_forward(inputs, self.params["w"], self.params["b"], self.strides,
                                    self.pads(*inputs.shape[1:3]))
         return z, self.activation.compute(z)
+
+    def train_forward(self, inputs: Array) -> tuple[Array, Array]:
+        if self.activation.fused_slope() is None:
+            return self.forward(inputs)
+        self._input_shape = inputs.shape
+        outputs = self.infer(inputs)
+        return outputs, outputs
 
     def infer(self, inputs: Array) -> Array:
         return self._convolve(inputs, self.params["w"], self.params["b"], self.activation)
@@ -541,6 +556,12 @@ class FullyConnected(ParametricLayer):
     def forward(self, inputs: Array) -> tuple[Array, Array]:
         z = kernels.dense_forward(inputs, self.params["w"], self.params["b"])
         return z, self.activation.compute(z)
+
+    def train_forward(self, inputs: Array) -> tuple[Array, Array]:
+        if self.activation.fused_slope() is None:
+            return self.forward(inputs)
+        outputs = self.infer(inputs)
+        return outputs, outputs
 
     def infer(self, inputs: Array) -> Array:
         slope = self.activation.fused_slope()

@@ -142,11 +142,11 @@ class Network:
     def _loss_grads_outputs(self, x, y):
         x, y = self._batch(x, y)
         with kernels.memory_pool(), self._mode(training=True):
-            z_stack = deque()
+            kept_stack = deque()
             activation = x
             for layer in self.layers:
-                z, output = layer.forward(activation)
-                z_stack.append((activation, z))
+                kept, output = layer.train_forward(activation)
+                kept_stack.append((activation, kept))
                 activation = output
             loss = self.loss.compute(activation, y)
 
@@ -154,11 +154,11 @@ class Network:
             grads = deque()
             first = self._first_with_params()
             for depth, layer in reversed(list(enumerate(self.layers))):
-                inputs, z = z_stack.pop()
+                inputs, kept = kept_stack.pop()
                 if depth < first:           # no parameters here or below: nothing to learn
                     grads.appendleft({})
                     continue
-                layer_err = layer.activation.backward(z, upstream)
+                layer_err = layer.activation.backward(kept, upstream)
                 grads.appendleft(layer.get_grad(inputs, layer_err))
                 if depth > first:
                     upstream = layer.backward(layer_err)

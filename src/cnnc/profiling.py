@@ -172,9 +172,9 @@ def _timed_pass(net, x, y, first):
     activation = x
     for layer in net.layers:
         start = clock()
-        z, output = layer.forward(activation)
+        kept, output = layer.train_forward(activation)
         times.append([clock() - start, 0.0])
-        stack.append((activation, z))
+        stack.append((activation, kept))
         activation = output
     start = clock()
     net.loss.compute(activation, y)
@@ -184,9 +184,9 @@ def _timed_pass(net, x, y, first):
 
     for depth in range(len(net.layers) - 1, first - 1, -1):
         layer = net.layers[depth]
-        inputs, z = stack[depth]
+        inputs, kept = stack[depth]
         start = clock()
-        layer_err = layer.activation.backward(z, upstream)
+        layer_err = layer.activation.backward(kept, upstream)
         layer.get_grad(inputs, layer_err)
         if depth > first:
             upstream = layer.backward(layer_err)
