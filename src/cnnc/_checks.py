@@ -438,11 +438,15 @@ def maxpool2d_backward(dy, argmax, input_shape):
     if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int64:
         raise ValueError(f"argmax must be an int64 array, got {getattr(argmax, 'dtype', type(argmax))}")
     expect_shape("argmax", argmax.shape, dy.shape)
-    plane = input_shape[1] * input_shape[2]
+    return MaxPoolBackward(dy, np.ascontiguousarray(argmax), input_shape)
+
+
+def maxpool_positions(argmax, plane):
+    """argmax's positions, each in [0, plane) (a ValueError otherwise): the compiled
+    backward checks each as it goes and comes here for the message, the NumPy one first."""
     if argmax.size and (argmax.min() < 0 or argmax.max() >= plane):
         raise ValueError(f"argmax indices must lie in [0, {plane}), got values from "
                          f"{argmax.min()} to {argmax.max()}")
-    return MaxPoolBackward(dy, np.ascontiguousarray(argmax), input_shape)
 
 
 def _pool_geometry(input_shape, pool_size, stride):

@@ -110,6 +110,7 @@ def maxpool2d_backward(dy, argmax, input_shape):
     """Scatter dy (N, OH, OW, C) back to the input positions recorded in argmax."""
     dy, argmax, input_shape = _checks.maxpool2d_backward(dy, argmax, input_shape)
     n, h, w, c = input_shape
+    _checks.maxpool_positions(argmax, h * w)
     batch = np.arange(n).reshape(n, 1, 1, 1)
     channel = np.arange(c).reshape(1, 1, 1, c)
     flat = ((batch * (h * w) + argmax) * c + channel).ravel()

@@ -45,35 +45,46 @@ cdef inline void _max_where_row(real* out, int32_t* where, const real* src, Py_s
         cnnc_max_where_row_double(out, where, src, count, step, channels, position, position_step)
 
 
-cdef void _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
-                           int32_t[:, :, :, ::1] argmax, Py_ssize_t ph, Py_ssize_t pw,
-                           Py_ssize_t sh, Py_ssize_t sw) noexcept:
+cdef int _maxpool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
+                          int64_t[:, :, :, ::1] argmax, Py_ssize_t ph, Py_ssize_t pw,
+                          Py_ssize_t sh, Py_ssize_t sw) noexcept:
     """Window maxima in row-major window order, the first maximum winning and a NaN beating
     a number, and where each was (h * W + w in its input plane): output row by output row,
-    each window position a pass over the whole row (_max_where_row). Positions are int32,
-    the width of a float32, so that the passes vectorize."""
+    each window position a pass over the whole row (_max_where_row). The passes keep the
+    positions as int32, the width of a float32, so that they vectorize, and the finished
+    row widens them into argmax. Returns how many rows found no memory for that."""
     cdef Py_ssize_t oh = y.shape[1], ow = y.shape[2], width = x.shape[2], channels = x.shape[3]
     cdef Py_ssize_t count = x.shape[0] * oh, row, n, i, j, r, q, c, start
     cdef real* out
     cdef int32_t* where
-    for row in prange(count, schedule="dynamic", nogil=True,
-                      num_threads=_team_for(count, count * ow * channels * ph * pw,
-                                            _VALUES_PER_THREAD)):
-        n = row // oh
-        i = row - n * oh
-        out = &y[n, i, 0, 0]
-        where = &argmax[n, i, 0, 0]
-        start = i * sh * width
-        for j in range(ow):
-            _copy(out + j * channels, &x[n, i * sh, j * sw, 0], channels)
-            for c in range(channels):
-                where[j * channels + c] = <int32_t>(start + j * sw)
-        for r in range(ph):
-            for q in range(pw):
-                if r == 0 and q == 0:
-                    continue
-                _max_where_row(out, where, &x[n, i * sh + r, q, 0], ow, sw * channels, channels,
-                               start + r * width + q, sw)
+    cdef int64_t* wide
+    cdef int failed = 0
+    with nogil, parallel(num_threads=_team_for(count, count * ow * channels * ph * pw,
+                                               _VALUES_PER_THREAD)):
+        where = <int32_t*>malloc(ow * channels * sizeof(int32_t))
+        for row in prange(count, schedule="dynamic"):
+            if where == NULL:
+                failed += 1
+                continue
+            n = row // oh
+            i = row - n * oh
+            out = &y[n, i, 0, 0]
+            start = i * sh * width
+            for j in range(ow):
+                _copy(out + j * channels, &x[n, i * sh, j * sw, 0], channels)
+                for c in range(channels):
+                    where[j * channels + c] = <int32_t>(start + j * sw)
+            for r in range(ph):
+                for q in range(pw):
+                    if r == 0 and q == 0:
+                        continue
+                    _max_where_row(out, where, &x[n, i * sh + r, q, 0], ow, sw * channels,
+                                   channels, start + r * width + q, sw)
+            wide = &argmax[n, i, 0, 0]
+            for j in range(ow * channels):
+                wide[j] = where[j]
+        free(where)
+    return failed
 
 
 cdef void _maxpool_inference(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, Py_ssize_t ph,
@@ -113,37 +124,52 @@ def maxpool2d_forward(x, pool_size, stride):
     x, (ph, pw), (sh, sw), (oh, ow) = _checks.maxpool2d_forward(x, pool_size, stride)
     n, c = x.shape[0], x.shape[3]
     y = np.empty((n, oh, ow, c), dtype=x.dtype)
-    argmax = _scratch("argmax", n * oh * ow, c, np.int32).reshape(n, oh, ow, c)
+    argmax = np.empty((n, oh, ow, c), dtype=np.int64)
     if x.dtype == np.float32:
-        _maxpool_forward[float](x, y, argmax, ph, pw, sh, sw)
+        failed = _maxpool_forward[float](x, y, argmax, ph, pw, sh, sw)
     else:
-        _maxpool_forward[double](x, y, argmax, ph, pw, sh, sw)
-    return y, argmax.astype(np.int64)
+        failed = _maxpool_forward[double](x, y, argmax, ph, pw, sh, sw)
+    if failed:
+        raise MemoryError("no memory for a max pool's row of positions")
+    return y, argmax
 
 
-cdef void _maxpool_backward(const real[:, :, :, ::1] dy, const int64_t[:, :, :, ::1] argmax,
-                            real[:, ::1] dx) noexcept:
-    """dx[n, argmax * C + c] += dy[n, i, j, c]; dx is (N, H*W*C), starting at 0."""
-    cdef Py_ssize_t n, i, j, c
-    cdef Py_ssize_t channels = dy.shape[3]
+cdef Py_ssize_t _maxpool_backward(const real[:, :, :, ::1] dy,
+                                  const int64_t[:, :, :, ::1] argmax, real[:, ::1] dx) noexcept:
+    """dx[n, argmax * C + c] += dy[n, i, j, c], dx (N, H*W*C) zeroed an image at a time just
+    before its gradients land there (in cache); a position outside the plane is counted,
+    not followed. Returns how many there were."""
+    cdef Py_ssize_t n, i, j, c, position
+    cdef Py_ssize_t channels = dy.shape[3], plane = dx.shape[1] // channels if channels else 0
+    cdef Py_ssize_t outside = 0
     for n in prange(dy.shape[0], schedule="dynamic", nogil=True,
                     num_threads=_team_for(dy.shape[0], dx.shape[0] * dx.shape[1],
                                           _VALUES_PER_THREAD)):
+        _zero(&dx[n, 0], dx.shape[1])
         for i in range(dy.shape[1]):
             for j in range(dy.shape[2]):
                 for c in range(channels):
-                    dx[n, argmax[n, i, j, c] * channels + c] += dy[n, i, j, c]
+                    position = argmax[n, i, j, c]
+                    if position < 0 or position >= plane:
+                        outside += 1
+                    else:
+                        dx[n, position * channels + c] += dy[n, i, j, c]
+    return outside
 
 
 def maxpool2d_backward(dy, argmax, input_shape):
     """Scatter dy (N, OH, OW, C) back to the input positions recorded in argmax."""
     dy, argmax, input_shape = _checks.maxpool2d_backward(dy, argmax, input_shape)
     n, h, w, c = input_shape
-    dx = np.zeros((n, h * w * c), dtype=dy.dtype)
-    if dy.dtype == np.float32:
-        _maxpool_backward[float](dy, argmax, dx)
+    dx = np.empty((n, h * w * c), dtype=dy.dtype)
+    if dx.size == 0 or dy.size == 0:
+        dx[...] = 0
+    elif dy.dtype == np.float32:
+        outside = _maxpool_backward[float](dy, argmax, dx)
     else:
-        _maxpool_backward[double](dy, argmax, dx)
+        outside = _maxpool_backward[double](dy, argmax, dx)
+    if dx.size and dy.size and outside:
+        _checks.maxpool_positions(argmax, h * w)
     return dx.reshape(input_shape)
 
 

@@ -1,5 +1,5 @@
 # Work arrays that each Python thread keeps from call to call: the patch matrices of the
-# numpy.matmul convolution, the int32 argmax of max pooling.
+# numpy.matmul convolution.
 
 _local = threading.local()
 
