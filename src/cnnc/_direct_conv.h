@@ -70,9 +70,17 @@ static const ptrdiff_t cnnc_narrow_most = CNNC_NARROW_MOST;
 #define CNNC_ACTIVATE(z, slope) \
     ((z) > 0 || (z) != (z) ? (z) : ((slope) == 0 ? 0 : (slope) * (z)))
 
-/* The bodies of the two vector operations below, by instruction set; P is the intrinsics'
- * suffix (ps or pd) and M512, M256 their vector types, for float or double. */
+/* The bodies of the vector operations below, by instruction set; P is the intrinsics'
+ * suffix (ps or pd) and M512, M256 their vector types, for float or double. A partial load
+ * is one masked load with AVX-512 (the lanes past n are never read), a copy elsewhere. */
+#define CNNC_LOAD_PART_COPY(T, V) \
+    V v;                          \
+    memset(&v, 0, sizeof(V));     \
+    memcpy(&v, src, (size_t)n * sizeof(T)); \
+    return v;
 #if defined(__AVX512F__)
+#define CNNC_LOAD_PART_BODY(T, V, P, M512, M256) \
+    return (V)_mm512_maskz_loadu_##P((__mmask16)((1u << n) - 1), src);
 #define CNNC_MADD_BODY(V, P, M512, M256) \
     return (V)_mm512_fmadd_##P(_mm512_set1_##P(s), (M512)b, (M512)acc);
 #define CNNC_ACTIVATE_BODY(T, V, P, M512, M256)                                                  \
@@ -81,6 +89,7 @@ static const ptrdiff_t cnnc_narrow_most = CNNC_NARROW_MOST;
     return (V)_mm512_mask_blend_##P(_mm512_cmp_##P##_mask(v, _mm512_setzero_##P(), _CMP_NLE_UQ), \
                                     other, v);
 #elif defined(__AVX2__) && defined(__FMA__)
+#define CNNC_LOAD_PART_BODY(T, V, P, M512, M256) CNNC_LOAD_PART_COPY(T, V)
 #define CNNC_MADD_BODY(V, P, M512, M256) \
     return (V)_mm256_fmadd_##P(_mm256_set1_##P(s), (M256)b, (M256)acc);
 #define CNNC_ACTIVATE_BODY(T, V, P, M512, M256)                                                  \
@@ -88,6 +97,7 @@ static const ptrdiff_t cnnc_narrow_most = CNNC_NARROW_MOST;
     M256 other = slope == 0 ? _mm256_setzero_##P() : _mm256_mul_##P(v, _mm256_set1_##P(slope)); \
     return (V)_mm256_blendv_##P(other, v, _mm256_cmp_##P(v, _mm256_setzero_##P(), _CMP_NLE_UQ));
 #else
+#define CNNC_LOAD_PART_BODY(T, V, P, M512, M256) CNNC_LOAD_PART_COPY(T, V)
 #define CNNC_MADD_BODY(V, P, M512, M256) return acc + s * b;
 #define CNNC_ACTIVATE_BODY(T, V, P, M512, M256)                                                  \
     T lanes[sizeof(V) / sizeof(T)];                                                              \
@@ -99,12 +109,15 @@ static const ptrdiff_t cnnc_narrow_most = CNNC_NARROW_MOST;
 #endif
 
 /* For vectors V of T: cnnc_madd_S(acc, s, b) = acc + s * b for a scalar s, one fused
- * multiply-add of s broadcast where the build has FMA, a product and a sum elsewhere; and
+ * multiply-add of s broadcast where the build has FMA, a product and a sum elsewhere;
  * cnnc_activate_S(z, slope) = CNNC_ACTIVATE on every lane, a compare and a blend where
- * the build has the instructions, lane by lane elsewhere. */
+ * the build has the instructions, lane by lane elsewhere; and cnnc_load_part_S(src, n) =
+ * src[0] to src[n - 1] in the first n lanes (0 < n < lanes), zero in the others. */
 #define CNNC_VECTOR_OPS(S, T, V, P, M512, M256)                                         \
 static inline V cnnc_madd_##S(V acc, T s, V b) { CNNC_MADD_BODY(V, P, M512, M256) }     \
-static inline V cnnc_activate_##S(V z, T slope) { CNNC_ACTIVATE_BODY(T, V, P, M512, M256) }
+static inline V cnnc_activate_##S(V z, T slope) { CNNC_ACTIVATE_BODY(T, V, P, M512, M256) } \
+static inline V cnnc_load_part_##S(const T* src, ptrdiff_t n)                           \
+{ CNNC_LOAD_PART_BODY(T, V, P, M512, M256) }
 
 CNNC_VECTOR_OPS(f, float, cnnc_vf, ps, __m512, __m256)
 CNNC_VECTOR_OPS(d, double, cnnc_vd, pd, __m512d, __m256d)
@@ -154,13 +167,27 @@ static void NAME(const T* px, ptrdiff_t px_row, ptrdiff_t px_step, ptrdiff_t row
  * x[g * x_image + i * x_row + j * x_step + tap[t]] * dy[g * dy_image + i * dy_row + j * dy_stride + l],
  * for t < TAPS and the filters l of one block: a few taps of the filter gradient over a
  * few images, each tap at its own offset in the patch (taps of several filter rows, for a
- * thin input). With few taps, SPLIT sets of sums take turns by column, so that enough
- * multiply-adds are in flight to hide their latency; the sets are added at the end. */
-#define CNNC_TAP_TILE(NAME, T, V, MADD, VECTORS, TAPS)                                    \
+ * thin input). dy holds the first tail filters of the block's last vector (all of them:
+ * tail = lanes), the others taken as zero and never read. With few taps, SPLIT sets of
+ * sums take turns by column, so that enough multiply-adds are in flight to hide their
+ * latency; the sets are added at the end. */
+#define CNNC_FULL_GRAD(V, VECTORS, LOAD_PART, grad, row, tail) do {                      \
+        int v_;                                                                           \
+        for (v_ = 0; v_ < VECTORS; v_++) memcpy(&grad[v_], (row) + v_ * W, sizeof(V));    \
+    } while (0)
+#define CNNC_TAIL_GRAD(V, VECTORS, LOAD_PART, grad, row, tail) do {                      \
+        int v_;                                                                           \
+        for (v_ = 0; v_ < VECTORS - 1; v_++) memcpy(&grad[v_], (row) + v_ * W, sizeof(V)); \
+        grad[VECTORS - 1] = LOAD_PART((row) + (VECTORS - 1) * W, tail);                   \
+    } while (0)
+/* CNNC_TAP_TILE's loops, each dy vector loaded by LOAD: CNNC_FULL_GRAD, or CNNC_TAIL_GRAD
+ * where the block's last vector holds fewer than W filters (two functions, so that each
+ * keeps its sums in registers). */
+#define CNNC_TAP_SUMS(NAME, T, V, MADD, LOAD, LOAD_PART, VECTORS, TAPS)                   \
 static void NAME(const T* x, const ptrdiff_t* tap, ptrdiff_t x_image, ptrdiff_t x_row,    \
                  ptrdiff_t x_step, const T* dy, ptrdiff_t dy_image, ptrdiff_t dy_row,     \
-                 ptrdiff_t dy_stride, ptrdiff_t images, ptrdiff_t rows, ptrdiff_t columns, \
-                 T* dw, ptrdiff_t dw_stride)                                              \
+                 ptrdiff_t dy_stride, ptrdiff_t tail, ptrdiff_t images, ptrdiff_t rows,   \
+                 ptrdiff_t columns, T* dw, ptrdiff_t dw_stride)                           \
 {                                                                                         \
     enum { W = (int)CNNC_LANES(V, T),                                                     \
            SPLIT = TAPS * VECTORS >= 8 ? 1 : (TAPS * VECTORS >= 4 ? 2 : 4) };             \
@@ -177,8 +204,7 @@ static void NAME(const T* x, const ptrdiff_t* tap, ptrdiff_t x_image, ptrdiff_t 
             for (j = 0; j + SPLIT <= columns; j += SPLIT) {                               \
                 CNNC_UNROLL for (part = 0; part < SPLIT; part++) {                        \
                     const T* xj = xi + (j + part) * x_step;                               \
-                    for (v = 0; v < VECTORS; v++)                                         \
-                        memcpy(&grad[v], dyi + (j + part) * dy_stride + v * W, sizeof(V)); \
+                    LOAD(V, VECTORS, LOAD_PART, grad, dyi + (j + part) * dy_stride, tail); \
                     CNNC_UNROLL for (t = 0; t < TAPS; t++) {                              \
                         T value = xj[tap[t]];                                             \
                         CNNC_UNROLL for (v = 0; v < VECTORS; v++)                         \
@@ -188,8 +214,7 @@ static void NAME(const T* x, const ptrdiff_t* tap, ptrdiff_t x_image, ptrdiff_t 
             }                                                                             \
             for (; j < columns; j++) {                                                    \
                 const T* xj = xi + j * x_step;                                            \
-                for (v = 0; v < VECTORS; v++)                                             \
-                    memcpy(&grad[v], dyi + j * dy_stride + v * W, sizeof(V));             \
+                LOAD(V, VECTORS, LOAD_PART, grad, dyi + j * dy_stride, tail);             \
                 CNNC_UNROLL for (t = 0; t < TAPS; t++) {                                  \
                     T value = xj[tap[t]];                                                 \
                     CNNC_UNROLL for (v = 0; v < VECTORS; v++)                             \
@@ -198,14 +223,26 @@ static void NAME(const T* x, const ptrdiff_t* tap, ptrdiff_t x_image, ptrdiff_t 
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
-    for (t = 0; t < TAPS; t++) {                                                          \
-        for (v = 0; v < VECTORS; v++) {                                                   \
+    CNNC_UNROLL for (t = 0; t < TAPS; t++) {                                              \
+        CNNC_UNROLL for (v = 0; v < VECTORS; v++) {                                       \
             memcpy(&sum, dw + t * dw_stride + v * W, sizeof(V));                          \
-            for (part = 1; part < SPLIT; part++) acc[0][t][v] += acc[part][t][v];         \
+            CNNC_UNROLL for (part = 1; part < SPLIT; part++) acc[0][t][v] += acc[part][t][v]; \
             sum += acc[0][t][v];                                                          \
             memcpy(dw + t * dw_stride + v * W, &sum, sizeof(V));                          \
         }                                                                                 \
     }                                                                                     \
+}
+#define CNNC_TAP_TILE(NAME, T, V, MADD, LOAD_PART, VECTORS, TAPS)                         \
+CNNC_TAP_SUMS(NAME##_full, T, V, MADD, CNNC_FULL_GRAD, LOAD_PART, VECTORS, TAPS)          \
+CNNC_TAP_SUMS(NAME##_tail, T, V, MADD, CNNC_TAIL_GRAD, LOAD_PART, VECTORS, TAPS)          \
+static void NAME(const T* x, const ptrdiff_t* tap, ptrdiff_t x_image, ptrdiff_t x_row,    \
+                 ptrdiff_t x_step, const T* dy, ptrdiff_t dy_image, ptrdiff_t dy_row,     \
+                 ptrdiff_t dy_stride, ptrdiff_t tail, ptrdiff_t images, ptrdiff_t rows,   \
+                 ptrdiff_t columns, T* dw, ptrdiff_t dw_stride)                           \
+{                                                                                         \
+    (tail >= (ptrdiff_t)CNNC_LANES(V, T) ? NAME##_full : NAME##_tail)(                    \
+        x, tap, x_image, x_row, x_step, dy, dy_image, dy_row, dy_stride, tail, images,    \
+        rows, columns, dw, dw_stride);                                                    \
 }
 
 /* Every count from 1 to 16, for the tables of tiles. */
@@ -220,9 +257,11 @@ static void NAME(const T* x, const ptrdiff_t* tap, ptrdiff_t x_image, ptrdiff_t 
     CNNC_PIXEL_TILE(cnnc_pixels_d_##VECTORS##_##N, double, cnnc_vd, cnnc_madd_d, cnnc_activate_d, \
                     VECTORS, N)
 #define CNNC_TAP_TILE_F(VECTORS, UNUSED, N)                                                \
-    CNNC_TAP_TILE(cnnc_taps_f_##VECTORS##_##N, float, cnnc_vf, cnnc_madd_f, VECTORS, N)
+    CNNC_TAP_TILE(cnnc_taps_f_##VECTORS##_##N, float, cnnc_vf, cnnc_madd_f, cnnc_load_part_f, \
+                  VECTORS, N)
 #define CNNC_TAP_TILE_D(VECTORS, UNUSED, N)                                                \
-    CNNC_TAP_TILE(cnnc_taps_d_##VECTORS##_##N, double, cnnc_vd, cnnc_madd_d, VECTORS, N)
+    CNNC_TAP_TILE(cnnc_taps_d_##VECTORS##_##N, double, cnnc_vd, cnnc_madd_d, cnnc_load_part_d, \
+                  VECTORS, N)
 #define CNNC_ENTRY(PREFIX, VECTORS, N) PREFIX##_##VECTORS##_##N,
 
 CNNC_COUNTS(CNNC_PIXEL_TILE_F, 1, ~) CNNC_COUNTS(CNNC_PIXEL_TILE_F, 2, ~)
@@ -238,10 +277,10 @@ typedef void (*cnnc_pixel_tile_d)(const double*, ptrdiff_t, ptrdiff_t, ptrdiff_t
                                   ptrdiff_t, ptrdiff_t, double);
 typedef void (*cnnc_tap_tile_f)(const float*, const ptrdiff_t*, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                                 const float*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                                ptrdiff_t, ptrdiff_t, float*, ptrdiff_t);
+                                ptrdiff_t, ptrdiff_t, ptrdiff_t, float*, ptrdiff_t);
 typedef void (*cnnc_tap_tile_d)(const double*, const ptrdiff_t*, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                                 const double*, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                                ptrdiff_t, ptrdiff_t, double*, ptrdiff_t);
+                                ptrdiff_t, ptrdiff_t, ptrdiff_t, double*, ptrdiff_t);
 
 /* The tiles by [vectors - 1][count - 1]. */
 static const cnnc_pixel_tile_f cnnc_pixel_tiles_f[2][16] = {
@@ -276,38 +315,46 @@ static void cnnc_pixel_tile_double(int vectors, int pixels, const double* px, pt
 static void cnnc_tap_tile_float(int vectors, int taps, const float* x, const ptrdiff_t* tap,
                                 ptrdiff_t x_image, ptrdiff_t x_row, ptrdiff_t x_step,
                                 const float* dy, ptrdiff_t dy_image, ptrdiff_t dy_row,
-                                ptrdiff_t dy_stride, ptrdiff_t images, ptrdiff_t rows,
-                                ptrdiff_t columns, float* dw, ptrdiff_t dw_stride)
+                                ptrdiff_t dy_stride, ptrdiff_t tail, ptrdiff_t images,
+                                ptrdiff_t rows, ptrdiff_t columns, float* dw, ptrdiff_t dw_stride)
 {
     cnnc_tap_tiles_f[vectors - 1][taps - 1](x, tap, x_image, x_row, x_step, dy, dy_image, dy_row,
-                                            dy_stride, images, rows, columns, dw, dw_stride);
+                                            dy_stride, tail, images, rows, columns, dw, dw_stride);
 }
 
 static void cnnc_tap_tile_double(int vectors, int taps, const double* x, const ptrdiff_t* tap,
                                  ptrdiff_t x_image, ptrdiff_t x_row, ptrdiff_t x_step,
                                  const double* dy, ptrdiff_t dy_image, ptrdiff_t dy_row,
-                                 ptrdiff_t dy_stride, ptrdiff_t images, ptrdiff_t rows,
-                                 ptrdiff_t columns, double* dw, ptrdiff_t dw_stride)
+                                 ptrdiff_t dy_stride, ptrdiff_t tail, ptrdiff_t images,
+                                 ptrdiff_t rows, ptrdiff_t columns, double* dw,
+                                 ptrdiff_t dw_stride)
 {
     cnnc_tap_tiles_d[vectors - 1][taps - 1](x, tap, x_image, x_row, x_step, dy, dy_image, dy_row,
-                                            dy_stride, images, rows, columns, dw, dw_stride);
+                                            dy_stride, tail, images, rows, columns, dw, dw_stride);
 }
 
-/* sums[l] += the sum over r < count of rows[r * stride + l], for l < width (whole vectors):
- * the bias gradient of a group of pixels, vector by vector down the rows. */
+/* sums[l] += the sum over r < count of rows[r * stride + l], for l < width: the bias
+ * gradient of a group of pixels, vector by vector down the rows, then value by value for
+ * the last few. */
 #define CNNC_COLUMN_SUMS(NAME, T, V)                                                      \
 static void NAME(const T* rows, ptrdiff_t count, ptrdiff_t stride, ptrdiff_t width, T* sums) \
 {                                                                                         \
     enum { W = (int)CNNC_LANES(V, T) };                                                   \
     V acc, value;                                                                         \
+    T one;                                                                                \
     ptrdiff_t l, r;                                                                       \
-    for (l = 0; l < width; l += W) {                                                      \
+    for (l = 0; l + W <= width; l += W) {                                                 \
         memcpy(&acc, sums + l, sizeof(V));                                                \
         for (r = 0; r < count; r++) {                                                     \
             memcpy(&value, rows + r * stride + l, sizeof(V));                             \
             acc += value;                                                                 \
         }                                                                                 \
         memcpy(sums + l, &acc, sizeof(V));                                                \
+    }                                                                                     \
+    for (; l < width; l++) {                                                              \
+        one = sums[l];                                                                    \
+        for (r = 0; r < count; r++) one += rows[r * stride + l];                          \
+        sums[l] = one;                                                                    \
     }                                                                                     \
 }
 CNNC_COLUMN_SUMS(cnnc_column_sums_float, float, cnnc_vf)

@@ -16,10 +16,10 @@ cdef extern from "_direct_conv.h" nogil:
                                 const double*, double*, Py_ssize_t, Py_ssize_t, double)
     void cnnc_tap_tile_float(int, int, const float*, const Py_ssize_t*, Py_ssize_t, Py_ssize_t,
                              Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                             Py_ssize_t, Py_ssize_t, Py_ssize_t, float*, Py_ssize_t)
+                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*, Py_ssize_t)
     void cnnc_tap_tile_double(int, int, const double*, const Py_ssize_t*, Py_ssize_t, Py_ssize_t,
                               Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                              Py_ssize_t, Py_ssize_t, Py_ssize_t, double*, Py_ssize_t)
+                              Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, double*, Py_ssize_t)
     void cnnc_column_sums_float(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*)
     void cnnc_column_sums_double(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, double*)
 
@@ -117,14 +117,15 @@ cdef inline void _pixel_tile(int vectors, int pixels, const real* px, Py_ssize_t
 cdef inline void _tap_tile(int vectors, int taps, const real* x, const Py_ssize_t* tap,
                            Py_ssize_t x_image, Py_ssize_t x_row, Py_ssize_t x_step,
                            const real* dy, Py_ssize_t dy_image, Py_ssize_t dy_row,
-                           Py_ssize_t dy_stride, Py_ssize_t images, Py_ssize_t rows,
-                           Py_ssize_t columns, real* dw, Py_ssize_t dw_stride) noexcept nogil:
+                           Py_ssize_t dy_stride, Py_ssize_t tail, Py_ssize_t images,
+                           Py_ssize_t rows, Py_ssize_t columns, real* dw,
+                           Py_ssize_t dw_stride) noexcept nogil:
     if real is float:
         cnnc_tap_tile_float(vectors, taps, x, tap, x_image, x_row, x_step, dy, dy_image, dy_row,
-                            dy_stride, images, rows, columns, dw, dw_stride)
+                            dy_stride, tail, images, rows, columns, dw, dw_stride)
     else:
         cnnc_tap_tile_double(vectors, taps, x, tap, x_image, x_row, x_step, dy, dy_image, dy_row,
-                             dy_stride, images, rows, columns, dw, dw_stride)
+                             dy_stride, tail, images, rows, columns, dw, dw_stride)
 
 
 cdef inline void _column_sums(const real* rows, Py_ssize_t count, Py_ssize_t stride,
@@ -163,13 +164,14 @@ cdef void _direct_weight_images(const real* padded_images, const real* dy, real*
                                 real* db, Py_ssize_t images, Py_ssize_t padded_height,
                                 Py_ssize_t padded_width, Py_ssize_t channels, Py_ssize_t kh,
                                 Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t oh,
-                                Py_ssize_t ow, Py_ssize_t f, Py_ssize_t lanes,
+                                Py_ssize_t ow, Py_ssize_t f, Py_ssize_t width, Py_ssize_t lanes,
                                 Py_ssize_t band) noexcept nogil:
-    """dw (patch, F) and db (F,) += the filter and bias gradients of a group of images, given
-    the images with their padding (images, padded_height, padded_width, C) and their dy
-    (images, OH, OW, F), F whole vectors: a band of output rows at a time, every tile of
-    taps over it while its input and dy are in cache. A tile's taps run on across filter
-    rows, so that a thin input (a few channels) still fills one."""
+    """dw (patch, width) and db (width,) += the filter and bias gradients of a group of
+    images, given the images with their padding (images, padded_height, padded_width, C)
+    and their dy (images, OH, OW, F), width F rounded up to whole vectors (the sums past F
+    stay zero): a band of output rows at a time, every tile of taps over it while its input
+    and dy are in cache. A tile's taps run on across filter rows, so that a thin input (a
+    few channels) still fills one."""
     cdef Py_ssize_t run = kw * channels, image_row = padded_width * channels
     cdef Py_ssize_t patch = kh * run, i0 = 0, g, rows, start, tiles, tile, t0, t1, t
     cdef Py_ssize_t tap[16]
@@ -177,8 +179,8 @@ cdef void _direct_weight_images(const real* padded_images, const real* dy, real*
     while i0 < oh:
         rows = band if oh - i0 > band else oh - i0
         start = 0
-        while start < f:
-            vectors = _block_vectors(f - start, lanes)
+        while start < width:
+            vectors = _block_vectors(width - start, lanes)
             tiles = (patch + _most(vectors) - 1) // _most(vectors)
             for tile in range(tiles):
                 t0 = tile * patch // tiles
@@ -187,8 +189,9 @@ cdef void _direct_weight_images(const real* padded_images, const real* dy, real*
                     tap[t - t0] = (t // run) * image_row + t % run
                 _tap_tile(vectors, <int>(t1 - t0), padded_images + i0 * sh * image_row, tap,
                           padded_height * image_row, sh * image_row, sw * channels,
-                          dy + i0 * ow * f + start, oh * ow * f, ow * f, f, images, rows, ow,
-                          dw + t0 * f + start, f)
+                          dy + i0 * ow * f + start, oh * ow * f, ow * f, f,
+                          _clip(f - start - (vectors - 1) * lanes, 1, lanes), images, rows, ow,
+                          dw + t0 * width + start, width)
             start += vectors * lanes
         for g in range(images):
             _column_sums(dy + (g * oh + i0) * ow * f, rows * ow, f, f, db)
@@ -284,9 +287,8 @@ cdef int _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real
                         Py_ssize_t sw, Py_ssize_t top, Py_ssize_t left, Py_ssize_t oh,
                         Py_ssize_t ow, Py_ssize_t group) noexcept:
     """partial (chunks * patch, padded F) and partial_db (chunks, padded F) = the filter and
-    bias gradients of each chunk of images, taken a group of images at a time: each image
-    padded, and its dy copied into padded rows when F is not whole vectors. Returns how
-    many chunks found no memory for those copies."""
+    bias gradients of each chunk of images, taken a group of images at a time, each image
+    padded. Returns how many chunks found no memory for those copies."""
     cdef Py_ssize_t height = x.shape[1], width = x.shape[2], channels = x.shape[3]
     cdef Py_ssize_t images = x.shape[0], f = dy2.shape[1], padded = partial.shape[1]
     cdef Py_ssize_t pixels = oh * ow, patch = kh * kw * channels
@@ -297,16 +299,14 @@ cdef int _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real
     # a group of small images at once, or a band of rows of one large image: about
     # _WEIGHT_GROUP_PIXELS output pixels at a time
     cdef Py_ssize_t band = _clip(_WEIGHT_GROUP_PIXELS // ow, 1, oh) if group == 1 else oh
-    cdef Py_ssize_t chunk, first, stop, end, n, pixel
+    cdef Py_ssize_t chunk, first, stop, end, n
     cdef int failed = 0
     cdef real* buffer
-    cdef real* rows
     cdef int team = _team_for(chunks, images * pixels * patch * padded, _MULTIPLY_ADDS_PER_THREAD)
     with nogil, parallel(num_threads=team):
         buffer = <real*>malloc(group * image_size * sizeof(real))
-        rows = <real*>calloc(group * pixels * padded, sizeof(real)) if padded != f else NULL
         for chunk in prange(chunks, schedule="dynamic"):
-            if buffer == NULL or (padded != f and rows == NULL):
+            if buffer == NULL:
                 failed += 1
                 continue
             first = chunk * images // chunks
@@ -316,16 +316,12 @@ cdef int _direct_weight(const real[:, :, :, ::1] x, const real[:, ::1] dy2, real
                 for n in range(first, end):
                     _fill_slab(&x[n, 0, 0, 0], buffer + (n - first) * image_size, height, width,
                                channels, -top, padded_height, left, padded_width)
-                if padded != f:
-                    for pixel in range((end - first) * pixels):
-                        _copy(rows + pixel * padded, &dy2[first * pixels + pixel, 0], f)
-                _direct_weight_images(buffer, &dy2[first * pixels, 0] if padded == f else rows,
-                                      &partial[chunk * patch, 0], &partial_db[chunk, 0],
-                                      end - first, padded_height, padded_width, channels, kh, kw,
-                                      sh, sw, oh, ow, padded, lanes, band)
+                _direct_weight_images(buffer, &dy2[first * pixels, 0], &partial[chunk * patch, 0],
+                                      &partial_db[chunk, 0], end - first, padded_height,
+                                      padded_width, channels, kh, kw, sh, sw, oh, ow, f, padded,
+                                      lanes, band)
                 first = end
         free(buffer)
-        free(rows)
     return failed
 
 

@@ -308,7 +308,7 @@ cdef tuple _winograd_weight(const real[:, :, :, ::1] x, const real[:, :, :, ::1]
                             c1 = (part + 1) * channels // parts
                             _tap_tile(vectors, <int>(c1 - c0), v + p * capacity * channels + c0,
                                       offsets, 0, 0, channels, g + p * capacity * padded + start,
-                                      0, 0, padded, 1, 1, tiles,
+                                      0, 0, padded, lanes, 1, 1, tiles,
                                       &partial[chunk * positions + p, c0, start], padded)
                         start = start + vectors * lanes
                 first = block_stop
