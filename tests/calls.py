@@ -133,9 +133,9 @@ def avgb(**kw):
 
 
 def bnf(**kw):
-    a = dict(x=arr(6, 3), gamma=arr(3, seed=1), beta=arr(3, seed=2), eps=1e-5)
+    a = dict(x=arr(6, 3), gamma=arr(3, seed=1), beta=arr(3, seed=2), eps=1e-5, slope=0.25)
     a.update(kw)
-    return "batchnorm_forward", (a["x"], a["gamma"], a["beta"], a["eps"])
+    return "batchnorm_forward", (a["x"], a["gamma"], a["beta"], a["eps"], a["slope"])
 
 
 def bnb(**kw):
@@ -147,9 +147,10 @@ def bnb(**kw):
 
 def bni(**kw):
     a = dict(x=arr(6, 3), gamma=arr(3, seed=1), beta=arr(3, seed=2), mean=arr(3, seed=3),
-             var=np.abs(arr(3, seed=4)), eps=1e-5)
+             var=np.abs(arr(3, seed=4)), eps=1e-5, slope=0.0)
     a.update(kw)
-    return "batchnorm_inference", (a["x"], a["gamma"], a["beta"], a["mean"], a["var"], a["eps"])
+    return "batchnorm_inference", (a["x"], a["gamma"], a["beta"], a["mean"], a["var"], a["eps"],
+                                   a["slope"])
 
 
 def dense(**kw):

@@ -91,6 +91,33 @@ def test_batchnorm_inference_matches_the_reference(implementation, shape, dtype)
     assert_close(y, reference.batchnorm_inference(x, gamma, beta, mean, var, 1e-3), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("slope", [0.0, 0.01, 0.5, 1.0])
+@pytest.mark.parametrize("shape", [(7, 3), (40, 16), (3001, 16)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_batchnorm_fuses_the_activation_of_its_slope(implementation, shape, slope, dtype):
+    """slope activates each normalized value as it is stored, as conv2d_forward's does: the
+    normalized value z for z > 0 (or NaN), slope * z elsewhere (exactly 0 for slope 0),
+    with the statistics unchanged; in training and in inference."""
+    x, gamma, beta, _ = bn_inputs(shape, dtype, seed=16)
+    x[0, 0] = np.nan
+    mean, var = x[1:].mean(axis=0), x[1:].var(axis=0) + 1
+
+    def activated(z):
+        return np.where((z > 0) | np.isnan(z), z, z * slope if slope else 0).astype(dtype)
+
+    with np.errstate(invalid="ignore"):
+        y, batch_mean, batch_var = implementation.batchnorm_forward(x, gamma, beta, 1e-5, slope)
+        plain, plain_mean, plain_var = implementation.batchnorm_forward(x, gamma, beta, 1e-5)
+        inferred = implementation.batchnorm_inference(x, gamma, beta, mean, var, 1e-5, slope)
+        plain_inferred = implementation.batchnorm_inference(x, gamma, beta, mean, var, 1e-5)
+    np.testing.assert_array_equal(y, activated(plain))
+    np.testing.assert_array_equal(inferred, activated(plain_inferred))
+    np.testing.assert_array_equal(batch_mean, plain_mean)
+    np.testing.assert_array_equal(batch_var, plain_var)
+    if slope == 0:
+        assert not np.signbit(inferred[inferred == 0]).any()
+
+
 # ---------------------------------------------------------------- PyTorch
 
 @pytest.mark.parametrize("shape", [(2, 1), (7, 3), (300, 35)])

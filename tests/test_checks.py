@@ -59,9 +59,9 @@ def test_kernel_checks_name_their_results():
     assert _checks.matmul(np.zeros((2, 3)), np.zeros((3, 4))).b.shape == (3, 4)
 
     rows, c = np.zeros((5, 3)), np.ones(3)
-    assert _checks.batchnorm_forward(rows, c, c, 1e-5).eps == 1e-5
+    assert _checks.batchnorm_forward(rows, c, c, 1e-5, 0.5).slope == 0.5
     assert _checks.batchnorm_backward(rows, rows, c, c, c, 1e-5).var is c
-    assert _checks.batchnorm_inference(rows, c, c, c, c, 1e-5).mean is c
+    assert _checks.batchnorm_inference(rows, c, c, c, c, 1e-5, 1.0).mean is c
 
 
 def test_shape_is_a_tuple_of_1_to_32_positive_ints():

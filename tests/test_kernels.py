@@ -798,6 +798,9 @@ BAD_CALLS = {
     "bnf-eps-negative": lambda: bnf(eps=-1e-5),
     "bnf-eps-nan": lambda: bnf(eps=float("nan")),
     "bnf-eps-None": lambda: bnf(eps=None),
+    "bnf-slope-above-1": lambda: bnf(slope=1.5),
+    "bnf-slope-negative": lambda: bnf(slope=-0.1),
+    "bnf-slope-nan": lambda: bnf(slope=float("nan")),
     # batchnorm_backward
     "bnb-dy-wrong-shape": lambda: bnb(dy=arr(6, 4)),
     "bnb-dy-wrong-rows": lambda: bnb(dy=arr(5, 3)),
@@ -814,6 +817,8 @@ BAD_CALLS = {
     "bni-x-no-channels": lambda: bni(x=arr(6, 0), gamma=arr(0), beta=arr(0), mean=arr(0),
                                      var=arr(0)),
     "bni-mean-long": lambda: bni(mean=arr(4)),
+    "bni-slope-above-1": lambda: bni(slope=2.0),
+    "bni-slope-string": lambda: bni(slope="relu"),
     "bni-var-2d": lambda: bni(var=np.abs(arr(3, 1))),
     "bni-beta-int": lambda: bni(beta=np.zeros(3, np.int64)),
     "bni-eps-negative": lambda: bni(eps=-1.0),

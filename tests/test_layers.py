@@ -125,7 +125,7 @@ def test_conv_forward_returns_z_and_activation_of_z(activation):
 
 @pytest.mark.parametrize("activation", [relu, leaky_relu, LeakyReLU(1.0), linear, sigmoid,
                                         tanh, LeakyReLU(0.0)], ids=repr)
-@pytest.mark.parametrize("kind", ["conv", "dense"])
+@pytest.mark.parametrize("kind", ["conv", "dense", "batchnorm"])
 def test_train_forward_keeps_what_the_activation_backward_needs(activation, kind):
     """A training step keeps a in place of z only where the activation's slope at a is its
     slope at z (the identity, ReLU, a leaky ReLU with a slope >= 0): its a is forward's,
@@ -136,11 +136,16 @@ def test_train_forward_keeps_what_the_activation_backward_needs(activation, kind
         x = rng.standard_normal((2, 5, 6, 2))
         layer.params["b"][:] = 0
         x[0, :, :, :] = 0                               # outputs exactly 0
-    else:
+    elif kind == "dense":
         layer = FullyConnected((5, 4), activation=activation, dtype=F64)
         x = rng.standard_normal((3, 5))
         x[0] = 0
         layer.params["b"][:] = 0
+    else:
+        layer = BatchNorm(4, activation=activation, dtype=F64)
+        layer.training = True
+        x = rng.standard_normal((3, 2, 2, 4))
+        x[..., 0] = 1                                   # normalized to exactly 0
     z, a = layer.forward(x)
     kept, outputs = layer.train_forward(x)
     np.testing.assert_allclose(outputs, a, rtol=1e-13, atol=1e-15)
@@ -1157,7 +1162,7 @@ def test_predict_fuses_only_what_computes_the_same(dtype, monkeypatch):
     # two BatchNorms folded, one left; the ReLU, leaky ReLU and linear fused, not the rest
     assert calls == [("conv2d_forward", (0.0,)), ("conv2d_forward", (0.01,)),
                      ("conv2d_forward", ()), ("conv2d_forward", ()), ("conv2d_forward", ()),
-                     ("conv2d_forward", (0.0,)), ("batchnorm_inference", (1e-05,))]
+                     ("conv2d_forward", (0.0,)), ("batchnorm_inference", (1e-05, 1.0))]
     np.testing.assert_allclose(got, expected, rtol=0, atol=(1e-4 if dtype == np.float32 else 1e-11)
                                * np.abs(expected).max())
     after = {name: a for layer in net.layers for name, a in layer.state_dict().items()}

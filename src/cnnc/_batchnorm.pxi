@@ -91,41 +91,48 @@ def _moments(x):
 
 
 cdef inline void _normalize_row(real* y, const real* x, const real* mean, const real* scale,
-                                const real* shift, Py_ssize_t count) noexcept nogil:
+                                const real* shift, Py_ssize_t count, real slope) noexcept nogil:
+    """One row normalized, then activated (slope, as conv2d_forward's) as it is stored."""
     cdef Py_ssize_t k
     for k in range(count):
         y[k] = (x[k] - mean[k]) * scale[k] + shift[k]
+    if slope != 1:
+        _activate_row(y, count, slope)
 
 
 cdef void _normalize(const real[:, ::1] x, const real[::1] mean, const real[::1] scale,
-                     const real[::1] shift, real[:, ::1] y) noexcept:
-    """y = (x - mean) * scale + shift, row by row, chunks of rows on the threads."""
+                     const real[::1] shift, real[:, ::1] y, real slope) noexcept:
+    """y = the activation (slope) of (x - mean) * scale + shift, row by row, chunks of rows
+    on the threads."""
     cdef Py_ssize_t rows = x.shape[0], channels = x.shape[1]
     cdef Py_ssize_t per = _rows_per_chunk(channels), chunks = (rows + per - 1) // per
     cdef Py_ssize_t chunk, row
     for chunk in prange(chunks, schedule="dynamic", nogil=True, num_threads=_team(chunks)):
         for row in range(chunk * per, _chunk_end(chunk, per, rows)):
-            _normalize_row(&y[row, 0], &x[row, 0], &mean[0], &scale[0], &shift[0], channels)
+            _normalize_row(&y[row, 0], &x[row, 0], &mean[0], &scale[0], &shift[0], channels,
+                           slope)
 
 
-def _normalized(x, mean, scale, shift):
-    """(x - mean) * scale + shift per channel, in x's dtype, the vectors rounded to it."""
+def _normalized(x, mean, scale, shift, slope):
+    """(x - mean) * scale + shift per channel, in x's dtype, the vectors rounded to it, then
+    activated (slope)."""
     y = np.empty_like(x)
     mean, scale, shift = (v.astype(x.dtype) for v in (mean, scale, shift))
     if x.dtype == np.float32:
-        _normalize[float](x, mean, scale, shift, y)
+        _normalize[float](x, mean, scale, shift, y, slope)
     else:
-        _normalize[double](x, mean, scale, shift, y)
+        _normalize[double](x, mean, scale, shift, y, slope)
     return y
 
 
-def batchnorm_forward(x, gamma, beta, eps):
+def batchnorm_forward(x, gamma, beta, eps, slope=1.0):
     """Batch normalization of x (M, C) over its rows: y = (x - mean) / sqrt(var + eps) * gamma
     + beta, with the batch's mean and biased variance (returned as well), both taken in
-    float64 in two passes: the mean, then the squared deviations from it."""
-    x, gamma, beta, eps = _checks.batchnorm_forward(x, gamma, beta, eps)
+    float64 in two passes: the mean, then the squared deviations from it; then y for y > 0
+    and slope * y elsewhere, as conv2d_forward's slope."""
+    x, gamma, beta, eps, slope = _checks.batchnorm_forward(x, gamma, beta, eps, slope)
     mean, var = _moments(x)
-    y = _normalized(x, mean, gamma / np.sqrt(var + eps), beta)
+    y = _normalized(x, mean, gamma / np.sqrt(var + eps), beta, slope)
     return y, mean.astype(x.dtype), var.astype(x.dtype)
 
 
@@ -210,7 +217,9 @@ def batchnorm_backward(x, dy, gamma, mean, var, eps):
     return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
-def batchnorm_inference(x, gamma, beta, mean, var, eps):
-    """y = (x - mean) / sqrt(var + eps) * gamma + beta with the given (running) mean and var."""
-    x, gamma, beta, mean, var, eps = _checks.batchnorm_inference(x, gamma, beta, mean, var, eps)
-    return _normalized(x, mean, gamma / np.sqrt(var.astype(np.float64) + eps), beta)
+def batchnorm_inference(x, gamma, beta, mean, var, eps, slope=1.0):
+    """y = (x - mean) / sqrt(var + eps) * gamma + beta with the given (running) mean and var,
+    then activated (slope, as batchnorm_forward's)."""
+    x, gamma, beta, mean, var, eps, slope = _checks.batchnorm_inference(x, gamma, beta, mean,
+                                                                        var, eps, slope)
+    return _normalized(x, mean, gamma / np.sqrt(var.astype(np.float64) + eps), beta, slope)

@@ -329,6 +329,7 @@ class BatchNormForward(NamedTuple):
     gamma: np.ndarray
     beta: np.ndarray
     eps: float
+    slope: float        # of the activation fused into the output: 1 linear, 0 ReLU
 
 
 class BatchNormBackward(NamedTuple):
@@ -347,6 +348,7 @@ class BatchNormInference(NamedTuple):
     mean: np.ndarray
     var: np.ndarray
     eps: float
+    slope: float
 
 
 def _weighted(x, w, b, ndim):
@@ -572,9 +574,10 @@ def channel_vectors(x, **vectors):
     return checked
 
 
-def batchnorm_forward(x, gamma, beta, eps):
+def batchnorm_forward(x, gamma, beta, eps, slope):
     x = batch_rows(x, statistics=True)
-    return BatchNormForward(x, *channel_vectors(x, gamma=gamma, beta=beta), epsilon(eps))
+    return BatchNormForward(x, *channel_vectors(x, gamma=gamma, beta=beta), epsilon(eps),
+                            _slope(slope))
 
 
 def batchnorm_backward(x, dy, gamma, mean, var, eps):
@@ -584,7 +587,7 @@ def batchnorm_backward(x, dy, gamma, mean, var, eps):
     return BatchNormBackward(x, dy, *channel_vectors(x, gamma=gamma, mean=mean, var=var), epsilon(eps))
 
 
-def batchnorm_inference(x, gamma, beta, mean, var, eps):
+def batchnorm_inference(x, gamma, beta, mean, var, eps, slope):
     x = batch_rows(x, statistics=False)
     return BatchNormInference(x, *channel_vectors(x, gamma=gamma, beta=beta, mean=mean, var=var),
-                              epsilon(eps))
+                              epsilon(eps), _slope(slope))

@@ -405,14 +405,13 @@ def _product(a, b, path):
 
 
 cdef void _activate(real[::1] y, real slope) noexcept:
-    """y = z for z > 0 (or NaN), slope * z elsewhere (exactly 0 for slope 0), in place."""
-    cdef Py_ssize_t k
-    cdef real z
-    for k in prange(y.shape[0], schedule="static", nogil=True,
-                    num_threads=_team_for(y.shape[0], y.shape[0], _VALUES_PER_THREAD)):
-        z = y[k]
-        if not (z > 0 or z != z):
-            y[k] = 0 if slope == 0 else slope * z
+    """y = z for z > 0 (or NaN), slope * z elsewhere (exactly 0 for slope 0), in place, in
+    blocks on the threads."""
+    cdef Py_ssize_t block, blocks = (y.shape[0] + _BLOCK - 1) // _BLOCK
+    for block in prange(blocks, schedule="static", nogil=True,
+                        num_threads=_team_for(blocks, y.shape[0], _VALUES_PER_THREAD)):
+        _activate_row(&y[block * _BLOCK], _BLOCK if y.shape[0] - block * _BLOCK > _BLOCK
+                      else y.shape[0] - block * _BLOCK, slope)
 
 
 def _activated(y, slope):

@@ -122,6 +122,24 @@ static inline V cnnc_load_part_##S(const T* src, ptrdiff_t n)                   
 CNNC_VECTOR_OPS(f, float, cnnc_vf, ps, __m512, __m256)
 CNNC_VECTOR_OPS(d, double, cnnc_vd, pd, __m512d, __m256d)
 
+/* y[k] = CNNC_ACTIVATE(y[k], slope) for k < count: a vector at a time, then the rest one
+ * by one (an activation applied where a kernel's loops could not fuse it). */
+#define CNNC_ACTIVATE_ROW(NAME, T, V, ACTIVATE)                                           \
+static void NAME(T* y, ptrdiff_t count, T slope)                                          \
+{                                                                                         \
+    enum { W = (int)CNNC_LANES(V, T) };                                                   \
+    V v;                                                                                  \
+    ptrdiff_t k;                                                                          \
+    for (k = 0; k + W <= count; k += W) {                                                 \
+        memcpy(&v, y + k, sizeof(V));                                                     \
+        v = ACTIVATE(v, slope);                                                           \
+        memcpy(y + k, &v, sizeof(V));                                                     \
+    }                                                                                     \
+    for (; k < count; k++) y[k] = CNNC_ACTIVATE(y[k], slope);                             \
+}
+CNNC_ACTIVATE_ROW(cnnc_activate_row_float, float, cnnc_vf, cnnc_activate_f)
+CNNC_ACTIVATE_ROW(cnnc_activate_row_double, double, cnnc_vd, cnnc_activate_d)
+
 /* y[k * f + l] for k < PIXELS and l < stored: the activation of b[l] plus the sum over the
  * patch rows r < rows and the taps t < run of each row of
  * px[r * px_row + k * px_step + t] times w[r * w_row + t * w_stride + l]. */

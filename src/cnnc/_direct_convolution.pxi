@@ -20,6 +20,8 @@ cdef extern from "_direct_conv.h" nogil:
     void cnnc_tap_tile_double(int, int, const double*, const Py_ssize_t*, Py_ssize_t, Py_ssize_t,
                               Py_ssize_t, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                               Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, double*, Py_ssize_t)
+    void cnnc_activate_row_float(float*, Py_ssize_t, float)
+    void cnnc_activate_row_double(double*, Py_ssize_t, double)
     void cnnc_column_sums_float(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*)
     void cnnc_column_sums_double(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, double*)
 
@@ -126,6 +128,14 @@ cdef inline void _tap_tile(int vectors, int taps, const real* x, const Py_ssize_
     else:
         cnnc_tap_tile_double(vectors, taps, x, tap, x_image, x_row, x_step, dy, dy_image, dy_row,
                              dy_stride, tail, images, rows, columns, dw, dw_stride)
+
+
+cdef inline void _activate_row(real* y, Py_ssize_t count, real slope) noexcept nogil:
+    """y = y for y > 0 (or NaN), slope * y elsewhere (exactly 0 for slope 0), in place."""
+    if real is float:
+        cnnc_activate_row_float(y, count, slope)
+    else:
+        cnnc_activate_row_double(y, count, slope)
 
 
 cdef inline void _column_sums(const real* rows, Py_ssize_t count, Py_ssize_t stride,

@@ -144,15 +144,16 @@ def _normalize(x, mean, scale, shift):
     return (x - mean.astype(dtype)) * scale.astype(dtype) + shift.astype(dtype)
 
 
-def batchnorm_forward(x, gamma, beta, eps):
+def batchnorm_forward(x, gamma, beta, eps, slope=1.0):
     """Batch normalization of x (M, C) over its rows: y = (x - mean) / sqrt(var + eps) * gamma
     + beta, with the batch's mean and biased variance (returned as well), both taken in
-    float64 in two passes: the mean, then the squared deviations from it."""
-    x, gamma, beta, eps = _checks.batchnorm_forward(x, gamma, beta, eps)
+    float64 in two passes: the mean, then the squared deviations from it; then y for y > 0
+    and slope * y elsewhere, as conv2d_forward's slope."""
+    x, gamma, beta, eps, slope = _checks.batchnorm_forward(x, gamma, beta, eps, slope)
     mean = x.mean(axis=0, dtype=np.float64)
     var = np.square(x - mean).mean(axis=0)
     y = _normalize(x, mean, gamma / np.sqrt(var + eps), beta)
-    return y, mean.astype(x.dtype), var.astype(x.dtype)
+    return _activate(y, slope), mean.astype(x.dtype), var.astype(x.dtype)
 
 
 def batchnorm_backward(x, dy, gamma, mean, var, eps):
@@ -171,10 +172,13 @@ def batchnorm_backward(x, dy, gamma, mean, var, eps):
     return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
-def batchnorm_inference(x, gamma, beta, mean, var, eps):
-    """y = (x - mean) / sqrt(var + eps) * gamma + beta with the given (running) mean and var."""
-    x, gamma, beta, mean, var, eps = _checks.batchnorm_inference(x, gamma, beta, mean, var, eps)
-    return _normalize(x, mean, gamma / np.sqrt(var.astype(np.float64) + eps), beta)
+def batchnorm_inference(x, gamma, beta, mean, var, eps, slope=1.0):
+    """y = (x - mean) / sqrt(var + eps) * gamma + beta with the given (running) mean and var,
+    then activated (slope, as batchnorm_forward's)."""
+    x, gamma, beta, mean, var, eps, slope = _checks.batchnorm_inference(x, gamma, beta, mean,
+                                                                        var, eps, slope)
+    return _activate(_normalize(x, mean, gamma / np.sqrt(var.astype(np.float64) + eps), beta),
+                     slope)
 
 
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):

@@ -629,19 +629,38 @@ class BatchNorm(ParametricLayer):
         return 2 if int(np.prod(input_shape[:-1])) == 1 else 1
 
     def forward(self, inputs: Array) -> tuple[Array, Array]:
+        z = self._normalized(inputs, 1.0)
+        return z, self.activation.compute(z)
+
+    def train_forward(self, inputs: Array) -> tuple[Array, Array]:
+        slope = self.activation.fused_slope()
+        if slope is None:
+            return self.forward(inputs)
+        outputs = self._normalized(inputs, slope)
+        return outputs, outputs
+
+    def infer(self, inputs: Array) -> Array:
+        slope = self.activation.fused_slope()
+        if slope is None:
+            return self.forward(inputs)[1]
+        return self._normalized(inputs, slope)
+
+    def _normalized(self, inputs, slope):
+        """The inputs normalized (by the batch's statistics in training mode, keeping what
+        the backward pass needs; by the running ones otherwise), then activated with slope
+        (as conv2d_forward's)."""
         rows = inputs.reshape(-1, self.num_features)
         w, b = self.params["w"], self.params["b"]
-        if self.training:
-            if len(rows) < 2:
-                raise ValueError(f"BatchNorm in training needs more than one value per channel, "
-                                 f"got inputs of shape {inputs.shape}")
-            z, mean, var = kernels.batchnorm_forward(rows, w, b, self.eps)
-            self._inputs, self._batch, self._input_grad = inputs, (mean, var), None
-            self._pending = (mean, var * (len(rows) / (len(rows) - 1)))
-        else:
-            z = kernels.batchnorm_inference(rows, w, b, self.running_mean, self.running_var, self.eps)
-        z = z.reshape(inputs.shape)
-        return z, self.activation.compute(z)
+        if not self.training:
+            return kernels.batchnorm_inference(rows, w, b, self.running_mean, self.running_var,
+                                               self.eps, slope).reshape(inputs.shape)
+        if len(rows) < 2:
+            raise ValueError(f"BatchNorm in training needs more than one value per channel, "
+                             f"got inputs of shape {inputs.shape}")
+        outputs, mean, var = kernels.batchnorm_forward(rows, w, b, self.eps, slope)
+        self._inputs, self._batch, self._input_grad = inputs, (mean, var), None
+        self._pending = (mean, var * (len(rows) / (len(rows) - 1)))
+        return outputs.reshape(inputs.shape)
 
     def get_grad(self, inputs: Array, layer_err: Array) -> dict[str, Array]:
         dx, dw, db = kernels.batchnorm_backward(
