@@ -238,6 +238,22 @@ static void NAME(const T* sums, ptrdiff_t plane, ptrdiff_t width, ptrdiff_t tile
             }                                                                               \
     } while (0)
 
+/* e[a][b] = dy[a * dy_row + b * dy_pixel + l] for the rows a < rows and columns b < columns
+ * of a SIDE x SIDE tile of dy (a vector of filters, or one value), zero beyond; each value
+ * loaded is added to sum. */
+#define CNNC_WINOGRAD_GRAD_LOAD(V, e, SIDE, dy, dy_row, dy_pixel, rows, columns, l, zero, sum) \
+    do {                                                                                    \
+        int a_, b_;                                                                         \
+        for (a_ = 0; a_ < (SIDE); a_++)                                                     \
+            for (b_ = 0; b_ < (SIDE); b_++) {                                               \
+                e[a_][b_] = (zero);                                                         \
+                if (a_ < (rows) && b_ < (columns)) {                                        \
+                    memcpy(&e[a_][b_], (dy) + a_ * (dy_row) + b_ * (dy_pixel) + (l), sizeof(V)); \
+                    (sum) += e[a_][b_];                                                     \
+                }                                                                           \
+            }                                                                               \
+    } while (0)
+
 /* The output gradient's side of the filter gradient (Lavin and Gray, section 4.1, turned
  * round): with y = A^T m A, the gradient of m is A dY A^T for the m x m tile dY of dy, and
  * the gradient of a position's transformed filter the sum over tiles of that times the
@@ -253,14 +269,7 @@ static void NAME(const T* sums, ptrdiff_t plane, ptrdiff_t width, ptrdiff_t tile
         V e_[2][2], r_[4][2], zero_;                                                        \
         int i_, j_;                                                                         \
         memset(&zero_, 0, sizeof(V));                                                       \
-        for (i_ = 0; i_ < 2; i_++)                                                          \
-            for (j_ = 0; j_ < 2; j_++) {                                                    \
-                e_[i_][j_] = zero_;                                                         \
-                if (i_ < (rows) && j_ < (columns)) {                                        \
-                    memcpy(&e_[i_][j_], (dy) + i_ * (dy_row) + j_ * (dy_pixel) + (l), sizeof(V)); \
-                    (sum) += e_[i_][j_];                                                    \
-                }                                                                           \
-            }                                                                               \
+        CNNC_WINOGRAD_GRAD_LOAD(V, e_, 2, dy, dy_row, dy_pixel, rows, columns, l, zero_, sum); \
         for (j_ = 0; j_ < 2; j_++) {                                                        \
             r_[0][j_] = e_[0][j_];                                                          \
             r_[1][j_] = e_[0][j_] + e_[1][j_];                                              \
@@ -336,14 +345,7 @@ static int NAME(const T* dy, ptrdiff_t dy_row, ptrdiff_t dy_pixel, ptrdiff_t row
         V e_[4][4], column_[4], r_[6][4], o_[6], zero_;                                     \
         int i_, j_;                                                                         \
         memset(&zero_, 0, sizeof(V));                                                       \
-        for (i_ = 0; i_ < 4; i_++)                                                          \
-            for (j_ = 0; j_ < 4; j_++) {                                                    \
-                e_[i_][j_] = zero_;                                                         \
-                if (i_ < (rows) && j_ < (columns)) {                                        \
-                    memcpy(&e_[i_][j_], (dy) + i_ * (dy_row) + j_ * (dy_pixel) + (l), sizeof(V)); \
-                    (sum) += e_[i_][j_];                                                    \
-                }                                                                           \
-            }                                                                               \
+        CNNC_WINOGRAD_GRAD_LOAD(V, e_, 4, dy, dy_row, dy_pixel, rows, columns, l, zero_, sum); \
         for (j_ = 0; j_ < 4; j_++) {                                                        \
             for (i_ = 0; i_ < 4; i_++) column_[i_] = e_[i_][j_];                            \
             CNNC_WINOGRAD4_GA(V, o_, column_);                                              \
