@@ -81,6 +81,8 @@ static const ptrdiff_t cnnc_narrow_most = CNNC_NARROW_MOST;
 #if defined(__AVX512F__)
 #define CNNC_LOAD_PART_BODY(T, V, P, M512, M256) \
     return (V)_mm512_maskz_loadu_##P((__mmask16)((1u << n) - 1), src);
+#define CNNC_STORE_PART_BODY(T, V, P, M512, M256) \
+    _mm512_mask_storeu_##P(dst, (__mmask16)((1u << n) - 1), (M512)v);
 #define CNNC_MADD_BODY(V, P, M512, M256) \
     return (V)_mm512_fmadd_##P(_mm512_set1_##P(s), (M512)b, (M512)acc);
 #define CNNC_ACTIVATE_BODY(T, V, P, M512, M256)                                                  \
@@ -90,6 +92,7 @@ static const ptrdiff_t cnnc_narrow_most = CNNC_NARROW_MOST;
                                     other, v);
 #elif defined(__AVX2__) && defined(__FMA__)
 #define CNNC_LOAD_PART_BODY(T, V, P, M512, M256) CNNC_LOAD_PART_COPY(T, V)
+#define CNNC_STORE_PART_BODY(T, V, P, M512, M256) memcpy(dst, &v, (size_t)n * sizeof(T));
 #define CNNC_MADD_BODY(V, P, M512, M256) \
     return (V)_mm256_fmadd_##P(_mm256_set1_##P(s), (M256)b, (M256)acc);
 #define CNNC_ACTIVATE_BODY(T, V, P, M512, M256)                                                  \
@@ -98,6 +101,7 @@ static const ptrdiff_t cnnc_narrow_most = CNNC_NARROW_MOST;
     return (V)_mm256_blendv_##P(other, v, _mm256_cmp_##P(v, _mm256_setzero_##P(), _CMP_NLE_UQ));
 #else
 #define CNNC_LOAD_PART_BODY(T, V, P, M512, M256) CNNC_LOAD_PART_COPY(T, V)
+#define CNNC_STORE_PART_BODY(T, V, P, M512, M256) memcpy(dst, &v, (size_t)n * sizeof(T));
 #define CNNC_MADD_BODY(V, P, M512, M256) return acc + s * b;
 #define CNNC_ACTIVATE_BODY(T, V, P, M512, M256)                                                  \
     T lanes[sizeof(V) / sizeof(T)];                                                              \
@@ -112,12 +116,15 @@ static const ptrdiff_t cnnc_narrow_most = CNNC_NARROW_MOST;
  * multiply-add of s broadcast where the build has FMA, a product and a sum elsewhere;
  * cnnc_activate_S(z, slope) = CNNC_ACTIVATE on every lane, a compare and a blend where
  * the build has the instructions, lane by lane elsewhere; and cnnc_load_part_S(src, n) =
- * src[0] to src[n - 1] in the first n lanes (0 < n < lanes), zero in the others. */
+ * src[0] to src[n - 1] in the first n lanes (0 < n < lanes), zero in the others, and
+ * cnnc_store_part_S(dst, v, n) stores those lanes of v alone. */
 #define CNNC_VECTOR_OPS(S, T, V, P, M512, M256)                                         \
 static inline V cnnc_madd_##S(V acc, T s, V b) { CNNC_MADD_BODY(V, P, M512, M256) }     \
 static inline V cnnc_activate_##S(V z, T slope) { CNNC_ACTIVATE_BODY(T, V, P, M512, M256) } \
 static inline V cnnc_load_part_##S(const T* src, ptrdiff_t n)                           \
-{ CNNC_LOAD_PART_BODY(T, V, P, M512, M256) }
+{ CNNC_LOAD_PART_BODY(T, V, P, M512, M256) }                                            \
+static inline void cnnc_store_part_##S(T* dst, V v, ptrdiff_t n)                        \
+{ CNNC_STORE_PART_BODY(T, V, P, M512, M256) }
 
 CNNC_VECTOR_OPS(f, float, cnnc_vf, ps, __m512, __m256)
 CNNC_VECTOR_OPS(d, double, cnnc_vd, pd, __m512d, __m256d)
@@ -143,15 +150,14 @@ CNNC_ACTIVATE_ROW(cnnc_activate_row_double, double, cnnc_vd, cnnc_activate_d)
 /* y[k * f + l] for k < PIXELS and l < stored: the activation of b[l] plus the sum over the
  * patch rows r < rows and the taps t < run of each row of
  * px[r * px_row + k * px_step + t] times w[r * w_row + t * w_stride + l]. */
-#define CNNC_PIXEL_TILE(NAME, T, V, MADD, ACTIVATE, VECTORS, PIXELS)                      \
+#define CNNC_PIXEL_TILE(NAME, T, V, MADD, ACTIVATE, STORE_PART, VECTORS, PIXELS)          \
 static void NAME(const T* px, ptrdiff_t px_row, ptrdiff_t px_step, ptrdiff_t rows,        \
                  ptrdiff_t run, const T* w, ptrdiff_t w_row, ptrdiff_t w_stride,          \
                  const T* b, T* y, ptrdiff_t f, ptrdiff_t stored, T slope)                \
 {                                                                                         \
     enum { W = (int)CNNC_LANES(V, T) };                                                   \
     V acc[PIXELS][VECTORS], filters[VECTORS];                                             \
-    T out[VECTORS * W];                                                                   \
-    ptrdiff_t r, t, l;                                                                    \
+    ptrdiff_t r, t;                                                                       \
     int k, v;                                                                             \
     for (v = 0; v < VECTORS; v++) memcpy(&filters[v], b + v * W, sizeof(V));              \
     for (k = 0; k < PIXELS; k++)                                                          \
@@ -171,14 +177,13 @@ static void NAME(const T* px, ptrdiff_t px_row, ptrdiff_t px_step, ptrdiff_t row
     if (slope != 1)                                                                       \
         CNNC_UNROLL for (k = 0; k < PIXELS; k++)                                          \
             CNNC_UNROLL for (v = 0; v < VECTORS; v++) acc[k][v] = ACTIVATE(acc[k][v], slope); \
-    for (k = 0; k < PIXELS; k++) {                                                        \
-        if (stored == VECTORS * W) {                                                      \
-            for (v = 0; v < VECTORS; v++) memcpy(y + k * f + v * W, &acc[k][v], sizeof(V)); \
-            continue;                                                                     \
+    CNNC_UNROLL for (k = 0; k < PIXELS; k++)                                              \
+        CNNC_UNROLL for (v = 0; v < VECTORS; v++) {                                       \
+            if (stored >= (v + 1) * W)                                                    \
+                memcpy(y + k * f + v * W, &acc[k][v], sizeof(V));                         \
+            else if (stored > v * W)                                                      \
+                STORE_PART(y + k * f + v * W, acc[k][v], stored - v * W);                 \
         }                                                                                 \
-        for (v = 0; v < VECTORS; v++) memcpy(out + v * W, &acc[k][v], sizeof(V));         \
-        for (l = 0; l < stored; l++) y[k * f + l] = out[l];                               \
-    }                                                                                     \
 }
 
 /* dw[t * dw_stride + l] += the sum over g < images, i < rows and j < columns of
@@ -270,10 +275,10 @@ static void NAME(const T* x, const ptrdiff_t* tap, ptrdiff_t x_image, ptrdiff_t 
 
 #define CNNC_PIXEL_TILE_F(VECTORS, UNUSED, N)                                              \
     CNNC_PIXEL_TILE(cnnc_pixels_f_##VECTORS##_##N, float, cnnc_vf, cnnc_madd_f, cnnc_activate_f, \
-                    VECTORS, N)
+                    cnnc_store_part_f, VECTORS, N)
 #define CNNC_PIXEL_TILE_D(VECTORS, UNUSED, N)                                              \
     CNNC_PIXEL_TILE(cnnc_pixels_d_##VECTORS##_##N, double, cnnc_vd, cnnc_madd_d, cnnc_activate_d, \
-                    VECTORS, N)
+                    cnnc_store_part_d, VECTORS, N)
 #define CNNC_TAP_TILE_F(VECTORS, UNUSED, N)                                                \
     CNNC_TAP_TILE(cnnc_taps_f_##VECTORS##_##N, float, cnnc_vf, cnnc_madd_f, cnnc_load_part_f, \
                   VECTORS, N)
