@@ -328,9 +328,8 @@ _conv_path = "auto"
 def set_conv_path(path):
     """Compute convolutions by one path from now on, in every thread: "auto" (the default)
     chooses by shape; "direct" takes the direct loops for all three passes; "winograd"
-    takes Winograd's F(4x4, 3x3) or F(2x2, 3x3) for every 3x3 stride-1 forward pass and
-    input gradient (the input gradient's phases of a strided one included) and the direct
-    loops for the rest; "gemm" multiplies patch matrices by NumPy's OpenBLAS from the
+    takes Winograd's F(4x4, 3x3) or F(2x2, 3x3) for every 3x3 stride-1 pass (the input
+    gradient's phases of a strided one included) and the direct loops for the rest; "gemm" multiplies patch matrices by NumPy's OpenBLAS from the
     kernel threads (a ValueError where NumPy ships none); "matmul" multiplies them by
     numpy.matmul. CNNC_CONV_PATH sets the first one."""
     global _conv_path

@@ -40,6 +40,11 @@ cdef Py_ssize_t _WEIGHT_CHUNK_PIXELS = 512
 cdef Py_ssize_t _WEIGHT_GROUP_PIXELS = 128
 
 
+def _weight_chunks(pixels):
+    """The chunks of images a filter gradient over this many output pixels sums apart."""
+    return max(1, min(pixels // _WEIGHT_CHUNK_PIXELS, _WEIGHT_CHUNKS))
+
+
 def _direct_serves(pass_name, kernel_size, stride, padding, c, f, dtype):
     """Whether the direct loops compute this pass ("forward", "grad_input", "grad_weight")
     of a convolution with c channels in and f out, where "auto" chooses: wherever they
@@ -410,7 +415,7 @@ def _direct_weight_pass(x, dy2, kernel_size, stride, padding, out_hw):
             return grads
     width = _padded_filters(f, x.dtype)
     pixels = out_hw[0] * out_hw[1]
-    chunks = max(1, min(x.shape[0] * pixels // _WEIGHT_CHUNK_PIXELS, _WEIGHT_CHUNKS))
+    chunks = _weight_chunks(x.shape[0] * pixels)
     partial = np.zeros((chunks * patch, width), dtype=x.dtype)
     partial_db = np.zeros((chunks, width), dtype=x.dtype)
     if x.shape[0] and f and pixels:

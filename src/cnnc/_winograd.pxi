@@ -77,6 +77,17 @@ def _winograd_serves(c, f, ow):
     return min(c, f) >= 16 and ow >= 12 and (max(c, f) >= 32 or ow >= 24)
 
 
+cdef inline Py_ssize_t _winograd_block_rows(Py_ssize_t positions, Py_ssize_t channels,
+                                            Py_ssize_t padded, Py_ssize_t tile_columns,
+                                            Py_ssize_t itemsize) noexcept nogil:
+    """The rows of tiles a block holds: as many as keep it near _WINOGRAD_BLOCK_TILES tiles
+    and its positions' inputs and sums within about _WINOGRAD_BLOCK_BYTES each, one at
+    least."""
+    cdef Py_ssize_t wider = channels if channels > padded else padded
+    return _clip(_WINOGRAD_BLOCK_BYTES // (positions * wider * itemsize), tile_columns,
+                 _WINOGRAD_BLOCK_TILES) // tile_columns
+
+
 cdef inline int _winograd_input(int m, const real* slab, Py_ssize_t slab_row, Py_ssize_t tiles,
                                 Py_ssize_t channels, real* v, Py_ssize_t plane) noexcept nogil:
     """The input transform of F(m x m, 3x3), m 2 or 4; whether every input was finite."""
@@ -172,11 +183,8 @@ cdef int _winograd_forward(const real[:, :, :, ::1] x, const real[:, :, ::1] u,
     cdef Py_ssize_t tile_rows = (oh + m - 1) // m, tile_columns = (ow + m - 1) // m
     cdef Py_ssize_t pooled_tiles = (ow // 2 + m // 2 - 1) // (m // 2)
     cdef Py_ssize_t units = x.shape[0] * tile_rows
-    cdef Py_ssize_t wider = channels if channels > padded else padded
-    cdef Py_ssize_t most = _clip(
-        _WINOGRAD_BLOCK_BYTES // (positions * wider * <Py_ssize_t>sizeof(real)), tile_columns,
-        _WINOGRAD_BLOCK_TILES)
-    cdef Py_ssize_t per_block = _clip(most // tile_columns, 1, units)
+    cdef Py_ssize_t per_block = _clip(_winograd_block_rows(positions, channels, padded,
+                                                           tile_columns, sizeof(real)), 1, units)
     cdef Py_ssize_t blocks = (units + per_block - 1) // per_block
     cdef Py_ssize_t capacity = per_block * tile_columns
     cdef Py_ssize_t slab_width = m * tile_columns + 2, slab_size = side * slab_width * channels
@@ -253,11 +261,9 @@ cdef tuple _winograd_weight(const real[:, :, :, ::1] x, const real[:, :, :, ::1]
     cdef Py_ssize_t padded = partial.shape[2], side = m + 2, positions = side * side
     cdef Py_ssize_t chunks = partial.shape[0] // positions
     cdef Py_ssize_t tile_rows = (oh + m - 1) // m, tile_columns = (ow + m - 1) // m
-    cdef Py_ssize_t wider = channels if channels > padded else padded
-    cdef Py_ssize_t most = _clip(
-        _WINOGRAD_BLOCK_BYTES // (positions * wider * <Py_ssize_t>sizeof(real)), tile_columns,
-        _WINOGRAD_BLOCK_TILES)
-    cdef Py_ssize_t per_block = most // tile_columns, capacity = per_block * tile_columns
+    cdef Py_ssize_t per_block = _winograd_block_rows(positions, channels, padded, tile_columns,
+                                                     sizeof(real))
+    cdef Py_ssize_t capacity = per_block * tile_columns
     cdef Py_ssize_t slab_width = m * tile_columns + 2, slab_size = side * slab_width * channels
     cdef Py_ssize_t lanes = cnnc_lanes_f if real is float else cnnc_lanes_d
     cdef Py_ssize_t chunk, first, stop, block_stop, unit, n, i, tiles, p, start, part, parts
@@ -329,8 +335,7 @@ def _winograd_weight_pass(x, dy, padding):
     m = _winograd_tile(dy.shape[1:3])
     c, f, positions = x.shape[3], dy.shape[3], (m + 2) ** 2
     width = _padded_filters(f, x.dtype)
-    chunks = max(1, min(x.shape[0] * dy.shape[1] * dy.shape[2] // _WEIGHT_CHUNK_PIXELS,
-                        _WEIGHT_CHUNKS))
+    chunks = _weight_chunks(x.shape[0] * dy.shape[1] * dy.shape[2])
     partial = np.zeros((chunks * positions, c, width), dtype=x.dtype)
     partial_db = np.zeros((chunks, width), dtype=x.dtype)
     if x.dtype == np.float32:
